@@ -1,0 +1,217 @@
+//! `prh compare A B --metric M ...`: one-shot alignment of two feature files, no registry.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use ndarray::Array2;
+
+use super::FormatArg;
+use prh::engine::{self, LayerTable};
+use prh::formats;
+use prh::metrics::{Kernel, Metric, MetricSpec, Prep};
+use prh::output::{self, Format};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KernelArg {
+    Linear,
+    Rbf,
+}
+
+/// Metric parameters shared by every command that computes alignment.
+#[derive(clap::Args, Clone)]
+pub struct MetricArgs {
+    /// Metric(s): mutual_knn, cycle_knn, lcs_knn, edit_distance_knn, jaccard_knn, cka,
+    /// unbiased_cka, cknna, svcca, procrustes, rsa, linear_r2. Repeat or comma-separate.
+    #[arg(long = "metric", required = true, value_delimiter = ',')]
+    pub metrics: Vec<String>,
+    /// Neighbourhood size for the kNN metrics and cknna.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Kernel for cka and unbiased_cka.
+    #[arg(long, value_enum, default_value = "linear")]
+    pub kernel: KernelArg,
+    /// RBF kernel width σ.
+    #[arg(long, default_value_t = 1.0)]
+    pub sigma: f64,
+    /// Subspace size for svcca.
+    #[arg(long, default_value_t = 10)]
+    pub cca_dim: usize,
+    /// Ridge strength for linear_r2, relative to the mean kernel diagonal.
+    #[arg(long, default_value_t = 0.1)]
+    pub ridge: f64,
+    /// Reproduce the official lcs_knn / edit_distance_knn as run with `pymp` installed: only
+    /// the first ⌈n/4⌉ rows count (an upstream bug; see README).
+    #[arg(long)]
+    pub emulate_pymp: bool,
+    /// Use the rows as given: no clamp, no normalisation.
+    #[arg(long, conflicts_with_all = ["clamp_q"])]
+    pub no_prep: bool,
+    /// Clamp quantile q of |X| over all layers of a checkpoint (official: 0.95; 1 = no clamp).
+    #[arg(long, default_value_t = 0.95)]
+    pub clamp_q: f64,
+}
+
+impl MetricArgs {
+    /// The metric specs asked for.
+    pub fn specs(&self) -> Result<Vec<MetricSpec>> {
+        self.metrics
+            .iter()
+            .map(|m| {
+                let metric: Metric = m.trim().parse()?;
+                let mut s = MetricSpec::new(metric);
+                s.k = self.k;
+                s.cca_dim = self.cca_dim;
+                s.ridge = self.ridge;
+                s.emulate_pymp = self.emulate_pymp;
+                s.kernel = match self.kernel {
+                    KernelArg::Linear => Kernel::Linear,
+                    KernelArg::Rbf => Kernel::Rbf { sigma: self.sigma },
+                };
+                Ok(s)
+            })
+            .collect()
+    }
+
+    /// The preparation asked for.
+    pub fn prep(&self) -> Result<Prep> {
+        if self.no_prep {
+            return Ok(Prep::NONE);
+        }
+        if !(self.clamp_q > 0.0 && self.clamp_q <= 1.0) {
+            bail!("--clamp-q must be in (0, 1], got {}", self.clamp_q);
+        }
+        Ok(Prep {
+            clamp_q: (self.clamp_q < 1.0).then_some(self.clamp_q),
+            normalize: true,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// First feature file (n×d or n×L×d; any format `prh ingest` reads).
+    pub a: PathBuf,
+    /// Second feature file (same n, same sample order).
+    pub b: PathBuf,
+    #[command(flatten)]
+    pub metric: MetricArgs,
+    /// Also print every layer-pair score (rows = layers of A).
+    #[arg(long)]
+    pub table: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: FormatArg,
+}
+
+/// Reads every layer of a feature file as f32.
+pub fn read_layers(path: &PathBuf) -> Result<Vec<Array2<f32>>> {
+    let f = formats::open(path)?;
+    let layers: Vec<Array2<f32>> = (0..f.layers.len()).map(|i| f.layer(i).to_f32()).collect();
+    for (i, l) in layers.iter().enumerate() {
+        if let Some(pos) = l.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: NaN or Inf present in layer {i} at row {}, column {}",
+                path.display(),
+                pos / l.ncols(),
+                pos % l.ncols()
+            );
+        }
+    }
+    Ok(layers)
+}
+
+pub fn run(a: CompareArgs) -> Result<()> {
+    let specs = a.metric.specs()?;
+    let prep = a.metric.prep()?;
+    let la = read_layers(&a.a)?;
+    let lb = read_layers(&a.b)?;
+    if la[0].nrows() != lb[0].nrows() {
+        bail!(
+            "{} has n = {} samples but {} has n = {}; alignment needs features of the same samples in the same order",
+            a.a.display(),
+            la[0].nrows(),
+            a.b.display(),
+            lb[0].nrows()
+        );
+    }
+    let n = la[0].nrows();
+    for s in &specs {
+        s.validate(n)?;
+    }
+    let (da, _) = engine::derive_checkpoint(&la, prep).with_context(|| a.a.display().to_string())?;
+    let (db, _) = engine::derive_checkpoint(&lb, prep).with_context(|| b_name(&a))?;
+    let multi = la.len() > 1 || lb.len() > 1;
+    let mut results = Vec::new();
+    for s in &specs {
+        let t: LayerTable = engine::layer_table(s, &da, &db)?;
+        let mut obj = serde_json::Map::new();
+        obj.insert("metric".into(), s.metric.name().into());
+        obj.insert("params".into(), s.params_json());
+        obj.insert("value".into(), t.best.into());
+        if multi {
+            obj.insert("best_layers".into(), serde_json::json!(t.best_layers));
+        }
+        if a.table {
+            obj.insert("table".into(), serde_json::json!(t.table));
+        }
+        results.push((obj, t));
+    }
+    let out = &mut std::io::stdout();
+    match a.format {
+        FormatArg::Json => {
+            let v: Vec<serde_json::Value> = results
+                .into_iter()
+                .map(|(o, _)| serde_json::Value::Object(o))
+                .collect();
+            if v.len() == 1 {
+                println!("{}", serde_json::to_string_pretty(&v[0])?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+        }
+        f => {
+            let rows: Vec<serde_json::Value> = results
+                .iter()
+                .map(|(o, t)| {
+                    let mut r = serde_json::Map::new();
+                    r.insert("metric".into(), o["metric"].clone());
+                    r.insert("params".into(), params_text(&o["params"]).into());
+                    r.insert("value".into(), t.best.into());
+                    if multi {
+                        r.insert(
+                            "best_layers".into(),
+                            format!("{},{}", t.best_layers[0], t.best_layers[1]).into(),
+                        );
+                    }
+                    serde_json::Value::Object(r)
+                })
+                .collect();
+            output::render_values(&rows, Format::from(f), out)?;
+            if a.table && matches!(f, FormatArg::Table) {
+                for (o, t) in &results {
+                    println!("\n{} layer pairs (rows = layers of {}):", o["metric"].as_str().unwrap_or(""), a.a.display());
+                    for (i, row) in t.table.iter().enumerate() {
+                        let cells: Vec<String> = row.iter().map(|v| format!("{v:>9.6}")).collect();
+                        println!("  {i:>3}  {}", cells.join(" "));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn b_name(a: &CompareArgs) -> String {
+    a.b.display().to_string()
+}
+
+fn params_text(v: &serde_json::Value) -> String {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().map(String::from).unwrap_or(v.to_string())))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}

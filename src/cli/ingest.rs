@@ -1,0 +1,119 @@
+//! `prh ingest FILE --model M --dataset D ...`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::{Ctx, FormatArg, parse_scores};
+use prh::registry::IngestRequest;
+
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// Feature file: .npy (n×d or n×L×d), .npz, .safetensors, or platonic-rep .pt.
+    pub file: PathBuf,
+    /// Model name (created on first use; then --modality is required).
+    #[arg(long)]
+    pub model: String,
+    /// Dataset name (created on first use with n taken from the file).
+    #[arg(long)]
+    pub dataset: String,
+    /// Modality of a new model (language, vision, audio, ...); must agree for a known model.
+    #[arg(long)]
+    pub modality: Option<String>,
+    /// Model family (e.g. llama, dinov2), for selecting models later.
+    #[arg(long)]
+    pub family: Option<String>,
+    /// How tokens or patches were pooled into one vector per sample (avg, cls, last, ...).
+    #[arg(long, default_value = "avg")]
+    pub pool: String,
+    /// Checkpoint name (default: "final").
+    #[arg(long)]
+    pub checkpoint: Option<String>,
+    /// Training step of the checkpoint (orders checkpoints in trajectories).
+    #[arg(long)]
+    pub step: Option<i64>,
+    /// Scores of the checkpoint as NAME=VALUE (repeatable), e.g. --score bpb=0.61.
+    #[arg(long = "score", value_name = "NAME=VALUE")]
+    pub scores: Vec<String>,
+    /// Number of model parameters (a .pt file's num_params is used otherwise).
+    #[arg(long)]
+    pub num_params: Option<i64>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: FormatArg,
+}
+
+impl IngestArgs {
+    /// The library request these arguments describe.
+    pub fn request(&self) -> Result<IngestRequest> {
+        Ok(IngestRequest {
+            model: self.model.clone(),
+            dataset: self.dataset.clone(),
+            modality: self.modality.clone(),
+            family: self.family.clone(),
+            pool: self.pool.clone(),
+            checkpoint: self.checkpoint.clone(),
+            step: self.step,
+            scores: parse_scores(&self.scores)?,
+            num_params: self.num_params,
+        })
+    }
+}
+
+pub fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
+    let mut reg = ctx.open()?;
+    let report = reg.ingest(&a.file, &a.request()?)?;
+    match a.format {
+        FormatArg::Json => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        _ => {
+            if report.dataset_created {
+                println!(
+                    "new dataset {} with n = {} (taken from the file)",
+                    report.dataset, report.n
+                );
+            }
+            if report.model_created {
+                println!("new model {}", report.model);
+            }
+            if report.unchanged() {
+                println!(
+                    "{}: already ingested as {} @ {} ({} layers); nothing new",
+                    a.file.display(),
+                    report.model,
+                    report.checkpoint,
+                    report.layers.len()
+                );
+                return Ok(());
+            }
+            let new_rows = report.layers.iter().filter(|l| l.new_row).count();
+            let new_blobs = report.layers.iter().filter(|l| l.new_blob).count();
+            println!(
+                "{}: {} @ {} on {}: {} layers (n = {}), {} new representations, {} new blobs",
+                a.file.display(),
+                report.model,
+                report.checkpoint,
+                report.dataset,
+                report.layers.len(),
+                report.n,
+                new_rows,
+                new_blobs
+            );
+            for l in &report.layers {
+                println!(
+                    "  layer {:>3}  {}  {} × {} {}{}",
+                    l.layer,
+                    &l.hash.to_hex()[..16],
+                    report.n,
+                    l.d,
+                    l.dtype,
+                    if l.new_row { "" } else { "  (already present)" }
+                );
+            }
+            if !report.scores_changed.is_empty() {
+                println!("scores set: {}", report.scores_changed.join(", "));
+            }
+        }
+    }
+    Ok(())
+}

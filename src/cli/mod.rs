@@ -1,0 +1,175 @@
+//! Command-line interface: one module per command, each with its args struct and a `run`.
+//! Errors become one line `error: …` on stderr with exit code 1; usage errors exit with 2.
+
+mod compare;
+mod dataset;
+mod demo;
+mod ingest;
+mod ls;
+mod score;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use prh::output::Format;
+use prh::registry::{self, Registry};
+
+/// prh — a registry for representational alignment research.
+///
+/// Stores feature matrices of many models (per checkpoint, per layer) on a shared input set,
+/// content-addressed by BLAKE3, in a SQLite catalog plus immutable blobs; computes the
+/// platonic-rep alignment metrics with the official numbers.
+///
+/// The registry is found from --registry, else $PRH_REGISTRY, else the nearest .prh/
+/// directory in this directory or its parents (`prh init` creates one).
+///
+/// Exit codes: 0 success, 1 error (the message says what and where), 2 bad usage.
+#[derive(Parser)]
+#[command(name = "prh", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    /// Registry directory (holds catalog.db, blobs/, tmp/).
+    #[arg(long, global = true, env = "PRH_REGISTRY", value_name = "PATH")]
+    registry: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a registry (default: the --registry / PRH_REGISTRY location, else ./.prh).
+    Init(InitArgs),
+    /// Manage datasets: ordered sets of n samples that features are computed on.
+    #[command(subcommand)]
+    Dataset(dataset::DatasetCmd),
+    /// Ingest a feature file (.npy, .npz, .safetensors, platonic-rep .pt): every layer becomes
+    /// one representation of the given model checkpoint.
+    Ingest(ingest::IngestArgs),
+    /// Set performance scores on a checkpoint.
+    #[command(subcommand)]
+    Score(score::ScoreCmd),
+    /// List models, checkpoints, representations, scores or datasets.
+    Ls(ls::LsArgs),
+    /// Show one representation by (a prefix of) its hash.
+    Show(ls::ShowArgs),
+    /// Compare two feature files directly (no registry needed).
+    Compare(compare::CompareArgs),
+    /// Build a demo registry from a synthetic model zoo and show what it holds.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Where to create the registry.
+    path: Option<PathBuf>,
+}
+
+/// Output format flag shared by commands.
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum FormatArg {
+    /// Aligned columns for a terminal.
+    #[default]
+    Table,
+    /// JSON (an array of objects for listings).
+    Json,
+    /// CSV with a header row.
+    Csv,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Table => Format::Table,
+            FormatArg::Json => Format::Json,
+            FormatArg::Csv => Format::Csv,
+        }
+    }
+}
+
+/// Context passed to every command.
+pub struct Ctx {
+    registry: Option<PathBuf>,
+}
+
+impl Ctx {
+    /// Opens the registry the user pointed at, or the nearest `.prh/`.
+    pub fn open(&self) -> Result<Registry> {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let root = registry::discover(self.registry.as_deref(), &cwd)?;
+        Ok(Registry::open(&root)?)
+    }
+}
+
+/// Parses arguments, runs the command, reports errors.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let ctx = Ctx {
+        registry: cli.registry,
+    };
+    let result = match cli.command {
+        Command::Init(a) => init(&ctx, a),
+        Command::Dataset(c) => dataset::run(&ctx, c),
+        Command::Ingest(a) => ingest::run(&ctx, a),
+        Command::Score(c) => score::run(&ctx, c),
+        Command::Ls(a) => ls::run_ls(&ctx, a),
+        Command::Show(a) => ls::run_show(&ctx, a),
+        Command::Compare(a) => compare::run(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = format!("{e}");
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            let _ = writeln!(std::io::stderr(), "error: {msg}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
+    let path = a
+        .path
+        .or_else(|| ctx.registry.clone())
+        .unwrap_or_else(|| PathBuf::from(registry::DEFAULT_DIR));
+    let existed = path.join("catalog.db").is_file();
+    let reg = Registry::init(&path)?;
+    println!(
+        "{} registry at {} (schema version {})",
+        if existed { "existing" } else { "created" },
+        display(&path),
+        reg.catalog.schema_version()?
+    );
+    Ok(())
+}
+
+/// Parses `name=value` score arguments.
+pub fn parse_scores(items: &[String]) -> Result<Vec<(String, f64)>> {
+    items
+        .iter()
+        .map(|s| {
+            let (k, v) = s
+                .split_once('=')
+                .with_context(|| format!("score {s:?} is not NAME=VALUE"))?;
+            let v: f64 = v
+                .trim()
+                .parse()
+                .with_context(|| format!("score {s:?}: {v:?} is not a number"))?;
+            Ok((k.trim().to_string(), v))
+        })
+        .collect()
+}
+
+/// A path for messages.
+pub fn display(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,307 @@
+//! Readers for the feature files researchers already have, without Python:
+//! `.npy`, `.npz`, `.safetensors` and platonic-rep's `.pt` (zip + pickle, parsed, never run).
+//!
+//! Every reader produces a [`FeatureFile`]: a list of layers, each a strided 2-D view (n × d)
+//! over bytes that stay in the file's own encoding until ingest writes the canonical blob.
+//! Layer order is the file's order: the leading axis of an n × L × d tensor, or the natural
+//! sort of the tensor names (`layer2` before `layer10`) in `.npz` and `.safetensors`.
+
+pub mod npy;
+pub mod npz;
+pub mod pickle;
+pub mod pt;
+pub mod safetensors;
+
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+use crate::matrix::{DType, LayerView};
+
+/// Bytes backing a file's tensors: the memory-mapped file or buffers read out of an archive.
+pub enum Buffer {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Buffer {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Buffer::Mapped(m) => m,
+            Buffer::Owned(v) => v,
+        }
+    }
+}
+
+/// Where one layer's elements live inside a [`FeatureFile`]'s buffers.
+#[derive(Debug, Clone)]
+pub struct LayerSpec {
+    /// Tensor name in the file (with `[l]` for a slice of an n × L × d tensor).
+    pub name: String,
+    pub buffer: usize,
+    /// Byte offset of element (0, 0) in the buffer.
+    pub offset: usize,
+    pub dtype: DType,
+    pub n: usize,
+    pub d: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// Scalars that came with the features (platonic-rep's `.pt` carries `num_params`, `loss`, `bpb`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileMeta {
+    pub num_params: Option<i64>,
+    /// (name, value) pairs to store as the checkpoint's scores.
+    pub scores: Vec<(String, f64)>,
+}
+
+/// A parsed feature file: all layers of one checkpoint on one dataset.
+pub struct FeatureFile {
+    pub path: PathBuf,
+    buffers: Vec<Buffer>,
+    pub layers: Vec<LayerSpec>,
+    pub meta: FileMeta,
+}
+
+impl FeatureFile {
+    /// Builds a file from buffers and layer specs, checking every view stays inside its buffer
+    /// and that all layers share n.
+    pub fn new(
+        path: &Path,
+        buffers: Vec<Buffer>,
+        layers: Vec<LayerSpec>,
+        meta: FileMeta,
+    ) -> Result<Self> {
+        if layers.is_empty() {
+            return Err(Error::format(path, "no feature tensors found"));
+        }
+        let n0 = layers[0].n;
+        for l in &layers {
+            if l.n != n0 {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "layers disagree on n: {} has {} rows, {} has {}",
+                        layers[0].name, n0, l.name, l.n
+                    ),
+                ));
+            }
+            if l.n == 0 || l.d == 0 {
+                return Err(Error::format(
+                    path,
+                    format!("{} is empty ({} × {})", l.name, l.n, l.d),
+                ));
+            }
+            let buf = buffers
+                .get(l.buffer)
+                .ok_or_else(|| Error::format(path, "internal: bad buffer index"))?;
+            let view = LayerView {
+                dtype: l.dtype,
+                n: l.n,
+                d: l.d,
+                data: &[],
+                row_stride: l.row_stride,
+                col_stride: l.col_stride,
+            };
+            let need = view
+                .required_bytes()
+                .and_then(|b| b.checked_add(l.offset))
+                .ok_or_else(|| Error::format(path, format!("{}: shape overflows", l.name)))?;
+            if need > buf.bytes().len() {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "truncated: {} needs {} bytes, the file holds {}",
+                        l.name,
+                        need,
+                        buf.bytes().len()
+                    ),
+                ));
+            }
+        }
+        Ok(FeatureFile {
+            path: path.to_path_buf(),
+            buffers,
+            layers,
+            meta,
+        })
+    }
+
+    /// Number of samples (rows), shared by all layers.
+    pub fn n(&self) -> usize {
+        self.layers[0].n
+    }
+
+    /// Layer `i` as a view.
+    pub fn layer(&self, i: usize) -> LayerView<'_> {
+        let l = &self.layers[i];
+        LayerView {
+            dtype: l.dtype,
+            n: l.n,
+            d: l.d,
+            data: &self.buffers[l.buffer].bytes()[l.offset..],
+            row_stride: l.row_stride,
+            col_stride: l.col_stride,
+        }
+    }
+}
+
+/// One tensor found in a file before it is cut into layers.
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    pub name: String,
+    pub buffer: usize,
+    pub offset: usize,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Strides in elements.
+    pub strides: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// Row-major strides for a shape.
+    pub fn c_strides(shape: &[usize]) -> Vec<usize> {
+        let mut s = vec![1usize; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            s[i] = s[i + 1].saturating_mul(shape[i + 1]);
+        }
+        s
+    }
+
+    /// Cuts the tensor into layers: n × d is one layer, n × L × d is L layers.
+    pub fn into_layers(self, path: &Path) -> Result<Vec<LayerSpec>> {
+        match self.shape.len() {
+            2 => Ok(vec![LayerSpec {
+                name: self.name,
+                buffer: self.buffer,
+                offset: self.offset,
+                dtype: self.dtype,
+                n: self.shape[0],
+                d: self.shape[1],
+                row_stride: self.strides[0],
+                col_stride: self.strides[1],
+            }]),
+            3 => (0..self.shape[1])
+                .map(|l| {
+                    let off = l
+                        .checked_mul(self.strides[1])
+                        .and_then(|e| e.checked_mul(self.dtype.size()))
+                        .and_then(|b| b.checked_add(self.offset))
+                        .ok_or_else(|| Error::format(path, "tensor offsets overflow"))?;
+                    Ok(LayerSpec {
+                        name: format!("{}[{l}]", self.name),
+                        buffer: self.buffer,
+                        offset: off,
+                        dtype: self.dtype,
+                        n: self.shape[0],
+                        d: self.shape[2],
+                        row_stride: self.strides[0],
+                        col_stride: self.strides[2],
+                    })
+                })
+                .collect(),
+            _ => Err(Error::format(
+                path,
+                format!(
+                    "wrong rank: {} has shape {:?}; expected n × d or n × L × d",
+                    self.name, self.shape
+                ),
+            )),
+        }
+    }
+}
+
+/// Natural order of names: digit runs compare as numbers (`layer2` < `layer10`).
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, String)> {
+        let mut out: Vec<(bool, String)> = Vec::new();
+        for c in s.chars() {
+            let dig = c.is_ascii_digit();
+            match out.last_mut() {
+                Some((d, buf)) if *d == dig => buf.push(c),
+                _ => out.push((dig, c.to_string())),
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for (x, y) in ca.iter().zip(cb.iter()) {
+        let ord = if x.0 && y.0 {
+            let xs = x.1.trim_start_matches('0');
+            let ys = y.1.trim_start_matches('0');
+            xs.len().cmp(&ys.len()).then_with(|| xs.cmp(ys))
+        } else {
+            x.1.cmp(&y.1)
+        };
+        if ord != std::cmp::Ordering::Equal {
+            return ord;
+        }
+    }
+    ca.len().cmp(&cb.len())
+}
+
+/// Turns named tensors (one per layer, or a single n × L × d one) into ordered layers.
+pub fn tensors_to_layers(path: &Path, mut tensors: Vec<TensorSpec>) -> Result<Vec<LayerSpec>> {
+    if tensors.is_empty() {
+        return Err(Error::format(path, "no feature tensors found"));
+    }
+    if tensors.len() == 1 {
+        return tensors.remove(0).into_layers(path);
+    }
+    tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+    let mut out = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        if t.shape.len() != 2 {
+            return Err(Error::format(
+                path,
+                format!(
+                    "wrong rank: {} has shape {:?}; with several tensors each must be one layer (n × d)",
+                    t.name, t.shape
+                ),
+            ));
+        }
+        out.extend(t.into_layers(path)?);
+    }
+    Ok(out)
+}
+
+/// Opens a feature file by its extension (`.npy`, `.npz`, `.safetensors`, `.pt`/`.pth`/`.bin`).
+pub fn open(path: &Path) -> Result<FeatureFile> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "npy" => npy::open(path),
+        "npz" => npz::open(path),
+        "safetensors" => safetensors::open(path),
+        "pt" | "pth" => pt::open(path),
+        _ => Err(Error::format(
+            path,
+            "unknown file type; prh reads .npy, .npz, .safetensors and .pt",
+        )),
+    }
+}
+
+/// Memory-maps a whole file.
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the file is only read; a concurrent writer could change bytes under us, which the
+    // content hash computed at ingest would then reflect.
+    unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_sort_orders_layer_numbers() {
+        let mut v = vec!["layer10", "layer2", "layer1", "layer02x"];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(v, vec!["layer1", "layer2", "layer02x", "layer10"]);
+    }
+}

@@ -1,0 +1,19 @@
+//! prh: a registry for representational alignment research.
+//!
+//! The library is organised by concern, dependencies pointing one way:
+//! `cli` → `engine` → `catalog` / `store` / `metrics` / `formats`.
+//! See `README.md` for the on-disk format and the meaning of every metric.
+
+pub mod catalog;
+pub mod demo;
+pub mod engine;
+pub mod error;
+pub mod formats;
+pub mod matrix;
+pub mod metrics;
+pub mod output;
+pub mod registry;
+pub mod rng;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,323 @@
+//! Data derived once per prepared representation and shared by every pair it meets
+//! (DESIGN.md §5): the Gram matrix, ordered k-nearest-neighbour lists, kernel statistics for the
+//! CKA family, top singular vectors for SVCCA, RDM ranks for RSA. Each piece is computed on
+//! first use and memoised, so a layer pair then costs O(n·k) for kNN metrics and O(n²) for
+//! kernel metrics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use faer::{Accum, MatMut, MatRef, Par};
+use ndarray::Array2;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Ordered neighbour lists: row i holds i's k nearest neighbours by inner product, self
+/// excluded, most similar first; ties broken by lower index.
+#[derive(Debug, Clone)]
+pub struct Knn {
+    pub k: usize,
+    /// n × k, row-major, ordered.
+    pub ordered: Vec<u32>,
+    /// The same lists sorted by index, for O(log k) membership tests.
+    pub sorted: Vec<u32>,
+}
+
+impl Knn {
+    /// Row i, ordered by similarity.
+    pub fn row(&self, i: usize) -> &[u32] {
+        &self.ordered[i * self.k..(i + 1) * self.k]
+    }
+    /// Row i, sorted by index.
+    pub fn set(&self, i: usize) -> &[u32] {
+        &self.sorted[i * self.k..(i + 1) * self.k]
+    }
+    /// True when j is among i's neighbours.
+    pub fn contains(&self, i: usize, j: u32) -> bool {
+        self.set(i).binary_search(&j).is_ok()
+    }
+}
+
+/// Sums of a kernel matrix used by both HSIC estimators.
+#[derive(Debug, Clone)]
+pub struct KernelStats {
+    /// The n × n kernel, row-major.
+    pub mat: Arc<Vec<f32>>,
+    pub row_sums: Vec<f64>,
+    pub total: f64,
+    pub diag: Vec<f64>,
+}
+
+/// A prepared representation and its memoised derived data.
+pub struct Derived {
+    /// Prepared features (n × d).
+    pub x: Array2<f32>,
+    gram: Arc<Vec<f32>>,
+    knn: Mutex<HashMap<usize, Arc<Knn>>>,
+    kernels: Mutex<HashMap<u64, Arc<KernelStats>>>,
+    svd: Mutex<HashMap<usize, Arc<Result<Array2<f64>, String>>>>,
+    rdm_ranks: Mutex<Option<Arc<Vec<f64>>>>,
+}
+
+impl Derived {
+    /// Derives from prepared features: computes the Gram matrix now, everything else lazily.
+    pub fn new(x: Array2<f32>) -> Self {
+        let gram = Arc::new(gram(&x));
+        Derived {
+            x,
+            gram,
+            knn: Mutex::new(HashMap::new()),
+            kernels: Mutex::new(HashMap::new()),
+            svd: Mutex::new(HashMap::new()),
+            rdm_ranks: Mutex::new(None),
+        }
+    }
+
+    /// Number of samples.
+    pub fn n(&self) -> usize {
+        self.x.nrows()
+    }
+
+    /// The Gram matrix X Xᵀ (n × n, row-major, f32).
+    pub fn gram(&self) -> &[f32] {
+        &self.gram
+    }
+
+    /// The k-nearest-neighbour lists (memoised per k).
+    pub fn knn(&self, k: usize) -> Arc<Knn> {
+        if let Some(v) = self.knn.lock().expect("lock").get(&k) {
+            return v.clone();
+        }
+        let v = Arc::new(knn_from_gram(&self.gram, self.n(), k));
+        self.knn.lock().expect("lock").insert(k, v.clone());
+        v
+    }
+
+    /// Linear-kernel statistics (the kernel is the Gram matrix).
+    pub fn linear_kernel(&self) -> Arc<KernelStats> {
+        self.kernel_memo(0, || self.gram.clone())
+    }
+
+    /// RBF-kernel statistics for σ: K = exp(−‖xi − xj‖² / (2σ²)).
+    pub fn rbf_kernel(&self, sigma: f64) -> Arc<KernelStats> {
+        let key = sigma.to_bits() | 1; // never 0, which is the linear kernel's key
+        self.kernel_memo(key, || {
+            let n = self.n();
+            let g = &self.gram;
+            let denom = 2.0 * sigma * sigma;
+            let mut k = vec![0f32; n * n];
+            k.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+                let gii = g[i * n + i] as f64;
+                for (j, v) in row.iter_mut().enumerate() {
+                    let d2 = (gii + g[j * n + j] as f64 - 2.0 * g[i * n + j] as f64).max(0.0);
+                    *v = (-d2 / denom).exp() as f32;
+                }
+            });
+            Arc::new(k)
+        })
+    }
+
+    fn kernel_memo(&self, key: u64, make: impl FnOnce() -> Arc<Vec<f32>>) -> Arc<KernelStats> {
+        if let Some(v) = self.kernels.lock().expect("lock").get(&key) {
+            return v.clone();
+        }
+        let mat = make();
+        let n = self.n();
+        let row_sums: Vec<f64> = mat
+            .par_chunks(n)
+            .map(|r| r.iter().map(|&v| v as f64).sum())
+            .collect();
+        let total = row_sums.iter().sum();
+        let diag = (0..n).map(|i| mat[i * n + i] as f64).collect();
+        let v = Arc::new(KernelStats {
+            mat,
+            row_sums,
+            total,
+            diag,
+        });
+        self.kernels.lock().expect("lock").insert(key, v.clone());
+        v
+    }
+
+    /// The top `c` left singular vectors (n × c, f64) of the column-standardised features, as
+    /// SVCCA uses them. Errors on a zero-variance column.
+    pub fn svcca_basis(&self, c: usize) -> Arc<Result<Array2<f64>, String>> {
+        if let Some(v) = self.svd.lock().expect("lock").get(&c) {
+            return v.clone();
+        }
+        let v = Arc::new(svcca_basis(&self.x, c));
+        self.svd.lock().expect("lock").insert(c, v.clone());
+        v
+    }
+
+    /// Average ranks of the upper triangle (i < j, row by row) of the cosine-distance RDM,
+    /// centred and scaled to unit norm, so Spearman ρ of two RDMs is their dot product.
+    pub fn rdm_ranks(&self) -> Arc<Vec<f64>> {
+        if let Some(v) = self.rdm_ranks.lock().expect("lock").as_ref() {
+            return v.clone();
+        }
+        let n = self.n();
+        let g = &self.gram;
+        let mut vals: Vec<(f64, u32)> = Vec::with_capacity(n * (n - 1) / 2);
+        for i in 0..n {
+            for j in i + 1..n {
+                let cos =
+                    g[i * n + j] as f64 / ((g[i * n + i] as f64) * (g[j * n + j] as f64)).sqrt();
+                vals.push((1.0 - cos, vals.len() as u32));
+            }
+        }
+        vals.par_sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let m = vals.len();
+        let mut ranks = vec![0f64; m];
+        let mut s = 0;
+        while s < m {
+            let mut e = s + 1;
+            while e < m && vals[e].0 == vals[s].0 {
+                e += 1;
+            }
+            let avg = (s + e - 1) as f64 / 2.0;
+            for v in &vals[s..e] {
+                ranks[v.1 as usize] = avg;
+            }
+            s = e;
+        }
+        let mean = ranks.iter().sum::<f64>() / m as f64;
+        let mut norm = 0.0;
+        for r in ranks.iter_mut() {
+            *r -= mean;
+            norm += *r * *r;
+        }
+        let norm = norm.sqrt();
+        if norm > 0.0 {
+            for r in ranks.iter_mut() {
+                *r /= norm;
+            }
+        }
+        let v = Arc::new(ranks);
+        *self.rdm_ranks.lock().expect("lock") = Some(v.clone());
+        v
+    }
+}
+
+/// X Xᵀ in f32 with faer (parallel GEMM over the lower triangle, then mirrored).
+pub fn gram(x: &Array2<f32>) -> Vec<f32> {
+    let (n, d) = x.dim();
+    let xs = x.as_standard_layout();
+    let slice = xs.as_slice().expect("standard layout");
+    let a = MatRef::from_row_major_slice(slice, n, d);
+    let mut out = vec![0f32; n * n];
+    {
+        let dst = MatMut::from_row_major_slice_mut(&mut out, n, n);
+        faer::linalg::matmul::triangular::matmul(
+            dst,
+            faer::linalg::matmul::triangular::BlockStructure::TriangularLower,
+            Accum::Replace,
+            a,
+            faer::linalg::matmul::triangular::BlockStructure::Rectangular,
+            a.transpose(),
+            faer::linalg::matmul::triangular::BlockStructure::Rectangular,
+            1.0f32,
+            Par::rayon(0),
+        );
+    }
+    for i in 0..n {
+        for j in i + 1..n {
+            out[i * n + j] = out[j * n + i];
+        }
+    }
+    out
+}
+
+/// Ordered k-nearest-neighbour lists from a Gram matrix by partial selection per row.
+pub fn knn_from_gram(g: &[f32], n: usize, k: usize) -> Knn {
+    let mut ordered = vec![0u32; n * k];
+    ordered
+        .par_chunks_mut(k.max(1))
+        .enumerate()
+        .for_each_init(Vec::new, |idx: &mut Vec<u32>, (i, out)| {
+            let row = &g[i * n..(i + 1) * n];
+            idx.clear();
+            idx.extend((0..n as u32).filter(|&j| j as usize != i));
+            let cmp = |a: &u32, b: &u32| {
+                row[*b as usize]
+                    .total_cmp(&row[*a as usize])
+                    .then(a.cmp(b))
+            };
+            if k < idx.len() {
+                idx.select_nth_unstable_by(k, cmp);
+            }
+            let top = &mut idx[..k];
+            top.sort_unstable_by(cmp);
+            out.copy_from_slice(top);
+        });
+    let mut sorted = ordered.clone();
+    sorted.par_chunks_mut(k.max(1)).for_each(|c| c.sort_unstable());
+    Knn { k, ordered, sorted }
+}
+
+fn svcca_basis(x: &Array2<f32>, c: usize) -> Result<Array2<f64>, String> {
+    let (n, d) = x.dim();
+    if c > n.min(d) {
+        return Err(format!(
+            "cca_dim {c} exceeds min(n, d) = {}",
+            n.min(d)
+        ));
+    }
+    let mut m = faer::Mat::<f64>::zeros(n, d);
+    for j in 0..d {
+        let col = x.column(j);
+        let mean = col.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        let var = col.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0);
+        let sd = var.sqrt();
+        if sd < 1e-12 {
+            return Err(format!(
+                "column {j} has zero variance; SVCCA standardises columns and cannot use it"
+            ));
+        }
+        for i in 0..n {
+            m[(i, j)] = (col[i] as f64 - mean) / (sd + 1e-8);
+        }
+    }
+    let svd = m.thin_svd().map_err(|e| format!("SVD did not converge: {e:?}"))?;
+    let u = svd.U();
+    Ok(Array2::from_shape_fn((n, c), |(i, j)| u[(i, j)]))
+}
+
+/// Checks that two representations can be compared.
+pub fn check_pair(metric: &str, a: &Derived, b: &Derived) -> Result<()> {
+    if a.n() != b.n() {
+        return Err(Error::metric(
+            metric,
+            format!(
+                "the two representations have different n ({} vs {}); compare only features of the same samples",
+                a.n(),
+                b.n()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn gram_matches_naive_and_knn_breaks_ties_by_index() {
+        let x = array![[1.0f32, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]];
+        let g = gram(&x);
+        for i in 0..4 {
+            for j in 0..4 {
+                let want: f32 = x.row(i).dot(&x.row(j));
+                assert!((g[i * 4 + j] - want).abs() < 1e-6);
+            }
+        }
+        let knn = knn_from_gram(&g, 4, 2);
+        // Row 2: neighbours by inner product 0.7 (3), then ties 0 (0) and 0 (1): lower index.
+        assert_eq!(knn.row(2), &[3, 0]);
+        assert_eq!(knn.row(0), &[1, 3]);
+        assert!(knn.contains(2, 0) && !knn.contains(2, 1));
+    }
+}

@@ -1,0 +1,86 @@
+//! The CKA family: HSIC-based similarity of kernel matrices (DESIGN.md §4).
+
+use rayon::prelude::*;
+
+use super::derived::{KernelStats, Knn};
+
+/// ⟨K, L⟩_F accumulated in f64.
+pub fn frobenius(a: &[f32], b: &[f32]) -> f64 {
+    a.par_chunks(4096)
+        .zip(b.par_chunks(4096))
+        .map(|(x, y)| x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>())
+        .sum()
+}
+
+/// Biased HSIC tr(K H L H) = ⟨K, L⟩ − (2/n) r_K·r_L + s_K s_L / n², given ⟨K, L⟩.
+pub fn hsic_biased(kl: f64, k: &KernelStats, l: &KernelStats) -> f64 {
+    let n = k.row_sums.len() as f64;
+    let rr: f64 = k.row_sums.iter().zip(&l.row_sums).map(|(a, b)| a * b).sum();
+    kl - 2.0 / n * rr + k.total * l.total / (n * n)
+}
+
+/// Unbiased HSIC (Song et al. 2012, eq. 5) on K, L with zeroed diagonals, given ⟨K, L⟩.
+pub fn hsic_unbiased(kl: f64, k: &KernelStats, l: &KernelStats) -> f64 {
+    let m = k.row_sums.len() as f64;
+    let kl_t = kl - k.diag.iter().zip(&l.diag).map(|(a, b)| a * b).sum::<f64>();
+    let sk = k.total - k.diag.iter().sum::<f64>();
+    let sl = l.total - l.diag.iter().sum::<f64>();
+    let rr: f64 = k
+        .row_sums
+        .iter()
+        .zip(&k.diag)
+        .zip(l.row_sums.iter().zip(&l.diag))
+        .map(|((rk, dk), (rl, dl))| (rk - dk) * (rl - dl))
+        .sum();
+    (kl_t + sk * sl / ((m - 1.0) * (m - 2.0)) - 2.0 * rr / (m - 2.0)) / (m * (m - 3.0))
+}
+
+/// CKA = HSIC(K, L) / (√(HSIC(K, K) · HSIC(L, L)) + 1e-6), biased or unbiased estimator.
+pub fn cka(k: &KernelStats, l: &KernelStats, unbiased: bool) -> f64 {
+    let f = if unbiased { hsic_unbiased } else { hsic_biased };
+    let kl = f(frobenius(&k.mat, &l.mat), k, l);
+    let kk = f(frobenius(&k.mat, &k.mat), k, k);
+    let ll = f(frobenius(&l.mat, &l.mat), l, l);
+    kl / ((kk * ll).sqrt() + 1e-6)
+}
+
+/// Unbiased HSIC of the masked kernels M∘K and M∘L, where M_ij = 1 when j is among i's
+/// neighbours in both `na` and `nb` (self excluded), as the official `cknna` computes it.
+pub fn cknna_similarity(k: &[f32], l: &[f32], na: &Knn, nb: &Knn, n: usize) -> f64 {
+    // Entries of the mask, row by row: j in both neighbour sets of i.
+    let in_mask = |i: usize, j: u32| na.contains(i, j) && nb.contains(i, j);
+    let mut sum_k = 0.0;
+    let mut sum_l = 0.0;
+    let mut trace_term = 0.0; // Σ_ij K'_ij L'_ji
+    let mut col_k = vec![0f64; n]; // Σ_i K'_il
+    let mut row_l = vec![0f64; n]; // Σ_j L'_lj
+    for i in 0..n {
+        for &j in na.set(i) {
+            if !nb.contains(i, j) {
+                continue;
+            }
+            let j_us = j as usize;
+            let kv = k[i * n + j_us] as f64;
+            let lv = l[i * n + j_us] as f64;
+            sum_k += kv;
+            sum_l += lv;
+            col_k[j_us] += kv;
+            row_l[i] += lv;
+            if in_mask(j_us, i as u32) {
+                trace_term += kv * l[j_us * n + i] as f64;
+            }
+        }
+    }
+    let m = n as f64;
+    let cross: f64 = col_k.iter().zip(&row_l).map(|(a, b)| a * b).sum();
+    (trace_term + sum_k * sum_l / ((m - 1.0) * (m - 2.0)) - 2.0 * cross / (m - 2.0))
+        / (m * (m - 3.0))
+}
+
+/// `cknna` = sim(K, L) / (√(sim(K, K) · sim(L, L)) + 1e-6), sim as [`cknna_similarity`].
+pub fn cknna(ka: &[f32], kb: &[f32], na: &Knn, nb: &Knn, n: usize) -> f64 {
+    let kl = cknna_similarity(ka, kb, na, nb, n);
+    let kk = cknna_similarity(ka, ka, na, na, n);
+    let ll = cknna_similarity(kb, kb, nb, nb, n);
+    kl / ((kk * ll).sqrt() + 1e-6)
+}

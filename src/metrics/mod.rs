@@ -1,0 +1,301 @@
+//! Alignment metrics: the eight of the official platonic-rep `metrics.py` with the same
+//! numbers, plus Procrustes, RSA, Jaccard kNN and linear R² (DESIGN.md §4).
+//!
+//! Every metric is a pure function of two [`Derived`] representations (prepared features and
+//! their memoised derived data). [`MetricSpec`] names a metric with its parameters; its
+//! [`MetricSpec::params_key`] and [`Metric::version`] are part of every cache key.
+//!
+//! Neighbours are by inner product, self excluded, most similar first; ties between
+//! candidates are broken by the lower sample index, deterministically.
+
+pub mod derived;
+pub mod extra;
+pub mod kernel;
+pub mod knn;
+pub mod prep;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use derived::Derived;
+pub use prep::Prep;
+
+use crate::error::{Error, Result};
+
+/// A metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    MutualKnn,
+    CycleKnn,
+    LcsKnn,
+    EditDistanceKnn,
+    JaccardKnn,
+    Cka,
+    UnbiasedCka,
+    Cknna,
+    Svcca,
+    Procrustes,
+    Rsa,
+    LinearR2,
+}
+
+/// Every metric, in the order `--help` lists them.
+pub const ALL: &[Metric] = &[
+    Metric::MutualKnn,
+    Metric::CycleKnn,
+    Metric::LcsKnn,
+    Metric::EditDistanceKnn,
+    Metric::JaccardKnn,
+    Metric::Cka,
+    Metric::UnbiasedCka,
+    Metric::Cknna,
+    Metric::Svcca,
+    Metric::Procrustes,
+    Metric::Rsa,
+    Metric::LinearR2,
+];
+
+impl Metric {
+    /// The metric's name as used on the command line and in the cache.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::MutualKnn => "mutual_knn",
+            Metric::CycleKnn => "cycle_knn",
+            Metric::LcsKnn => "lcs_knn",
+            Metric::EditDistanceKnn => "edit_distance_knn",
+            Metric::JaccardKnn => "jaccard_knn",
+            Metric::Cka => "cka",
+            Metric::UnbiasedCka => "unbiased_cka",
+            Metric::Cknna => "cknna",
+            Metric::Svcca => "svcca",
+            Metric::Procrustes => "procrustes",
+            Metric::Rsa => "rsa",
+            Metric::LinearR2 => "linear_r2",
+        }
+    }
+
+    /// Version of what the metric returns; bumped whenever that changes, so old cache rows
+    /// are never reused for new numbers.
+    pub fn version(self) -> u32 {
+        1
+    }
+
+    /// True when swapping X and Y gives the same number (the cache stores one orientation).
+    pub fn symmetric(self) -> bool {
+        !matches!(self, Metric::LinearR2)
+    }
+
+    /// True for metrics that take the neighbourhood size k.
+    pub fn uses_k(self) -> bool {
+        matches!(
+            self,
+            Metric::MutualKnn
+                | Metric::CycleKnn
+                | Metric::LcsKnn
+                | Metric::EditDistanceKnn
+                | Metric::JaccardKnn
+                | Metric::Cknna
+        )
+    }
+
+    /// The largest value the metric can take (for calibration), when bounded above.
+    pub fn max_value(self, k: usize) -> Option<f64> {
+        match self {
+            Metric::LcsKnn => Some(k as f64),
+            Metric::Rsa | Metric::LinearR2 | Metric::Cka | Metric::UnbiasedCka => Some(1.0),
+            _ => Some(1.0),
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Metric {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ALL.iter()
+            .copied()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown metric {s:?}; known: {}",
+                    ALL.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+                ))
+            })
+    }
+}
+
+/// Kernel of the CKA family.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kernel {
+    Linear,
+    /// exp(−‖xi − xj‖² / (2σ²)).
+    Rbf { sigma: f64 },
+}
+
+/// A metric with its parameters (official defaults: k = 10, cca_dim = 10, σ = 1.0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricSpec {
+    pub metric: Metric,
+    /// Neighbourhood size for kNN metrics and cknna.
+    pub k: usize,
+    /// Kernel for cka / unbiased_cka.
+    pub kernel: Kernel,
+    /// Subspace size for svcca.
+    pub cca_dim: usize,
+    /// Ridge strength for linear_r2 (relative to the mean kernel diagonal).
+    pub ridge: f64,
+    /// Reproduce the official lcs_knn / edit_distance_knn as they run with `pymp` installed
+    /// (only the first ⌈n/4⌉ rows are counted; see [`knn::rows_counted`]).
+    pub emulate_pymp: bool,
+}
+
+impl MetricSpec {
+    /// A metric with the official default parameters.
+    pub fn new(metric: Metric) -> Self {
+        MetricSpec {
+            metric,
+            k: 10,
+            kernel: Kernel::Linear,
+            cca_dim: 10,
+            ridge: 0.1,
+            emulate_pymp: false,
+        }
+    }
+
+    /// Canonical parameter text: only the parameters the metric uses, in a fixed order, so
+    /// equal computations have equal keys (e.g. `k=10`, `kernel=rbf,sigma=1`).
+    pub fn params_key(&self) -> String {
+        let mut p: Vec<String> = Vec::new();
+        if self.metric.uses_k() {
+            p.push(format!("k={}", self.k));
+        }
+        match self.metric {
+            Metric::Cka | Metric::UnbiasedCka => match self.kernel {
+                Kernel::Linear => p.push("kernel=linear".into()),
+                Kernel::Rbf { sigma } => p.push(format!("kernel=rbf,sigma={sigma}")),
+            },
+            Metric::Svcca => p.push(format!("cca_dim={}", self.cca_dim)),
+            Metric::LinearR2 => p.push(format!("ridge={}", self.ridge)),
+            Metric::LcsKnn | Metric::EditDistanceKnn if self.emulate_pymp => {
+                p.push("emulate_pymp=1".into())
+            }
+            _ => {}
+        }
+        p.join(",")
+    }
+
+    /// Parameters as a JSON object for output.
+    pub fn params_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        if self.metric.uses_k() {
+            m.insert("k".into(), self.k.into());
+        }
+        match self.metric {
+            Metric::Cka | Metric::UnbiasedCka => match self.kernel {
+                Kernel::Linear => {
+                    m.insert("kernel".into(), "linear".into());
+                }
+                Kernel::Rbf { sigma } => {
+                    m.insert("kernel".into(), "rbf".into());
+                    m.insert("sigma".into(), sigma.into());
+                }
+            },
+            Metric::Svcca => {
+                m.insert("cca_dim".into(), self.cca_dim.into());
+            }
+            Metric::LinearR2 => {
+                m.insert("ridge".into(), self.ridge.into());
+            }
+            Metric::LcsKnn | Metric::EditDistanceKnn if self.emulate_pymp => {
+                m.insert("emulate_pymp".into(), true.into());
+            }
+            _ => {}
+        }
+        serde_json::Value::Object(m)
+    }
+
+    /// Checks the parameters against n before any work is done.
+    pub fn validate(&self, n: usize) -> Result<()> {
+        let name = self.metric.name();
+        if self.metric.uses_k() {
+            if self.k == 0 {
+                return Err(Error::metric(name, "k must be at least 1"));
+            }
+            if n < self.k + 1 {
+                return Err(Error::metric(
+                    name,
+                    format!("n = {n} samples is too few for k = {} (needs n ≥ k + 1)", self.k),
+                ));
+            }
+        }
+        if self.metric == Metric::Cknna && self.k < 2 {
+            return Err(Error::metric(name, "cknna needs k ≥ 2"));
+        }
+        if matches!(self.metric, Metric::Cka | Metric::UnbiasedCka | Metric::Cknna) && n < 4 {
+            return Err(Error::metric(name, "needs at least 4 samples"));
+        }
+        if let Kernel::Rbf { sigma } = self.kernel {
+            if !(sigma > 0.0 && sigma.is_finite()) {
+                return Err(Error::metric(name, "rbf sigma must be a positive number"));
+            }
+        }
+        if self.metric == Metric::Svcca && self.cca_dim == 0 {
+            return Err(Error::metric(name, "cca_dim must be at least 1"));
+        }
+        if self.metric == Metric::LinearR2 && !(self.ridge > 0.0) {
+            return Err(Error::metric(name, "ridge must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Computes the metric for one pair of derived representations.
+    pub fn compute(&self, a: &Derived, b: &Derived) -> Result<f64> {
+        let name = self.metric.name();
+        derived::check_pair(name, a, b)?;
+        let n = a.n();
+        self.validate(n)?;
+        let v = match self.metric {
+            Metric::MutualKnn => knn::mutual_knn(&a.knn(self.k), &b.knn(self.k), n),
+            Metric::JaccardKnn => knn::jaccard_knn(&a.knn(self.k), &b.knn(self.k), n),
+            Metric::CycleKnn => knn::cycle_knn(&a.knn(self.k), &b.knn(self.k), n),
+            Metric::LcsKnn => knn::lcs_knn(&a.knn(self.k), &b.knn(self.k), n, self.emulate_pymp),
+            Metric::EditDistanceKnn => {
+                knn::edit_distance_knn(&a.knn(self.k), &b.knn(self.k), n, self.emulate_pymp)
+            }
+            Metric::Cka | Metric::UnbiasedCka => {
+                let (ka, kb) = match self.kernel {
+                    Kernel::Linear => (a.linear_kernel(), b.linear_kernel()),
+                    Kernel::Rbf { sigma } => (a.rbf_kernel(sigma), b.rbf_kernel(sigma)),
+                };
+                kernel::cka(&ka, &kb, self.metric == Metric::UnbiasedCka)
+            }
+            Metric::Cknna => {
+                kernel::cknna(a.gram(), b.gram(), &a.knn(self.k), &b.knn(self.k), n)
+            }
+            Metric::Svcca => {
+                let ua = a.svcca_basis(self.cca_dim);
+                let ub = b.svcca_basis(self.cca_dim);
+                let ua = ua.as_ref().as_ref().map_err(|m| Error::metric(name, m.clone()))?;
+                let ub = ub.as_ref().as_ref().map_err(|m| Error::metric(name, m.clone()))?;
+                extra::svcca(ua, ub).map_err(|m| Error::metric(name, m))?
+            }
+            Metric::Procrustes => extra::procrustes(a, b).map_err(|m| Error::metric(name, m))?,
+            Metric::Rsa => extra::rsa(a, b),
+            Metric::LinearR2 => {
+                extra::linear_r2(a, b, self.ridge).map_err(|m| Error::metric(name, m))?
+            }
+        };
+        if !v.is_finite() {
+            return Err(Error::metric(
+                name,
+                format!("the result is not a number ({v}); the inputs are degenerate (constant features?)"),
+            ));
+        }
+        Ok(v)
+    }
+}

@@ -1,0 +1,146 @@
+//! Feature preparation as the official pipeline does it (DESIGN.md §4): clamp every value to
+//! ±t, where t is the element at 0-based index ⌊q·N⌋ of the N absolute values of the whole
+//! checkpoint (all layers together) sorted ascending, then L2-normalise each row.
+
+use ndarray::{Array2, ArrayView2};
+
+use crate::error::{Error, Result};
+
+/// How features are prepared before a metric sees them. Part of every cache key.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prep {
+    /// Quantile q of |X| for the clamp (official: 0.95); `None` = no clamp.
+    pub clamp_q: Option<f64>,
+    /// L2-normalise rows (official: yes).
+    pub normalize: bool,
+}
+
+impl Default for Prep {
+    fn default() -> Self {
+        Prep::OFFICIAL
+    }
+}
+
+impl Prep {
+    /// The official pipeline: clamp at the exact 0.95 selection, then row-normalise.
+    pub const OFFICIAL: Prep = Prep {
+        clamp_q: Some(0.95),
+        normalize: true,
+    };
+    /// Rows used as given.
+    pub const NONE: Prep = Prep {
+        clamp_q: None,
+        normalize: false,
+    };
+
+    /// Canonical text for cache keys, including the threshold actually used
+    /// (its f32 bits in hex, so the key is exact): e.g. `clamp(q=0.95,t=0x400a3c1e);l2`.
+    pub fn key(&self, threshold: Option<f32>) -> String {
+        let mut parts = Vec::new();
+        if let (Some(q), Some(t)) = (self.clamp_q, threshold) {
+            parts.push(format!("clamp(q={q},t=0x{:08x})", t.to_bits()));
+        }
+        if self.normalize {
+            parts.push("l2".to_string());
+        }
+        if parts.is_empty() {
+            "raw".into()
+        } else {
+            parts.join(";")
+        }
+    }
+}
+
+/// The clamp threshold of a checkpoint: the element at index ⌊q·N⌋ of all |values| of all
+/// layers sorted ascending (a selection, exactly as `remove_outliers(exact=True)`).
+/// `None` when q ≥ 1 (the official code skips the clamp then).
+///
+/// Exact and O(N) time with O(65 536 + bucket) memory: a histogram over the top 16 bits of the
+/// (monotone) bit patterns of |x| finds the bucket holding the rank, a second pass selects in it.
+pub fn clamp_threshold(layers: &[ArrayView2<f32>], q: f64) -> Option<f32> {
+    if q >= 1.0 {
+        return None;
+    }
+    let total: usize = layers.iter().map(|l| l.len()).sum();
+    if total == 0 {
+        return None;
+    }
+    let idx = ((q.max(0.0) * total as f64) as usize).min(total - 1);
+    let mut hist = vec![0usize; 1 << 16];
+    for l in layers {
+        for v in l.iter() {
+            hist[(v.abs().to_bits() >> 16) as usize] += 1;
+        }
+    }
+    let mut seen = 0usize;
+    let mut bucket = 0usize;
+    for (b, &c) in hist.iter().enumerate() {
+        if seen + c > idx {
+            bucket = b;
+            break;
+        }
+        seen += c;
+    }
+    let mut vals: Vec<u32> = Vec::with_capacity(hist[bucket]);
+    for l in layers {
+        for v in l.iter() {
+            let bits = v.abs().to_bits();
+            if (bits >> 16) as usize == bucket {
+                vals.push(bits);
+            }
+        }
+    }
+    let k = idx - seen;
+    let (_, nth, _) = vals.select_nth_unstable(k);
+    Some(f32::from_bits(*nth))
+}
+
+/// Applies the clamp (when `threshold` is given) and row normalisation to one layer.
+/// An all-zero row cannot be normalised and is an error naming the row.
+pub fn prepare(x: ArrayView2<f32>, threshold: Option<f32>, normalize: bool) -> Result<Array2<f32>> {
+    let mut out = x.to_owned();
+    if let Some(t) = threshold {
+        out.mapv_inplace(|v| v.clamp(-t, t));
+    }
+    for (i, mut row) in out.rows_mut().into_iter().enumerate() {
+        let norm = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return Err(Error::Invalid(format!(
+                "row {i} is all zeros: alignment metrics need a direction for every sample"
+            )));
+        }
+        if normalize {
+            let inv = (1.0 / norm) as f32;
+            row.mapv_inplace(|v| v * inv);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn threshold_is_the_exact_selection_over_all_layers() {
+        let a = array![[1.0f32, -5.0], [3.0, 2.0]];
+        let b = array![[-4.0f32, 0.5], [6.0, -7.0]];
+        // |values| sorted: 0.5 1 2 3 4 5 6 7; N = 8; q = 0.5 -> index 4 -> 4.0
+        let t = clamp_threshold(&[a.view(), b.view()], 0.5).unwrap();
+        assert_eq!(t, 4.0);
+        // q = 0.95 -> index floor(7.6) = 7 -> 7.0
+        assert_eq!(clamp_threshold(&[a.view(), b.view()], 0.95), Some(7.0));
+        assert_eq!(clamp_threshold(&[a.view()], 1.0), None);
+    }
+
+    #[test]
+    fn prepare_clamps_then_normalises_and_rejects_zero_rows() {
+        let x = array![[3.0f32, 10.0], [0.0, -2.0]];
+        let p = prepare(x.view(), Some(4.0), true).unwrap();
+        assert!((p[[0, 0]] - 0.6).abs() < 1e-6 && (p[[0, 1]] - 0.8).abs() < 1e-6);
+        assert_eq!(p[[1, 1]], -1.0);
+        let z = array![[0.0f32, 0.0], [1.0, 0.0]];
+        assert!(prepare(z.view(), None, true).unwrap_err().to_string().contains("row 0"));
+    }
+}

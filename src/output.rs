@@ -1,0 +1,155 @@
+//! Output for people and for other tools: aligned terminal tables, JSON arrays of objects and
+//! CSV, all from one list of serialisable rows so the field names never drift between formats.
+
+use std::io::Write;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Output format chosen with `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Aligned columns for a terminal.
+    #[default]
+    Table,
+    /// A JSON array of objects (one object for single results).
+    Json,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+/// Renders rows (structs that serialise to flat JSON objects) in `format`.
+pub fn render<T: Serialize>(rows: &[T], format: Format, out: &mut dyn Write) -> std::io::Result<()> {
+    let values: Vec<Value> = rows
+        .iter()
+        .map(|r| serde_json::to_value(r).expect("rows serialise"))
+        .collect();
+    render_values(&values, format, out)
+}
+
+/// Renders JSON objects in `format`; columns are the keys of the first object, in order.
+pub fn render_values(rows: &[Value], format: Format, out: &mut dyn Write) -> std::io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, rows)?;
+            writeln!(out)
+        }
+        Format::Csv => {
+            let cols = columns(rows);
+            writeln!(out, "{}", cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","))?;
+            for r in rows {
+                let line: Vec<String> = cols.iter().map(|c| csv_field(&cell(r.get(c)))).collect();
+                writeln!(out, "{}", line.join(","))?;
+            }
+            Ok(())
+        }
+        Format::Table => {
+            let cols = columns(rows);
+            if rows.is_empty() {
+                return writeln!(out, "(none)");
+            }
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| cols.iter().map(|c| cell(r.get(c))).collect())
+                .collect();
+            let widths: Vec<usize> = cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    cells
+                        .iter()
+                        .map(|r| r[i].chars().count())
+                        .chain([c.len()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let line = |items: Vec<&str>| -> String {
+                items
+                    .iter()
+                    .zip(&widths)
+                    .map(|(s, w)| format!("{s:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
+            };
+            writeln!(out, "{}", line(cols.iter().map(|s| s.as_str()).collect()))?;
+            for r in &cells {
+                writeln!(out, "{}", line(r.iter().map(|s| s.as_str()).collect()))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn columns(rows: &[Value]) -> Vec<String> {
+    rows.first()
+        .and_then(|r| r.as_object())
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// A cell as text: numbers with up to 6 significant decimals, null as empty.
+fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
+                format_float(f)
+            } else {
+                n.to_string()
+            }
+        }
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Formats a float for tables: 6 decimals, trailing zeros trimmed.
+pub fn format_float(f: f64) -> String {
+    let s = format!("{f:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.to_string() }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Row {
+        name: String,
+        v: f64,
+        k: Option<i64>,
+    }
+
+    #[test]
+    fn csv_quotes_and_json_keeps_field_names() {
+        let rows = vec![
+            Row { name: "a,b".into(), v: 0.5, k: Some(3) },
+            Row { name: "c".into(), v: 1.0 / 3.0, k: None },
+        ];
+        let mut buf = Vec::new();
+        render(&rows, Format::Csv, &mut buf).unwrap();
+        let s = String::from_utf8(buf).unwrap();
+        assert_eq!(s, "name,v,k\n\"a,b\",0.5,3\nc,0.333333,\n");
+        let mut buf = Vec::new();
+        render(&rows, Format::Json, &mut buf).unwrap();
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v[0]["name"], "a,b");
+        assert_eq!(v[1]["k"], Value::Null);
+        let mut buf = Vec::new();
+        render(&rows, Format::Table, &mut buf).unwrap();
+        let s = String::from_utf8(buf).unwrap();
+        assert!(s.starts_with("name  v         k\na,b   0.5       3\n"), "{s}");
+    }
+}

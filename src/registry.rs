@@ -1,0 +1,610 @@
+//! A registry on disk: `catalog.db` + `blobs/` + `tmp/` (DESIGN.md §1), and the operations that
+//! change it: creating datasets, ingesting feature files, setting scores.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use crate::catalog::{Catalog, Dataset, Model};
+use crate::error::{Error, Result};
+use crate::formats::{self, FeatureFile};
+use crate::matrix::{self, LayerView};
+use crate::store::{BlobHash, BlobStore, BlobWriter, FsBlobStore};
+
+/// Name of the directory `prh init` creates when no path is given.
+pub const DEFAULT_DIR: &str = ".prh";
+/// Checkpoint name used when `--checkpoint` is not given.
+pub const DEFAULT_CHECKPOINT: &str = "final";
+
+/// Scores that are known to be better when lower, used when no direction is given.
+const LOWER_IS_BETTER: &[&str] = &["loss", "bpb", "perplexity", "ppl", "error", "nll"];
+
+/// An open registry.
+pub struct Registry {
+    pub root: PathBuf,
+    pub catalog: Catalog,
+    pub store: FsBlobStore,
+}
+
+/// Finds the registry: the explicit path (from `--registry` or `PRH_REGISTRY`), else the
+/// nearest `.prh/` walking up from `cwd`.
+pub fn discover(explicit: Option<&Path>, cwd: &Path) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let mut dir = Some(cwd);
+    while let Some(d) = dir {
+        let cand = d.join(DEFAULT_DIR);
+        if cand.join("catalog.db").is_file() {
+            return Ok(cand);
+        }
+        dir = d.parent();
+    }
+    Err(Error::NoRegistry)
+}
+
+impl Registry {
+    /// Creates a registry at `root` (or opens it if one is already there).
+    pub fn init(root: &Path) -> Result<Registry> {
+        fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let store = FsBlobStore::new(root);
+        store.create_dirs()?;
+        let catalog = Catalog::open(&root.join("catalog.db"))?;
+        Ok(Registry {
+            root: root.to_path_buf(),
+            catalog,
+            store,
+        })
+    }
+
+    /// Opens an existing registry.
+    pub fn open(root: &Path) -> Result<Registry> {
+        let db = root.join("catalog.db");
+        if !db.is_file() {
+            return Err(Error::Invalid(format!(
+                "{} is not a prh registry (no catalog.db); create one with `prh init {}`",
+                root.display(),
+                root.display()
+            )));
+        }
+        Ok(Registry {
+            root: root.to_path_buf(),
+            catalog: Catalog::open(&db)?,
+            store: FsBlobStore::new(root),
+        })
+    }
+
+    /// Adds a dataset of `n` samples, optionally with ordered sample ids (then n = ids.len()).
+    pub fn add_dataset(
+        &mut self,
+        name: &str,
+        n: Option<usize>,
+        ids: Option<Vec<String>>,
+        description: Option<&str>,
+    ) -> Result<Dataset> {
+        let n = match (n, &ids) {
+            (Some(n), Some(ids)) if ids.len() != n => {
+                return Err(Error::Invalid(format!(
+                    "--n {n} disagrees with the {} sample ids given",
+                    ids.len()
+                )));
+            }
+            (Some(n), _) => n,
+            (None, Some(ids)) => ids.len(),
+            (None, None) => {
+                return Err(Error::Invalid(
+                    "a dataset needs --n or --ids (a file with one sample id per line)".into(),
+                ));
+            }
+        };
+        if n == 0 {
+            return Err(Error::Invalid("a dataset needs at least one sample".into()));
+        }
+        if let Some(d) = self.catalog.dataset(name)? {
+            if d.n == n {
+                return Ok(d);
+            }
+            return Err(Error::Invalid(format!(
+                "dataset {name} already exists with n = {}, not {n}",
+                d.n
+            )));
+        }
+        self.catalog.write(|tx| {
+            tx.execute(
+                "INSERT INTO datasets (name, n, description) VALUES (?1, ?2, ?3)",
+                params![name, n as i64, description],
+            )?;
+            let id = tx.last_insert_rowid();
+            if let Some(ids) = &ids {
+                let mut st = tx.prepare(
+                    "INSERT INTO dataset_samples (dataset_id, idx, sample_id) VALUES (?1, ?2, ?3)",
+                )?;
+                for (i, s) in ids.iter().enumerate() {
+                    st.execute(params![id, i as i64, s])?;
+                }
+            }
+            Ok(())
+        })?;
+        self.catalog
+            .dataset(name)?
+            .ok_or_else(|| Error::Invalid("dataset vanished".into()))
+    }
+
+    /// Sets scores on a checkpoint (the model's latest when `checkpoint` is `None`).
+    /// `higher_is_better` applies to every score given; `None` keeps a stored direction or,
+    /// for a new score, guesses from the name (loss, bpb, ... are lower-is-better).
+    pub fn set_scores(
+        &mut self,
+        model: &str,
+        checkpoint: Option<&str>,
+        scores: &[(String, f64)],
+        higher_is_better: Option<bool>,
+    ) -> Result<String> {
+        let ck = match checkpoint {
+            Some(c) => self.catalog.checkpoint(model, c)?,
+            None => self.catalog.latest_checkpoint(model)?,
+        }
+        .ok_or_else(|| {
+            Error::Invalid(match checkpoint {
+                Some(c) => format!("model {model} has no checkpoint {c}"),
+                None => format!("model {model} is not in the registry (ingest its features first)"),
+            })
+        })?;
+        for (name, v) in scores {
+            if !v.is_finite() {
+                return Err(Error::Invalid(format!("score {name} = {v} is not a finite number")));
+            }
+        }
+        self.catalog.write(|tx| {
+            for (name, value) in scores {
+                upsert_score(tx, ck.id, name, *value, higher_is_better)?;
+            }
+            Ok(())
+        })?;
+        Ok(ck.checkpoint)
+    }
+
+    /// Ingests a feature file (all its layers) as one checkpoint of one model on one dataset.
+    /// Atomic: on any error the catalog and `blobs/` are as they were.
+    pub fn ingest(&mut self, path: &Path, req: &IngestRequest) -> Result<IngestReport> {
+        let file = formats::open(path)?;
+        self.ingest_file(&file, req)
+    }
+
+    /// [`Registry::ingest`] for an already opened file.
+    pub fn ingest_file(&mut self, file: &FeatureFile, req: &IngestRequest) -> Result<IngestReport> {
+        let path = &file.path;
+        let n = file.n();
+        // Everything that can be checked before writing a byte is checked here.
+        let dataset = self.catalog.dataset(&req.dataset)?;
+        if let Some(ds) = &dataset {
+            if ds.n != n {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "n = {n} rows, but dataset {} has n = {}; features must cover the dataset's samples in order",
+                        ds.name, ds.n
+                    ),
+                ));
+            }
+        }
+        let model = self.catalog.model(&req.model)?;
+        match (&model, &req.modality) {
+            (Some(m), Some(want)) if &m.modality != want => {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "model {} is registered with modality {}, not {want}",
+                        m.name, m.modality
+                    ),
+                ));
+            }
+            (None, None) => {
+                return Err(Error::Invalid(format!(
+                    "model {} is new: give its --modality (e.g. language, vision)",
+                    req.model
+                )));
+            }
+            _ => {}
+        }
+        validate_name("pool", &req.pool)?;
+
+        // Encode every layer into sealed temporary blobs; nothing is published yet.
+        let mut sealed = Vec::with_capacity(file.layers.len());
+        for (li, spec) in file.layers.iter().enumerate() {
+            let view = file.layer(li);
+            let mut w = self.store.writer()?;
+            write_canonical(&view, &mut w).map_err(|e| match e {
+                EncodeError::NonFinite { row, col } => Error::format(
+                    path,
+                    format!(
+                        "NaN or Inf present in {} at row {row}, column {col}; clean the features before ingest",
+                        spec.name
+                    ),
+                ),
+                EncodeError::Store(e) => e,
+            })?;
+            sealed.push((w.seal()?, view.dtype, view.d));
+        }
+
+        // Refuse a checkpoint whose layers already hold different matrices.
+        let ck_name = req.checkpoint.as_deref().unwrap_or(DEFAULT_CHECKPOINT);
+        if let (Some(m), Some(ds)) = (&model, &dataset) {
+            if let Some(ck) = self.catalog.checkpoint(&m.name, ck_name)? {
+                for (layer, (s, _, _)) in sealed.iter().enumerate() {
+                    let existing: Option<String> = self
+                        .catalog
+                        .conn()
+                        .query_row(
+                            "SELECT blob_hash FROM representations
+                             WHERE checkpoint_id = ?1 AND dataset_id = ?2 AND layer = ?3 AND pool = ?4",
+                            params![ck.id, ds.id, layer as i64, req.pool],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if let Some(h) = existing {
+                        if h != s.hash.to_hex() {
+                            return Err(Error::format(
+                                path,
+                                format!(
+                                    "model {} checkpoint {ck_name} layer {layer} (pool {}, dataset {}) already holds a different representation ({}); ingest it under a new --checkpoint",
+                                    m.name,
+                                    req.pool,
+                                    ds.name,
+                                    &h[..12]
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+
+        // Publish the blobs (rename into place), then commit all rows in one transaction.
+        let mut layers = Vec::with_capacity(sealed.len());
+        for (s, dtype, d) in sealed {
+            let hash = s.hash;
+            let bytes = s.len;
+            let new_blob = s.publish()?;
+            layers.push(LayerReport {
+                layer: layers.len(),
+                hash,
+                dtype: dtype.name(),
+                d,
+                bytes,
+                new_blob,
+                new_row: false,
+            });
+        }
+        let source = path.display().to_string();
+        let mut scores: Vec<(String, f64)> = file.meta.scores.clone();
+        for (k, v) in &req.scores {
+            scores.retain(|(kk, _)| kk != k);
+            scores.push((k.clone(), *v));
+        }
+        let num_params = req.num_params.or(file.meta.num_params);
+        let outcome = self.catalog.write(|tx| {
+            let mut out = TxOutcome::default();
+            let ds_id = match tx
+                .query_row(
+                    "SELECT id, n FROM datasets WHERE name = ?1",
+                    [&req.dataset],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()?
+            {
+                Some((id, dn)) if dn as usize == n => id,
+                Some((_, dn)) => {
+                    return Err(Error::format(
+                        path,
+                        format!("n = {n} rows, but dataset {} has n = {dn}", req.dataset),
+                    ));
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO datasets (name, n) VALUES (?1, ?2)",
+                        params![req.dataset, n as i64],
+                    )?;
+                    out.dataset_created = true;
+                    tx.last_insert_rowid()
+                }
+            };
+            let model_id = match tx
+                .query_row(
+                    "SELECT id, modality FROM models WHERE name = ?1",
+                    [&req.model],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                )
+                .optional()?
+            {
+                Some((id, modality)) => {
+                    if let Some(want) = &req.modality {
+                        if &modality != want {
+                            return Err(Error::format(
+                                path,
+                                format!("model {} is registered with modality {modality}, not {want}", req.model),
+                            ));
+                        }
+                    }
+                    id
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO models (name, modality, family) VALUES (?1, ?2, ?3)",
+                        params![req.model, req.modality, req.family],
+                    )?;
+                    out.model_created = true;
+                    tx.last_insert_rowid()
+                }
+            };
+            if let Some(np) = num_params {
+                tx.execute(
+                    "UPDATE models SET num_params = ?1 WHERE id = ?2",
+                    params![np, model_id],
+                )?;
+            }
+            if let Some(f) = &req.family {
+                tx.execute(
+                    "UPDATE models SET family = ?1 WHERE id = ?2 AND family IS NULL",
+                    params![f, model_id],
+                )?;
+            }
+            let ck_id = match tx
+                .query_row(
+                    "SELECT id FROM checkpoints WHERE model_id = ?1 AND name = ?2",
+                    params![model_id, ck_name],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+            {
+                Some(id) => {
+                    if let Some(step) = req.step {
+                        tx.execute(
+                            "UPDATE checkpoints SET step = ?1 WHERE id = ?2 AND step IS NULL",
+                            params![step, id],
+                        )?;
+                    }
+                    id
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO checkpoints (model_id, name, step) VALUES (?1, ?2, ?3)",
+                        params![model_id, ck_name, req.step],
+                    )?;
+                    out.checkpoint_created = true;
+                    tx.last_insert_rowid()
+                }
+            };
+            for l in layers.iter_mut() {
+                let hex = l.hash.to_hex();
+                tx.execute(
+                    "INSERT OR IGNORE INTO blobs (hash, dtype, n, d, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![hex, l.dtype, n as i64, l.d as i64, l.bytes as i64],
+                )?;
+                let existing: Option<String> = tx
+                    .query_row(
+                        "SELECT blob_hash FROM representations
+                         WHERE checkpoint_id = ?1 AND dataset_id = ?2 AND layer = ?3 AND pool = ?4",
+                        params![ck_id, ds_id, l.layer as i64, req.pool],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match existing {
+                    Some(h) if h == hex => {}
+                    Some(h) => {
+                        return Err(Error::format(
+                            path,
+                            format!("layer {} already holds a different representation ({}); ingest it under a new --checkpoint", l.layer, &h[..12]),
+                        ));
+                    }
+                    None => {
+                        tx.execute(
+                            "INSERT INTO representations (checkpoint_id, dataset_id, layer, pool, blob_hash, source)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            params![ck_id, ds_id, l.layer as i64, req.pool, hex, source],
+                        )?;
+                        l.new_row = true;
+                    }
+                }
+            }
+            for (name, value) in &scores {
+                if upsert_score(tx, ck_id, name, *value, None)? {
+                    out.scores_changed.push(name.clone());
+                }
+            }
+            Ok(out)
+        })?;
+        Ok(IngestReport {
+            path: path.clone(),
+            model: req.model.clone(),
+            checkpoint: ck_name.to_string(),
+            dataset: req.dataset.clone(),
+            n,
+            dataset_created: outcome.dataset_created,
+            model_created: outcome.model_created,
+            checkpoint_created: outcome.checkpoint_created,
+            layers,
+            scores_changed: outcome.scores_changed,
+            num_params,
+        })
+    }
+
+    /// The model row, or an error naming the model.
+    pub fn require_model(&self, name: &str) -> Result<Model> {
+        self.catalog
+            .model(name)?
+            .ok_or_else(|| Error::Invalid(format!("no model named {name} in the registry")))
+    }
+}
+
+#[derive(Default)]
+struct TxOutcome {
+    dataset_created: bool,
+    model_created: bool,
+    checkpoint_created: bool,
+    scores_changed: Vec<String>,
+}
+
+/// Inserts or updates a score; returns true when the stored value changed.
+fn upsert_score(
+    tx: &rusqlite::Transaction,
+    checkpoint_id: i64,
+    name: &str,
+    value: f64,
+    higher_is_better: Option<bool>,
+) -> Result<bool> {
+    validate_name("score", name)?;
+    let old: Option<(f64, Option<i64>)> = tx
+        .query_row(
+            "SELECT value, higher_is_better FROM scores WHERE checkpoint_id = ?1 AND name = ?2",
+            params![checkpoint_id, name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let dir = match (higher_is_better, &old) {
+        (Some(h), _) => Some(h as i64),
+        (None, Some((_, d))) => *d,
+        (None, None) => {
+            if LOWER_IS_BETTER.contains(&name.to_ascii_lowercase().as_str()) {
+                Some(0)
+            } else {
+                None
+            }
+        }
+    };
+    if let Some((v, d)) = old {
+        if v == value && d == dir {
+            return Ok(false);
+        }
+    }
+    tx.execute(
+        "INSERT INTO scores (checkpoint_id, name, value, higher_is_better) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (checkpoint_id, name) DO UPDATE SET value = excluded.value,
+             higher_is_better = excluded.higher_is_better",
+        params![checkpoint_id, name, value, dir],
+    )?;
+    Ok(true)
+}
+
+fn validate_name(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() || s.chars().any(|c| c.is_control()) {
+        return Err(Error::Invalid(format!("invalid {what} name {s:?}")));
+    }
+    Ok(())
+}
+
+/// What to ingest a file as.
+#[derive(Debug, Clone, Default)]
+pub struct IngestRequest {
+    pub model: String,
+    pub dataset: String,
+    pub modality: Option<String>,
+    pub family: Option<String>,
+    pub pool: String,
+    pub checkpoint: Option<String>,
+    pub step: Option<i64>,
+    pub scores: Vec<(String, f64)>,
+    pub num_params: Option<i64>,
+}
+
+/// One layer's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub layer: usize,
+    #[serde(serialize_with = "ser_hash")]
+    pub hash: BlobHash,
+    pub dtype: &'static str,
+    pub d: usize,
+    pub bytes: u64,
+    pub new_blob: bool,
+    pub new_row: bool,
+}
+
+fn ser_hash<S: serde::Serializer>(h: &BlobHash, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&h.to_hex())
+}
+
+/// What an ingest did.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestReport {
+    pub path: PathBuf,
+    pub model: String,
+    pub checkpoint: String,
+    pub dataset: String,
+    pub n: usize,
+    pub dataset_created: bool,
+    pub model_created: bool,
+    pub checkpoint_created: bool,
+    pub layers: Vec<LayerReport>,
+    pub scores_changed: Vec<String>,
+    pub num_params: Option<i64>,
+}
+
+impl IngestReport {
+    /// True when nothing new was added (the same file ingested again).
+    pub fn unchanged(&self) -> bool {
+        !self.dataset_created
+            && !self.model_created
+            && !self.checkpoint_created
+            && self.layers.iter().all(|l| !l.new_row)
+            && self.scores_changed.is_empty()
+    }
+}
+
+enum EncodeError {
+    NonFinite { row: usize, col: usize },
+    Store(Error),
+}
+
+impl From<Error> for EncodeError {
+    fn from(e: Error) -> Self {
+        EncodeError::Store(e)
+    }
+}
+
+/// Size of the staging chunk used while encoding a layer.
+const CHUNK: usize = 8 << 20;
+
+/// Writes the canonical encoding of a layer (header + row-major LE elements) into `w`,
+/// refusing NaN and Inf.
+fn write_canonical(view: &LayerView, w: &mut BlobWriter) -> std::result::Result<(), EncodeError> {
+    w.write(&matrix::canonical_header(view.dtype, view.n, view.d))?;
+    let es = view.dtype.size();
+    let row_bytes = view.d * es;
+    // Contiguous rows packed back to back: stream straight from the source.
+    if view.col_stride == 1 && view.row_stride == view.d {
+        let all = &view.data[..view.n * row_bytes];
+        for (ci, chunk) in all.chunks(CHUNK - CHUNK % row_bytes.max(1)).enumerate() {
+            if let Some(i) = view.dtype.first_non_finite(chunk) {
+                let flat = ci * (CHUNK - CHUNK % row_bytes.max(1)) / es + i;
+                return Err(EncodeError::NonFinite {
+                    row: flat / view.d,
+                    col: flat % view.d,
+                });
+            }
+            w.write(chunk)?;
+        }
+        return Ok(());
+    }
+    let rows_per_chunk = (CHUNK / row_bytes.max(1)).max(1);
+    let mut buf = Vec::with_capacity(rows_per_chunk * row_bytes);
+    let mut start = 0;
+    while start < view.n {
+        let end = (start + rows_per_chunk).min(view.n);
+        buf.clear();
+        for i in start..end {
+            view.push_row(i, &mut buf);
+        }
+        if let Some(i) = view.dtype.first_non_finite(&buf) {
+            return Err(EncodeError::NonFinite {
+                row: start + i / view.d,
+                col: i % view.d,
+            });
+        }
+        w.write(&buf)?;
+        start = end;
+    }
+    Ok(())
+}
