@@ -212,9 +212,9 @@ impl Catalog {
 
     /// All models, by name.
     pub fn models(&self) -> Result<Vec<Model>> {
-        let mut st = self.conn.prepare(
-            "SELECT id, name, modality, family, num_params FROM models ORDER BY name",
-        )?;
+        let mut st = self
+            .conn
+            .prepare("SELECT id, name, modality, family, num_params FROM models ORDER BY name")?;
         let rows = st.query_map([], model_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -304,8 +304,7 @@ impl Catalog {
     pub fn blob_hashes(&self) -> Result<Vec<BlobHash>> {
         let mut st = self.conn.prepare("SELECT hash FROM blobs ORDER BY hash")?;
         let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-        rows.map(|h| h?.parse())
-            .collect::<Result<Vec<_>>>()
+        rows.map(|h| h?.parse()).collect::<Result<Vec<_>>>()
     }
 
     // ----- scores -----
@@ -370,7 +369,10 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
-        let fk: i64 = c.conn().query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+        let fk: i64 = c
+            .conn()
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(fk, 1);
     }
 

@@ -43,12 +43,21 @@ impl LayerTable {
 /// Prepares every layer of one checkpoint: the clamp threshold is computed once over all
 /// layers together, then each layer is clamped and row-normalised. Returns the derived data
 /// and the threshold used.
-pub fn derive_checkpoint(layers: &[Array2<f32>], prep: Prep) -> Result<(Vec<Derived>, Option<f32>)> {
+pub fn derive_checkpoint(
+    layers: &[Array2<f32>],
+    prep: Prep,
+) -> Result<(Vec<Derived>, Option<f32>)> {
     let views: Vec<ArrayView2<f32>> = layers.iter().map(|l| l.view()).collect();
     let threshold = prep.clamp_q.and_then(|q| prep::clamp_threshold(&views, q));
     let derived = layers
         .iter()
-        .map(|l| Ok(Derived::new(prep::prepare(l.view(), threshold, prep.normalize)?)))
+        .map(|l| {
+            Ok(Derived::new(prep::prepare(
+                l.view(),
+                threshold,
+                prep.normalize,
+            )?))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok((derived, threshold))
 }

@@ -22,7 +22,9 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     /// A command needs a registry and none was found.
-    #[error("no prh registry found (looked at --registry, PRH_REGISTRY, and .prh/ in this directory and its parents); create one with `prh init`")]
+    #[error(
+        "no prh registry found (looked at --registry, PRH_REGISTRY, and .prh/ in this directory and its parents); create one with `prh init`"
+    )]
     NoRegistry,
     /// A blob whose bytes do not match its name, or that cannot be parsed.
     #[error("blob {hash} is corrupt: {msg}")]

@@ -63,7 +63,9 @@ impl DType {
         match self {
             DType::F16 => (u16::from_le_bytes([b[0], b[1]]) & 0x7c00) != 0x7c00,
             DType::BF16 => (u16::from_le_bytes([b[0], b[1]]) & 0x7f80) != 0x7f80,
-            DType::F32 => (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000) != 0x7f80_0000,
+            DType::F32 => {
+                (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000) != 0x7f80_0000
+            }
             DType::F64 => {
                 let v = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
                 (v & 0x7ff0_0000_0000_0000) != 0x7ff0_0000_0000_0000
@@ -88,7 +90,9 @@ impl DType {
                 }
                 bytes.chunks_exact(4).position(|c| !self.is_finite(c))
             }
-            _ => bytes.chunks_exact(self.size()).position(|c| !self.is_finite(c)),
+            _ => bytes
+                .chunks_exact(self.size())
+                .position(|c| !self.is_finite(c)),
         }
     }
 }
@@ -231,14 +235,23 @@ mod tests {
             let h = canonical_header(dt, 1024, 768);
             assert_eq!(parse_header(&h), Some((dt, 1024, 768)));
         }
-        assert_eq!(parse_header(b"PRHMAT02\0\0\0\0\0\0\0\0xxxxxxxxxxxxxxxx"), None);
+        assert_eq!(
+            parse_header(b"PRHMAT02\0\0\0\0\0\0\0\0xxxxxxxxxxxxxxxx"),
+            None
+        );
     }
 
     #[test]
     fn finite_check_finds_nan_inf_in_every_dtype() {
-        let f32s: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f32s: Vec<u8> = [1.0f32, f32::NAN]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert_eq!(DType::F32.first_non_finite(&f32s), Some(1));
-        let f64s: Vec<u8> = [f64::INFINITY].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f64s: Vec<u8> = [f64::INFINITY]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert_eq!(DType::F64.first_non_finite(&f64s), Some(0));
         let f16s: Vec<u8> = [f16::from_f32(1.0), f16::INFINITY]
             .iter()
@@ -247,7 +260,10 @@ mod tests {
         assert_eq!(DType::F16.first_non_finite(&f16s), Some(1));
         let b16s: Vec<u8> = [bf16::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(DType::BF16.first_non_finite(&b16s), Some(0));
-        let ok: Vec<u8> = [0.0f32, -3.5, 1e30].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let ok: Vec<u8> = [0.0f32, -3.5, 1e30]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert_eq!(DType::F32.first_non_finite(&ok), None);
     }
 
@@ -269,6 +285,12 @@ mod tests {
         assert_eq!(m.row(1).to_vec(), vec![4.0, 5.0, 6.0]);
         let mut out = Vec::new();
         v.push_row(1, &mut out);
-        assert_eq!(out, [4.0f32, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+        assert_eq!(
+            out,
+            [4.0f32, 5.0, 6.0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<_>>()
+        );
     }
 }

@@ -19,7 +19,11 @@ pub enum Format {
 }
 
 /// Renders rows (structs that serialise to flat JSON objects) in `format`.
-pub fn render<T: Serialize>(rows: &[T], format: Format, out: &mut dyn Write) -> std::io::Result<()> {
+pub fn render<T: Serialize>(
+    rows: &[T],
+    format: Format,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     let values: Vec<Value> = rows
         .iter()
         .map(|r| serde_json::to_value(r).expect("rows serialise"))
@@ -36,7 +40,14 @@ pub fn render_values(rows: &[Value], format: Format, out: &mut dyn Write) -> std
         }
         Format::Csv => {
             let cols = columns(rows);
-            writeln!(out, "{}", cols.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","))?;
+            writeln!(
+                out,
+                "{}",
+                cols.iter()
+                    .map(|c| csv_field(c))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )?;
             for r in rows {
                 let line: Vec<String> = cols.iter().map(|c| csv_field(&cell(r.get(c)))).collect();
                 writeln!(out, "{}", line.join(","))?;
@@ -135,8 +146,16 @@ mod tests {
     #[test]
     fn csv_quotes_and_json_keeps_field_names() {
         let rows = vec![
-            Row { name: "a,b".into(), v: 0.5, k: Some(3) },
-            Row { name: "c".into(), v: 1.0 / 3.0, k: None },
+            Row {
+                name: "a,b".into(),
+                v: 0.5,
+                k: Some(3),
+            },
+            Row {
+                name: "c".into(),
+                v: 1.0 / 3.0,
+                k: None,
+            },
         ];
         let mut buf = Vec::new();
         render(&rows, Format::Csv, &mut buf).unwrap();
@@ -150,6 +169,9 @@ mod tests {
         let mut buf = Vec::new();
         render(&rows, Format::Table, &mut buf).unwrap();
         let s = String::from_utf8(buf).unwrap();
-        assert!(s.starts_with("name  v         k\na,b   0.5       3\n"), "{s}");
+        assert!(
+            s.starts_with("name  v         k\na,b   0.5       3\n"),
+            "{s}"
+        );
     }
 }

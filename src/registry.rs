@@ -154,7 +154,9 @@ impl Registry {
         })?;
         for (name, v) in scores {
             if !v.is_finite() {
-                return Err(Error::Invalid(format!("score {name} = {v} is not a finite number")));
+                return Err(Error::Invalid(format!(
+                    "score {name} = {v} is not a finite number"
+                )));
             }
         }
         self.catalog.write(|tx| {

@@ -341,7 +341,10 @@ mod tests {
         assert!(!new2);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         let blob = store.open(&h).unwrap();
-        assert_eq!(blob.to_f32_verified().unwrap().row(0).to_vec(), vec![1.0, 2.0]);
+        assert_eq!(
+            blob.to_f32_verified().unwrap().row(0).to_vec(),
+            vec![1.0, 2.0]
+        );
     }
 
     #[test]
@@ -355,7 +358,8 @@ mod tests {
         }
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         let mut w = store.writer().unwrap();
-        w.write(&matrix::canonical_header(DType::F32, 1, 1)).unwrap();
+        w.write(&matrix::canonical_header(DType::F32, 1, 1))
+            .unwrap();
         w.write(&1.5f32.to_le_bytes()).unwrap();
         let (h, _) = w.finish().unwrap();
         let p = store.path(&h);

@@ -10,7 +10,9 @@ use prh::metrics::{Derived, Kernel, Metric, MetricSpec, Prep};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/reference").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/reference")
+        .join(name)
 }
 
 fn expected() -> Value {
@@ -110,7 +112,10 @@ fn full_pipeline_matches_clamp_tables_and_best_layers() {
                 );
             }
         }
-        assert!((t.best - e["best"].as_f64().unwrap()).abs() <= tol, "{metric} best");
+        assert!(
+            (t.best - e["best"].as_f64().unwrap()).abs() <= tol,
+            "{metric} best"
+        );
         let bl: Vec<usize> = e["best_layers"]
             .as_array()
             .unwrap()

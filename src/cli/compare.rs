@@ -138,7 +138,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
     for s in &specs {
         s.validate(n)?;
     }
-    let (da, _) = engine::derive_checkpoint(&la, prep).with_context(|| a.a.display().to_string())?;
+    let (da, _) =
+        engine::derive_checkpoint(&la, prep).with_context(|| a.a.display().to_string())?;
     let (db, _) = engine::derive_checkpoint(&lb, prep).with_context(|| b_name(&a))?;
     let multi = la.len() > 1 || lb.len() > 1;
     let mut results = Vec::new();
@@ -189,7 +190,11 @@ pub fn run(a: CompareArgs) -> Result<()> {
             output::render_values(&rows, Format::from(f), out)?;
             if a.table && matches!(f, FormatArg::Table) {
                 for (o, t) in &results {
-                    println!("\n{} layer pairs (rows = layers of {}):", o["metric"].as_str().unwrap_or(""), a.a.display());
+                    println!(
+                        "\n{} layer pairs (rows = layers of {}):",
+                        o["metric"].as_str().unwrap_or(""),
+                        a.a.display()
+                    );
                     for (i, row) in t.table.iter().enumerate() {
                         let cells: Vec<String> = row.iter().map(|v| format!("{v:>9.6}")).collect();
                         println!("  {i:>3}  {}", cells.join(" "));
@@ -209,7 +214,12 @@ fn params_text(v: &serde_json::Value) -> String {
     v.as_object()
         .map(|o| {
             o.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().map(String::from).unwrap_or(v.to_string())))
+                .map(|(k, v)| {
+                    format!(
+                        "{k}={}",
+                        v.as_str().map(String::from).unwrap_or(v.to_string())
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         })

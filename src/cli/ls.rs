@@ -89,7 +89,10 @@ struct Shown {
 pub fn run_show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
     let reg = ctx.open()?;
     if a.hash.len() < 4 || !a.hash.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!("{:?} is not a hash prefix (give at least 4 hex digits)", a.hash);
+        bail!(
+            "{:?} is not a hash prefix (give at least 4 hex digits)",
+            a.hash
+        );
     }
     let reps = reg.catalog.reps(&RepFilter {
         hash_prefix: Some(a.hash.clone()),
@@ -100,7 +103,10 @@ pub fn run_show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
     match hashes.len() {
         0 => bail!("no representation has a hash starting with {}", a.hash),
         1 => {}
-        k => bail!("{} is ambiguous: {k} blobs start with it; give more digits", a.hash),
+        k => bail!(
+            "{} is ambiguous: {k} blobs start with it; give more digits",
+            a.hash
+        ),
     }
     let rows: Vec<Shown> = reps
         .into_iter()

@@ -42,7 +42,11 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<NpyHeader> {
     let text = std::str::from_utf8(&bytes[start..end])
         .map_err(|_| Error::format(path, ".npy header is not text"))?;
     let descr = dict_value(text, "descr")
-        .and_then(|v| v.trim().strip_prefix('\'').and_then(|v| v.split('\'').next()))
+        .and_then(|v| {
+            v.trim()
+                .strip_prefix('\'')
+                .and_then(|v| v.split('\'').next())
+        })
         .ok_or_else(|| Error::format(path, ".npy header has no 'descr'"))?;
     let dtype = parse_descr(path, descr)?;
     let fortran_order = match dict_value(text, "fortran_order").map(str::trim) {
@@ -95,7 +99,9 @@ fn parse_descr(path: &Path, descr: &str) -> Result<DType> {
         "f8" => Ok(DType::F64),
         other => Err(Error::format(
             path,
-            format!("not a float matrix: dtype {other:?} (prh reads f16, f32, f64; bf16 via .safetensors or .pt)"),
+            format!(
+                "not a float matrix: dtype {other:?} (prh reads f16, f32, f64; bf16 via .safetensors or .pt)"
+            ),
         )),
     }
 }
@@ -182,17 +188,23 @@ mod tests {
         assert_eq!(b.len() - h.data_offset, 24 * 4);
     }
 
+    fn replace(mut b: Vec<u8>, from: &[u8], to: &[u8]) -> Vec<u8> {
+        let i = b.windows(from.len()).position(|w| w == from).unwrap();
+        b[i..i + from.len()].copy_from_slice(to);
+        b
+    }
+
     #[test]
     fn rejects_integer_and_big_endian() {
-        let mut b = encode_f32(&[2, 2], &[1.0; 4]);
-        let s = String::from_utf8_lossy(&b).replace("<f4", "<i8");
-        b = s.into_bytes();
-        let e = parse_header(Path::new("x.npy"), &b).unwrap_err().to_string();
+        let b = replace(encode_f32(&[2, 2], &[1.0; 4]), b"<f4", b"<i8");
+        let e = parse_header(Path::new("x.npy"), &b)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a float matrix"), "{e}");
-        let b2 = String::from_utf8_lossy(&encode_f32(&[2, 2], &[1.0; 4]))
-            .replace("<f4", ">f4")
-            .into_bytes();
-        let e = parse_header(Path::new("x.npy"), &b2).unwrap_err().to_string();
+        let b2 = replace(encode_f32(&[2, 2], &[1.0; 4]), b"<f4", b">f4");
+        let e = parse_header(Path::new("x.npy"), &b2)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("byte order"), "{e}");
     }
 }

@@ -37,7 +37,10 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
         if entry.size() > MAX_MEMBER_BYTES {
             return Err(Error::format(
                 path,
-                format!("member {name} declares {} bytes, over the limit", entry.size()),
+                format!(
+                    "member {name} declares {} bytes, over the limit",
+                    entry.size()
+                ),
             ));
         }
         let mut bytes = Vec::with_capacity(entry.size() as usize);

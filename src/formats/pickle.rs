@@ -42,7 +42,11 @@ pub enum Value {
     /// A known global (`module.name`) not yet called.
     Global(String),
     /// A storage reference from a persistent id: element kind, archive key, element count.
-    Storage { kind: StorageKind, key: String, numel: usize },
+    Storage {
+        kind: StorageKind,
+        key: String,
+        numel: usize,
+    },
     /// A rebuilt tensor: a strided view into a storage.
     Tensor {
         kind: StorageKind,
@@ -125,7 +129,10 @@ impl<'a> Reader<'a> {
     }
     fn line(&mut self) -> Result<&'a str, String> {
         let rest = &self.b[self.pos..];
-        let nl = rest.iter().position(|&c| c == b'\n').ok_or("truncated pickle")?;
+        let nl = rest
+            .iter()
+            .position(|&c| c == b'\n')
+            .ok_or("truncated pickle")?;
         self.pos += nl + 1;
         std::str::from_utf8(&rest[..nl]).map_err(|_| "bad text in pickle".to_string())
     }
@@ -422,9 +429,13 @@ fn persistent(pid: Value) -> Result<Value, String> {
         return Err("unsupported persistent id".into());
     };
     match items.as_slice() {
-        [Value::Str(tag), Value::Global(g), Value::Str(key), _location, numel]
-            if tag == "storage" =>
-        {
+        [
+            Value::Str(tag),
+            Value::Global(g),
+            Value::Str(key),
+            _location,
+            numel,
+        ] if tag == "storage" => {
             let kind = storage_kind(g).ok_or_else(|| format!("unknown storage type {g}"))?;
             Ok(Value::Storage {
                 kind,
@@ -488,7 +499,11 @@ mod tests {
             Value::Dict(vec![
                 (
                     Value::Str("a".into()),
-                    Value::List(vec![Value::Int(1), Value::Float(2.5), Value::Str("x".into())])
+                    Value::List(vec![
+                        Value::Int(1),
+                        Value::Float(2.5),
+                        Value::Str("x".into())
+                    ])
                 ),
                 (
                     Value::Str("b".into()),

@@ -18,11 +18,17 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
     let mut zip = zip::ZipArchive::new(file).map_err(|e| {
         Error::format(
             path,
-            format!("not a torch.save zip archive (legacy pre-1.6 .pt files are not supported): {e}"),
+            format!(
+                "not a torch.save zip archive (legacy pre-1.6 .pt files are not supported): {e}"
+            ),
         )
     })?;
     let pkl_name = (0..zip.len())
-        .filter_map(|i| zip.name_for_index(i).and_then(|r| r.ok()).map(|s| s.to_string()))
+        .filter_map(|i| {
+            zip.name_for_index(i)
+                .and_then(|r| r.ok())
+                .map(|s| s.to_string())
+        })
         .find(|n| n == "data.pkl" || n.ends_with("/data.pkl"))
         .ok_or_else(|| Error::format(path, "no data.pkl in the archive"))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
@@ -31,7 +37,10 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
         .and_then(|b| String::from_utf8(b).ok())
     {
         if order.trim() != "little" {
-            return Err(Error::format(path, format!("unsupported byte order {order:?}")));
+            return Err(Error::format(
+                path,
+                format!("unsupported byte order {order:?}"),
+            ));
         }
     }
     let pkl = read_member(path, &mut zip, &pkl_name)?;
@@ -82,7 +91,10 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
         other => {
             return Err(Error::format(
                 path,
-                format!("'feats' is not a tensor or a list of tensors ({})", kind_name(other)),
+                format!(
+                    "'feats' is not a tensor or a list of tensors ({})",
+                    kind_name(other)
+                ),
             ));
         }
     };
@@ -100,12 +112,17 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
             return Err(Error::format(path, format!("feats[{li}] is not a tensor")));
         };
         let dtype = float_dtype(*kind).ok_or_else(|| {
-            Error::format(path, "not a float matrix: 'feats' holds integers or booleans")
+            Error::format(
+                path,
+                "not a float matrix: 'feats' holds integers or booleans",
+            )
         })?;
         if tensor_list.len() > 1 && shape.len() != 2 {
             return Err(Error::format(
                 path,
-                format!("wrong rank: feats[{li}] has shape {shape:?}; each list entry must be n × d"),
+                format!(
+                    "wrong rank: feats[{li}] has shape {shape:?}; each list entry must be n × d"
+                ),
             ));
         }
         let buffer = load_storage(&mut zip, key, *kind, *storage_numel)?;
@@ -182,7 +199,11 @@ fn scalar(
     v: &Value,
 ) -> Result<Option<f64>> {
     let Value::Tensor {
-        kind, key, offset, shape, ..
+        kind,
+        key,
+        offset,
+        shape,
+        ..
     } = v
     else {
         return Ok(None);
@@ -196,7 +217,10 @@ fn scalar(
     let bytes = read_member(path, zip, &format!("{prefix}data/{key}"))?;
     let at = offset * dtype.size();
     if bytes.len() < at + dtype.size() {
-        return Err(Error::format(path, format!("truncated scalar storage {key}")));
+        return Err(Error::format(
+            path,
+            format!("truncated scalar storage {key}"),
+        ));
     }
     Ok(Some(match dtype {
         DType::F64 => f64::from_le_bytes(bytes[at..at + 8].try_into().expect("8")),
@@ -215,7 +239,10 @@ fn read_member(
     if entry.size() > MAX_MEMBER_BYTES {
         return Err(Error::format(
             path,
-            format!("member {name} declares {} bytes, over the limit", entry.size()),
+            format!(
+                "member {name} declares {} bytes, over the limit",
+                entry.size()
+            ),
         ));
     }
     let mut out = Vec::with_capacity(entry.size() as usize);

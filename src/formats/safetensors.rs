@@ -59,7 +59,11 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<TensorSpec>> {
             .and_then(|s| s.as_array())
             .ok_or_else(|| bad("no shape"))?
             .iter()
-            .map(|x| x.as_u64().map(|x| x as usize).ok_or_else(|| bad("bad shape")))
+            .map(|x| {
+                x.as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| bad("bad shape"))
+            })
             .collect::<Result<_>>()?;
         let offs = v
             .get("data_offsets")

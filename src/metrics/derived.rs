@@ -232,37 +232,33 @@ pub fn gram(x: &Array2<f32>) -> Vec<f32> {
 /// Ordered k-nearest-neighbour lists from a Gram matrix by partial selection per row.
 pub fn knn_from_gram(g: &[f32], n: usize, k: usize) -> Knn {
     let mut ordered = vec![0u32; n * k];
-    ordered
-        .par_chunks_mut(k.max(1))
-        .enumerate()
-        .for_each_init(Vec::new, |idx: &mut Vec<u32>, (i, out)| {
+    ordered.par_chunks_mut(k.max(1)).enumerate().for_each_init(
+        Vec::new,
+        |idx: &mut Vec<u32>, (i, out)| {
             let row = &g[i * n..(i + 1) * n];
             idx.clear();
             idx.extend((0..n as u32).filter(|&j| j as usize != i));
-            let cmp = |a: &u32, b: &u32| {
-                row[*b as usize]
-                    .total_cmp(&row[*a as usize])
-                    .then(a.cmp(b))
-            };
+            let cmp =
+                |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
             if k < idx.len() {
                 idx.select_nth_unstable_by(k, cmp);
             }
             let top = &mut idx[..k];
             top.sort_unstable_by(cmp);
             out.copy_from_slice(top);
-        });
+        },
+    );
     let mut sorted = ordered.clone();
-    sorted.par_chunks_mut(k.max(1)).for_each(|c| c.sort_unstable());
+    sorted
+        .par_chunks_mut(k.max(1))
+        .for_each(|c| c.sort_unstable());
     Knn { k, ordered, sorted }
 }
 
 fn svcca_basis(x: &Array2<f32>, c: usize) -> Result<Array2<f64>, String> {
     let (n, d) = x.dim();
     if c > n.min(d) {
-        return Err(format!(
-            "cca_dim {c} exceeds min(n, d) = {}",
-            n.min(d)
-        ));
+        return Err(format!("cca_dim {c} exceeds min(n, d) = {}", n.min(d)));
     }
     let mut m = faer::Mat::<f64>::zeros(n, d);
     for j in 0..d {
@@ -279,7 +275,9 @@ fn svcca_basis(x: &Array2<f32>, c: usize) -> Result<Array2<f64>, String> {
             m[(i, j)] = (col[i] as f64 - mean) / (sd + 1e-8);
         }
     }
-    let svd = m.thin_svd().map_err(|e| format!("SVD did not converge: {e:?}"))?;
+    let svd = m
+        .thin_svd()
+        .map_err(|e| format!("SVD did not converge: {e:?}"))?;
     let u = svd.U();
     Ok(Array2::from_shape_fn((n, c), |(i, j)| u[(i, j)]))
 }

@@ -8,7 +8,12 @@ use super::derived::{KernelStats, Knn};
 pub fn frobenius(a: &[f32], b: &[f32]) -> f64 {
     a.par_chunks(4096)
         .zip(b.par_chunks(4096))
-        .map(|(x, y)| x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>())
+        .map(|(x, y)| {
+            x.iter()
+                .zip(y)
+                .map(|(&p, &q)| p as f64 * q as f64)
+                .sum::<f64>()
+        })
         .sum()
 }
 

@@ -35,7 +35,11 @@ pub fn cycle_knn(a: &Knn, b: &Knn, n: usize) -> f64 {
 /// results are written only by the parent of 4 forked workers, which handles the first
 /// ⌈n/4⌉ rows (static schedule); the other rows stay 0. `rows_counted(n, true)` reproduces that.
 pub fn rows_counted(n: usize, emulate_pymp: bool) -> usize {
-    if emulate_pymp { n / 4 + usize::from(n % 4 != 0) } else { n }
+    if emulate_pymp {
+        n / 4 + usize::from(n % 4 != 0)
+    } else {
+        n
+    }
 }
 
 /// `lcs_knn`: mean over i of the length of the longest common subsequence of the two ordered

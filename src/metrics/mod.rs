@@ -117,15 +117,12 @@ impl fmt::Display for Metric {
 impl FromStr for Metric {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        ALL.iter()
-            .copied()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "unknown metric {s:?}; known: {}",
-                    ALL.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
-                ))
-            })
+        ALL.iter().copied().find(|m| m.name() == s).ok_or_else(|| {
+            Error::Invalid(format!(
+                "unknown metric {s:?}; known: {}",
+                ALL.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+            ))
+        })
     }
 }
 
@@ -134,7 +131,9 @@ impl FromStr for Metric {
 pub enum Kernel {
     Linear,
     /// exp(−‖xi − xj‖² / (2σ²)).
-    Rbf { sigma: f64 },
+    Rbf {
+        sigma: f64,
+    },
 }
 
 /// A metric with its parameters (official defaults: k = 10, cca_dim = 10, σ = 1.0).
@@ -229,14 +228,21 @@ impl MetricSpec {
             if n < self.k + 1 {
                 return Err(Error::metric(
                     name,
-                    format!("n = {n} samples is too few for k = {} (needs n ≥ k + 1)", self.k),
+                    format!(
+                        "n = {n} samples is too few for k = {} (needs n ≥ k + 1)",
+                        self.k
+                    ),
                 ));
             }
         }
         if self.metric == Metric::Cknna && self.k < 2 {
             return Err(Error::metric(name, "cknna needs k ≥ 2"));
         }
-        if matches!(self.metric, Metric::Cka | Metric::UnbiasedCka | Metric::Cknna) && n < 4 {
+        if matches!(
+            self.metric,
+            Metric::Cka | Metric::UnbiasedCka | Metric::Cknna
+        ) && n < 4
+        {
             return Err(Error::metric(name, "needs at least 4 samples"));
         }
         if let Kernel::Rbf { sigma } = self.kernel {
@@ -274,14 +280,18 @@ impl MetricSpec {
                 };
                 kernel::cka(&ka, &kb, self.metric == Metric::UnbiasedCka)
             }
-            Metric::Cknna => {
-                kernel::cknna(a.gram(), b.gram(), &a.knn(self.k), &b.knn(self.k), n)
-            }
+            Metric::Cknna => kernel::cknna(a.gram(), b.gram(), &a.knn(self.k), &b.knn(self.k), n),
             Metric::Svcca => {
                 let ua = a.svcca_basis(self.cca_dim);
                 let ub = b.svcca_basis(self.cca_dim);
-                let ua = ua.as_ref().as_ref().map_err(|m| Error::metric(name, m.clone()))?;
-                let ub = ub.as_ref().as_ref().map_err(|m| Error::metric(name, m.clone()))?;
+                let ua = ua
+                    .as_ref()
+                    .as_ref()
+                    .map_err(|m| Error::metric(name, m.clone()))?;
+                let ub = ub
+                    .as_ref()
+                    .as_ref()
+                    .map_err(|m| Error::metric(name, m.clone()))?;
                 extra::svcca(ua, ub).map_err(|m| Error::metric(name, m))?
             }
             Metric::Procrustes => extra::procrustes(a, b).map_err(|m| Error::metric(name, m))?,
@@ -293,7 +303,9 @@ impl MetricSpec {
         if !v.is_finite() {
             return Err(Error::metric(
                 name,
-                format!("the result is not a number ({v}); the inputs are degenerate (constant features?)"),
+                format!(
+                    "the result is not a number ({v}); the inputs are degenerate (constant features?)"
+                ),
             ));
         }
         Ok(v)

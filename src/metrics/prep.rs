@@ -103,7 +103,11 @@ pub fn prepare(x: ArrayView2<f32>, threshold: Option<f32>, normalize: bool) -> R
         out.mapv_inplace(|v| v.clamp(-t, t));
     }
     for (i, mut row) in out.rows_mut().into_iter().enumerate() {
-        let norm = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+        let norm = row
+            .iter()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum::<f64>()
+            .sqrt();
         if norm == 0.0 {
             return Err(Error::Invalid(format!(
                 "row {i} is all zeros: alignment metrics need a direction for every sample"
@@ -141,6 +145,11 @@ mod tests {
         assert!((p[[0, 0]] - 0.6).abs() < 1e-6 && (p[[0, 1]] - 0.8).abs() < 1e-6);
         assert_eq!(p[[1, 1]], -1.0);
         let z = array![[0.0f32, 0.0], [1.0, 0.0]];
-        assert!(prepare(z.view(), None, true).unwrap_err().to_string().contains("row 0"));
+        assert!(
+            prepare(z.view(), None, true)
+                .unwrap_err()
+                .to_string()
+                .contains("row 0")
+        );
     }
 }

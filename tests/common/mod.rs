@@ -1,0 +1,118 @@
+//! Test harness: temp registries and the real `prh` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A temporary directory with a registry path inside it.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The registry path (created by `init`).
+    pub fn reg(&self) -> PathBuf {
+        self.dir.path().join("reg")
+    }
+
+    /// A path inside the temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs prh with `--registry <reg>` and returns its output.
+    pub fn prh(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_prh"))
+            .arg("--registry")
+            .arg(self.reg())
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("PRH_REGISTRY")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs prh, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.prh(args);
+        assert!(
+            o.status.success(),
+            "prh {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs prh, asserts failure with exit code 1, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.prh(args);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "prh {args:?} should fail; stdout: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8(o.stderr).unwrap()
+    }
+
+    /// Runs prh and parses stdout as JSON.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    /// Everything observable about the registry: every file under blobs/ and tmp/ with its
+    /// size, and every catalog row (through the CLI's JSON listings).
+    pub fn snapshot(&self) -> String {
+        let mut files = Vec::new();
+        for sub in ["blobs", "tmp"] {
+            walk(&self.reg().join(sub), &mut files);
+        }
+        files.sort();
+        let mut s = files.join("\n");
+        for what in ["models", "checkpoints", "reps", "scores", "datasets"] {
+            s.push('\n');
+            s.push_str(&self.ok(&["ls", what, "--format", "json"]));
+        }
+        s
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd {
+        let e = e.unwrap();
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(format!("{} {}", p.display(), e.metadata().unwrap().len()));
+        }
+    }
+}
+
+/// Path of a fixture file.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// Writes an f32 .npy with the given shape.
+pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
+    std::fs::write(path, prh::formats::npy::encode_f32(shape, data)).unwrap();
+}
+
+/// Deterministic pseudo-random f32 data.
+pub fn noise(len: usize, seed: u64) -> Vec<f32> {
+    let mut r = prh::rng::Rng::new(seed);
+    (0..len).map(|_| r.normal() as f32).collect()
+}

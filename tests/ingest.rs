@@ -1,0 +1,357 @@
+//! `prh ingest` end to end: idempotence, discovery, listings, and every bad input refused with
+//! one clear error naming the file, the registry left exactly as it was.
+
+mod common;
+
+use std::io::Write;
+
+use common::{Env, fixture, noise, write_npy};
+
+fn base_env() -> Env {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let good = env.path("good.npy");
+    write_npy(&good, &[20, 3, 8], &noise(20 * 3 * 8, 1));
+    env.ok(&[
+        "ingest",
+        good.to_str().unwrap(),
+        "--model",
+        "m1",
+        "--dataset",
+        "ds",
+        "--modality",
+        "language",
+        "--checkpoint",
+        "step-1",
+        "--step",
+        "1",
+    ]);
+    env
+}
+
+/// Ingests `file` as a new checkpoint of m1 and checks the failure.
+fn refused(env: &Env, file: &std::path::Path, extra: &[&str], needle: &str) {
+    let before = env.snapshot();
+    let mut args = vec![
+        "ingest",
+        file.to_str().unwrap(),
+        "--model",
+        "m1",
+        "--dataset",
+        "ds",
+        "--checkpoint",
+        "step-2",
+    ];
+    args.extend_from_slice(extra);
+    let err = env.fails(&args);
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains(file.file_name().unwrap().to_str().unwrap()),
+        "names the file: {err}"
+    );
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert_eq!(env.snapshot(), before, "registry changed after: {err}");
+}
+
+#[test]
+fn same_file_twice_adds_nothing_and_says_so() {
+    let env = base_env();
+    let before = env.snapshot();
+    let out = env.ok(&[
+        "ingest",
+        env.path("good.npy").to_str().unwrap(),
+        "--model",
+        "m1",
+        "--dataset",
+        "ds",
+        "--checkpoint",
+        "step-1",
+    ]);
+    assert!(
+        out.contains("already ingested") && out.contains("nothing new"),
+        "{out}"
+    );
+    assert_eq!(env.snapshot(), before);
+    let reps = env.json(&["ls", "reps", "--format", "json"]);
+    assert_eq!(reps.as_array().unwrap().len(), 3);
+    for field in [
+        "hash",
+        "model",
+        "checkpoint",
+        "dataset",
+        "layer",
+        "pool",
+        "dtype",
+        "n",
+        "d",
+    ] {
+        assert!(reps[0].get(field).is_some(), "reps JSON lacks {field}");
+    }
+    assert_eq!(reps[2]["layer"], 2);
+    assert_eq!(reps[0]["n"], 20);
+    assert_eq!(reps[0]["d"], 8);
+    assert_eq!(reps[0]["hash"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn not_a_float_matrix() {
+    let env = base_env();
+    let p = env.path("ints.npy");
+    let mut b = prh::formats::npy::encode_f32(&[20, 8], &[1.0; 160]);
+    let i = b.windows(3).position(|w| w == b"<f4").unwrap();
+    b[i..i + 3].copy_from_slice(b"<i4");
+    std::fs::write(&p, b).unwrap();
+    refused(&env, &p, &[], "not a float matrix");
+}
+
+#[test]
+fn wrong_rank() {
+    let env = base_env();
+    let p = env.path("vec.npy");
+    write_npy(&p, &[20], &[1.0; 20]);
+    refused(&env, &p, &[], "wrong rank");
+    let p4 = env.path("four.npy");
+    write_npy(&p4, &[20, 2, 2, 2], &[1.0; 160]);
+    refused(&env, &p4, &[], "wrong rank");
+}
+
+#[test]
+fn n_differs_from_the_dataset() {
+    let env = base_env();
+    let p = env.path("short.npy");
+    write_npy(&p, &[19, 8], &noise(19 * 8, 2));
+    refused(&env, &p, &[], "dataset ds has n = 20");
+}
+
+#[test]
+fn nan_or_inf_present() {
+    let env = base_env();
+    let p = env.path("nan.npy");
+    let mut d = noise(20 * 3 * 8, 3);
+    d[2 * 24 + 8 + 5] = f32::NAN; // row 2, layer 1, column 5
+    write_npy(&p, &[20, 3, 8], &d);
+    refused(
+        &env,
+        &p,
+        &[],
+        "NaN or Inf present in array[1] at row 2, column 5",
+    );
+    let p2 = env.path("inf.npy");
+    let mut d = noise(20 * 8, 4);
+    d[7] = f32::INFINITY;
+    write_npy(&p2, &[20, 8], &d);
+    refused(&env, &p2, &[], "NaN or Inf");
+}
+
+#[test]
+fn truncated_or_corrupt_files() {
+    let env = base_env();
+    let full = std::fs::read(env.path("good.npy")).unwrap();
+    let p = env.path("cut.npy");
+    std::fs::write(&p, &full[..full.len() - 10]).unwrap();
+    refused(&env, &p, &[], "truncated");
+    let st = std::fs::read(fixture("reference/pipeline_y.safetensors")).unwrap();
+    let ps = env.path("cut.safetensors");
+    std::fs::write(&ps, &st[..st.len() / 2]).unwrap();
+    refused(&env, &ps, &[], "truncated");
+    let pt = std::fs::read(fixture("reference/pipeline_x.pt")).unwrap();
+    let pp = env.path("cut.pt");
+    std::fs::write(&pp, &pt[..pt.len() / 3]).unwrap();
+    refused(&env, &pp, &[], "zip");
+    let garbage = env.path("garbage.npz");
+    std::fs::write(&garbage, b"PK\x03\x04 definitely not a zip").unwrap();
+    refused(&env, &garbage, &[], "not a valid .npz");
+}
+
+#[test]
+fn unknown_dtype() {
+    let env = base_env();
+    let p = env.path("fp8.safetensors");
+    let header = br#"{"layer.0":{"dtype":"F8_E4M3","shape":[20,8],"data_offsets":[0,160]}}"#;
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header);
+    b.extend_from_slice(&[0u8; 160]);
+    std::fs::write(&p, b).unwrap();
+    refused(&env, &p, &[], "dtype F8_E4M3");
+    let c = env.path("complex.npy");
+    let mut b = prh::formats::npy::encode_f32(&[20, 4], &[1.0; 80]);
+    let i = b.windows(3).position(|w| w == b"<f4").unwrap();
+    b[i..i + 3].copy_from_slice(b"<c8");
+    std::fs::write(&c, b).unwrap();
+    refused(&env, &c, &[], "not a float matrix");
+}
+
+/// A torch.save-style zip whose pickle calls os.system.
+fn hostile_pt(path: &std::path::Path) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut z = zip::ZipWriter::new(f);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("archive/data.pkl", opts).unwrap();
+    z.write_all(
+        b"\x80\x02}q\x00X\x05\x00\x00\x00featsq\x01cos\nsystem\nX\x05\x00\x00\x00touchq\x02\x85Rs.",
+    )
+    .unwrap();
+    z.start_file("archive/byteorder", opts).unwrap();
+    z.write_all(b"little").unwrap();
+    z.finish().unwrap();
+}
+
+#[test]
+fn pickle_global_outside_the_allowed_set() {
+    let env = base_env();
+    let p = env.path("evil.pt");
+    hostile_pt(&p);
+    refused(&env, &p, &[], "refusing pickle global os.system");
+}
+
+#[test]
+fn modality_disagrees_with_the_registry() {
+    let env = base_env();
+    let p = env.path("other.npy");
+    write_npy(&p, &[20, 8], &noise(160, 5));
+    refused(
+        &env,
+        &p,
+        &["--modality", "vision"],
+        "registered with modality language",
+    );
+}
+
+#[test]
+fn new_model_without_modality_is_refused() {
+    let env = base_env();
+    let p = env.path("other.npy");
+    write_npy(&p, &[20, 8], &noise(160, 6));
+    let before = env.snapshot();
+    let err = env.fails(&[
+        "ingest",
+        p.to_str().unwrap(),
+        "--model",
+        "fresh",
+        "--dataset",
+        "ds",
+    ]);
+    assert!(err.contains("--modality"), "{err}");
+    assert_eq!(env.snapshot(), before);
+}
+
+#[test]
+fn a_checkpoint_layer_never_silently_changes() {
+    let env = base_env();
+    let p = env.path("changed.npy");
+    write_npy(&p, &[20, 3, 8], &noise(20 * 3 * 8, 99));
+    let before = env.snapshot();
+    let err = env.fails(&[
+        "ingest",
+        p.to_str().unwrap(),
+        "--model",
+        "m1",
+        "--dataset",
+        "ds",
+        "--checkpoint",
+        "step-1",
+    ]);
+    assert!(
+        err.contains("already holds a different representation"),
+        "{err}"
+    );
+    assert_eq!(env.snapshot(), before);
+}
+
+#[test]
+fn unknown_dataset_is_created_with_n_from_the_file_and_said() {
+    let env = base_env();
+    let p = env.path("new.npy");
+    write_npy(&p, &[7, 4], &noise(28, 7));
+    let out = env.ok(&[
+        "ingest",
+        p.to_str().unwrap(),
+        "--model",
+        "v",
+        "--dataset",
+        "fresh",
+        "--modality",
+        "vision",
+    ]);
+    assert!(out.contains("new dataset fresh with n = 7"), "{out}");
+    let ds = env.json(&["ls", "datasets", "--format", "json"]);
+    assert!(
+        ds.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "fresh" && d["n"] == 7)
+    );
+}
+
+#[test]
+fn registry_discovery_walks_up_and_names_init_when_missing() {
+    let env = Env::new();
+    let bin = env!("CARGO_BIN_EXE_prh");
+    let run = |dir: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(bin)
+            .args(args)
+            .current_dir(dir)
+            .env_remove("PRH_REGISTRY")
+            .output()
+            .unwrap()
+    };
+    let o = run(env.dir.path(), &["ls", "models"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("prh init"));
+    assert!(run(env.dir.path(), &["init"]).status.success());
+    assert!(env.dir.path().join(".prh/catalog.db").is_file());
+    let sub = env.path("a/b");
+    std::fs::create_dir_all(&sub).unwrap();
+    let o = run(&sub, &["ls", "models", "--format", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+    // PRH_REGISTRY is honoured.
+    let o = std::process::Command::new(bin)
+        .args(["init"])
+        .env("PRH_REGISTRY", env.path("viaenv"))
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(env.path("viaenv/catalog.db").is_file());
+}
+
+#[test]
+fn scores_datasets_show_and_csv() {
+    let env = base_env();
+    let ids = env.path("ids.txt");
+    std::fs::write(
+        &ids,
+        (0..20).map(|i| format!("img_{i}\n")).collect::<String>(),
+    )
+    .unwrap();
+    env.ok(&["dataset", "add", "wit", "--ids", ids.to_str().unwrap()]);
+    let err = env.fails(&["dataset", "add", "wit", "--n", "5"]);
+    assert!(err.contains("already exists with n = 20"), "{err}");
+    env.ok(&[
+        "score",
+        "set",
+        "--model",
+        "m1",
+        "mmlu=0.35",
+        "--higher-is-better",
+    ]);
+    env.ok(&["score", "set", "--model", "m1", "bpb=0.9"]);
+    let csv = env.ok(&["ls", "scores", "--format", "csv"]);
+    assert_eq!(
+        csv,
+        "model,checkpoint,name,value,higher_is_better\nm1,step-1,bpb,0.9,false\nm1,step-1,mmlu,0.35,true\n"
+    );
+    let err = env.fails(&["score", "set", "--model", "nope", "x=1"]);
+    assert!(err.contains("nope"), "{err}");
+    let reps = env.json(&["ls", "reps", "--format", "json"]);
+    let h = reps[1]["hash"].as_str().unwrap();
+    let shown = env.ok(&["show", &h[..10]]);
+    assert!(
+        shown.contains("20 × 8 f32") && shown.contains("layer 1"),
+        "{shown}"
+    );
+    assert!(env.fails(&["show", "zzzz"]).contains("not a hash prefix"));
+}
