@@ -181,16 +181,16 @@ impl Registry {
         let n = file.n();
         // Everything that can be checked before writing a byte is checked here.
         let dataset = self.catalog.dataset(&req.dataset)?;
-        if let Some(ds) = &dataset {
-            if ds.n != n {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "n = {n} rows, but dataset {} has n = {}; features must cover the dataset's samples in order",
-                        ds.name, ds.n
-                    ),
-                ));
-            }
+        if let Some(ds) = &dataset
+            && ds.n != n
+        {
+            return Err(Error::format(
+                path,
+                format!(
+                    "n = {n} rows, but dataset {} has n = {}; features must cover the dataset's samples in order",
+                    ds.name, ds.n
+                ),
+            ));
         }
         let model = self.catalog.model(&req.model)?;
         match (&model, &req.modality) {
@@ -233,10 +233,11 @@ impl Registry {
 
         // Refuse a checkpoint whose layers already hold different matrices.
         let ck_name = req.checkpoint.as_deref().unwrap_or(DEFAULT_CHECKPOINT);
-        if let (Some(m), Some(ds)) = (&model, &dataset) {
-            if let Some(ck) = self.catalog.checkpoint(&m.name, ck_name)? {
-                for (layer, (s, _, _)) in sealed.iter().enumerate() {
-                    let existing: Option<String> = self
+        if let (Some(m), Some(ds)) = (&model, &dataset)
+            && let Some(ck) = self.catalog.checkpoint(&m.name, ck_name)?
+        {
+            for (layer, (s, _, _)) in sealed.iter().enumerate() {
+                let existing: Option<String> = self
                         .catalog
                         .conn()
                         .query_row(
@@ -246,20 +247,19 @@ impl Registry {
                             |r| r.get(0),
                         )
                         .optional()?;
-                    if let Some(h) = existing {
-                        if h != s.hash.to_hex() {
-                            return Err(Error::format(
-                                path,
-                                format!(
-                                    "model {} checkpoint {ck_name} layer {layer} (pool {}, dataset {}) already holds a different representation ({}); ingest it under a new --checkpoint",
-                                    m.name,
-                                    req.pool,
-                                    ds.name,
-                                    &h[..12]
-                                ),
-                            ));
-                        }
-                    }
+                if let Some(h) = existing
+                    && h != s.hash.to_hex()
+                {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "model {} checkpoint {ck_name} layer {layer} (pool {}, dataset {}) already holds a different representation ({}); ingest it under a new --checkpoint",
+                            m.name,
+                            req.pool,
+                            ds.name,
+                            &h[..12]
+                        ),
+                    ));
                 }
             }
         }
@@ -322,14 +322,13 @@ impl Registry {
                 .optional()?
             {
                 Some((id, modality)) => {
-                    if let Some(want) = &req.modality {
-                        if &modality != want {
+                    if let Some(want) = &req.modality
+                        && &modality != want {
                             return Err(Error::format(
                                 path,
                                 format!("model {} is registered with modality {modality}, not {want}", req.model),
                             ));
                         }
-                    }
                     id
                 }
                 None => {
@@ -476,10 +475,11 @@ fn upsert_score(
             }
         }
     };
-    if let Some((v, d)) = old {
-        if v == value && d == dir {
-            return Ok(false);
-        }
+    if let Some((v, d)) = old
+        && v == value
+        && d == dir
+    {
+        return Ok(false);
     }
     tx.execute(
         "INSERT INTO scores (checkpoint_id, name, value, higher_is_better) VALUES (?1, ?2, ?3, ?4)

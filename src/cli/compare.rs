@@ -104,7 +104,7 @@ pub struct CompareArgs {
 }
 
 /// Reads every layer of a feature file as f32.
-pub fn read_layers(path: &PathBuf) -> Result<Vec<Array2<f32>>> {
+pub fn read_layers(path: &std::path::Path) -> Result<Vec<Array2<f32>>> {
     let f = formats::open(path)?;
     let layers: Vec<Array2<f32>> = (0..f.layers.len()).map(|i| f.layer(i).to_f32()).collect();
     for (i, l) in layers.iter().enumerate() {

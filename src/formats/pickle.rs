@@ -197,7 +197,7 @@ pub fn load(bytes: &[u8]) -> Result<Value, String> {
         }
     }
     fn set_items(target: &mut Value, items: Vec<Value>) -> Result<(), String> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("odd SETITEMS".into());
         }
         match target {

@@ -35,13 +35,12 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
     if let Some(order) = read_member(path, &mut zip, &format!("{prefix}byteorder"))
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
+        && order.trim() != "little"
     {
-        if order.trim() != "little" {
-            return Err(Error::format(
-                path,
-                format!("unsupported byte order {order:?}"),
-            ));
-        }
+        return Err(Error::format(
+            path,
+            format!("unsupported byte order {order:?}"),
+        ));
     }
     let pkl = read_member(path, &mut zip, &pkl_name)?;
     let root = pickle::load(&pkl).map_err(|m| Error::format(path, m))?;

@@ -114,7 +114,7 @@ pub fn encode_f32(tensors: &[(&str, Vec<usize>, &[f32])]) -> Vec<u8> {
         at += len;
     }
     let mut h = serde_json::to_vec(&header).expect("json");
-    while (8 + h.len()) % 8 != 0 {
+    while !(8 + h.len()).is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + at);

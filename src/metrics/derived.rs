@@ -49,6 +49,9 @@ pub struct KernelStats {
     pub diag: Vec<f64>,
 }
 
+/// Top singular vectors for SVCCA, or why they could not be computed.
+pub type SvdBasis = Result<Array2<f64>, String>;
+
 /// A prepared representation and its memoised derived data.
 pub struct Derived {
     /// Prepared features (n × d).
@@ -56,7 +59,7 @@ pub struct Derived {
     gram: Arc<Vec<f32>>,
     knn: Mutex<HashMap<usize, Arc<Knn>>>,
     kernels: Mutex<HashMap<u64, Arc<KernelStats>>>,
-    svd: Mutex<HashMap<usize, Arc<Result<Array2<f64>, String>>>>,
+    svd: Mutex<HashMap<usize, Arc<SvdBasis>>>,
     rdm_ranks: Mutex<Option<Arc<Vec<f64>>>>,
 }
 
@@ -142,7 +145,7 @@ impl Derived {
 
     /// The top `c` left singular vectors (n × c, f64) of the column-standardised features, as
     /// SVCCA uses them. Errors on a zero-variance column.
-    pub fn svcca_basis(&self, c: usize) -> Arc<Result<Array2<f64>, String>> {
+    pub fn svcca_basis(&self, c: usize) -> Arc<SvdBasis> {
         if let Some(v) = self.svd.lock().expect("lock").get(&c) {
             return v.clone();
         }

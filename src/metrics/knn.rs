@@ -36,7 +36,7 @@ pub fn cycle_knn(a: &Knn, b: &Knn, n: usize) -> f64 {
 /// ⌈n/4⌉ rows (static schedule); the other rows stay 0. `rows_counted(n, true)` reproduces that.
 pub fn rows_counted(n: usize, emulate_pymp: bool) -> usize {
     if emulate_pymp {
-        n / 4 + usize::from(n % 4 != 0)
+        n / 4 + usize::from(!n.is_multiple_of(4))
     } else {
         n
     }

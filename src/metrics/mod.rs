@@ -245,15 +245,15 @@ impl MetricSpec {
         {
             return Err(Error::metric(name, "needs at least 4 samples"));
         }
-        if let Kernel::Rbf { sigma } = self.kernel {
-            if !(sigma > 0.0 && sigma.is_finite()) {
-                return Err(Error::metric(name, "rbf sigma must be a positive number"));
-            }
+        if let Kernel::Rbf { sigma } = self.kernel
+            && !(sigma > 0.0 && sigma.is_finite())
+        {
+            return Err(Error::metric(name, "rbf sigma must be a positive number"));
         }
         if self.metric == Metric::Svcca && self.cca_dim == 0 {
             return Err(Error::metric(name, "cca_dim must be at least 1"));
         }
-        if self.metric == Metric::LinearR2 && !(self.ridge > 0.0) {
+        if self.metric == Metric::LinearR2 && (self.ridge.is_nan() || self.ridge <= 0.0) {
             return Err(Error::metric(name, "ridge must be positive"));
         }
         Ok(())
