@@ -311,3 +311,90 @@ impl MetricSpec {
         Ok(v)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use ndarray::Array2;
+
+    fn random(n: usize, d: usize, seed: u64) -> Array2<f32> {
+        let mut r = Rng::new(seed);
+        Array2::from_shape_fn((n, d), |_| r.normal() as f32)
+    }
+
+    fn derived(x: &Array2<f32>) -> Derived {
+        Derived::new(prep::prepare(x.view(), None, true).unwrap())
+    }
+
+    /// X rotated by a random orthogonal matrix (Gram–Schmidt of a Gaussian matrix).
+    fn rotate(x: &Array2<f32>, seed: u64) -> Array2<f32> {
+        let d = x.ncols();
+        let mut q = random(d, d, seed).mapv(|v| v as f64);
+        for j in 0..d {
+            for k in 0..j {
+                let dot: f64 = (0..d).map(|i| q[[i, j]] * q[[i, k]]).sum();
+                for i in 0..d {
+                    q[[i, j]] -= dot * q[[i, k]];
+                }
+            }
+            let norm: f64 = (0..d).map(|i| q[[i, j]].powi(2)).sum::<f64>().sqrt();
+            for i in 0..d {
+                q[[i, j]] /= norm;
+            }
+        }
+        x.mapv(|v| v as f64).dot(&q).mapv(|v| v as f32)
+    }
+
+    #[test]
+    fn every_metric_is_maximal_for_a_rotation_of_the_same_features() {
+        let x = random(60, 12, 1);
+        let (a, b) = (derived(&x), derived(&rotate(&x, 2)));
+        // SVCCA standardises columns, so it is invariant to column permutation and scaling
+        // rather than rotation: test it on such a transform.
+        let mut permuted = x.clone();
+        for j in 0..12 {
+            permuted.column_mut(j).assign(&x.column((j + 5) % 12).mapv(|v| v * (1.0 + j as f32)));
+        }
+        let sv = MetricSpec::new(Metric::Svcca)
+            .compute(&Derived::new(x.clone()), &Derived::new(permuted))
+            .unwrap();
+        assert!((sv - 1.0).abs() < 1e-6, "svcca {sv}");
+        for &m in ALL.iter().filter(|&&m| m != Metric::Svcca) {
+            let s = MetricSpec::new(m);
+            let v = s.compute(&a, &b).unwrap();
+            let want = match m {
+                Metric::LcsKnn => 10.0,
+                _ => 1.0,
+            };
+            assert!((v - want).abs() < 2e-3, "{m}: {v}");
+        }
+    }
+
+    #[test]
+    fn independent_features_score_near_chance() {
+        let (a, b) = (derived(&random(300, 32, 3)), derived(&random(300, 32, 4)));
+        let chance = 10.0 / 299.0;
+        let mk = MetricSpec::new(Metric::MutualKnn).compute(&a, &b).unwrap();
+        assert!((mk - chance).abs() < 0.02, "mutual_knn {mk} vs chance {chance}");
+        let rsa = MetricSpec::new(Metric::Rsa).compute(&a, &b).unwrap();
+        assert!(rsa.abs() < 0.05, "rsa {rsa}");
+        let r2 = MetricSpec::new(Metric::LinearR2).compute(&a, &b).unwrap();
+        assert!(r2 < 0.05, "linear_r2 {r2}");
+        let ucka = MetricSpec::new(Metric::UnbiasedCka).compute(&a, &b).unwrap();
+        assert!(ucka.abs() < 0.05, "unbiased_cka {ucka}");
+    }
+
+    #[test]
+    fn params_key_names_only_what_the_metric_uses() {
+        assert_eq!(MetricSpec::new(Metric::MutualKnn).params_key(), "k=10");
+        let mut s = MetricSpec::new(Metric::Cka);
+        s.kernel = Kernel::Rbf { sigma: 0.5 };
+        assert_eq!(s.params_key(), "kernel=rbf,sigma=0.5");
+        assert_eq!(MetricSpec::new(Metric::Svcca).params_key(), "cca_dim=10");
+        assert_eq!(MetricSpec::new(Metric::Procrustes).params_key(), "");
+        let mut l = MetricSpec::new(Metric::LcsKnn);
+        l.emulate_pymp = true;
+        assert_eq!(l.params_key(), "k=10,emulate_pymp=1");
+    }
+}
