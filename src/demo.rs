@@ -41,9 +41,14 @@ impl ZooSpec {
     /// largest language model; n = 256 samples, 6 layers each.
     pub fn demo() -> Self {
         let mut models = Vec::new();
-        for (i, (name, q)) in [("lm-tiny", 0.15), ("lm-small", 0.35), ("lm-base", 0.55), ("lm-large", 0.8)]
-            .into_iter()
-            .enumerate()
+        for (i, (name, q)) in [
+            ("lm-tiny", 0.15),
+            ("lm-small", 0.35),
+            ("lm-base", 0.55),
+            ("lm-large", 0.8),
+        ]
+        .into_iter()
+        .enumerate()
         {
             models.push(ZooModel {
                 name: name.into(),
@@ -57,9 +62,14 @@ impl ZooSpec {
                 score: ("bpb", 1.3 - 0.8 * q, false),
             });
         }
-        for (i, (name, q)) in [("vit-s", 0.2), ("vit-b", 0.4), ("vit-l", 0.6), ("vit-h", 0.85)]
-            .into_iter()
-            .enumerate()
+        for (i, (name, q)) in [
+            ("vit-s", 0.2),
+            ("vit-b", 0.4),
+            ("vit-l", 0.6),
+            ("vit-h", 0.85),
+        ]
+        .into_iter()
+        .enumerate()
         {
             models.push(ZooModel {
                 name: name.into(),
@@ -109,7 +119,9 @@ impl ZooSpec {
             let depth = l as f64 / (m.layers - 1).max(1) as f64;
             let w_shared = m.quality * (-(depth - 0.7).powi(2) / 0.15).exp();
             let w_private = 1.0 - w_shared;
-            let proj: Vec<f64> = (0..2 * r * m.d).map(|_| own.normal() / (r as f64).sqrt()).collect();
+            let proj: Vec<f64> = (0..2 * r * m.d)
+                .map(|_| own.normal() / (r as f64).sqrt())
+                .collect();
             for i in 0..n {
                 for j in 0..m.d {
                     let mut v = 0.0;
@@ -150,9 +162,15 @@ impl ZooSpec {
                     .zip(&layers)
                     .map(|(nm, d)| (nm.as_str(), vec![self.n, m.d], d.as_slice()))
                     .collect();
-                (dir.join(format!("{stem}.safetensors")), safetensors::encode_f32(&tensors))
+                (
+                    dir.join(format!("{stem}.safetensors")),
+                    safetensors::encode_f32(&tensors),
+                )
             } else {
-                (dir.join(format!("{stem}.npy")), npy::encode_f32(&[self.n, m.layers, m.d], &feats))
+                (
+                    dir.join(format!("{stem}.npy")),
+                    npy::encode_f32(&[self.n, m.layers, m.d], &feats),
+                )
             };
             std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
             out.push((m.clone(), path));
@@ -161,7 +179,12 @@ impl ZooSpec {
     }
 
     /// Writes the files and ingests them into `reg` on dataset `dataset`, with scores.
-    pub fn ingest_into(&self, reg: &mut Registry, dir: &Path, dataset: &str) -> Result<Vec<IngestReport>> {
+    pub fn ingest_into(
+        &self,
+        reg: &mut Registry,
+        dir: &Path,
+        dataset: &str,
+    ) -> Result<Vec<IngestReport>> {
         let files = self.write_files(dir)?;
         let mut reports = Vec::new();
         for (m, path) in files {
@@ -177,7 +200,12 @@ impl ZooSpec {
                 num_params: None,
             };
             reports.push(reg.ingest(&path, &req)?);
-            reg.set_scores(&m.name, Some(&m.checkpoint), &[(m.score.0.to_string(), m.score.1)], Some(m.score.2))?;
+            reg.set_scores(
+                &m.name,
+                Some(&m.checkpoint),
+                &[(m.score.0.to_string(), m.score.1)],
+                Some(m.score.2),
+            )?;
         }
         Ok(reports)
     }
@@ -185,6 +213,7 @@ impl ZooSpec {
 
 /// A stable 64-bit hash of a string (FNV-1a), for per-model seeds.
 fn fxhash(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }

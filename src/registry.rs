@@ -10,8 +10,9 @@ use serde::Serialize;
 use crate::catalog::{Catalog, Dataset, Model};
 use crate::error::{Error, Result};
 use crate::formats::{self, FeatureFile};
-use crate::matrix::{self, LayerView};
-use crate::store::{BlobHash, BlobStore, BlobWriter, FsBlobStore};
+use crate::matrix::{self, DType, LayerView};
+use crate::store::{BlobHash, BlobStore, BlobWriter, FsBlobStore, SealedBlob};
+use rayon::prelude::*;
 
 /// Name of the directory `prh init` creates when no path is given.
 pub const DEFAULT_DIR: &str = ".prh";
@@ -213,26 +214,44 @@ impl Registry {
         }
         validate_name("pool", &req.pool)?;
 
-        // Encode every layer into sealed temporary blobs; nothing is published yet.
-        let mut sealed = Vec::with_capacity(file.layers.len());
-        for (li, spec) in file.layers.iter().enumerate() {
-            let view = file.layer(li);
-            let mut w = self.store.writer()?;
-            write_canonical(&view, &mut w).map_err(|e| match e {
-                EncodeError::NonFinite { row, col } => Error::format(
-                    path,
-                    format!(
-                        "NaN or Inf present in {} at row {row}, column {col}; clean the features before ingest",
-                        spec.name
+        // Encode every layer (in parallel) into sealed temporary blobs; nothing is published
+        // yet. When this checkpoint already exists (a re-ingest), hash first and write only
+        // the blobs that are missing.
+        let ck_name = req.checkpoint.as_deref().unwrap_or(DEFAULT_CHECKPOINT);
+        let hash_first = match &model {
+            Some(m) => self.catalog.checkpoint(&m.name, ck_name)?.is_some(),
+            None => false,
+        };
+        let store = &self.store;
+        let sealed = (0..file.layers.len())
+            .into_par_iter()
+            .map(|li| -> Result<(Staged, DType, usize)> {
+                let view = file.layer(li);
+                let name = &file.layers[li].name;
+                let nonfinite = |e: EncodeError| match e {
+                    EncodeError::NonFinite { row, col } => Error::format(
+                        path,
+                        format!(
+                            "NaN or Inf present in {name} at row {row}, column {col}; clean the features before ingest"
+                        ),
                     ),
-                ),
-                EncodeError::Store(e) => e,
-            })?;
-            sealed.push((w.seal()?, view.dtype, view.d));
-        }
+                    EncodeError::Store(e) => e,
+                };
+                if hash_first {
+                    let mut h = HashSink(blake3::Hasher::new(), 0);
+                    write_canonical(&view, &mut h).map_err(nonfinite)?;
+                    let hash = BlobHash(*h.0.finalize().as_bytes());
+                    if store.contains(&hash) {
+                        return Ok((Staged::Existing(hash, h.1), view.dtype, view.d));
+                    }
+                }
+                let mut w = store.writer()?;
+                write_canonical(&view, &mut w).map_err(nonfinite)?;
+                Ok((Staged::Sealed(w.seal()?), view.dtype, view.d))
+            })
+            .collect::<Result<Vec<_>>>()?;
 
         // Refuse a checkpoint whose layers already hold different matrices.
-        let ck_name = req.checkpoint.as_deref().unwrap_or(DEFAULT_CHECKPOINT);
         if let (Some(m), Some(ds)) = (&model, &dataset)
             && let Some(ck) = self.catalog.checkpoint(&m.name, ck_name)?
         {
@@ -248,7 +267,7 @@ impl Registry {
                         )
                         .optional()?;
                 if let Some(h) = existing
-                    && h != s.hash.to_hex()
+                    && h != s.hash().to_hex()
                 {
                     return Err(Error::format(
                         path,
@@ -267,9 +286,11 @@ impl Registry {
         // Publish the blobs (rename into place), then commit all rows in one transaction.
         let mut layers = Vec::with_capacity(sealed.len());
         for (s, dtype, d) in sealed {
-            let hash = s.hash;
-            let bytes = s.len;
-            let new_blob = s.publish()?;
+            let hash = s.hash();
+            let (bytes, new_blob) = match s {
+                Staged::Sealed(b) => (b.len, b.publish()?),
+                Staged::Existing(_, len) => (len, false),
+            };
             layers.push(LayerReport {
                 layer: layers.len(),
                 hash,
@@ -555,6 +576,42 @@ impl IngestReport {
     }
 }
 
+/// A layer ready to publish: a new sealed blob, or one already stored.
+enum Staged {
+    Sealed(SealedBlob),
+    Existing(BlobHash, u64),
+}
+
+impl Staged {
+    fn hash(&self) -> BlobHash {
+        match self {
+            Staged::Sealed(b) => b.hash,
+            Staged::Existing(h, _) => *h,
+        }
+    }
+}
+
+/// Where canonical bytes go: a blob on disk, or only a hasher.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]) -> Result<()>;
+}
+
+impl Sink for BlobWriter {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.write(bytes)
+    }
+}
+
+struct HashSink(blake3::Hasher, u64);
+
+impl Sink for HashSink {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.0.update_rayon(bytes);
+        self.1 += bytes.len() as u64;
+        Ok(())
+    }
+}
+
 enum EncodeError {
     NonFinite { row: usize, col: usize },
     Store(Error),
@@ -571,8 +628,8 @@ const CHUNK: usize = 8 << 20;
 
 /// Writes the canonical encoding of a layer (header + row-major LE elements) into `w`,
 /// refusing NaN and Inf.
-fn write_canonical(view: &LayerView, w: &mut BlobWriter) -> std::result::Result<(), EncodeError> {
-    w.write(&matrix::canonical_header(view.dtype, view.n, view.d))?;
+fn write_canonical(view: &LayerView, w: &mut impl Sink) -> std::result::Result<(), EncodeError> {
+    w.put(&matrix::canonical_header(view.dtype, view.n, view.d))?;
     let es = view.dtype.size();
     let row_bytes = view.d * es;
     // Contiguous rows packed back to back: stream straight from the source.
@@ -586,7 +643,7 @@ fn write_canonical(view: &LayerView, w: &mut BlobWriter) -> std::result::Result<
                     col: flat % view.d,
                 });
             }
-            w.write(chunk)?;
+            w.put(chunk)?;
         }
         return Ok(());
     }
@@ -605,7 +662,7 @@ fn write_canonical(view: &LayerView, w: &mut BlobWriter) -> std::result::Result<
                 col: i % view.d,
             });
         }
-        w.write(&buf)?;
+        w.put(&buf)?;
         start = end;
     }
     Ok(())

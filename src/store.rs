@@ -191,8 +191,10 @@ impl BlobWriter {
         self.len == 0
     }
 
-    /// Flushes and fsyncs the temporary file and computes the hash; the blob is not visible
-    /// until [`SealedBlob::publish`]. Dropping the sealed blob deletes the temporary file.
+    /// Flushes the temporary file and computes the hash; the blob is not visible until
+    /// [`SealedBlob::publish`] (which fsyncs it first, so several blobs sealed in a row are
+    /// written back by the kernel concurrently). Dropping the sealed blob deletes the
+    /// temporary file.
     pub fn seal(mut self) -> Result<SealedBlob> {
         self.finished = true;
         let file = self
@@ -201,10 +203,10 @@ impl BlobWriter {
             .expect("writer sealed once")
             .into_inner()
             .map_err(|e| Error::io(&self.tmp_path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.tmp_path, e))?;
         let hash = BlobHash(*self.hasher.finalize().as_bytes());
         let hex = hash.to_hex();
         Ok(SealedBlob {
+            file: Some(file),
             hash,
             len: self.len,
             tmp_path: std::mem::take(&mut self.tmp_path),
@@ -222,8 +224,9 @@ impl BlobWriter {
     }
 }
 
-/// A fully written, fsynced blob still in `tmp/`.
+/// A fully written blob still in `tmp/`, not yet fsynced.
 pub struct SealedBlob {
+    file: Option<File>,
     pub hash: BlobHash,
     /// Size in bytes, header included.
     pub len: u64,
@@ -237,10 +240,14 @@ impl SealedBlob {
     /// that blob already existed.
     pub fn publish(mut self) -> Result<bool> {
         self.published = true;
+        let file = self.file.take().expect("published once");
         if self.dest.is_file() {
+            drop(file);
             let _ = fs::remove_file(&self.tmp_path);
             return Ok(false);
         }
+        file.sync_all().map_err(|e| Error::io(&self.tmp_path, e))?;
+        drop(file);
         let dir = self.dest.parent().expect("blob path has a parent");
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         fs::rename(&self.tmp_path, &self.dest).map_err(|e| Error::io(&self.dest, e))?;

@@ -6,7 +6,10 @@ use common::{Env, fixture, noise, write_npy};
 use serde_json::Value;
 
 fn refp(name: &str) -> String {
-    fixture(&format!("reference/{name}")).to_str().unwrap().to_string()
+    fixture(&format!("reference/{name}"))
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 fn expected() -> Value {
@@ -23,12 +26,22 @@ fn multi_layer_files_report_the_official_best_pair_and_table() {
         ("pipeline_x.npy", "pipeline_y_list.pt"),
     ] {
         let v = env.json(&[
-            "compare", &refp(x), &refp(y), "--metric", "mutual_knn", "--table", "--format", "json",
+            "compare",
+            &refp(x),
+            &refp(y),
+            "--metric",
+            "mutual_knn",
+            "--table",
+            "--format",
+            "json",
         ]);
         let e = &exp["pipeline"]["mutual_knn"];
         assert_eq!(v["metric"], "mutual_knn");
         assert_eq!(v["params"]["k"], 10);
-        assert!((v["value"].as_f64().unwrap() - e["best"].as_f64().unwrap()).abs() < 1e-6, "{x} {y}");
+        assert!(
+            (v["value"].as_f64().unwrap() - e["best"].as_f64().unwrap()).abs() < 1e-6,
+            "{x} {y}"
+        );
         assert_eq!(v["best_layers"], e["best_layers"]);
         assert_eq!(v["table"].as_array().unwrap().len(), 5);
         assert_eq!(v["table"][0].as_array().unwrap().len(), 4);
@@ -60,9 +73,18 @@ fn several_metrics_share_one_run_and_no_prep_uses_rows_as_given() {
     assert!((arr[1]["value"].as_f64().unwrap() - want("cka_rbf")).abs() < 1e-4);
     assert_eq!(arr[1]["params"]["kernel"], "rbf");
     assert!((arr[2]["value"].as_f64().unwrap() - want("svcca")).abs() < 1e-3);
-    assert!(arr[0].get("best_layers").is_none(), "single-layer files have no best_layers");
+    assert!(
+        arr[0].get("best_layers").is_none(),
+        "single-layer files have no best_layers"
+    );
     let csv = env.ok(&[
-        "compare", &refp("related_a.npy"), &refp("related_b.npy"), "--metric", "rsa,procrustes,jaccard_knn,linear_r2", "--format", "csv",
+        "compare",
+        &refp("related_a.npy"),
+        &refp("related_b.npy"),
+        "--metric",
+        "rsa,procrustes,jaccard_knn,linear_r2",
+        "--format",
+        "csv",
     ]);
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines[0], "metric,params,value");
@@ -73,13 +95,35 @@ fn several_metrics_share_one_run_and_no_prep_uses_rows_as_given() {
 fn bad_inputs_are_clear_errors_never_nan() {
     let env = Env::new();
     // Mismatched n.
-    let e = env.fails(&["compare", &refp("random_a.npy"), &refp("related_b.npy"), "--metric", "cka"]);
+    let e = env.fails(&[
+        "compare",
+        &refp("random_a.npy"),
+        &refp("related_b.npy"),
+        "--metric",
+        "cka",
+    ]);
     assert!(e.contains("n = 118") && e.contains("n = 263"), "{e}");
     // n < k + 1.
-    let e = env.fails(&["compare", &refp("random_a.npy"), &refp("random_b.npy"), "--metric", "mutual_knn", "--k", "118"]);
+    let e = env.fails(&[
+        "compare",
+        &refp("random_a.npy"),
+        &refp("random_b.npy"),
+        "--metric",
+        "mutual_knn",
+        "--k",
+        "118",
+    ]);
     assert!(e.contains("too few for k = 118"), "{e}");
     // cknna with k < 2.
-    let e = env.fails(&["compare", &refp("random_a.npy"), &refp("random_b.npy"), "--metric", "cknna", "--k", "1"]);
+    let e = env.fails(&[
+        "compare",
+        &refp("random_a.npy"),
+        &refp("random_b.npy"),
+        "--metric",
+        "cknna",
+        "--k",
+        "1",
+    ]);
     assert!(e.contains("k ≥ 2"), "{e}");
     // Zero-variance column for svcca.
     let a = env.path("const.npy");
@@ -90,7 +134,14 @@ fn bad_inputs_are_clear_errors_never_nan() {
     write_npy(&a, &[40, 12], &d);
     let b = env.path("b.npy");
     write_npy(&b, &[40, 12], &noise(40 * 12, 2));
-    let e = env.fails(&["compare", a.to_str().unwrap(), b.to_str().unwrap(), "--metric", "svcca", "--no-prep"]);
+    let e = env.fails(&[
+        "compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--metric",
+        "svcca",
+        "--no-prep",
+    ]);
     assert!(e.contains("column 3 has zero variance"), "{e}");
     // All-zero row.
     let z = env.path("zero.npy");
@@ -99,16 +150,37 @@ fn bad_inputs_are_clear_errors_never_nan() {
         *v = 0.0;
     }
     write_npy(&z, &[40, 12], &d);
-    let e = env.fails(&["compare", z.to_str().unwrap(), b.to_str().unwrap(), "--metric", "mutual_knn"]);
+    let e = env.fails(&[
+        "compare",
+        z.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--metric",
+        "mutual_knn",
+    ]);
     assert!(e.contains("row 5 is all zeros"), "{e}");
     // NaN.
     let nan = env.path("nan.npy");
     let mut d = noise(40 * 12, 4);
     d[13] = f32::NAN;
     write_npy(&nan, &[40, 12], &d);
-    let e = env.fails(&["compare", nan.to_str().unwrap(), b.to_str().unwrap(), "--metric", "cka"]);
+    let e = env.fails(&[
+        "compare",
+        nan.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--metric",
+        "cka",
+    ]);
     assert!(e.contains("NaN or Inf") && e.contains("nan.npy"), "{e}");
     // Unknown metric.
-    let e = env.fails(&["compare", a.to_str().unwrap(), b.to_str().unwrap(), "--metric", "cosine"]);
-    assert!(e.contains("unknown metric") && e.contains("mutual_knn"), "{e}");
+    let e = env.fails(&[
+        "compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--metric",
+        "cosine",
+    ]);
+    assert!(
+        e.contains("unknown metric") && e.contains("mutual_knn"),
+        "{e}"
+    );
 }

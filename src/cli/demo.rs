@@ -32,11 +32,22 @@ pub fn run(a: DemoArgs) -> Result<()> {
         .map(|r| r.layers.iter().filter(|l| l.new_row).count())
         .sum();
     let total: usize = reports.iter().map(|r| r.layers.len()).sum();
-    println!("ingested {} files: {total} representations ({new_rows} new)\n", reports.len());
+    println!(
+        "ingested {} files: {total} representations ({new_rows} new)\n",
+        reports.len()
+    );
     println!("models:");
-    output::render(&reg.catalog.models()?, Format::Table, &mut std::io::stdout())?;
+    output::render(
+        &reg.catalog.models()?,
+        Format::Table,
+        &mut std::io::stdout(),
+    )?;
     println!("\nscores:");
-    output::render(&reg.catalog.scores(None)?, Format::Table, &mut std::io::stdout())?;
+    output::render(
+        &reg.catalog.scores(None)?,
+        Format::Table,
+        &mut std::io::stdout(),
+    )?;
     let reps = reg.catalog.reps(&RepFilter::default())?;
     println!(
         "\n{} representations stored as {} blobs under {}",

@@ -354,7 +354,9 @@ mod tests {
         // rather than rotation: test it on such a transform.
         let mut permuted = x.clone();
         for j in 0..12 {
-            permuted.column_mut(j).assign(&x.column((j + 5) % 12).mapv(|v| v * (1.0 + j as f32)));
+            permuted
+                .column_mut(j)
+                .assign(&x.column((j + 5) % 12).mapv(|v| v * (1.0 + j as f32)));
         }
         let sv = MetricSpec::new(Metric::Svcca)
             .compute(&Derived::new(x.clone()), &Derived::new(permuted))
@@ -376,12 +378,17 @@ mod tests {
         let (a, b) = (derived(&random(300, 32, 3)), derived(&random(300, 32, 4)));
         let chance = 10.0 / 299.0;
         let mk = MetricSpec::new(Metric::MutualKnn).compute(&a, &b).unwrap();
-        assert!((mk - chance).abs() < 0.02, "mutual_knn {mk} vs chance {chance}");
+        assert!(
+            (mk - chance).abs() < 0.02,
+            "mutual_knn {mk} vs chance {chance}"
+        );
         let rsa = MetricSpec::new(Metric::Rsa).compute(&a, &b).unwrap();
         assert!(rsa.abs() < 0.05, "rsa {rsa}");
         let r2 = MetricSpec::new(Metric::LinearR2).compute(&a, &b).unwrap();
         assert!(r2 < 0.05, "linear_r2 {r2}");
-        let ucka = MetricSpec::new(Metric::UnbiasedCka).compute(&a, &b).unwrap();
+        let ucka = MetricSpec::new(Metric::UnbiasedCka)
+            .compute(&a, &b)
+            .unwrap();
         assert!(ucka.abs() < 0.05, "unbiased_cka {ucka}");
     }
 
