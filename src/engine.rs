@@ -50,7 +50,7 @@ pub fn derive_checkpoint(
     let views: Vec<ArrayView2<f32>> = layers.iter().map(|l| l.view()).collect();
     let threshold = prep.clamp_q.and_then(|q| prep::clamp_threshold(&views, q));
     let derived = layers
-        .iter()
+        .par_iter()
         .map(|l| {
             Ok(Derived::new(prep::prepare(
                 l.view(),
@@ -64,6 +64,9 @@ pub fn derive_checkpoint(
 
 /// Scores every layer pair (in parallel) and finds the best.
 pub fn layer_table(spec: &MetricSpec, xs: &[Derived], ys: &[Derived]) -> Result<LayerTable> {
+    xs.par_iter()
+        .chain(ys.par_iter())
+        .for_each(|d| d.warm(spec));
     let cells: Vec<(usize, usize)> = (0..xs.len())
         .flat_map(|i| (0..ys.len()).map(move |j| (i, j)))
         .collect();

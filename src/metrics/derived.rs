@@ -61,6 +61,7 @@ pub struct Derived {
     kernels: Mutex<HashMap<u64, Arc<KernelStats>>>,
     svd: Mutex<HashMap<usize, Arc<SvdBasis>>>,
     rdm_ranks: Mutex<Option<Arc<Vec<f64>>>>,
+    procrustes: Mutex<Option<Arc<faer::Mat<f64>>>>,
 }
 
 impl Derived {
@@ -74,6 +75,36 @@ impl Derived {
             kernels: Mutex::new(HashMap::new()),
             svd: Mutex::new(HashMap::new()),
             rdm_ranks: Mutex::new(None),
+            procrustes: Mutex::new(None),
+        }
+    }
+
+    /// Computes now (instead of on first use) what `spec` will need, so a sweep can derive
+    /// every representation in parallel before scoring pairs.
+    pub fn warm(&self, spec: &super::MetricSpec) {
+        use super::{Kernel, Metric};
+        if spec.metric.uses_k() {
+            self.knn(spec.k);
+        }
+        match spec.metric {
+            Metric::Cka | Metric::UnbiasedCka => match spec.kernel {
+                Kernel::Linear => {
+                    self.linear_kernel();
+                }
+                Kernel::Rbf { sigma } => {
+                    self.rbf_kernel(sigma);
+                }
+            },
+            Metric::Svcca => {
+                self.svcca_basis(spec.cca_dim);
+            }
+            Metric::Rsa => {
+                self.rdm_ranks();
+            }
+            Metric::Procrustes => {
+                self.procrustes_basis();
+            }
+            _ => {}
         }
     }
 
@@ -154,6 +185,52 @@ impl Derived {
         v
     }
 
+    /// A basis Z with ZxᵀZy having the singular values of XcᵀYc, for column-centred,
+    /// Frobenius-normalised features Xc: Xc itself when d ≤ n, else U·√Λ from the
+    /// eigendecomposition of the centred Gram matrix (n × n), so Procrustes never forms d × d.
+    pub fn procrustes_basis(&self) -> Arc<faer::Mat<f64>> {
+        if let Some(v) = self.procrustes.lock().expect("lock").as_ref() {
+            return v.clone();
+        }
+        let (n, d) = self.x.dim();
+        let z = if d <= n {
+            let mut m = faer::Mat::<f64>::zeros(n, d);
+            for j in 0..d {
+                let col = self.x.column(j);
+                let mean = col.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+                for i in 0..n {
+                    m[(i, j)] = col[i] as f64 - mean;
+                }
+            }
+            let norm = m.norm_l2();
+            if norm > 0.0 {
+                m /= faer::Scale(norm);
+            }
+            m
+        } else {
+            let g = &self.gram;
+            let rm: Vec<f64> = (0..n)
+                .map(|i| g[i * n..(i + 1) * n].iter().map(|&v| v as f64).sum::<f64>() / n as f64)
+                .collect();
+            let tm = rm.iter().sum::<f64>() / n as f64;
+            let kc =
+                faer::Mat::<f64>::from_fn(n, n, |i, j| g[i * n + j] as f64 - rm[i] - rm[j] + tm);
+            let trace: f64 = (0..n).map(|i| kc[(i, i)]).sum();
+            match kc.self_adjoint_eigen(faer::Side::Lower) {
+                Ok(eig) => {
+                    let u = eig.U();
+                    let s = eig.S();
+                    let scale = if trace > 0.0 { 1.0 / trace.sqrt() } else { 0.0 };
+                    faer::Mat::<f64>::from_fn(n, n, |i, j| u[(i, j)] * s[j].max(0.0).sqrt() * scale)
+                }
+                Err(_) => faer::Mat::<f64>::zeros(n, 1),
+            }
+        };
+        let v = Arc::new(z);
+        *self.procrustes.lock().expect("lock") = Some(v.clone());
+        v
+    }
+
     /// Average ranks of the upper triangle (i < j, row by row) of the cosine-distance RDM,
     /// centred and scaled to unit norm, so Spearman ρ of two RDMs is their dot product.
     pub fn rdm_ranks(&self) -> Arc<Vec<f64>> {
@@ -224,31 +301,49 @@ pub fn gram(x: &Array2<f32>) -> Vec<f32> {
             Par::rayon(0),
         );
     }
-    for i in 0..n {
-        for j in i + 1..n {
-            out[i * n + j] = out[j * n + i];
-        }
-    }
+    mirror_lower(&mut out, n);
     out
 }
 
-/// Ordered k-nearest-neighbour lists from a Gram matrix by partial selection per row.
+/// Copies the lower triangle of a row-major n × n matrix onto the upper, in cache-sized tiles.
+fn mirror_lower(m: &mut [f32], n: usize) {
+    const T: usize = 64;
+    for bi in (0..n).step_by(T) {
+        for bj in (bi..n).step_by(T) {
+            for i in bi..(bi + T).min(n) {
+                for j in bj.max(i + 1)..(bj + T).min(n) {
+                    m[i * n + j] = m[j * n + i];
+                }
+            }
+        }
+    }
+}
+
+/// Ordered k-nearest-neighbour lists from a Gram matrix: one scan per row keeping the k best
+/// in a small sorted buffer (most candidates cost one comparison); partial selection
+/// (`select_nth_unstable`) for large k. Rows are processed in parallel.
 pub fn knn_from_gram(g: &[f32], n: usize, k: usize) -> Knn {
     let mut ordered = vec![0u32; n * k];
     ordered.par_chunks_mut(k.max(1)).enumerate().for_each_init(
         Vec::new,
-        |idx: &mut Vec<u32>, (i, out)| {
+        |buf: &mut Vec<(f32, u32)>, (i, out)| {
             let row = &g[i * n..(i + 1) * n];
-            idx.clear();
-            idx.extend((0..n as u32).filter(|&j| j as usize != i));
-            let cmp =
-                |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-            if k < idx.len() {
-                idx.select_nth_unstable_by(k, cmp);
+            if k <= 64 {
+                top_k_scan(row, i, k, buf);
+                for (o, &(_, j)) in out.iter_mut().zip(buf.iter()) {
+                    *o = j;
+                }
+            } else {
+                let mut idx: Vec<u32> = (0..n as u32).filter(|&j| j as usize != i).collect();
+                let cmp =
+                    |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+                if k < idx.len() {
+                    idx.select_nth_unstable_by(k, cmp);
+                }
+                let top = &mut idx[..k];
+                top.sort_unstable_by(cmp);
+                out.copy_from_slice(top);
             }
-            let top = &mut idx[..k];
-            top.sort_unstable_by(cmp);
-            out.copy_from_slice(top);
         },
     );
     let mut sorted = ordered.clone();
@@ -256,6 +351,26 @@ pub fn knn_from_gram(g: &[f32], n: usize, k: usize) -> Knn {
         .par_chunks_mut(k.max(1))
         .for_each(|c| c.sort_unstable());
     Knn { k, ordered, sorted }
+}
+
+/// The k largest entries of `row` (excluding index `skip`), most similar first, ties by lower
+/// index, into `buf` as (value, index).
+fn top_k_scan(row: &[f32], skip: usize, k: usize, buf: &mut Vec<(f32, u32)>) {
+    buf.clear();
+    for (j, &v) in row.iter().enumerate() {
+        if j == skip {
+            continue;
+        }
+        if buf.len() == k {
+            // Scanning in index order: an equal value never beats an earlier index.
+            if v.total_cmp(&buf[k - 1].0) != std::cmp::Ordering::Greater {
+                continue;
+            }
+            buf.pop();
+        }
+        let pos = buf.partition_point(|&(b, _)| b.total_cmp(&v) != std::cmp::Ordering::Less);
+        buf.insert(pos, (v, j as u32));
+    }
 }
 
 fn svcca_basis(x: &Array2<f32>, c: usize) -> Result<Array2<f64>, String> {

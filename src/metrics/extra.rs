@@ -23,31 +23,15 @@ pub fn svcca(ua: &Array2<f64>, ub: &Array2<f64>) -> Result<f64, String> {
     Ok(s.iter().map(|v| v.min(1.0)).sum::<f64>() / c as f64)
 }
 
-/// Centres columns and scales to unit Frobenius norm (f64).
-fn centred_unit(x: &Array2<f32>) -> Mat<f64> {
-    let (n, d) = x.dim();
-    let mut m = Mat::<f64>::zeros(n, d);
-    for j in 0..d {
-        let mean = x.column(j).iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-        for i in 0..n {
-            m[(i, j)] = x[[i, j]] as f64 - mean;
-        }
-    }
-    let norm = m.norm_l2();
-    if norm > 0.0 {
-        m /= faer::Scale(norm);
-    }
-    m
-}
-
 /// `procrustes`: orthogonal Procrustes similarity max_Q ⟨X, Y Q⟩ = ‖XᵀY‖_* for column-centred,
 /// Frobenius-normalised X and Y (Williams et al. 2021). Range [0, 1]; the angular Procrustes
-/// distance is arccos of it.
+/// distance is arccos of it. Computed on each side's reduced basis
+/// ([`Derived::procrustes_basis`]), so the cost is bounded by min(n, d).
 pub fn procrustes(a: &Derived, b: &Derived) -> Result<f64, String> {
-    let x = centred_unit(&a.x);
-    let y = centred_unit(&b.x);
-    let xty = x.transpose() * &y;
-    let s = xty
+    let za = a.procrustes_basis();
+    let zb = b.procrustes_basis();
+    let m = za.transpose() * &*zb;
+    let s = m
         .singular_values()
         .map_err(|e| format!("SVD did not converge: {e:?}"))?;
     Ok(s.iter().sum::<f64>().min(1.0))
@@ -63,54 +47,109 @@ pub fn rsa(a: &Derived, b: &Derived) -> f64 {
 
 /// `linear_r2`: how well a ridge regression from X predicts Y, as held-out R² pooled over
 /// 5 interleaved folds (sample i is in fold i mod 5) and all Y columns. Features are centred
-/// on each training fold; λ = `ridge` × mean diagonal of the training kernel. Computed in the
-/// dual (kernel) form from X's Gram matrix. Range (−∞, 1]; not symmetric (X → Y).
+/// on each training fold; λ = `ridge` × mean diagonal of the centred training kernel.
+/// Computed in kernel form from the two Gram matrices only (the residual sum of squares is
+/// tr(Ky,SS) − 2 tr(Wᵀ Ky,TS) + tr(Wᵀ Ky,TT W) with W = (Kx,TT + λI)⁻¹ Kx,TS), so the cost does
+/// not grow with d. Range (−∞, 1]; not symmetric (X → Y).
 pub fn linear_r2(a: &Derived, b: &Derived, ridge: f64) -> Result<f64, String> {
     let n = a.n();
     const FOLDS: usize = 5;
     if n < 2 * FOLDS {
         return Err(format!("needs at least {} samples", 2 * FOLDS));
     }
-    let g = a.gram();
-    let y = &b.x;
-    let dy = y.ncols();
+    let (gx, gy) = (a.gram(), b.gram());
     let mut sse = 0.0;
     let mut sst = 0.0;
     for f in 0..FOLDS {
         let train: Vec<usize> = (0..n).filter(|i| i % FOLDS != f).collect();
         let test: Vec<usize> = (0..n).filter(|i| i % FOLDS == f).collect();
+        let kx = centred(gx, n, &train);
+        let ky = centred(gy, n, &train);
         let nt = train.len();
-        // Centred training kernel via the Gram matrix.
-        let m: Vec<f64> = (0..n)
-            .map(|i| train.iter().map(|&t| g[i * n + t] as f64).sum::<f64>() / nt as f64)
-            .collect();
-        let c = train.iter().map(|&t| m[t]).sum::<f64>() / nt as f64;
-        let kc = |i: usize, j: usize| g[i * n + j] as f64 - m[i] - m[j] + c;
-        let mut ktt = Mat::<f64>::from_fn(nt, nt, |p, q| kc(train[p], train[q]));
+        let mut ktt = Mat::<f64>::from_fn(nt, nt, |p, q| kx(train[p], train[q]));
         let lambda = ridge * (0..nt).map(|p| ktt[(p, p)]).sum::<f64>() / nt as f64;
         for p in 0..nt {
             ktt[(p, p)] += lambda.max(1e-12);
         }
-        let ymean: Vec<f64> = (0..dy)
-            .map(|j| train.iter().map(|&t| y[[t, j]] as f64).sum::<f64>() / nt as f64)
-            .collect();
-        let yt = Mat::<f64>::from_fn(nt, dy, |p, j| y[[train[p], j]] as f64 - ymean[j]);
         let chol = ktt
             .llt(Side::Lower)
             .map_err(|_| "ridge system is not positive definite".to_string())?;
-        let alpha = faer::linalg::solvers::Solve::solve(&chol, &yt);
-        let kst = Mat::<f64>::from_fn(test.len(), nt, |p, q| kc(test[p], train[q]));
-        let pred = &kst * &alpha;
-        for (p, &i) in test.iter().enumerate() {
-            for j in 0..dy {
-                let truth = y[[i, j]] as f64 - ymean[j];
-                sse += (truth - pred[(p, j)]).powi(2);
-                sst += truth * truth;
-            }
+        let kts = Mat::<f64>::from_fn(nt, test.len(), |p, q| kx(train[p], test[q]));
+        let w = faer::linalg::solvers::Solve::solve(&chol, &kts);
+        let ky_tt = Mat::<f64>::from_fn(nt, nt, |p, q| ky(train[p], train[q]));
+        let ky_ts = Mat::<f64>::from_fn(nt, test.len(), |p, q| ky(train[p], test[q]));
+        let kw = &ky_tt * &w;
+        for (q, &s) in test.iter().enumerate() {
+            let yy = ky(s, s);
+            let cross: f64 = (0..nt).map(|p| w[(p, q)] * ky_ts[(p, q)]).sum();
+            let quad: f64 = (0..nt).map(|p| w[(p, q)] * kw[(p, q)]).sum();
+            sse += yy - 2.0 * cross + quad;
+            sst += yy;
         }
     }
-    if sst == 0.0 {
+    if sst <= 0.0 {
         return Err("Y has no variance".into());
     }
     Ok(1.0 - sse / sst)
+}
+
+/// The Gram matrix of features centred on the training rows: K_ij − m_i − m_j + c.
+fn centred<'a>(g: &'a [f32], n: usize, train: &[usize]) -> impl Fn(usize, usize) -> f64 + 'a {
+    let nt = train.len() as f64;
+    let m: Vec<f64> = (0..n)
+        .map(|i| train.iter().map(|&t| g[i * n + t] as f64).sum::<f64>() / nt)
+        .collect();
+    let c = train.iter().map(|&t| m[t]).sum::<f64>() / nt;
+    move |i, j| g[i * n + j] as f64 - m[i] - m[j] + c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn random(n: usize, d: usize, seed: u64) -> Array2<f32> {
+        let mut r = Rng::new(seed);
+        Array2::from_shape_fn((n, d), |_| r.normal() as f32)
+    }
+
+    /// ‖XᵀY‖_* formed directly in d × d, for checking the reduced-basis path.
+    fn direct(x: &Array2<f32>, y: &Array2<f32>) -> f64 {
+        let centre = |m: &Array2<f32>| {
+            let mut c = m.mapv(|v| v as f64);
+            let mean = c.mean_axis(ndarray::Axis(0)).unwrap();
+            c -= &mean;
+            let norm = c.iter().map(|v| v * v).sum::<f64>().sqrt();
+            c / norm
+        };
+        let (cx, cy) = (centre(x), centre(y));
+        let m = cx.t().dot(&cy);
+        let f = Mat::<f64>::from_fn(m.nrows(), m.ncols(), |i, j| m[[i, j]]);
+        f.singular_values().unwrap().iter().sum()
+    }
+
+    #[test]
+    fn procrustes_reduced_basis_equals_the_direct_nuclear_norm() {
+        for (n, dx, dy) in [(30, 50, 70), (40, 12, 90), (25, 10, 8)] {
+            let x = random(n, dx, 1);
+            let y = random(n, dy, 2);
+            let got = procrustes(&Derived::new(x.clone()), &Derived::new(y.clone())).unwrap();
+            let want = direct(&x, &y);
+            assert!(
+                (got - want).abs() < 1e-6,
+                "n={n} dx={dx} dy={dy}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn linear_r2_is_high_for_a_linear_map_and_low_for_noise() {
+        let x = random(200, 20, 3);
+        let w = random(20, 15, 4);
+        let y = x.dot(&w);
+        let r2 = linear_r2(&Derived::new(x.clone()), &Derived::new(y), 1e-4).unwrap();
+        assert!(r2 > 0.99, "{r2}");
+        let r2n = linear_r2(&Derived::new(x), &Derived::new(random(200, 15, 5)), 0.1).unwrap();
+        assert!(r2n < 0.05, "{r2n}");
+    }
 }
