@@ -17,7 +17,7 @@ use crate::store::BlobHash;
 /// The migrations, in order. Index + 1 is the schema version each one produces.
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../migrations/0001_init.sql")),
-    ("0002_cells", include_str!("../migrations/0002_cells.sql")),
+    ("0002_cache", include_str!("../migrations/0002_cache.sql")),
 ];
 
 /// How long a writer waits for another process's lock before failing.

@@ -15,5 +15,6 @@ pub mod output;
 pub mod registry;
 pub mod rng;
 pub mod store;
+pub mod sweep;
 
 pub use error::{Error, Result};

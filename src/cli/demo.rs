@@ -4,10 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use super::FormatArg;
+use super::align::{Bar, print_results};
 use prh::catalog::RepFilter;
 use prh::demo::ZooSpec;
+use prh::metrics::{Metric, MetricSpec, Prep};
 use prh::output::{self, Format};
 use prh::registry::Registry;
+use prh::sweep::{self, Selector, SweepRequest};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -54,6 +58,34 @@ pub fn run(a: DemoArgs) -> Result<()> {
         reps.len(),
         reg.catalog.blob_hashes()?.len(),
         a.dir.join("blobs").display()
+    );
+
+    // Align every language model with every vision model (latest checkpoints), cached.
+    let req = SweepRequest {
+        x: Selector::Modality("language".into()),
+        y: Selector::Modality("vision".into()),
+        dataset: None,
+        pool: None,
+        all_checkpoints: false,
+        x_checkpoint: None,
+        specs: vec![MetricSpec::new(Metric::MutualKnn)],
+        prep: Prep::OFFICIAL,
+        mem_budget: 1 << 30,
+    };
+    let bar = Bar::new(false);
+    let t = std::time::Instant::now();
+    let results = sweep::sweep(&mut reg, &req, &bar)?;
+    drop(bar);
+    let computed: usize = results.iter().map(|r| r.cells_computed).sum();
+    let cached: usize = results.iter().map(|r| r.cells_cached).sum();
+    println!(
+        "\nalignment (mutual_knn, k = 10, best over layer pairs): {computed} cells computed, {cached} from the cache, {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    print_results(&results, FormatArg::Table)?;
+    println!(
+        "\nnext: prh --registry {} align --metric cka --x modality=language --y modality=vision",
+        a.dir.display()
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Command-line interface: one module per command, each with its args struct and a `run`.
 //! Errors become one line `error: …` on stderr with exit code 1; usage errors exit with 2.
 
+mod align;
 mod compare;
 mod dataset;
 mod demo;
@@ -55,6 +56,11 @@ enum Command {
     Ls(ls::LsArgs),
     /// Show one representation by (a prefix of) its hash.
     Show(ls::ShowArgs),
+    /// Align selected model pairs: every missing layer-pair cell is computed and cached, then
+    /// each pair's best layer pair is reported.
+    Align(align::AlignArgs),
+    /// Ingest a new checkpoint and align it against named models in one command.
+    Log(align::LogArgs),
     /// Compare two feature files directly (no registry needed).
     Compare(compare::CompareArgs),
     /// Build a demo registry from a synthetic model zoo and show what it holds.
@@ -105,6 +111,12 @@ impl Ctx {
 
 /// Parses arguments, runs the command, reports errors.
 pub fn main() -> std::process::ExitCode {
+    // Die quietly on a closed pipe (`prh ls reps | head`), as command-line tools do.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let ctx = Ctx {
         registry: cli.registry,
@@ -116,6 +128,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Score(c) => score::run(&ctx, c),
         Command::Ls(a) => ls::run_ls(&ctx, a),
         Command::Show(a) => ls::run_show(&ctx, a),
+        Command::Align(a) => align::run_align(&ctx, a),
+        Command::Log(a) => align::run_log(&ctx, a),
         Command::Compare(a) => compare::run(a),
         Command::Demo(a) => demo::run(a),
     };
@@ -172,4 +186,14 @@ pub fn parse_scores(items: &[String]) -> Result<Vec<(String, f64)>> {
 /// A path for messages.
 pub fn display(p: &Path) -> String {
     p.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

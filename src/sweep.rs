@@ -1,0 +1,583 @@
+//! Alignment sweeps over the registry with a content-addressed cache (DESIGN.md §5).
+//!
+//! A sweep selects x and y model checkpoints, forms every layer-pair cell's cache key
+//! (hash_x, hash_y, metric, metric version, canonical params, prep_x, prep_y), asks the cache
+//! which cells are missing, computes only those, and commits each model pair's cells in one
+//! transaction as it goes, so an interrupted sweep resumes where it stopped. Symmetric metrics
+//! store one orientation (hash_x ≤ hash_y). Each checkpoint's derived data is computed once and
+//! kept in a memory-bounded LRU while the pairs that need it are scored.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ndarray::Array2;
+use rayon::prelude::*;
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use crate::catalog::RepFilter;
+use crate::engine::LayerTable;
+use crate::error::{Error, Result};
+use crate::metrics::{Derived, MetricSpec, Prep, prep};
+use crate::registry::Registry;
+use crate::store::{BlobHash, BlobStore};
+
+/// Which models a side of a sweep takes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selector {
+    /// Every model.
+    All,
+    /// Models by name.
+    Names(Vec<String>),
+    /// Models of one modality (`modality=vision`).
+    Modality(String),
+    /// Models of one family (`family=llama`).
+    Family(String),
+}
+
+impl FromStr for Selector {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s == "all" {
+            return Ok(Selector::All);
+        }
+        if let Some(v) = s.strip_prefix("modality=") {
+            return Ok(Selector::Modality(v.to_string()));
+        }
+        if let Some(v) = s.strip_prefix("family=") {
+            return Ok(Selector::Family(v.to_string()));
+        }
+        let names: Vec<String> = s
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect();
+        if names.is_empty() || names.iter().any(|n| n.contains('=')) {
+            return Err(Error::Invalid(format!(
+                "bad model selector {s:?}: use names (a,b), modality=…, family=… or all"
+            )));
+        }
+        Ok(Selector::Names(names))
+    }
+}
+
+/// A checkpoint with its layers on the sweep's dataset and pool.
+#[derive(Debug, Clone)]
+pub struct CheckpointLayers {
+    pub checkpoint_id: i64,
+    pub model: String,
+    pub checkpoint: String,
+    pub layers: Vec<BlobHash>,
+    /// Stored layer indices, in order.
+    pub layer_ids: Vec<i64>,
+    pub n: usize,
+    /// Bytes the f32 features occupy (for the memory budget).
+    pub f32_bytes: usize,
+}
+
+/// What to sweep.
+#[derive(Debug, Clone)]
+pub struct SweepRequest {
+    pub x: Selector,
+    pub y: Selector,
+    pub dataset: Option<String>,
+    pub pool: Option<String>,
+    pub all_checkpoints: bool,
+    /// Use this checkpoint of the x models instead of the latest (for `prh log`).
+    pub x_checkpoint: Option<String>,
+    pub specs: Vec<MetricSpec>,
+    pub prep: Prep,
+    /// Upper bound on derived data held in memory at once, in bytes.
+    pub mem_budget: usize,
+}
+
+/// One model pair's alignment for one metric.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairResult {
+    pub x_model: String,
+    pub y_model: String,
+    pub x_checkpoint: String,
+    pub y_checkpoint: String,
+    pub metric: String,
+    /// Max over layer pairs.
+    pub score: f64,
+    /// [x_layer, y_layer] of the max.
+    pub best_layers: [i64; 2],
+    pub cells_computed: usize,
+    pub cells_cached: usize,
+    #[serde(skip)]
+    pub table: Vec<Vec<f64>>,
+    #[serde(skip)]
+    pub x_checkpoint_id: i64,
+    #[serde(skip)]
+    pub y_checkpoint_id: i64,
+}
+
+/// Progress callbacks (a progress bar in the CLI, nothing in tests).
+pub trait Progress: Sync {
+    fn start(&self, _total_cells: u64) {}
+    fn advance(&self, _cells: u64) {}
+    fn message(&self, _msg: &str) {}
+}
+
+/// No progress output.
+pub struct Silent;
+impl Progress for Silent {}
+
+/// Cache key of one cell, oriented for symmetric metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CellKey {
+    hash_x: String,
+    hash_y: String,
+    metric: &'static str,
+    version: u32,
+    params: String,
+    prep_x: String,
+    prep_y: String,
+}
+
+fn cell_key(spec: &MetricSpec, hx: &BlobHash, hy: &BlobHash, px: &str, py: &str) -> CellKey {
+    let (hx, hy, px, py) = if spec.metric.symmetric() && hy < hx {
+        (hy, hx, py, px)
+    } else {
+        (hx, hy, px, py)
+    };
+    CellKey {
+        hash_x: hx.to_hex(),
+        hash_y: hy.to_hex(),
+        metric: spec.metric.name(),
+        version: spec.metric.version(),
+        params: spec.params_key(),
+        prep_x: px.to_string(),
+        prep_y: py.to_string(),
+    }
+}
+
+/// Resolves a selector to model names (sorted), erroring on unknown names.
+pub fn select_models(reg: &Registry, sel: &Selector) -> Result<Vec<String>> {
+    let models = reg.catalog.models()?;
+    let out: Vec<String> = match sel {
+        Selector::All => models.iter().map(|m| m.name.clone()).collect(),
+        Selector::Modality(m) => models
+            .iter()
+            .filter(|x| &x.modality == m)
+            .map(|x| x.name.clone())
+            .collect(),
+        Selector::Family(f) => models
+            .iter()
+            .filter(|x| x.family.as_deref() == Some(f.as_str()))
+            .map(|x| x.name.clone())
+            .collect(),
+        Selector::Names(names) => {
+            for n in names {
+                if !models.iter().any(|m| &m.name == n) {
+                    return Err(Error::Invalid(format!(
+                        "no model named {n} in the registry"
+                    )));
+                }
+            }
+            names.clone()
+        }
+    };
+    if out.is_empty() {
+        return Err(Error::Invalid(format!("selector {sel:?} matches no model")));
+    }
+    Ok(out)
+}
+
+/// The checkpoints (latest, or all) of the given models with their layers on `dataset`/`pool`.
+pub fn resolve_checkpoints(
+    reg: &Registry,
+    models: &[String],
+    dataset: &str,
+    pool: Option<&str>,
+    all_checkpoints: bool,
+    checkpoint: Option<&str>,
+) -> Result<Vec<CheckpointLayers>> {
+    let mut out = Vec::new();
+    for m in models {
+        let cks = if let Some(c) = checkpoint {
+            vec![
+                reg.catalog
+                    .checkpoint(m, c)?
+                    .ok_or_else(|| Error::Invalid(format!("model {m} has no checkpoint {c}")))?,
+            ]
+        } else if all_checkpoints {
+            reg.catalog.checkpoints(Some(m))?
+        } else {
+            reg.catalog.latest_checkpoint(m)?.into_iter().collect()
+        };
+        for ck in cks {
+            let reps = reg.catalog.reps(&RepFilter {
+                model: Some(m.clone()),
+                checkpoint_id: Some(ck.id),
+                dataset: Some(dataset.to_string()),
+                pool: pool.map(String::from),
+                ..Default::default()
+            })?;
+            if reps.is_empty() {
+                if all_checkpoints {
+                    continue;
+                }
+                return Err(Error::Invalid(format!(
+                    "model {m} checkpoint {} has no features on dataset {dataset}{}",
+                    ck.checkpoint,
+                    pool.map(|p| format!(" with pool {p}")).unwrap_or_default()
+                )));
+            }
+            let pools: HashSet<&str> = reps.iter().map(|r| r.pool.as_str()).collect();
+            if pools.len() > 1 {
+                let mut p: Vec<&str> = pools.into_iter().collect();
+                p.sort();
+                return Err(Error::Invalid(format!(
+                    "model {m} checkpoint {} has several poolings ({}); choose one with --pool",
+                    ck.checkpoint,
+                    p.join(", ")
+                )));
+            }
+            out.push(CheckpointLayers {
+                checkpoint_id: ck.id,
+                model: m.clone(),
+                checkpoint: ck.checkpoint.clone(),
+                layers: reps
+                    .iter()
+                    .map(|r| r.hash.parse())
+                    .collect::<Result<Vec<_>>>()?,
+                layer_ids: reps.iter().map(|r| r.layer).collect(),
+                n: reps[0].n,
+                f32_bytes: reps.iter().map(|r| r.n * r.d * 4).sum(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The dataset to sweep: the one given, or the only one the selected models share.
+pub fn choose_dataset(reg: &Registry, models: &[String], given: Option<&str>) -> Result<String> {
+    if let Some(d) = given {
+        if reg.catalog.dataset(d)?.is_none() {
+            return Err(Error::Invalid(format!("no dataset named {d}")));
+        }
+        return Ok(d.to_string());
+    }
+    let mut common: Option<HashSet<String>> = None;
+    for m in models {
+        let ds: HashSet<String> = reg
+            .catalog
+            .reps(&RepFilter {
+                model: Some(m.clone()),
+                ..Default::default()
+            })?
+            .into_iter()
+            .map(|r| r.dataset)
+            .collect();
+        common = Some(match common {
+            None => ds,
+            Some(c) => c.intersection(&ds).cloned().collect(),
+        });
+    }
+    let mut c: Vec<String> = common.unwrap_or_default().into_iter().collect();
+    c.sort();
+    match c.len() {
+        1 => Ok(c.remove(0)),
+        0 => Err(Error::Invalid(
+            "the selected models share no dataset; ingest their features on one dataset".into(),
+        )),
+        _ => Err(Error::Invalid(format!(
+            "the selected models share several datasets ({}); choose one with --dataset",
+            c.join(", ")
+        ))),
+    }
+}
+
+/// Loads a checkpoint's layers as f32, verifying every blob's hash.
+pub fn load_layers(reg: &Registry, ck: &CheckpointLayers) -> Result<Vec<Array2<f32>>> {
+    let store = &reg.store;
+    ck.layers
+        .par_iter()
+        .map(|h| store.open(h)?.to_f32_verified())
+        .collect()
+}
+
+/// The prep key of a checkpoint (with its clamp threshold, computed once and cached).
+pub fn prep_key(
+    reg: &Registry,
+    ck: &CheckpointLayers,
+    prep: Prep,
+) -> Result<(String, Option<f32>)> {
+    let Some(q) = prep.clamp_q.filter(|&q| q < 1.0) else {
+        return Ok((prep.key(None), None));
+    };
+    let mut h = blake3::Hasher::new();
+    for l in &ck.layers {
+        h.update(&l.0);
+    }
+    let key = h.finalize().to_hex().to_string();
+    let cached: Option<f64> = reg
+        .catalog
+        .conn()
+        .query_row(
+            "SELECT threshold FROM clamp_thresholds WHERE layers_key = ?1 AND q = ?2",
+            params![key, q],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let t = match cached {
+        Some(t) => t as f32,
+        None => {
+            let layers = load_layers(reg, ck)?;
+            let views: Vec<_> = layers.iter().map(|l| l.view()).collect();
+            let t = prep::clamp_threshold(&views, q).unwrap_or(f32::INFINITY);
+            reg.catalog.conn().execute(
+                "INSERT OR IGNORE INTO clamp_thresholds (layers_key, q, threshold) VALUES (?1, ?2, ?3)",
+                params![key, q, t as f64],
+            )?;
+            t
+        }
+    };
+    Ok((prep.key(Some(t)), Some(t)))
+}
+
+/// Derived data of checkpoints, evicted least-recently-used beyond a byte budget.
+struct DerivedCache {
+    budget: usize,
+    used: usize,
+    clock: u64,
+    entries: HashMap<i64, (Arc<Vec<Derived>>, usize, u64)>,
+}
+
+impl DerivedCache {
+    fn get(
+        &mut self,
+        reg: &Registry,
+        ck: &CheckpointLayers,
+        threshold: Option<f32>,
+        prep: Prep,
+    ) -> Result<Arc<Vec<Derived>>> {
+        self.clock += 1;
+        if let Some(e) = self.entries.get_mut(&ck.checkpoint_id) {
+            e.2 = self.clock;
+            return Ok(e.0.clone());
+        }
+        let layers = load_layers(reg, ck)?;
+        let derived = layers
+            .into_par_iter()
+            .map(|l| {
+                Ok(Derived::new(
+                    prep::prepare(l.view(), threshold, prep.normalize).map_err(|e| {
+                        Error::Invalid(format!("{} @ {}: {e}", ck.model, ck.checkpoint))
+                    })?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Features + Gram + neighbour lists, roughly.
+        let size = ck.f32_bytes + ck.layers.len() * ck.n * ck.n * 4 * 2;
+        while self.used + size > self.budget && !self.entries.is_empty() {
+            let (&oldest, _) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.2)
+                .expect("non-empty");
+            let e = self.entries.remove(&oldest).expect("present");
+            self.used -= e.1;
+        }
+        let arc = Arc::new(derived);
+        self.entries
+            .insert(ck.checkpoint_id, (arc.clone(), size, self.clock));
+        self.used += size;
+        Ok(arc)
+    }
+}
+
+/// Runs a sweep: computes missing cells, then reports every model pair for every metric.
+pub fn sweep(
+    reg: &mut Registry,
+    req: &SweepRequest,
+    progress: &dyn Progress,
+) -> Result<Vec<PairResult>> {
+    let xm = select_models(reg, &req.x)?;
+    let ym = select_models(reg, &req.y)?;
+    let mut all_models = xm.clone();
+    all_models.extend(ym.iter().cloned());
+    let dataset = choose_dataset(reg, &all_models, req.dataset.as_deref())?;
+    let xs = resolve_checkpoints(
+        reg,
+        &xm,
+        &dataset,
+        req.pool.as_deref(),
+        req.all_checkpoints,
+        req.x_checkpoint.as_deref(),
+    )?;
+    let ys = resolve_checkpoints(
+        reg,
+        &ym,
+        &dataset,
+        req.pool.as_deref(),
+        req.all_checkpoints,
+        None,
+    )?;
+    let n = xs.first().or(ys.first()).map(|c| c.n).unwrap_or(0);
+    for s in &req.specs {
+        s.validate(n)?;
+    }
+    // Prep keys (clamp thresholds) once per checkpoint.
+    let mut preps: HashMap<i64, (String, Option<f32>)> = HashMap::new();
+    for ck in xs.iter().chain(ys.iter()) {
+        if !preps.contains_key(&ck.checkpoint_id) {
+            preps.insert(ck.checkpoint_id, prep_key(reg, ck, req.prep)?);
+        }
+    }
+    let pairs: Vec<(&CheckpointLayers, &CheckpointLayers)> = xs
+        .iter()
+        .flat_map(|x| ys.iter().map(move |y| (x, y)))
+        .filter(|(x, y)| x.checkpoint_id != y.checkpoint_id)
+        .collect();
+
+    // Which cells are cached?
+    let mut known: HashMap<CellKey, f64> = HashMap::new();
+    let mut missing_total = 0u64;
+    let mut todo: Vec<Vec<(usize, usize, usize)>> = Vec::with_capacity(pairs.len());
+    {
+        let mut st = reg.catalog.conn().prepare_cached(
+            "SELECT value FROM cells WHERE hash_x = ?1 AND hash_y = ?2 AND metric = ?3
+             AND version = ?4 AND params = ?5 AND prep_x = ?6 AND prep_y = ?7",
+        )?;
+        for (x, y) in &pairs {
+            let (px, py) = (&preps[&x.checkpoint_id].0, &preps[&y.checkpoint_id].0);
+            let mut missing = Vec::new();
+            for (si, spec) in req.specs.iter().enumerate() {
+                for (i, hx) in x.layers.iter().enumerate() {
+                    for (j, hy) in y.layers.iter().enumerate() {
+                        let key = cell_key(spec, hx, hy, px, py);
+                        if known.contains_key(&key) {
+                            continue;
+                        }
+                        let v: Option<f64> = st
+                            .query_row(
+                                params![
+                                    key.hash_x,
+                                    key.hash_y,
+                                    key.metric,
+                                    key.version,
+                                    key.params,
+                                    key.prep_x,
+                                    key.prep_y
+                                ],
+                                |r| r.get(0),
+                            )
+                            .optional()?;
+                        match v {
+                            Some(v) => {
+                                known.insert(key, v);
+                            }
+                            None => missing.push((si, i, j)),
+                        }
+                    }
+                }
+            }
+            missing_total += missing.len() as u64;
+            todo.push(missing);
+        }
+    }
+
+    // Compute what is missing, one model pair at a time, committing as we go.
+    let mut computed: HashMap<(usize, usize), usize> = HashMap::new();
+    if missing_total > 0 {
+        progress.start(missing_total);
+        let mut cache = DerivedCache {
+            budget: req.mem_budget,
+            used: 0,
+            clock: 0,
+            entries: HashMap::new(),
+        };
+        for (pi, (x, y)) in pairs.iter().enumerate() {
+            let cells = &todo[pi];
+            if cells.is_empty() {
+                continue;
+            }
+            progress.message(&format!("{} × {}", x.model, y.model));
+            let (px, tx) = preps[&x.checkpoint_id].clone();
+            let (py, ty) = preps[&y.checkpoint_id].clone();
+            let dx = cache.get(reg, x, tx, req.prep)?;
+            let dy = cache.get(reg, y, ty, req.prep)?;
+            // Derive what the metrics need on every layer in parallel first.
+            for spec in &req.specs {
+                dx.par_iter()
+                    .chain(dy.par_iter())
+                    .for_each(|d| d.warm(spec));
+            }
+            let results = cells
+                .par_iter()
+                .map(|&(si, i, j)| {
+                    let t = Instant::now();
+                    let v = req.specs[si].compute(&dx[i], &dy[j]);
+                    progress.advance(1);
+                    v.map(|v| (si, i, j, v, t.elapsed().as_secs_f64()))
+                })
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "{} @ {} × {} @ {}: {e}",
+                        x.model, x.checkpoint, y.model, y.checkpoint
+                    ))
+                })?;
+            reg.catalog.write(|tx| {
+                let mut ins = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO cells (hash_x, hash_y, metric, version, params, prep_x, prep_y, value, seconds)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?;
+                for &(si, i, j, v, secs) in &results {
+                    let key = cell_key(&req.specs[si], &x.layers[i], &y.layers[j], &px, &py);
+                    ins.execute(params![
+                        key.hash_x, key.hash_y, key.metric, key.version, key.params, key.prep_x, key.prep_y, v, secs
+                    ])?;
+                }
+                Ok(())
+            })?;
+            for (si, i, j, v, _) in results {
+                let key = cell_key(&req.specs[si], &x.layers[i], &y.layers[j], &px, &py);
+                known.insert(key, v);
+                *computed.entry((pi, si)).or_default() += 1;
+            }
+        }
+    }
+
+    // Report every pair from the (now complete) cell values.
+    let mut out = Vec::new();
+    for (si, spec) in req.specs.iter().enumerate() {
+        for (pi, (x, y)) in pairs.iter().enumerate() {
+            let (px, py) = (&preps[&x.checkpoint_id].0, &preps[&y.checkpoint_id].0);
+            let table: Vec<Vec<f64>> = x
+                .layers
+                .iter()
+                .map(|hx| {
+                    y.layers
+                        .iter()
+                        .map(|hy| known[&cell_key(spec, hx, hy, px, py)])
+                        .collect()
+                })
+                .collect();
+            let t = LayerTable::from_table(table);
+            let total = x.layers.len() * y.layers.len();
+            let comp = computed.get(&(pi, si)).copied().unwrap_or(0);
+            out.push(PairResult {
+                x_model: x.model.clone(),
+                y_model: y.model.clone(),
+                x_checkpoint: x.checkpoint.clone(),
+                y_checkpoint: y.checkpoint.clone(),
+                metric: spec.metric.name().to_string(),
+                score: t.best,
+                best_layers: [x.layer_ids[t.best_layers[0]], y.layer_ids[t.best_layers[1]]],
+                cells_computed: comp,
+                cells_cached: total - comp,
+                table: t.table,
+                x_checkpoint_id: x.checkpoint_id,
+                y_checkpoint_id: y.checkpoint_id,
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,330 @@
+//! `prh align` and `prh log`: official numbers through the registry, the cache, resumption after
+//! a kill, and concurrent processes.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Env, fixture};
+use prh::demo::{ZooModel, ZooSpec};
+use serde_json::Value;
+
+fn pipeline_env() -> Env {
+    let env = Env::new();
+    env.ok(&["init"]);
+    for (file, model, modality) in [
+        ("pipeline_x.npy", "x", "language"),
+        ("pipeline_y.npy", "y", "vision"),
+    ] {
+        env.ok(&[
+            "ingest",
+            fixture(&format!("reference/{file}")).to_str().unwrap(),
+            "--model",
+            model,
+            "--dataset",
+            "ref",
+            "--modality",
+            modality,
+        ]);
+    }
+    env
+}
+
+fn align(env: &Env, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "align", "--x", "x", "--y", "y", "--format", "json", "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    env.json(&args)
+}
+
+#[test]
+fn align_reproduces_the_official_pipeline_and_second_run_is_all_cached() {
+    let env = pipeline_env();
+    let exp: Value =
+        serde_json::from_slice(&std::fs::read(fixture("reference/expected.json")).unwrap())
+            .unwrap();
+    for metric in ["mutual_knn", "cycle_knn", "cka", "unbiased_cka", "cknna"] {
+        let e = &exp["pipeline"][metric];
+        let v = align(&env, &["--metric", metric]);
+        let r = &v[0];
+        let keys: Vec<&str> = r.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "x_model",
+                "y_model",
+                "x_checkpoint",
+                "y_checkpoint",
+                "metric",
+                "score",
+                "best_layers",
+                "cells_computed",
+                "cells_cached"
+            ]
+        );
+        let tol = if metric.ends_with("knn") { 1e-6 } else { 1e-4 };
+        assert!(
+            (r["score"].as_f64().unwrap() - e["best"].as_f64().unwrap()).abs() <= tol,
+            "{metric}: {} vs {}",
+            r["score"],
+            e["best"]
+        );
+        assert_eq!(r["best_layers"], e["best_layers"], "{metric}");
+        assert_eq!(r["cells_computed"], 20);
+        assert_eq!(r["cells_cached"], 0);
+        let again = align(&env, &["--metric", metric]);
+        assert_eq!(again[0]["cells_computed"], 0);
+        assert_eq!(again[0]["cells_cached"], 20);
+        assert_eq!(again[0]["score"], r["score"]);
+    }
+}
+
+#[test]
+fn cache_keys_separate_params_prep_and_metric_versions() {
+    let env = pipeline_env();
+    align(&env, &["--metric", "mutual_knn"]);
+    let k5 = align(&env, &["--metric", "mutual_knn", "--k", "5"]);
+    assert_eq!(k5[0]["cells_computed"], 20, "another k is another cell");
+    let raw = align(&env, &["--metric", "mutual_knn", "--no-prep"]);
+    assert_eq!(raw[0]["cells_computed"], 20, "another prep is another cell");
+    // A cached row from an older metric version is never reused.
+    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
+    let changed = db
+        .execute("UPDATE cells SET version = 0, value = 99 WHERE params = 'k=10' AND prep_x LIKE 'clamp%'", [])
+        .unwrap();
+    assert_eq!(changed, 20);
+    let v = align(&env, &["--metric", "mutual_knn"]);
+    assert_eq!(v[0]["cells_computed"], 20);
+    assert!(v[0]["score"].as_f64().unwrap() < 1.0);
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM cells", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 80, "old rows are kept (until gc), new ones added");
+}
+
+#[test]
+fn log_ingests_and_scores_against_named_models() {
+    let env = pipeline_env();
+    let v = env.json(&[
+        "log",
+        fixture("reference/pipeline_x.pt").to_str().unwrap(),
+        "--model",
+        "x-pt",
+        "--checkpoint",
+        "step-2000",
+        "--dataset",
+        "ref",
+        "--modality",
+        "language",
+        "--against",
+        "y",
+        "--metric",
+        "mutual_knn",
+        "--score",
+        "bpb=0.93",
+        "--format",
+        "json",
+        "--quiet",
+    ]);
+    assert_eq!(v[0]["x_model"], "x-pt");
+    assert_eq!(v[0]["x_checkpoint"], "step-2000");
+    assert_eq!(v[0]["best_layers"], serde_json::json!([2, 1]));
+    // x was never aligned here, so every cell is new.
+    assert_eq!(v[0]["cells_computed"], 20);
+    let scores = env.json(&["ls", "scores", "--model", "x-pt", "--format", "json"]);
+    assert!(
+        scores
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "bpb" && s["value"] == 0.93)
+    );
+}
+
+/// A zoo big enough that a sweep takes a noticeable time.
+fn big_zoo(env: &Env) {
+    let mut models = Vec::new();
+    for (i, (name, modality)) in [
+        ("a1", "language"),
+        ("a2", "language"),
+        ("b1", "vision"),
+        ("b2", "vision"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        models.push(ZooModel {
+            name: name.into(),
+            modality,
+            family: "t",
+            quality: 0.2 + 0.2 * i as f64,
+            layers: 10,
+            d: 96,
+            checkpoint: "final".into(),
+            step: 1,
+            score: ("acc", i as f64, true),
+        });
+    }
+    let zoo = ZooSpec {
+        n: 700,
+        latent_dim: 8,
+        seed: 3,
+        models,
+    };
+    let files = zoo.write_files(&env.path("inputs")).unwrap();
+    for (m, path) in files {
+        env.ok(&[
+            "ingest",
+            path.to_str().unwrap(),
+            "--model",
+            &m.name,
+            "--dataset",
+            "z",
+            "--modality",
+            m.modality,
+        ]);
+    }
+}
+
+fn align_cmd(env: &Env) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_prh"));
+    c.arg("--registry").arg(env.reg()).args([
+        "align",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--metric",
+        "cknna,rsa,cka",
+        "--format",
+        "json",
+        "--quiet",
+    ]);
+    c
+}
+
+fn scores(v: &Value) -> Vec<(String, String, String, f64)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["x_model"].as_str().unwrap().to_string(),
+                r["y_model"].as_str().unwrap().to_string(),
+                r["metric"].as_str().unwrap().to_string(),
+                r["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn killed_sweeps_keep_finished_work_and_resume() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    big_zoo(&env);
+    let total = 4 * 10 * 10 * 3;
+    // Kill (SIGKILL) as soon as the first model pair's cells are committed, three times.
+    let count = || -> usize {
+        let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        db.query_row("SELECT count(*) FROM cells", [], |r| r.get::<_, i64>(0))
+            .unwrap() as usize
+    };
+    let mut partial_seen = 0;
+    for _ in 0..3 {
+        let before = count();
+        let mut child = align_cmd(&env).spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while count() == before && std::time::Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
+        let ok: String = db
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        let n = count();
+        assert!(n <= total);
+        // Whole model pairs only: cells are committed 3 metrics x 10 x 10 at a time.
+        assert_eq!(n % 300, 0, "a half-written pair: {n} cells");
+        if n > before && n < total {
+            partial_seen += 1;
+        }
+        assert_eq!(std::fs::read_dir(env.reg().join("tmp")).unwrap().count(), 0);
+    }
+    assert!(partial_seen >= 1, "no kill landed mid-sweep");
+    let out = align_cmd(&env).output().unwrap();
+    assert!(out.status.success());
+    let resumed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let computed: u64 = resumed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cells_computed"].as_u64().unwrap())
+        .sum();
+    let cached: u64 = resumed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cells_cached"].as_u64().unwrap())
+        .sum();
+    assert_eq!((computed + cached) as usize, total);
+    // A clean registry computes the same numbers.
+    let fresh = Env::new();
+    fresh.ok(&["init"]);
+    big_zoo(&fresh);
+    let clean: Value = serde_json::from_slice(&align_cmd(&fresh).output().unwrap().stdout).unwrap();
+    assert_eq!(scores(&resumed), scores(&clean));
+    assert!(
+        cached > 0,
+        "the resumed sweep reused the killed runs' cells"
+    );
+}
+
+#[test]
+fn two_sweeps_at_once_both_finish_without_lock_errors() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    big_zoo(&env);
+    let a = align_cmd(&env).spawn_output();
+    let b = align_cmd(&env).spawn_output();
+    let (oa, ob) = (a.join().unwrap(), b.join().unwrap());
+    for o in [&oa, &ob] {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let va: Value = serde_json::from_slice(&oa.stdout).unwrap();
+    let vb: Value = serde_json::from_slice(&ob.stdout).unwrap();
+    assert_eq!(scores(&va), scores(&vb));
+    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM cells", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        n,
+        4 * 10 * 10 * 3,
+        "every cell once: no duplicates, none lost"
+    );
+}
+
+trait SpawnOutput {
+    fn spawn_output(&mut self) -> std::thread::JoinHandle<std::process::Output>;
+}
+
+impl SpawnOutput for Command {
+    fn spawn_output(&mut self) -> std::thread::JoinHandle<std::process::Output> {
+        let child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::spawn(move || child.wait_with_output().unwrap())
+    }
+}
