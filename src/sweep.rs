@@ -426,8 +426,8 @@ pub fn sweep(
     // Prep keys (clamp thresholds) once per checkpoint.
     let mut preps: HashMap<i64, (String, Option<f32>)> = HashMap::new();
     for ck in xs.iter().chain(ys.iter()) {
-        if !preps.contains_key(&ck.checkpoint_id) {
-            preps.insert(ck.checkpoint_id, prep_key(reg, ck, req.prep)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = preps.entry(ck.checkpoint_id) {
+            e.insert(prep_key(reg, ck, req.prep)?);
         }
     }
     let pairs: Vec<(&CheckpointLayers, &CheckpointLayers)> = xs
