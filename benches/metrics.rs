@@ -5,6 +5,7 @@
 //!    derive-once path against recomputing both neighbour sets for every layer pair as the
 //!    official loop does (same Gram and kNN code), and their ratio.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::Array2;
@@ -96,8 +97,14 @@ fn main() {
         // Prepared matrices are moved into the derived data, as a sweep does; copy them first.
         let (cx, cy) = (xs.clone(), ys.clone());
         let t = Instant::now();
-        let dx: Vec<Derived> = cx.into_par_iter().map(Derived::new).collect();
-        let dy: Vec<Derived> = cy.into_par_iter().map(Derived::new).collect();
+        let dx: Vec<Arc<Derived>> = cx
+            .into_par_iter()
+            .map(|x| Arc::new(Derived::new(x)))
+            .collect();
+        let dy: Vec<Arc<Derived>> = cy
+            .into_par_iter()
+            .map(|y| Arc::new(Derived::new(y)))
+            .collect();
         gram_times.push(t.elapsed().as_secs_f64());
         table = Some(engine::layer_table(&spec, &dx, &dy).unwrap());
         prh_times.push(t.elapsed().as_secs_f64());

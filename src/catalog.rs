@@ -18,6 +18,7 @@ use crate::store::BlobHash;
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../migrations/0001_init.sql")),
     ("0002_cache", include_str!("../migrations/0002_cache.sql")),
+    ("0003_nulls", include_str!("../migrations/0003_nulls.sql")),
 ];
 
 /// How long a writer waits for another process's lock before failing.

@@ -1,6 +1,8 @@
 //! Layer-pair search: every (layer_x, layer_y) score of two models and the best pair
 //! (DESIGN.md §4: model-pair alignment = max over layer pairs, with the argmax layers).
 
+use std::sync::Arc;
+
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -46,24 +48,28 @@ impl LayerTable {
 pub fn derive_checkpoint(
     layers: &[Array2<f32>],
     prep: Prep,
-) -> Result<(Vec<Derived>, Option<f32>)> {
+) -> Result<(Vec<Arc<Derived>>, Option<f32>)> {
     let views: Vec<ArrayView2<f32>> = layers.iter().map(|l| l.view()).collect();
     let threshold = prep.clamp_q.and_then(|q| prep::clamp_threshold(&views, q));
     let derived = layers
         .par_iter()
         .map(|l| {
-            Ok(Derived::new(prep::prepare(
+            Ok(Arc::new(Derived::new(prep::prepare(
                 l.view(),
                 threshold,
                 prep.normalize,
-            )?))
+            )?)))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((derived, threshold))
 }
 
 /// Scores every layer pair (in parallel) and finds the best.
-pub fn layer_table(spec: &MetricSpec, xs: &[Derived], ys: &[Derived]) -> Result<LayerTable> {
+pub fn layer_table(
+    spec: &MetricSpec,
+    xs: &[Arc<Derived>],
+    ys: &[Arc<Derived>],
+) -> Result<LayerTable> {
     xs.par_iter()
         .chain(ys.par_iter())
         .for_each(|d| d.warm(spec));

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod output;
 pub mod registry;
 pub mod rng;
+pub mod stats;
 pub mod store;
 pub mod sweep;
 

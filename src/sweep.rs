@@ -22,6 +22,7 @@ use crate::engine::LayerTable;
 use crate::error::{Error, Result};
 use crate::metrics::{Derived, MetricSpec, Prep, prep};
 use crate::registry::Registry;
+use crate::stats;
 use crate::store::{BlobHash, BlobStore};
 
 /// Which models a side of a sweep takes.
@@ -92,6 +93,12 @@ pub struct SweepRequest {
     pub prep: Prep,
     /// Upper bound on derived data held in memory at once, in bytes.
     pub mem_budget: usize,
+    /// Permutations for a null per model pair (0 = none).
+    pub null: usize,
+    /// Bootstrap resamples per model pair (0 = none).
+    pub bootstrap: usize,
+    /// Seed of the permutations and resamples.
+    pub seed: u64,
 }
 
 /// One model pair's alignment for one metric.
@@ -108,6 +115,21 @@ pub struct PairResult {
     pub best_layers: [i64; 2],
     pub cells_computed: usize,
     pub cells_cached: usize,
+    /// Mean of the permutation null (with `--null`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub null_mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub null_sd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub z: Option<f64>,
+    /// (score − null mean) / (max attainable − null mean).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibrated: Option<f64>,
+    /// Bootstrap 95% interval of the score (with `--bootstrap`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ci95: Option<[f64; 2]>,
     #[serde(skip)]
     pub table: Vec<Vec<f64>>,
     #[serde(skip)]
@@ -341,12 +363,15 @@ pub fn prep_key(
     Ok((prep.key(Some(t)), Some(t)))
 }
 
+/// The derived data of one checkpoint's layers, shared.
+type Layers = Arc<Vec<Arc<Derived>>>;
+
 /// Derived data of checkpoints, evicted least-recently-used beyond a byte budget.
 struct DerivedCache {
     budget: usize,
     used: usize,
     clock: u64,
-    entries: HashMap<i64, (Arc<Vec<Derived>>, usize, u64)>,
+    entries: HashMap<i64, (Layers, usize, u64)>,
 }
 
 impl DerivedCache {
@@ -356,7 +381,7 @@ impl DerivedCache {
         ck: &CheckpointLayers,
         threshold: Option<f32>,
         prep: Prep,
-    ) -> Result<Arc<Vec<Derived>>> {
+    ) -> Result<Layers> {
         self.clock += 1;
         if let Some(e) = self.entries.get_mut(&ck.checkpoint_id) {
             e.2 = self.clock;
@@ -366,11 +391,11 @@ impl DerivedCache {
         let derived = layers
             .into_par_iter()
             .map(|l| {
-                Ok(Derived::new(
+                Ok(Arc::new(Derived::new(
                     prep::prepare(l.view(), threshold, prep.normalize).map_err(|e| {
                         Error::Invalid(format!("{} @ {}: {e}", ck.model, ck.checkpoint))
                     })?,
-                ))
+                )))
             })
             .collect::<Result<Vec<_>>>()?;
         // Features + Gram + neighbour lists, roughly.
@@ -546,7 +571,7 @@ pub fn sweep(
     }
 
     // Report every pair from the (now complete) cell values.
-    let mut out = Vec::new();
+    let mut out: Vec<PairResult> = Vec::new();
     for (si, spec) in req.specs.iter().enumerate() {
         for (pi, (x, y)) in pairs.iter().enumerate() {
             let (px, py) = (&preps[&x.checkpoint_id].0, &preps[&y.checkpoint_id].0);
@@ -573,11 +598,172 @@ pub fn sweep(
                 best_layers: [x.layer_ids[t.best_layers[0]], y.layer_ids[t.best_layers[1]]],
                 cells_computed: comp,
                 cells_cached: total - comp,
+                null_mean: None,
+                null_sd: None,
+                p_value: None,
+                z: None,
+                calibrated: None,
+                ci95: None,
                 table: t.table,
                 x_checkpoint_id: x.checkpoint_id,
                 y_checkpoint_id: y.checkpoint_id,
             });
         }
     }
+    if req.null > 0 || req.bootstrap > 0 {
+        add_statistics(reg, req, &pairs, &preps, &mut out, progress)?;
+    }
     Ok(out)
+}
+
+/// The content key of a model pair's layer sets.
+fn pair_key(x: &CheckpointLayers, y: &CheckpointLayers) -> String {
+    let mut h = blake3::Hasher::new();
+    for l in &x.layers {
+        h.update(&l.0);
+    }
+    h.update(b"|");
+    for l in &y.layers {
+        h.update(&l.0);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// A cached sample of null or bootstrap draws, extended to `want` draws when shorter.
+#[allow(clippy::too_many_arguments)]
+fn cached_draws(
+    reg: &Registry,
+    kind: &str,
+    key: &str,
+    spec: &MetricSpec,
+    px: &str,
+    py: &str,
+    seed: u64,
+    want: usize,
+    compute: impl FnOnce(&Registry, std::ops::Range<usize>) -> Result<Vec<f64>>,
+) -> Result<Vec<f64>> {
+    let stored: Option<Vec<u8>> = reg
+        .catalog
+        .conn()
+        .query_row(
+            "SELECT vals FROM null_samples WHERE pair_key = ?1 AND kind = ?2 AND metric = ?3
+             AND version = ?4 AND params = ?5 AND prep_x = ?6 AND prep_y = ?7 AND seed = ?8",
+            params![
+                key,
+                kind,
+                spec.metric.name(),
+                spec.metric.version(),
+                spec.params_key(),
+                px,
+                py,
+                seed as i64
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let mut vals: Vec<f64> = stored
+        .unwrap_or_default()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    if vals.len() < want {
+        let more = compute(reg, vals.len()..want)?;
+        vals.extend(more);
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // One statement: atomic on its own.
+        {
+            reg.catalog.conn().execute(
+                "INSERT INTO null_samples (pair_key, kind, metric, version, params, prep_x, prep_y, seed, vals)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT DO UPDATE SET vals = excluded.vals
+                 WHERE length(excluded.vals) > length(null_samples.vals)",
+                params![key, kind, spec.metric.name(), spec.metric.version(), spec.params_key(), px, py, seed as i64, bytes],
+            )?;
+        }
+    }
+    vals.truncate(want);
+    Ok(vals)
+}
+
+/// Adds permutation-null and bootstrap statistics to every pair result.
+fn add_statistics(
+    reg: &Registry,
+    req: &SweepRequest,
+    pairs: &[(&CheckpointLayers, &CheckpointLayers)],
+    preps: &HashMap<i64, (String, Option<f32>)>,
+    out: &mut [PairResult],
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut cache = DerivedCache {
+        budget: req.mem_budget,
+        used: 0,
+        clock: 0,
+        entries: HashMap::new(),
+    };
+    progress.start((pairs.len() * req.specs.len() * (req.null + req.bootstrap)) as u64);
+    for (si, spec) in req.specs.iter().enumerate() {
+        for (pi, (x, y)) in pairs.iter().enumerate() {
+            progress.message(&format!("null {} × {}", x.model, y.model));
+            let (px, tx) = preps[&x.checkpoint_id].clone();
+            let (py, ty) = preps[&y.checkpoint_id].clone();
+            let key = pair_key(x, y);
+            let result = &mut out[si * pairs.len() + pi];
+            let mut loaded: Option<(Layers, Layers)> = None;
+            let mut load = |reg: &Registry| -> Result<(Layers, Layers)> {
+                if let Some(l) = &loaded {
+                    return Ok(l.clone());
+                }
+                let l = (
+                    cache.get(reg, x, tx, req.prep)?,
+                    cache.get(reg, y, ty, req.prep)?,
+                );
+                loaded = Some(l.clone());
+                Ok(l)
+            };
+            if req.null > 0 {
+                let draws = cached_draws(
+                    reg,
+                    "permutation",
+                    &key,
+                    spec,
+                    &px,
+                    &py,
+                    req.seed,
+                    req.null,
+                    |reg, range| {
+                        let (dx, dy) = load(reg)?;
+                        let v = stats::null_draws(spec, &dx, &dy, req.seed, range)?;
+                        progress.advance(v.len() as u64);
+                        Ok(v)
+                    },
+                )?;
+                let s = stats::summarize(result.score, &draws, stats::max_attainable(spec));
+                result.null_mean = Some(s.null_mean);
+                result.null_sd = Some(s.null_sd);
+                result.p_value = Some(s.p_value);
+                result.z = Some(s.z);
+                result.calibrated = Some(s.calibrated);
+            }
+            if req.bootstrap > 0 {
+                let draws = cached_draws(
+                    reg,
+                    "bootstrap",
+                    &key,
+                    spec,
+                    &px,
+                    &py,
+                    req.seed,
+                    req.bootstrap,
+                    |reg, range| {
+                        let (dx, dy) = load(reg)?;
+                        let v = stats::bootstrap_draws(spec, &dx, &dy, req.seed, range)?;
+                        progress.advance(v.len() as u64);
+                        Ok(v)
+                    },
+                )?;
+                result.ci95 = Some(stats::ci95(&draws));
+            }
+        }
+    }
+    Ok(())
 }

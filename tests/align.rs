@@ -328,3 +328,92 @@ impl SpawnOutput for Command {
         std::thread::spawn(move || child.wait_with_output().unwrap())
     }
 }
+
+#[test]
+fn null_and_bootstrap_fields_are_added_cached_and_extended() {
+    let env = pipeline_env();
+    let plain = align(&env, &["--metric", "mutual_knn"]);
+    assert!(
+        plain[0].get("p_value").is_none(),
+        "statistics only when asked"
+    );
+    let v = align(
+        &env,
+        &[
+            "--metric",
+            "mutual_knn",
+            "--null",
+            "60",
+            "--bootstrap",
+            "20",
+            "--seed",
+            "3",
+        ],
+    );
+    let r = &v[0];
+    for f in ["null_mean", "null_sd", "p_value", "z", "calibrated", "ci95"] {
+        assert!(r.get(f).is_some(), "missing {f}: {r}");
+    }
+    let score = r["score"].as_f64().unwrap();
+    let ci = r["ci95"].as_array().unwrap();
+    assert!(ci[0].as_f64().unwrap() <= ci[1].as_f64().unwrap());
+    // The pipeline pair shares structure: the best layer pair beats every permutation.
+    assert_eq!(r["p_value"].as_f64().unwrap(), 1.0 / 61.0);
+    assert!(r["null_mean"].as_f64().unwrap() < score);
+    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
+    let len = |kind: &str| -> i64 {
+        db.query_row(
+            "SELECT length(vals) / 8 FROM null_samples WHERE kind = ?1",
+            [kind],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(len("permutation"), 60);
+    assert_eq!(len("bootstrap"), 20);
+    // Same request again: identical numbers from the cache.
+    let again = align(
+        &env,
+        &[
+            "--metric",
+            "mutual_knn",
+            "--null",
+            "60",
+            "--bootstrap",
+            "20",
+            "--seed",
+            "3",
+        ],
+    );
+    assert_eq!(again[0]["null_mean"], r["null_mean"]);
+    assert_eq!(again[0]["ci95"], r["ci95"]);
+    // A larger P extends the stored sample; the first 60 draws are the same ones.
+    let more = align(
+        &env,
+        &["--metric", "mutual_knn", "--null", "90", "--seed", "3"],
+    );
+    assert_eq!(len("permutation"), 90);
+    assert_eq!(more[0]["p_value"].as_f64().unwrap(), 1.0 / 91.0);
+    let fresh = pipeline_env();
+    let direct = align(
+        &fresh,
+        &["--metric", "mutual_knn", "--null", "90", "--seed", "3"],
+    );
+    assert_eq!(direct[0]["null_mean"], more[0]["null_mean"]);
+    // compare offers the same statistics without a registry.
+    let c = env.json(&[
+        "compare",
+        fixture("reference/pipeline_x.npy").to_str().unwrap(),
+        fixture("reference/pipeline_y.npy").to_str().unwrap(),
+        "--metric",
+        "mutual_knn",
+        "--null",
+        "90",
+        "--seed",
+        "3",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(c["null_mean"], more[0]["null_mean"]);
+    assert_eq!(c["p_value"], more[0]["p_value"]);
+}

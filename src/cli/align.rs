@@ -7,7 +7,7 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use super::compare::MetricArgs;
+use super::compare::{MetricArgs, StatsArgs};
 use super::ingest::IngestArgs;
 use super::{Ctx, FormatArg};
 use prh::output;
@@ -18,6 +18,8 @@ use prh::sweep::{self, PairResult, Progress, Selector, SweepRequest};
 pub struct SweepArgs {
     #[command(flatten)]
     pub metric: MetricArgs,
+    #[command(flatten)]
+    pub stats: StatsArgs,
     /// Memory for derived data held at once, in MiB.
     #[arg(long, default_value_t = 4096)]
     pub mem_mib: usize,
@@ -98,6 +100,9 @@ impl SweepArgs {
             specs: self.metric.specs()?,
             prep: self.metric.prep()?,
             mem_budget: self.mem_mib << 20,
+            null: self.stats.null,
+            bootstrap: self.stats.bootstrap,
+            seed: self.stats.seed,
         })
     }
 }
@@ -113,6 +118,14 @@ struct Row<'a> {
     best_layers: String,
     cells_computed: usize,
     cells_cached: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p_value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    z: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calibrated: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ci95: Option<String>,
 }
 
 /// Prints sweep results: JSON as the documented array of objects, else a table or CSV.
@@ -133,6 +146,10 @@ pub fn print_results(results: &[PairResult], format: FormatArg) -> Result<()> {
                     best_layers: format!("{},{}", r.best_layers[0], r.best_layers[1]),
                     cells_computed: r.cells_computed,
                     cells_cached: r.cells_cached,
+                    p_value: r.p_value,
+                    z: r.z,
+                    calibrated: r.calibrated,
+                    ci95: r.ci95.map(|c| format!("{:.4}..{:.4}", c[0], c[1])),
                 })
                 .collect();
             output::render(&rows, f.into(), out)?

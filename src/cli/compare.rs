@@ -11,6 +11,7 @@ use prh::engine::{self, LayerTable};
 use prh::formats;
 use prh::metrics::{Kernel, Metric, MetricSpec, Prep};
 use prh::output::{self, Format};
+use prh::stats;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum KernelArg {
@@ -88,6 +89,22 @@ impl MetricArgs {
     }
 }
 
+/// Statistics flags shared by `compare`, `align` and `log`.
+#[derive(clap::Args, Clone)]
+pub struct StatsArgs {
+    /// Permutation null with P permutations of the y samples per model pair, each scored as
+    /// the real pair (max over layer pairs included): adds null_mean, null_sd, p_value, z and
+    /// calibrated = (score − null_mean) / (max − null_mean).
+    #[arg(long, value_name = "P", default_value_t = 0)]
+    pub null: usize,
+    /// Bootstrap with B resamples of the samples: adds ci95, the 95% percentile interval.
+    #[arg(long, value_name = "B", default_value_t = 0)]
+    pub bootstrap: usize,
+    /// Seed of the permutations and resamples (results are reproducible for a seed).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
 #[derive(clap::Args)]
 pub struct CompareArgs {
     /// First feature file (n×d or n×L×d; any format `prh ingest` reads).
@@ -96,6 +113,8 @@ pub struct CompareArgs {
     pub b: PathBuf,
     #[command(flatten)]
     pub metric: MetricArgs,
+    #[command(flatten)]
+    pub stats: StatsArgs,
     /// Also print every layer-pair score (rows = layers of A).
     #[arg(long)]
     pub table: bool,
@@ -155,6 +174,19 @@ pub fn run(a: CompareArgs) -> Result<()> {
         if a.table {
             obj.insert("table".into(), serde_json::json!(t.table));
         }
+        if a.stats.null > 0 {
+            let draws = stats::null_draws(s, &da, &db, a.stats.seed, 0..a.stats.null)?;
+            let sum = stats::summarize(t.best, &draws, stats::max_attainable(s));
+            obj.insert("null_mean".into(), sum.null_mean.into());
+            obj.insert("null_sd".into(), sum.null_sd.into());
+            obj.insert("p_value".into(), sum.p_value.into());
+            obj.insert("z".into(), sum.z.into());
+            obj.insert("calibrated".into(), sum.calibrated.into());
+        }
+        if a.stats.bootstrap > 0 {
+            let draws = stats::bootstrap_draws(s, &da, &db, a.stats.seed, 0..a.stats.bootstrap)?;
+            obj.insert("ci95".into(), serde_json::json!(stats::ci95(&draws)));
+        }
         results.push((obj, t));
     }
     let out = &mut std::io::stdout();
@@ -182,6 +214,22 @@ pub fn run(a: CompareArgs) -> Result<()> {
                         r.insert(
                             "best_layers".into(),
                             format!("{},{}", t.best_layers[0], t.best_layers[1]).into(),
+                        );
+                    }
+                    for k in ["null_mean", "p_value", "z", "calibrated"] {
+                        if let Some(v) = o.get(k) {
+                            r.insert(k.into(), v.clone());
+                        }
+                    }
+                    if let Some(ci) = o.get("ci95") {
+                        r.insert(
+                            "ci95".into(),
+                            format!(
+                                "{:.4}..{:.4}",
+                                ci[0].as_f64().unwrap_or(f64::NAN),
+                                ci[1].as_f64().unwrap_or(f64::NAN)
+                            )
+                            .into(),
                         );
                     }
                     serde_json::Value::Object(r)

@@ -71,6 +71,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
         specs: vec![MetricSpec::new(Metric::MutualKnn)],
         prep: Prep::OFFICIAL,
         mem_budget: 1 << 30,
+        null: 0,
+        bootstrap: 0,
+        seed: 0,
     };
     let bar = Bar::new(false);
     let t = std::time::Instant::now();

@@ -5,7 +5,7 @@
 //! kernel metrics.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::Array2;
@@ -52,11 +52,26 @@ pub struct KernelStats {
 /// Top singular vectors for SVCCA, or why they could not be computed.
 pub type SvdBasis = Result<Array2<f64>, String>;
 
+/// Where a representation's rows come from.
+enum Source {
+    /// Prepared features held by this value.
+    Features,
+    /// Rows of another representation: row i is row `idx[i]` of `base`. When `idx` is a
+    /// permutation, `inverse` is set and every derived piece is re-indexed from the base's
+    /// instead of recomputed (no new Gram matrix, neighbour search or SVD).
+    Reindexed {
+        base: Arc<Derived>,
+        idx: Arc<Vec<u32>>,
+        inverse: Option<Arc<Vec<u32>>>,
+    },
+}
+
 /// A prepared representation and its memoised derived data.
 pub struct Derived {
-    /// Prepared features (n × d).
-    pub x: Array2<f32>,
-    gram: Arc<Vec<f32>>,
+    n: usize,
+    source: Source,
+    x: OnceLock<Arc<Array2<f32>>>,
+    gram: OnceLock<Arc<Vec<f32>>>,
     knn: Mutex<HashMap<usize, Arc<Knn>>>,
     kernels: Mutex<HashMap<u64, Arc<KernelStats>>>,
     svd: Mutex<HashMap<usize, Arc<SvdBasis>>>,
@@ -65,18 +80,52 @@ pub struct Derived {
 }
 
 impl Derived {
-    /// Derives from prepared features: computes the Gram matrix now, everything else lazily.
-    pub fn new(x: Array2<f32>) -> Self {
-        let gram = Arc::new(gram(&x));
+    fn with_source(n: usize, source: Source) -> Self {
         Derived {
-            x,
-            gram,
+            n,
+            source,
+            x: OnceLock::new(),
+            gram: OnceLock::new(),
             knn: Mutex::new(HashMap::new()),
             kernels: Mutex::new(HashMap::new()),
             svd: Mutex::new(HashMap::new()),
             rdm_ranks: Mutex::new(None),
             procrustes: Mutex::new(None),
         }
+    }
+
+    /// Derives from prepared features: computes the Gram matrix now, everything else lazily.
+    pub fn new(x: Array2<f32>) -> Self {
+        let d = Derived::with_source(x.nrows(), Source::Features);
+        let _ = d.gram.set(Arc::new(gram(&x)));
+        let _ = d.x.set(Arc::new(x));
+        d
+    }
+
+    /// The representation whose row i is row `idx[i]` of `base`: a permutation of the samples
+    /// (for permutation nulls) or a resample with repeats (for the bootstrap). Nothing is
+    /// computed until asked for; for a permutation every derived piece is re-indexed from
+    /// `base`'s, so a permuted copy costs O(n·k) for kNN metrics and O(n²) for kernels.
+    pub fn reindexed(base: &Arc<Derived>, idx: Arc<Vec<u32>>) -> Self {
+        let n = idx.len();
+        let mut seen = vec![u32::MAX; base.n];
+        let mut is_perm = n == base.n;
+        for (i, &j) in idx.iter().enumerate() {
+            assert!((j as usize) < base.n, "reindex out of range");
+            if seen[j as usize] != u32::MAX {
+                is_perm = false;
+            }
+            seen[j as usize] = i as u32;
+        }
+        let inverse = is_perm.then(|| Arc::new(seen));
+        Derived::with_source(
+            n,
+            Source::Reindexed {
+                base: base.clone(),
+                idx,
+                inverse,
+            },
+        )
     }
 
     /// Computes now (instead of on first use) what `spec` will need, so a sweep can derive
@@ -110,12 +159,43 @@ impl Derived {
 
     /// Number of samples.
     pub fn n(&self) -> usize {
-        self.x.nrows()
+        self.n
+    }
+
+    /// The prepared features (n × d).
+    pub fn x(&self) -> &Array2<f32> {
+        self.x.get_or_init(|| match &self.source {
+            Source::Features => unreachable!("features are set at construction"),
+            Source::Reindexed { base, idx, .. } => {
+                let bx = base.x();
+                Arc::new(bx.select(
+                    ndarray::Axis(0),
+                    &idx.iter().map(|&i| i as usize).collect::<Vec<_>>(),
+                ))
+            }
+        })
     }
 
     /// The Gram matrix X Xᵀ (n × n, row-major, f32).
     pub fn gram(&self) -> &[f32] {
-        &self.gram
+        self.gram.get_or_init(|| match &self.source {
+            Source::Features => unreachable!("the Gram matrix is set at construction"),
+            Source::Reindexed { base, idx, .. } => {
+                Arc::new(gather_square(base.gram(), base.n, idx))
+            }
+        })
+    }
+
+    /// The permutation (row i is base row idx[i]) and its inverse, when this is a permuted copy.
+    fn permutation(&self) -> Option<(&Arc<Derived>, &[u32], &[u32])> {
+        match &self.source {
+            Source::Reindexed {
+                base,
+                idx,
+                inverse: Some(inv),
+            } => Some((base, idx, inv)),
+            _ => None,
+        }
     }
 
     /// The k-nearest-neighbour lists (memoised per k).
@@ -123,22 +203,48 @@ impl Derived {
         if let Some(v) = self.knn.lock().expect("lock").get(&k) {
             return v.clone();
         }
-        let v = Arc::new(knn_from_gram(&self.gram, self.n(), k));
+        let v = Arc::new(match self.permutation() {
+            Some((base, idx, inv)) => {
+                let b = base.knn(k);
+                let mut ordered = vec![0u32; self.n * k];
+                for (i, row) in ordered.chunks_mut(k.max(1)).enumerate() {
+                    for (o, &j) in row.iter_mut().zip(b.row(idx[i] as usize)) {
+                        *o = inv[j as usize];
+                    }
+                }
+                let mut sorted = ordered.clone();
+                sorted.chunks_mut(k.max(1)).for_each(|c| c.sort_unstable());
+                Knn { k, ordered, sorted }
+            }
+            None => match &self.source {
+                Source::Reindexed { idx, .. } => {
+                    knn_from_gram_grouped(self.gram(), self.n(), k, Some(idx))
+                }
+                Source::Features => knn_from_gram(self.gram(), self.n(), k),
+            },
+        });
         self.knn.lock().expect("lock").insert(k, v.clone());
         v
     }
 
     /// Linear-kernel statistics (the kernel is the Gram matrix).
     pub fn linear_kernel(&self) -> Arc<KernelStats> {
-        self.kernel_memo(0, || self.gram.clone())
+        self.kernel_memo(0, || {
+            self.gram();
+            self.gram.get().expect("initialised").clone()
+        })
     }
 
     /// RBF-kernel statistics for σ: K = exp(−‖xi − xj‖² / (2σ²)).
     pub fn rbf_kernel(&self, sigma: f64) -> Arc<KernelStats> {
         let key = sigma.to_bits() | 1; // never 0, which is the linear kernel's key
+        if let Some((base, idx, _)) = self.permutation() {
+            let b = base.rbf_kernel(sigma);
+            return self.kernel_memo(key, || Arc::new(gather_square(&b.mat, base.n, idx)));
+        }
         self.kernel_memo(key, || {
             let n = self.n();
-            let g = &self.gram;
+            let g = self.gram();
             let denom = 2.0 * sigma * sigma;
             let mut k = vec![0f32; n * n];
             k.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
@@ -180,7 +286,16 @@ impl Derived {
         if let Some(v) = self.svd.lock().expect("lock").get(&c) {
             return v.clone();
         }
-        let v = Arc::new(svcca_basis(&self.x, c));
+        let v = Arc::new(match self.permutation() {
+            Some((base, idx, _)) => match base.svcca_basis(c).as_ref() {
+                Ok(u) => Ok(u.select(
+                    ndarray::Axis(0),
+                    &idx.iter().map(|&i| i as usize).collect::<Vec<_>>(),
+                )),
+                Err(e) => Err(e.clone()),
+            },
+            None => svcca_basis(self.x(), c),
+        });
         self.svd.lock().expect("lock").insert(c, v.clone());
         v
     }
@@ -192,11 +307,19 @@ impl Derived {
         if let Some(v) = self.procrustes.lock().expect("lock").as_ref() {
             return v.clone();
         }
-        let (n, d) = self.x.dim();
+        if let Some((base, idx, _)) = self.permutation() {
+            let b = base.procrustes_basis();
+            let z = faer::Mat::<f64>::from_fn(self.n, b.ncols(), |i, j| b[(idx[i] as usize, j)]);
+            let v = Arc::new(z);
+            *self.procrustes.lock().expect("lock") = Some(v.clone());
+            return v;
+        }
+        let x = self.x();
+        let (n, d) = x.dim();
         let z = if d <= n {
             let mut m = faer::Mat::<f64>::zeros(n, d);
             for j in 0..d {
-                let col = self.x.column(j);
+                let col = x.column(j);
                 let mean = col.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
                 for i in 0..n {
                     m[(i, j)] = col[i] as f64 - mean;
@@ -208,7 +331,7 @@ impl Derived {
             }
             m
         } else {
-            let g = &self.gram;
+            let g = self.gram();
             let rm: Vec<f64> = (0..n)
                 .map(|i| g[i * n..(i + 1) * n].iter().map(|&v| v as f64).sum::<f64>() / n as f64)
                 .collect();
@@ -237,8 +360,25 @@ impl Derived {
         if let Some(v) = self.rdm_ranks.lock().expect("lock").as_ref() {
             return v.clone();
         }
+        if let Some((base, idx, _)) = self.permutation() {
+            let b = base.rdm_ranks();
+            let n = self.n;
+            let pair = |a: usize, c: usize| {
+                let (a, c) = if a < c { (a, c) } else { (c, a) };
+                a * n - a * (a + 1) / 2 + (c - a - 1)
+            };
+            let mut out = Vec::with_capacity(n * (n - 1) / 2);
+            for i in 0..n {
+                for j in i + 1..n {
+                    out.push(b[pair(idx[i] as usize, idx[j] as usize)]);
+                }
+            }
+            let v = Arc::new(out);
+            *self.rdm_ranks.lock().expect("lock") = Some(v.clone());
+            return v;
+        }
         let n = self.n();
-        let g = &self.gram;
+        let g = self.gram();
         let mut vals: Vec<(f64, u32)> = Vec::with_capacity(n * (n - 1) / 2);
         for i in 0..n {
             for j in i + 1..n {
@@ -305,6 +445,21 @@ pub fn gram(x: &Array2<f32>) -> Vec<f32> {
     out
 }
 
+/// `m[idx[i], idx[j]]` for a row-major square matrix of side `n`, in parallel over rows.
+fn gather_square(m: &[f32], n: usize, idx: &[u32]) -> Vec<f32> {
+    let k = idx.len();
+    let mut out = vec![0f32; k * k];
+    out.par_chunks_mut(k.max(1))
+        .enumerate()
+        .for_each(|(i, row)| {
+            let src = &m[idx[i] as usize * n..(idx[i] as usize + 1) * n];
+            for (o, &j) in row.iter_mut().zip(idx.iter()) {
+                *o = src[j as usize];
+            }
+        });
+    out
+}
+
 /// Copies the lower triangle of a row-major n × n matrix onto the upper, in cache-sized tiles.
 fn mirror_lower(m: &mut [f32], n: usize) {
     const T: usize = 64;
@@ -323,18 +478,26 @@ fn mirror_lower(m: &mut [f32], n: usize) {
 /// in a small sorted buffer (most candidates cost one comparison); partial selection
 /// (`select_nth_unstable`) for large k. Rows are processed in parallel.
 pub fn knn_from_gram(g: &[f32], n: usize, k: usize) -> Knn {
+    knn_from_gram_grouped(g, n, k, None)
+}
+
+/// [`knn_from_gram`] where rows with the same `groups` label are copies of one sample (a
+/// bootstrap resample) and are never each other's neighbours, as self is not.
+pub fn knn_from_gram_grouped(g: &[f32], n: usize, k: usize, groups: Option<&[u32]>) -> Knn {
     let mut ordered = vec![0u32; n * k];
     ordered.par_chunks_mut(k.max(1)).enumerate().for_each_init(
         Vec::new,
         |buf: &mut Vec<(f32, u32)>, (i, out)| {
             let row = &g[i * n..(i + 1) * n];
             if k <= 64 {
-                top_k_scan(row, i, k, buf);
+                top_k_scan(row, i, k, groups, buf);
                 for (o, &(_, j)) in out.iter_mut().zip(buf.iter()) {
                     *o = j;
                 }
             } else {
-                let mut idx: Vec<u32> = (0..n as u32).filter(|&j| j as usize != i).collect();
+                let mut idx: Vec<u32> = (0..n as u32)
+                    .filter(|&j| !same_sample(i, j as usize, groups))
+                    .collect();
                 let cmp =
                     |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
                 if k < idx.len() {
@@ -353,12 +516,24 @@ pub fn knn_from_gram(g: &[f32], n: usize, k: usize) -> Knn {
     Knn { k, ordered, sorted }
 }
 
+/// True when rows i and j are the same sample (the same row, or copies in a resample).
+#[inline]
+fn same_sample(i: usize, j: usize, groups: Option<&[u32]>) -> bool {
+    i == j || groups.is_some_and(|g| g[i] == g[j])
+}
+
 /// The k largest entries of `row` (excluding index `skip`), most similar first, ties by lower
 /// index, into `buf` as (value, index).
-fn top_k_scan(row: &[f32], skip: usize, k: usize, buf: &mut Vec<(f32, u32)>) {
+fn top_k_scan(
+    row: &[f32],
+    skip: usize,
+    k: usize,
+    groups: Option<&[u32]>,
+    buf: &mut Vec<(f32, u32)>,
+) {
     buf.clear();
     for (j, &v) in row.iter().enumerate() {
-        if j == skip {
+        if same_sample(skip, j, groups) {
             continue;
         }
         if buf.len() == k {
