@@ -4,6 +4,7 @@
 //! `cli` → `engine` → `catalog` / `store` / `metrics` / `formats`.
 //! See `README.md` for the on-disk format and the meaning of every metric.
 
+pub mod bundle;
 pub mod catalog;
 pub mod demo;
 pub mod engine;

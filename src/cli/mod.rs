@@ -2,6 +2,7 @@
 //! Errors become one line `error: …` on stderr with exit code 1; usage errors exit with 2.
 
 mod align;
+mod bundle;
 mod compare;
 mod dataset;
 mod demo;
@@ -63,6 +64,14 @@ enum Command {
     Log(align::LogArgs),
     /// Compare two feature files directly (no registry needed).
     Compare(compare::CompareArgs),
+    /// Write the registry (or some models) to one bundle file a colleague can import.
+    Export(bundle::ExportArgs),
+    /// Merge a bundle into this registry (verified before anything is committed).
+    Import(bundle::ImportArgs),
+    /// Re-hash every blob and recompute a sample of cached cells; exit 1 on any problem.
+    Verify(bundle::VerifyArgs),
+    /// Remove unreferenced blobs, stale cache rows and staging leftovers.
+    Gc(bundle::GcArgs),
     /// Build a demo registry from a synthetic model zoo and show what it holds.
     Demo(demo::DemoArgs),
 }
@@ -131,6 +140,10 @@ pub fn main() -> std::process::ExitCode {
         Command::Align(a) => align::run_align(&ctx, a),
         Command::Log(a) => align::run_log(&ctx, a),
         Command::Compare(a) => compare::run(a),
+        Command::Export(a) => bundle::run_export(&ctx, a),
+        Command::Import(a) => bundle::run_import(&ctx, a),
+        Command::Verify(a) => bundle::run_verify(&ctx, a),
+        Command::Gc(a) => bundle::run_gc(&ctx, a),
         Command::Demo(a) => demo::run(a),
     };
     match result {

@@ -43,7 +43,7 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
                 ),
             ));
         }
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        let mut bytes = Vec::with_capacity((entry.size() as usize).min(1 << 26));
         entry
             .read_to_end(&mut bytes)
             .map_err(|e| Error::format(path, format!("truncated or corrupt member {name}: {e}")))?;

@@ -244,7 +244,7 @@ fn read_member(
             ),
         ));
     }
-    let mut out = Vec::with_capacity(entry.size() as usize);
+    let mut out = Vec::with_capacity((entry.size() as usize).min(1 << 26));
     entry
         .read_to_end(&mut out)
         .map_err(|e| Error::format(path, format!("truncated or corrupt member {name}: {e}")))?;

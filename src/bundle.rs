@@ -1,0 +1,927 @@
+//! Sharing a registry (DESIGN.md §7): `export` writes one tar file (a consistent snapshot of
+//! the catalog plus every blob it references and a manifest), `import` merges one into a
+//! registry after verifying everything, `verify` re-hashes blobs and recomputes cached cells,
+//! `gc` removes what nothing references.
+//!
+//! Bundle format (tar, entries in this order):
+//! - `manifest.json`: `{"format": "prh-bundle", "format_version": 1, "prh_version", "schema_version",
+//!   "catalog": {"bytes", "blake3"}, "blobs": [{"hash", "bytes"}, ...]}`
+//! - `catalog.db`: the SQLite catalog snapshot (`VACUUM INTO`, consistent while others write)
+//! - `blobs/<hash[0:2]>/<hash>`: every blob the snapshot references, byte for byte.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, MIGRATIONS};
+use crate::error::{Error, Result};
+use crate::matrix;
+use crate::metrics::{Derived, Kernel, Metric, MetricSpec, prep};
+use crate::registry::Registry;
+use crate::rng::Rng;
+use crate::store::{BlobHash, BlobStore};
+
+/// Identifies a bundle.
+pub const FORMAT: &str = "prh-bundle";
+/// Version of the bundle layout.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest manifest accepted, in bytes.
+const MAX_MANIFEST: u64 = 256 << 20;
+
+/// The manifest at the head of every bundle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub prh_version: String,
+    pub schema_version: usize,
+    pub catalog: FileEntry,
+    pub blobs: Vec<BlobEntry>,
+}
+
+/// Size and hash of the catalog snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+/// One blob in a bundle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BlobEntry {
+    pub hash: String,
+    pub bytes: u64,
+}
+
+/// A directory under the registry's `tmp/` removed when dropped.
+struct Staging(PathBuf);
+
+impl Staging {
+    fn new(reg: &Registry, what: &str) -> Result<Self> {
+        let p = reg.root.join("tmp").join(format!(
+            "{what}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        Ok(Staging(p))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportReport {
+    pub path: PathBuf,
+    pub models: usize,
+    pub representations: usize,
+    pub blobs: usize,
+    pub cells: usize,
+    pub bytes: u64,
+}
+
+/// Writes a bundle of the registry (or of some models) to `out`.
+pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<ExportReport> {
+    let staging = Staging::new(reg, "export")?;
+    let snap = staging.0.join("catalog.db");
+    reg.catalog
+        .conn()
+        .execute("VACUUM INTO ?1", [snap.to_string_lossy().as_ref()])?;
+    {
+        let db = Connection::open(&snap)?;
+        db.pragma_update(None, "journal_mode", "DELETE")?;
+        if let Some(keep) = models {
+            for m in keep {
+                let found: i64 =
+                    db.query_row("SELECT count(*) FROM models WHERE name = ?1", [m], |r| {
+                        r.get(0)
+                    })?;
+                if found == 0 {
+                    return Err(Error::Invalid(format!("no model named {m} to export")));
+                }
+            }
+            db.execute_batch("CREATE TEMP TABLE keep (name TEXT PRIMARY KEY)")?;
+            for m in keep {
+                db.execute("INSERT OR IGNORE INTO keep VALUES (?1)", [m])?;
+            }
+            db.execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 DELETE FROM scores WHERE checkpoint_id IN (SELECT c.id FROM checkpoints c JOIN models m ON m.id = c.model_id WHERE m.name NOT IN (SELECT name FROM keep));
+                 DELETE FROM representations WHERE checkpoint_id IN (SELECT c.id FROM checkpoints c JOIN models m ON m.id = c.model_id WHERE m.name NOT IN (SELECT name FROM keep));
+                 DELETE FROM checkpoints WHERE model_id IN (SELECT id FROM models WHERE name NOT IN (SELECT name FROM keep));
+                 DELETE FROM models WHERE name NOT IN (SELECT name FROM keep);
+                 DELETE FROM blobs WHERE hash NOT IN (SELECT blob_hash FROM representations);
+                 DELETE FROM cells WHERE hash_x NOT IN (SELECT hash FROM blobs) OR hash_y NOT IN (SELECT hash FROM blobs);
+                 DELETE FROM null_samples;
+                 DELETE FROM dataset_samples WHERE dataset_id NOT IN (SELECT dataset_id FROM representations);
+                 DELETE FROM datasets WHERE id NOT IN (SELECT dataset_id FROM representations);",
+            )?;
+            db.execute_batch("VACUUM")?;
+        }
+    }
+    let db = Connection::open(&snap)?;
+    let schema_version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let mut blobs = Vec::new();
+    {
+        let mut st = db.prepare("SELECT hash, bytes FROM blobs ORDER BY hash")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (hash, bytes) = row?;
+            blobs.push(BlobEntry {
+                hash,
+                bytes: bytes as u64,
+            });
+        }
+    }
+    let count = |sql: &str| -> Result<usize> {
+        Ok(db.query_row(sql, [], |r| r.get::<_, i64>(0))? as usize)
+    };
+    let (n_models, n_reps, n_cells) = (
+        count("SELECT count(*) FROM models")?,
+        count("SELECT count(*) FROM representations")?,
+        count("SELECT count(*) FROM cells")?,
+    );
+    drop(db);
+    let cat_bytes = fs::read(&snap).map_err(|e| Error::io(&snap, e))?;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        prh_version: env!("CARGO_PKG_VERSION").into(),
+        schema_version: schema_version as usize,
+        catalog: FileEntry {
+            bytes: cat_bytes.len() as u64,
+            blake3: blake3::hash(&cat_bytes).to_hex().to_string(),
+        },
+        blobs,
+    };
+    let tmp_out = out.with_extension("prh.partial");
+    {
+        let f = File::create(&tmp_out).map_err(|e| Error::io(&tmp_out, e))?;
+        let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
+        let mjson = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        append(
+            &mut tar,
+            "manifest.json",
+            &mut mjson.as_slice(),
+            mjson.len() as u64,
+            &tmp_out,
+        )?;
+        append(
+            &mut tar,
+            "catalog.db",
+            &mut cat_bytes.as_slice(),
+            cat_bytes.len() as u64,
+            &tmp_out,
+        )?;
+        for b in &manifest.blobs {
+            let h: BlobHash = b.hash.parse()?;
+            let p = reg.store.path(&h);
+            let mut f = File::open(&p).map_err(|e| {
+                Error::Invalid(format!(
+                    "blob {} is missing ({e}); run `prh verify`",
+                    b.hash
+                ))
+            })?;
+            let name = format!("blobs/{}/{}", &b.hash[..2], b.hash);
+            append(&mut tar, &name, &mut f, b.bytes, &tmp_out)?;
+        }
+        let w = tar.into_inner().map_err(|e| Error::io(&tmp_out, e))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::io(&tmp_out, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&tmp_out, e))?;
+    }
+    fs::rename(&tmp_out, out).map_err(|e| Error::io(out, e))?;
+    let bytes = fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
+    Ok(ExportReport {
+        path: out.to_path_buf(),
+        models: n_models,
+        representations: n_reps,
+        blobs: manifest.blobs.len(),
+        cells: n_cells,
+        bytes,
+    })
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    data: &mut dyn Read,
+    size: u64,
+    out: &Path,
+) -> Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mtime(0);
+    tar.append_data(&mut h, name, data.take(size))
+        .map_err(|e| Error::io(out, e))
+}
+
+/// What an import added.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportReport {
+    pub blobs_new: usize,
+    pub blobs_present: usize,
+    pub datasets_new: usize,
+    pub models_new: usize,
+    pub checkpoints_new: usize,
+    pub representations_new: usize,
+    pub scores_new: usize,
+    pub cells_new: usize,
+}
+
+/// Where a bundle entry may go: `manifest.json`, `catalog.db` or `blobs/ab/<hash>`.
+enum Slot {
+    Manifest,
+    Catalog,
+    Blob(String),
+    Dir,
+}
+
+fn classify(path: &Path) -> std::result::Result<Slot, String> {
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_string_lossy().to_string()),
+            Component::CurDir => {}
+            _ => {
+                return Err(format!(
+                    "entry {} escapes the bundle (absolute path or ..)",
+                    path.display()
+                ));
+            }
+        }
+    }
+    let strs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    match strs.as_slice() {
+        ["manifest.json"] => Ok(Slot::Manifest),
+        ["catalog.db"] => Ok(Slot::Catalog),
+        ["blobs"] => Ok(Slot::Dir),
+        ["blobs", d] if d.len() == 2 => Ok(Slot::Dir),
+        ["blobs", d, h]
+            if h.len() == 64
+                && h.starts_with(d)
+                && h.chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) =>
+        {
+            Ok(Slot::Blob(h.to_string()))
+        }
+        _ => Err(format!("unexpected entry {} in the bundle", path.display())),
+    }
+}
+
+/// Merges a bundle into the registry. Everything is verified (manifest, every blob's hash,
+/// the catalog's hash and schema, conflicts by name) before anything is committed; a bundle
+/// that fails any check leaves the registry unchanged.
+pub fn import(reg: &mut Registry, bundle: &Path) -> Result<ImportReport> {
+    let bad = |m: String| Error::format(bundle, m);
+    let staging = Staging::new(reg, "import")?;
+    let f = File::open(bundle).map_err(|e| Error::io(bundle, e))?;
+    let mut ar = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, f));
+    let mut manifest: Option<Manifest> = None;
+    let mut declared: HashMap<String, u64> = HashMap::new();
+    let mut got_blobs: HashSet<String> = HashSet::new();
+    let mut got_catalog = false;
+    for entry in ar
+        .entries()
+        .map_err(|e| bad(format!("not a tar bundle: {e}")))?
+    {
+        let mut entry = entry.map_err(|e| bad(format!("corrupt tar entry: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| bad(format!("bad entry name: {e}")))?
+            .to_path_buf();
+        let kind = entry.header().entry_type();
+        let slot = classify(&path).map_err(bad)?;
+        if matches!(slot, Slot::Dir) {
+            if !kind.is_dir() {
+                return Err(bad(format!(
+                    "entry {} should be a directory",
+                    path.display()
+                )));
+            }
+            continue;
+        }
+        if !matches!(kind, tar::EntryType::Regular) {
+            return Err(bad(format!(
+                "entry {} is a {:?}, not a regular file (links are refused)",
+                path.display(),
+                kind
+            )));
+        }
+        let size = entry
+            .header()
+            .size()
+            .map_err(|e| bad(format!("bad size: {e}")))?;
+        match slot {
+            Slot::Manifest => {
+                if manifest.is_some() {
+                    return Err(bad("two manifests".into()));
+                }
+                if size > MAX_MANIFEST {
+                    return Err(bad(format!(
+                        "manifest declares {size} bytes, over the limit"
+                    )));
+                }
+                let mut buf = Vec::new();
+                (&mut entry)
+                    .take(size)
+                    .read_to_end(&mut buf)
+                    .map_err(|e| bad(format!("truncated manifest: {e}")))?;
+                let m: Manifest =
+                    serde_json::from_slice(&buf).map_err(|e| bad(format!("bad manifest: {e}")))?;
+                if m.format != FORMAT || m.format_version != FORMAT_VERSION {
+                    return Err(bad(format!(
+                        "not a prh bundle of format version {FORMAT_VERSION}"
+                    )));
+                }
+                if m.schema_version > MIGRATIONS.len() {
+                    return Err(bad(format!(
+                        "bundle schema version {} is newer than this prh understands ({}); upgrade prh",
+                        m.schema_version,
+                        MIGRATIONS.len()
+                    )));
+                }
+                for b in &m.blobs {
+                    b.hash
+                        .parse::<BlobHash>()
+                        .map_err(|_| bad(format!("manifest lists a bad hash {:?}", b.hash)))?;
+                    if declared.insert(b.hash.clone(), b.bytes).is_some() {
+                        return Err(bad(format!("manifest lists blob {} twice", b.hash)));
+                    }
+                }
+                manifest = Some(m);
+            }
+            Slot::Catalog => {
+                let m = manifest
+                    .as_ref()
+                    .ok_or_else(|| bad("manifest.json must come first".into()))?;
+                if size != m.catalog.bytes {
+                    return Err(bad(format!(
+                        "catalog.db is {size} bytes but the manifest says {}",
+                        m.catalog.bytes
+                    )));
+                }
+                let dest = staging.0.join("catalog.db");
+                let hash = copy_hashed(&mut entry, size, &dest)
+                    .map_err(|e| bad(format!("catalog.db: {e}")))?;
+                if hash != m.catalog.blake3 {
+                    return Err(bad("catalog.db does not match the manifest's hash".into()));
+                }
+                got_catalog = true;
+            }
+            Slot::Blob(h) => {
+                let want = *declared.get(&h).ok_or_else(|| {
+                    bad(format!(
+                        "blob {h} is not listed in the manifest (or the manifest is not first)"
+                    ))
+                })?;
+                if size != want {
+                    return Err(bad(format!(
+                        "blob {h} declares {size} bytes but the manifest says {want}"
+                    )));
+                }
+                if !got_blobs.insert(h.clone()) {
+                    return Err(bad(format!("blob {h} appears twice")));
+                }
+                let dest = staging.0.join(&h);
+                let got = copy_hashed(&mut entry, size, &dest)
+                    .map_err(|e| bad(format!("blob {h}: {e}")))?;
+                if got != h {
+                    return Err(bad(format!(
+                        "blob {h} does not match its hash (content hashes to {got})"
+                    )));
+                }
+                let mut head = [0u8; matrix::HEADER_LEN];
+                File::open(&dest)
+                    .and_then(|mut f| f.read_exact(&mut head))
+                    .map_err(|_| bad(format!("blob {h} is too short to be a matrix")))?;
+                matrix::parse_header(&head)
+                    .ok_or_else(|| bad(format!("blob {h} has no valid header")))?;
+            }
+            Slot::Dir => unreachable!(),
+        }
+    }
+    let manifest = manifest.ok_or_else(|| bad("no manifest.json".into()))?;
+    if !got_catalog {
+        return Err(bad("no catalog.db".into()));
+    }
+    let missing: Vec<&String> = declared
+        .keys()
+        .filter(|h| !got_blobs.contains(*h))
+        .collect();
+    if !missing.is_empty() {
+        return Err(bad(format!(
+            "the manifest lists {} blobs the bundle does not hold (e.g. {})",
+            missing.len(),
+            missing[0]
+        )));
+    }
+    // The staged catalog, brought to our schema; every blob it names must be at hand.
+    let staged = staging.0.join("catalog.db");
+    drop(Catalog::open(&staged).map_err(|e| bad(format!("catalog.db: {e}")))?);
+    {
+        let db = Connection::open(&staged)?;
+        let ok: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if ok != "ok" {
+            return Err(bad(format!("catalog.db fails its integrity check: {ok}")));
+        }
+        let mut st = db.prepare("SELECT hash, bytes FROM blobs")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (h, bytes) = row?;
+            let in_bundle = declared.get(&h).copied();
+            let here = h
+                .parse::<BlobHash>()
+                .map(|hh| reg.store.contains(&hh))
+                .unwrap_or(false);
+            match in_bundle {
+                Some(b) if b != bytes as u64 => {
+                    return Err(bad(format!(
+                        "catalog says blob {h} has {bytes} bytes, the manifest {b}"
+                    )));
+                }
+                None if !here => {
+                    return Err(bad(format!(
+                        "catalog references blob {h}, which neither the bundle nor this registry holds"
+                    )));
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = manifest;
+    merge(reg, &staged, &staging.0, bundle)
+}
+
+/// Copies `size` bytes from `r` to `dest`, fsyncs, and returns their BLAKE3 hex.
+fn copy_hashed(r: &mut dyn Read, size: u64, dest: &Path) -> std::io::Result<String> {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(dest)?);
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    let mut r = r.take(size);
+    while left > 0 {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "truncated",
+            ));
+        }
+        h.update(&buf[..k]);
+        f.write_all(&buf[..k])?;
+        left -= k as u64;
+    }
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+fn merge(
+    reg: &mut Registry,
+    staged: &Path,
+    staged_blobs: &Path,
+    bundle: &Path,
+) -> Result<ImportReport> {
+    let conn = reg.catalog.conn();
+    conn.execute(
+        "ATTACH DATABASE ?1 AS b",
+        [staged.to_string_lossy().as_ref()],
+    )?;
+    let result = merge_attached(reg, staged_blobs, bundle);
+    let _ = reg.catalog.conn().execute("DETACH DATABASE b", []);
+    result
+}
+
+fn merge_attached(reg: &mut Registry, staged_blobs: &Path, bundle: &Path) -> Result<ImportReport> {
+    let store_root = reg.root.clone();
+    reg.catalog.write(|tx| {
+        let mut conflicts: Vec<String> = Vec::new();
+        let mut collect = |sql: &str| -> Result<()> {
+            let mut st = tx.prepare(sql)?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            for r in rows {
+                conflicts.push(r?);
+            }
+            Ok(())
+        };
+        collect("SELECT 'dataset ' || d.name || ': n = ' || d.n || ' here, ' || bd.n || ' in the bundle'
+                 FROM b.datasets bd JOIN main.datasets d ON d.name = bd.name WHERE d.n != bd.n")?;
+        collect("SELECT 'model ' || m.name || ': modality ' || m.modality || ' here, ' || bm.modality || ' in the bundle'
+                 FROM b.models bm JOIN main.models m ON m.name = bm.name WHERE m.modality != bm.modality")?;
+        collect("SELECT 'model ' || bm.name || ' checkpoint ' || bc.name || ' layer ' || br.layer || ' pool ' || br.pool
+                        || ' on ' || bd.name || ': a different representation here (' || substr(r.blob_hash, 1, 12) || ') than in the bundle (' || substr(br.blob_hash, 1, 12) || ')'
+                 FROM b.representations br
+                 JOIN b.checkpoints bc ON bc.id = br.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
+                 JOIN b.datasets bd ON bd.id = br.dataset_id
+                 JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
+                 JOIN main.datasets d ON d.name = bd.name
+                 JOIN main.representations r ON r.checkpoint_id = c.id AND r.dataset_id = d.id AND r.layer = br.layer AND r.pool = br.pool
+                 WHERE r.blob_hash != br.blob_hash")?;
+        collect("SELECT 'score ' || bs.name || ' of ' || bm.name || ' @ ' || bc.name || ': ' || s.value || ' here, ' || bs.value || ' in the bundle'
+                 FROM b.scores bs JOIN b.checkpoints bc ON bc.id = bs.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
+                 JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
+                 JOIN main.scores s ON s.checkpoint_id = c.id AND s.name = bs.name
+                 WHERE s.value != bs.value")?;
+        if !conflicts.is_empty() {
+            let shown: Vec<&str> = conflicts.iter().take(10).map(String::as_str).collect();
+            return Err(Error::format(
+                bundle,
+                format!(
+                    "{} conflict(s) with this registry, nothing imported: {}{}",
+                    conflicts.len(),
+                    shown.join("; "),
+                    if conflicts.len() > 10 { "; ..." } else { "" }
+                ),
+            ));
+        }
+        let mut rep = ImportReport {
+            datasets_new: tx.execute(
+                "INSERT INTO main.datasets (name, n, description, created_at)
+                 SELECT name, n, description, created_at FROM b.datasets
+                 WHERE name NOT IN (SELECT name FROM main.datasets)",
+                [],
+            )?,
+            ..Default::default()
+        };
+        tx.execute(
+            "INSERT INTO main.dataset_samples (dataset_id, idx, sample_id)
+             SELECT d.id, s.idx, s.sample_id FROM b.dataset_samples s
+             JOIN b.datasets bd ON bd.id = s.dataset_id JOIN main.datasets d ON d.name = bd.name
+             WHERE NOT EXISTS (SELECT 1 FROM main.dataset_samples x WHERE x.dataset_id = d.id)",
+            [],
+        )?;
+        rep.models_new = tx.execute(
+            "INSERT INTO main.models (name, modality, family, num_params, created_at)
+             SELECT name, modality, family, num_params, created_at FROM b.models
+             WHERE name NOT IN (SELECT name FROM main.models)",
+            [],
+        )?;
+        rep.checkpoints_new = tx.execute(
+            "INSERT INTO main.checkpoints (model_id, name, step, created_at)
+             SELECT m.id, bc.name, bc.step, bc.created_at FROM b.checkpoints bc
+             JOIN b.models bm ON bm.id = bc.model_id JOIN main.models m ON m.name = bm.name
+             WHERE NOT EXISTS (SELECT 1 FROM main.checkpoints c WHERE c.model_id = m.id AND c.name = bc.name)",
+            [],
+        )?;
+        // Blob files first (renamed into place), rows after: no row ever names a missing blob.
+        let mut st = tx.prepare("SELECT hash FROM b.blobs WHERE hash NOT IN (SELECT hash FROM main.blobs)")?;
+        let new_hashes: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let store = crate::store::FsBlobStore::new(&store_root);
+        for h in &new_hashes {
+            let hash: BlobHash = h.parse()?;
+            let dest = store.path(&hash);
+            if dest.is_file() {
+                continue;
+            }
+            let src = staged_blobs.join(h);
+            if !src.is_file() {
+                return Err(Error::format(bundle, format!("blob {h} is missing from the bundle")));
+            }
+            let dir = dest.parent().expect("blob dir");
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            fs::rename(&src, &dest).map_err(|e| Error::io(&dest, e))?;
+            rep.blobs_new += 1;
+        }
+        tx.execute("INSERT OR IGNORE INTO main.blobs SELECT * FROM b.blobs", [])?;
+        rep.blobs_present =
+            tx.query_row("SELECT count(*) FROM b.blobs", [], |r| r.get::<_, i64>(0))? as usize - rep.blobs_new;
+        rep.representations_new = tx.execute(
+            "INSERT INTO main.representations (checkpoint_id, dataset_id, layer, pool, blob_hash, source, created_at)
+             SELECT c.id, d.id, br.layer, br.pool, br.blob_hash, br.source, br.created_at
+             FROM b.representations br
+             JOIN b.checkpoints bc ON bc.id = br.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
+             JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
+             JOIN b.datasets bd ON bd.id = br.dataset_id JOIN main.datasets d ON d.name = bd.name
+             WHERE NOT EXISTS (SELECT 1 FROM main.representations r WHERE r.checkpoint_id = c.id
+                               AND r.dataset_id = d.id AND r.layer = br.layer AND r.pool = br.pool)",
+            [],
+        )?;
+        rep.scores_new = tx.execute(
+            "INSERT INTO main.scores (checkpoint_id, name, value, higher_is_better)
+             SELECT c.id, bs.name, bs.value, bs.higher_is_better FROM b.scores bs
+             JOIN b.checkpoints bc ON bc.id = bs.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
+             JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
+             WHERE NOT EXISTS (SELECT 1 FROM main.scores s WHERE s.checkpoint_id = c.id AND s.name = bs.name)",
+            [],
+        )?;
+        rep.cells_new = tx.execute("INSERT OR IGNORE INTO main.cells SELECT * FROM b.cells", [])?;
+        tx.execute("INSERT OR IGNORE INTO main.clamp_thresholds SELECT * FROM b.clamp_thresholds", [])?;
+        tx.execute("INSERT OR IGNORE INTO main.null_samples SELECT * FROM b.null_samples", [])?;
+        Ok(rep)
+    })
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub blobs_checked: usize,
+    pub cells_recomputed: usize,
+    /// Everything wrong, one line each; empty when the registry is sound.
+    pub problems: Vec<String>,
+    /// Blob files that no catalog row names (garbage for `gc`, e.g. left by a crash between
+    /// publishing a blob and committing its rows; not an error).
+    pub unreferenced_files: Vec<String>,
+}
+
+/// Re-hashes every blob and recomputes `recompute` randomly chosen cached cells.
+pub fn verify(reg: &Registry, recompute: usize, seed: u64) -> Result<VerifyReport> {
+    let mut rep = VerifyReport::default();
+    let ok: String = reg
+        .catalog
+        .conn()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    if ok != "ok" {
+        rep.problems
+            .push(format!("catalog.db: integrity check: {ok}"));
+    }
+    let mut st = reg.catalog.conn().prepare(
+        "SELECT b.hash, b.dtype, b.n, b.d,
+                (SELECT m.name || ' @ ' || c.name || ' layer ' || r.layer FROM representations r
+                 JOIN checkpoints c ON c.id = r.checkpoint_id JOIN models m ON m.id = c.model_id
+                 WHERE r.blob_hash = b.hash LIMIT 1)
+         FROM blobs b ORDER BY b.hash",
+    )?;
+    let rows: Vec<(String, String, i64, i64, Option<String>)> = st
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let known: HashSet<String> = rows.iter().map(|r| r.0.clone()).collect();
+    for (h, dtype, n, d, used) in &rows {
+        rep.blobs_checked += 1;
+        let used = used.as_deref().unwrap_or("no representation");
+        let hash: BlobHash = match h.parse() {
+            Ok(x) => x,
+            Err(_) => {
+                rep.problems.push(format!("blob row {h:?} is not a hash"));
+                continue;
+            }
+        };
+        match reg.store.open(&hash) {
+            Err(e) => rep.problems.push(format!("blob {h} ({used}): {e}")),
+            Ok(b) => {
+                if let Err(e) = b.verify() {
+                    rep.problems
+                        .push(format!("blob {h} ({used}): altered: {e}"));
+                } else if b.dtype.name() != dtype || b.n as i64 != *n || b.d as i64 != *d {
+                    rep.problems.push(format!(
+                        "blob {h} ({used}): header disagrees with the catalog"
+                    ));
+                }
+            }
+        }
+    }
+    if let Ok(dirs) = fs::read_dir(reg.root.join("blobs")) {
+        for d in dirs.flatten() {
+            if let Ok(files) = fs::read_dir(d.path()) {
+                for f in files.flatten() {
+                    let name = f.file_name().to_string_lossy().to_string();
+                    if !known.contains(&name) {
+                        rep.unreferenced_files.push(name);
+                    }
+                }
+            }
+        }
+    }
+    if recompute > 0 {
+        recompute_cells(reg, recompute, seed, &mut rep)?;
+    }
+    Ok(rep)
+}
+
+/// Parses a cache row back into the metric that produced it.
+pub fn spec_from_key(metric: &str, params: &str) -> Option<MetricSpec> {
+    let m: Metric = metric.parse().ok()?;
+    let mut s = MetricSpec::new(m);
+    let mut kernel_rbf = false;
+    for kv in params.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = kv.split_once('=')?;
+        match k {
+            "k" => s.k = v.parse().ok()?,
+            "kernel" => kernel_rbf = v == "rbf",
+            "sigma" => {
+                s.kernel = Kernel::Rbf {
+                    sigma: v.parse().ok()?,
+                }
+            }
+            "cca_dim" => s.cca_dim = v.parse().ok()?,
+            "ridge" => s.ridge = v.parse().ok()?,
+            "emulate_pymp" => s.emulate_pymp = v == "1",
+            _ => return None,
+        }
+    }
+    if !kernel_rbf {
+        s.kernel = Kernel::Linear;
+    }
+    (s.params_key() == params).then_some(s)
+}
+
+/// Parses a prep key (`clamp(q=0.95,t=0x…);l2`, `l2`, `raw`) into (threshold, normalise).
+pub fn prep_from_key(key: &str) -> Option<(Option<f32>, bool)> {
+    let mut threshold = None;
+    let mut normalize = false;
+    for part in key.split(';') {
+        if part == "l2" {
+            normalize = true;
+        } else if part == "raw" {
+        } else if let Some(inner) = part
+            .strip_prefix("clamp(")
+            .and_then(|p| p.strip_suffix(')'))
+        {
+            let t = inner.split(',').find_map(|kv| kv.strip_prefix("t=0x"))?;
+            threshold = Some(f32::from_bits(u32::from_str_radix(t, 16).ok()?));
+        } else {
+            return None;
+        }
+    }
+    Some((threshold, normalize))
+}
+
+fn recompute_cells(reg: &Registry, count: usize, seed: u64, rep: &mut VerifyReport) -> Result<()> {
+    let mut st = reg.catalog.conn().prepare(
+        "SELECT hash_x, hash_y, metric, version, params, prep_x, prep_y, value FROM cells",
+    )?;
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(String, String, String, i64, String, String, String, f64)> = st
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut rng = Rng::new(seed);
+    let mut order: Vec<usize> = rng.permutation(rows.len());
+    order.truncate(count);
+    for i in order {
+        let (hx, hy, metric, version, params, px, py, value) = &rows[i];
+        let Some(spec) = spec_from_key(metric, params) else {
+            continue; // a metric or parameter this prh does not know: nothing to compare with
+        };
+        if spec.metric.version() as i64 != *version {
+            continue; // an old version's row: unused, collected by gc
+        }
+        let load = |h: &str, p: &str| -> Result<Derived> {
+            let (t, norm) = prep_from_key(p)
+                .ok_or_else(|| Error::Invalid(format!("unreadable prep key {p:?}")))?;
+            let x = reg.store.open(&h.parse()?)?.to_f32_verified()?;
+            Ok(Derived::new(prep::prepare(x.view(), t, norm)?))
+        };
+        rep.cells_recomputed += 1;
+        let got = load(hx, px).and_then(|a| load(hy, py).and_then(|b| spec.compute(&a, &b)));
+        match got {
+            Err(e) => rep.problems.push(format!(
+                "cell {metric}({params}) {}…×{}…: cannot recompute: {e}",
+                &hx[..12],
+                &hy[..12]
+            )),
+            Ok(v) if (v - value).abs() > 1e-6 * (1.0 + value.abs()) => rep.problems.push(format!(
+                "cell {metric}({params}) {}…×{}…: cached {value}, recomputed {v}",
+                &hx[..12],
+                &hy[..12]
+            )),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// What `gc` removed (or would remove, with `dry_run`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    pub blobs: Vec<String>,
+    pub blob_bytes: u64,
+    pub cells: usize,
+    pub null_samples: usize,
+    pub tmp_entries: usize,
+    pub dry_run: bool,
+}
+
+/// Removes blobs no representation references, cache rows of metric versions this prh no
+/// longer computes or of blobs that are gone, and staging leftovers older than an hour.
+/// Blob files without any catalog row are removed only when older than an hour, so an ingest
+/// that has published its blobs but not yet committed its rows is never disturbed.
+pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
+    let mut rep = GcReport {
+        dry_run,
+        ..Default::default()
+    };
+    let conn = reg.catalog.conn();
+    let mut st = conn.prepare(
+        "SELECT hash, bytes FROM blobs WHERE hash NOT IN (SELECT blob_hash FROM representations)",
+    )?;
+    let unref: Vec<(String, i64)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    drop(st);
+    let known: HashSet<String> = {
+        let mut st = conn.prepare("SELECT hash FROM blobs")?;
+        st.query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let hour = std::time::Duration::from_secs(3600);
+    let old = |p: &Path| {
+        fs::metadata(p)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().map(|e| e > hour).unwrap_or(false))
+            .unwrap_or(false)
+    };
+    let mut orphan_files = Vec::new();
+    if let Ok(dirs) = fs::read_dir(reg.root.join("blobs")) {
+        for d in dirs.flatten() {
+            if let Ok(files) = fs::read_dir(d.path()) {
+                for f in files.flatten() {
+                    let name = f.file_name().to_string_lossy().to_string();
+                    if !known.contains(&name) && old(&f.path()) {
+                        orphan_files.push((name, f.path()));
+                    }
+                }
+            }
+        }
+    }
+    let current: Vec<(String, i64)> = crate::metrics::ALL
+        .iter()
+        .map(|m| (m.name().to_string(), m.version() as i64))
+        .collect();
+    let stale_cells_sql = "SELECT count(*) FROM cells c WHERE
+            NOT EXISTS (SELECT 1 FROM json_each(?1) j WHERE json_extract(j.value, '$[0]') = c.metric AND json_extract(j.value, '$[1]') = c.version)
+            OR c.hash_x NOT IN (SELECT hash FROM blobs WHERE hash IN (SELECT blob_hash FROM representations))
+            OR c.hash_y NOT IN (SELECT hash FROM blobs WHERE hash IN (SELECT blob_hash FROM representations))";
+    let current_json = serde_json::to_string(&current).expect("json");
+    rep.cells = conn.query_row(stale_cells_sql, [&current_json], |r| r.get::<_, i64>(0))? as usize;
+    rep.null_samples = conn.query_row(
+        "SELECT count(*) FROM null_samples n WHERE NOT EXISTS (SELECT 1 FROM json_each(?1) j
+            WHERE json_extract(j.value, '$[0]') = n.metric AND json_extract(j.value, '$[1]') = n.version)",
+        [&current_json],
+        |r| r.get::<_, i64>(0),
+    )? as usize;
+    for (h, b) in &unref {
+        rep.blobs.push(h.clone());
+        rep.blob_bytes += *b as u64;
+    }
+    for (h, p) in &orphan_files {
+        rep.blobs.push(h.clone());
+        rep.blob_bytes += fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    }
+    let mut tmp_old = Vec::new();
+    if let Ok(entries) = fs::read_dir(reg.root.join("tmp")) {
+        for e in entries.flatten() {
+            if old(&e.path()) {
+                tmp_old.push(e.path());
+            }
+        }
+    }
+    rep.tmp_entries = tmp_old.len();
+    if dry_run {
+        return Ok(rep);
+    }
+    reg.catalog.write(|tx| {
+        tx.execute(&stale_cells_sql.replace("SELECT count(*) FROM cells c WHERE", "DELETE FROM cells AS c WHERE"), [&current_json])?;
+        tx.execute(
+            "DELETE FROM null_samples AS n WHERE NOT EXISTS (SELECT 1 FROM json_each(?1) j
+                WHERE json_extract(j.value, '$[0]') = n.metric AND json_extract(j.value, '$[1]') = n.version)",
+            [&current_json],
+        )?;
+        for (h, _) in &unref {
+            tx.execute("DELETE FROM blobs WHERE hash = ?1", params![h])?;
+        }
+        Ok(())
+    })?;
+    for (h, _) in &unref {
+        if let Ok(hash) = h.parse::<BlobHash>() {
+            let _ = reg.store.remove(&hash);
+        }
+    }
+    for (_, p) in &orphan_files {
+        let _ = fs::remove_file(p);
+    }
+    for p in &tmp_old {
+        let _ = if p.is_dir() {
+            fs::remove_dir_all(p)
+        } else {
+            fs::remove_file(p)
+        };
+    }
+    Ok(rep)
+}
