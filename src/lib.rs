@@ -4,6 +4,7 @@
 //! `cli` → `engine` → `catalog` / `store` / `metrics` / `formats`.
 //! See `README.md` for the on-disk format and the meaning of every metric.
 
+pub mod analysis;
 pub mod bundle;
 pub mod catalog;
 pub mod demo;
@@ -13,6 +14,8 @@ pub mod formats;
 pub mod matrix;
 pub mod metrics;
 pub mod output;
+pub mod plot;
+pub mod query;
 pub mod registry;
 pub mod rng;
 pub mod stats;

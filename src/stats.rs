@@ -173,6 +173,181 @@ pub fn ci95(draws: &[f64]) -> [f64; 2] {
     [q(0.025), q(0.975)]
 }
 
+/// Pearson correlation of two equally long samples (`None` when either is constant).
+pub fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
+    let n = x.len() as f64;
+    if x.len() < 2 || x.len() != y.len() {
+        return None;
+    }
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx).powi(2);
+        syy += (b - my).powi(2);
+    }
+    (sxx > 0.0 && syy > 0.0).then(|| (sxy / (sxx * syy).sqrt()).clamp(-1.0, 1.0))
+}
+
+/// Average ranks (ties share their mean rank), 1-based.
+pub fn ranks(x: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    let mut r = vec![0.0; x.len()];
+    let mut s = 0;
+    while s < idx.len() {
+        let mut e = s + 1;
+        while e < idx.len() && x[idx[e]] == x[idx[s]] {
+            e += 1;
+        }
+        let avg = (s + e + 1) as f64 / 2.0;
+        for &i in &idx[s..e] {
+            r[i] = avg;
+        }
+        s = e;
+    }
+    r
+}
+
+/// Spearman rank correlation (Pearson on average ranks).
+pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
+    pearson(&ranks(x), &ranks(y))
+}
+
+/// Two-sided p-value of a correlation r over n pairs, from t = r √((n−2)/(1−r²)) with n − 2
+/// degrees of freedom (exact for Pearson under normality; the usual approximation for
+/// Spearman).
+pub fn correlation_p(r: f64, n: usize) -> Option<f64> {
+    if n < 3 {
+        return None;
+    }
+    let df = (n - 2) as f64;
+    if r.abs() >= 1.0 {
+        return Some(0.0);
+    }
+    let t = r * (df / (1.0 - r * r)).sqrt();
+    // P(|T| > t) = I_{df/(df+t²)}(df/2, 1/2).
+    Some(incomplete_beta(df / 2.0, 0.5, df / (df + t * t)))
+}
+
+/// Regularised incomplete beta I_x(a, b) (continued fraction, Numerical Recipes §6.4).
+pub fn incomplete_beta(a: f64, b: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    let front = ln_front.exp();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        front * beta_cf(a, b, x) / a
+    } else {
+        1.0 - front * beta_cf(b, a, 1.0 - x) / b
+    }
+}
+
+fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    let mut c = 1.0;
+    let mut d = 1.0 - qab * x / qap;
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..300 {
+        let m = m as f64;
+        let m2 = 2.0 * m;
+        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+        d = 1.0 + aa * d;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = 1.0 + aa / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        h *= d * c;
+        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        d = 1.0 + aa * d;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = 1.0 + aa / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        let del = d * c;
+        h *= del;
+        if (del - 1.0).abs() < 1e-15 {
+            break;
+        }
+    }
+    h
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7, n = 9).
+pub fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = G[0];
+    let t = x + 7.5;
+    for (i, g) in G.iter().enumerate().skip(1) {
+        a += g / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// Least-squares line y = slope · x + intercept.
+pub fn least_squares(x: &[f64], y: &[f64]) -> Option<(f64, f64)> {
+    let n = x.len() as f64;
+    if x.len() < 2 {
+        return None;
+    }
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let slope = sxy / sxx;
+    Some((slope, my - slope * mx))
+}
+
+/// Percentile bootstrap 95% interval of Pearson r, resampling the pairs (`b` resamples).
+pub fn pearson_ci95(x: &[f64], y: &[f64], b: usize, seed: u64) -> Option<[f64; 2]> {
+    let n = x.len();
+    if n < 3 {
+        return None;
+    }
+    let draws: Vec<f64> = (0..b)
+        .filter_map(|i| {
+            let idx = resample(seed, i, n);
+            let xs: Vec<f64> = idx.iter().map(|&j| x[j as usize]).collect();
+            let ys: Vec<f64> = idx.iter().map(|&j| y[j as usize]).collect();
+            pearson(&xs, &ys)
+        })
+        .collect();
+    (draws.len() >= b / 2).then(|| ci95(&draws))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +361,25 @@ mod tests {
 
     fn derived(x: Array2<f32>) -> Arc<Derived> {
         Arc::new(Derived::new(prep::prepare(x.view(), None, true).unwrap()))
+    }
+
+    #[test]
+    fn correlations_and_p_values_match_known_values() {
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let y = [2.0, 1.0, 4.0, 3.0, 6.0, 5.0];
+        let r = pearson(&x, &y).unwrap();
+        assert!((r - 0.828_571_428_571_428_6).abs() < 1e-12, "{r}");
+        // scipy.stats.pearsonr(x, y).pvalue = 0.04156268...
+        let p = correlation_p(r, 6).unwrap();
+        assert!((p - 0.041_562_7).abs() < 1e-6, "{p}");
+        assert_eq!(ranks(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
+        assert!((spearman(&x, &[1.0, 4.0, 9.0, 16.0, 25.0, 36.0]).unwrap() - 1.0).abs() < 1e-12);
+        let (m, b) = least_squares(&x, &[3.0, 5.0, 7.0, 9.0, 11.0, 13.0]).unwrap();
+        assert!((m - 2.0).abs() < 1e-12 && (b - 1.0).abs() < 1e-12);
+        assert!((ln_gamma(5.0) - 24f64.ln()).abs() < 1e-12);
+        assert!((incomplete_beta(2.0, 3.0, 0.4) - 0.5248).abs() < 1e-12);
+        let ci = pearson_ci95(&x, &y, 500, 1).unwrap();
+        assert!(ci[0] < r && r < ci[1], "{ci:?}");
     }
 
     #[test]

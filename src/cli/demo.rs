@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use super::FormatArg;
 use super::align::{Bar, print_results};
+use prh::analysis;
 use prh::catalog::RepFilter;
 use prh::demo::ZooSpec;
 use prh::metrics::{Metric, MetricSpec, Prep};
@@ -18,6 +19,9 @@ pub struct DemoArgs {
     /// Directory of the demo registry (its generated feature files go to DIR/inputs).
     #[arg(long, default_value = "prh-demo")]
     pub dir: PathBuf,
+    /// Do not write the trend and matrix plots.
+    #[arg(long)]
+    pub no_plots: bool,
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -86,8 +90,56 @@ pub fn run(a: DemoArgs) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     print_results(&results, FormatArg::Table)?;
+
+    // Alignment vs. performance: better language models (lower bpb) should align more.
+    let xm: Vec<String> = ["lm-tiny", "lm-small", "lm-base", "lm-large"]
+        .map(String::from)
+        .to_vec();
+    let ym: Vec<String> = ["vit-s", "vit-b", "vit-l", "vit-h"]
+        .map(String::from)
+        .to_vec();
+    let spec = MetricSpec::new(Metric::MutualKnn);
+    let kind = prh::query::OFFICIAL_PREP;
+    let xi = analysis::latest(&reg, &xm)?;
+    let yi = analysis::latest(&reg, &ym)?;
+    let x_ids: Vec<i64> = xm.iter().map(|m| xi[m]).collect();
+    let y_ids: Vec<i64> = ym.iter().map(|m| yi[m]).collect();
+    let pairs = analysis::cached_pairs(&reg, &spec, kind, &x_ids, &y_ids, "prh align")?;
+    let req = analysis::TrendRequest {
+        spec,
+        prep: kind.to_string(),
+        x: xm.clone(),
+        y: ym.clone(),
+        perf: "bpb".into(),
+        lower_is_better: None,
+        per_y: false,
+        bootstrap: 1000,
+        seed: 0,
+    };
+    let trend = analysis::trend(&reg, &req, &pairs)?;
+    println!("\ntrend: each language model's mean alignment to the vision models vs. its bpb");
+    output::render(&trend.models, Format::Table, &mut std::io::stdout())?;
     println!(
-        "\nnext: prh --registry {} align --metric cka --x modality=language --y modality=vision",
+        "pearson r = {:.3}, spearman ρ = {:.3}; {}",
+        trend.pearson_r.unwrap_or(f64::NAN),
+        trend.spearman_rho.unwrap_or(f64::NAN),
+        trend.verdict
+    );
+    if !a.no_plots {
+        let tp = a.dir.join("trend.svg");
+        let mp = a.dir.join("matrix.svg");
+        prh::plot::trend(&tp, &trend, "bpb", "mutual_knn")?;
+        let order = analysis::order_by_perf(&reg, &xm, "bpb", None)?;
+        let yorder = analysis::order_by_perf(&reg, &ym, "accuracy", None)?;
+        prh::plot::matrix(
+            &mp,
+            &analysis::matrix(&pairs, &order, &yorder),
+            "mutual_knn",
+        )?;
+        println!("\nplots: {} and {}", tp.display(), mp.display());
+    }
+    println!(
+        "\nnext: prh --registry {} trend --metric mutual_knn --x modality=language --y modality=vision --perf bpb --calibrated",
         a.dir.display()
     );
     Ok(())

@@ -8,6 +8,7 @@ mod dataset;
 mod demo;
 mod ingest;
 mod ls;
+mod query;
 mod score;
 
 use std::io::Write;
@@ -64,6 +65,14 @@ enum Command {
     Log(align::LogArgs),
     /// Compare two feature files directly (no registry needed).
     Compare(compare::CompareArgs),
+    /// Alignment vs. performance over models: correlations, fit, interval, verdict, plot.
+    Trend(query::TrendArgs),
+    /// The model × model alignment table (and heatmap).
+    Matrix(query::MatrixArgs),
+    /// One model's alignment across its training checkpoints.
+    Trajectory(query::TrajectoryArgs),
+    /// Free SQL over the catalog tables, run by polars.
+    Query(query::QueryArgs),
     /// Write the registry (or some models) to one bundle file a colleague can import.
     Export(bundle::ExportArgs),
     /// Merge a bundle into this registry (verified before anything is committed).
@@ -140,6 +149,10 @@ pub fn main() -> std::process::ExitCode {
         Command::Align(a) => align::run_align(&ctx, a),
         Command::Log(a) => align::run_log(&ctx, a),
         Command::Compare(a) => compare::run(a),
+        Command::Trend(a) => query::run_trend(&ctx, a),
+        Command::Matrix(a) => query::run_matrix(&ctx, a),
+        Command::Trajectory(a) => query::run_trajectory(&ctx, a),
+        Command::Query(a) => query::run_query(&ctx, a),
         Command::Export(a) => bundle::run_export(&ctx, a),
         Command::Import(a) => bundle::run_import(&ctx, a),
         Command::Verify(a) => bundle::run_verify(&ctx, a),

@@ -1,0 +1,131 @@
+//! Query speed: a catalog with 1,000,000+ cached layer-pair cells (filled directly, no blobs
+//! computed), then `prh trend` end to end (process start to exit) and `prh query`.
+//! Run: `cargo bench --bench query`.
+
+use std::process::Command;
+use std::time::Instant;
+
+use prh::registry::Registry;
+use rusqlite::params;
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("reg");
+    let reg = Registry::init(&root).unwrap();
+    drop(reg);
+    let (nx, ny, layers) = (40usize, 25usize, 32usize);
+    let t = Instant::now();
+    let mut db = rusqlite::Connection::open(root.join("catalog.db")).unwrap();
+    let tx = db.transaction().unwrap();
+    tx.execute("INSERT INTO datasets (name, n) VALUES ('bench', 1024)", [])
+        .unwrap();
+    let hash = |m: usize, l: usize| {
+        blake3::hash(format!("{m}/{l}").as_bytes())
+            .to_hex()
+            .to_string()
+    };
+    for m in 0..nx + ny {
+        let (name, modality) = if m < nx {
+            (format!("lm{m:02}"), "language")
+        } else {
+            (format!("vit{:02}", m - nx), "vision")
+        };
+        tx.execute(
+            "INSERT INTO models (name, modality) VALUES (?1, ?2)",
+            params![name, modality],
+        )
+        .unwrap();
+        let mid = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO checkpoints (model_id, name, step) VALUES (?1, 'final', 1)",
+            [mid],
+        )
+        .unwrap();
+        let cid = tx.last_insert_rowid();
+        let q = m as f64 / (nx + ny) as f64;
+        tx.execute("INSERT INTO scores (checkpoint_id, name, value, higher_is_better) VALUES (?1, 'bpb', ?2, 0)", params![cid, 1.5 - q]).unwrap();
+        for l in 0..layers {
+            let h = hash(m, l);
+            tx.execute("INSERT INTO blobs (hash, dtype, n, d, bytes) VALUES (?1, 'f32', 1024, 1024, 4194336)", [&h]).unwrap();
+            tx.execute(
+                "INSERT INTO representations (checkpoint_id, dataset_id, layer, pool, blob_hash) VALUES (?1, 1, ?2, 'avg', ?3)",
+                params![cid, l as i64, h],
+            )
+            .unwrap();
+        }
+    }
+    {
+        let mut ins = tx
+            .prepare("INSERT INTO cells (hash_x, hash_y, metric, version, params, prep_x, prep_y, value, seconds) VALUES (?1, ?2, 'mutual_knn', 1, 'k=10', ?3, ?4, ?5, 0.001)")
+            .unwrap();
+        let prep = "clamp(q=0.95,t=0x40000000);l2";
+        let mut rng = prh::rng::Rng::new(1);
+        for x in 0..nx {
+            for y in nx..nx + ny {
+                for lx in 0..layers {
+                    for ly in 0..layers {
+                        let (a, b) = (hash(x, lx), hash(y, ly));
+                        let (a, b) = if a <= b { (a, b) } else { (b, a) };
+                        let v = 0.05 + 0.3 * (x as f64 / nx as f64) * rng.uniform();
+                        ins.execute(params![a, b, prep, prep, v]).unwrap();
+                    }
+                }
+            }
+        }
+    }
+    tx.commit().unwrap();
+    let cells: i64 = db
+        .query_row("SELECT count(*) FROM cells", [], |r| r.get(0))
+        .unwrap();
+    drop(db);
+    println!(
+        "filled {cells} cells ({nx} × {ny} models × {layers}² layer pairs) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let run = |args: &[&str]| {
+        let t = Instant::now();
+        let o = Command::new(env!("CARGO_BIN_EXE_prh"))
+            .arg("--registry")
+            .arg(&root)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            t.elapsed().as_secs_f64(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+        )
+    };
+    let trend = [
+        "trend",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--perf",
+        "bpb",
+        "--format",
+        "json",
+    ];
+    let _ = run(&trend); // warm the page cache
+    let times: Vec<f64> = (0..3).map(|_| run(&trend).0).collect();
+    let (_, out) = run(&trend);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    println!(
+        "prh trend end to end: {:.3} s / {:.3} s / {:.3} s ({} models, r = {:.3})",
+        times[0],
+        times[1],
+        times[2],
+        v["n_models"],
+        v["pearson_r"].as_f64().unwrap_or(f64::NAN)
+    );
+    let (q, _) = run(&[
+        "query",
+        "SELECT x_model, avg(score) AS a FROM alignment GROUP BY x_model",
+        "--format",
+        "csv",
+    ]);
+    println!("prh query over the alignment table: {q:.3} s");
+}

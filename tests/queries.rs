@@ -1,0 +1,414 @@
+//! Queries on the demo zoo (known quality order): trend signs, matrix shape and order,
+//! trajectory order, SQL answers, plots and output formats.
+
+mod common;
+
+use common::Env;
+
+fn demo() -> Env {
+    let env = Env::new();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_prh"))
+        .args(["demo", "--dir"])
+        .arg(env.reg())
+        .arg("--no-plots")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env
+}
+
+#[test]
+fn trend_signs_follow_the_known_quality_order() {
+    let env = demo();
+    // bpb is lower-is-better: better language models have lower bpb and align more.
+    let t = env.json(&[
+        "trend",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--perf",
+        "bpb",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(t["n_models"], 4);
+    assert!(t["pearson_r"].as_f64().unwrap() < -0.8, "{t}");
+    assert!(t["spearman_rho"].as_f64().unwrap() < -0.7, "{t}");
+    assert!(t["slope"].as_f64().unwrap() < 0.0);
+    assert_eq!(t["higher_is_better"], false);
+    let ci = t["r_ci95"].as_array().unwrap();
+    assert!(ci[0].as_f64().unwrap() <= ci[1].as_f64().unwrap());
+    for k in [
+        "models",
+        "pearson_r",
+        "pearson_p",
+        "spearman_rho",
+        "spearman_p",
+        "slope",
+        "intercept",
+        "r_ci95",
+        "n_models",
+    ] {
+        assert!(t.get(k).is_some(), "{k}");
+    }
+    let m = &t["models"][0];
+    for k in ["model", "checkpoint", "alignment", "performance"] {
+        assert!(m.get(k).is_some(), "{k}");
+    }
+    // A higher-is-better score gives a positive correlation.
+    let v = env.json(&[
+        "trend",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=vision",
+        "--y",
+        "modality=language",
+        "--perf",
+        "accuracy",
+        "--format",
+        "json",
+    ]);
+    assert!(v["pearson_r"].as_f64().unwrap() > 0.8, "{v}");
+    assert!(
+        v["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("better models align more")
+    );
+    // The table ends with the verdict.
+    let table = env.ok(&[
+        "trend",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--perf",
+        "bpb",
+    ]);
+    assert!(table.contains("raw: better models align more:"), "{table}");
+    // One series per y model.
+    let per_y = env.json(&[
+        "trend",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--perf",
+        "bpb",
+        "--per-y",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(per_y["models"].as_array().unwrap().len(), 16);
+}
+
+#[test]
+fn missing_cells_name_the_align_command_and_compute_fills_them() {
+    let env = demo();
+    let e = env.fails(&[
+        "trend",
+        "--metric",
+        "cka",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--perf",
+        "bpb",
+    ]);
+    assert!(
+        e.contains("prh align --metric cka --x modality=language --y modality=vision"),
+        "{e}"
+    );
+    let t = env.json(&[
+        "trend",
+        "--metric",
+        "cka",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--perf",
+        "bpb",
+        "--compute",
+        "--format",
+        "json",
+    ]);
+    assert!(t["pearson_r"].as_f64().unwrap() < 0.0);
+}
+
+#[test]
+fn calibrated_trend_is_shown_beside_the_raw_one() {
+    let env = demo();
+    let t = env.json(&[
+        "trend",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--perf",
+        "bpb",
+        "--calibrated",
+        "--null",
+        "30",
+        "--format",
+        "json",
+    ]);
+    assert!(t["raw"]["pearson_r"].as_f64().unwrap() < 0.0);
+    let cal = &t["calibrated"];
+    assert_eq!(cal["n_models"], 4);
+    // Calibrated scores are below the raw ones (the null mean is subtracted).
+    for (r, c) in t["raw"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(cal["models"].as_array().unwrap())
+    {
+        assert!(c["alignment"].as_f64().unwrap() < r["alignment"].as_f64().unwrap());
+    }
+}
+
+#[test]
+fn within_bins_and_matrix_order_and_shape() {
+    let env = demo();
+    env.ok(&[
+        "align",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=vision",
+        "--y",
+        "modality=vision",
+        "--quiet",
+    ]);
+    let bins = env.json(&[
+        "trend",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=vision",
+        "--within",
+        "--perf",
+        "accuracy",
+        "--bins",
+        "2",
+        "--format",
+        "json",
+    ]);
+    let b = bins.as_array().unwrap();
+    assert_eq!(b.len(), 2);
+    assert!(
+        b[0]["performance_mean"].as_f64().unwrap() < b[1]["performance_mean"].as_f64().unwrap()
+    );
+    assert!(
+        b[0]["alignment_mean"].as_f64().unwrap() < b[1]["alignment_mean"].as_f64().unwrap(),
+        "{bins}"
+    );
+    let m = env.json(&[
+        "matrix",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--perf",
+        "bpb",
+        "--format",
+        "json",
+    ]);
+    let rows = m.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    let names: Vec<&str> = rows.iter().map(|r| r["model"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["lm-tiny", "lm-small", "lm-base", "lm-large"],
+        "worst to best by bpb"
+    );
+    let cols: Vec<&String> = rows[0].as_object().unwrap().keys().collect();
+    assert_eq!(cols.len(), 5);
+    // The best pair is the best language model with the best vision model.
+    let best = rows[3]["vit-h"].as_f64().unwrap();
+    for r in rows {
+        for (k, v) in r.as_object().unwrap() {
+            if k != "model" {
+                assert!(v.as_f64().unwrap() <= best);
+            }
+        }
+    }
+}
+
+#[test]
+fn trajectory_follows_training_steps() {
+    let env = demo();
+    let t = env.json(&[
+        "trajectory",
+        "--model",
+        "lm-large",
+        "--against",
+        "vit-h",
+        "--metric",
+        "mutual_knn",
+        "--compute",
+        "--format",
+        "json",
+    ]);
+    let pts = t.as_array().unwrap();
+    let steps: Vec<i64> = pts.iter().map(|p| p["step"].as_i64().unwrap()).collect();
+    assert_eq!(steps, [2500, 5000, 7500, 10000]);
+    let scores: Vec<f64> = pts.iter().map(|p| p["score"].as_f64().unwrap()).collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] < w[1]),
+        "alignment grows with training: {scores:?}"
+    );
+}
+
+#[test]
+fn sql_answers_match_hand_computed_values() {
+    let env = demo();
+    let v = env.json(&[
+        "query",
+        "SELECT count(*) AS n FROM reps",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(v[0]["n"], 66);
+    let v = env.json(&[
+        "query",
+        "SELECT name FROM models WHERE modality = 'vision' ORDER BY name",
+        "--format",
+        "json",
+    ]);
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vit-b", "vit-h", "vit-l", "vit-s"]);
+    let a = env.json(&[
+        "align",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "lm-large",
+        "--y",
+        "vit-h",
+        "--format",
+        "json",
+        "--quiet",
+    ]);
+    let q = env.json(&[
+        "query",
+        "SELECT score, x_layer, y_layer, cells FROM alignment WHERE metric = 'mutual_knn' AND x_model = 'lm-large' AND y_model = 'vit-h' AND x_checkpoint = 'final'",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(q[0]["score"], a[0]["score"]);
+    assert_eq!(q[0]["x_layer"], a[0]["best_layers"][0]);
+    assert_eq!(q[0]["y_layer"], a[0]["best_layers"][1]);
+    assert_eq!(q[0]["cells"], 36);
+    // Max over the layer-pair cells equals the model-pair score.
+    let c = env.json(&[
+        "query",
+        "SELECT max(c.value) AS best FROM cells c JOIN reps x ON x.rep = c.x_rep JOIN reps y ON y.rep = c.y_rep WHERE c.metric = 'mutual_knn' AND x.model = 'lm-large' AND x.checkpoint = 'final' AND y.model = 'vit-h'",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(c[0]["best"], a[0]["score"]);
+    let e = env.fails(&["query", "SELECT nope FROM models"]);
+    assert!(e.contains("query"), "{e}");
+}
+
+#[test]
+fn plots_and_file_formats() {
+    let env = demo();
+    let svg = env.path("trend.svg");
+    let png = env.path("matrix.png");
+    let traj = env.path("traj.svg");
+    env.ok(&[
+        "trend",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--perf",
+        "bpb",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    env.ok(&[
+        "matrix",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--plot",
+        png.to_str().unwrap(),
+    ]);
+    env.ok(&[
+        "trajectory",
+        "--model",
+        "lm-large",
+        "--against",
+        "vit-h,vit-s",
+        "--metric",
+        "mutual_knn",
+        "--compute",
+        "--plot",
+        traj.to_str().unwrap(),
+    ]);
+    let s = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        s.contains("<svg") && s.contains("lm-large") && s.contains("r = "),
+        "svg lacks content"
+    );
+    let p = std::fs::read(&png).unwrap();
+    assert_eq!(&p[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(p.len() > 10_000);
+    assert!(std::fs::read_to_string(&traj).unwrap().contains("vit-s"));
+    let pq = env.path("models.parquet");
+    env.ok(&[
+        "query",
+        "SELECT * FROM models",
+        "--format",
+        "parquet",
+        "--out",
+        pq.to_str().unwrap(),
+    ]);
+    let b = std::fs::read(&pq).unwrap();
+    assert_eq!(&b[..4], b"PAR1");
+    let csv = env.path("m.csv");
+    env.ok(&[
+        "matrix",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--format",
+        "csv",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), 5);
+    assert!(text.starts_with("model,"));
+    let e = env.fails(&["query", "SELECT * FROM models", "--format", "parquet"]);
+    assert!(e.contains("--out"), "{e}");
+}
