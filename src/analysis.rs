@@ -402,10 +402,10 @@ pub fn within(
         let mut vals = Vec::new();
         for i in members {
             for j in members {
-                if i.1 != j.1 {
-                    if let Some(v) = score.get(&(i.1, j.1)) {
-                        vals.push(*v);
-                    }
+                if i.1 != j.1
+                    && let Some(v) = score.get(&(i.1, j.1))
+                {
+                    vals.push(*v);
                 }
             }
         }

@@ -107,30 +107,35 @@ fn metric_flags(spec: &MetricSpec, prep: Prep) -> String {
     s
 }
 
-/// Fills missing cells (and nulls when asked) through the sweep engine.
-fn compute(
-    reg: &mut Registry,
+/// What to fill through the sweep engine before a query.
+struct Fill {
     spec: MetricSpec,
     prep: Prep,
-    x: Selector,
-    y: Selector,
     all_checkpoints: bool,
     null: usize,
     seed: u64,
+}
+
+/// Fills missing cells (and nulls when asked) through the sweep engine.
+fn compute(
+    reg: &mut Registry,
+    f: Fill,
+    x: Selector,
+    y: Selector,
 ) -> Result<Vec<sweep::PairResult>> {
     let req = SweepRequest {
         x,
         y,
         dataset: None,
         pool: None,
-        all_checkpoints,
+        all_checkpoints: f.all_checkpoints,
         x_checkpoint: None,
-        specs: vec![spec],
-        prep,
+        specs: vec![f.spec],
+        prep: f.prep,
         mem_budget: 4096 << 20,
-        null,
+        null: f.null,
         bootstrap: 0,
-        seed,
+        seed: f.seed,
     };
     let bar = Bar::new(false);
     Ok(sweep::sweep(reg, &req, &bar)?)
@@ -208,13 +213,15 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
         if a.compute {
             compute(
                 &mut reg,
-                spec,
-                prep,
+                Fill {
+                    spec,
+                    prep,
+                    all_checkpoints: false,
+                    null: 0,
+                    seed: a.stats.seed,
+                },
                 a.x.parse()?,
                 a.x.parse()?,
-                false,
-                0,
-                a.stats.seed,
             )?;
         }
         let ids = analysis::latest(&reg, &xm)?;
@@ -244,13 +251,15 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
         let p = if a.stats.null == 0 { 200 } else { a.stats.null };
         let results = compute(
             &mut reg,
-            spec,
-            prep,
+            Fill {
+                spec,
+                prep,
+                all_checkpoints: false,
+                null: p,
+                seed: a.stats.seed,
+            },
             a.x.parse()?,
             ysel.parse()?,
-            false,
-            p,
-            a.stats.seed,
         )?;
         (
             from_results(&results, |r| r.score),
@@ -260,13 +269,15 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
         if a.compute {
             compute(
                 &mut reg,
-                spec,
-                prep,
+                Fill {
+                    spec,
+                    prep,
+                    all_checkpoints: false,
+                    null: 0,
+                    seed: a.stats.seed,
+                },
                 a.x.parse()?,
                 ysel.parse()?,
-                false,
-                0,
-                a.stats.seed,
             )?;
         }
         let ids = analysis::latest(&reg, &xm)?;
@@ -385,13 +396,15 @@ pub fn run_matrix(ctx: &Ctx, a: MatrixArgs) -> Result<()> {
     if a.compute {
         compute(
             &mut reg,
-            spec,
-            prep,
+            Fill {
+                spec,
+                prep,
+                all_checkpoints: false,
+                null: 0,
+                seed: 0,
+            },
             a.x.parse()?,
             a.y.parse()?,
-            false,
-            0,
-            0,
         )?;
     }
     let mut xm = sweep::select_models(&reg, &a.x.parse()?)?;
@@ -459,13 +472,15 @@ pub fn run_trajectory(ctx: &Ctx, a: TrajectoryArgs) -> Result<()> {
     if a.compute {
         compute(
             &mut reg,
-            spec,
-            prep,
+            Fill {
+                spec,
+                prep,
+                all_checkpoints: true,
+                null: 0,
+                seed: 0,
+            },
             Selector::Names(vec![a.model.clone()]),
             a.against.parse()?,
-            true,
-            0,
-            0,
         )?;
     }
     let cks = reg.catalog.checkpoints(Some(&a.model))?;
