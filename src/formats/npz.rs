@@ -10,6 +10,27 @@ use crate::error::{Error, Result};
 /// Refuse archive members that declare more than this many bytes (a zip bomb guard): 64 GiB.
 pub const MAX_MEMBER_BYTES: u64 = 64 << 30;
 
+/// Reads one archive member whose header declares `size` bytes, refusing absurd sizes before
+/// allocating (the capacity reserved up front is capped; the real length comes from reading).
+pub(crate) fn read_member(
+    path: &Path,
+    entry: &mut dyn Read,
+    size: u64,
+    name: &str,
+) -> Result<Vec<u8>> {
+    if size > MAX_MEMBER_BYTES {
+        return Err(Error::format(
+            path,
+            format!("member {name} declares {size} bytes, over the limit"),
+        ));
+    }
+    let mut out = Vec::with_capacity((size as usize).min(1 << 26));
+    entry
+        .read_to_end(&mut out)
+        .map_err(|e| Error::format(path, format!("truncated or corrupt member {name}: {e}")))?;
+    Ok(out)
+}
+
 /// Opens an `.npz` archive.
 pub fn open(path: &Path) -> Result<FeatureFile> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -34,19 +55,8 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
                 format!("archive member {name:?} is not an .npy array"),
             ));
         };
-        if entry.size() > MAX_MEMBER_BYTES {
-            return Err(Error::format(
-                path,
-                format!(
-                    "member {name} declares {} bytes, over the limit",
-                    entry.size()
-                ),
-            ));
-        }
-        let mut bytes = Vec::with_capacity((entry.size() as usize).min(1 << 26));
-        entry
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::format(path, format!("truncated or corrupt member {name}: {e}")))?;
+        let size = entry.size();
+        let bytes = read_member(path, &mut entry, size, &name)?;
         let spec = npy::tensor_spec(path, stem, &bytes, buffers.len())?;
         buffers.push(Buffer::Owned(bytes));
         tensors.push(spec);

@@ -4,11 +4,10 @@
 //! honoured. The pickle is parsed by [`super::pickle`], never executed.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
 use super::pickle::{self, StorageKind, Value};
-use super::{Buffer, FeatureFile, FileMeta, LayerSpec, TensorSpec, npz::MAX_MEMBER_BYTES};
+use super::{Buffer, FeatureFile, FileMeta, LayerSpec, TensorSpec, npz};
 use crate::error::{Error, Result};
 use crate::matrix::DType;
 
@@ -235,18 +234,6 @@ fn read_member(
     let mut entry = zip
         .by_name(name)
         .map_err(|e| Error::format(path, format!("archive member {name}: {e}")))?;
-    if entry.size() > MAX_MEMBER_BYTES {
-        return Err(Error::format(
-            path,
-            format!(
-                "member {name} declares {} bytes, over the limit",
-                entry.size()
-            ),
-        ));
-    }
-    let mut out = Vec::with_capacity((entry.size() as usize).min(1 << 26));
-    entry
-        .read_to_end(&mut out)
-        .map_err(|e| Error::format(path, format!("truncated or corrupt member {name}: {e}")))?;
-    Ok(out)
+    let size = entry.size();
+    npz::read_member(path, &mut entry, size, name)
 }
