@@ -259,6 +259,12 @@ fn killed_sweeps_keep_finished_work_and_resume() {
             partial_seen += 1;
         }
         assert_eq!(std::fs::read_dir(env.reg().join("tmp")).unwrap().count(), 0);
+        let v = env.prh(&["verify", "--recompute", "5"]);
+        assert!(
+            v.status.success(),
+            "verify after a kill: {}",
+            String::from_utf8_lossy(&v.stdout)
+        );
     }
     assert!(partial_seen >= 1, "no kill landed mid-sweep");
     let out = align_cmd(&env).output().unwrap();

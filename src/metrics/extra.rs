@@ -8,6 +8,8 @@ use super::derived::Derived;
 /// `svcca`: mean canonical correlation between the top-`c` left singular subspaces of the
 /// column-standardised features. Both bases are orthonormal and centred, so the canonical
 /// correlations are the singular values of U_Xᵀ U_Y (what scikit-learn's CCA converges to).
+/// Range [0, 1] (Raghu et al. 2017); at chance ≈ the mean singular value of two random
+/// c-dimensional subspaces of Rⁿ (grows with c/n).
 pub fn svcca(ua: &Array2<f64>, ub: &Array2<f64>) -> Result<f64, String> {
     let c = ua.ncols();
     let m = Mat::<f64>::from_fn(c, c, |i, j| {
@@ -25,7 +27,8 @@ pub fn svcca(ua: &Array2<f64>, ub: &Array2<f64>) -> Result<f64, String> {
 
 /// `procrustes`: orthogonal Procrustes similarity max_Q ⟨X, Y Q⟩ = ‖XᵀY‖_* for column-centred,
 /// Frobenius-normalised X and Y (Williams et al. 2021). Range [0, 1]; the angular Procrustes
-/// distance is arccos of it. Computed on each side's reduced basis
+/// distance is arccos of it. At chance it still grows with min(d, n)/n, so compare against
+/// the permutation null. Computed on each side's reduced basis
 /// ([`Derived::procrustes_basis`]), so the cost is bounded by min(n, d).
 pub fn procrustes(a: &Derived, b: &Derived) -> Result<f64, String> {
     let za = a.procrustes_basis();

@@ -26,7 +26,8 @@ fn overlaps(a: &Knn, b: &Knn, n: usize) -> Vec<u32> {
         .collect()
 }
 
-/// `jaccard_knn`: mean over i of |A ∩ B| / |A ∪ B| for the two k-neighbour sets. Range [0, 1].
+/// `jaccard_knn`: mean over i of |A ∩ B| / |A ∪ B| for the two k-neighbour sets. Range [0, 1];
+/// chance ≈ k / (2(n−1) − k) on independent features.
 pub fn jaccard_knn(a: &Knn, b: &Knn, n: usize) -> f64 {
     let k = a.k as f64;
     let sum: f64 = overlaps(a, b, n)
@@ -37,7 +38,8 @@ pub fn jaccard_knn(a: &Knn, b: &Knn, n: usize) -> f64 {
 }
 
 /// `cycle_knn`: fraction of i that are among the X-neighbours of at least one of their
-/// Y-neighbours. Range [0, 1].
+/// Y-neighbours. Range [0, 1]; chance ≈ 1 − (1 − k/(n−1))^k on independent features (about
+/// 0.6 at k = 10, n = 118), so it must be read against its null.
 pub fn cycle_knn(a: &Knn, b: &Knn, n: usize) -> f64 {
     let hits = (0..n)
         .filter(|&i| b.row(i).iter().any(|&j| a.contains(j as usize, i as u32)))
@@ -57,14 +59,16 @@ pub fn rows_counted(n: usize, emulate_pymp: bool) -> usize {
 }
 
 /// `lcs_knn`: mean over i of the length of the longest common subsequence of the two ordered
-/// neighbour lists (not divided by k). Range [0, k].
+/// neighbour lists (not divided by k). Range [0, k]; near the mutual overlap count at chance
+/// (≈ k²/(n−1) for k ≪ n).
 pub fn lcs_knn(a: &Knn, b: &Knn, n: usize, emulate_pymp: bool) -> f64 {
     let rows = rows_counted(n, emulate_pymp);
     let sum: usize = (0..rows).map(|i| lcs(a.row(i), b.row(i))).sum();
     sum as f64 / n as f64
 }
 
-/// `edit_distance_knn`: 1 − mean(Levenshtein distance of the ordered lists) / k. Range [0, 1].
+/// `edit_distance_knn`: 1 − mean(Levenshtein distance of the ordered lists) / k. Range [0, 1];
+/// ≈ 0 at chance (disjoint lists are k edits apart).
 pub fn edit_distance_knn(a: &Knn, b: &Knn, n: usize, emulate_pymp: bool) -> f64 {
     let rows = rows_counted(n, emulate_pymp);
     let sum: usize = (0..rows).map(|i| levenshtein(a.row(i), b.row(i))).sum();
