@@ -9,8 +9,11 @@ use prh::registry::Registry;
 use rusqlite::params;
 
 fn main() {
+    // PRH_BENCH_DIR keeps the filled registry for inspection (it must not exist yet).
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("reg");
+    let root = std::env::var_os("PRH_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("reg"));
     let reg = Registry::init(&root).unwrap();
     drop(reg);
     let (nx, ny, layers) = (40usize, 25usize, 32usize);

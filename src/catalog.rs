@@ -108,6 +108,8 @@ impl Catalog {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Read big scans (the cell cache) through a memory map instead of read() per page.
+        conn.pragma_update(None, "mmap_size", 1i64 << 34)?;
         let mut cat = Catalog { conn };
         cat.migrate()?;
         Ok(cat)

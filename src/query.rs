@@ -60,10 +60,42 @@ pub struct CellFilter {
     pub params: Option<String>,
 }
 
+/// Hashes a hex content hash by its first 16 digits: they are already uniformly random, so
+/// the map needs no further mixing (a million lookups per scan).
+#[derive(Default, Clone, Copy)]
+pub struct HexHash;
+
+/// The hasher of [`HexHash`].
+#[derive(Default)]
+pub struct HexHasher(u64);
+
+impl std::hash::Hasher for HexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+    }
+}
+
+impl std::hash::BuildHasher for HexHash {
+    type Hasher = HexHasher;
+    fn build_hasher(&self) -> HexHasher {
+        HexHasher(0)
+    }
+}
+
 /// One row per representation, with its checkpoint's layer count.
 pub struct RepIndex {
     pub frame: DataFrame,
-    by_hash: HashMap<String, Vec<(u32, i64)>>,
+    /// One row per (checkpoint, dataset, pool): the layer set a model-pair score is over.
+    pub sets: DataFrame,
+    by_hash: HashMap<String, Vec<(u32, i64)>, HexHash>,
+    set_of: Vec<u32>,
+    layer_of: Vec<i64>,
 }
 
 fn col<T, N: Into<PlSmallStr>>(name: N, v: Vec<T>) -> Column
@@ -99,7 +131,7 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
     let mut n = Vec::new();
     let mut d = Vec::new();
     let mut layers = Vec::new();
-    let mut by_hash: HashMap<String, Vec<(u32, i64)>> = HashMap::new();
+    let mut by_hash: HashMap<String, Vec<(u32, i64)>, HexHash> = HashMap::default();
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
         let h: String = r.get(0)?;
@@ -123,6 +155,56 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         layers.push(r.get::<_, i64>(13)?);
     }
     let rep: Vec<u32> = (0..hash.len() as u32).collect();
+    // Layer sets: distinct (checkpoint, dataset, pool), numbered in order.
+    let mut set_ids: HashMap<(i64, String, String), u32> = HashMap::new();
+    let mut set_of = Vec::with_capacity(hash.len());
+    let (
+        mut s_id,
+        mut s_model,
+        mut s_modality,
+        mut s_ck,
+        mut s_ck_id,
+        mut s_step,
+        mut s_pool,
+        mut s_layers,
+    ) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for i in 0..hash.len() {
+        let key = (ck_id[i], dataset[i].clone(), pool[i].clone());
+        let next = set_ids.len() as u32;
+        let id = *set_ids.entry(key).or_insert_with(|| {
+            s_id.push(next);
+            s_model.push(model[i].clone());
+            s_modality.push(modality[i].clone());
+            s_ck.push(ck[i].clone());
+            s_ck_id.push(ck_id[i]);
+            s_step.push(step[i]);
+            s_pool.push(pool[i].clone());
+            s_layers.push(layers[i]);
+            next
+        });
+        set_of.push(id);
+    }
+    let sets = DataFrame::new_infer_height(vec![
+        col("set", s_id),
+        col("model", s_model),
+        col("modality", s_modality),
+        col("checkpoint", s_ck),
+        col("checkpoint_id", s_ck_id),
+        col("step", s_step),
+        col("pool", s_pool),
+        col("layers", s_layers),
+    ])
+    .map_err(pe)?;
+    let layer_of = layer.clone();
     let frame = DataFrame::new_infer_height(vec![
         col("rep", rep),
         col("hash", hash),
@@ -140,11 +222,44 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         col("layers", layers),
     ])
     .map_err(pe)?;
-    Ok(RepIndex { frame, by_hash })
+    Ok(RepIndex {
+        frame,
+        sets,
+        by_hash,
+        set_of,
+        layer_of,
+    })
 }
 
-/// The `cells` frame: cached layer-pair values expanded to representation pairs.
-pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<DataFrame> {
+/// Cached layer-pair values expanded to representation pairs: `frame` has x_rep, y_rep,
+/// x_set, y_set, x_layer, y_layer, key, value; `keys` maps key to metric, params, prep.
+pub struct Cells {
+    pub frame: DataFrame,
+    pub keys: DataFrame,
+}
+
+impl Cells {
+    /// The documented `cells` table: x_rep, y_rep, metric, params, prep, value.
+    pub fn table(&self) -> LazyFrame {
+        use polars::prelude::col as c;
+        self.frame
+            .clone()
+            .lazy()
+            .inner_join(self.keys.clone().lazy(), c("key"), c("key"))
+            .select([
+                c("x_rep"),
+                c("y_rep"),
+                c("metric"),
+                c("params"),
+                c("prep"),
+                c("value"),
+            ])
+    }
+}
+
+/// Reads the cache (one sequential scan) into [`Cells`]. Strings are interned per run of
+/// equal values, so a million rows cost no per-row allocation.
+pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cells> {
     let conn = reg.catalog.conn();
     let mut st = conn.prepare(
         "SELECT hash_x, hash_y, metric, version, params, prep_x, prep_y, value FROM cells
@@ -154,61 +269,74 @@ pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Data
         .iter()
         .map(|m| (m.name(), (m.version(), m.symmetric())))
         .collect();
-    let mut kinds: HashMap<(String, String), String> = HashMap::new();
-    let (mut xs, mut ys, mut metric, mut params, mut prep, mut value) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
+    // (metric, params, prep kind) → key; the last row's raw strings → (key, symmetric, valid).
+    let mut key_ids: HashMap<(String, String, String), u32> = HashMap::new();
+    let (mut k_metric, mut k_params, mut k_prep) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last: Option<([String; 4], i64, u32, bool, bool)> = None;
+    let n_guess = 1 << 16;
+    let (mut xs, mut ys, mut xset, mut yset, mut xl, mut yl, mut key, mut value) = (
+        Vec::with_capacity(n_guess),
+        Vec::with_capacity(n_guess),
+        Vec::with_capacity(n_guess),
+        Vec::with_capacity(n_guess),
+        Vec::with_capacity(n_guess),
+        Vec::with_capacity(n_guess),
+        Vec::with_capacity(n_guess),
+        Vec::with_capacity(n_guess),
     );
+    fn text<'a>(r: &'a rusqlite::Row, i: usize) -> Result<&'a str> {
+        r.get_ref(i)?
+            .as_str()
+            .map_err(|e| Error::Invalid(format!("cells column {i}: {e}")))
+    }
     let mut rows = st.query(rusqlite::params![filter.metric, filter.params])?;
     while let Some(r) = rows.next()? {
-        let m = r
-            .get_ref(2)?
-            .as_str()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let Some(&(version, symmetric)) = versions.get(m) else {
-            continue;
-        };
-        if r.get::<_, i64>(3)? != version as i64 {
-            continue; // a stale row from an older metric version
+        let (m, p, px, py) = (text(r, 2)?, text(r, 4)?, text(r, 5)?, text(r, 6)?);
+        let version: i64 = r.get(3)?;
+        let same = last.as_ref().is_some_and(|(s, v, ..)| {
+            *v == version && s[0] == m && s[1] == p && s[2] == px && s[3] == py
+        });
+        if !same {
+            let (valid, symmetric) = match versions.get(m) {
+                Some(&(v, sym)) => (v as i64 == version, sym),
+                None => (false, false),
+            };
+            let (a, b) = (prep_kind(px), prep_kind(py));
+            let kind = if a == b { a } else { format!("{a}|{b}") };
+            let next = key_ids.len() as u32;
+            let k = *key_ids
+                .entry((m.to_string(), p.to_string(), kind.clone()))
+                .or_insert_with(|| {
+                    k_metric.push(m.to_string());
+                    k_params.push(p.to_string());
+                    k_prep.push(kind);
+                    next
+                });
+            last = Some((
+                [m.to_string(), p.to_string(), px.to_string(), py.to_string()],
+                version,
+                k,
+                symmetric,
+                valid,
+            ));
         }
-        let hx = r
-            .get_ref(0)?
-            .as_str()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let hy = r
-            .get_ref(1)?
-            .as_str()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let (_, _, k, symmetric, valid) = last.as_ref().expect("set above");
+        if !*valid {
+            continue; // a stale row from an older metric version, or an unknown metric
+        }
+        let (hx, hy) = (text(r, 0)?, text(r, 1)?);
         let (Some(rx), Some(ry)) = (idx.by_hash.get(hx), idx.by_hash.get(hy)) else {
             continue;
         };
-        let px = r
-            .get_ref(5)?
-            .as_str()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let py = r
-            .get_ref(6)?
-            .as_str()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let kind = kinds
-            .entry((px.to_string(), py.to_string()))
-            .or_insert_with(|| {
-                let (a, b) = (prep_kind(px), prep_kind(py));
-                if a == b { a } else { format!("{a}|{b}") }
-            })
-            .clone();
-        let p = r.get::<_, String>(4)?;
         let v: f64 = r.get(7)?;
         let mut emit = |a: u32, b: u32| {
             xs.push(a);
             ys.push(b);
-            metric.push(m.to_string());
-            params.push(p.clone());
-            prep.push(kind.clone());
+            xset.push(idx.set_of[a as usize]);
+            yset.push(idx.set_of[b as usize]);
+            xl.push(idx.layer_of[a as usize]);
+            yl.push(idx.layer_of[b as usize]);
+            key.push(*k);
             value.push(v);
         };
         for &(a, da) in rx {
@@ -217,75 +345,72 @@ pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Data
                     continue;
                 }
                 emit(a, b);
-                if symmetric && hx != hy {
+                if *symmetric && hx != hy {
                     emit(b, a);
                 }
             }
         }
     }
-    DataFrame::new_infer_height(vec![
+    let frame = DataFrame::new_infer_height(vec![
         col("x_rep", xs),
         col("y_rep", ys),
-        col("metric", metric),
-        col("params", params),
-        col("prep", prep),
+        col("x_set", xset),
+        col("y_set", yset),
+        col("x_layer", xl),
+        col("y_layer", yl),
+        col("key", key),
         col("value", value),
     ])
-    .map_err(pe)
+    .map_err(pe)?;
+    let keys = DataFrame::new_infer_height(vec![
+        col("key", (0..k_metric.len() as u32).collect::<Vec<_>>()),
+        col("metric", k_metric),
+        col("params", k_params),
+        col("prep", k_prep),
+    ])
+    .map_err(pe)?;
+    Ok(Cells { frame, keys })
 }
 
-/// Prefixes every column of the reps frame for one side of a join.
-fn side(reps: &DataFrame, p: &str) -> LazyFrame {
-    reps.clone().lazy().select([
-        polars::prelude::col("rep").alias(format!("{p}_rep")),
-        polars::prelude::col("model").alias(format!("{p}_model")),
-        polars::prelude::col("modality").alias(format!("{p}_modality")),
-        polars::prelude::col("checkpoint").alias(format!("{p}_checkpoint")),
-        polars::prelude::col("checkpoint_id").alias(format!("{p}_checkpoint_id")),
-        polars::prelude::col("step").alias(format!("{p}_step")),
-        polars::prelude::col("layer").alias(format!("{p}_layer")),
-        polars::prelude::col("pool").alias(format!("{p}_pool")),
-        polars::prelude::col("layers").alias(format!("{p}_layers")),
+/// The layer sets with every column prefixed for one side of a join.
+fn side(sets: &DataFrame, p: &str) -> LazyFrame {
+    use polars::prelude::col as c;
+    sets.clone().lazy().select([
+        c("set").alias(format!("{p}_set")),
+        c("model").alias(format!("{p}_model")),
+        c("modality").alias(format!("{p}_modality")),
+        c("checkpoint").alias(format!("{p}_checkpoint")),
+        c("checkpoint_id").alias(format!("{p}_checkpoint_id")),
+        c("step").alias(format!("{p}_step")),
+        c("layers").alias(format!("{p}_layers")),
     ])
 }
 
-/// The `alignment` pipeline: model-pair best over layer pairs, from the `cells` frame.
-pub fn alignment(reps: &DataFrame, cells: DataFrame) -> LazyFrame {
+/// The `alignment` pipeline: model-pair best over layer pairs. One group-by over integer
+/// keys on the big frame; names and counts are joined onto the small result.
+pub fn alignment(idx: &RepIndex, cells: &Cells) -> LazyFrame {
     use polars::prelude::col as c;
-    let desc = SortMultipleOptions::default()
-        .with_order_descending(true)
-        .with_maintain_order(true);
     cells
+        .frame
+        .clone()
         .lazy()
-        .inner_join(side(reps, "x"), c("x_rep"), c("x_rep"))
-        .inner_join(side(reps, "y"), c("y_rep"), c("y_rep"))
-        .group_by_stable([
-            c("x_checkpoint_id"),
-            c("y_checkpoint_id"),
-            c("x_pool"),
-            c("y_pool"),
-            c("metric"),
-            c("params"),
-            c("prep"),
-        ])
+        .group_by([c("x_set"), c("y_set"), c("key")])
         .agg([
-            c("x_model").first(),
-            c("x_checkpoint").first(),
-            c("x_step").first(),
-            c("x_modality").first(),
-            c("y_model").first(),
-            c("y_checkpoint").first(),
-            c("y_step").first(),
-            c("y_modality").first(),
             c("value").max().alias("score"),
-            c("x_layer").sort_by([c("value")], desc.clone()).first(),
-            c("y_layer").sort_by([c("value")], desc).first(),
+            c("x_layer")
+                .get(c("value").arg_max(), false)
+                .alias("x_layer"),
+            c("y_layer")
+                .get(c("value").arg_max(), false)
+                .alias("y_layer"),
             len().alias("cells"),
-            (c("x_layers").first() * c("y_layers").first()).alias("expected"),
         ])
+        .inner_join(cells.keys.clone().lazy(), c("key"), c("key"))
+        .inner_join(side(&idx.sets, "x"), c("x_set"), c("x_set"))
+        .inner_join(side(&idx.sets, "y"), c("y_set"), c("y_set"))
         .with_columns([c("cells")
             .cast(DataType::Int64)
-            .eq(c("expected"))
+            .eq(c("x_layers") * c("y_layers"))
             .alias("complete")])
         .select([
             c("x_model"),
@@ -420,8 +545,8 @@ pub fn sql(reg: &Registry, query: &str) -> Result<DataFrame> {
     }
     let idx = reps(reg)?;
     let cells = cells(reg, &idx, &CellFilter::default())?;
-    ctx.register("alignment", alignment(&idx.frame, cells.clone()));
-    ctx.register("cells", cells.lazy());
+    ctx.register("alignment", alignment(&idx, &cells));
+    ctx.register("cells", cells.table());
     ctx.register("reps", idx.frame.lazy());
     ctx.execute(query).map_err(pe)?.collect().map_err(pe)
 }
@@ -433,7 +558,9 @@ pub fn alignment_for(
     params: &str,
     prep: &str,
 ) -> Result<DataFrame> {
+    let t = std::time::Instant::now();
     let idx = reps(reg)?;
+    let t_reps = t.elapsed();
     let cells = cells(
         reg,
         &idx,
@@ -442,10 +569,20 @@ pub fn alignment_for(
             params: Some(params.to_string()),
         },
     )?;
-    alignment(&idx.frame, cells)
+    let t_cells = t.elapsed();
+    let out = alignment(&idx, &cells)
         .filter(polars::prelude::col("prep").eq(lit(prep.to_string())))
         .collect()
-        .map_err(pe)
+        .map_err(pe);
+    if std::env::var_os("PRH_TIMING").is_some() {
+        eprintln!(
+            "timing: reps {:?}, cells {:?}, alignment {:?}",
+            t_reps,
+            t_cells - t_reps,
+            t.elapsed() - t_cells
+        );
+    }
+    out
 }
 
 /// A DataFrame as JSON objects (one per row), for the table/CSV/JSON printers.
