@@ -93,7 +93,7 @@ pub struct RepIndex {
     pub frame: DataFrame,
     /// One row per (checkpoint, dataset, pool): the layer set a model-pair score is over.
     pub sets: DataFrame,
-    by_hash: HashMap<String, Vec<(u32, i64)>, HexHash>,
+    by_hash: HashMap<Box<[u8]>, Vec<(u32, i64)>, HexHash>,
     set_of: Vec<u32>,
     layer_of: Vec<i64>,
 }
@@ -131,13 +131,13 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
     let mut n = Vec::new();
     let mut d = Vec::new();
     let mut layers = Vec::new();
-    let mut by_hash: HashMap<String, Vec<(u32, i64)>, HexHash> = HashMap::default();
+    let mut by_hash: HashMap<Box<[u8]>, Vec<(u32, i64)>, HexHash> = HashMap::default();
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
         let h: String = r.get(0)?;
         let ds_id: i64 = r.get(8)?;
         by_hash
-            .entry(h.clone())
+            .entry(h.as_bytes().into())
             .or_default()
             .push((hash.len() as u32, ds_id));
         hash.push(h);
@@ -257,39 +257,50 @@ impl Cells {
     }
 }
 
-/// Reads the cache (one sequential scan) into [`Cells`]. Strings are interned per run of
-/// equal values, so a million rows cost no per-row allocation.
-pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cells> {
-    let conn = reg.catalog.conn();
+/// One scan's share of the cells, with its own key numbering.
+#[derive(Default)]
+struct Part {
+    xs: Vec<u32>,
+    ys: Vec<u32>,
+    xset: Vec<u32>,
+    yset: Vec<u32>,
+    xl: Vec<i64>,
+    yl: Vec<i64>,
+    key: Vec<u32>,
+    value: Vec<f64>,
+    keys: Vec<(String, String, String)>,
+}
+
+/// Scans the cells whose hash_x lies in [lo, hi) (the primary key's leading column, so each
+/// range is a contiguous stretch of the table). Strings are interned per run of equal values,
+/// so a million rows cost no per-row allocation.
+fn scan(
+    conn: &rusqlite::Connection,
+    idx: &RepIndex,
+    filter: &CellFilter,
+    lo: Option<&str>,
+    hi: Option<&str>,
+) -> Result<Part> {
     let mut st = conn.prepare(
         "SELECT hash_x, hash_y, metric, version, params, prep_x, prep_y, value FROM cells
-         WHERE (?1 IS NULL OR metric = ?1) AND (?2 IS NULL OR params = ?2)",
+         WHERE (?1 IS NULL OR metric = ?1) AND (?2 IS NULL OR params = ?2)
+           AND (?3 IS NULL OR hash_x >= ?3) AND (?4 IS NULL OR hash_x < ?4)",
     )?;
     let versions: HashMap<&str, (u32, bool)> = crate::metrics::ALL
         .iter()
         .map(|m| (m.name(), (m.version(), m.symmetric())))
         .collect();
-    // (metric, params, prep kind) → key; the last row's raw strings → (key, symmetric, valid).
+    let mut part = Part::default();
     let mut key_ids: HashMap<(String, String, String), u32> = HashMap::new();
-    let (mut k_metric, mut k_params, mut k_prep) = (Vec::new(), Vec::new(), Vec::new());
-    let mut last: Option<([String; 4], i64, u32, bool, bool)> = None;
-    let n_guess = 1 << 16;
-    let (mut xs, mut ys, mut xset, mut yset, mut xl, mut yl, mut key, mut value) = (
-        Vec::with_capacity(n_guess),
-        Vec::with_capacity(n_guess),
-        Vec::with_capacity(n_guess),
-        Vec::with_capacity(n_guess),
-        Vec::with_capacity(n_guess),
-        Vec::with_capacity(n_guess),
-        Vec::with_capacity(n_guess),
-        Vec::with_capacity(n_guess),
-    );
-    fn text<'a>(r: &'a rusqlite::Row, i: usize) -> Result<&'a str> {
-        r.get_ref(i)?
-            .as_str()
-            .map_err(|e| Error::Invalid(format!("cells column {i}: {e}")))
+    let mut last: Option<([Vec<u8>; 4], i64, u32, bool, bool)> = None;
+    fn text<'a>(r: &'a rusqlite::Row, i: usize) -> Result<&'a [u8]> {
+        match r.get_ref(i)? {
+            rusqlite::types::ValueRef::Text(b) => Ok(b),
+            _ => Err(Error::Invalid(format!("cells column {i} is not text"))),
+        }
     }
-    let mut rows = st.query(rusqlite::params![filter.metric, filter.params])?;
+    let utf8 = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut rows = st.query(rusqlite::params![filter.metric, filter.params, lo, hi])?;
     while let Some(r) = rows.next()? {
         let (m, p, px, py) = (text(r, 2)?, text(r, 4)?, text(r, 5)?, text(r, 6)?);
         let version: i64 = r.get(3)?;
@@ -297,28 +308,22 @@ pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cell
             *v == version && s[0] == m && s[1] == p && s[2] == px && s[3] == py
         });
         if !same {
-            let (valid, symmetric) = match versions.get(m) {
+            let raw = [m.to_vec(), p.to_vec(), px.to_vec(), py.to_vec()];
+            let (m, p, px, py) = (utf8(m), utf8(p), utf8(px), utf8(py));
+            let (valid, symmetric) = match versions.get(m.as_str()) {
                 Some(&(v, sym)) => (v as i64 == version, sym),
                 None => (false, false),
             };
-            let (a, b) = (prep_kind(px), prep_kind(py));
+            let (a, b) = (prep_kind(&px), prep_kind(&py));
             let kind = if a == b { a } else { format!("{a}|{b}") };
             let next = key_ids.len() as u32;
             let k = *key_ids
-                .entry((m.to_string(), p.to_string(), kind.clone()))
+                .entry((m.clone(), p.clone(), kind.clone()))
                 .or_insert_with(|| {
-                    k_metric.push(m.to_string());
-                    k_params.push(p.to_string());
-                    k_prep.push(kind);
+                    part.keys.push((m, p, kind));
                     next
                 });
-            last = Some((
-                [m.to_string(), p.to_string(), px.to_string(), py.to_string()],
-                version,
-                k,
-                symmetric,
-                valid,
-            ));
+            last = Some((raw, version, k, symmetric, valid));
         }
         let (_, _, k, symmetric, valid) = last.as_ref().expect("set above");
         if !*valid {
@@ -330,14 +335,14 @@ pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cell
         };
         let v: f64 = r.get(7)?;
         let mut emit = |a: u32, b: u32| {
-            xs.push(a);
-            ys.push(b);
-            xset.push(idx.set_of[a as usize]);
-            yset.push(idx.set_of[b as usize]);
-            xl.push(idx.layer_of[a as usize]);
-            yl.push(idx.layer_of[b as usize]);
-            key.push(*k);
-            value.push(v);
+            part.xs.push(a);
+            part.ys.push(b);
+            part.xset.push(idx.set_of[a as usize]);
+            part.yset.push(idx.set_of[b as usize]);
+            part.xl.push(idx.layer_of[a as usize]);
+            part.yl.push(idx.layer_of[b as usize]);
+            part.key.push(*k);
+            part.value.push(v);
         };
         for &(a, da) in rx {
             for &(b, db) in ry {
@@ -351,22 +356,96 @@ pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cell
             }
         }
     }
+    Ok(part)
+}
+
+/// Reads the cache into [`Cells`]: the table is split into ranges of hash_x (one per core),
+/// each scanned on its own read connection, then merged.
+pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cells> {
+    let threads = rayon::current_num_threads().clamp(1, 16);
+    let hex = b"0123456789abcdef";
+    let bounds: Vec<Option<String>> = (0..=threads)
+        .map(|t| match t {
+            0 => None,
+            t if t == threads => None,
+            t => Some((hex[t * 16 / threads] as char).to_string()),
+        })
+        .collect();
+    let db = reg.root.join("catalog.db");
+    let parts: Vec<Result<Part>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (lo, hi) = (bounds[t].clone(), bounds[t + 1].clone());
+                let db = db.clone();
+                sc.spawn(move || -> Result<Part> {
+                    let conn = rusqlite::Connection::open_with_flags(
+                        &db,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    conn.busy_timeout(crate::catalog::BUSY_TIMEOUT)?;
+                    conn.pragma_update(None, "mmap_size", 1i64 << 34)?;
+                    scan(&conn, idx, filter, lo.as_deref(), hi.as_deref())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Invalid("cell scan panicked".into())))
+            })
+            .collect()
+    });
+    let mut all = Part::default();
+    let mut key_ids: HashMap<(String, String, String), u32> = HashMap::new();
+    for part in parts {
+        let part = part?;
+        let remap: Vec<u32> = part
+            .keys
+            .iter()
+            .map(|k| {
+                let next = key_ids.len() as u32;
+                *key_ids.entry(k.clone()).or_insert_with(|| {
+                    all.keys.push(k.clone());
+                    next
+                })
+            })
+            .collect();
+        all.xs.extend(part.xs);
+        all.ys.extend(part.ys);
+        all.xset.extend(part.xset);
+        all.yset.extend(part.yset);
+        all.xl.extend(part.xl);
+        all.yl.extend(part.yl);
+        all.key.extend(part.key.iter().map(|&k| remap[k as usize]));
+        all.value.extend(part.value);
+    }
     let frame = DataFrame::new_infer_height(vec![
-        col("x_rep", xs),
-        col("y_rep", ys),
-        col("x_set", xset),
-        col("y_set", yset),
-        col("x_layer", xl),
-        col("y_layer", yl),
-        col("key", key),
-        col("value", value),
+        col("x_rep", all.xs),
+        col("y_rep", all.ys),
+        col("x_set", all.xset),
+        col("y_set", all.yset),
+        col("x_layer", all.xl),
+        col("y_layer", all.yl),
+        col("key", all.key),
+        col("value", all.value),
     ])
     .map_err(pe)?;
     let keys = DataFrame::new_infer_height(vec![
-        col("key", (0..k_metric.len() as u32).collect::<Vec<_>>()),
-        col("metric", k_metric),
-        col("params", k_params),
-        col("prep", k_prep),
+        col("key", (0..all.keys.len() as u32).collect::<Vec<_>>()),
+        col(
+            "metric",
+            all.keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>(),
+        ),
+        col(
+            "params",
+            all.keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>(),
+        ),
+        col(
+            "prep",
+            all.keys.iter().map(|k| k.2.clone()).collect::<Vec<_>>(),
+        ),
     ])
     .map_err(pe)?;
     Ok(Cells { frame, keys })
