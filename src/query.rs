@@ -257,6 +257,10 @@ impl Cells {
     }
 }
 
+/// The raw (metric, params, prep_x, prep_y) strings and version of the current run of rows,
+/// with its key, whether the metric is symmetric, and whether the version is current.
+type RunKey = ([Vec<u8>; 4], i64, u32, bool, bool);
+
 /// One scan's share of the cells, with its own key numbering.
 #[derive(Default)]
 struct Part {
@@ -292,7 +296,7 @@ fn scan(
         .collect();
     let mut part = Part::default();
     let mut key_ids: HashMap<(String, String, String), u32> = HashMap::new();
-    let mut last: Option<([Vec<u8>; 4], i64, u32, bool, bool)> = None;
+    let mut last: Option<RunKey> = None;
     fn text<'a>(r: &'a rusqlite::Row, i: usize) -> Result<&'a [u8]> {
         match r.get_ref(i)? {
             rusqlite::types::ValueRef::Text(b) => Ok(b),
