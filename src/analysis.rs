@@ -313,7 +313,7 @@ pub fn summarize_trend(
     let n = points.len();
     let r = stats::pearson(&p, &a);
     let rho = stats::spearman(&p, &a);
-    let rho_p = rho.and_then(|v| stats::correlation_p(v, n));
+    let rho_p = rho.and(stats::spearman_p(&p, &a));
     let fit = stats::least_squares(&p, &a);
     let verdict = match (rho, rho_p) {
         (Some(rho), Some(pv)) => {

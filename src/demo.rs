@@ -36,16 +36,18 @@ pub struct ZooSpec {
 }
 
 impl ZooSpec {
-    /// The demo zoo: 4 language models (scored by bpb, lower is better), 4 vision models
-    /// (scored by a higher-is-better accuracy), and 3 earlier training checkpoints of the
-    /// largest language model; n = 256 samples, 6 layers each.
+    /// The demo zoo: 6 language models (scored by bpb, lower is better), 6 vision models
+    /// (scored by a higher-is-better accuracy), and 3 earlier training checkpoints of
+    /// lm-large; n = 256 samples, 6 layers each.
     pub fn demo() -> Self {
         let mut models = Vec::new();
         for (i, (name, q)) in [
             ("lm-tiny", 0.15),
-            ("lm-small", 0.35),
-            ("lm-base", 0.55),
-            ("lm-large", 0.8),
+            ("lm-small", 0.3),
+            ("lm-base", 0.45),
+            ("lm-large", 0.6),
+            ("lm-xl", 0.75),
+            ("lm-xxl", 0.9),
         ]
         .into_iter()
         .enumerate()
@@ -56,7 +58,7 @@ impl ZooSpec {
                 family: "lm",
                 quality: q,
                 layers: 6,
-                d: 64 + 32 * i,
+                d: 64 + 24 * i,
                 checkpoint: "final".into(),
                 step: 10_000,
                 score: ("bpb", 1.3 - 0.8 * q, false),
@@ -64,9 +66,11 @@ impl ZooSpec {
         }
         for (i, (name, q)) in [
             ("vit-s", 0.2),
-            ("vit-b", 0.4),
-            ("vit-l", 0.6),
-            ("vit-h", 0.85),
+            ("vit-b", 0.35),
+            ("vit-l", 0.5),
+            ("vit-h", 0.65),
+            ("vit-g", 0.8),
+            ("vit-e", 0.9),
         ]
         .into_iter()
         .enumerate()
@@ -77,20 +81,20 @@ impl ZooSpec {
                 family: "vit",
                 quality: q,
                 layers: 6,
-                d: 96 + 32 * i,
+                d: 96 + 24 * i,
                 checkpoint: "final".into(),
                 step: 10_000,
                 score: ("accuracy", 0.3 + 0.6 * q, true),
             });
         }
-        for (step, q) in [(2_500, 0.2), (5_000, 0.45), (7_500, 0.65)] {
+        for (step, q) in [(2_500, 0.2), (5_000, 0.35), (7_500, 0.5)] {
             models.push(ZooModel {
                 name: "lm-large".into(),
                 modality: "language",
                 family: "lm",
                 quality: q,
                 layers: 6,
-                d: 160,
+                d: 64 + 24 * 3,
                 checkpoint: format!("step-{step}"),
                 step,
                 score: ("bpb", 1.3 - 0.8 * q, false),

@@ -214,6 +214,48 @@ pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
     pearson(&ranks(x), &ranks(y))
 }
 
+/// Two-sided p-value of Spearman ρ: exact (all n! orderings) for n ≤ 8, where the t
+/// approximation is badly off (it gives 0 for ρ = 1 at n = 4, the exact value is 1/12),
+/// else [`correlation_p`].
+pub fn spearman_p(x: &[f64], y: &[f64]) -> Option<f64> {
+    let n = x.len();
+    let rho = spearman(x, y)?;
+    if n > 8 {
+        return correlation_p(rho, n);
+    }
+    let rx = ranks(x);
+    let ry = ranks(y);
+    let mut perm: Vec<usize> = (0..n).collect();
+    let (mut hits, mut total) = (0u64, 0u64);
+    // Heap's algorithm over all orderings of y's ranks.
+    let mut c = vec![0usize; n];
+    let mut check = |perm: &[usize]| {
+        let yp: Vec<f64> = perm.iter().map(|&i| ry[i]).collect();
+        if pearson(&rx, &yp).is_some_and(|r| r.abs() >= rho.abs() - 1e-12) {
+            hits += 1;
+        }
+        total += 1;
+    };
+    check(&perm);
+    let mut i = 0;
+    while i < n {
+        if c[i] < i {
+            if i % 2 == 0 {
+                perm.swap(0, i);
+            } else {
+                perm.swap(c[i], i);
+            }
+            check(&perm);
+            c[i] += 1;
+            i = 0;
+        } else {
+            c[i] = 0;
+            i += 1;
+        }
+    }
+    Some(hits as f64 / total as f64)
+}
+
 /// Two-sided p-value of a correlation r over n pairs, from t = r √((n−2)/(1−r²)) with n − 2
 /// degrees of freedom (exact for Pearson under normality; the usual approximation for
 /// Spearman).
@@ -374,6 +416,9 @@ mod tests {
         assert!((p - 0.041_562_7).abs() < 1e-6, "{p}");
         assert_eq!(ranks(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
         assert!((spearman(&x, &[1.0, 4.0, 9.0, 16.0, 25.0, 36.0]).unwrap() - 1.0).abs() < 1e-12);
+        // Exact: ρ = 1 at n = 4 is reached by 2 of 24 orderings (ρ = ±1).
+        let p4 = spearman_p(&[1.0, 2.0, 3.0, 4.0], &[2.0, 4.0, 6.0, 8.0]).unwrap();
+        assert!((p4 - 2.0 / 24.0).abs() < 1e-12, "{p4}");
         let (m, b) = least_squares(&x, &[3.0, 5.0, 7.0, 9.0, 11.0, 13.0]).unwrap();
         assert!((m - 2.0).abs() < 1e-12 && (b - 1.0).abs() < 1e-12);
         assert!((ln_gamma(5.0) - 24f64.ln()).abs() < 1e-12);

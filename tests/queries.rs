@@ -34,7 +34,7 @@ fn trend_signs_follow_the_known_quality_order() {
         "--format",
         "json",
     ]);
-    assert_eq!(t["n_models"], 4);
+    assert_eq!(t["n_models"], 6);
     assert!(t["pearson_r"].as_f64().unwrap() < -0.8, "{t}");
     assert!(t["spearman_rho"].as_f64().unwrap() < -0.7, "{t}");
     assert!(t["slope"].as_f64().unwrap() < 0.0);
@@ -107,7 +107,7 @@ fn trend_signs_follow_the_known_quality_order() {
         "--format",
         "json",
     ]);
-    assert_eq!(per_y["models"].as_array().unwrap().len(), 16);
+    assert_eq!(per_y["models"].as_array().unwrap().len(), 36);
 }
 
 #[test]
@@ -166,7 +166,7 @@ fn calibrated_trend_is_shown_beside_the_raw_one() {
     ]);
     assert!(t["raw"]["pearson_r"].as_f64().unwrap() < 0.0);
     let cal = &t["calibrated"];
-    assert_eq!(cal["n_models"], 4);
+    assert_eq!(cal["n_models"], 6);
     // Calibrated scores are below the raw ones (the null mean is subtracted).
     for (r, c) in t["raw"]["models"]
         .as_array()
@@ -228,17 +228,17 @@ fn within_bins_and_matrix_order_and_shape() {
         "json",
     ]);
     let rows = m.as_array().unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 6);
     let names: Vec<&str> = rows.iter().map(|r| r["model"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["lm-tiny", "lm-small", "lm-base", "lm-large"],
+        ["lm-tiny", "lm-small", "lm-base", "lm-large", "lm-xl", "lm-xxl"],
         "worst to best by bpb"
     );
     let cols: Vec<&String> = rows[0].as_object().unwrap().keys().collect();
-    assert_eq!(cols.len(), 5);
+    assert_eq!(cols.len(), 7);
     // The best pair is the best language model with the best vision model.
-    let best = rows[3]["vit-h"].as_f64().unwrap();
+    let best = rows[5]["vit-e"].as_f64().unwrap();
     for r in rows {
         for (k, v) in r.as_object().unwrap() {
             if k != "model" {
@@ -282,7 +282,7 @@ fn sql_answers_match_hand_computed_values() {
         "--format",
         "json",
     ]);
-    assert_eq!(v[0]["n"], 66);
+    assert_eq!(v[0]["n"], 90);
     let v = env.json(&[
         "query",
         "SELECT name FROM models WHERE modality = 'vision' ORDER BY name",
@@ -295,7 +295,10 @@ fn sql_answers_match_hand_computed_values() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["vit-b", "vit-h", "vit-l", "vit-s"]);
+    assert_eq!(
+        names,
+        ["vit-b", "vit-e", "vit-g", "vit-h", "vit-l", "vit-s"]
+    );
     let a = env.json(&[
         "align",
         "--metric",
@@ -407,7 +410,7 @@ fn plots_and_file_formats() {
         csv.to_str().unwrap(),
     ]);
     let text = std::fs::read_to_string(&csv).unwrap();
-    assert_eq!(text.lines().count(), 5);
+    assert_eq!(text.lines().count(), 7);
     assert!(text.starts_with("model,"));
     let e = env.fails(&["query", "SELECT * FROM models", "--format", "parquet"]);
     assert!(e.contains("--out"), "{e}");

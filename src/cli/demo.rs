@@ -92,12 +92,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
     print_results(&results, FormatArg::Table)?;
 
     // Alignment vs. performance: better language models (lower bpb) should align more.
-    let xm: Vec<String> = ["lm-tiny", "lm-small", "lm-base", "lm-large"]
-        .map(String::from)
-        .to_vec();
-    let ym: Vec<String> = ["vit-s", "vit-b", "vit-l", "vit-h"]
-        .map(String::from)
-        .to_vec();
+    let names = |modality: &str| -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for z in zoo.models.iter().filter(|z| z.modality == modality) {
+            if !v.contains(&z.name) {
+                v.push(z.name.clone());
+            }
+        }
+        v
+    };
+    let (xm, ym) = (names("language"), names("vision"));
     let spec = MetricSpec::new(Metric::MutualKnn);
     let kind = prh::query::OFFICIAL_PREP;
     let xi = analysis::latest(&reg, &xm)?;
