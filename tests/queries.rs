@@ -232,7 +232,9 @@ fn within_bins_and_matrix_order_and_shape() {
     let names: Vec<&str> = rows.iter().map(|r| r["model"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["lm-tiny", "lm-small", "lm-base", "lm-large", "lm-xl", "lm-xxl"],
+        [
+            "lm-tiny", "lm-small", "lm-base", "lm-large", "lm-xl", "lm-xxl"
+        ],
         "worst to best by bpb"
     );
     let cols: Vec<&String> = rows[0].as_object().unwrap().keys().collect();
