@@ -165,31 +165,33 @@ fn pair_scores(df: &DataFrame) -> Result<Vec<PairScore>> {
         .collect())
 }
 
-/// A score of each checkpoint, with its direction (`None` when not stored).
-fn perf_of(reg: &Registry, perf: &str) -> Result<(HashMap<i64, f64>, Option<bool>)> {
+/// A score of each checkpoint, and whether higher is better: `lower_is_better` when given,
+/// else the stored direction, else higher.
+fn perf_of(
+    reg: &Registry,
+    perf: &str,
+    lower_is_better: Option<bool>,
+) -> Result<(HashMap<i64, f64>, bool)> {
     let mut st = reg
         .catalog
         .conn()
         .prepare("SELECT checkpoint_id, value, higher_is_better FROM scores WHERE name = ?1")?;
     let mut out = HashMap::new();
-    let mut dir = None;
+    let mut stored = None;
     let mut rows = st.query([perf])?;
     while let Some(r) = rows.next()? {
         out.insert(r.get::<_, i64>(0)?, r.get::<_, f64>(1)?);
         if let Some(h) = r.get::<_, Option<i64>>(2)? {
-            dir = Some(h != 0);
+            stored = Some(h != 0);
         }
     }
-    Ok((out, dir))
+    let higher = lower_is_better.map(|l| !l).or(stored).unwrap_or(true);
+    Ok((out, higher))
 }
 
 /// Relates alignment to performance over models (the paper's "alignment vs. performance").
 pub fn trend(reg: &Registry, req: &TrendRequest, pairs: &[PairScore]) -> Result<Trend> {
-    let (perf, stored_dir) = perf_of(reg, &req.perf)?;
-    let higher_is_better = match req.lower_is_better {
-        Some(l) => !l,
-        None => stored_dir.unwrap_or(true),
-    };
+    let (perf, higher_is_better) = perf_of(reg, &req.perf, req.lower_is_better)?;
     // Mean over y (or one row per y) as a polars pipeline.
     let df = DataFrame::new_infer_height(vec![
         Column::new(
@@ -369,10 +371,7 @@ pub fn within(
     lower_is_better: Option<bool>,
     bins: usize,
 ) -> Result<Vec<Bin>> {
-    let (scores, stored) = perf_of(reg, perf)?;
-    let higher = lower_is_better
-        .map(|l| !l)
-        .unwrap_or(stored.unwrap_or(true));
+    let (scores, higher) = perf_of(reg, perf, lower_is_better)?;
     let mut ranked: Vec<(String, i64, f64)> = models
         .iter()
         .map(|(m, id)| {
@@ -461,10 +460,7 @@ pub fn order_by_perf(
     perf: &str,
     lower_is_better: Option<bool>,
 ) -> Result<Vec<String>> {
-    let (scores, stored) = perf_of(reg, perf)?;
-    let higher = lower_is_better
-        .map(|l| !l)
-        .unwrap_or(stored.unwrap_or(true));
+    let (scores, higher) = perf_of(reg, perf, lower_is_better)?;
     let ids = latest(reg, models)?;
     let mut v: Vec<(String, Option<f64>)> = models
         .iter()

@@ -375,6 +375,16 @@ struct DerivedCache {
 }
 
 impl DerivedCache {
+    /// An empty cache holding at most `budget` bytes of derived data.
+    fn new(budget: usize) -> Self {
+        DerivedCache {
+            budget,
+            used: 0,
+            clock: 0,
+            entries: HashMap::new(),
+        }
+    }
+
     fn get(
         &mut self,
         reg: &Registry,
@@ -512,12 +522,7 @@ pub fn sweep(
     let mut computed: HashMap<(usize, usize), usize> = HashMap::new();
     if missing_total > 0 {
         progress.start(missing_total);
-        let mut cache = DerivedCache {
-            budget: req.mem_budget,
-            used: 0,
-            clock: 0,
-            entries: HashMap::new(),
-        };
+        let mut cache = DerivedCache::new(req.mem_budget);
         for (pi, (x, y)) in pairs.iter().enumerate() {
             let cells = &todo[pi];
             if cells.is_empty() {
@@ -694,12 +699,7 @@ fn add_statistics(
     out: &mut [PairResult],
     progress: &dyn Progress,
 ) -> Result<()> {
-    let mut cache = DerivedCache {
-        budget: req.mem_budget,
-        used: 0,
-        clock: 0,
-        entries: HashMap::new(),
-    };
+    let mut cache = DerivedCache::new(req.mem_budget);
     progress.start((pairs.len() * req.specs.len() * (req.null + req.bootstrap)) as u64);
     for (si, spec) in req.specs.iter().enumerate() {
         for (pi, (x, y)) in pairs.iter().enumerate() {

@@ -97,15 +97,6 @@ impl Metric {
                 | Metric::Cknna
         )
     }
-
-    /// The largest value the metric can take (for calibration), when bounded above.
-    pub fn max_value(self, k: usize) -> Option<f64> {
-        match self {
-            Metric::LcsKnn => Some(k as f64),
-            Metric::Rsa | Metric::LinearR2 | Metric::Cka | Metric::UnbiasedCka => Some(1.0),
-            _ => Some(1.0),
-        }
-    }
 }
 
 impl fmt::Display for Metric {
