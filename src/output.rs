@@ -79,7 +79,7 @@ pub fn render_values(rows: &[Value], format: Format, out: &mut dyn Write) -> std
                 items
                     .iter()
                     .zip(&widths)
-                    .map(|(s, w)| format!("{s:<w$}"))
+                    .map(|(s, w)| pad(s, *w))
                     .collect::<Vec<_>>()
                     .join("  ")
                     .trim_end()
@@ -92,6 +92,15 @@ pub fn render_values(rows: &[Value], format: Format, out: &mut dyn Write) -> std
             Ok(())
         }
     }
+}
+
+/// `s` padded with spaces to `width` characters (format!'s own width is limited to 65,535).
+fn pad(s: &str, width: usize) -> String {
+    let len = s.chars().count();
+    let mut out = String::with_capacity(s.len() + width.saturating_sub(len));
+    out.push_str(s);
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(len)));
+    out
 }
 
 fn columns(rows: &[Value]) -> Vec<String> {
@@ -141,6 +150,30 @@ mod tests {
         name: String,
         v: f64,
         k: Option<i64>,
+    }
+
+    #[test]
+    fn a_table_cell_wider_than_65535_characters_prints() {
+        // format!'s width is limited to u16: a wider column used to panic the printer.
+        let rows = vec![
+            Row {
+                name: "x".repeat(70_000),
+                v: 1.0,
+                k: None,
+            },
+            Row {
+                name: "short".into(),
+                v: 2.0,
+                k: Some(3),
+            },
+        ];
+        let mut out = Vec::new();
+        render(&rows, Format::Table, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[2].starts_with("short"));
+        assert_eq!(lines[2].find('2'), Some(70_002));
     }
 
     #[test]

@@ -12,25 +12,30 @@ pub mod pickle;
 pub mod pt;
 pub mod safetensors;
 
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-
-use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::matrix::{DType, LayerView};
 
-/// Bytes backing a file's tensors: the memory-mapped file or buffers read out of an archive.
-pub enum Buffer {
-    Mapped(Mmap),
-    Owned(Vec<u8>),
-}
+/// Most layers one file may hold. Real checkpoints have at most a few hundred; the cap keeps a
+/// tiny file that declares billions of (empty or overlapping) layers from exhausting memory.
+pub const MAX_LAYERS: usize = 16_384;
+
+/// Bytes backing a file's tensors, read into memory. Inputs are never memory-mapped: a file
+/// truncated by someone else while prh reads it is then an ordinary "truncated" error, not a
+/// SIGBUS.
+pub struct Buffer(Vec<u8>);
 
 impl Buffer {
+    /// Wraps bytes read from a file or an archive member.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Buffer(bytes)
+    }
+
     fn bytes(&self) -> &[u8] {
-        match self {
-            Buffer::Mapped(m) => m,
-            Buffer::Owned(v) => v,
-        }
+        &self.0
     }
 }
 
@@ -77,7 +82,19 @@ impl FeatureFile {
         if layers.is_empty() {
             return Err(Error::format(path, "no feature tensors found"));
         }
+        if layers.len() > MAX_LAYERS {
+            return Err(Error::format(
+                path,
+                format!(
+                    "{} layers, more than the {MAX_LAYERS} prh accepts",
+                    layers.len()
+                ),
+            ));
+        }
         let n0 = layers[0].n;
+        // Bytes the layers claim from each buffer: views may not overlap (an expanded or repeated
+        // view would turn a few stored bytes into an unbounded blob).
+        let mut claimed = vec![0usize; buffers.len()];
         for l in &layers {
             if l.n != n0 {
                 return Err(Error::format(
@@ -116,6 +133,18 @@ impl FeatureFile {
                         "truncated: {} needs {} bytes, the file holds {}",
                         l.name,
                         need,
+                        buf.bytes().len()
+                    ),
+                ));
+            }
+            let logical = l.n * l.d * l.dtype.size();
+            claimed[l.buffer] = claimed[l.buffer].saturating_add(logical);
+            if claimed[l.buffer] > buf.bytes().len() {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "{}: layers overlap in storage (expanded or repeated views): their elements need more bytes than the {} stored",
+                        l.name,
                         buf.bytes().len()
                     ),
                 ));
@@ -183,6 +212,19 @@ impl TensorSpec {
                 row_stride: self.strides[0],
                 col_stride: self.strides[1],
             }]),
+            3 if self.shape[1] > MAX_LAYERS => Err(Error::format(
+                path,
+                format!(
+                    "{} has shape {:?}: {} layers, more than the {MAX_LAYERS} prh accepts",
+                    self.name, self.shape, self.shape[1]
+                ),
+            )),
+            3 if self.shape[0] == 0 || self.shape[1] == 0 || self.shape[2] == 0 => {
+                Err(Error::format(
+                    path,
+                    format!("{} is empty (shape {:?})", self.name, self.shape),
+                ))
+            }
             3 => (0..self.shape[1])
                 .map(|l| {
                     let off = l
@@ -250,6 +292,15 @@ pub fn tensors_to_layers(path: &Path, mut tensors: Vec<TensorSpec>) -> Result<Ve
     if tensors.len() == 1 {
         return tensors.remove(0).into_layers(path);
     }
+    if tensors.len() > MAX_LAYERS {
+        return Err(Error::format(
+            path,
+            format!(
+                "{} tensors, more than the {MAX_LAYERS} layers prh accepts",
+                tensors.len()
+            ),
+        ));
+    }
     tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     let mut out = Vec::with_capacity(tensors.len());
     for t in tensors {
@@ -286,12 +337,47 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
     }
 }
 
-/// Memory-maps a whole file.
-pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: the file is only read; a concurrent writer could change bytes under us, which the
-    // content hash computed at ingest would then reflect.
-    unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))
+/// Opens an input for reading, refusing anything but a regular file: a FIFO or a device would
+/// block or never end. The open itself does not block (O_NONBLOCK, which regular files ignore).
+pub fn open_regular(path: &Path) -> Result<(File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let md = f.metadata().map_err(|e| Error::io(path, e))?;
+    if !md.is_file() {
+        return Err(Error::format(
+            path,
+            "not a regular file (a directory, FIFO or device); give a feature file",
+        ));
+    }
+    Ok((f, md.len()))
+}
+
+/// Reads a whole regular file into memory (see [`Buffer`] for why it is not mapped).
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let (f, len) = open_regular(path)?;
+    let mut buf = Vec::new();
+    reserve(path, &mut buf, len, "the file")?;
+    f.take(len)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(buf)
+}
+
+/// Reserves `extra` more bytes in `buf`, as an error (not an abort) when memory is short.
+pub(crate) fn reserve(path: &Path, buf: &mut Vec<u8>, extra: u64, what: &str) -> Result<()> {
+    usize::try_from(extra)
+        .ok()
+        .and_then(|x| buf.try_reserve_exact(x).ok())
+        .ok_or_else(|| {
+            Error::format(
+                path,
+                format!("cannot allocate {extra} bytes of memory to read {what}"),
+            )
+        })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{Buffer, FeatureFile, FileMeta, TensorSpec, map_file};
+use super::{Buffer, FeatureFile, FileMeta, TensorSpec, read_file};
 use crate::error::{Error, Result};
 use crate::matrix::DType;
 
@@ -143,12 +143,12 @@ pub fn tensor_spec(path: &Path, name: &str, bytes: &[u8], buffer: usize) -> Resu
     })
 }
 
-/// Opens an `.npy` file (memory-mapped, no copy).
+/// Opens an `.npy` file (read into memory).
 pub fn open(path: &Path) -> Result<FeatureFile> {
-    let map = map_file(path)?;
-    let spec = tensor_spec(path, "array", &map, 0)?;
+    let bytes = read_file(path)?;
+    let spec = tensor_spec(path, "array", &bytes, 0)?;
     let layers = spec.into_layers(path)?;
-    FeatureFile::new(path, vec![Buffer::Mapped(map)], layers, FileMeta::default())
+    FeatureFile::new(path, vec![Buffer::new(bytes)], layers, FileMeta::default())
 }
 
 /// Encodes an f32 array (any shape, C order) as `.npy` bytes. Used by the demo and tests.

@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::pickle::{self, StorageKind, Value};
-use super::{Buffer, FeatureFile, FileMeta, LayerSpec, TensorSpec, npz};
+use super::{Buffer, FeatureFile, FileMeta, LayerSpec, MAX_LAYERS, TensorSpec, npz, open_regular};
 use crate::error::{Error, Result};
 use crate::matrix::DType;
 
 /// Opens a platonic-rep `.pt` file.
 pub fn open(path: &Path) -> Result<FeatureFile> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let (file, _) = open_regular(path)?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| {
         Error::format(
             path,
@@ -31,7 +31,7 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
         .find(|n| n == "data.pkl" || n.ends_with("/data.pkl"))
         .ok_or_else(|| Error::format(path, "no data.pkl in the archive"))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    if let Some(order) = read_member(path, &mut zip, &format!("{prefix}byteorder"))
+    if let Some(order) = read_capped(path, &mut zip, &format!("{prefix}byteorder"), 64)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         && order.trim() != "little"
@@ -41,7 +41,7 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
             format!("unsupported byte order {order:?}"),
         ));
     }
-    let pkl = read_member(path, &mut zip, &pkl_name)?;
+    let pkl = read_capped(path, &mut zip, &pkl_name, MAX_PICKLE)?;
     let root = pickle::load(&pkl).map_err(|m| Error::format(path, m))?;
     let Value::Dict(entries) = root else {
         return Err(Error::format(
@@ -52,7 +52,7 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
     let get = |k: &str| {
         entries
             .iter()
-            .find(|(kk, _)| matches!(kk, Value::Str(s) if s == k))
+            .find(|(kk, _)| matches!(kk, Value::Str(s) if &**s == k))
             .map(|(_, v)| v)
     };
     let feats = get("feats").ok_or_else(|| Error::format(path, "no 'feats' entry"))?;
@@ -67,18 +67,8 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
         if let Some(&i) = storages.get(key) {
             return Ok(i);
         }
-        let bytes = read_member(path, zip, &format!("{prefix}data/{key}"))?;
-        let want = numel.checked_mul(kind.size());
-        if want.is_none_or(|w| bytes.len() < w) {
-            return Err(Error::format(
-                path,
-                format!(
-                    "truncated: storage {key} declares {numel} elements but holds {} bytes",
-                    bytes.len()
-                ),
-            ));
-        }
-        buffers.push(Buffer::Owned(bytes));
+        let bytes = read_storage(path, zip, &prefix, key, kind, numel)?;
+        buffers.push(Buffer::new(bytes));
         storages.insert(key.to_string(), buffers.len() - 1);
         Ok(buffers.len() - 1)
     };
@@ -91,11 +81,20 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
                 path,
                 format!(
                     "'feats' is not a tensor or a list of tensors ({})",
-                    kind_name(other)
+                    other.kind_name()
                 ),
             ));
         }
     };
+    if tensor_list.len() > MAX_LAYERS {
+        return Err(Error::format(
+            path,
+            format!(
+                "'feats' lists {} tensors, more than the {MAX_LAYERS} layers prh accepts",
+                tensor_list.len()
+            ),
+        ));
+    }
     let mut layers: Vec<LayerSpec> = Vec::new();
     for (li, t) in tensor_list.iter().enumerate() {
         let Value::Tensor {
@@ -167,18 +166,6 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
     FeatureFile::new(path, buffers, layers, meta)
 }
 
-fn kind_name(v: &Value) -> &'static str {
-    match v {
-        Value::None => "None",
-        Value::Bool(_) => "a bool",
-        Value::Int(_) => "an int",
-        Value::Float(_) => "a float",
-        Value::Str(_) => "a string",
-        Value::Dict(_) => "a dict",
-        _ => "another object",
-    }
-}
-
 fn float_dtype(k: StorageKind) -> Option<DType> {
     match k {
         StorageKind::F32 => Some(DType::F32),
@@ -199,6 +186,7 @@ fn scalar(
     let Value::Tensor {
         kind,
         key,
+        storage_numel,
         offset,
         shape,
         ..
@@ -206,34 +194,66 @@ fn scalar(
     else {
         return Ok(None);
     };
-    if shape.iter().product::<usize>() != 1 {
+    if shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)) != Some(1) {
         return Ok(None);
     }
     let Some(dtype) = float_dtype(*kind) else {
         return Ok(None);
     };
-    let bytes = read_member(path, zip, &format!("{prefix}data/{key}"))?;
-    let at = offset * dtype.size();
-    if bytes.len() < at + dtype.size() {
-        return Err(Error::format(
-            path,
-            format!("truncated scalar storage {key}"),
-        ));
-    }
+    let bytes = read_storage(path, zip, prefix, key, *kind, *storage_numel)?;
+    let at = offset
+        .checked_mul(dtype.size())
+        .filter(|at| {
+            at.checked_add(dtype.size())
+                .is_some_and(|e| e <= bytes.len())
+        })
+        .ok_or_else(|| {
+            Error::format(
+                path,
+                format!("scalar storage {key}: offset {offset} lies outside the storage"),
+            )
+        })?;
     Ok(Some(match dtype {
         DType::F64 => f64::from_le_bytes(bytes[at..at + 8].try_into().expect("8")),
         _ => dtype.decode(&bytes[at..]) as f64,
     }))
 }
 
-fn read_member(
+/// Largest `data.pkl` accepted. platonic-rep's pickles are a few kilobytes: the tensors live in
+/// separate members.
+const MAX_PICKLE: u64 = 64 << 20;
+
+/// A storage member: exactly `numel` elements, nothing more.
+fn read_storage(
+    path: &Path,
+    zip: &mut zip::ZipArchive<std::fs::File>,
+    prefix: &str,
+    key: &str,
+    kind: StorageKind,
+    numel: usize,
+) -> Result<Vec<u8>> {
+    let want = numel.checked_mul(kind.size()).ok_or_else(|| {
+        Error::format(
+            path,
+            format!("storage {key} declares {numel} elements: overflows"),
+        )
+    })?;
+    let name = format!("{prefix}data/{key}");
+    let mut entry = zip
+        .by_name(&name)
+        .map_err(|e| Error::format(path, format!("archive member {name}: {e}")))?;
+    npz::read_exact_member(path, &mut entry, &name, want as u64)
+}
+
+/// A member of unknown length up to `cap` bytes.
+fn read_capped(
     path: &Path,
     zip: &mut zip::ZipArchive<std::fs::File>,
     name: &str,
+    cap: u64,
 ) -> Result<Vec<u8>> {
     let mut entry = zip
         .by_name(name)
         .map_err(|e| Error::format(path, format!("archive member {name}: {e}")))?;
-    let size = entry.size();
-    npz::read_member(path, &mut entry, size, name)
+    npz::read_capped_member(path, &mut entry, name, cap)
 }

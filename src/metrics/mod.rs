@@ -216,7 +216,7 @@ impl MetricSpec {
             if self.k == 0 {
                 return Err(Error::metric(name, "k must be at least 1"));
             }
-            if n < self.k + 1 {
+            if self.k >= n {
                 return Err(Error::metric(
                     name,
                     format!(
