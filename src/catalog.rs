@@ -19,6 +19,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../migrations/0001_init.sql")),
     ("0002_cache", include_str!("../migrations/0002_cache.sql")),
     ("0003_nulls", include_str!("../migrations/0003_nulls.sql")),
+    (
+        "0004_imported_cells",
+        include_str!("../migrations/0004_imported_cells.sql"),
+    ),
 ];
 
 /// How long a writer waits for another process's lock before failing.
@@ -101,9 +105,56 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Opens (creating if needed) a catalog and brings its schema up to date.
+    /// Creates a catalog (or opens the prh catalog already there) and brings its schema up to
+    /// date. Only `prh init` creates; an existing file that is not a prh catalog is refused.
+    pub fn create(path: &Path) -> Result<Self> {
+        let empty = std::fs::metadata(path)
+            .map(|m| m.len() == 0)
+            .unwrap_or(true);
+        if empty {
+            Self::connect(Connection::open(path)?)
+        } else {
+            Self::open(path)
+        }
+    }
+
+    /// Opens an existing prh catalog and brings its schema up to date. A missing file, an empty
+    /// one, or a database that is not a prh catalog is refused and left untouched.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
+        use rusqlite::OpenFlags;
+        let not_prh = |why: &str| {
+            Error::Invalid(format!(
+                "{} is not a prh catalog ({why}); `prh init` creates a registry, and an existing one is never overwritten",
+                path.display()
+            ))
+        };
+        match std::fs::metadata(path) {
+            Err(e) => return Err(Error::io(path, e)),
+            Ok(m) if !m.is_file() => return Err(not_prh("not a file")),
+            Ok(m) if m.len() == 0 => return Err(not_prh("the file is empty")),
+            Ok(_) => {}
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|_| not_prh("not an SQLite database"))?;
+        let has_tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('datasets', 'models', 'checkpoints', 'blobs', 'representations', 'scores')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|_| not_prh("not an SQLite database"))?;
+        if version < 1 || has_tables != 6 {
+            return Err(not_prh("no prh schema in it"));
+        }
+        Self::connect(conn)
+    }
+
+    fn connect(conn: Connection) -> Result<Self> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -362,7 +413,7 @@ mod tests {
     fn migrations_apply_once_and_record_version() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("catalog.db");
-        let c = Catalog::open(&p).unwrap();
+        let c = Catalog::create(&p).unwrap();
         assert_eq!(c.schema_version().unwrap(), MIGRATIONS.len());
         drop(c);
         let c = Catalog::open(&p).unwrap();
@@ -383,10 +434,42 @@ mod tests {
     fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("catalog.db");
-        let c = Catalog::open(&p).unwrap();
+        let c = Catalog::create(&p).unwrap();
         c.conn().pragma_update(None, "user_version", 99).unwrap();
         drop(c);
         let e = Catalog::open(&p).err().unwrap().to_string();
         assert!(e.contains("newer than this prh"), "{e}");
+    }
+
+    #[test]
+    fn only_create_makes_a_catalog_and_foreign_files_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("catalog.db");
+        let e = Catalog::open(&p).err().unwrap().to_string();
+        assert!(e.contains("catalog.db"), "{e}");
+        assert!(!p.exists(), "open must not create a catalog");
+        std::fs::write(&p, b"").unwrap();
+        let e = Catalog::open(&p).err().unwrap().to_string();
+        assert!(e.contains("not a prh catalog (the file is empty)"), "{e}");
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+        std::fs::remove_file(&p).unwrap();
+        let other = Connection::open(&p).unwrap();
+        other
+            .execute_batch("CREATE TABLE notes (t TEXT); PRAGMA user_version = 2;")
+            .unwrap();
+        drop(other);
+        let before = std::fs::read(&p).unwrap();
+        let e = Catalog::open(&p).err().unwrap().to_string();
+        assert!(e.contains("no prh schema"), "{e}");
+        let e = Catalog::create(&p).err().unwrap().to_string();
+        assert!(e.contains("no prh schema"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+        std::fs::write(
+            &p,
+            b"hello, not sqlite at all, but long enough to look like a header....",
+        )
+        .unwrap();
+        let e = Catalog::open(&p).err().unwrap().to_string();
+        assert!(e.contains("not a prh catalog"), "{e}");
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::catalog::{Catalog, Dataset, Model};
 use crate::error::{Error, Result};
 use crate::formats::{self, FeatureFile};
+use crate::lock::RegistryLock;
 use crate::matrix::{self, DType, LayerView};
 use crate::store::{BlobHash, BlobStore, BlobWriter, FsBlobStore, SealedBlob};
 use rayon::prelude::*;
@@ -52,7 +53,7 @@ impl Registry {
         fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let store = FsBlobStore::new(root);
         store.create_dirs()?;
-        let catalog = Catalog::open(&root.join("catalog.db"))?;
+        let catalog = Catalog::create(&root.join("catalog.db"))?;
         Ok(Registry {
             root: root.to_path_buf(),
             catalog,
@@ -85,6 +86,7 @@ impl Registry {
         ids: Option<Vec<String>>,
         description: Option<&str>,
     ) -> Result<Dataset> {
+        validate_name("dataset", name)?;
         let n = match (n, &ids) {
             (Some(n), Some(ids)) if ids.len() != n => {
                 return Err(Error::Invalid(format!(
@@ -153,13 +155,7 @@ impl Registry {
                 None => format!("model {model} is not in the registry (ingest its features first)"),
             })
         })?;
-        for (name, v) in scores {
-            if !v.is_finite() {
-                return Err(Error::Invalid(format!(
-                    "score {name} = {v} is not a finite number"
-                )));
-            }
-        }
+        validate_scores(scores)?;
         self.catalog.write(|tx| {
             for (name, value) in scores {
                 upsert_score(tx, ck.id, name, *value, higher_is_better)?;
@@ -181,6 +177,7 @@ impl Registry {
         let path = &file.path;
         let n = file.n();
         // Everything that can be checked before writing a byte is checked here.
+        req.validate()?;
         let dataset = self.catalog.dataset(&req.dataset)?;
         if let Some(ds) = &dataset
             && ds.n != n
@@ -212,7 +209,6 @@ impl Registry {
             }
             _ => {}
         }
-        validate_name("pool", &req.pool)?;
 
         // Encode every layer (in parallel) into sealed temporary blobs; nothing is published
         // yet. When this checkpoint already exists (a re-ingest), hash first and write only
@@ -222,6 +218,8 @@ impl Registry {
             Some(m) => self.catalog.checkpoint(&m.name, ck_name)?.is_some(),
             None => false,
         };
+        // From here to the commit, gc may not delete a blob this ingest relies on.
+        let lock = RegistryLock::shared(&self.root)?;
         let store = &self.store;
         let sealed = (0..file.layers.len())
             .into_par_iter()
@@ -283,14 +281,53 @@ impl Registry {
             }
         }
 
-        // Publish the blobs (rename into place), then commit all rows in one transaction.
+        // Publish the blobs (rename into place), then commit all rows in one transaction. If
+        // either fails, the blobs this ingest added are removed again (unless another writer
+        // has named them meanwhile).
         let mut layers = Vec::with_capacity(sealed.len());
+        let mut added: Vec<BlobHash> = Vec::new();
+        let committed = self
+            .publish(sealed, &mut layers, &mut added)
+            .and_then(|()| self.commit_ingest(file, req, ck_name, &mut layers));
+        drop(lock);
+        let outcome = match committed {
+            Ok(o) => o,
+            Err(e) => {
+                self.discard_blobs(&added);
+                return Err(e);
+            }
+        };
+        Ok(IngestReport {
+            path: path.clone(),
+            model: req.model.clone(),
+            checkpoint: ck_name.to_string(),
+            dataset: req.dataset.clone(),
+            n,
+            dataset_created: outcome.dataset_created,
+            model_created: outcome.model_created,
+            checkpoint_created: outcome.checkpoint_created,
+            layers,
+            scores_changed: outcome.scores_changed,
+            num_params: req.num_params.or(file.meta.num_params),
+        })
+    }
+
+    /// Renames sealed blobs into place, recording each layer and every blob that is new.
+    fn publish(
+        &self,
+        sealed: Vec<(Staged, DType, usize)>,
+        layers: &mut Vec<LayerReport>,
+        added: &mut Vec<BlobHash>,
+    ) -> Result<()> {
         for (s, dtype, d) in sealed {
             let hash = s.hash();
             let (bytes, new_blob) = match s {
                 Staged::Sealed(b) => (b.len, b.publish()?),
                 Staged::Existing(_, len) => (len, false),
             };
+            if new_blob {
+                added.push(hash);
+            }
             layers.push(LayerReport {
                 layer: layers.len(),
                 hash,
@@ -301,6 +338,41 @@ impl Registry {
                 new_row: false,
             });
         }
+        Ok(())
+    }
+
+    /// Removes blobs a failed write had published, unless a catalog row names them by now.
+    /// Holds the registry lock exclusively, so no other writer is between publish and commit.
+    fn discard_blobs(&self, added: &[BlobHash]) {
+        if added.is_empty() {
+            return;
+        }
+        let Ok(_gc) = RegistryLock::exclusive(&self.root) else {
+            return; // left for `prh gc`
+        };
+        for h in added {
+            let named: rusqlite::Result<i64> = self.catalog.conn().query_row(
+                "SELECT (SELECT count(*) FROM blobs WHERE hash = ?1)
+                      + (SELECT count(*) FROM representations WHERE blob_hash = ?1)",
+                [h.to_hex()],
+                |r| r.get(0),
+            );
+            if matches!(named, Ok(0)) {
+                let _ = self.store.remove(h);
+            }
+        }
+    }
+
+    /// The catalog half of an ingest: every row in one transaction.
+    fn commit_ingest(
+        &mut self,
+        file: &FeatureFile,
+        req: &IngestRequest,
+        ck_name: &str,
+        layers: &mut [LayerReport],
+    ) -> Result<TxOutcome> {
+        let path = &file.path;
+        let n = file.n();
         let source = path.display().to_string();
         let mut scores: Vec<(String, f64)> = file.meta.scores.clone();
         for (k, v) in &req.scores {
@@ -308,7 +380,7 @@ impl Registry {
             scores.push((k.clone(), *v));
         }
         let num_params = req.num_params.or(file.meta.num_params);
-        let outcome = self.catalog.write(|tx| {
+        self.catalog.write(|tx| {
             let mut out = TxOutcome::default();
             let ds_id = match tx
                 .query_row(
@@ -437,19 +509,6 @@ impl Registry {
                 }
             }
             Ok(out)
-        })?;
-        Ok(IngestReport {
-            path: path.clone(),
-            model: req.model.clone(),
-            checkpoint: ck_name.to_string(),
-            dataset: req.dataset.clone(),
-            n,
-            dataset_created: outcome.dataset_created,
-            model_created: outcome.model_created,
-            checkpoint_created: outcome.checkpoint_created,
-            layers,
-            scores_changed: outcome.scores_changed,
-            num_params,
         })
     }
 
@@ -511,9 +570,67 @@ fn upsert_score(
     Ok(true)
 }
 
-fn validate_name(what: &str, s: &str) -> Result<()> {
-    if s.is_empty() || s.chars().any(|c| c.is_control()) {
-        return Err(Error::Invalid(format!("invalid {what} name {s:?}")));
+/// Longest name accepted (model, checkpoint, dataset, modality, family, pool, score), in
+/// characters.
+pub const MAX_NAME_CHARS: usize = 256;
+
+/// Checks a name a user gave (or a bundle carries): 1 to [`MAX_NAME_CHARS`] characters, no
+/// control characters (newlines, ANSI escapes) and no invisible bidirectional or zero-width
+/// marks, so that every listing prints it as it is.
+pub fn validate_name(what: &str, s: &str) -> Result<()> {
+    let bad = |why: &str| {
+        let shown: String = s.chars().take(40).collect();
+        Err(Error::Invalid(format!(
+            "invalid {what} name {shown:?}{}: {why}",
+            if s.chars().count() > 40 { "…" } else { "" }
+        )))
+    };
+    if s.trim().is_empty() {
+        return bad("it is empty");
+    }
+    if s.chars().count() > MAX_NAME_CHARS {
+        return bad(&format!("longer than {MAX_NAME_CHARS} characters"));
+    }
+    if s.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    }) {
+        return bad("control or invisible characters are not allowed");
+    }
+    if s != s.trim() {
+        return bad("leading or trailing spaces");
+    }
+    Ok(())
+}
+
+impl IngestRequest {
+    /// Checks every name and score before any byte is written.
+    pub fn validate(&self) -> Result<()> {
+        validate_name("model", &self.model)?;
+        validate_name("dataset", &self.dataset)?;
+        validate_name("pool", &self.pool)?;
+        if let Some(m) = &self.modality {
+            validate_name("modality", m)?;
+        }
+        if let Some(f) = &self.family {
+            validate_name("family", f)?;
+        }
+        if let Some(c) = &self.checkpoint {
+            validate_name("checkpoint", c)?;
+        }
+        validate_scores(&self.scores)
+    }
+}
+
+/// Scores must have valid names and finite values.
+pub fn validate_scores(scores: &[(String, f64)]) -> Result<()> {
+    for (name, v) in scores {
+        validate_name("score", name)?;
+        if !v.is_finite() {
+            return Err(Error::Invalid(format!(
+                "score {name} = {v} is not a finite number"
+            )));
+        }
     }
     Ok(())
 }

@@ -115,7 +115,19 @@ impl BlobStore for FsBlobStore {
     }
 
     fn open(&self, hash: &BlobHash) -> Result<Blob> {
-        let path = self.path(hash);
+        Blob::open_path(&self.path(hash), hash)
+    }
+
+    fn remove(&self, hash: &BlobHash) -> Result<()> {
+        let p = self.path(hash);
+        fs::remove_file(&p).map_err(|e| Error::io(&p, e))
+    }
+}
+
+impl Blob {
+    /// Opens the blob file at `path` that should hold `hash` (checked by [`Blob::verify`]).
+    pub fn open_path(path: &Path, hash: &BlobHash) -> Result<Blob> {
+        let path = path.to_path_buf();
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         // SAFETY: blobs are immutable once renamed into place; nobody writes to them.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
@@ -146,11 +158,6 @@ impl BlobStore for FsBlobStore {
             n,
             d,
         })
-    }
-
-    fn remove(&self, hash: &BlobHash) -> Result<()> {
-        let p = self.path(hash);
-        fs::remove_file(&p).map_err(|e| Error::io(&p, e))
     }
 }
 
@@ -196,17 +203,16 @@ impl BlobWriter {
     /// written back by the kernel concurrently). Dropping the sealed blob deletes the
     /// temporary file.
     pub fn seal(mut self) -> Result<SealedBlob> {
-        self.finished = true;
-        let file = self
-            .file
-            .take()
-            .expect("writer sealed once")
-            .into_inner()
+        let file = self.file.take().expect("writer sealed once");
+        // On failure `self` drops unfinished and removes the temporary file.
+        file.into_inner()
             .map_err(|e| Error::io(&self.tmp_path, e.into_error()))?;
+        self.finished = true;
         let hash = BlobHash(*self.hasher.finalize().as_bytes());
         let hex = hash.to_hex();
+        // The descriptor is closed here (publish reopens the file to fsync it), so a file with
+        // thousands of layers never holds thousands of descriptors.
         Ok(SealedBlob {
-            file: Some(file),
             hash,
             len: self.len,
             tmp_path: std::mem::take(&mut self.tmp_path),
@@ -224,9 +230,9 @@ impl BlobWriter {
     }
 }
 
-/// A fully written blob still in `tmp/`, not yet fsynced.
+/// A fully written blob still in `tmp/`, not yet fsynced. Dropped unpublished (or after a
+/// failed publish), it deletes its temporary file.
 pub struct SealedBlob {
-    file: Option<File>,
     pub hash: BlobHash,
     /// Size in bytes, header included.
     pub len: u64,
@@ -239,18 +245,16 @@ impl SealedBlob {
     /// Renames the blob into `blobs/ab/<hash>`; returns false (and discards the copy) when
     /// that blob already existed.
     pub fn publish(mut self) -> Result<bool> {
-        self.published = true;
-        let file = self.file.take().expect("published once");
         if self.dest.is_file() {
-            drop(file);
-            let _ = fs::remove_file(&self.tmp_path);
-            return Ok(false);
+            return Ok(false); // Drop removes the temporary copy
         }
-        file.sync_all().map_err(|e| Error::io(&self.tmp_path, e))?;
-        drop(file);
+        File::open(&self.tmp_path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&self.tmp_path, e))?;
         let dir = self.dest.parent().expect("blob path has a parent");
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         fs::rename(&self.tmp_path, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        self.published = true;
         // Make the rename itself durable.
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
