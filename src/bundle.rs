@@ -19,11 +19,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, MIGRATIONS};
 use crate::error::{Error, Result};
+use crate::lock::RegistryLock;
 use crate::matrix;
 use crate::metrics::{Derived, Kernel, Metric, MetricSpec, prep};
 use crate::registry::Registry;
+use crate::registry::validate_name;
 use crate::rng::Rng;
-use crate::store::{BlobHash, BlobStore};
+use crate::store::{Blob, BlobHash, BlobStore};
 
 /// Identifies a bundle.
 pub const FORMAT: &str = "prh-bundle";
@@ -167,6 +169,8 @@ pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<E
         blobs,
     };
     let tmp_out = out.with_extension("prh.partial");
+    // Whatever fails below, no partial bundle is left behind.
+    let partial = RemoveOnDrop(Some(tmp_out.clone()));
     {
         let f = File::create(&tmp_out).map_err(|e| Error::io(&tmp_out, e))?;
         let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
@@ -188,14 +192,33 @@ pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<E
         for b in &manifest.blobs {
             let h: BlobHash = b.hash.parse()?;
             let p = reg.store.path(&h);
-            let mut f = File::open(&p).map_err(|e| {
+            let f = File::open(&p).map_err(|e| {
                 Error::Invalid(format!(
                     "blob {} is missing ({e}); run `prh verify`",
                     b.hash
                 ))
             })?;
+            let len = f.metadata().map_err(|e| Error::io(&p, e))?.len();
+            if len != b.bytes {
+                return Err(Error::CorruptBlob {
+                    hash: b.hash.clone(),
+                    msg: format!(
+                        "{len} bytes on disk, {} in the catalog; run `prh verify`, nothing exported",
+                        b.bytes
+                    ),
+                });
+            }
+            // Hashed while it streams into the tar: a blob altered on disk is never exported.
+            let mut r = HashingReader(f, blake3::Hasher::new());
             let name = format!("blobs/{}/{}", &b.hash[..2], b.hash);
-            append(&mut tar, &name, &mut f, b.bytes, &tmp_out)?;
+            append(&mut tar, &name, &mut r, b.bytes, &tmp_out)?;
+            let got = BlobHash(*r.1.finalize().as_bytes());
+            if got != h {
+                return Err(Error::CorruptBlob {
+                    hash: b.hash.clone(),
+                    msg: format!("content hashes to {got}; run `prh verify`, nothing exported"),
+                });
+            }
         }
         let w = tar.into_inner().map_err(|e| Error::io(&tmp_out, e))?;
         let f = w
@@ -204,6 +227,7 @@ pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<E
         f.sync_all().map_err(|e| Error::io(&tmp_out, e))?;
     }
     fs::rename(&tmp_out, out).map_err(|e| Error::io(out, e))?;
+    partial.disarm();
     let bytes = fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
     Ok(ExportReport {
         path: out.to_path_buf(),
@@ -213,6 +237,34 @@ pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<E
         cells: n_cells,
         bytes,
     })
+}
+
+/// Removes a path when dropped, unless disarmed.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R>(R, blake3::Hasher);
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.0.read(buf)?;
+        self.1.update(&buf[..k]);
+        Ok(k)
+    }
 }
 
 fn append<W: Write>(
@@ -227,8 +279,26 @@ fn append<W: Write>(
     h.set_mode(0o644);
     h.set_entry_type(tar::EntryType::Regular);
     h.set_mtime(0);
-    tar.append_data(&mut h, name, data.take(size))
-        .map_err(|e| Error::io(out, e))
+    let mut counted = CountingReader(data.take(size), 0);
+    tar.append_data(&mut h, name, &mut counted)
+        .map_err(|e| Error::io(out, e))?;
+    if counted.1 != size {
+        return Err(Error::Invalid(format!(
+            "{name}: {} bytes read, {size} expected (the file changed or was truncated); nothing exported",
+            counted.1
+        )));
+    }
+    Ok(())
+}
+
+struct CountingReader<R>(R, u64);
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.0.read(buf)?;
+        self.1 += k as u64;
+        Ok(k)
+    }
 }
 
 /// What an import added.
@@ -241,7 +311,14 @@ pub struct ImportReport {
     pub checkpoints_new: usize,
     pub representations_new: usize,
     pub scores_new: usize,
+    /// Cached cells now served: the recomputed sample, or all of them with --trust-cells.
     pub cells_new: usize,
+    /// Cached cells held in `imported_cells` until `prh verify --recompute` checks them.
+    pub cells_quarantined: usize,
+    /// Cells recomputed at import and found equal.
+    pub cells_checked: usize,
+    /// Cached null and bootstrap samples taken (only with --trust-cells).
+    pub null_samples_new: usize,
 }
 
 /// Where a bundle entry may go: `manifest.json`, `catalog.db` or `blobs/ab/<hash>`.
@@ -287,10 +364,11 @@ fn classify(path: &Path) -> std::result::Result<Slot, String> {
 /// Merges a bundle into the registry. Everything is verified (manifest, every blob's hash,
 /// the catalog's hash and schema, conflicts by name) before anything is committed; a bundle
 /// that fails any check leaves the registry unchanged.
-pub fn import(reg: &mut Registry, bundle: &Path) -> Result<ImportReport> {
+pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result<ImportReport> {
     let bad = |m: String| Error::format(bundle, m);
+    let (mut f, _) = crate::formats::open_regular(bundle)?;
+    check_is_tar(&mut f).map_err(bad)?;
     let staging = Staging::new(reg, "import")?;
-    let f = File::open(bundle).map_err(|e| Error::io(bundle, e))?;
     let mut ar = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, f));
     let mut manifest: Option<Manifest> = None;
     let mut declared: HashMap<String, u64> = HashMap::new();
@@ -431,9 +509,12 @@ pub fn import(reg: &mut Registry, bundle: &Path) -> Result<ImportReport> {
             missing[0]
         )));
     }
-    // The staged catalog, brought to our schema; every blob it names must be at hand.
+    // The staged catalog is SQL from a stranger: its schema must be exactly one of ours
+    // before anything runs on it; then it is brought to our schema and its rows checked.
     let staged = staging.0.join("catalog.db");
+    check_schema(&staged).map_err(|m| bad(format!("catalog.db: {m}")))?;
     drop(Catalog::open(&staged).map_err(|e| bad(format!("catalog.db: {e}")))?);
+    check_rows(&staged).map_err(|m| bad(format!("catalog.db: {m}")))?;
     {
         let db = Connection::open(&staged)?;
         let ok: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
@@ -464,8 +545,336 @@ pub fn import(reg: &mut Registry, bundle: &Path) -> Result<ImportReport> {
             }
         }
     }
-    let _ = manifest;
-    merge(reg, &staged, &staging.0, bundle)
+    // A sample of the bundle's cached cells is recomputed here: one wrong number refuses the
+    // whole bundle. The sampled cells are trusted; the rest wait in `imported_cells` (or, with
+    // --trust-cells, are served as they are).
+    let verified = check_cells(reg, &staged, &staging.0, opts).map_err(bad)?;
+    let origin = manifest.catalog.blake3.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(opts.max_seconds);
+    let _lock = RegistryLock::shared(&reg.root)?;
+    let mut rep = merge(
+        reg, &staged, &staging.0, bundle, opts, &origin, &verified, deadline,
+    )?;
+    rep.cells_checked = verified.len();
+    Ok(rep)
+}
+
+/// How `import` treats what a bundle claims.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Serve the bundle's cached cells and null samples without recomputing them.
+    pub trust_cells: bool,
+    /// How many of the bundle's cached cells to recompute before importing anything.
+    pub check_cells: usize,
+    /// Seed for choosing them.
+    pub seed: u64,
+    /// Longest the merge may run before it is interrupted and rolled back.
+    pub max_seconds: u64,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            trust_cells: false,
+            check_cells: 32,
+            seed: 0,
+            max_seconds: 3600,
+        }
+    }
+}
+
+/// Refuses a file that is not an uncompressed tar, naming what it is instead.
+fn check_is_tar(f: &mut File) -> std::result::Result<(), String> {
+    use std::io::Seek;
+    let mut head = Vec::new();
+    (&mut *f)
+        .take(512)
+        .read_to_end(&mut head)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    f.seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let compressed = [
+        (&b"\x1f\x8b"[..], "gzip", "gunzip"),
+        (&b"\x28\xb5\x2f\xfd"[..], "zstd", "zstd -d"),
+        (&b"\xfd7zXZ\x00"[..], "xz", "unxz"),
+        (&b"BZh"[..], "bzip2", "bunzip2"),
+    ];
+    for (magic, name, tool) in compressed {
+        if head.starts_with(magic) {
+            return Err(format!(
+                "a {name}-compressed file, not a prh bundle; decompress it first ({tool}) and import the .prh tar inside"
+            ));
+        }
+    }
+    if head.starts_with(b"PK\x03\x04") {
+        return Err("a zip archive, not a prh bundle (a tar written by `prh export`)".into());
+    }
+    if head.len() < 512 || !tar_checksum_ok(&head) {
+        return Err(
+            "not a prh bundle: not a tar archive (bundles are written by `prh export`)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// True when a 512-byte block is a tar header: its checksum field (octal, bytes 148..156)
+/// equals the sum of its bytes with that field read as spaces. Holds for v7, ustar and GNU tar.
+fn tar_checksum_ok(block: &[u8]) -> bool {
+    let field = &block[148..156];
+    let text: String = field
+        .iter()
+        .map(|&b| b as char)
+        .filter(|c| !matches!(c, '\0' | ' '))
+        .collect();
+    let Ok(want) = u32::from_str_radix(&text, 8) else {
+        return false;
+    };
+    let sum: u32 = block[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                b' ' as u32
+            } else {
+                b as u32
+            }
+        })
+        .sum();
+    !text.is_empty() && sum == want
+}
+
+/// The schema objects of a catalog (type, name, table, SQL), in a fixed order.
+fn schema_objects(db: &Connection) -> rusqlite::Result<Vec<[Option<String>; 4]>> {
+    let mut st =
+        db.prepare("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")?;
+    st.query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))?
+        .collect()
+}
+
+/// Accepts only a catalog whose schema is exactly what prh's migrations make for its version:
+/// no views, triggers, extra tables or changed columns.
+fn check_schema(staged: &Path) -> std::result::Result<(), String> {
+    use rusqlite::OpenFlags;
+    let sql = |e: rusqlite::Error| format!("not a readable SQLite catalog: {e}");
+    let db = Connection::open_with_flags(staged, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql)?;
+    db.pragma_update(None, "trusted_schema", "OFF")
+        .map_err(sql)?;
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
+    if version < 1 || version as usize > MIGRATIONS.len() {
+        return Err(format!(
+            "schema version {version} is not one this prh knows (1 to {})",
+            MIGRATIONS.len()
+        ));
+    }
+    let expected = {
+        let mem = Connection::open_in_memory().map_err(sql)?;
+        for (_, m) in &MIGRATIONS[..version as usize] {
+            mem.execute_batch(m).map_err(sql)?;
+        }
+        schema_objects(&mem).map_err(sql)?
+    };
+    let got = schema_objects(&db).map_err(sql)?;
+    if got == expected {
+        return Ok(());
+    }
+    let name = |o: &[Option<String>; 4]| {
+        format!(
+            "{} {}",
+            o[0].as_deref().unwrap_or("?"),
+            o[1].as_deref().unwrap_or("?")
+        )
+    };
+    for o in &got {
+        match expected.iter().find(|e| e[0] == o[0] && e[1] == o[1]) {
+            None => {
+                return Err(format!(
+                    "holds {}, which a prh catalog does not (only prh's own schema is accepted)",
+                    name(o)
+                ));
+            }
+            Some(e) if e != o => {
+                return Err(format!("{} is not defined as prh defines it", name(o)));
+            }
+            Some(_) => {}
+        }
+    }
+    Err("lacks part of prh's schema".into())
+}
+
+/// Checks the values of a staged catalog (already at our schema): names a listing can print,
+/// numbers of the right type, every representation naming a blob row.
+fn check_rows(staged: &Path) -> std::result::Result<(), String> {
+    let db = Connection::open(staged).map_err(|e| e.to_string())?;
+    let names: &[(&str, &str)] = &[
+        ("dataset", "SELECT name FROM datasets"),
+        ("model", "SELECT name FROM models"),
+        ("modality", "SELECT DISTINCT modality FROM models"),
+        (
+            "family",
+            "SELECT DISTINCT family FROM models WHERE family IS NOT NULL",
+        ),
+        ("checkpoint", "SELECT name FROM checkpoints"),
+        ("pool", "SELECT DISTINCT pool FROM representations"),
+        ("score", "SELECT DISTINCT name FROM scores"),
+    ];
+    for (what, q) in names {
+        let mut st = db.prepare(q).map_err(|e| e.to_string())?;
+        let vals: Vec<rusqlite::types::Value> = st
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| e.to_string())?;
+        for v in vals {
+            let rusqlite::types::Value::Text(t) = v else {
+                return Err(format!("a {what} name is not text"));
+            };
+            validate_name(what, &t).map_err(|e| e.to_string())?;
+        }
+    }
+    let bad_rows: &[(&str, &str)] = &[
+        (
+            "datasets with a non-integer n",
+            "SELECT count(*) FROM datasets WHERE typeof(n) != 'integer' OR n < 1",
+        ),
+        (
+            "blobs with malformed fields",
+            "SELECT count(*) FROM blobs WHERE typeof(hash) != 'text' OR length(hash) != 64 OR typeof(n) != 'integer' OR typeof(d) != 'integer' OR typeof(bytes) != 'integer'",
+        ),
+        (
+            "representations with malformed fields",
+            "SELECT count(*) FROM representations WHERE typeof(layer) != 'integer' OR typeof(blob_hash) != 'text'",
+        ),
+        (
+            "representations naming no blob row",
+            "SELECT count(*) FROM representations WHERE blob_hash NOT IN (SELECT hash FROM blobs)",
+        ),
+        (
+            "checkpoints with a non-integer step",
+            "SELECT count(*) FROM checkpoints WHERE step IS NOT NULL AND typeof(step) != 'integer'",
+        ),
+        (
+            "scores that are not finite numbers",
+            "SELECT count(*) FROM scores WHERE typeof(value) NOT IN ('real', 'integer') OR abs(value) > 1.7976931348623157e308",
+        ),
+        (
+            "cached cells with malformed fields",
+            "SELECT count(*) FROM cells WHERE typeof(value) NOT IN ('real', 'integer') OR abs(value) > 1.7976931348623157e308 OR length(hash_x) != 64 OR length(hash_y) != 64 OR typeof(version) != 'integer'",
+        ),
+    ];
+    for (what, q) in bad_rows {
+        let k: i64 = db
+            .query_row(q, [], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        if k > 0 {
+            return Err(format!("{k} {what}"));
+        }
+    }
+    Ok(())
+}
+
+/// One cached cell's key and value.
+struct CellRow {
+    hash_x: String,
+    hash_y: String,
+    metric: String,
+    version: i64,
+    params: String,
+    prep_x: String,
+    prep_y: String,
+    value: f64,
+}
+
+const CELL_COLS: &str = "hash_x, hash_y, metric, version, params, prep_x, prep_y, value";
+
+fn cell_rows(db: &Connection, table: &str) -> rusqlite::Result<Vec<CellRow>> {
+    let mut st = db.prepare(&format!("SELECT {CELL_COLS} FROM {table}"))?;
+    st.query_map([], |r| {
+        Ok(CellRow {
+            hash_x: r.get(0)?,
+            hash_y: r.get(1)?,
+            metric: r.get(2)?,
+            version: r.get(3)?,
+            params: r.get(4)?,
+            prep_x: r.get(5)?,
+            prep_y: r.get(6)?,
+            value: r.get(7)?,
+        })
+    })?
+    .collect()
+}
+
+/// Recomputes one cell from blobs found by `open`; `None` for a metric or version this prh
+/// does not compute.
+fn recompute_cell(open: &dyn Fn(&BlobHash) -> Result<Blob>, c: &CellRow) -> Result<Option<f64>> {
+    let Some(spec) = spec_from_key(&c.metric, &c.params) else {
+        return Ok(None);
+    };
+    if spec.metric.version() as i64 != c.version {
+        return Ok(None);
+    }
+    let load = |h: &str, p: &str| -> Result<Derived> {
+        let (t, norm) =
+            prep_from_key(p).ok_or_else(|| Error::Invalid(format!("unreadable prep key {p:?}")))?;
+        let x = open(&h.parse()?)?.to_f32_verified()?;
+        Ok(Derived::new(prep::prepare(x.view(), t, norm)?))
+    };
+    let a = load(&c.hash_x, &c.prep_x)?;
+    let b = load(&c.hash_y, &c.prep_y)?;
+    spec.compute(&a, &b).map(Some)
+}
+
+/// True when a recomputed value equals the cached one (up to float rounding).
+fn same_value(cached: f64, got: f64) -> bool {
+    (got - cached).abs() <= 1e-6 * (1.0 + cached.abs())
+}
+
+/// Recomputes a random sample of a staged bundle's cells from its blobs (or ours); returns the
+/// sampled cells that matched, or an error naming the first that did not.
+fn check_cells(
+    reg: &Registry,
+    staged: &Path,
+    staged_blobs: &Path,
+    opts: &ImportOptions,
+) -> std::result::Result<Vec<CellRow>, String> {
+    let db = Connection::open(staged).map_err(|e| e.to_string())?;
+    let mut rows = cell_rows(&db, "cells").map_err(|e| e.to_string())?;
+    let mut order = Rng::new(opts.seed).permutation(rows.len());
+    order.truncate(opts.check_cells);
+    order.sort_unstable_by(|a, b| b.cmp(a));
+    let open = |h: &BlobHash| -> Result<Blob> {
+        let p = staged_blobs.join(h.to_hex());
+        if p.is_file() {
+            Blob::open_path(&p, h)
+        } else {
+            reg.store.open(h)
+        }
+    };
+    let mut ok = Vec::new();
+    for i in order {
+        let c = rows.swap_remove(i);
+        match recompute_cell(&open, &c) {
+            Ok(None) => {}
+            Ok(Some(v)) if same_value(c.value, v) => ok.push(c),
+            Ok(Some(v)) => {
+                return Err(format!(
+                    "its cached {}({}) for {}…×{}… is {}, recomputed here {v}: the bundle's cached results are wrong; nothing imported",
+                    c.metric,
+                    c.params,
+                    &c.hash_x[..12],
+                    &c.hash_y[..12],
+                    c.value
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot recompute its cached {}({}): {e}; nothing imported",
+                    c.metric, c.params
+                ));
+            }
+        }
+    }
+    Ok(ok)
 }
 
 /// Copies `size` bytes from `r` to `dest`, fsyncs, and returns their BLAKE3 hex.
@@ -491,23 +900,59 @@ fn copy_hashed(r: &mut dyn Read, size: u64, dest: &Path) -> std::io::Result<Stri
     Ok(h.finalize().to_hex().to_string())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn merge(
     reg: &mut Registry,
     staged: &Path,
     staged_blobs: &Path,
     bundle: &Path,
+    opts: &ImportOptions,
+    origin: &str,
+    verified: &[CellRow],
+    deadline: std::time::Instant,
 ) -> Result<ImportReport> {
     let conn = reg.catalog.conn();
     conn.execute(
         "ATTACH DATABASE ?1 AS b",
         [staged.to_string_lossy().as_ref()],
     )?;
-    let result = merge_attached(reg, staged_blobs, bundle);
+    // A watchdog interrupts the merge at the deadline; the transaction then rolls back.
+    let interrupt = conn.get_interrupt_handle();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(left) {
+            interrupt.interrupt();
+        }
+    });
+    let result = merge_attached(reg, staged_blobs, bundle, opts, origin, verified);
+    drop(done);
+    let _ = watchdog.join();
     let _ = reg.catalog.conn().execute("DETACH DATABASE b", []);
-    result
+    result.map_err(|e| match e {
+        Error::Sql(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::OperationInterrupted =>
+        {
+            Error::format(
+                bundle,
+                format!(
+                    "import took longer than {} s and was rolled back; nothing imported",
+                    opts.max_seconds
+                ),
+            )
+        }
+        e => e,
+    })
 }
 
-fn merge_attached(reg: &mut Registry, staged_blobs: &Path, bundle: &Path) -> Result<ImportReport> {
+fn merge_attached(
+    reg: &mut Registry,
+    staged_blobs: &Path,
+    bundle: &Path,
+    opts: &ImportOptions,
+    origin: &str,
+    verified: &[CellRow],
+) -> Result<ImportReport> {
     let store_root = reg.root.clone();
     reg.catalog.write(|tx| {
         let mut conflicts: Vec<String> = Vec::new();
@@ -597,7 +1042,11 @@ fn merge_attached(reg: &mut Registry, staged_blobs: &Path, bundle: &Path) -> Res
             fs::rename(&src, &dest).map_err(|e| Error::io(&dest, e))?;
             rep.blobs_new += 1;
         }
-        tx.execute("INSERT OR IGNORE INTO main.blobs SELECT * FROM b.blobs", [])?;
+        tx.execute(
+            "INSERT OR IGNORE INTO main.blobs (hash, dtype, n, d, bytes, created_at)
+             SELECT hash, dtype, n, d, bytes, created_at FROM b.blobs",
+            [],
+        )?;
         rep.blobs_present =
             tx.query_row("SELECT count(*) FROM b.blobs", [], |r| r.get::<_, i64>(0))? as usize - rep.blobs_new;
         rep.representations_new = tx.execute(
@@ -619,9 +1068,41 @@ fn merge_attached(reg: &mut Registry, staged_blobs: &Path, bundle: &Path) -> Res
              WHERE NOT EXISTS (SELECT 1 FROM main.scores s WHERE s.checkpoint_id = c.id AND s.name = bs.name)",
             [],
         )?;
-        rep.cells_new = tx.execute("INSERT OR IGNORE INTO main.cells SELECT * FROM b.cells", [])?;
-        tx.execute("INSERT OR IGNORE INTO main.clamp_thresholds SELECT * FROM b.clamp_thresholds", [])?;
-        tx.execute("INSERT OR IGNORE INTO main.null_samples SELECT * FROM b.null_samples", [])?;
+        // Clamp thresholds are never taken from a bundle: a wrong one would make genuine blobs
+        // give wrong numbers. They are recomputed from the blobs on first use.
+        let cols = "hash_x, hash_y, metric, version, params, prep_x, prep_y, value, seconds, computed_at";
+        let absent = "NOT EXISTS (SELECT 1 FROM main.cells c WHERE c.hash_x = bc.hash_x AND c.hash_y = bc.hash_y
+                      AND c.metric = bc.metric AND c.version = bc.version AND c.params = bc.params
+                      AND c.prep_x = bc.prep_x AND c.prep_y = bc.prep_y)";
+        if opts.trust_cells {
+            rep.cells_new = tx.execute(
+                &format!("INSERT OR IGNORE INTO main.cells ({cols}) SELECT {cols} FROM b.cells bc"),
+                [],
+            )?;
+            rep.null_samples_new = tx.execute(
+                "INSERT OR IGNORE INTO main.null_samples (pair_key, kind, metric, version, params, prep_x, prep_y, seed, vals)
+                 SELECT pair_key, kind, metric, version, params, prep_x, prep_y, seed, vals FROM b.null_samples",
+                [],
+            )?;
+        } else {
+            for c in verified {
+                rep.cells_new += tx.execute(
+                    &format!(
+                        "INSERT OR IGNORE INTO main.cells ({cols}) SELECT {cols} FROM b.cells
+                         WHERE hash_x = ?1 AND hash_y = ?2 AND metric = ?3 AND version = ?4
+                           AND params = ?5 AND prep_x = ?6 AND prep_y = ?7"
+                    ),
+                    params![c.hash_x, c.hash_y, c.metric, c.version, c.params, c.prep_x, c.prep_y],
+                )?;
+            }
+            rep.cells_quarantined = tx.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO main.imported_cells ({cols}, origin)
+                     SELECT {cols}, ?1 FROM b.cells bc WHERE {absent}"
+                ),
+                [origin],
+            )?;
+        }
         Ok(rep)
     })
 }
@@ -631,6 +1112,8 @@ fn merge_attached(reg: &mut Registry, staged_blobs: &Path, bundle: &Path) -> Res
 pub struct VerifyReport {
     pub blobs_checked: usize,
     pub cells_recomputed: usize,
+    /// Imported cells that recomputed equal and are now served.
+    pub cells_promoted: usize,
     /// Everything wrong, one line each; empty when the registry is sound.
     pub problems: Vec<String>,
     /// Blob files that no catalog row names (garbage for `gc`, e.g. left by a crash between
@@ -752,59 +1235,73 @@ pub fn prep_from_key(key: &str) -> Option<(Option<f32>, bool)> {
     Some((threshold, normalize))
 }
 
+/// Recomputes up to `count` cells: cells imported from bundles first (those that match move
+/// into `cells` and are served from then on), then randomly chosen cells of the cache.
 fn recompute_cells(reg: &Registry, count: usize, seed: u64, rep: &mut VerifyReport) -> Result<()> {
-    let mut st = reg.catalog.conn().prepare(
-        "SELECT hash_x, hash_y, metric, version, params, prep_x, prep_y, value FROM cells",
-    )?;
-    #[allow(clippy::type_complexity)]
-    let rows: Vec<(String, String, String, i64, String, String, String, f64)> = st
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+    let conn = reg.catalog.conn();
     let mut rng = Rng::new(seed);
-    let mut order: Vec<usize> = rng.permutation(rows.len());
-    order.truncate(count);
-    for i in order {
-        let (hx, hy, metric, version, params, px, py, value) = &rows[i];
-        let Some(spec) = spec_from_key(metric, params) else {
-            continue; // a metric or parameter this prh does not know: nothing to compare with
-        };
-        if spec.metric.version() as i64 != *version {
-            continue; // an old version's row: unused, collected by gc
-        }
-        let load = |h: &str, p: &str| -> Result<Derived> {
-            let (t, norm) = prep_from_key(p)
-                .ok_or_else(|| Error::Invalid(format!("unreadable prep key {p:?}")))?;
-            let x = reg.store.open(&h.parse()?)?.to_f32_verified()?;
-            Ok(Derived::new(prep::prepare(x.view(), t, norm)?))
-        };
-        rep.cells_recomputed += 1;
-        let got = load(hx, px).and_then(|a| load(hy, py).and_then(|b| spec.compute(&a, &b)));
-        match got {
-            Err(e) => rep.problems.push(format!(
-                "cell {metric}({params}) {}…×{}…: cannot recompute: {e}",
-                &hx[..12],
-                &hy[..12]
-            )),
-            Ok(v) if (v - value).abs() > 1e-6 * (1.0 + value.abs()) => rep.problems.push(format!(
-                "cell {metric}({params}) {}…×{}…: cached {value}, recomputed {v}",
-                &hx[..12],
-                &hy[..12]
-            )),
-            Ok(_) => {}
+    let open = |h: &BlobHash| reg.store.open(h);
+    let mut left = count;
+    for table in ["imported_cells", "cells"] {
+        let mut rows = cell_rows(conn, table)?;
+        let mut order = rng.permutation(rows.len());
+        order.truncate(left);
+        order.sort_unstable_by(|a, b| b.cmp(a));
+        for i in order {
+            let c = rows.swap_remove(i);
+            let (hx, hy) = (
+                &c.hash_x[..12.min(c.hash_x.len())],
+                &c.hash_y[..12.min(c.hash_y.len())],
+            );
+            let what = format!(
+                "{}cell {}({}) {hx}…×{hy}…",
+                if table == "cells" { "" } else { "imported " },
+                c.metric,
+                c.params
+            );
+            match recompute_cell(&open, &c) {
+                Ok(None) => continue, // a metric or version this prh does not compute
+                Err(e) => rep.problems.push(format!("{what}: cannot recompute: {e}")),
+                Ok(Some(v)) if !same_value(c.value, v) => rep
+                    .problems
+                    .push(format!("{what}: cached {}, recomputed {v}", c.value)),
+                Ok(Some(_)) if table == "imported_cells" => {
+                    let key = params![
+                        c.hash_x, c.hash_y, c.metric, c.version, c.params, c.prep_x, c.prep_y
+                    ];
+                    let cond = "hash_x = ?1 AND hash_y = ?2 AND metric = ?3 AND version = ?4 AND params = ?5 AND prep_x = ?6 AND prep_y = ?7";
+                    conn.execute(
+                        &format!(
+                            "INSERT OR IGNORE INTO cells (hash_x, hash_y, metric, version, params, prep_x, prep_y, value, seconds, computed_at)
+                             SELECT hash_x, hash_y, metric, version, params, prep_x, prep_y, value, seconds, computed_at
+                             FROM imported_cells WHERE {cond}"
+                        ),
+                        key,
+                    )?;
+                    conn.execute(&format!("DELETE FROM imported_cells WHERE {cond}"), key)?;
+                    rep.cells_promoted += 1;
+                }
+                Ok(Some(_)) => {}
+            }
+            rep.cells_recomputed += 1;
+            left -= 1;
         }
     }
     Ok(())
+}
+
+/// True when a staging entry's name (`<what>-<pid>-…`) names a process that no longer runs on
+/// this machine: what it left (a killed ingest's or import's files) is garbage now.
+fn owner_is_gone(name: &str) -> bool {
+    let Some(pid) = name.split('-').nth(1).and_then(|p| p.parse::<i32>().ok()) else {
+        return false;
+    };
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    // SAFETY: signal 0 only checks whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 /// What `gc` removed (or would remove, with `dry_run`).
@@ -818,15 +1315,18 @@ pub struct GcReport {
     pub dry_run: bool,
 }
 
-/// Removes blobs no representation references, cache rows of metric versions this prh no
-/// longer computes or of blobs that are gone, and staging leftovers older than an hour.
-/// Blob files without any catalog row are removed only when older than an hour, so an ingest
-/// that has published its blobs but not yet committed its rows is never disturbed.
+/// Removes blobs no representation references, blob files no catalog row names, cache rows of
+/// metric versions this prh no longer computes or of blobs that are gone, and staging leftovers
+/// of processes that are gone (or older than an hour). Holds the registry lock exclusively, so
+/// an ingest that has published its blobs but not yet committed its rows is never disturbed.
 pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
     let mut rep = GcReport {
         dry_run,
         ..Default::default()
     };
+    // No writer is between publishing a blob and committing its rows while gc decides and
+    // deletes (see `lock`).
+    let _lock = RegistryLock::exclusive(&reg.root)?;
     let conn = reg.catalog.conn();
     let mut st = conn.prepare(
         "SELECT hash, bytes FROM blobs WHERE hash NOT IN (SELECT blob_hash FROM representations)",
@@ -853,7 +1353,9 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
             if let Ok(files) = fs::read_dir(d.path()) {
                 for f in files.flatten() {
                     let name = f.file_name().to_string_lossy().to_string();
-                    if !known.contains(&name) && old(&f.path()) {
+                    // Under the exclusive lock no writer is between publishing a blob and
+                    // committing its rows, so a file without rows is garbage at any age.
+                    if !known.contains(&name) {
                         orphan_files.push((name, f.path()));
                     }
                 }
@@ -887,7 +1389,7 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
     let mut tmp_old = Vec::new();
     if let Ok(entries) = fs::read_dir(reg.root.join("tmp")) {
         for e in entries.flatten() {
-            if old(&e.path()) {
+            if old(&e.path()) || owner_is_gone(&e.file_name().to_string_lossy()) {
                 tmp_old.push(e.path());
             }
         }
@@ -906,6 +1408,16 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
         for (h, _) in &unref {
             tx.execute("DELETE FROM blobs WHERE hash = ?1", params![h])?;
         }
+        // Quarantined cells already served from `cells`, or of blobs that are gone.
+        tx.execute(
+            "DELETE FROM imported_cells AS i WHERE
+                 EXISTS (SELECT 1 FROM cells c WHERE c.hash_x = i.hash_x AND c.hash_y = i.hash_y
+                         AND c.metric = i.metric AND c.version = i.version AND c.params = i.params
+                         AND c.prep_x = i.prep_x AND c.prep_y = i.prep_y)
+                 OR i.hash_x NOT IN (SELECT blob_hash FROM representations)
+                 OR i.hash_y NOT IN (SELECT blob_hash FROM representations)",
+            [],
+        )?;
         Ok(())
     })?;
     for (h, _) in &unref {
