@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, fixture, noise, write_npy};
+use common::{Env, fixture, mutate, noise, write_npy};
 use prh::rng::Rng;
 
 /// Address-space limit for every prh run here, as a hostile tester had it (4 GiB).
@@ -975,47 +975,6 @@ fn kill_9_during_import_and_export_leaves_sound_registries() {
 }
 
 // ----- the mutation suite -----
-
-/// Mutates `base` in one of several ways (bytes, truncation, huge numbers, splices, bit flips).
-fn mutate(base: &[u8], rng: &mut Rng) -> Vec<u8> {
-    let mut b = base.to_vec();
-    match rng.below(6) {
-        0 => {
-            for _ in 0..1 + rng.below(8) {
-                let i = rng.below(b.len().min(4096));
-                b[i] = rng.next_u64() as u8;
-            }
-        }
-        1 => b.truncate(rng.below(b.len())),
-        2 => {
-            let i = rng.below(b.len().min(1024).saturating_sub(8).max(1));
-            let v = (rng.next_u64() >> rng.below(40)).to_le_bytes();
-            let end = (i + 8).min(b.len());
-            b[i..end].copy_from_slice(&v[..end - i]);
-        }
-        3 => {
-            let i = rng.below(b.len());
-            let j = rng.below(b.len());
-            let (lo, hi) = (i.min(j), i.max(j).min(i.min(j) + 512));
-            let chunk = b[lo..hi].to_vec();
-            b.splice(lo..lo, chunk);
-        }
-        4 => {
-            // A digit in a text header (npy shape, safetensors offsets) made huge.
-            let from = rng.below(b.len().min(2048));
-            if let Some(at) = (from..b.len().min(4096)).find(|&i| b[i].is_ascii_digit()) {
-                b.splice(at..at, b"99999999999".iter().copied());
-            }
-        }
-        _ => {
-            for _ in 0..64 {
-                let i = rng.below(b.len());
-                b[i] ^= 1 << rng.below(8);
-            }
-        }
-    }
-    b
-}
 
 /// Runs `count` mutations of one reader's fixture through `prh ingest`, two processes at a time,
 /// each under the memory and time limits. Every run ends in exit 0 or exit 1 with one line;

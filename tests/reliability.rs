@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, fixture, noise, write_npy};
+use common::{Env, fixture, mutate, noise, write_npy};
 use prh::rng::Rng;
 use serde_json::Value;
 
@@ -542,36 +542,7 @@ fn malformed_feature_files_never_panic() {
     let mut opened = 0;
     while start.elapsed() < Duration::from_secs(20) && tried < 1500 {
         let (ext, base) = &seeds[tried % seeds.len()];
-        let mut b = base.clone();
-        match rng.below(5) {
-            0 => {
-                for _ in 0..1 + rng.below(8) {
-                    let i = rng.below(b.len().min(4096));
-                    b[i] = rng.next_u64() as u8;
-                }
-            }
-            1 => b.truncate(rng.below(b.len())),
-            2 => {
-                // A huge little-endian number somewhere in the first KiB (sizes, lengths).
-                let i = rng.below(b.len().min(1024).saturating_sub(8).max(1));
-                let v = (rng.next_u64() >> rng.below(40)).to_le_bytes();
-                let end = (i + 8).min(b.len());
-                b[i..end].copy_from_slice(&v[..end - i]);
-            }
-            3 => {
-                let i = rng.below(b.len());
-                let j = rng.below(b.len());
-                let (lo, hi) = (i.min(j), i.max(j).min(i.min(j) + 512));
-                let chunk = b[lo..hi].to_vec();
-                b.splice(lo..lo, chunk);
-            }
-            _ => {
-                for _ in 0..64 {
-                    let i = rng.below(b.len());
-                    b[i] ^= 1 << rng.below(8);
-                }
-            }
-        }
+        let b = mutate(base, &mut rng);
         let p = env.path(&format!("case.{ext}"));
         std::fs::File::create(&p).unwrap().write_all(&b).unwrap();
         let result = std::panic::catch_unwind(|| {

@@ -116,3 +116,44 @@ pub fn noise(len: usize, seed: u64) -> Vec<f32> {
     let mut r = prh::rng::Rng::new(seed);
     (0..len).map(|_| r.normal() as f32).collect()
 }
+
+/// Mutates `base` in one of several ways (bytes, truncation, huge numbers, splices, bit flips).
+pub fn mutate(base: &[u8], rng: &mut prh::rng::Rng) -> Vec<u8> {
+    let mut b = base.to_vec();
+    match rng.below(6) {
+        0 => {
+            for _ in 0..1 + rng.below(8) {
+                let i = rng.below(b.len().min(4096));
+                b[i] = rng.next_u64() as u8;
+            }
+        }
+        1 => b.truncate(rng.below(b.len())),
+        2 => {
+            let i = rng.below(b.len().min(1024).saturating_sub(8).max(1));
+            let v = (rng.next_u64() >> rng.below(40)).to_le_bytes();
+            let end = (i + 8).min(b.len());
+            b[i..end].copy_from_slice(&v[..end - i]);
+        }
+        3 => {
+            let i = rng.below(b.len());
+            let j = rng.below(b.len());
+            let (lo, hi) = (i.min(j), i.max(j).min(i.min(j) + 512));
+            let chunk = b[lo..hi].to_vec();
+            b.splice(lo..lo, chunk);
+        }
+        4 => {
+            // A digit in a text header (npy shape, safetensors offsets) made huge.
+            let from = rng.below(b.len().min(2048));
+            if let Some(at) = (from..b.len().min(4096)).find(|&i| b[i].is_ascii_digit()) {
+                b.splice(at..at, b"99999999999".iter().copied());
+            }
+        }
+        _ => {
+            for _ in 0..64 {
+                let i = rng.below(b.len());
+                b[i] ^= 1 << rng.below(8);
+            }
+        }
+    }
+    b
+}
