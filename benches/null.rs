@@ -43,7 +43,7 @@ fn main() {
     let t = Instant::now();
     let null = stats::null_draws(&spec, &dx, &dy, 0, 0..1000).unwrap();
     let null_time = t.elapsed().as_secs_f64();
-    let s = stats::summarize(table.best, &null, 1.0);
+    let s = stats::summarize(table.best, &null, 1.0, stats::DEFAULT_ALPHA);
     println!("12 × 12 layers, n = {n}, d = {d}, mutual_knn (k = 10)");
     println!(
         "raw sweep (derive 24 layers + 144 cells): {raw:.3} s; score {:.4}",

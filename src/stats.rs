@@ -124,6 +124,9 @@ pub fn max_attainable(spec: &MetricSpec) -> f64 {
     }
 }
 
+/// Significance level of the calibration threshold unless `--alpha` says otherwise.
+pub const DEFAULT_ALPHA: f64 = 0.05;
+
 /// A raw score against its permutation null.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct NullSummary {
@@ -136,24 +139,46 @@ pub struct NullSummary {
     pub p_value: f64,
     /// (raw − null mean) / null sd.
     pub z: f64,
-    /// (raw − null mean) / (max attainable − null mean): 0 at chance, 1 at the maximum.
+    /// The critical threshold τ: the ⌈(1 − α)(P + 1)⌉-th smallest of the raw score together
+    /// with the P null scores.
+    pub tau: f64,
+    /// clamp((raw − τ) / (max attainable − τ), 0, 1), the calibrated score of Gröger, Wen &
+    /// Brbić (2026, Algorithms 1–2): 0 for anything a permutation reaches at level α, 1 at
+    /// the maximum.
     pub calibrated: f64,
+    /// (raw − null mean) / (max attainable − null mean): 0 at the null's mean, 1 at the
+    /// maximum, not clamped (prh's earlier `calibrated`).
+    pub chance_adjusted: f64,
 }
 
-/// Summarises `raw` against null draws.
-pub fn summarize(raw: f64, null: &[f64], max: f64) -> NullSummary {
+/// The critical threshold τ at level `alpha` (in (0, 1)) from the raw score and its null
+/// draws, as the published Algorithm 1: the order statistic ⌈(1 − α)(P + 1)⌉ (1-based) of the
+/// P + 1 values.
+pub fn critical_threshold(raw: f64, null: &[f64], alpha: f64) -> f64 {
+    let mut all: Vec<f64> = null.iter().copied().chain([raw]).collect();
+    all.sort_by(f64::total_cmp);
+    let k = ((1.0 - alpha) * all.len() as f64).ceil() as usize;
+    all[k.clamp(1, all.len()) - 1]
+}
+
+/// Summarises `raw` against null draws; `max` is the largest value the metric attains and
+/// `alpha` the level of the calibration threshold.
+pub fn summarize(raw: f64, null: &[f64], max: f64, alpha: f64) -> NullSummary {
     let p = null.len();
     let mean = null.iter().sum::<f64>() / p as f64;
     let var = null.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (p.max(2) - 1) as f64;
     let sd = var.sqrt();
     let ge = null.iter().filter(|&&v| v >= raw).count();
+    let tau = critical_threshold(raw, null, alpha);
     NullSummary {
         permutations: p,
         null_mean: mean,
         null_sd: sd,
         p_value: (1 + ge) as f64 / (1 + p) as f64,
         z: if sd > 0.0 { (raw - mean) / sd } else { 0.0 },
-        calibrated: if max > mean {
+        tau,
+        calibrated: ((raw - tau) / (max - tau).max(1e-12)).clamp(0.0, 1.0),
+        chance_adjusted: if max > mean {
             (raw - mean) / (max - mean)
         } else {
             0.0
@@ -464,7 +489,7 @@ mod tests {
             let ys = vec![derived(random(256, 16, 200 + s))];
             let raw = best_over_layers(&spec, &xs, &ys).unwrap();
             let null = null_draws(&spec, &xs, &ys, s, 0..99).unwrap();
-            let sum = summarize(raw, &null, 1.0);
+            let sum = summarize(raw, &null, 1.0, DEFAULT_ALPHA);
             ps.push(sum.p_value);
             cals.push(sum.calibrated);
         }
@@ -487,7 +512,7 @@ mod tests {
         let (xs, ys) = (vec![derived(x)], vec![derived(y)]);
         let raw = best_over_layers(&spec, &xs, &ys).unwrap();
         let null = null_draws(&spec, &xs, &ys, 0, 0..199).unwrap();
-        let s = summarize(raw, &null, 1.0);
+        let s = summarize(raw, &null, 1.0, DEFAULT_ALPHA);
         assert_eq!(s.p_value, 1.0 / 200.0);
         assert!(s.calibrated > 0.2, "{s:?}");
         assert!(s.z > 10.0, "{s:?}");
@@ -498,5 +523,31 @@ mod tests {
         let boot = bootstrap_draws(&spec, &xs, &ys, 0, 0..50).unwrap();
         let ci = ci95(&boot);
         assert!(ci[0] < ci[1] && ci[0] > s.null_mean, "{ci:?}");
+    }
+
+    #[test]
+    fn calibration_follows_the_published_algorithm() {
+        // 19 null draws 0.01 … 0.19 and a raw score of 0.30: 20 values in all.
+        let null: Vec<f64> = (1..=19).map(|i| i as f64 / 100.0).collect();
+        // α = 0.05: τ is the ⌈0.95 · 20⌉ = 19th smallest, 0.19.
+        let s = summarize(0.30, &null, 1.0, 0.05);
+        assert_eq!(s.tau, 0.19);
+        assert!((s.calibrated - 0.11 / 0.81).abs() < 1e-12, "{s:?}");
+        assert_eq!(s.p_value, 1.0 / 20.0);
+        assert!((s.chance_adjusted - (0.30 - 0.10) / 0.90).abs() < 1e-12);
+        // α = 0.5: the ⌈0.5 · 20⌉ = 10th smallest, 0.10.
+        assert_eq!(critical_threshold(0.30, &null, 0.5), 0.10);
+        // A raw score the null reaches calibrates to 0, never below.
+        let low = summarize(0.15, &null, 1.0, 0.05);
+        assert_eq!(low.tau, 0.18);
+        assert_eq!(low.calibrated, 0.0);
+        assert!(low.chance_adjusted > 0.0);
+        // K = 1000, α = 0.05: the 951st smallest of 1001 values.
+        let big: Vec<f64> = (0..1000).map(|i| i as f64).collect();
+        assert_eq!(critical_threshold(5000.0, &big, 0.05), 950.0);
+        // lcs_knn's maximum is k: the score is scaled to it.
+        let s = summarize(6.0, &[1.0, 2.0, 3.0], 10.0, 0.05);
+        assert_eq!(s.tau, 6.0);
+        assert_eq!(s.calibrated, 0.0);
     }
 }

@@ -99,6 +99,8 @@ pub struct SweepRequest {
     pub bootstrap: usize,
     /// Seed of the permutations and resamples.
     pub seed: u64,
+    /// Level of the calibration threshold τ (see [`stats::summarize`]).
+    pub alpha: f64,
 }
 
 /// One model pair's alignment for one metric.
@@ -124,9 +126,15 @@ pub struct PairResult {
     pub p_value: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub z: Option<f64>,
-    /// (score − null mean) / (max attainable − null mean).
+    /// The calibration threshold τ at level α (see [`stats::summarize`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tau: Option<f64>,
+    /// clamp((score − τ) / (max attainable − τ), 0, 1), the published calibrated score.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub calibrated: Option<f64>,
+    /// (score − null mean) / (max attainable − null mean).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chance_adjusted: Option<f64>,
     /// Bootstrap 95% interval of the score (with `--bootstrap`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ci95: Option<[f64; 2]>,
@@ -607,7 +615,9 @@ pub fn sweep(
                 null_sd: None,
                 p_value: None,
                 z: None,
+                tau: None,
                 calibrated: None,
+                chance_adjusted: None,
                 ci95: None,
                 table: t.table,
                 x_checkpoint_id: x.checkpoint_id,
@@ -737,12 +747,15 @@ fn add_statistics(
                         Ok(v)
                     },
                 )?;
-                let s = stats::summarize(result.score, &draws, stats::max_attainable(spec));
+                let s =
+                    stats::summarize(result.score, &draws, stats::max_attainable(spec), req.alpha);
                 result.null_mean = Some(s.null_mean);
                 result.null_sd = Some(s.null_sd);
                 result.p_value = Some(s.p_value);
                 result.z = Some(s.z);
+                result.tau = Some(s.tau);
                 result.calibrated = Some(s.calibrated);
+                result.chance_adjusted = Some(s.chance_adjusted);
             }
             if req.bootstrap > 0 {
                 let draws = cached_draws(

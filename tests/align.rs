@@ -357,10 +357,44 @@ fn null_and_bootstrap_fields_are_added_cached_and_extended() {
         ],
     );
     let r = &v[0];
-    for f in ["null_mean", "null_sd", "p_value", "z", "calibrated", "ci95"] {
+    for f in [
+        "null_mean",
+        "null_sd",
+        "p_value",
+        "z",
+        "tau",
+        "calibrated",
+        "chance_adjusted",
+        "ci95",
+    ] {
         assert!(r.get(f).is_some(), "missing {f}: {r}");
     }
     let score = r["score"].as_f64().unwrap();
+    // The published calibration: τ below the score it beats, calibrated from τ, the
+    // chance-adjusted score from the null mean.
+    let (tau, mean) = (r["tau"].as_f64().unwrap(), r["null_mean"].as_f64().unwrap());
+    assert!(tau < score && tau > mean, "{r}");
+    let cal = r["calibrated"].as_f64().unwrap();
+    assert!((cal - (score - tau) / (1.0 - tau)).abs() < 1e-12, "{r}");
+    let adj = r["chance_adjusted"].as_f64().unwrap();
+    assert!((adj - (score - mean) / (1.0 - mean)).abs() < 1e-12, "{r}");
+    // A looser level lowers τ and raises the calibrated score; the draws are the cached ones.
+    let loose = align(
+        &env,
+        &[
+            "--metric",
+            "mutual_knn",
+            "--null",
+            "60",
+            "--seed",
+            "3",
+            "--alpha",
+            "0.5",
+        ],
+    );
+    assert!(loose[0]["tau"].as_f64().unwrap() < tau);
+    assert!(loose[0]["calibrated"].as_f64().unwrap() > cal);
+    assert_eq!(loose[0]["null_mean"], r["null_mean"]);
     let ci = r["ci95"].as_array().unwrap();
     assert!(ci[0].as_f64().unwrap() <= ci[1].as_f64().unwrap());
     // The pipeline pair shares structure: the best layer pair beats every permutation.
@@ -422,4 +456,6 @@ fn null_and_bootstrap_fields_are_added_cached_and_extended() {
     ]);
     assert_eq!(c["null_mean"], more[0]["null_mean"]);
     assert_eq!(c["p_value"], more[0]["p_value"]);
+    assert_eq!(c["tau"], more[0]["tau"]);
+    assert_eq!(c["calibrated"], more[0]["calibrated"]);
 }

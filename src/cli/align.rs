@@ -103,6 +103,7 @@ impl SweepArgs {
             null: self.stats.null,
             bootstrap: self.stats.bootstrap,
             seed: self.stats.seed,
+            alpha: self.stats.alpha,
         })
     }
 }

@@ -93,16 +93,28 @@ impl MetricArgs {
 #[derive(clap::Args, Clone)]
 pub struct StatsArgs {
     /// Permutation null with P permutations of the y samples per model pair, each scored as
-    /// the real pair (max over layer pairs included): adds null_mean, null_sd, p_value, z and
-    /// calibrated = (score − null_mean) / (max − null_mean).
+    /// the real pair (max over layer pairs included): adds null_mean, null_sd, p_value, z,
+    /// tau (the ⌈(1 − α)(P + 1)⌉-th smallest of the score and the null scores),
+    /// calibrated = clamp((score − tau) / (max − tau), 0, 1) (Gröger, Wen & Brbić 2026) and
+    /// chance_adjusted = (score − null_mean) / (max − null_mean).
     #[arg(long, value_name = "P", default_value_t = 0)]
     pub null: usize,
+    /// Significance level α of the calibration threshold tau, in (0, 1).
+    #[arg(long, default_value_t = prh::stats::DEFAULT_ALPHA, value_parser = parse_alpha)]
+    pub alpha: f64,
     /// Bootstrap with B resamples of the samples: adds ci95, the 95% percentile interval.
     #[arg(long, value_name = "B", default_value_t = 0)]
     pub bootstrap: usize,
     /// Seed of the permutations and resamples (results are reproducible for a seed).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+fn parse_alpha(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(a) if a > 0.0 && a < 1.0 => Ok(a),
+        _ => Err(format!("{s} is not a level in (0, 1)")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -176,12 +188,14 @@ pub fn run(a: CompareArgs) -> Result<()> {
         }
         if a.stats.null > 0 {
             let draws = stats::null_draws(s, &da, &db, a.stats.seed, 0..a.stats.null)?;
-            let sum = stats::summarize(t.best, &draws, stats::max_attainable(s));
+            let sum = stats::summarize(t.best, &draws, stats::max_attainable(s), a.stats.alpha);
             obj.insert("null_mean".into(), sum.null_mean.into());
             obj.insert("null_sd".into(), sum.null_sd.into());
             obj.insert("p_value".into(), sum.p_value.into());
             obj.insert("z".into(), sum.z.into());
+            obj.insert("tau".into(), sum.tau.into());
             obj.insert("calibrated".into(), sum.calibrated.into());
+            obj.insert("chance_adjusted".into(), sum.chance_adjusted.into());
         }
         if a.stats.bootstrap > 0 {
             let draws = stats::bootstrap_draws(s, &da, &db, a.stats.seed, 0..a.stats.bootstrap)?;

@@ -78,6 +78,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         null: 0,
         bootstrap: 0,
         seed: 0,
+        alpha: prh::stats::DEFAULT_ALPHA,
     };
     let bar = Bar::new(false);
     let t = std::time::Instant::now();

@@ -114,6 +114,7 @@ struct Fill {
     all_checkpoints: bool,
     null: usize,
     seed: u64,
+    alpha: f64,
 }
 
 /// Fills missing cells (and nulls when asked) through the sweep engine.
@@ -136,6 +137,7 @@ fn compute(
         null: f.null,
         bootstrap: 0,
         seed: f.seed,
+        alpha: f.alpha,
     };
     let bar = Bar::new(false);
     Ok(sweep::sweep(reg, &req, &bar)?)
@@ -219,6 +221,7 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
                     all_checkpoints: false,
                     null: 0,
                     seed: a.stats.seed,
+                    alpha: a.stats.alpha,
                 },
                 a.x.parse()?,
                 a.x.parse()?,
@@ -257,6 +260,7 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
                 all_checkpoints: false,
                 null: p,
                 seed: a.stats.seed,
+                alpha: a.stats.alpha,
             },
             a.x.parse()?,
             ysel.parse()?,
@@ -275,6 +279,7 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
                     all_checkpoints: false,
                     null: 0,
                     seed: a.stats.seed,
+                    alpha: a.stats.alpha,
                 },
                 a.x.parse()?,
                 ysel.parse()?,
@@ -402,6 +407,7 @@ pub fn run_matrix(ctx: &Ctx, a: MatrixArgs) -> Result<()> {
                 all_checkpoints: false,
                 null: 0,
                 seed: 0,
+                alpha: prh::stats::DEFAULT_ALPHA,
             },
             a.x.parse()?,
             a.y.parse()?,
@@ -478,6 +484,7 @@ pub fn run_trajectory(ctx: &Ctx, a: TrajectoryArgs) -> Result<()> {
                 all_checkpoints: true,
                 null: 0,
                 seed: 0,
+                alpha: prh::stats::DEFAULT_ALPHA,
             },
             Selector::Names(vec![a.model.clone()]),
             a.against.parse()?,
