@@ -319,6 +319,8 @@ pub struct ImportReport {
     pub cells_checked: usize,
     /// Cached null and bootstrap samples taken (only with --trust-cells).
     pub null_samples_new: usize,
+    /// Clamp thresholds computed here from the imported blobs (layer sets × q).
+    pub thresholds_computed: usize,
 }
 
 /// Where a bundle entry may go: `manifest.json`, `catalog.db` or `blobs/ab/<hash>`.
@@ -556,7 +558,59 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
         reg, &staged, &staging.0, bundle, opts, &origin, &verified, deadline,
     )?;
     rep.cells_checked = verified.len();
+    drop(_lock);
+    rep.thresholds_computed = recompute_thresholds(reg, &staged)?;
     Ok(rep)
+}
+
+/// Computes from the blobs (never taking the bundle's word) the clamp threshold of every layer
+/// set the bundle brought, at every q its cells name, so that its cells can be attributed to
+/// their checkpoints by queries. Returns how many thresholds were computed.
+fn recompute_thresholds(reg: &Registry, staged: &Path) -> Result<usize> {
+    let db = Connection::open(staged)?;
+    let mut qs: Vec<f64> = Vec::new();
+    {
+        let mut st = db
+            .prepare("SELECT DISTINCT prep_x FROM cells UNION SELECT DISTINCT prep_y FROM cells")?;
+        let keys: Vec<String> = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for k in keys {
+            if let Some((q, _)) = crate::query::prep_clamp(&k)
+                && !qs.contains(&q)
+            {
+                qs.push(q);
+            }
+        }
+    }
+    if qs.is_empty() {
+        return Ok(0);
+    }
+    let mut st = db.prepare(
+        "SELECT checkpoint_id, dataset_id, pool, blob_hash FROM representations
+         ORDER BY checkpoint_id, dataset_id, pool, layer",
+    )?;
+    let rows: Vec<(i64, i64, String, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut sets: Vec<Vec<BlobHash>> = Vec::new();
+    let mut last: Option<(i64, i64, String)> = None;
+    for (c, d, p, h) in rows {
+        let key = Some((c, d, p));
+        if key != last {
+            sets.push(Vec::new());
+            last = key;
+        }
+        sets.last_mut().expect("pushed").push(h.parse()?);
+    }
+    let mut computed = 0;
+    for layers in &sets {
+        for &q in &qs {
+            crate::sweep::clamp_threshold_cached(reg, layers, q)?;
+            computed += 1;
+        }
+    }
+    Ok(computed)
 }
 
 /// How `import` treats what a bundle claims.

@@ -96,6 +96,10 @@ pub struct RepIndex {
     by_hash: HashMap<Box<[u8]>, Vec<(u32, i64)>, HexHash>,
     set_of: Vec<u32>,
     layer_of: Vec<i64>,
+    /// Per layer set, its cached clamp thresholds as (q, f32 bits of t): a cell computed with
+    /// another set's threshold (a blob shared by checkpoints whose other layers differ) is not
+    /// this set's.
+    set_clamp: Vec<Vec<(f64, u32)>>,
 }
 
 fn col<T, N: Into<PlSmallStr>>(name: N, v: Vec<T>) -> Column
@@ -177,6 +181,8 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         Vec::new(),
         Vec::new(),
     );
+    // Each set's layer hashes in layer order (rows come ordered by layer), for its clamp key.
+    let mut set_layers: Vec<blake3::Hasher> = Vec::new();
     for i in 0..hash.len() {
         let key = (ck_id[i], dataset[i].clone(), pool[i].clone());
         let next = set_ids.len() as u32;
@@ -192,7 +198,35 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
             next
         });
         set_of.push(id);
+        if set_layers.len() <= id as usize {
+            set_layers.push(blake3::Hasher::new());
+        }
+        if let Ok(h) = hash[i].parse::<crate::store::BlobHash>() {
+            set_layers[id as usize].update(&h.0);
+        }
     }
+    // The sweep keys a checkpoint's threshold by BLAKE3 of its ordered layer hashes.
+    let mut thresholds: HashMap<String, Vec<(f64, u32)>> = HashMap::new();
+    {
+        let mut st = conn.prepare("SELECT layers_key, q, threshold FROM clamp_thresholds")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let (k, q, t): (String, f64, f64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            thresholds
+                .entry(k)
+                .or_default()
+                .push((q, (t as f32).to_bits()));
+        }
+    }
+    let set_clamp: Vec<Vec<(f64, u32)>> = set_layers
+        .iter()
+        .map(|h| {
+            thresholds
+                .get(h.finalize().to_hex().as_str())
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
     let sets = DataFrame::new_infer_height(vec![
         col("set", s_id),
         col("model", s_model),
@@ -228,6 +262,7 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         by_hash,
         set_of,
         layer_of,
+        set_clamp,
     })
 }
 
@@ -258,8 +293,27 @@ impl Cells {
 }
 
 /// The raw (metric, params, prep_x, prep_y) strings and version of the current run of rows,
-/// with its key, whether the metric is symmetric, and whether the version is current.
-type RunKey = ([Vec<u8>; 4], i64, u32, bool, bool);
+/// with its key, whether the metric is symmetric, whether the version is current, and the
+/// clamp (q, threshold bits) of each side's prep key.
+type RunKey = ([Vec<u8>; 4], i64, u32, bool, bool, [Option<(f64, u32)>; 2]);
+
+/// The clamp (q, f32 bits of t) of a prep key such as `clamp(q=0.95,t=0x3f8ccccd);l2`.
+pub fn prep_clamp(key: &str) -> Option<(f64, u32)> {
+    let inner = key
+        .split(';')
+        .find_map(|p| p.strip_prefix("clamp("))?
+        .trim_end_matches(')');
+    let mut q = None;
+    let mut t = None;
+    for kv in inner.split(',') {
+        if let Some(v) = kv.strip_prefix("q=") {
+            q = v.parse::<f64>().ok();
+        } else if let Some(v) = kv.strip_prefix("t=0x") {
+            t = u32::from_str_radix(v, 16).ok();
+        }
+    }
+    Some((q?, t?))
+}
 
 /// One scan's share of the cells, with its own key numbering.
 #[derive(Default)]
@@ -318,6 +372,7 @@ fn scan(
                 Some(&(v, sym)) => (v as i64 == version, sym),
                 None => (false, false),
             };
+            let clamps = [prep_clamp(&px), prep_clamp(&py)];
             let (a, b) = (prep_kind(&px), prep_kind(&py));
             let kind = if a == b { a } else { format!("{a}|{b}") };
             let next = key_ids.len() as u32;
@@ -327,9 +382,9 @@ fn scan(
                     part.keys.push((m, p, kind));
                     next
                 });
-            last = Some((raw, version, k, symmetric, valid));
+            last = Some((raw, version, k, symmetric, valid, clamps));
         }
-        let (_, _, k, symmetric, valid) = last.as_ref().expect("set above");
+        let (_, _, k, symmetric, valid, clamps) = last.as_ref().expect("set above");
         if !*valid {
             continue; // a stale row from an older metric version, or an unknown metric
         }
@@ -348,9 +403,17 @@ fn scan(
             part.key.push(*k);
             part.value.push(v);
         };
+        // A cell belongs to a layer set only when it was computed with that set's threshold.
+        let own = |rep: u32, clamp: &Option<(f64, u32)>| match clamp {
+            None => true,
+            Some(c) => idx.set_clamp[idx.set_of[rep as usize] as usize].contains(c),
+        };
         for &(a, da) in rx {
+            if !own(a, &clamps[0]) {
+                continue;
+            }
             for &(b, db) in ry {
-                if da != db {
+                if da != db || !own(b, &clamps[1]) {
                     continue;
                 }
                 emit(a, b);

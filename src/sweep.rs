@@ -341,8 +341,15 @@ pub fn prep_key(
     let Some(q) = prep.clamp_q.filter(|&q| q < 1.0) else {
         return Ok((prep.key(None), None));
     };
+    let t = clamp_threshold_cached(reg, &ck.layers, q)?;
+    Ok((prep.key(Some(t)), Some(t)))
+}
+
+/// The clamp threshold at `q` over these layers together, from `clamp_thresholds` (keyed by
+/// BLAKE3 of the ordered layer hashes) or computed from the blobs and stored there.
+pub fn clamp_threshold_cached(reg: &Registry, layers: &[BlobHash], q: f64) -> Result<f32> {
     let mut h = blake3::Hasher::new();
-    for l in &ck.layers {
+    for l in layers {
         h.update(&l.0);
     }
     let key = h.finalize().to_hex().to_string();
@@ -355,20 +362,21 @@ pub fn prep_key(
             |r| r.get(0),
         )
         .optional()?;
-    let t = match cached {
-        Some(t) => t as f32,
-        None => {
-            let layers = load_layers(reg, ck)?;
-            let views: Vec<_> = layers.iter().map(|l| l.view()).collect();
-            let t = prep::clamp_threshold(&views, q).unwrap_or(f32::INFINITY);
-            reg.catalog.conn().execute(
-                "INSERT OR IGNORE INTO clamp_thresholds (layers_key, q, threshold) VALUES (?1, ?2, ?3)",
-                params![key, q, t as f64],
-            )?;
-            t
-        }
-    };
-    Ok((prep.key(Some(t)), Some(t)))
+    if let Some(t) = cached {
+        return Ok(t as f32);
+    }
+    let store = &reg.store;
+    let loaded: Vec<Array2<f32>> = layers
+        .par_iter()
+        .map(|h| store.open(h)?.to_f32_verified())
+        .collect::<Result<_>>()?;
+    let views: Vec<_> = loaded.iter().map(|l| l.view()).collect();
+    let t = prep::clamp_threshold(&views, q).unwrap_or(f32::INFINITY);
+    reg.catalog.conn().execute(
+        "INSERT OR IGNORE INTO clamp_thresholds (layers_key, q, threshold) VALUES (?1, ?2, ?3)",
+        params![key, q, t as f64],
+    )?;
+    Ok(t)
 }
 
 /// The derived data of one checkpoint's layers, shared.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Env;
+use common::{Env, noise, write_npy};
 
 fn demo() -> Env {
     let env = Env::new();
@@ -416,4 +416,96 @@ fn plots_and_file_formats() {
     assert!(text.starts_with("model,"));
     let e = env.fails(&["query", "SELECT * FROM models", "--format", "parquet"]);
     assert!(e.contains("--out"), "{e}");
+}
+
+/// Two checkpoints share one layer (a frozen layer during fine-tuning) but differ elsewhere, so
+/// their checkpoint-wide clamp thresholds differ and the shared blob has cells under both. The
+/// query tables used to attribute both sets of cells to both checkpoints (6 cells where there
+/// are 4, and the other checkpoint's maximum served).
+#[test]
+fn a_layer_shared_by_checkpoints_with_different_thresholds_is_scored_per_checkpoint() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let n = 100;
+    let shared = noise(n * 16, 1);
+    let layer = |seed: u64, scale: f32| -> Vec<f32> {
+        noise(n * 16, seed).iter().map(|v| v * scale).collect()
+    };
+    let stack = |a: &[f32], b: &[f32]| -> Vec<f32> {
+        (0..n)
+            .flat_map(|i| {
+                a[i * 16..(i + 1) * 16]
+                    .iter()
+                    .chain(&b[i * 16..(i + 1) * 16])
+            })
+            .copied()
+            .collect()
+    };
+    for (ck, step, other) in [("c1", "1", layer(2, 1.0)), ("c2", "2", layer(3, 50.0))] {
+        let p = env.path(&format!("{ck}.npy"));
+        write_npy(&p, &[n, 2, 16], &stack(&shared, &other));
+        env.ok(&[
+            "ingest",
+            p.to_str().unwrap(),
+            "--model",
+            "m",
+            "--checkpoint",
+            ck,
+            "--step",
+            step,
+            "--dataset",
+            "d",
+            "--modality",
+            "language",
+        ]);
+    }
+    let y = env.path("y.npy");
+    write_npy(&y, &[n, 2, 16], &noise(n * 32, 4));
+    env.ok(&[
+        "ingest",
+        y.to_str().unwrap(),
+        "--model",
+        "v",
+        "--dataset",
+        "d",
+        "--modality",
+        "vision",
+    ]);
+    let aligned = env.json(&[
+        "align",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "m",
+        "--y",
+        "v",
+        "--all-checkpoints",
+        "--format",
+        "json",
+    ]);
+    let check = |env: &Env| {
+        let q = env.json(&[
+            "query",
+            "SELECT x_checkpoint, score, cells, complete FROM alignment
+             WHERE metric = 'mutual_knn' AND x_model = 'm' ORDER BY x_checkpoint",
+            "--format",
+            "json",
+        ]);
+        let rows = q.as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{q}");
+        for (r, a) in rows.iter().zip(aligned.as_array().unwrap()) {
+            assert_eq!(r["x_checkpoint"], a["x_checkpoint"]);
+            assert_eq!(r["cells"], 4, "{q}");
+            assert_eq!(r["complete"], true, "{q}");
+            assert_eq!(r["score"], a["score"], "query {q} vs align {aligned}");
+        }
+    };
+    check(&env);
+    // The same after moving the registry: thresholds are recomputed from the blobs at import.
+    let bundle = env.path("b.prh");
+    env.ok(&["export", bundle.to_str().unwrap()]);
+    let other = Env::new();
+    other.ok(&["init"]);
+    other.ok(&["import", bundle.to_str().unwrap(), "--trust-cells"]);
+    check(&other);
 }
