@@ -47,6 +47,7 @@ fn main() {
         let cid = tx.last_insert_rowid();
         let q = m as f64 / (nx + ny) as f64;
         tx.execute("INSERT INTO scores (checkpoint_id, name, value, higher_is_better) VALUES (?1, 'bpb', ?2, 0)", params![cid, 1.5 - q]).unwrap();
+        let mut layers_key = blake3::Hasher::new();
         for l in 0..layers {
             let h = hash(m, l);
             tx.execute("INSERT INTO blobs (hash, dtype, n, d, bytes) VALUES (?1, 'f32', 1024, 1024, 4194336)", [&h]).unwrap();
@@ -55,7 +56,14 @@ fn main() {
                 params![cid, l as i64, h],
             )
             .unwrap();
+            layers_key.update(&h.parse::<prh::store::BlobHash>().unwrap().0);
         }
+        // The checkpoint's clamp threshold (t = 2.0, as in the cells' prep keys below).
+        tx.execute(
+            "INSERT INTO clamp_thresholds (layers_key, q, threshold) VALUES (?1, 0.95, 2.0)",
+            [layers_key.finalize().to_hex().to_string()],
+        )
+        .unwrap();
     }
     {
         let mut ins = tx
