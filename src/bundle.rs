@@ -121,6 +121,7 @@ pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<E
             db.execute_batch(
                 "PRAGMA foreign_keys = OFF;
                  DELETE FROM scores WHERE checkpoint_id IN (SELECT c.id FROM checkpoints c JOIN models m ON m.id = c.model_id WHERE m.name NOT IN (SELECT name FROM keep));
+                 DELETE FROM checkpoint_meta WHERE checkpoint_id IN (SELECT c.id FROM checkpoints c JOIN models m ON m.id = c.model_id WHERE m.name NOT IN (SELECT name FROM keep));
                  DELETE FROM representations WHERE checkpoint_id IN (SELECT c.id FROM checkpoints c JOIN models m ON m.id = c.model_id WHERE m.name NOT IN (SELECT name FROM keep));
                  DELETE FROM checkpoints WHERE model_id IN (SELECT id FROM models WHERE name NOT IN (SELECT name FROM keep));
                  DELETE FROM models WHERE name NOT IN (SELECT name FROM keep);
@@ -311,6 +312,8 @@ pub struct ImportReport {
     pub checkpoints_new: usize,
     pub representations_new: usize,
     pub scores_new: usize,
+    /// Provenance entries (`--meta`) added to checkpoints.
+    pub meta_new: usize,
     /// Cached cells now served: the recomputed sample, or all of them with --trust-cells.
     pub cells_new: usize,
     /// Cached cells held in `imported_cells` until `prh verify --recompute` checks them.
@@ -772,6 +775,7 @@ fn check_rows(staged: &Path) -> std::result::Result<(), String> {
         ("checkpoint", "SELECT name FROM checkpoints"),
         ("pool", "SELECT DISTINCT pool FROM representations"),
         ("score", "SELECT DISTINCT name FROM scores"),
+        ("meta key", "SELECT DISTINCT key FROM checkpoint_meta"),
     ];
     for (what, q) in names {
         let mut st = db.prepare(q).map_err(|e| e.to_string())?;
@@ -816,6 +820,21 @@ fn check_rows(staged: &Path) -> std::result::Result<(), String> {
             "SELECT count(*) FROM cells WHERE typeof(value) NOT IN ('real', 'integer') OR abs(value) > 1.7976931348623157e308 OR length(hash_x) != 64 OR length(hash_y) != 64 OR typeof(version) != 'integer'",
         ),
     ];
+    {
+        let mut st = db
+            .prepare("SELECT key, value FROM checkpoint_meta")
+            .map_err(|e| e.to_string())?;
+        let rows: Vec<(rusqlite::types::Value, rusqlite::types::Value)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| e.to_string())?;
+        for (k, v) in rows {
+            let (rusqlite::types::Value::Text(k), rusqlite::types::Value::Text(v)) = (k, v) else {
+                return Err("a meta entry is not text".into());
+            };
+            crate::registry::validate_meta_value(&k, &v).map_err(|e| e.to_string())?;
+        }
+    }
     for (what, q) in bad_rows {
         let k: i64 = db
             .query_row(q, [], |r| r.get(0))
@@ -1031,6 +1050,11 @@ fn merge_attached(
                  JOIN main.datasets d ON d.name = bd.name
                  JOIN main.representations r ON r.checkpoint_id = c.id AND r.dataset_id = d.id AND r.layer = br.layer AND r.pool = br.pool
                  WHERE r.blob_hash != br.blob_hash")?;
+        collect("SELECT 'meta ' || bk.key || ' of ' || bm.name || ' @ ' || bc.name || ': ' || mk.value || ' here, ' || bk.value || ' in the bundle'
+                 FROM b.checkpoint_meta bk JOIN b.checkpoints bc ON bc.id = bk.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
+                 JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
+                 JOIN main.checkpoint_meta mk ON mk.checkpoint_id = c.id AND mk.key = bk.key
+                 WHERE mk.value != bk.value")?;
         collect("SELECT 'score ' || bs.name || ' of ' || bm.name || ' @ ' || bc.name || ': ' || s.value || ' here, ' || bs.value || ' in the bundle'
                  FROM b.scores bs JOIN b.checkpoints bc ON bc.id = bs.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
                  JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
@@ -1112,6 +1136,14 @@ fn merge_attached(
              JOIN b.datasets bd ON bd.id = br.dataset_id JOIN main.datasets d ON d.name = bd.name
              WHERE NOT EXISTS (SELECT 1 FROM main.representations r WHERE r.checkpoint_id = c.id
                                AND r.dataset_id = d.id AND r.layer = br.layer AND r.pool = br.pool)",
+            [],
+        )?;
+        rep.meta_new = tx.execute(
+            "INSERT INTO main.checkpoint_meta (checkpoint_id, key, value)
+             SELECT c.id, bk.key, bk.value FROM b.checkpoint_meta bk
+             JOIN b.checkpoints bc ON bc.id = bk.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
+             JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
+             WHERE NOT EXISTS (SELECT 1 FROM main.checkpoint_meta x WHERE x.checkpoint_id = c.id AND x.key = bk.key)",
             [],
         )?;
         rep.scores_new = tx.execute(

@@ -23,6 +23,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_imported_cells",
         include_str!("../migrations/0004_imported_cells.sql"),
     ),
+    (
+        "0005_checkpoint_meta",
+        include_str!("../migrations/0005_checkpoint_meta.sql"),
+    ),
 ];
 
 /// How long a writer waits for another process's lock before failing.
@@ -59,6 +63,8 @@ pub struct Checkpoint {
     pub checkpoint: String,
     pub step: Option<i64>,
     pub created_at: String,
+    /// Provenance given at ingest (`--meta KEY=VALUE`), by key.
+    pub meta: std::collections::BTreeMap<String, String>,
 }
 
 /// A representation with everything a listing shows.
@@ -288,9 +294,33 @@ impl Catalog {
                 checkpoint: r.get(2)?,
                 step: r.get(3)?,
                 created_at: r.get(4)?,
+                meta: Default::default(),
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut out: Vec<Checkpoint> = rows.collect::<rusqlite::Result<_>>()?;
+        let mut meta = self.all_checkpoint_meta()?;
+        for c in &mut out {
+            c.meta = meta.remove(&c.id).unwrap_or_default();
+        }
+        Ok(out)
+    }
+
+    /// Every checkpoint's provenance, by checkpoint id.
+    pub fn all_checkpoint_meta(
+        &self,
+    ) -> Result<std::collections::HashMap<i64, std::collections::BTreeMap<String, String>>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT checkpoint_id, key, value FROM checkpoint_meta")?;
+        let mut out: std::collections::HashMap<i64, std::collections::BTreeMap<String, String>> =
+            Default::default();
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            out.entry(r.get(0)?)
+                .or_default()
+                .insert(r.get(1)?, r.get(2)?);
+        }
+        Ok(out)
     }
 
     /// A model's checkpoint by name.

@@ -202,6 +202,7 @@ impl ZooSpec {
                 step: Some(m.step),
                 scores: vec![],
                 num_params: None,
+                meta: vec![],
             };
             reports.push(reg.ingest(&path, &req)?);
             reg.set_scores(

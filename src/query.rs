@@ -9,6 +9,7 @@
 //! | `datasets` | name, n, description |
 //! | `reps` | rep, hash, model, modality, family, checkpoint, checkpoint_id, step, dataset, layer, pool, n, d, layers |
 //! | `scores` | model, checkpoint, checkpoint_id, name, value, higher_is_better |
+//! | `reps` also has `meta`: the checkpoint's provenance as a JSON object (`--meta`) |
 //! | `cells` | x_rep, y_rep, metric, params, prep, value: one row per layer pair and orientation |
 //! | `alignment` | x_model, x_checkpoint, x_step, x_modality, y_model, y_checkpoint, y_step, y_modality, metric, params, prep, score, x_layer, y_layer, cells, complete, x_checkpoint_id, y_checkpoint_id |
 //!
@@ -135,6 +136,8 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
     let mut n = Vec::new();
     let mut d = Vec::new();
     let mut layers = Vec::new();
+    let mut meta: Vec<String> = Vec::new();
+    let ck_meta = reg.catalog.all_checkpoint_meta()?;
     let mut by_hash: HashMap<Box<[u8]>, Vec<(u32, i64)>, HexHash> = HashMap::default();
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
@@ -157,6 +160,12 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         n.push(r.get::<_, i64>(11)?);
         d.push(r.get::<_, i64>(12)?);
         layers.push(r.get::<_, i64>(13)?);
+        meta.push(
+            ck_meta
+                .get(ck_id.last().expect("pushed"))
+                .map(|m| serde_json::to_string(m).expect("strings serialise"))
+                .unwrap_or_else(|| "{}".into()),
+        );
     }
     let rep: Vec<u32> = (0..hash.len() as u32).collect();
     // Layer sets: distinct (checkpoint, dataset, pool), numbered in order.
@@ -254,6 +263,7 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         col("n", n),
         col("d", d),
         col("layers", layers),
+        col("meta", meta),
     ])
     .map_err(pe)?;
     Ok(RepIndex {

@@ -308,6 +308,7 @@ impl Registry {
             checkpoint_created: outcome.checkpoint_created,
             layers,
             scores_changed: outcome.scores_changed,
+            meta_changed: outcome.meta_changed,
             num_params: req.num_params.or(file.meta.num_params),
         })
     }
@@ -508,6 +509,17 @@ impl Registry {
                     out.scores_changed.push(name.clone());
                 }
             }
+            for (key, value) in &req.meta {
+                let changed = tx.execute(
+                    "INSERT INTO checkpoint_meta (checkpoint_id, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (checkpoint_id, key) DO UPDATE SET value = excluded.value
+                     WHERE value != excluded.value",
+                    params![ck_id, key, value],
+                )?;
+                if changed > 0 {
+                    out.meta_changed.push(key.clone());
+                }
+            }
             Ok(out)
         })
     }
@@ -526,6 +538,7 @@ struct TxOutcome {
     model_created: bool,
     checkpoint_created: bool,
     scores_changed: Vec<String>,
+    meta_changed: Vec<String>,
 }
 
 /// Inserts or updates a score; returns true when the stored value changed.
@@ -618,8 +631,27 @@ impl IngestRequest {
         if let Some(c) = &self.checkpoint {
             validate_name("checkpoint", c)?;
         }
-        validate_scores(&self.scores)
+        validate_scores(&self.scores)?;
+        for (k, v) in &self.meta {
+            validate_name("meta key", k)?;
+            validate_meta_value(k, v)?;
+        }
+        Ok(())
     }
+}
+
+/// Longest provenance value accepted, in characters.
+pub const MAX_META_CHARS: usize = 4096;
+
+/// A provenance value: at most [`MAX_META_CHARS`] characters, printable (no control
+/// characters, so listings show it as it is).
+pub fn validate_meta_value(key: &str, v: &str) -> Result<()> {
+    if v.chars().count() > MAX_META_CHARS || v.chars().any(|c| c.is_control()) {
+        return Err(Error::Invalid(format!(
+            "invalid value for meta {key}: at most {MAX_META_CHARS} printable characters, no control characters"
+        )));
+    }
+    Ok(())
 }
 
 /// Scores must have valid names and finite values.
@@ -647,6 +679,8 @@ pub struct IngestRequest {
     pub step: Option<i64>,
     pub scores: Vec<(String, f64)>,
     pub num_params: Option<i64>,
+    /// Provenance of the features as (key, value): precision, batch size, prompt, ...
+    pub meta: Vec<(String, String)>,
 }
 
 /// One layer's outcome.
@@ -679,6 +713,8 @@ pub struct IngestReport {
     pub checkpoint_created: bool,
     pub layers: Vec<LayerReport>,
     pub scores_changed: Vec<String>,
+    /// Provenance keys added or changed.
+    pub meta_changed: Vec<String>,
     pub num_params: Option<i64>,
 }
 
@@ -690,6 +726,7 @@ impl IngestReport {
             && !self.checkpoint_created
             && self.layers.iter().all(|l| !l.new_row)
             && self.scores_changed.is_empty()
+            && self.meta_changed.is_empty()
     }
 }
 

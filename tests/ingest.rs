@@ -355,3 +355,119 @@ fn scores_datasets_show_and_csv() {
     );
     assert!(env.fails(&["show", "zzzz"]).contains("not a hash prefix"));
 }
+
+#[test]
+fn provenance_is_stored_listed_queried_and_carried_by_bundles() {
+    let env = base_env();
+    let good = env.path("good.npy");
+    let g = good.to_str().unwrap();
+    let ingest = |extra: &[&str]| {
+        let mut args = vec![
+            "ingest",
+            g,
+            "--model",
+            "m1",
+            "--dataset",
+            "ds",
+            "--checkpoint",
+            "step-2",
+        ];
+        args.extend_from_slice(extra);
+        env.ok(&args)
+    };
+    let out = ingest(&[
+        "--meta",
+        "precision=bf16",
+        "--meta",
+        "batch_size=64",
+        "--meta",
+        "prompt=a photo of {}, in a = b",
+    ]);
+    assert!(
+        out.contains("meta set: precision, batch_size, prompt"),
+        "{out}"
+    );
+    let cks = env.json(&["ls", "checkpoints", "--format", "json"]);
+    let ck = cks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["checkpoint"] == "step-2")
+        .unwrap();
+    assert_eq!(
+        ck["meta"],
+        serde_json::json!({"batch_size": "64", "precision": "bf16", "prompt": "a photo of {}, in a = b"})
+    );
+    // The same again changes nothing; a new value is an update, reported.
+    assert!(ingest(&["--meta", "precision=bf16"]).contains("nothing new"));
+    assert!(ingest(&["--meta", "precision=f16"]).contains("meta set: precision"));
+    // show and the reps query table carry it.
+    let reps = env.json(&["ls", "reps", "--format", "json"]);
+    let h = reps.as_array().unwrap()[0]["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = env.json(&["show", &h[..12], "--format", "json"]);
+    assert!(
+        shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["meta"]["precision"] == "f16"),
+        "{shown}"
+    );
+    let q = env.json(&[
+        "query",
+        "SELECT DISTINCT checkpoint, meta FROM reps ORDER BY checkpoint",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(q[0]["meta"], "{}");
+    let m: serde_json::Value = serde_json::from_str(q[1]["meta"].as_str().unwrap()).unwrap();
+    assert_eq!(m["precision"], "f16");
+    // Bad entries are refused before anything is written.
+    let before = env.snapshot();
+    for (bad, want) in [
+        ("no-equals-sign", "not KEY=VALUE"),
+        ("=empty key", "invalid meta key"),
+        ("note=two\nlines", "control characters"),
+    ] {
+        let o = env.prh(&[
+            "ingest",
+            g,
+            "--model",
+            "m1",
+            "--dataset",
+            "ds",
+            "--checkpoint",
+            "step-3",
+            "--meta",
+            bad,
+        ]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{bad}: {err}");
+    }
+    assert_eq!(env.snapshot(), before);
+    // A bundle carries it; a conflicting value is reported and nothing imported.
+    let bundle = env.path("b.prh");
+    env.ok(&["export", bundle.to_str().unwrap()]);
+    let other = Env::new();
+    other.ok(&["init"]);
+    other.ok(&["import", bundle.to_str().unwrap()]);
+    assert_eq!(
+        other.json(&["ls", "checkpoints", "--format", "json"]),
+        env.json(&["ls", "checkpoints", "--format", "json"])
+    );
+    ingest(&["--meta", "precision=f32"]);
+    let conflicting = env.path("c.prh");
+    env.ok(&["export", conflicting.to_str().unwrap()]);
+    let o = other.prh(&["import", conflicting.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("meta precision of m1 @ step-2: f16 here, f32 in the bundle"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

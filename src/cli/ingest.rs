@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::{Ctx, FormatArg, parse_scores};
 use prh::registry::IngestRequest;
@@ -38,6 +38,11 @@ pub struct IngestArgs {
     /// Number of model parameters (a .pt file's num_params is used otherwise).
     #[arg(long)]
     pub num_params: Option<i64>,
+    /// Provenance of the features as KEY=VALUE (repeatable): precision, batch size, prompt,
+    /// pooling detail, code revision, ... Stored with the checkpoint, shown by `ls
+    /// checkpoints` and `show`, a column of the `reps` query table, carried by bundles.
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
     #[arg(long, value_enum, default_value_t)]
     pub format: FormatArg,
 }
@@ -55,6 +60,15 @@ impl IngestArgs {
             step: self.step,
             scores: parse_scores(&self.scores)?,
             num_params: self.num_params,
+            meta: self
+                .meta
+                .iter()
+                .map(|s| {
+                    s.split_once('=')
+                        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                        .with_context(|| format!("meta {s:?} is not KEY=VALUE"))
+                })
+                .collect::<Result<_>>()?,
         })
     }
 }
@@ -109,6 +123,9 @@ pub fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
                     l.dtype,
                     if l.new_row { "" } else { "  (already present)" }
                 );
+            }
+            if !report.meta_changed.is_empty() {
+                println!("meta set: {}", report.meta_changed.join(", "));
             }
             if !report.scores_changed.is_empty() {
                 println!("scores set: {}", report.scores_changed.join(", "));

@@ -84,6 +84,8 @@ struct Shown {
     n: usize,
     d: usize,
     blob: String,
+    /// The checkpoint's provenance (`--meta`).
+    meta: std::collections::BTreeMap<String, String>,
 }
 
 pub fn run_show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
@@ -108,9 +110,11 @@ pub fn run_show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
             a.hash
         ),
     }
+    let mut meta = reg.catalog.all_checkpoint_meta()?;
     let rows: Vec<Shown> = reps
         .into_iter()
         .map(|r| Shown {
+            meta: meta.remove(&r.checkpoint_id).unwrap_or_default(),
             blob: reg
                 .store
                 .path(&r.hash.parse().expect("catalog hashes are valid"))
@@ -139,6 +143,9 @@ pub fn run_show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
                     "used by   {} ({}) @ {}, dataset {}, layer {}, pool {}",
                     r.model, r.modality, r.checkpoint, r.dataset, r.layer, r.pool
                 );
+                for (k, v) in &r.meta {
+                    println!("  meta    {k} = {v}");
+                }
             }
         }
         f => output::render(&rows, f.into(), &mut std::io::stdout())?,
