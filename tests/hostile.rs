@@ -166,7 +166,7 @@ fn a_tiny_file_declaring_a_huge_layer_count_is_refused_in_bounded_memory() {
     let ps = p.to_str().unwrap();
     refused(
         &limited(&env, MEM_LIMIT, 60, &ingest_args(ps, "m")),
-        "more than the 16384 prh accepts",
+        "more than the 16384 layers prh accepts",
     );
     // A .pt view with stride 0 along L: 10^9 layers out of one stored float.
     let t = env.path("view.pt");
@@ -174,7 +174,7 @@ fn a_tiny_file_declaring_a_huge_layer_count_is_refused_in_bounded_memory() {
     write_pt(&t, &pkl, &[("0", floats(&[1.0]))], false);
     refused(
         &limited(&env, MEM_LIMIT, 60, &ingest_args(t.to_str().unwrap(), "m")),
-        "more than the 16384 prh accepts",
+        "more than the 16384 layers prh accepts",
     );
     // An expanded view (stride 0) within the layer cap still may not turn 4 stored bytes into
     // a 4 GB blob.

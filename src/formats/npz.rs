@@ -146,16 +146,7 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
     let (file, _) = open_regular(path)?;
     let mut zip = zip::ZipArchive::new(file)
         .map_err(|e| Error::format(path, format!("not a valid .npz (zip) archive: {e}")))?;
-    if zip.len() > super::MAX_LAYERS {
-        return Err(Error::format(
-            path,
-            format!(
-                "{} archive members, more than the {} layers prh accepts",
-                zip.len(),
-                super::MAX_LAYERS
-            ),
-        ));
-    }
+    super::check_layer_count(path, zip.len(), "archive members")?;
     let mut buffers = Vec::new();
     let mut tensors = Vec::new();
     for i in 0..zip.len() {

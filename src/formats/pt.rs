@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::pickle::{self, StorageKind, Value};
-use super::{Buffer, FeatureFile, FileMeta, LayerSpec, MAX_LAYERS, TensorSpec, npz, open_regular};
+use super::{Buffer, FeatureFile, FileMeta, LayerSpec, TensorSpec, npz, open_regular};
 use crate::error::{Error, Result};
 use crate::matrix::DType;
 
@@ -86,15 +86,7 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
             ));
         }
     };
-    if tensor_list.len() > MAX_LAYERS {
-        return Err(Error::format(
-            path,
-            format!(
-                "'feats' lists {} tensors, more than the {MAX_LAYERS} layers prh accepts",
-                tensor_list.len()
-            ),
-        ));
-    }
+    super::check_layer_count(path, tensor_list.len(), "tensors in 'feats'")?;
     let mut layers: Vec<LayerSpec> = Vec::new();
     for (li, t) in tensor_list.iter().enumerate() {
         let Value::Tensor {
