@@ -760,20 +760,7 @@ fn edit_bundle(src: &Path, dst: &Path, sql: &str) {
 fn aligned_source() -> (Env, PathBuf) {
     let env = Env::new();
     env.ok(&["init"]);
-    for (name, modality, seed) in [("l1", "language", 1), ("v1", "vision", 2)] {
-        let p = env.path(&format!("{name}.npy"));
-        write_npy(&p, &[80, 3, 12], &noise(80 * 3 * 12, seed));
-        env.ok(&[
-            "ingest",
-            p.to_str().unwrap(),
-            "--model",
-            name,
-            "--dataset",
-            "d",
-            "--modality",
-            modality,
-        ]);
-    }
+    common::two_models(&env, &[80, 3, 12]);
     for m in ["mutual_knn", "cka"] {
         env.ok(&["align", "--metric", m, "--x", "l1", "--y", "v1"]);
     }

@@ -21,20 +21,7 @@ fn prh(env: &Env) -> Command {
 
 fn demo_like(env: &Env) {
     env.ok(&["init"]);
-    for (name, modality, seed) in [("l1", "language", 1), ("v1", "vision", 2)] {
-        let p = env.path(&format!("{name}.npy"));
-        write_npy(&p, &[120, 4, 16], &noise(120 * 4 * 16, seed));
-        env.ok(&[
-            "ingest",
-            p.to_str().unwrap(),
-            "--model",
-            name,
-            "--dataset",
-            "d",
-            "--modality",
-            modality,
-        ]);
-    }
+    common::two_models(env, &[120, 4, 16]);
 }
 
 #[test]

@@ -111,6 +111,26 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
     std::fs::write(path, prh::formats::npy::encode_f32(shape, data)).unwrap();
 }
 
+/// Ingests two models of independent noise, `l1` (language) and `v1` (vision), with features
+/// of `shape` (n × L × d) on dataset `d`.
+pub fn two_models(env: &Env, shape: &[usize]) {
+    let len = shape.iter().product();
+    for (name, modality, seed) in [("l1", "language", 1), ("v1", "vision", 2)] {
+        let p = env.path(&format!("{name}.npy"));
+        write_npy(&p, shape, &noise(len, seed));
+        env.ok(&[
+            "ingest",
+            p.to_str().unwrap(),
+            "--model",
+            name,
+            "--dataset",
+            "d",
+            "--modality",
+            modality,
+        ]);
+    }
+}
+
 /// Deterministic pseudo-random f32 data.
 pub fn noise(len: usize, seed: u64) -> Vec<f32> {
     let mut r = prh::rng::Rng::new(seed);
