@@ -877,6 +877,15 @@ fn cell_rows(db: &Connection, table: &str) -> rusqlite::Result<Vec<CellRow>> {
     .collect()
 }
 
+/// Up to `k` of `rows`, chosen uniformly at random.
+fn sample<T>(mut rows: Vec<T>, k: usize, rng: &mut Rng) -> Vec<T> {
+    let mut order = rng.permutation(rows.len());
+    order.truncate(k);
+    // Highest index first, so each swap_remove leaves the indices still to take in place.
+    order.sort_unstable_by(|a, b| b.cmp(a));
+    order.into_iter().map(|i| rows.swap_remove(i)).collect()
+}
+
 /// Recomputes one cell from blobs found by `open`; `None` for a metric or version this prh
 /// does not compute.
 fn recompute_cell(open: &dyn Fn(&BlobHash) -> Result<Blob>, c: &CellRow) -> Result<Option<f64>> {
@@ -911,10 +920,8 @@ fn check_cells(
     opts: &ImportOptions,
 ) -> std::result::Result<Vec<CellRow>, String> {
     let db = Connection::open(staged).map_err(|e| e.to_string())?;
-    let mut rows = cell_rows(&db, "cells").map_err(|e| e.to_string())?;
-    let mut order = Rng::new(opts.seed).permutation(rows.len());
-    order.truncate(opts.check_cells);
-    order.sort_unstable_by(|a, b| b.cmp(a));
+    let rows = cell_rows(&db, "cells").map_err(|e| e.to_string())?;
+    let sample = sample(rows, opts.check_cells, &mut Rng::new(opts.seed));
     let open = |h: &BlobHash| -> Result<Blob> {
         let p = staged_blobs.join(h.to_hex());
         if p.is_file() {
@@ -924,8 +931,7 @@ fn check_cells(
         }
     };
     let mut ok = Vec::new();
-    for i in order {
-        let c = rows.swap_remove(i);
+    for c in sample {
         match recompute_cell(&open, &c) {
             Ok(None) => {}
             Ok(Some(v)) if same_value(c.value, v) => ok.push(c),
@@ -1329,12 +1335,7 @@ fn recompute_cells(reg: &Registry, count: usize, seed: u64, rep: &mut VerifyRepo
     let open = |h: &BlobHash| reg.store.open(h);
     let mut left = count;
     for table in ["imported_cells", "cells"] {
-        let mut rows = cell_rows(conn, table)?;
-        let mut order = rng.permutation(rows.len());
-        order.truncate(left);
-        order.sort_unstable_by(|a, b| b.cmp(a));
-        for i in order {
-            let c = rows.swap_remove(i);
+        for c in sample(cell_rows(conn, table)?, left, &mut rng) {
             let (hx, hy) = (
                 &c.hash_x[..12.min(c.hash_x.len())],
                 &c.hash_y[..12.min(c.hash_y.len())],

@@ -191,7 +191,7 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         Vec::new(),
     );
     // Each set's layer hashes in layer order (rows come ordered by layer), for its clamp key.
-    let mut set_layers: Vec<blake3::Hasher> = Vec::new();
+    let mut set_layers: Vec<Vec<crate::store::BlobHash>> = Vec::new();
     for i in 0..hash.len() {
         let key = (ck_id[i], dataset[i].clone(), pool[i].clone());
         let next = set_ids.len() as u32;
@@ -208,10 +208,10 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         });
         set_of.push(id);
         if set_layers.len() <= id as usize {
-            set_layers.push(blake3::Hasher::new());
+            set_layers.push(Vec::new());
         }
-        if let Ok(h) = hash[i].parse::<crate::store::BlobHash>() {
-            set_layers[id as usize].update(&h.0);
+        if let Ok(h) = hash[i].parse() {
+            set_layers[id as usize].push(h);
         }
     }
     // The sweep keys a checkpoint's threshold by BLAKE3 of its ordered layer hashes.
@@ -231,7 +231,7 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         .iter()
         .map(|h| {
             thresholds
-                .get(h.finalize().to_hex().as_str())
+                .get(&crate::sweep::layers_key(h))
                 .cloned()
                 .unwrap_or_default()
         })

@@ -323,10 +323,10 @@ pub fn choose_dataset(reg: &Registry, models: &[String], given: Option<&str>) ->
     }
 }
 
-/// Loads a checkpoint's layers as f32, verifying every blob's hash.
-pub fn load_layers(reg: &Registry, ck: &CheckpointLayers) -> Result<Vec<Array2<f32>>> {
+/// Loads layers as f32 (in parallel), verifying every blob's hash.
+pub fn load_layers(reg: &Registry, layers: &[BlobHash]) -> Result<Vec<Array2<f32>>> {
     let store = &reg.store;
-    ck.layers
+    layers
         .par_iter()
         .map(|h| store.open(h)?.to_f32_verified())
         .collect()
@@ -345,14 +345,20 @@ pub fn prep_key(
     Ok((prep.key(Some(t)), Some(t)))
 }
 
-/// The clamp threshold at `q` over these layers together, from `clamp_thresholds` (keyed by
-/// BLAKE3 of the ordered layer hashes) or computed from the blobs and stored there.
-pub fn clamp_threshold_cached(reg: &Registry, layers: &[BlobHash], q: f64) -> Result<f32> {
+/// The key of a checkpoint's layer set in `clamp_thresholds`: BLAKE3 of its layer hashes in
+/// layer order.
+pub fn layers_key(layers: &[BlobHash]) -> String {
     let mut h = blake3::Hasher::new();
     for l in layers {
         h.update(&l.0);
     }
-    let key = h.finalize().to_hex().to_string();
+    h.finalize().to_hex().to_string()
+}
+
+/// The clamp threshold at `q` over these layers together, from `clamp_thresholds` (keyed by
+/// BLAKE3 of the ordered layer hashes) or computed from the blobs and stored there.
+pub fn clamp_threshold_cached(reg: &Registry, layers: &[BlobHash], q: f64) -> Result<f32> {
+    let key = layers_key(layers);
     let cached: Option<f64> = reg
         .catalog
         .conn()
@@ -365,11 +371,7 @@ pub fn clamp_threshold_cached(reg: &Registry, layers: &[BlobHash], q: f64) -> Re
     if let Some(t) = cached {
         return Ok(t as f32);
     }
-    let store = &reg.store;
-    let loaded: Vec<Array2<f32>> = layers
-        .par_iter()
-        .map(|h| store.open(h)?.to_f32_verified())
-        .collect::<Result<_>>()?;
+    let loaded = load_layers(reg, layers)?;
     let views: Vec<_> = loaded.iter().map(|l| l.view()).collect();
     let t = prep::clamp_threshold(&views, q).unwrap_or(f32::INFINITY);
     reg.catalog.conn().execute(
@@ -413,7 +415,7 @@ impl DerivedCache {
             e.2 = self.clock;
             return Ok(e.0.clone());
         }
-        let layers = load_layers(reg, ck)?;
+        let layers = load_layers(reg, &ck.layers)?;
         let derived = layers
             .into_par_iter()
             .map(|l| {

@@ -231,10 +231,17 @@ fn read_storage(
         )
     })?;
     let name = format!("{prefix}data/{key}");
-    let mut entry = zip
-        .by_name(&name)
-        .map_err(|e| Error::format(path, format!("archive member {name}: {e}")))?;
-    npz::read_exact_member(path, &mut entry, &name, want as u64)
+    npz::read_exact_member(path, &mut member(path, zip, &name)?, &name, want as u64)
+}
+
+/// The archive member called `name`, or an error naming it.
+fn member<'a>(
+    path: &Path,
+    zip: &'a mut zip::ZipArchive<std::fs::File>,
+    name: &str,
+) -> Result<zip::read::ZipFile<'a, std::fs::File>> {
+    zip.by_name(name)
+        .map_err(|e| Error::format(path, format!("archive member {name}: {e}")))
 }
 
 /// A member of unknown length up to `cap` bytes.
@@ -244,8 +251,5 @@ fn read_capped(
     name: &str,
     cap: u64,
 ) -> Result<Vec<u8>> {
-    let mut entry = zip
-        .by_name(name)
-        .map_err(|e| Error::format(path, format!("archive member {name}: {e}")))?;
-    npz::read_capped_member(path, &mut entry, name, cap)
+    npz::read_capped_member(path, &mut member(path, zip, name)?, name, cap)
 }
