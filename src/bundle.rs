@@ -21,7 +21,7 @@ use crate::catalog::{Catalog, MIGRATIONS};
 use crate::error::{Error, Result};
 use crate::lock::RegistryLock;
 use crate::matrix;
-use crate::metrics::{Derived, Kernel, Metric, MetricSpec, prep};
+use crate::metrics::{Derived, Kernel, Metric, MetricSpec, Scope, prep};
 use crate::registry::Registry;
 use crate::registry::validate_name;
 use crate::rng::Rng;
@@ -567,11 +567,12 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
 }
 
 /// Computes from the blobs (never taking the bundle's word) the clamp threshold of every layer
-/// set the bundle brought, at every q its cells name, so that its cells can be attributed to
-/// their checkpoints by queries. Returns how many thresholds were computed.
+/// set the bundle brought (and of each of its layers, for cells clamped per layer), at every q
+/// its cells name, so that its cells can be attributed to their checkpoints by queries.
+/// Returns how many thresholds were computed.
 fn recompute_thresholds(reg: &Registry, staged: &Path) -> Result<usize> {
     let db = Connection::open(staged)?;
-    let mut qs: Vec<f64> = Vec::new();
+    let mut qs: Vec<(f64, Scope)> = Vec::new();
     {
         let mut st = db
             .prepare("SELECT DISTINCT prep_x FROM cells UNION SELECT DISTINCT prep_y FROM cells")?;
@@ -579,10 +580,10 @@ fn recompute_thresholds(reg: &Registry, staged: &Path) -> Result<usize> {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         for k in keys {
-            if let Some((q, _)) = crate::query::prep_clamp(&k)
-                && !qs.contains(&q)
+            if let Some((q, _, scope)) = crate::query::prep_clamp(&k)
+                && !qs.contains(&(q, scope))
             {
-                qs.push(q);
+                qs.push((q, scope));
             }
         }
     }
@@ -608,9 +609,19 @@ fn recompute_thresholds(reg: &Registry, staged: &Path) -> Result<usize> {
     }
     let mut computed = 0;
     for layers in &sets {
-        for &q in &qs {
-            crate::sweep::clamp_threshold_cached(reg, layers, q)?;
-            computed += 1;
+        for &(q, scope) in &qs {
+            match scope {
+                Scope::Checkpoint => {
+                    crate::sweep::clamp_threshold_cached(reg, layers, q)?;
+                    computed += 1;
+                }
+                Scope::Layer => {
+                    for h in layers {
+                        crate::sweep::clamp_threshold_cached(reg, std::slice::from_ref(h), q)?;
+                        computed += 1;
+                    }
+                }
+            }
         }
     }
     Ok(computed)
@@ -802,6 +813,10 @@ fn check_rows(staged: &Path) -> std::result::Result<(), String> {
         (
             "representations with malformed fields",
             "SELECT count(*) FROM representations WHERE typeof(layer) != 'integer' OR typeof(blob_hash) != 'text'",
+        ),
+        (
+            "representations with an unknown layout",
+            "SELECT count(*) FROM representations WHERE layout IS NOT NULL AND layout NOT IN ('stacked', 'layers')",
         ),
         (
             "representations naming no blob row",
@@ -1134,14 +1149,27 @@ fn merge_attached(
         rep.blobs_present =
             tx.query_row("SELECT count(*) FROM b.blobs", [], |r| r.get::<_, i64>(0))? as usize - rep.blobs_new;
         rep.representations_new = tx.execute(
-            "INSERT INTO main.representations (checkpoint_id, dataset_id, layer, pool, blob_hash, source, created_at)
-             SELECT c.id, d.id, br.layer, br.pool, br.blob_hash, br.source, br.created_at
+            "INSERT INTO main.representations (checkpoint_id, dataset_id, layer, pool, blob_hash, source, created_at, layout)
+             SELECT c.id, d.id, br.layer, br.pool, br.blob_hash, br.source, br.created_at, br.layout
              FROM b.representations br
              JOIN b.checkpoints bc ON bc.id = br.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
              JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
              JOIN b.datasets bd ON bd.id = br.dataset_id JOIN main.datasets d ON d.name = bd.name
              WHERE NOT EXISTS (SELECT 1 FROM main.representations r WHERE r.checkpoint_id = c.id
                                AND r.dataset_id = d.id AND r.layer = br.layer AND r.pool = br.pool)",
+            [],
+        )?;
+        // A representation here whose layout was never recorded learns the bundle's.
+        tx.execute(
+            "UPDATE main.representations AS r SET layout = (
+                 SELECT br.layout FROM b.representations br
+                 JOIN b.checkpoints bc ON bc.id = br.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
+                 JOIN b.datasets bd ON bd.id = br.dataset_id
+                 JOIN main.checkpoints c ON c.name = bc.name JOIN main.models m ON m.id = c.model_id AND m.name = bm.name
+                 JOIN main.datasets d ON d.name = bd.name
+                 WHERE c.id = r.checkpoint_id AND d.id = r.dataset_id AND br.layer = r.layer
+                   AND br.pool = r.pool AND br.blob_hash = r.blob_hash)
+             WHERE r.layout IS NULL",
             [],
         )?;
         rep.meta_new = tx.execute(

@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0005_checkpoint_meta",
         include_str!("../migrations/0005_checkpoint_meta.sql"),
     ),
+    ("0006_layout", include_str!("../migrations/0006_layout.sql")),
 ];
 
 /// How long a writer waits for another process's lock before failing.
@@ -79,6 +80,8 @@ pub struct Rep {
     pub dtype: String,
     pub n: usize,
     pub d: usize,
+    /// `stacked` or `layers` (how the file gave its layers); `None` if not recorded.
+    pub layout: Option<String>,
     #[serde(skip)]
     pub checkpoint_id: i64,
     #[serde(skip)]
@@ -344,7 +347,7 @@ impl Catalog {
     pub fn reps(&self, f: &RepFilter) -> Result<Vec<Rep>> {
         let mut st = self.conn.prepare(
             "SELECT r.blob_hash, m.name, c.name, ds.name, r.layer, r.pool, b.dtype, b.n, b.d,
-                    c.id, m.modality
+                    c.id, m.modality, r.layout
              FROM representations r
              JOIN checkpoints c ON c.id = r.checkpoint_id
              JOIN models m ON m.id = c.model_id
@@ -378,6 +381,7 @@ impl Catalog {
                     d: r.get::<_, i64>(8)? as usize,
                     checkpoint_id: r.get(9)?,
                     modality: r.get(10)?,
+                    layout: r.get(11)?,
                 })
             },
         )?;

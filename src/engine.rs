@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::metrics::{Derived, MetricSpec, Prep, prep};
+use crate::metrics::{Derived, Layout, MetricSpec, Prep, prep};
 
 /// All layer-pair scores of one model pair and the best one.
 #[derive(Debug, Clone, Serialize)]
@@ -42,26 +42,28 @@ impl LayerTable {
     }
 }
 
-/// Prepares every layer of one checkpoint: the clamp threshold is computed once over all
-/// layers together, then each layer is clamped and row-normalised. Returns the derived data
-/// and the threshold used.
-pub fn derive_checkpoint(
-    layers: &[Array2<f32>],
-    prep: Prep,
-) -> Result<(Vec<Arc<Derived>>, Option<f32>)> {
+/// A checkpoint's derived layers and each layer's clamp threshold.
+pub type Prepared = (Vec<Arc<Derived>>, Vec<Option<f32>>);
+
+/// Prepares every layer of one checkpoint given in `layout`: the clamp thresholds are computed
+/// at the scope `prep` resolves to (over all layers together, or per layer), then each layer
+/// is clamped and row-normalised. Returns the derived data and each layer's threshold.
+pub fn derive_checkpoint(layers: &[Array2<f32>], prep: Prep, layout: Layout) -> Result<Prepared> {
     let views: Vec<ArrayView2<f32>> = layers.iter().map(|l| l.view()).collect();
-    let threshold = prep.clamp_q.and_then(|q| prep::clamp_threshold(&views, q));
+    let scope = prep.scope.resolve(Some(layout), layers.len());
+    let thresholds = prep.thresholds(&views, scope);
     let derived = layers
         .par_iter()
-        .map(|l| {
+        .zip(thresholds.par_iter())
+        .map(|(l, &t)| {
             Ok(Arc::new(Derived::new(prep::prepare(
                 l.view(),
-                threshold,
+                t,
                 prep.normalize,
             )?)))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok((derived, threshold))
+    Ok((derived, thresholds))
 }
 
 /// Scores every layer pair (in parallel) and finds the best.

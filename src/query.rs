@@ -7,7 +7,7 @@
 //! | `models` | name, modality, family, num_params |
 //! | `checkpoints` | model, checkpoint, step, created_at |
 //! | `datasets` | name, n, description |
-//! | `reps` | rep, hash, model, modality, family, checkpoint, checkpoint_id, step, dataset, layer, pool, n, d, layers |
+//! | `reps` | rep, hash, model, modality, family, checkpoint, checkpoint_id, step, dataset, layer, pool, n, d, layers, layout |
 //! | `scores` | model, checkpoint, checkpoint_id, name, value, higher_is_better |
 //! | `reps` also has `meta`: the checkpoint's provenance as a JSON object (`--meta`) |
 //! | `cells` | x_rep, y_rep, metric, params, prep, value: one row per layer pair and orientation |
@@ -15,9 +15,13 @@
 //!
 //! `cells` comes from the content-addressed cache: each cached (hash_x, hash_y) value is
 //! expanded to every representation pair that uses those blobs, in both orientations for
-//! symmetric metrics. `prep` is the preparation without the per-checkpoint threshold
-//! (`clamp(q=0.95);l2`, `l2`, `raw`). `alignment` is the model-pair best over layer pairs;
-//! `complete` says every layer pair is cached.
+//! symmetric metrics. `prep` is the preparation without thresholds (`clamp(q=0.95);l2`, `l2`,
+//! `raw`): a cell counts for a layer set only when it was computed at the clamp scope the set
+//! resolves to (the official rule by default: per layer for features given as per-layer
+//! arrays, over the checkpoint for a stacked tensor; `scope=checkpoint` or `scope=layer` in
+//! the kind forces one, see [`crate::metrics::Prep::kind`]) and with that set's thresholds.
+//! `alignment` is the model-pair best over layer pairs; `complete` says every layer pair is
+//! cached.
 
 use std::collections::HashMap;
 
@@ -25,7 +29,7 @@ use polars::prelude::*;
 use polars::sql::SQLContext;
 
 use crate::error::{Error, Result};
-use crate::metrics::Metric;
+use crate::metrics::{ClampScope, Layout, Metric, Scope};
 use crate::registry::Registry;
 
 /// Turns a polars error into ours.
@@ -36,15 +40,23 @@ fn pe(e: PolarsError) -> Error {
 /// The official preparation's key without its threshold.
 pub const OFFICIAL_PREP: &str = "clamp(q=0.95);l2";
 
-/// A prep key without the per-checkpoint threshold: `clamp(q=0.95,t=0x…);l2` → `clamp(q=0.95);l2`.
-pub fn prep_kind(key: &str) -> String {
+/// A prep key without thresholds and scope, naming the scope choice `scope` as
+/// [`crate::metrics::Prep::kind`] does: `clamp(q=0.95,scope=layer,t=0x…);l2` →
+/// `clamp(q=0.95);l2` (for [`ClampScope::Auto`]).
+pub fn prep_kind(key: &str, scope: ClampScope) -> String {
+    let token = match scope {
+        ClampScope::Auto => None,
+        ClampScope::Checkpoint => Some("scope=checkpoint"),
+        ClampScope::Layer => Some("scope=layer"),
+    };
     key.split(';')
         .map(|part| match part.strip_prefix("clamp(") {
             Some(inner) => {
                 let kept: Vec<&str> = inner
                     .trim_end_matches(')')
                     .split(',')
-                    .filter(|kv| !kv.starts_with("t="))
+                    .filter(|kv| !kv.starts_with("t=") && !kv.starts_with("scope="))
+                    .chain(token)
                     .collect();
                 format!("clamp({})", kept.join(","))
             }
@@ -59,6 +71,8 @@ pub fn prep_kind(key: &str) -> String {
 pub struct CellFilter {
     pub metric: Option<String>,
     pub params: Option<String>,
+    /// The clamp scope a layer set's cells must have been computed at.
+    pub scope: ClampScope,
 }
 
 /// Hashes a hex content hash by its first 16 digits: they are already uniformly random, so
@@ -101,6 +115,29 @@ pub struct RepIndex {
     /// another set's threshold (a blob shared by checkpoints whose other layers differ) is not
     /// this set's.
     set_clamp: Vec<Vec<(f64, u32)>>,
+    /// Per layer set, its recorded layout and layer count (which decide its clamp scope).
+    set_layout: Vec<(Option<Layout>, usize)>,
+    /// Per representation, its layer's own cached clamp thresholds (for per-layer scope).
+    rep_clamp: Vec<Vec<(f64, u32)>>,
+}
+
+impl RepIndex {
+    /// Whether a cell side prepared with `clamp` (q, threshold bits, scope) belongs to
+    /// representation `rep` when sets are clamped at `scope`.
+    fn owns(&self, rep: u32, clamp: Option<(f64, u32, Scope)>, scope: ClampScope) -> bool {
+        let Some((q, t, cell_scope)) = clamp else {
+            return true;
+        };
+        let set = self.set_of[rep as usize] as usize;
+        let (layout, layers) = self.set_layout[set];
+        if scope.resolve(layout, layers) != cell_scope {
+            return false;
+        }
+        match cell_scope {
+            Scope::Checkpoint => self.set_clamp[set].contains(&(q, t)),
+            Scope::Layer => self.rep_clamp[rep as usize].contains(&(q, t)),
+        }
+    }
 }
 
 fn col<T, N: Into<PlSmallStr>>(name: N, v: Vec<T>) -> Column
@@ -117,7 +154,7 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         "SELECT r.blob_hash, m.name, m.modality, m.family, c.name, c.id, c.step, d.name, d.id,
                 r.layer, r.pool, b.n, b.d,
                 (SELECT count(*) FROM representations r2 WHERE r2.checkpoint_id = r.checkpoint_id
-                   AND r2.dataset_id = r.dataset_id AND r2.pool = r.pool)
+                   AND r2.dataset_id = r.dataset_id AND r2.pool = r.pool), r.layout
          FROM representations r JOIN checkpoints c ON c.id = r.checkpoint_id
          JOIN models m ON m.id = c.model_id JOIN datasets d ON d.id = r.dataset_id
          JOIN blobs b ON b.hash = r.blob_hash
@@ -136,6 +173,7 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
     let mut n = Vec::new();
     let mut d = Vec::new();
     let mut layers = Vec::new();
+    let mut layout: Vec<Option<String>> = Vec::new();
     let mut meta: Vec<String> = Vec::new();
     let ck_meta = reg.catalog.all_checkpoint_meta()?;
     let mut by_hash: HashMap<Box<[u8]>, Vec<(u32, i64)>, HexHash> = HashMap::default();
@@ -160,6 +198,7 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         n.push(r.get::<_, i64>(11)?);
         d.push(r.get::<_, i64>(12)?);
         layers.push(r.get::<_, i64>(13)?);
+        layout.push(r.get(14)?);
         meta.push(
             ck_meta
                 .get(ck_id.last().expect("pushed"))
@@ -227,13 +266,30 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
                 .push((q, (t as f32).to_bits()));
         }
     }
-    let set_clamp: Vec<Vec<(f64, u32)>> = set_layers
+    let cached = |hashes: &[crate::store::BlobHash]| {
+        thresholds
+            .get(&crate::sweep::layers_key(hashes))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let set_clamp: Vec<Vec<(f64, u32)>> = set_layers.iter().map(|h| cached(h)).collect();
+    let rep_clamp: Vec<Vec<(f64, u32)>> = hash
         .iter()
         .map(|h| {
-            thresholds
-                .get(&crate::sweep::layers_key(h))
-                .cloned()
+            h.parse()
+                .map(|h| cached(std::slice::from_ref(&h)))
                 .unwrap_or_default()
+        })
+        .collect();
+    let mut set_members: Vec<Vec<Option<&str>>> = vec![Vec::new(); set_layers.len()];
+    for (i, &s) in set_of.iter().enumerate() {
+        set_members[s as usize].push(layout[i].as_deref());
+    }
+    let set_layout: Vec<(Option<Layout>, usize)> = set_members
+        .into_iter()
+        .map(|m| {
+            let n = m.len();
+            (crate::sweep::set_layout(m.into_iter()), n)
         })
         .collect();
     let sets = DataFrame::new_infer_height(vec![
@@ -263,6 +319,7 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         col("n", n),
         col("d", d),
         col("layers", layers),
+        col("layout", layout),
         col("meta", meta),
     ])
     .map_err(pe)?;
@@ -273,6 +330,8 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
         set_of,
         layer_of,
         set_clamp,
+        set_layout,
+        rep_clamp,
     })
 }
 
@@ -304,25 +363,36 @@ impl Cells {
 
 /// The raw (metric, params, prep_x, prep_y) strings and version of the current run of rows,
 /// with its key, whether the metric is symmetric, whether the version is current, and the
-/// clamp (q, threshold bits) of each side's prep key.
-type RunKey = ([Vec<u8>; 4], i64, u32, bool, bool, [Option<(f64, u32)>; 2]);
+/// clamp (q, threshold bits, scope) of each side's prep key.
+type RunKey = (
+    [Vec<u8>; 4],
+    i64,
+    u32,
+    bool,
+    bool,
+    [Option<(f64, u32, Scope)>; 2],
+);
 
-/// The clamp (q, f32 bits of t) of a prep key such as `clamp(q=0.95,t=0x3f8ccccd);l2`.
-pub fn prep_clamp(key: &str) -> Option<(f64, u32)> {
+/// The clamp (q, f32 bits of t, scope) of a prep key such as `clamp(q=0.95,t=0x3f8ccccd);l2`
+/// (over the checkpoint) or `clamp(q=0.95,scope=layer,t=0x3f8ccccd);l2` (per layer).
+pub fn prep_clamp(key: &str) -> Option<(f64, u32, Scope)> {
     let inner = key
         .split(';')
         .find_map(|p| p.strip_prefix("clamp("))?
         .trim_end_matches(')');
     let mut q = None;
     let mut t = None;
+    let mut scope = Scope::Checkpoint;
     for kv in inner.split(',') {
         if let Some(v) = kv.strip_prefix("q=") {
             q = v.parse::<f64>().ok();
         } else if let Some(v) = kv.strip_prefix("t=0x") {
             t = u32::from_str_radix(v, 16).ok();
+        } else if kv == "scope=layer" {
+            scope = Scope::Layer;
         }
     }
-    Some((q?, t?))
+    Some((q?, t?, scope))
 }
 
 /// One scan's share of the cells, with its own key numbering.
@@ -383,7 +453,7 @@ fn scan(
                 None => (false, false),
             };
             let clamps = [prep_clamp(&px), prep_clamp(&py)];
-            let (a, b) = (prep_kind(&px), prep_kind(&py));
+            let (a, b) = (prep_kind(&px, filter.scope), prep_kind(&py, filter.scope));
             let kind = if a == b { a } else { format!("{a}|{b}") };
             let next = key_ids.len() as u32;
             let k = *key_ids
@@ -413,17 +483,14 @@ fn scan(
             part.key.push(*k);
             part.value.push(v);
         };
-        // A cell belongs to a layer set only when it was computed with that set's threshold.
-        let own = |rep: u32, clamp: &Option<(f64, u32)>| match clamp {
-            None => true,
-            Some(c) => idx.set_clamp[idx.set_of[rep as usize] as usize].contains(c),
-        };
+        // A cell belongs to a layer set only when it was computed at that set's clamp scope
+        // with that set's threshold.
         for &(a, da) in rx {
-            if !own(a, &clamps[0]) {
+            if !idx.owns(a, clamps[0], filter.scope) {
                 continue;
             }
             for &(b, db) in ry {
-                if da != db || !own(b, &clamps[1]) {
+                if da != db || !idx.owns(b, clamps[1], filter.scope) {
                     continue;
                 }
                 emit(a, b);
@@ -723,6 +790,7 @@ pub fn alignment_for(
         &CellFilter {
             metric: Some(metric.name().to_string()),
             params: Some(params.to_string()),
+            scope: ClampScope::from_kind(prep),
         },
     )?;
     let t_cells = t.elapsed();
@@ -768,9 +836,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prep_kind_drops_the_threshold() {
-        assert_eq!(prep_kind("clamp(q=0.95,t=0x400a3c1e);l2"), OFFICIAL_PREP);
-        assert_eq!(prep_kind("l2"), "l2");
-        assert_eq!(prep_kind("raw"), "raw");
+    fn prep_kind_drops_the_threshold_and_names_the_scope_choice() {
+        let auto = ClampScope::Auto;
+        assert_eq!(
+            prep_kind("clamp(q=0.95,t=0x400a3c1e);l2", auto),
+            OFFICIAL_PREP
+        );
+        assert_eq!(
+            prep_kind("clamp(q=0.95,scope=layer,t=0x400a3c1e);l2", auto),
+            OFFICIAL_PREP
+        );
+        assert_eq!(
+            prep_kind("clamp(q=0.95,t=0x400a3c1e);l2", ClampScope::Checkpoint),
+            "clamp(q=0.95,scope=checkpoint);l2"
+        );
+        assert_eq!(prep_kind("l2", ClampScope::Layer), "l2");
+        assert_eq!(prep_kind("raw", auto), "raw");
+        for scope in [ClampScope::Auto, ClampScope::Checkpoint, ClampScope::Layer] {
+            let p = crate::metrics::Prep {
+                scope,
+                ..crate::metrics::Prep::OFFICIAL
+            };
+            assert_eq!(prep_kind(&p.key(Some(1.5), Scope::Layer), scope), p.kind());
+            assert_eq!(ClampScope::from_kind(&p.kind()), scope);
+        }
+        assert_eq!(
+            prep_clamp("clamp(q=0.95,scope=layer,t=0x3fc00000);l2"),
+            Some((0.95, 0x3fc0_0000, Scope::Layer))
+        );
     }
 }

@@ -303,6 +303,7 @@ impl Registry {
             checkpoint: ck_name.to_string(),
             dataset: req.dataset.clone(),
             n,
+            layout: file.layout.name(),
             dataset_created: outcome.dataset_created,
             model_created: outcome.model_created,
             checkpoint_created: outcome.checkpoint_created,
@@ -487,7 +488,14 @@ impl Registry {
                     )
                     .optional()?;
                 match existing {
-                    Some(h) if h == hex => {}
+                    Some(h) if h == hex => {
+                        // Registries from before layouts were recorded learn it on re-ingest.
+                        tx.execute(
+                            "UPDATE representations SET layout = ?5 WHERE checkpoint_id = ?1
+                             AND dataset_id = ?2 AND layer = ?3 AND pool = ?4 AND layout IS NULL",
+                            params![ck_id, ds_id, l.layer as i64, req.pool, file.layout.name()],
+                        )?;
+                    }
                     Some(h) => {
                         return Err(Error::format(
                             path,
@@ -496,9 +504,9 @@ impl Registry {
                     }
                     None => {
                         tx.execute(
-                            "INSERT INTO representations (checkpoint_id, dataset_id, layer, pool, blob_hash, source)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                            params![ck_id, ds_id, l.layer as i64, req.pool, hex, source],
+                            "INSERT INTO representations (checkpoint_id, dataset_id, layer, pool, blob_hash, source, layout)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            params![ck_id, ds_id, l.layer as i64, req.pool, hex, source, file.layout.name()],
                         )?;
                         l.new_row = true;
                     }
@@ -708,6 +716,8 @@ pub struct IngestReport {
     pub checkpoint: String,
     pub dataset: String,
     pub n: usize,
+    /// How the file gave its layers: `stacked` (one tensor) or `layers` (one array each).
+    pub layout: &'static str,
     pub dataset_created: bool,
     pub model_created: bool,
     pub checkpoint_created: bool,

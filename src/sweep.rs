@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::catalog::RepFilter;
 use crate::engine::LayerTable;
 use crate::error::{Error, Result};
-use crate::metrics::{Derived, MetricSpec, Prep, prep};
+use crate::metrics::{ClampScope, Derived, Layout, MetricSpec, Prep, Scope, prep};
 use crate::registry::Registry;
 use crate::stats;
 use crate::store::{BlobHash, BlobStore};
@@ -77,6 +77,8 @@ pub struct CheckpointLayers {
     pub n: usize,
     /// Bytes the f32 features occupy (for the memory budget).
     pub f32_bytes: usize,
+    /// How the layers were given, when every layer recorded the same layout.
+    pub layout: Option<Layout>,
 }
 
 /// What to sweep.
@@ -279,6 +281,7 @@ pub fn resolve_checkpoints(
                 layer_ids: reps.iter().map(|r| r.layer).collect(),
                 n: reps[0].n,
                 f32_bytes: reps.iter().map(|r| r.n * r.d * 4).sum(),
+                layout: set_layout(reps.iter().map(|r| r.layout.as_deref())),
             });
         }
     }
@@ -332,17 +335,72 @@ pub fn load_layers(reg: &Registry, layers: &[BlobHash]) -> Result<Vec<Array2<f32
         .collect()
 }
 
-/// The prep key of a checkpoint (with its clamp threshold, computed once and cached).
-pub fn prep_key(
+/// The layout of a layer set from its layers' recorded layouts: the common one, or `None`
+/// when any is unrecorded or they differ (then the set is clamped over the checkpoint).
+pub fn set_layout<'a>(mut layouts: impl Iterator<Item = Option<&'a str>>) -> Option<Layout> {
+    let first = layouts.next()?.and_then(Layout::from_name)?;
+    layouts
+        .all(|l| l.and_then(Layout::from_name) == Some(first))
+        .then_some(first)
+}
+
+/// A checkpoint's preparation: each layer's cache key and clamp threshold, and the key of the
+/// whole layer set (for null and bootstrap samples, which belong to all layers together).
+#[derive(Debug, Clone)]
+pub struct CheckpointPrep {
+    pub keys: Vec<String>,
+    pub thresholds: Vec<Option<f32>>,
+    pub set_key: String,
+}
+
+/// The preparation of a checkpoint at the scope `prep` resolves to for its layout; thresholds
+/// are computed once and cached in `clamp_thresholds`.
+pub fn checkpoint_prep(
     reg: &Registry,
     ck: &CheckpointLayers,
     prep: Prep,
-) -> Result<(String, Option<f32>)> {
+) -> Result<CheckpointPrep> {
+    let scope = prep.scope.resolve(ck.layout, ck.layers.len());
+    let layers = ck.layers.len();
     let Some(q) = prep.clamp_q.filter(|&q| q < 1.0) else {
-        return Ok((prep.key(None), None));
+        let key = prep.key(None, scope);
+        return Ok(CheckpointPrep {
+            keys: vec![key.clone(); layers],
+            thresholds: vec![None; layers],
+            set_key: key,
+        });
     };
-    let t = clamp_threshold_cached(reg, &ck.layers, q)?;
-    Ok((prep.key(Some(t)), Some(t)))
+    match scope {
+        Scope::Checkpoint => {
+            let t = clamp_threshold_cached(reg, &ck.layers, q)?;
+            let key = prep.key(Some(t), scope);
+            Ok(CheckpointPrep {
+                keys: vec![key.clone(); layers],
+                thresholds: vec![Some(t); layers],
+                set_key: key,
+            })
+        }
+        Scope::Layer => {
+            let thresholds = ck
+                .layers
+                .iter()
+                .map(|h| clamp_threshold_cached(reg, std::slice::from_ref(h), q))
+                .collect::<Result<Vec<f32>>>()?;
+            Ok(CheckpointPrep {
+                keys: thresholds
+                    .iter()
+                    .map(|&t| prep.key(Some(t), scope))
+                    .collect(),
+                thresholds: thresholds.into_iter().map(Some).collect(),
+                // Each layer's threshold follows from its hash, which the sample's key names.
+                set_key: Prep {
+                    scope: ClampScope::Layer,
+                    ..prep
+                }
+                .kind(),
+            })
+        }
+    }
 }
 
 /// The key of a checkpoint's layer set in `clamp_thresholds`: BLAKE3 of its layer hashes in
@@ -407,7 +465,7 @@ impl DerivedCache {
         &mut self,
         reg: &Registry,
         ck: &CheckpointLayers,
-        threshold: Option<f32>,
+        thresholds: &[Option<f32>],
         prep: Prep,
     ) -> Result<Layers> {
         self.clock += 1;
@@ -418,7 +476,8 @@ impl DerivedCache {
         let layers = load_layers(reg, &ck.layers)?;
         let derived = layers
             .into_par_iter()
-            .map(|l| {
+            .zip(thresholds.par_iter())
+            .map(|(l, &threshold)| {
                 Ok(Arc::new(Derived::new(
                     prep::prepare(l.view(), threshold, prep.normalize).map_err(|e| {
                         Error::Invalid(format!("{} @ {}: {e}", ck.model, ck.checkpoint))
@@ -477,10 +536,10 @@ pub fn sweep(
         s.validate(n)?;
     }
     // Prep keys (clamp thresholds) once per checkpoint.
-    let mut preps: HashMap<i64, (String, Option<f32>)> = HashMap::new();
+    let mut preps: HashMap<i64, CheckpointPrep> = HashMap::new();
     for ck in xs.iter().chain(ys.iter()) {
         if let std::collections::hash_map::Entry::Vacant(e) = preps.entry(ck.checkpoint_id) {
-            e.insert(prep_key(reg, ck, req.prep)?);
+            e.insert(checkpoint_prep(reg, ck, req.prep)?);
         }
     }
     let pairs: Vec<(&CheckpointLayers, &CheckpointLayers)> = xs
@@ -499,12 +558,12 @@ pub fn sweep(
              AND version = ?4 AND params = ?5 AND prep_x = ?6 AND prep_y = ?7",
         )?;
         for (x, y) in &pairs {
-            let (px, py) = (&preps[&x.checkpoint_id].0, &preps[&y.checkpoint_id].0);
+            let (px, py) = (&preps[&x.checkpoint_id].keys, &preps[&y.checkpoint_id].keys);
             let mut missing = Vec::new();
             for (si, spec) in req.specs.iter().enumerate() {
                 for (i, hx) in x.layers.iter().enumerate() {
                     for (j, hy) in y.layers.iter().enumerate() {
-                        let key = cell_key(spec, hx, hy, px, py);
+                        let key = cell_key(spec, hx, hy, &px[i], &py[j]);
                         if known.contains_key(&key) {
                             continue;
                         }
@@ -547,10 +606,9 @@ pub fn sweep(
                 continue;
             }
             progress.message(&format!("{} × {}", x.model, y.model));
-            let (px, tx) = preps[&x.checkpoint_id].clone();
-            let (py, ty) = preps[&y.checkpoint_id].clone();
-            let dx = cache.get(reg, x, tx, req.prep)?;
-            let dy = cache.get(reg, y, ty, req.prep)?;
+            let (px, py) = (&preps[&x.checkpoint_id], &preps[&y.checkpoint_id]);
+            let dx = cache.get(reg, x, &px.thresholds, req.prep)?;
+            let dy = cache.get(reg, y, &py.thresholds, req.prep)?;
             // Derive what the metrics need on every layer in parallel first.
             for spec in &req.specs {
                 dx.par_iter()
@@ -578,7 +636,7 @@ pub fn sweep(
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?;
                 for &(si, i, j, v, secs) in &results {
-                    let key = cell_key(&req.specs[si], &x.layers[i], &y.layers[j], &px, &py);
+                    let key = cell_key(&req.specs[si], &x.layers[i], &y.layers[j], &px.keys[i], &py.keys[j]);
                     ins.execute(params![
                         key.hash_x, key.hash_y, key.metric, key.version, key.params, key.prep_x, key.prep_y, v, secs
                     ])?;
@@ -586,7 +644,13 @@ pub fn sweep(
                 Ok(())
             })?;
             for (si, i, j, v, _) in results {
-                let key = cell_key(&req.specs[si], &x.layers[i], &y.layers[j], &px, &py);
+                let key = cell_key(
+                    &req.specs[si],
+                    &x.layers[i],
+                    &y.layers[j],
+                    &px.keys[i],
+                    &py.keys[j],
+                );
                 known.insert(key, v);
                 *computed.entry((pi, si)).or_default() += 1;
             }
@@ -597,14 +661,16 @@ pub fn sweep(
     let mut out: Vec<PairResult> = Vec::new();
     for (si, spec) in req.specs.iter().enumerate() {
         for (pi, (x, y)) in pairs.iter().enumerate() {
-            let (px, py) = (&preps[&x.checkpoint_id].0, &preps[&y.checkpoint_id].0);
+            let (px, py) = (&preps[&x.checkpoint_id].keys, &preps[&y.checkpoint_id].keys);
             let table: Vec<Vec<f64>> = x
                 .layers
                 .iter()
-                .map(|hx| {
+                .zip(px)
+                .map(|(hx, px)| {
                     y.layers
                         .iter()
-                        .map(|hy| known[&cell_key(spec, hx, hy, px, py)])
+                        .zip(py)
+                        .map(|(hy, py)| known[&cell_key(spec, hx, hy, px, py)])
                         .collect()
                 })
                 .collect();
@@ -715,7 +781,7 @@ fn add_statistics(
     reg: &Registry,
     req: &SweepRequest,
     pairs: &[(&CheckpointLayers, &CheckpointLayers)],
-    preps: &HashMap<i64, (String, Option<f32>)>,
+    preps: &HashMap<i64, CheckpointPrep>,
     out: &mut [PairResult],
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -724,8 +790,8 @@ fn add_statistics(
     for (si, spec) in req.specs.iter().enumerate() {
         for (pi, (x, y)) in pairs.iter().enumerate() {
             progress.message(&format!("null {} × {}", x.model, y.model));
-            let (px, tx) = preps[&x.checkpoint_id].clone();
-            let (py, ty) = preps[&y.checkpoint_id].clone();
+            let (prep_x, prep_y) = (&preps[&x.checkpoint_id], &preps[&y.checkpoint_id]);
+            let (px, py) = (&prep_x.set_key, &prep_y.set_key);
             let key = pair_key(x, y);
             let result = &mut out[si * pairs.len() + pi];
             let mut loaded: Option<(Layers, Layers)> = None;
@@ -734,8 +800,8 @@ fn add_statistics(
                     return Ok(l.clone());
                 }
                 let l = (
-                    cache.get(reg, x, tx, req.prep)?,
-                    cache.get(reg, y, ty, req.prep)?,
+                    cache.get(reg, x, &prep_x.thresholds, req.prep)?,
+                    cache.get(reg, y, &prep_y.thresholds, req.prep)?,
                 );
                 loaded = Some(l.clone());
                 Ok(l)
@@ -746,8 +812,8 @@ fn add_statistics(
                     "permutation",
                     &key,
                     spec,
-                    &px,
-                    &py,
+                    px,
+                    py,
                     req.seed,
                     req.null,
                     |reg, range| {
@@ -773,8 +839,8 @@ fn add_statistics(
                     "bootstrap",
                     &key,
                     spec,
-                    &px,
-                    &py,
+                    px,
+                    py,
                     req.seed,
                     req.bootstrap,
                     |reg, range| {

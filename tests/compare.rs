@@ -20,6 +20,8 @@ fn expected() -> Value {
 fn multi_layer_files_report_the_official_best_pair_and_table() {
     let env = Env::new();
     let exp = expected();
+    // The reference clamps pipeline_y as one n × L × d tensor; the per-layer containers of the
+    // same features get that scope on request (their default, per layer, is tested below).
     for (x, y) in [
         ("pipeline_x.npy", "pipeline_y.npy"),
         ("pipeline_x.pt", "pipeline_y.safetensors"),
@@ -32,6 +34,8 @@ fn multi_layer_files_report_the_official_best_pair_and_table() {
             "--metric",
             "mutual_knn",
             "--table",
+            "--clamp-scope",
+            "checkpoint",
             "--format",
             "json",
         ]);
@@ -46,6 +50,25 @@ fn multi_layer_files_report_the_official_best_pair_and_table() {
         assert_eq!(v["table"].as_array().unwrap().len(), 5);
         assert_eq!(v["table"][0].as_array().unwrap().len(), 4);
     }
+    // By default per-layer arrays are clamped layer by layer, as the official code does a list:
+    // every per-layer container agrees, and differs from the stacked tensor here.
+    let auto = |y: &str| {
+        let v = env.json(&[
+            "compare",
+            &refp("pipeline_x.npy"),
+            &refp(y),
+            "--metric",
+            "mutual_knn",
+            "--format",
+            "json",
+        ]);
+        v["value"].as_f64().unwrap()
+    };
+    let stacked = auto("pipeline_y.npy");
+    let listed = auto("pipeline_y_list.pt");
+    assert_eq!(listed, auto("pipeline_y.safetensors"));
+    assert_eq!(listed, auto("pipeline_y.npz"));
+    assert!((listed - stacked).abs() > 1e-4, "{listed} vs {stacked}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 use prh::engine;
 use prh::formats;
-use prh::metrics::{Derived, Kernel, Metric, MetricSpec, Prep};
+use prh::metrics::{Derived, Kernel, Layout, Metric, MetricSpec, Prep};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -88,10 +88,14 @@ fn lcs_and_edit_over_all_rows_match_the_straightforward_loop() {
 fn full_pipeline_matches_clamp_tables_and_best_layers() {
     let exp = expected();
     let p = &exp["pipeline"];
-    let (dx, tx) = engine::derive_checkpoint(&layers("pipeline_x.npy"), Prep::OFFICIAL).unwrap();
-    let (dy, ty) = engine::derive_checkpoint(&layers("pipeline_y.npy"), Prep::OFFICIAL).unwrap();
-    assert_eq!(tx.unwrap() as f64, p["clamp_x"].as_f64().unwrap());
-    assert_eq!(ty.unwrap() as f64, p["clamp_y"].as_f64().unwrap());
+    let (dx, tx) =
+        engine::derive_checkpoint(&layers("pipeline_x.npy"), Prep::OFFICIAL, Layout::Stacked)
+            .unwrap();
+    let (dy, ty) =
+        engine::derive_checkpoint(&layers("pipeline_y.npy"), Prep::OFFICIAL, Layout::Stacked)
+            .unwrap();
+    assert_eq!(tx[0].unwrap() as f64, p["clamp_x"].as_f64().unwrap());
+    assert_eq!(ty[0].unwrap() as f64, p["clamp_y"].as_f64().unwrap());
     for metric in ["mutual_knn", "cycle_knn", "cka", "unbiased_cka", "cknna"] {
         let e = &p[metric];
         let mut spec = MetricSpec::new(metric.parse().unwrap());
@@ -123,5 +127,86 @@ fn full_pipeline_matches_clamp_tables_and_best_layers() {
             .map(|v| v.as_u64().unwrap() as usize)
             .collect();
         assert_eq!(t.best_layers.to_vec(), bl, "{metric} best layers");
+    }
+}
+
+/// The variable-width fixtures' expected values (official code, list inputs).
+fn varwidth_expected() -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/varwidth/expected.json");
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn varwidth(name: &str) -> (Vec<Array2<f32>>, prh::metrics::Layout) {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/varwidth")
+        .join(name);
+    let f = formats::open(&p).unwrap();
+    let layers = (0..f.layers.len()).map(|i| f.layer(i).to_f32()).collect();
+    (layers, f.layout)
+}
+
+#[test]
+fn per_layer_arrays_are_clamped_each_at_its_own_threshold_as_the_official_code() {
+    use prh::metrics::{ClampScope, Layout};
+    let exp = varwidth_expected();
+    for (fx, fy) in [
+        ("x_layers.npz", "y_layers.npz"),
+        ("x_list.pt", "y_list.pt"),
+        ("x_layers.npz", "y_list.pt"),
+    ] {
+        let (lx, layout_x) = varwidth(fx);
+        let (ly, layout_y) = varwidth(fy);
+        assert_eq!((layout_x, layout_y), (Layout::Layers, Layout::Layers));
+        let widths: Vec<usize> = lx.iter().map(|l| l.ncols()).collect();
+        assert_eq!(widths, [16, 48, 96]);
+        let (dx, tx) = engine::derive_checkpoint(&lx, Prep::OFFICIAL, layout_x).unwrap();
+        let (dy, _) = engine::derive_checkpoint(&ly, Prep::OFFICIAL, layout_y).unwrap();
+        assert!(tx[0] != tx[2], "each layer has its own threshold: {tx:?}");
+        for metric in ["mutual_knn", "cycle_knn", "cka", "unbiased_cka", "cknna"] {
+            let e = &exp["metrics"][metric];
+            let mut spec = MetricSpec::new(metric.parse().unwrap());
+            if let Some(k) = e["topk"].as_u64() {
+                spec.k = k as usize;
+            }
+            // The official compute_alignment(x, y) calls compute_score(y, x): the metric sees
+            // (y layer, x layer), which matters for the asymmetric cycle_knn only.
+            let mut t = engine::layer_table(&spec, &dy, &dx).unwrap();
+            t.best_layers.reverse();
+            let want = e["value"].as_f64().unwrap();
+            assert!(
+                (t.best - want).abs() <= tolerance(metric),
+                "{fx} × {fy} {metric}: got {}, official {want}",
+                t.best
+            );
+            let best: Vec<usize> = e["best_layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
+            assert_eq!(t.best_layers.to_vec(), best, "{metric}");
+        }
+    }
+    // Forcing one threshold over the checkpoint gives the (different) stacked-tensor numbers.
+    let checkpoint = Prep {
+        scope: ClampScope::Checkpoint,
+        ..Prep::OFFICIAL
+    };
+    let (lx, _) = varwidth("x_layers.npz");
+    let (ly, _) = varwidth("y_layers.npz");
+    let (dx, tx) = engine::derive_checkpoint(&lx, checkpoint, Layout::Layers).unwrap();
+    let (dy, _) = engine::derive_checkpoint(&ly, checkpoint, Layout::Layers).unwrap();
+    assert!(tx.iter().all(|t| *t == tx[0]));
+    for (metric, official, stacked) in [("mutual_knn", 0.5475, 0.554), ("cka", 0.8526, 0.8546)] {
+        let spec = MetricSpec::new(metric.parse().unwrap());
+        let got = engine::layer_table(&spec, &dx, &dy).unwrap().best;
+        assert!(
+            (got - stacked).abs() < 5e-4,
+            "{metric} over the checkpoint: {got}"
+        );
+        assert!(
+            (got - official).abs() > 1e-3,
+            "{metric}: scopes must differ here"
+        );
     }
 }

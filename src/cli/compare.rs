@@ -9,7 +9,7 @@ use ndarray::Array2;
 use super::FormatArg;
 use prh::engine::{self, LayerTable};
 use prh::formats;
-use prh::metrics::{Kernel, Metric, MetricSpec, Prep};
+use prh::metrics::{ClampScope, Kernel, Layout, Metric, MetricSpec, Prep};
 use prh::output::{self, Format};
 use prh::stats;
 
@@ -48,9 +48,22 @@ pub struct MetricArgs {
     /// Use the rows as given: no clamp, no normalisation.
     #[arg(long, conflicts_with_all = ["clamp_q"])]
     pub no_prep: bool,
-    /// Clamp quantile q of |X| over all layers of a checkpoint (official: 0.95; 1 = no clamp).
+    /// Clamp quantile q of |X| (official: 0.95; 1 = no clamp).
     #[arg(long, default_value_t = 0.95)]
     pub clamp_q: f64,
+    /// Which values one clamp threshold is taken over. auto (the official rule): all layers
+    /// together for features given as one n × L × d tensor, each layer on its own for
+    /// per-layer arrays (a .pt list, one array per layer in .npz/.safetensors); checkpoint or
+    /// layer force one scope.
+    #[arg(long, value_enum, default_value = "auto", conflicts_with_all = ["no_prep"])]
+    pub clamp_scope: ScopeArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScopeArg {
+    Auto,
+    Checkpoint,
+    Layer,
 }
 
 impl MetricArgs {
@@ -84,6 +97,11 @@ impl MetricArgs {
         }
         Ok(Prep {
             clamp_q: (self.clamp_q < 1.0).then_some(self.clamp_q),
+            scope: match self.clamp_scope {
+                ScopeArg::Auto => ClampScope::Auto,
+                ScopeArg::Checkpoint => ClampScope::Checkpoint,
+                ScopeArg::Layer => ClampScope::Layer,
+            },
             normalize: true,
         })
     }
@@ -134,8 +152,8 @@ pub struct CompareArgs {
     pub format: FormatArg,
 }
 
-/// Reads every layer of a feature file as f32.
-pub fn read_layers(path: &std::path::Path) -> Result<Vec<Array2<f32>>> {
+/// Reads every layer of a feature file as f32, with the layout the file gave them in.
+pub fn read_layers(path: &std::path::Path) -> Result<(Vec<Array2<f32>>, Layout)> {
     let f = formats::open(path)?;
     let layers: Vec<Array2<f32>> = (0..f.layers.len()).map(|i| f.layer(i).to_f32()).collect();
     for (i, l) in layers.iter().enumerate() {
@@ -148,14 +166,14 @@ pub fn read_layers(path: &std::path::Path) -> Result<Vec<Array2<f32>>> {
             );
         }
     }
-    Ok(layers)
+    Ok((layers, f.layout))
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
     let specs = a.metric.specs()?;
     let prep = a.metric.prep()?;
-    let la = read_layers(&a.a)?;
-    let lb = read_layers(&a.b)?;
+    let (la, layout_a) = read_layers(&a.a)?;
+    let (lb, layout_b) = read_layers(&a.b)?;
     if la[0].nrows() != lb[0].nrows() {
         bail!(
             "{} has n = {} samples but {} has n = {}; alignment needs features of the same samples in the same order",
@@ -169,9 +187,9 @@ pub fn run(a: CompareArgs) -> Result<()> {
     for s in &specs {
         s.validate(n)?;
     }
-    let (da, _) =
-        engine::derive_checkpoint(&la, prep).with_context(|| a.a.display().to_string())?;
-    let (db, _) = engine::derive_checkpoint(&lb, prep).with_context(|| b_name(&a))?;
+    let (da, _) = engine::derive_checkpoint(&la, prep, layout_a)
+        .with_context(|| a.a.display().to_string())?;
+    let (db, _) = engine::derive_checkpoint(&lb, prep, layout_b).with_context(|| b_name(&a))?;
     let multi = la.len() > 1 || lb.len() > 1;
     let mut results = Vec::new();
     for s in &specs {

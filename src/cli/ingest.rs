@@ -103,13 +103,17 @@ pub fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
             let new_rows = report.layers.iter().filter(|l| l.new_row).count();
             let new_blobs = report.layers.iter().filter(|l| l.new_blob).count();
             println!(
-                "{}: {} @ {} on {}: {} layers (n = {}), {} new representations, {} new blobs",
+                "{}: {} @ {} on {}: {} layers (n = {}, {}), {} new representations, {} new blobs",
                 a.file.display(),
                 report.model,
                 report.checkpoint,
                 report.dataset,
                 report.layers.len(),
                 report.n,
+                match report.layout {
+                    "layers" => "per-layer arrays: clamped layer by layer",
+                    _ => "one tensor: clamped over all layers",
+                },
                 new_rows,
                 new_blobs
             );

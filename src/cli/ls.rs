@@ -83,6 +83,8 @@ struct Shown {
     dtype: String,
     n: usize,
     d: usize,
+    /// How the file gave the checkpoint's layers (`stacked`, `layers`; null if not recorded).
+    layout: Option<String>,
     blob: String,
     /// The checkpoint's provenance (`--meta`).
     meta: std::collections::BTreeMap<String, String>,
@@ -130,6 +132,7 @@ pub fn run_show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
             dtype: r.dtype,
             n: r.n,
             d: r.d,
+            layout: r.layout,
         })
         .collect();
     match a.format {
@@ -140,8 +143,14 @@ pub fn run_show(ctx: &Ctx, a: ShowArgs) -> Result<()> {
             println!("blob      {}", r.blob);
             for r in &rows {
                 println!(
-                    "used by   {} ({}) @ {}, dataset {}, layer {}, pool {}",
-                    r.model, r.modality, r.checkpoint, r.dataset, r.layer, r.pool
+                    "used by   {} ({}) @ {}, dataset {}, layer {}, pool {}, layout {}",
+                    r.model,
+                    r.modality,
+                    r.checkpoint,
+                    r.dataset,
+                    r.layer,
+                    r.pool,
+                    r.layout.as_deref().unwrap_or("not recorded")
                 );
                 for (k, v) in &r.meta {
                     println!("  meta    {k} = {v}");

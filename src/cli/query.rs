@@ -89,7 +89,7 @@ fn one_spec(m: &MetricArgs) -> Result<(MetricSpec, Prep, String)> {
         bail!("give exactly one --metric for this query");
     }
     let prep = m.prep()?;
-    let kind = query::prep_kind(&prep.key(Some(0.0)));
+    let kind = prep.kind();
     Ok((specs[0], prep, kind))
 }
 
@@ -103,6 +103,11 @@ fn metric_flags(spec: &MetricSpec, prep: Prep) -> String {
     }
     if prep == Prep::NONE {
         s.push_str(" --no-prep");
+    }
+    match prep.scope {
+        prh::metrics::ClampScope::Auto => {}
+        prh::metrics::ClampScope::Checkpoint => s.push_str(" --clamp-scope checkpoint"),
+        prh::metrics::ClampScope::Layer => s.push_str(" --clamp-scope layer"),
     }
     s
 }

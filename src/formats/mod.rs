@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::matrix::{DType, LayerView};
+use crate::metrics::Layout;
 
 /// Most layers one file may hold. Real checkpoints have at most a few hundred; the cap keeps a
 /// tiny file that declares billions of (empty or overlapping) layers from exhausting memory.
@@ -78,6 +79,8 @@ pub struct FeatureFile {
     pub path: PathBuf,
     buffers: Vec<Buffer>,
     pub layers: Vec<LayerSpec>,
+    /// One tensor, or one array per layer (decides the official clamp scope).
+    pub layout: Layout,
     pub meta: FileMeta,
 }
 
@@ -87,7 +90,7 @@ impl FeatureFile {
     pub fn new(
         path: &Path,
         buffers: Vec<Buffer>,
-        layers: Vec<LayerSpec>,
+        (layers, layout): (Vec<LayerSpec>, Layout),
         meta: FileMeta,
     ) -> Result<Self> {
         if layers.is_empty() {
@@ -157,6 +160,7 @@ impl FeatureFile {
             path: path.to_path_buf(),
             buffers,
             layers,
+            layout,
             meta,
         })
     }
@@ -284,13 +288,17 @@ pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     ca.len().cmp(&cb.len())
 }
 
-/// Turns named tensors (one per layer, or a single n × L × d one) into ordered layers.
-pub fn tensors_to_layers(path: &Path, mut tensors: Vec<TensorSpec>) -> Result<Vec<LayerSpec>> {
+/// Turns named tensors (one per layer, or a single n × L × d one) into ordered layers, with
+/// the layout they were given in.
+pub fn tensors_to_layers(
+    path: &Path,
+    mut tensors: Vec<TensorSpec>,
+) -> Result<(Vec<LayerSpec>, Layout)> {
     if tensors.is_empty() {
         return Err(Error::format(path, "no feature tensors found"));
     }
     if tensors.len() == 1 {
-        return tensors.remove(0).into_layers(path);
+        return Ok((tensors.remove(0).into_layers(path)?, Layout::Stacked));
     }
     check_layer_count(path, tensors.len(), "tensors")?;
     tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
@@ -307,7 +315,7 @@ pub fn tensors_to_layers(path: &Path, mut tensors: Vec<TensorSpec>) -> Result<Ve
         }
         out.extend(t.into_layers(path)?);
     }
-    Ok(out)
+    Ok((out, Layout::Layers))
 }
 
 /// Opens a feature file by its extension (`.npy`, `.npz`, `.safetensors`, `.pt`/`.pth`/`.bin`).

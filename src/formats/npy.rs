@@ -6,6 +6,7 @@ use std::path::Path;
 use super::{Buffer, FeatureFile, FileMeta, TensorSpec, read_file};
 use crate::error::{Error, Result};
 use crate::matrix::DType;
+use crate::metrics::Layout;
 
 /// Parsed `.npy` header: element type, shape, order, and where the data starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,7 +149,12 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
     let bytes = read_file(path)?;
     let spec = tensor_spec(path, "array", &bytes, 0)?;
     let layers = spec.into_layers(path)?;
-    FeatureFile::new(path, vec![Buffer::new(bytes)], layers, FileMeta::default())
+    FeatureFile::new(
+        path,
+        vec![Buffer::new(bytes)],
+        (layers, Layout::Stacked),
+        FileMeta::default(),
+    )
 }
 
 /// Encodes an f32 array (any shape, C order) as `.npy` bytes. Used by the demo and tests.

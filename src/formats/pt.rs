@@ -10,6 +10,7 @@ use super::pickle::{self, StorageKind, Value};
 use super::{Buffer, FeatureFile, FileMeta, LayerSpec, TensorSpec, npz, open_regular};
 use crate::error::{Error, Result};
 use crate::matrix::DType;
+use crate::metrics::Layout;
 
 /// Opens a platonic-rep `.pt` file.
 pub fn open(path: &Path) -> Result<FeatureFile> {
@@ -155,7 +156,13 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
             }
         }
     }
-    FeatureFile::new(path, buffers, layers, meta)
+    // A list of per-layer tensors is clamped layer by layer by the official code.
+    let layout = if tensor_list.len() > 1 {
+        Layout::Layers
+    } else {
+        Layout::Stacked
+    };
+    FeatureFile::new(path, buffers, (layers, layout), meta)
 }
 
 fn float_dtype(k: StorageKind) -> Option<DType> {

@@ -18,7 +18,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use derived::Derived;
-pub use prep::Prep;
+pub use prep::{ClampScope, Layout, Prep, Scope};
 
 use crate::error::{Error, Result};
 

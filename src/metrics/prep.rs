@@ -1,16 +1,109 @@
 //! Feature preparation as the official pipeline does it (DESIGN.md §4): clamp every value to
-//! ±t, where t is the element at 0-based index ⌊q·N⌋ of the N absolute values of the whole
-//! checkpoint (all layers together) sorted ascending, then L2-normalise each row.
+//! ±t, where t is the element at 0-based index ⌊q·N⌋ of the N absolute values sorted
+//! ascending, then L2-normalise each row.
+//!
+//! The scope of t follows the official code: features given as one n × L × d tensor are
+//! clamped over all layers together (one t per checkpoint); features given as per-layer arrays
+//! (a list in `.pt`, one array per layer in `.npz`/`.safetensors`) are clamped layer by layer,
+//! each at its own t (platonic-rep's `prepare_features` per list entry). The [`Layout`] is
+//! recorded at ingest; [`ClampScope`] overrides it.
 
 use ndarray::{Array2, ArrayView2};
 
 use crate::error::{Error, Result};
+
+/// How a checkpoint's layers were given: what decides the official clamp scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One tensor (n × d, or n × L × d): one threshold over all layers.
+    Stacked,
+    /// Several per-layer arrays (possibly of different widths): one threshold per layer.
+    Layers,
+}
+
+impl Layout {
+    /// The name stored in the catalog.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Stacked => "stacked",
+            Layout::Layers => "layers",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn from_name(s: &str) -> Option<Layout> {
+        match s {
+            "stacked" => Some(Layout::Stacked),
+            "layers" => Some(Layout::Layers),
+            _ => None,
+        }
+    }
+}
+
+/// Which values one clamp threshold is taken over, as asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClampScope {
+    /// The official rule: [`Scope::Layer`] for per-layer arrays, [`Scope::Checkpoint`] for a
+    /// stacked tensor (and for checkpoints whose layout was never recorded).
+    #[default]
+    Auto,
+    Checkpoint,
+    Layer,
+}
+
+/// The scope a checkpoint's layers are clamped with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One threshold over all layers together.
+    Checkpoint,
+    /// One threshold per layer.
+    Layer,
+}
+
+impl ClampScope {
+    /// The scope for a checkpoint of `layers` layers given in `layout` (`None`: not recorded,
+    /// as in registries from before layouts were recorded). One layer is always
+    /// [`Scope::Checkpoint`]: both scopes take the same values, so they share one cache key.
+    pub fn resolve(self, layout: Option<Layout>, layers: usize) -> Scope {
+        match self {
+            _ if layers <= 1 => Scope::Checkpoint,
+            ClampScope::Checkpoint => Scope::Checkpoint,
+            ClampScope::Layer => Scope::Layer,
+            ClampScope::Auto => match layout {
+                Some(Layout::Layers) => Scope::Layer,
+                _ => Scope::Checkpoint,
+            },
+        }
+    }
+
+    /// The token a prep kind carries for this choice (none for the official rule).
+    fn token(self) -> Option<&'static str> {
+        match self {
+            ClampScope::Auto => None,
+            ClampScope::Checkpoint => Some("scope=checkpoint"),
+            ClampScope::Layer => Some("scope=layer"),
+        }
+    }
+
+    /// The choice named by a prep kind (see [`Prep::kind`]).
+    pub fn from_kind(kind: &str) -> ClampScope {
+        if kind.contains("scope=checkpoint") {
+            ClampScope::Checkpoint
+        } else if kind.contains("scope=layer") {
+            ClampScope::Layer
+        } else {
+            ClampScope::Auto
+        }
+    }
+}
 
 /// How features are prepared before a metric sees them. Part of every cache key.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Prep {
     /// Quantile q of |X| for the clamp (official: 0.95); `None` = no clamp.
     pub clamp_q: Option<f64>,
+    /// Which values each clamp threshold is taken over.
+    pub scope: ClampScope,
     /// L2-normalise rows (official: yes).
     pub normalize: bool,
 }
@@ -25,20 +118,28 @@ impl Prep {
     /// The official pipeline: clamp at the exact 0.95 selection, then row-normalise.
     pub const OFFICIAL: Prep = Prep {
         clamp_q: Some(0.95),
+        scope: ClampScope::Auto,
         normalize: true,
     };
     /// Rows used as given.
     pub const NONE: Prep = Prep {
         clamp_q: None,
+        scope: ClampScope::Auto,
         normalize: false,
     };
 
-    /// Canonical text for cache keys, including the threshold actually used
-    /// (its f32 bits in hex, so the key is exact): e.g. `clamp(q=0.95,t=0x400a3c1e);l2`.
-    pub fn key(&self, threshold: Option<f32>) -> String {
+    /// Canonical text for cache keys, including the threshold actually used (its f32 bits in
+    /// hex, so the key is exact) and, for a per-layer threshold, the scope:
+    /// `clamp(q=0.95,t=0x400a3c1e);l2` (over the checkpoint) or
+    /// `clamp(q=0.95,scope=layer,t=0x3f8ccccd);l2` (this layer's own).
+    pub fn key(&self, threshold: Option<f32>, scope: Scope) -> String {
         let mut parts = Vec::new();
         if let (Some(q), Some(t)) = (self.clamp_q, threshold) {
-            parts.push(format!("clamp(q={q},t=0x{:08x})", t.to_bits()));
+            let scope = match scope {
+                Scope::Checkpoint => "",
+                Scope::Layer => "scope=layer,",
+            };
+            parts.push(format!("clamp(q={q},{scope}t=0x{:08x})", t.to_bits()));
         }
         if self.normalize {
             parts.push("l2".to_string());
@@ -49,10 +150,45 @@ impl Prep {
             parts.join(";")
         }
     }
+
+    /// The preparation without thresholds, naming the scope choice unless it is the official
+    /// rule: `clamp(q=0.95);l2`, `clamp(q=0.95,scope=checkpoint);l2`, `l2`, `raw`. Queries
+    /// select cached cells by it.
+    pub fn kind(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(q) = self.clamp_q {
+            match self.scope.token() {
+                Some(tok) => parts.push(format!("clamp(q={q},{tok})")),
+                None => parts.push(format!("clamp(q={q})")),
+            }
+        }
+        if self.normalize {
+            parts.push("l2".to_string());
+        }
+        if parts.is_empty() {
+            "raw".into()
+        } else {
+            parts.join(";")
+        }
+    }
+
+    /// The clamp threshold of each layer under `scope` (all equal for [`Scope::Checkpoint`]).
+    pub fn thresholds(&self, layers: &[ArrayView2<f32>], scope: Scope) -> Vec<Option<f32>> {
+        let Some(q) = self.clamp_q else {
+            return vec![None; layers.len()];
+        };
+        match scope {
+            Scope::Checkpoint => vec![clamp_threshold(layers, q); layers.len()],
+            Scope::Layer => layers
+                .iter()
+                .map(|l| clamp_threshold(std::slice::from_ref(l), q))
+                .collect(),
+        }
+    }
 }
 
-/// The clamp threshold of a checkpoint: the element at index ⌊q·N⌋ of all |values| of all
-/// layers sorted ascending (a selection, exactly as `remove_outliers(exact=True)`).
+/// The clamp threshold of these layers together: the element at index ⌊q·N⌋ of all their
+/// |values| sorted ascending (a selection, exactly as `remove_outliers(exact=True)`).
 /// `None` when q ≥ 1 (the official code skips the clamp then).
 ///
 /// Exact and O(N) time with O(65 536 + bucket) memory: a histogram over the top 16 bits of the
