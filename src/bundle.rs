@@ -1325,6 +1325,7 @@ pub fn spec_from_key(metric: &str, params: &str) -> Option<MetricSpec> {
             "cca_dim" => s.cca_dim = v.parse().ok()?,
             "ridge" => s.ridge = v.parse().ok()?,
             "emulate_pymp" => s.emulate_pymp = v == "1",
+            "ties" if v == "expected" => s.ties = crate::metrics::TieBreak::Expected,
             _ => return None,
         }
     }
@@ -1523,6 +1524,10 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
         for (h, _) in &unref {
             tx.execute("DELETE FROM blobs WHERE hash = ?1", params![h])?;
         }
+        tx.execute(
+            "DELETE FROM knn_ties WHERE hash NOT IN (SELECT blob_hash FROM representations)",
+            [],
+        )?;
         // Quarantined cells already served from `cells`, or of blobs that are gone.
         tx.execute(
             "DELETE FROM imported_cells AS i WHERE

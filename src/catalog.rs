@@ -28,6 +28,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0005_checkpoint_meta.sql"),
     ),
     ("0006_layout", include_str!("../migrations/0006_layout.sql")),
+    (
+        "0007_knn_ties",
+        include_str!("../migrations/0007_knn_ties.sql"),
+    ),
 ];
 
 /// How long a writer waits for another process's lock before failing.

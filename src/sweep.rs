@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::catalog::RepFilter;
 use crate::engine::LayerTable;
 use crate::error::{Error, Result};
-use crate::metrics::{ClampScope, Derived, Layout, MetricSpec, Prep, Scope, prep};
+use crate::metrics::{ClampScope, Derived, Layout, MetricSpec, Prep, Scope, Ties, prep};
 use crate::registry::Registry;
 use crate::stats;
 use crate::store::{BlobHash, BlobStore};
@@ -117,6 +117,10 @@ pub struct PairResult {
     pub score: f64,
     /// [x_layer, y_layer] of the max.
     pub best_layers: [i64; 2],
+    /// kNN metrics: rows of the best layer pair whose k-th and (k+1)-th neighbours tie on
+    /// either side (where the official number depends on the platform's sort).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ties: Option<usize>,
     pub cells_computed: usize,
     pub cells_cached: usize,
     /// Mean of the permutation null (with `--null`).
@@ -597,6 +601,7 @@ pub fn sweep(
 
     // Compute what is missing, one model pair at a time, committing as we go.
     let mut computed: HashMap<(usize, usize), usize> = HashMap::new();
+    let mut ties_stored: HashSet<(BlobHash, String, usize)> = HashSet::new();
     if missing_total > 0 {
         progress.start(missing_total);
         let mut cache = DerivedCache::new(req.mem_budget);
@@ -643,6 +648,16 @@ pub fn sweep(
                 }
                 Ok(())
             })?;
+            // Each layer's tied rows, while its neighbour lists are at hand.
+            for spec in req.specs.iter().filter(|s| s.metric.uses_k()) {
+                for (ck, p, d) in [(x, px, &dx), (y, py, &dy)] {
+                    for (l, h) in ck.layers.iter().enumerate() {
+                        if ties_stored.insert((*h, p.keys[l].clone(), spec.k)) {
+                            store_ties(reg, h, &p.keys[l], spec.k, &d[l].ties(spec.k), ck.n)?;
+                        }
+                    }
+                }
+            }
             for (si, i, j, v, _) in results {
                 let key = cell_key(
                     &req.specs[si],
@@ -675,6 +690,19 @@ pub fn sweep(
                 })
                 .collect();
             let t = LayerTable::from_table(table);
+            let ties = if spec.metric.uses_k() {
+                let [i, j] = t.best_layers;
+                let bx = tie_bits(reg, x, i, &preps[&x.checkpoint_id], req.prep, spec.k)?;
+                let by = tie_bits(reg, y, j, &preps[&y.checkpoint_id], req.prep, spec.k)?;
+                Some(
+                    bx.iter()
+                        .zip(&by)
+                        .map(|(a, b)| (a | b).count_ones() as usize)
+                        .sum(),
+                )
+            } else {
+                None
+            };
             let total = x.layers.len() * y.layers.len();
             let comp = computed.get(&(pi, si)).copied().unwrap_or(0);
             out.push(PairResult {
@@ -685,6 +713,7 @@ pub fn sweep(
                 metric: spec.metric.name().to_string(),
                 score: t.best,
                 best_layers: [x.layer_ids[t.best_layers[0]], y.layer_ids[t.best_layers[1]]],
+                ties,
                 cells_computed: comp,
                 cells_cached: total - comp,
                 null_mean: None,
@@ -705,6 +734,57 @@ pub fn sweep(
         add_statistics(reg, req, &pairs, &preps, &mut out, progress)?;
     }
     Ok(out)
+}
+
+/// Stores a layer's tied rows at k as a bitset (bit i % 8 of byte i / 8 = row i).
+fn store_ties(
+    reg: &Registry,
+    hash: &BlobHash,
+    prep_key: &str,
+    k: usize,
+    ties: &Ties,
+    n: usize,
+) -> Result<Vec<u8>> {
+    let mut bits = vec![0u8; n.div_ceil(8)];
+    for r in &ties.rows {
+        bits[r.row as usize / 8] |= 1 << (r.row % 8);
+    }
+    reg.catalog.conn().execute(
+        "INSERT OR IGNORE INTO knn_ties (hash, prep, k, rows) VALUES (?1, ?2, ?3, ?4)",
+        params![hash.to_hex(), prep_key, k as i64, bits],
+    )?;
+    Ok(bits)
+}
+
+/// Layer `l` of a checkpoint's tied rows at k, from `knn_ties`, or computed from its blob (a
+/// cache filled before ties were recorded, or imported from a bundle) and stored.
+fn tie_bits(
+    reg: &Registry,
+    ck: &CheckpointLayers,
+    l: usize,
+    cp: &CheckpointPrep,
+    prep: Prep,
+    k: usize,
+) -> Result<Vec<u8>> {
+    let (hash, key) = (&ck.layers[l], &cp.keys[l]);
+    let stored: Option<Vec<u8>> = reg
+        .catalog
+        .conn()
+        .query_row(
+            "SELECT rows FROM knn_ties WHERE hash = ?1 AND prep = ?2 AND k = ?3",
+            params![hash.to_hex(), key, k as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(bits) = stored.filter(|b| b.len() == ck.n.div_ceil(8)) {
+        return Ok(bits);
+    }
+    let x = reg.store.open(hash)?.to_f32_verified()?;
+    let d = Derived::new(
+        prep::prepare(x.view(), cp.thresholds[l], prep.normalize)
+            .map_err(|e| Error::Invalid(format!("{} @ {}: {e}", ck.model, ck.checkpoint)))?,
+    );
+    store_ties(reg, hash, key, k, &d.ties(k), ck.n)
 }
 
 /// The content key of a model pair's layer sets.

@@ -117,6 +117,8 @@ struct Row<'a> {
     metric: &'a str,
     score: f64,
     best_layers: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ties: Option<usize>,
     cells_computed: usize,
     cells_cached: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,6 +147,7 @@ pub fn print_results(results: &[PairResult], format: FormatArg) -> Result<()> {
                     metric: &r.metric,
                     score: r.score,
                     best_layers: format!("{},{}", r.best_layers[0], r.best_layers[1]),
+                    ties: r.ties,
                     cells_computed: r.cells_computed,
                     cells_cached: r.cells_cached,
                     p_value: r.p_value,

@@ -9,7 +9,7 @@ use ndarray::Array2;
 use super::FormatArg;
 use prh::engine::{self, LayerTable};
 use prh::formats;
-use prh::metrics::{ClampScope, Kernel, Layout, Metric, MetricSpec, Prep};
+use prh::metrics::{ClampScope, Kernel, Layout, Metric, MetricSpec, Prep, TieBreak};
 use prh::output::{self, Format};
 use prh::stats;
 
@@ -45,6 +45,11 @@ pub struct MetricArgs {
     /// the first ⌈n/4⌉ rows count (an upstream bug; see README).
     #[arg(long)]
     pub emulate_pymp: bool,
+    /// Equally similar neighbours at the k boundary: `lower` keeps the lower sample index
+    /// (the official number whenever `ties` is 0); `expected` gives the exact mean over
+    /// uniformly random tie-breaking, the same on every platform (mutual_knn, cycle_knn).
+    #[arg(long, value_enum, default_value = "lower")]
+    pub ties: TiesArg,
     /// Use the rows as given: no clamp, no normalisation.
     #[arg(long, conflicts_with_all = ["clamp_q"])]
     pub no_prep: bool,
@@ -57,6 +62,12 @@ pub struct MetricArgs {
     /// layer force one scope.
     #[arg(long, value_enum, default_value = "auto", conflicts_with_all = ["no_prep"])]
     pub clamp_scope: ScopeArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TiesArg {
+    Lower,
+    Expected,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -78,6 +89,9 @@ impl MetricArgs {
                 s.cca_dim = self.cca_dim;
                 s.ridge = self.ridge;
                 s.emulate_pymp = self.emulate_pymp;
+                if let TiesArg::Expected = self.ties {
+                    s.ties = TieBreak::Expected;
+                }
                 s.kernel = match self.kernel {
                     KernelArg::Linear => Kernel::Linear,
                     KernelArg::Rbf => Kernel::Rbf { sigma: self.sigma },
@@ -201,6 +215,10 @@ pub fn run(a: CompareArgs) -> Result<()> {
         if multi {
             obj.insert("best_layers".into(), serde_json::json!(t.best_layers));
         }
+        let [bi, bj] = t.best_layers;
+        if let Some(ties) = s.tied_rows(&da[bi], &db[bj]) {
+            obj.insert("ties".into(), ties.into());
+        }
         if a.table {
             obj.insert("table".into(), serde_json::json!(t.table));
         }
@@ -248,7 +266,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
                             format!("{},{}", t.best_layers[0], t.best_layers[1]).into(),
                         );
                     }
-                    for k in ["null_mean", "p_value", "z", "calibrated"] {
+                    for k in ["ties", "null_mean", "p_value", "z", "calibrated"] {
                         if let Some(v) = o.get(k) {
                             r.insert(k.into(), v.clone());
                         }

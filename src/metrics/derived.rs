@@ -39,6 +39,71 @@ impl Knn {
     }
 }
 
+/// One row whose k-th and (k+1)-th neighbours are equally similar: under random tie-breaking
+/// its neighbour set is `sure` plus `picks` members drawn uniformly from `group`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TieRow {
+    pub row: u32,
+    /// Neighbours strictly more similar than the k-th, sorted by index.
+    pub sure: Vec<u32>,
+    /// Every other sample exactly as similar as the k-th, sorted by index.
+    pub group: Vec<u32>,
+    /// k − |sure|: how many of `group` are neighbours (fewer than |group|).
+    pub picks: usize,
+}
+
+impl TieRow {
+    /// Probability that j is a neighbour of this row under uniformly random tie-breaking.
+    pub fn p(&self, j: u32) -> f64 {
+        if self.sure.binary_search(&j).is_ok() {
+            1.0
+        } else if self.group.binary_search(&j).is_ok() {
+            self.picks as f64 / self.group.len() as f64
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The rows of a representation with a tie at the k boundary (DESIGN.md §4, ties), by row.
+#[derive(Debug, Clone, Default)]
+pub struct Ties {
+    pub rows: Vec<TieRow>,
+}
+
+impl Ties {
+    /// The tie structure of row i, if it has one.
+    pub fn row(&self, i: usize) -> Option<&TieRow> {
+        self.rows
+            .binary_search_by_key(&(i as u32), |r| r.row)
+            .ok()
+            .map(|p| &self.rows[p])
+    }
+
+    /// Row i's neighbours with the probability of each (1 for an untied row's list).
+    pub fn candidates<'a>(&'a self, knn: &'a Knn, i: usize) -> Vec<(u32, f64)> {
+        match self.row(i) {
+            None => knn.row(i).iter().map(|&j| (j, 1.0)).collect(),
+            Some(t) => {
+                let p = t.picks as f64 / t.group.len() as f64;
+                t.sure
+                    .iter()
+                    .map(|&j| (j, 1.0))
+                    .chain(t.group.iter().map(|&j| (j, p)))
+                    .collect()
+            }
+        }
+    }
+
+    /// Probability that j is among row i's neighbours.
+    pub fn p(&self, knn: &Knn, i: usize, j: u32) -> f64 {
+        match self.row(i) {
+            None => f64::from(u8::from(knn.contains(i, j))),
+            Some(t) => t.p(j),
+        }
+    }
+}
+
 /// Sums of a kernel matrix used by both HSIC estimators.
 #[derive(Debug, Clone)]
 pub struct KernelStats {
@@ -73,6 +138,7 @@ pub struct Derived {
     x: OnceLock<Arc<Array2<f32>>>,
     gram: OnceLock<Arc<Vec<f32>>>,
     knn: Mutex<HashMap<usize, Arc<Knn>>>,
+    ties: Mutex<HashMap<usize, Arc<Ties>>>,
     kernels: Mutex<HashMap<u64, Arc<KernelStats>>>,
     svd: Mutex<HashMap<usize, Arc<SvdBasis>>>,
     rdm_ranks: Mutex<Option<Arc<Vec<f64>>>>,
@@ -87,6 +153,7 @@ impl Derived {
             x: OnceLock::new(),
             gram: OnceLock::new(),
             knn: Mutex::new(HashMap::new()),
+            ties: Mutex::new(HashMap::new()),
             kernels: Mutex::new(HashMap::new()),
             svd: Mutex::new(HashMap::new()),
             rdm_ranks: Mutex::new(None),
@@ -224,6 +291,49 @@ impl Derived {
             },
         });
         self.knn.lock().expect("lock").insert(k, v.clone());
+        v
+    }
+
+    /// The rows whose k-th and (k+1)-th neighbours tie (memoised per k): one pass over the
+    /// Gram matrix against each row's k-th similarity.
+    pub fn ties(&self, k: usize) -> Arc<Ties> {
+        if let Some(v) = self.ties.lock().expect("lock").get(&k) {
+            return v.clone();
+        }
+        let knn = self.knn(k);
+        let (g, n) = (self.gram(), self.n);
+        let groups = match &self.source {
+            Source::Reindexed {
+                idx, inverse: None, ..
+            } => Some(idx.as_slice()),
+            _ => None,
+        };
+        let rows: Vec<TieRow> = (0..n)
+            .into_par_iter()
+            .filter_map(|i| {
+                let row = &g[i * n..(i + 1) * n];
+                let v = row[*knn.row(i).last()? as usize];
+                let (mut sure, mut group) = (Vec::new(), Vec::new());
+                for (j, &x) in row.iter().enumerate() {
+                    if same_sample(i, j, groups) {
+                        continue;
+                    }
+                    match x.total_cmp(&v) {
+                        std::cmp::Ordering::Greater => sure.push(j as u32),
+                        std::cmp::Ordering::Equal => group.push(j as u32),
+                        std::cmp::Ordering::Less => {}
+                    }
+                }
+                (sure.len() + group.len() > k).then(|| TieRow {
+                    row: i as u32,
+                    picks: k - sure.len(),
+                    sure,
+                    group,
+                })
+            })
+            .collect();
+        let v = Arc::new(Ties { rows });
+        self.ties.lock().expect("lock").insert(k, v.clone());
         v
     }
 

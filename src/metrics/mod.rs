@@ -6,7 +6,8 @@
 //! [`MetricSpec::params_key`] and [`Metric::version`] are part of every cache key.
 //!
 //! Neighbours are by inner product, self excluded, most similar first; ties between
-//! candidates are broken by the lower sample index, deterministically.
+//! candidates are broken by the lower sample index, deterministically. [`Ties`] records the
+//! rows tied at the k boundary, and [`TieBreak::Expected`] averages over random tie-breaking.
 
 pub mod derived;
 pub mod extra;
@@ -18,6 +19,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use derived::Derived;
+pub use derived::{TieRow, Ties};
 pub use prep::{ClampScope, Layout, Prep, Scope};
 
 use crate::error::{Error, Result};
@@ -127,6 +129,17 @@ pub enum Kernel {
     },
 }
 
+/// How equally similar neighbours at the k boundary are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TieBreak {
+    /// The lower sample index wins: deterministic, and the official number whenever no row
+    /// ties at the boundary.
+    #[default]
+    LowerIndex,
+    /// The exact expectation over uniformly random tie-breaking (mutual_knn, cycle_knn).
+    Expected,
+}
+
 /// A metric with its parameters (official defaults: k = 10, cca_dim = 10, σ = 1.0).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MetricSpec {
@@ -142,6 +155,8 @@ pub struct MetricSpec {
     /// Reproduce the official lcs_knn / edit_distance_knn as they run with `pymp` installed
     /// (only the first ⌈n/4⌉ rows are counted; see [`knn::rows_counted`]).
     pub emulate_pymp: bool,
+    /// Treatment of ties at the k boundary.
+    pub ties: TieBreak,
 }
 
 impl MetricSpec {
@@ -154,6 +169,7 @@ impl MetricSpec {
             cca_dim: 10,
             ridge: 0.1,
             emulate_pymp: false,
+            ties: TieBreak::LowerIndex,
         }
     }
 
@@ -175,6 +191,9 @@ impl MetricSpec {
                 p.push("emulate_pymp=1".into())
             }
             _ => {}
+        }
+        if self.ties == TieBreak::Expected && self.metric.uses_k() {
+            p.push("ties=expected".into());
         }
         p.join(",")
     }
@@ -206,6 +225,9 @@ impl MetricSpec {
             }
             _ => {}
         }
+        if self.ties == TieBreak::Expected && self.metric.uses_k() {
+            m.insert("ties".into(), "expected".into());
+        }
         serde_json::Value::Object(m)
     }
 
@@ -225,6 +247,14 @@ impl MetricSpec {
                     ),
                 ));
             }
+        }
+        if self.ties == TieBreak::Expected
+            && !matches!(self.metric, Metric::MutualKnn | Metric::CycleKnn)
+        {
+            return Err(Error::metric(
+                name,
+                "--ties expected is defined for mutual_knn and cycle_knn (set metrics with an exact expectation); the others also depend on the order inside ties",
+            ));
         }
         if self.metric == Metric::Cknna && self.k < 2 {
             return Err(Error::metric(name, "cknna needs k ≥ 2"));
@@ -250,6 +280,14 @@ impl MetricSpec {
         Ok(())
     }
 
+    /// Rows where either side's k-th and (k+1)-th neighbours tie (kNN metrics and cknna;
+    /// `None` for the others): where the official number depends on the platform's sort.
+    pub fn tied_rows(&self, a: &Derived, b: &Derived) -> Option<usize> {
+        self.metric
+            .uses_k()
+            .then(|| knn::tied_rows(&a.ties(self.k), &b.ties(self.k)))
+    }
+
     /// Computes the metric for one pair of derived representations.
     pub fn compute(&self, a: &Derived, b: &Derived) -> Result<f64> {
         let name = self.metric.name();
@@ -257,6 +295,20 @@ impl MetricSpec {
         let n = a.n();
         self.validate(n)?;
         let v = match self.metric {
+            Metric::MutualKnn if self.ties == TieBreak::Expected => knn::mutual_knn_expected(
+                &a.knn(self.k),
+                &a.ties(self.k),
+                &b.knn(self.k),
+                &b.ties(self.k),
+                n,
+            ),
+            Metric::CycleKnn if self.ties == TieBreak::Expected => knn::cycle_knn_expected(
+                &a.knn(self.k),
+                &a.ties(self.k),
+                &b.knn(self.k),
+                &b.ties(self.k),
+                n,
+            ),
             Metric::MutualKnn => knn::mutual_knn(&a.knn(self.k), &b.knn(self.k), n),
             Metric::JaccardKnn => knn::jaccard_knn(&a.knn(self.k), &b.knn(self.k), n),
             Metric::CycleKnn => knn::cycle_knn(&a.knn(self.k), &b.knn(self.k), n),
