@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use polars::prelude::*;
 use serde::Serialize;
 
+use crate::engine::Reduce;
 use crate::error::{Error, Result};
 use crate::metrics::MetricSpec;
 use crate::query;
@@ -23,6 +24,8 @@ pub struct TrendRequest {
     pub spec: MetricSpec,
     /// Preparation kind (see [`query::prep_kind`]); the official one by default.
     pub prep: String,
+    /// How each pair's layer-pair table became its score.
+    pub reduce: Reduce,
     pub x: Vec<String>,
     pub y: Vec<String>,
     /// Name of the performance score.
@@ -50,6 +53,8 @@ pub struct TrendPoint {
 /// A trend and its statistics (`trend --format json` prints exactly this object).
 #[derive(Debug, Clone, Serialize)]
 pub struct Trend {
+    /// How each pair's layer-pair table became its alignment (`max`, `mean`, ...).
+    pub reduce: String,
     pub models: Vec<TrendPoint>,
     pub pearson_r: Option<f64>,
     pub pearson_p: Option<f64>,
@@ -96,11 +101,12 @@ pub fn cached_pairs(
     reg: &Registry,
     spec: &MetricSpec,
     prep: &str,
+    reduce: Reduce,
     x_ids: &[i64],
     y_ids: &[i64],
     align_hint: &str,
 ) -> Result<Vec<PairScore>> {
-    let df = query::alignment_for(reg, spec.metric, &spec.params_key(), prep)?;
+    let df = query::alignment_for(reg, spec.metric, &spec.params_key(), prep, reduce)?;
     let xs = Series::new("x".into(), x_ids.to_vec());
     let ys = Series::new("y".into(), y_ids.to_vec());
     let out = df
@@ -298,6 +304,7 @@ pub fn trend(reg: &Registry, req: &TrendRequest, pairs: &[PairScore]) -> Result<
     Ok(summarize_trend(
         points,
         higher_is_better,
+        req.reduce,
         req.bootstrap,
         req.seed,
     ))
@@ -307,6 +314,7 @@ pub fn trend(reg: &Registry, req: &TrendRequest, pairs: &[PairScore]) -> Result<
 pub fn summarize_trend(
     points: Vec<TrendPoint>,
     higher_is_better: bool,
+    reduce: Reduce,
     bootstrap: usize,
     seed: u64,
 ) -> Trend {
@@ -332,6 +340,7 @@ pub fn summarize_trend(
         _ => format!("better models align more: undetermined ({n} models)"),
     };
     Trend {
+        reduce: reduce.key(),
         pearson_p: r.and_then(|v| stats::correlation_p(v, n)),
         pearson_r: r,
         spearman_rho: rho,

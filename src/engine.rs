@@ -1,5 +1,6 @@
-//! Layer-pair search: every (layer_x, layer_y) score of two models and the best pair
-//! (DESIGN.md §4: model-pair alignment = max over layer pairs, with the argmax layers).
+//! Layer-pair search: every (layer_x, layer_y) score of two models, and the model-pair score as
+//! an aggregate of that table (DESIGN.md §4): by default the max over layer pairs with the
+//! argmax layers, as the official code; or the mean, the last-layer pair, or a fixed pair.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::{Derived, Layout, MetricSpec, Prep, prep};
 
 /// All layer-pair scores of one model pair and the best one.
@@ -44,6 +45,88 @@ impl LayerTable {
 
 /// A checkpoint's derived layers and each layer's clamp threshold.
 pub type Prepared = (Vec<Arc<Derived>>, Vec<Option<f32>>);
+
+/// How a model pair's layer-pair table becomes one score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reduce {
+    /// The max over all layer pairs, with its layers (the official choice).
+    #[default]
+    Max,
+    /// The mean over all layer pairs.
+    Mean,
+    /// The last x layer with the last y layer.
+    Last,
+    /// One fixed pair: x layer I with y layer J.
+    Layers(usize, usize),
+}
+
+impl Reduce {
+    /// The canonical name, as given on the command line and printed with every score.
+    pub fn key(&self) -> String {
+        match self {
+            Reduce::Max => "max".into(),
+            Reduce::Mean => "mean".into(),
+            Reduce::Last => "last".into(),
+            Reduce::Layers(i, j) => format!("layers={i},{j}"),
+        }
+    }
+
+    /// The layer pair this reduction scores on its own, for a table of `lx` × `ly` layers
+    /// (`None` for max and mean, which need every pair).
+    pub fn single(&self, lx: usize, ly: usize) -> Result<Option<[usize; 2]>> {
+        match *self {
+            Reduce::Max | Reduce::Mean => Ok(None),
+            Reduce::Last => Ok(Some([lx - 1, ly - 1])),
+            Reduce::Layers(i, j) if i < lx && j < ly => Ok(Some([i, j])),
+            Reduce::Layers(i, j) => Err(Error::Invalid(format!(
+                "--reduce layers={i},{j}: the models have {lx} × {ly} layers (0-based indices)"
+            ))),
+        }
+    }
+
+    /// The score of a full table and the layer pair it comes from (none for the mean).
+    pub fn apply(&self, table: &[Vec<f64>]) -> Result<(f64, Option<[usize; 2]>)> {
+        let (lx, ly) = (table.len(), table.first().map_or(0, |r| r.len()));
+        if lx == 0 || ly == 0 {
+            return Err(Error::Invalid("no layer pairs to aggregate".into()));
+        }
+        if let Some([i, j]) = self.single(lx, ly)? {
+            return Ok((table[i][j], Some([i, j])));
+        }
+        if *self == Reduce::Mean {
+            let sum: f64 = table.iter().flatten().sum();
+            return Ok((sum / (lx * ly) as f64, None));
+        }
+        let t = LayerTable::from_table(table.to_vec());
+        Ok((t.best, Some(t.best_layers)))
+    }
+}
+
+impl std::str::FromStr for Reduce {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::Invalid(format!(
+                "bad --reduce {s:?}: use max, mean, last or layers=I,J (0-based layer indices)"
+            ))
+        };
+        match s.trim() {
+            "max" => Ok(Reduce::Max),
+            "mean" => Ok(Reduce::Mean),
+            "last" => Ok(Reduce::Last),
+            other => {
+                let (i, j) = other
+                    .strip_prefix("layers=")
+                    .and_then(|v| v.split_once(','))
+                    .ok_or_else(bad)?;
+                Ok(Reduce::Layers(
+                    i.trim().parse().map_err(|_| bad())?,
+                    j.trim().parse().map_err(|_| bad())?,
+                ))
+            }
+        }
+    }
+}
 
 /// Prepares every layer of one checkpoint given in `layout`: the clamp thresholds are computed
 /// at the scope `prep` resolves to (over all layers together, or per layer), then each layer

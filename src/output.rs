@@ -103,11 +103,18 @@ fn pad(s: &str, width: usize) -> String {
     out
 }
 
+/// Every key of every row, in order of first appearance (rows of different metrics carry
+/// different fields, e.g. `ties` for kNN metrics only; a missing one prints empty).
 fn columns(rows: &[Value]) -> Vec<String> {
-    rows.first()
-        .and_then(|r| r.as_object())
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default()
+    let mut cols: Vec<String> = Vec::new();
+    for o in rows.iter().filter_map(|r| r.as_object()) {
+        for k in o.keys() {
+            if !cols.contains(k) {
+                cols.push(k.clone());
+            }
+        }
+    }
+    cols
 }
 
 /// A cell as text: numbers with up to 6 significant decimals, null as empty.

@@ -11,7 +11,7 @@
 //! | `scores` | model, checkpoint, checkpoint_id, name, value, higher_is_better |
 //! | `reps` also has `meta`: the checkpoint's provenance as a JSON object (`--meta`) |
 //! | `cells` | x_rep, y_rep, metric, params, prep, value: one row per layer pair and orientation |
-//! | `alignment` | x_model, x_checkpoint, x_step, x_modality, y_model, y_checkpoint, y_step, y_modality, metric, params, prep, score, x_layer, y_layer, cells, complete, x_checkpoint_id, y_checkpoint_id |
+//! | `alignment` | x_model, x_checkpoint, x_step, x_modality, y_model, y_checkpoint, y_step, y_modality, metric, params, prep, reduce, score, x_layer, y_layer, cells, complete, x_checkpoint_id, y_checkpoint_id |
 //!
 //! `cells` comes from the content-addressed cache: each cached (hash_x, hash_y) value is
 //! expanded to every representation pair that uses those blobs, in both orientations for
@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use polars::prelude::*;
 use polars::sql::SQLContext;
 
+use crate::engine::Reduce;
 use crate::error::{Error, Result};
 use crate::metrics::{ClampScope, Layout, Metric, Scope};
 use crate::registry::Registry;
@@ -609,25 +610,54 @@ fn side(sets: &DataFrame, p: &str) -> LazyFrame {
     ])
 }
 
-/// The `alignment` pipeline: model-pair best over layer pairs. One group-by over integer
-/// keys on the big frame; names and counts are joined onto the small result.
-pub fn alignment(idx: &RepIndex, cells: &Cells) -> LazyFrame {
+/// The `alignment` pipeline: each model pair's layer-pair cells aggregated by `reduce` (the
+/// max with its layers by default). One group-by over integer keys on the big frame; names
+/// and counts are joined onto the small result. `cells` always counts every cached layer
+/// pair, so `complete` means the whole table is there (also for `last` and `layers=I,J`).
+pub fn alignment(idx: &RepIndex, cells: &Cells, reduce: Reduce) -> LazyFrame {
     use polars::prelude::col as c;
+    // The one cell a single-pair reduction takes, as a mask over the group's cells.
+    let pick = |x: Expr, y: Expr| c("x_layer").eq(x).and(c("y_layer").eq(y));
+    let (score, x_layer, y_layer) = match reduce {
+        Reduce::Max => (
+            c("value").max(),
+            c("x_layer").get(c("value").arg_max(), false),
+            c("y_layer").get(c("value").arg_max(), false),
+        ),
+        Reduce::Mean => (
+            c("value").mean(),
+            lit(NULL).cast(DataType::Int64),
+            lit(NULL).cast(DataType::Int64),
+        ),
+        Reduce::Last => {
+            let m = pick(c("x_layer").max(), c("y_layer").max());
+            (
+                c("value").filter(m.clone()).first(),
+                c("x_layer").filter(m.clone()).first(),
+                c("y_layer").filter(m).first(),
+            )
+        }
+        Reduce::Layers(i, j) => {
+            let m = pick(lit(i as i64), lit(j as i64));
+            (
+                c("value").filter(m.clone()).first(),
+                c("x_layer").filter(m.clone()).first(),
+                c("y_layer").filter(m).first(),
+            )
+        }
+    };
     cells
         .frame
         .clone()
         .lazy()
         .group_by([c("x_set"), c("y_set"), c("key")])
         .agg([
-            c("value").max().alias("score"),
-            c("x_layer")
-                .get(c("value").arg_max(), false)
-                .alias("x_layer"),
-            c("y_layer")
-                .get(c("value").arg_max(), false)
-                .alias("y_layer"),
+            score.alias("score"),
+            x_layer.alias("x_layer"),
+            y_layer.alias("y_layer"),
             len().alias("cells"),
         ])
+        .with_column(lit(reduce.key()).alias("reduce"))
         .inner_join(cells.keys.clone().lazy(), c("key"), c("key"))
         .inner_join(side(&idx.sets, "x"), c("x_set"), c("x_set"))
         .inner_join(side(&idx.sets, "y"), c("y_set"), c("y_set"))
@@ -647,6 +677,7 @@ pub fn alignment(idx: &RepIndex, cells: &Cells) -> LazyFrame {
             c("metric"),
             c("params"),
             c("prep"),
+            c("reduce"),
             c("score"),
             c("x_layer"),
             c("y_layer"),
@@ -768,7 +799,7 @@ pub fn sql(reg: &Registry, query: &str) -> Result<DataFrame> {
     }
     let idx = reps(reg)?;
     let cells = cells(reg, &idx, &CellFilter::default())?;
-    ctx.register("alignment", alignment(&idx, &cells));
+    ctx.register("alignment", alignment(&idx, &cells, Reduce::Max));
     ctx.register("cells", cells.table());
     ctx.register("reps", idx.frame.lazy());
     ctx.execute(query).map_err(pe)?.collect().map_err(pe)
@@ -780,6 +811,7 @@ pub fn alignment_for(
     metric: Metric,
     params: &str,
     prep: &str,
+    reduce: Reduce,
 ) -> Result<DataFrame> {
     let t = std::time::Instant::now();
     let idx = reps(reg)?;
@@ -794,7 +826,7 @@ pub fn alignment_for(
         },
     )?;
     let t_cells = t.elapsed();
-    let out = alignment(&idx, &cells)
+    let out = alignment(&idx, &cells, reduce)
         .filter(polars::prelude::col("prep").eq(lit(prep.to_string())))
         .collect()
         .map_err(pe);

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::engine::Reduce;
 use crate::error::Result;
 use crate::metrics::{Derived, Metric, MetricSpec};
 use crate::rng::Rng;
@@ -45,24 +46,36 @@ pub fn resample(seed: u64, b: usize, n: usize) -> Vec<u32> {
     (0..n).map(|_| r.below(n) as u32).collect()
 }
 
-/// Max over all layer pairs of `spec` (the model-pair statistic).
-pub fn best_over_layers<X, Y>(spec: &MetricSpec, xs: &[X], ys: &[Y]) -> Result<f64>
+/// The model-pair statistic: `spec` over the layer pairs `reduce` needs, aggregated by it.
+pub fn reduce_over_layers<X, Y>(
+    spec: &MetricSpec,
+    reduce: Reduce,
+    xs: &[X],
+    ys: &[Y],
+) -> Result<f64>
 where
     X: std::ops::Deref<Target = Derived>,
     Y: std::ops::Deref<Target = Derived>,
 {
-    let mut best = f64::NEG_INFINITY;
-    for x in xs {
-        for y in ys {
-            best = best.max(spec.compute(x, y)?);
-        }
+    if let Some([i, j]) = reduce.single(xs.len(), ys.len())? {
+        return spec.compute(&xs[i], &ys[j]);
     }
-    Ok(best)
+    let mut table = Vec::with_capacity(xs.len());
+    for x in xs {
+        table.push(
+            ys.iter()
+                .map(|y| spec.compute(x, y))
+                .collect::<Result<Vec<f64>>>()?,
+        );
+    }
+    Ok(reduce.apply(&table)?.0)
 }
 
-/// Null draws `range` (permutations of the y samples), each the max over all layer pairs.
+/// Null draws `range` (permutations of the y samples, the same for all y layers), each
+/// aggregated over layer pairs as the real pair is.
 pub fn null_draws(
     spec: &MetricSpec,
+    reduce: Reduce,
     xs: &[Arc<Derived>],
     ys: &[Arc<Derived>],
     seed: u64,
@@ -80,15 +93,16 @@ pub fn null_draws(
                 .iter()
                 .map(|y| Derived::reindexed(y, perm.clone()))
                 .collect();
-            best_over_layers(spec, xs, &permuted.iter().collect::<Vec<_>>())
+            reduce_over_layers(spec, reduce, xs, &permuted.iter().collect::<Vec<_>>())
         })
         .collect()
 }
 
 /// Bootstrap draws `range`: the samples resampled with replacement (the same rows on both
-/// sides), each scored as the max over all layer pairs.
+/// sides), each aggregated over layer pairs as the real pair is.
 pub fn bootstrap_draws(
     spec: &MetricSpec,
+    reduce: Reduce,
     xs: &[Arc<Derived>],
     ys: &[Arc<Derived>],
     seed: u64,
@@ -107,8 +121,9 @@ pub fn bootstrap_draws(
                 .iter()
                 .map(|y| Derived::reindexed(y, idx.clone()))
                 .collect();
-            best_over_layers(
+            reduce_over_layers(
                 spec,
+                reduce,
                 &rx.iter().collect::<Vec<_>>(),
                 &ry.iter().collect::<Vec<_>>(),
             )
@@ -487,8 +502,8 @@ mod tests {
         for s in 0..40u64 {
             let xs = vec![derived(random(256, 16, 100 + s))];
             let ys = vec![derived(random(256, 16, 200 + s))];
-            let raw = best_over_layers(&spec, &xs, &ys).unwrap();
-            let null = null_draws(&spec, &xs, &ys, s, 0..99).unwrap();
+            let raw = reduce_over_layers(&spec, Reduce::Max, &xs, &ys).unwrap();
+            let null = null_draws(&spec, Reduce::Max, &xs, &ys, s, 0..99).unwrap();
             let sum = summarize(raw, &null, 1.0, DEFAULT_ALPHA);
             ps.push(sum.p_value);
             cals.push(sum.calibrated);
@@ -510,17 +525,17 @@ mod tests {
         let y = z.dot(&wy) + random(256, 30, 11) * 0.5;
         let spec = MetricSpec::new(Metric::MutualKnn);
         let (xs, ys) = (vec![derived(x)], vec![derived(y)]);
-        let raw = best_over_layers(&spec, &xs, &ys).unwrap();
-        let null = null_draws(&spec, &xs, &ys, 0, 0..199).unwrap();
+        let raw = reduce_over_layers(&spec, Reduce::Max, &xs, &ys).unwrap();
+        let null = null_draws(&spec, Reduce::Max, &xs, &ys, 0, 0..199).unwrap();
         let s = summarize(raw, &null, 1.0, DEFAULT_ALPHA);
         assert_eq!(s.p_value, 1.0 / 200.0);
         assert!(s.calibrated > 0.2, "{s:?}");
         assert!(s.z > 10.0, "{s:?}");
         // Draws are reproducible one by one: a longer sample extends the shorter.
-        let more = null_draws(&spec, &xs, &ys, 0, 199..250).unwrap();
-        let all = null_draws(&spec, &xs, &ys, 0, 0..250).unwrap();
+        let more = null_draws(&spec, Reduce::Max, &xs, &ys, 0, 199..250).unwrap();
+        let all = null_draws(&spec, Reduce::Max, &xs, &ys, 0, 0..250).unwrap();
         assert_eq!([null, more].concat(), all);
-        let boot = bootstrap_draws(&spec, &xs, &ys, 0, 0..50).unwrap();
+        let boot = bootstrap_draws(&spec, Reduce::Max, &xs, &ys, 0, 0..50).unwrap();
         let ci = ci95(&boot);
         assert!(ci[0] < ci[1] && ci[0] > s.null_mean, "{ci:?}");
     }

@@ -18,7 +18,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use crate::catalog::RepFilter;
-use crate::engine::LayerTable;
+use crate::engine::Reduce;
 use crate::error::{Error, Result};
 use crate::metrics::{ClampScope, Derived, Layout, MetricSpec, Prep, Scope, Ties, prep};
 use crate::registry::Registry;
@@ -103,6 +103,8 @@ pub struct SweepRequest {
     pub seed: u64,
     /// Level of the calibration threshold τ (see [`stats::summarize`]).
     pub alpha: f64,
+    /// How each model pair's layer-pair table becomes its score (nulls included).
+    pub reduce: Reduce,
 }
 
 /// One model pair's alignment for one metric.
@@ -113,10 +115,13 @@ pub struct PairResult {
     pub x_checkpoint: String,
     pub y_checkpoint: String,
     pub metric: String,
-    /// Max over layer pairs.
+    /// The aggregate over layer pairs: `max`, `mean`, `last` or `layers=I,J`.
+    pub reduce: String,
+    /// The layer-pair table aggregated by `reduce`.
     pub score: f64,
-    /// [x_layer, y_layer] of the max.
-    pub best_layers: [i64; 2],
+    /// [x_layer, y_layer] the score comes from (the argmax for `max`; none for `mean`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_layers: Option<[i64; 2]>,
     /// kNN metrics: rows of the best layer pair whose k-th and (k+1)-th neighbours tie on
     /// either side (where the official number depends on the platform's sort).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -689,9 +694,10 @@ pub fn sweep(
                         .collect()
                 })
                 .collect();
-            let t = LayerTable::from_table(table);
+            let (score, layers) = req.reduce.apply(&table)?;
             let ties = if spec.metric.uses_k() {
-                let [i, j] = t.best_layers;
+                // The tied rows of the pair the score comes from (the last pair for the mean).
+                let [i, j] = layers.unwrap_or([x.layers.len() - 1, y.layers.len() - 1]);
                 let bx = tie_bits(reg, x, i, &preps[&x.checkpoint_id], req.prep, spec.k)?;
                 let by = tie_bits(reg, y, j, &preps[&y.checkpoint_id], req.prep, spec.k)?;
                 Some(
@@ -711,8 +717,9 @@ pub fn sweep(
                 x_checkpoint: x.checkpoint.clone(),
                 y_checkpoint: y.checkpoint.clone(),
                 metric: spec.metric.name().to_string(),
-                score: t.best,
-                best_layers: [x.layer_ids[t.best_layers[0]], y.layer_ids[t.best_layers[1]]],
+                reduce: req.reduce.key(),
+                score,
+                best_layers: layers.map(|[i, j]| [x.layer_ids[i], y.layer_ids[j]]),
                 ties,
                 cells_computed: comp,
                 cells_cached: total - comp,
@@ -724,7 +731,7 @@ pub fn sweep(
                 calibrated: None,
                 chance_adjusted: None,
                 ci95: None,
-                table: t.table,
+                table,
                 x_checkpoint_id: x.checkpoint_id,
                 y_checkpoint_id: y.checkpoint_id,
             });
@@ -807,6 +814,7 @@ fn cached_draws(
     kind: &str,
     key: &str,
     spec: &MetricSpec,
+    params: &str,
     px: &str,
     py: &str,
     seed: u64,
@@ -824,7 +832,7 @@ fn cached_draws(
                 kind,
                 spec.metric.name(),
                 spec.metric.version(),
-                spec.params_key(),
+                params,
                 px,
                 py,
                 seed as i64
@@ -848,7 +856,7 @@ fn cached_draws(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT DO UPDATE SET vals = excluded.vals
                  WHERE length(excluded.vals) > length(null_samples.vals)",
-                params![key, kind, spec.metric.name(), spec.metric.version(), spec.params_key(), px, py, seed as i64, bytes],
+                params![key, kind, spec.metric.name(), spec.metric.version(), params, px, py, seed as i64, bytes],
             )?;
         }
     }
@@ -873,6 +881,11 @@ fn add_statistics(
             let (prep_x, prep_y) = (&preps[&x.checkpoint_id], &preps[&y.checkpoint_id]);
             let (px, py) = (&prep_x.set_key, &prep_y.set_key);
             let key = pair_key(x, y);
+            // Samples of another aggregate are other samples (the max keeps its old key).
+            let params = match req.reduce {
+                Reduce::Max => spec.params_key(),
+                r => format!("{};reduce={}", spec.params_key(), r.key()),
+            };
             let result = &mut out[si * pairs.len() + pi];
             let mut loaded: Option<(Layers, Layers)> = None;
             let mut load = |reg: &Registry| -> Result<(Layers, Layers)> {
@@ -892,13 +905,14 @@ fn add_statistics(
                     "permutation",
                     &key,
                     spec,
+                    &params,
                     px,
                     py,
                     req.seed,
                     req.null,
                     |reg, range| {
                         let (dx, dy) = load(reg)?;
-                        let v = stats::null_draws(spec, &dx, &dy, req.seed, range)?;
+                        let v = stats::null_draws(spec, req.reduce, &dx, &dy, req.seed, range)?;
                         progress.advance(v.len() as u64);
                         Ok(v)
                     },
@@ -919,13 +933,15 @@ fn add_statistics(
                     "bootstrap",
                     &key,
                     spec,
+                    &params,
                     px,
                     py,
                     req.seed,
                     req.bootstrap,
                     |reg, range| {
                         let (dx, dy) = load(reg)?;
-                        let v = stats::bootstrap_draws(spec, &dx, &dy, req.seed, range)?;
+                        let v =
+                            stats::bootstrap_draws(spec, req.reduce, &dx, &dy, req.seed, range)?;
                         progress.advance(v.len() as u64);
                         Ok(v)
                     },

@@ -56,13 +56,15 @@ fn align_reproduces_the_official_pipeline_and_second_run_is_all_cached() {
             "x_checkpoint",
             "y_checkpoint",
             "metric",
+            "reduce",
             "score",
             "best_layers",
             "cells_computed",
             "cells_cached",
         ];
+        assert_eq!(r["reduce"], "max");
         if metric != "cka" && metric != "unbiased_cka" {
-            want.insert(7, "ties");
+            want.insert(8, "ties");
             // Continuous heavy-tailed features: no two neighbours equally similar.
             assert_eq!(r["ties"], 0, "{metric}");
         }

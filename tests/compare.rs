@@ -110,7 +110,10 @@ fn several_metrics_share_one_run_and_no_prep_uses_rows_as_given() {
         "csv",
     ]);
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "metric,params,value");
+    // Every field of every row: `ties` comes with the kNN metric only.
+    assert_eq!(lines[0], "metric,params,reduce,value,ties");
+    assert!(lines[1].starts_with("rsa,,max,") && lines[1].ends_with(','));
+    assert!(lines[3].starts_with("jaccard_knn,k=10,max,") && lines[3].ends_with(",0"));
     assert_eq!(lines.len(), 5);
 }
 

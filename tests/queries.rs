@@ -238,12 +238,17 @@ fn within_bins_and_matrix_order_and_shape() {
         "worst to best by bpb"
     );
     let cols: Vec<&String> = rows[0].as_object().unwrap().keys().collect();
-    assert_eq!(cols.len(), 7);
+    assert_eq!(
+        cols.len(),
+        8,
+        "model, reduce and one column per vision model"
+    );
+    assert!(rows.iter().all(|r| r["reduce"] == "max"));
     // The best pair is the best language model with the best vision model.
     let best = rows[5]["vit-e"].as_f64().unwrap();
     for r in rows {
         for (k, v) in r.as_object().unwrap() {
-            if k != "model" {
+            if k != "model" && k != "reduce" {
                 assert!(v.as_f64().unwrap() <= best);
             }
         }

@@ -104,6 +104,7 @@ impl SweepArgs {
             bootstrap: self.stats.bootstrap,
             seed: self.stats.seed,
             alpha: self.stats.alpha,
+            reduce: self.metric.reduce,
         })
     }
 }
@@ -115,8 +116,10 @@ struct Row<'a> {
     x_checkpoint: &'a str,
     y_checkpoint: &'a str,
     metric: &'a str,
+    reduce: &'a str,
     score: f64,
-    best_layers: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    best_layers: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ties: Option<usize>,
     cells_computed: usize,
@@ -146,7 +149,8 @@ pub fn print_results(results: &[PairResult], format: FormatArg) -> Result<()> {
                     y_checkpoint: &r.y_checkpoint,
                     metric: &r.metric,
                     score: r.score,
-                    best_layers: format!("{},{}", r.best_layers[0], r.best_layers[1]),
+                    reduce: &r.reduce,
+                    best_layers: r.best_layers.map(|l| format!("{},{}", l[0], l[1])),
                     ties: r.ties,
                     cells_computed: r.cells_computed,
                     cells_cached: r.cells_cached,

@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use ndarray::Array2;
 
 use super::FormatArg;
-use prh::engine::{self, LayerTable};
+use prh::engine::{self, LayerTable, Reduce};
 use prh::formats;
 use prh::metrics::{ClampScope, Kernel, Layout, Metric, MetricSpec, Prep, TieBreak};
 use prh::output::{self, Format};
@@ -62,6 +62,15 @@ pub struct MetricArgs {
     /// layer force one scope.
     #[arg(long, value_enum, default_value = "auto", conflicts_with_all = ["no_prep"])]
     pub clamp_scope: ScopeArg,
+    /// How a model pair's layer-pair scores become one score: max (the official choice, with
+    /// its layers), mean, last (last layer with last layer) or layers=I,J (0-based). Nulls
+    /// recompute the same aggregate per permutation.
+    #[arg(long, default_value = "max", value_parser = parse_reduce)]
+    pub reduce: Reduce,
+}
+
+fn parse_reduce(s: &str) -> std::result::Result<Reduce, String> {
+    s.parse().map_err(|e: prh::error::Error| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -208,14 +217,17 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let mut results = Vec::new();
     for s in &specs {
         let t: LayerTable = engine::layer_table(s, &da, &db)?;
+        let reduce = a.metric.reduce;
+        let (value, layers) = reduce.apply(&t.table)?;
         let mut obj = serde_json::Map::new();
         obj.insert("metric".into(), s.metric.name().into());
         obj.insert("params".into(), s.params_json());
-        obj.insert("value".into(), t.best.into());
-        if multi {
-            obj.insert("best_layers".into(), serde_json::json!(t.best_layers));
+        obj.insert("reduce".into(), reduce.key().into());
+        obj.insert("value".into(), value.into());
+        if let (true, Some(l)) = (multi, layers) {
+            obj.insert("best_layers".into(), serde_json::json!(l));
         }
-        let [bi, bj] = t.best_layers;
+        let [bi, bj] = layers.unwrap_or([da.len() - 1, db.len() - 1]);
         if let Some(ties) = s.tied_rows(&da[bi], &db[bj]) {
             obj.insert("ties".into(), ties.into());
         }
@@ -223,8 +235,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
             obj.insert("table".into(), serde_json::json!(t.table));
         }
         if a.stats.null > 0 {
-            let draws = stats::null_draws(s, &da, &db, a.stats.seed, 0..a.stats.null)?;
-            let sum = stats::summarize(t.best, &draws, stats::max_attainable(s), a.stats.alpha);
+            let draws = stats::null_draws(s, reduce, &da, &db, a.stats.seed, 0..a.stats.null)?;
+            let sum = stats::summarize(value, &draws, stats::max_attainable(s), a.stats.alpha);
             obj.insert("null_mean".into(), sum.null_mean.into());
             obj.insert("null_sd".into(), sum.null_sd.into());
             obj.insert("p_value".into(), sum.p_value.into());
@@ -234,7 +246,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
             obj.insert("chance_adjusted".into(), sum.chance_adjusted.into());
         }
         if a.stats.bootstrap > 0 {
-            let draws = stats::bootstrap_draws(s, &da, &db, a.stats.seed, 0..a.stats.bootstrap)?;
+            let draws =
+                stats::bootstrap_draws(s, reduce, &da, &db, a.stats.seed, 0..a.stats.bootstrap)?;
             obj.insert("ci95".into(), serde_json::json!(stats::ci95(&draws)));
         }
         results.push((obj, t));
@@ -255,16 +268,14 @@ pub fn run(a: CompareArgs) -> Result<()> {
         f => {
             let rows: Vec<serde_json::Value> = results
                 .iter()
-                .map(|(o, t)| {
+                .map(|(o, _)| {
                     let mut r = serde_json::Map::new();
                     r.insert("metric".into(), o["metric"].clone());
                     r.insert("params".into(), params_text(&o["params"]).into());
-                    r.insert("value".into(), t.best.into());
-                    if multi {
-                        r.insert(
-                            "best_layers".into(),
-                            format!("{},{}", t.best_layers[0], t.best_layers[1]).into(),
-                        );
+                    r.insert("reduce".into(), o["reduce"].clone());
+                    r.insert("value".into(), o["value"].clone());
+                    if let Some(l) = o.get("best_layers") {
+                        r.insert("best_layers".into(), format!("{},{}", l[0], l[1]).into());
                     }
                     for k in ["ties", "null_mean", "p_value", "z", "calibrated"] {
                         if let Some(v) = o.get(k) {

@@ -79,6 +79,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         bootstrap: 0,
         seed: 0,
         alpha: prh::stats::DEFAULT_ALPHA,
+        reduce: prh::engine::Reduce::Max,
     };
     let bar = Bar::new(false);
     let t = std::time::Instant::now();
@@ -109,10 +110,19 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let yi = analysis::latest(&reg, &ym)?;
     let x_ids: Vec<i64> = xm.iter().map(|m| xi[m]).collect();
     let y_ids: Vec<i64> = ym.iter().map(|m| yi[m]).collect();
-    let pairs = analysis::cached_pairs(&reg, &spec, kind, &x_ids, &y_ids, "prh align")?;
+    let pairs = analysis::cached_pairs(
+        &reg,
+        &spec,
+        kind,
+        prh::engine::Reduce::Max,
+        &x_ids,
+        &y_ids,
+        "prh align",
+    )?;
     let req = analysis::TrendRequest {
         spec,
         prep: kind.to_string(),
+        reduce: prh::engine::Reduce::Max,
         x: xm.clone(),
         y: ym.clone(),
         perf: "bpb".into(),

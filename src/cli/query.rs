@@ -12,6 +12,7 @@ use super::Ctx;
 use super::align::Bar;
 use super::compare::{MetricArgs, StatsArgs};
 use prh::analysis::{self, PairScore, TrendRequest};
+use prh::engine::Reduce;
 use prh::metrics::{MetricSpec, Prep};
 use prh::output::{self, Format};
 use prh::query;
@@ -93,8 +94,32 @@ fn one_spec(m: &MetricArgs) -> Result<(MetricSpec, Prep, String)> {
     Ok((specs[0], prep, kind))
 }
 
-fn metric_flags(spec: &MetricSpec, prep: Prep) -> String {
+/// The metric as plots title it, with the layer aggregate unless it is the max.
+fn label(spec: &MetricSpec, reduce: Reduce) -> String {
+    match reduce {
+        Reduce::Max => spec.metric.name().to_string(),
+        r => format!("{} ({})", spec.metric, r.key()),
+    }
+}
+
+/// Adds the layer aggregate to every output row.
+fn with_reduce(mut rows: Vec<Value>, reduce: Reduce) -> Vec<Value> {
+    for r in &mut rows {
+        if let Value::Object(o) = r {
+            o.insert("reduce".into(), reduce.key().into());
+        }
+    }
+    rows
+}
+
+fn metric_flags(spec: &MetricSpec, prep: Prep, reduce: Reduce) -> String {
     let mut s = format!("--metric {}", spec.metric);
+    if reduce != Reduce::Max {
+        s.push_str(&format!(" --reduce {}", reduce.key()));
+    }
+    if spec.ties == prh::metrics::TieBreak::Expected {
+        s.push_str(" --ties expected");
+    }
     if spec.metric.uses_k() {
         s.push_str(&format!(" --k {}", spec.k));
     }
@@ -120,6 +145,7 @@ struct Fill {
     null: usize,
     seed: u64,
     alpha: f64,
+    reduce: Reduce,
 }
 
 /// Fills missing cells (and nulls when asked) through the sweep engine.
@@ -143,6 +169,7 @@ fn compute(
         bootstrap: 0,
         seed: f.seed,
         alpha: f.alpha,
+        reduce: f.reduce,
     };
     let bar = Bar::new(false);
     Ok(sweep::sweep(reg, &req, &bar)?)
@@ -215,7 +242,7 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
     let (spec, prep, kind) = one_spec(&a.metric)?;
     let xm = sweep::select_models(&reg, &a.x.parse()?)?;
     let lower = a.lower_is_better.then_some(true);
-    let flags = metric_flags(&spec, prep);
+    let flags = metric_flags(&spec, prep, a.metric.reduce);
     if a.within {
         if a.compute {
             compute(
@@ -227,6 +254,7 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
                     null: 0,
                     seed: a.stats.seed,
                     alpha: a.stats.alpha,
+                    reduce: a.metric.reduce,
                 },
                 a.x.parse()?,
                 a.x.parse()?,
@@ -235,10 +263,11 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
         let ids = analysis::latest(&reg, &xm)?;
         let x_ids: Vec<i64> = xm.iter().map(|m| ids[m]).collect();
         let hint = format!("prh align {flags} --x {} --y {}", a.x, a.x);
-        let pairs = analysis::cached_pairs(&reg, &spec, &kind, &x_ids, &x_ids, &hint)?;
+        let pairs =
+            analysis::cached_pairs(&reg, &spec, &kind, a.metric.reduce, &x_ids, &x_ids, &hint)?;
         let models: Vec<(String, i64)> = xm.iter().map(|m| (m.clone(), ids[m])).collect();
         let bins = analysis::within(&reg, &pairs, &models, &a.perf, lower, a.bins)?;
-        return a.out.rows(&to_rows(&bins));
+        return a.out.rows(&with_reduce(to_rows(&bins), a.metric.reduce));
     }
     let ysel =
         a.y.clone()
@@ -247,6 +276,7 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
     let req = TrendRequest {
         spec,
         prep: kind.clone(),
+        reduce: a.metric.reduce,
         x: xm.clone(),
         y: ym.clone(),
         perf: a.perf.clone(),
@@ -266,6 +296,7 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
                 null: p,
                 seed: a.stats.seed,
                 alpha: a.stats.alpha,
+                reduce: a.metric.reduce,
             },
             a.x.parse()?,
             ysel.parse()?,
@@ -285,6 +316,7 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
                     null: 0,
                     seed: a.stats.seed,
                     alpha: a.stats.alpha,
+                    reduce: a.metric.reduce,
                 },
                 a.x.parse()?,
                 ysel.parse()?,
@@ -296,7 +328,7 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
         let y_ids: Vec<i64> = ym.iter().map(|m| yids[m]).collect();
         let hint = format!("prh align {flags} --x {} --y {ysel}", a.x);
         (
-            analysis::cached_pairs(&reg, &spec, &kind, &x_ids, &y_ids, &hint)?,
+            analysis::cached_pairs(&reg, &spec, &kind, a.metric.reduce, &x_ids, &y_ids, &hint)?,
             None,
         )
     };
@@ -305,14 +337,15 @@ pub fn run_trend(ctx: &Ctx, a: TrendArgs) -> Result<()> {
         .map(|c| analysis::trend(&reg, &req, &c))
         .transpose()?;
     if let Some(p) = &a.plot {
-        prh::plot::trend(p, &raw, &a.perf, spec.metric.name())?;
+        prh::plot::trend(p, &raw, &a.perf, &label(&spec, a.metric.reduce))?;
         if let Some(c) = &cal {
             let cp = p.with_file_name(format!(
                 "{}-calibrated.{}",
                 p.file_stem().and_then(|s| s.to_str()).unwrap_or("trend"),
                 p.extension().and_then(|s| s.to_str()).unwrap_or("svg")
             ));
-            prh::plot::trend(&cp, c, &a.perf, &format!("calibrated {}", spec.metric))?;
+            let what = format!("calibrated {}", label(&spec, a.metric.reduce));
+            prh::plot::trend(&cp, c, &a.perf, &what)?;
             eprintln!("plots: {} and {}", p.display(), cp.display());
         } else {
             eprintln!("plot: {}", p.display());
@@ -413,6 +446,7 @@ pub fn run_matrix(ctx: &Ctx, a: MatrixArgs) -> Result<()> {
                 null: 0,
                 seed: 0,
                 alpha: prh::stats::DEFAULT_ALPHA,
+                reduce: a.metric.reduce,
             },
             a.x.parse()?,
             a.y.parse()?,
@@ -431,14 +465,14 @@ pub fn run_matrix(ctx: &Ctx, a: MatrixArgs) -> Result<()> {
     let y_ids: Vec<i64> = ym.iter().map(|m| yi[m]).collect();
     let hint = format!(
         "prh align {} --x {} --y {}",
-        metric_flags(&spec, prep),
+        metric_flags(&spec, prep, a.metric.reduce),
         a.x,
         a.y
     );
-    let pairs = analysis::cached_pairs(&reg, &spec, &kind, &x_ids, &y_ids, &hint)?;
+    let pairs = analysis::cached_pairs(&reg, &spec, &kind, a.metric.reduce, &x_ids, &y_ids, &hint)?;
     let m = analysis::matrix(&pairs, &xm, &ym);
     if let Some(p) = &a.plot {
-        prh::plot::matrix(p, &m, spec.metric.name())?;
+        prh::plot::matrix(p, &m, &label(&spec, a.metric.reduce))?;
         eprintln!("plot: {}", p.display());
     }
     let rows: Vec<Value> = m
@@ -448,6 +482,7 @@ pub fn run_matrix(ctx: &Ctx, a: MatrixArgs) -> Result<()> {
         .map(|(r, vals)| {
             let mut o = serde_json::Map::new();
             o.insert("model".into(), r.clone().into());
+            o.insert("reduce".into(), a.metric.reduce.key().into());
             for (c, v) in m.cols.iter().zip(vals) {
                 o.insert(c.clone(), v.map(Value::from).unwrap_or(Value::Null));
             }
@@ -490,6 +525,7 @@ pub fn run_trajectory(ctx: &Ctx, a: TrajectoryArgs) -> Result<()> {
                 null: 0,
                 seed: 0,
                 alpha: prh::stats::DEFAULT_ALPHA,
+                reduce: a.metric.reduce,
             },
             Selector::Names(vec![a.model.clone()]),
             a.against.parse()?,
@@ -505,11 +541,12 @@ pub fn run_trajectory(ctx: &Ctx, a: TrajectoryArgs) -> Result<()> {
     let y_ids: Vec<i64> = refs.iter().map(|m| ri[m]).collect();
     let hint = format!(
         "prh align {} --x {} --y {} --all-checkpoints",
-        metric_flags(&spec, prep),
+        metric_flags(&spec, prep, a.metric.reduce),
         a.model,
         a.against
     );
-    let mut pairs = analysis::cached_pairs(&reg, &spec, &kind, &x_ids, &y_ids, &hint)?;
+    let mut pairs =
+        analysis::cached_pairs(&reg, &spec, &kind, a.metric.reduce, &x_ids, &y_ids, &hint)?;
     let steps: std::collections::HashMap<i64, Option<i64>> =
         cks.iter().map(|c| (c.id, c.step)).collect();
     for p in &mut pairs {
@@ -517,10 +554,10 @@ pub fn run_trajectory(ctx: &Ctx, a: TrajectoryArgs) -> Result<()> {
     }
     let points = analysis::trajectory(&pairs);
     if let Some(p) = &a.plot {
-        prh::plot::trajectory(p, &points, &a.model, spec.metric.name())?;
+        prh::plot::trajectory(p, &points, &a.model, &label(&spec, a.metric.reduce))?;
         eprintln!("plot: {}", p.display());
     }
-    a.out.rows(&to_rows(&points))
+    a.out.rows(&with_reduce(to_rows(&points), a.metric.reduce))
 }
 
 #[derive(clap::Args)]
