@@ -1,7 +1,8 @@
 //! A zoo sweep end to end: 4 language × 4 vision models, n = 1024, 12 layers each,
 //! d = 768–1024, mutual_knn (k = 10). Reports the cold sweep (every cell computed), the warm
-//! sweep (everything cached: catalog queries only) and the cold run's peak RSS, running the
-//! real `prh` binary. Run: `cargo bench --bench sweep`.
+//! sweep (everything cached: catalog queries only) and the cold run's peak RSS, then cold cka
+//! and unbiased_cka sweeps of the same zoo, running the real `prh` binary.
+//! Run: `cargo bench --bench sweep`.
 
 use std::process::Command;
 use std::time::Instant;
@@ -55,7 +56,7 @@ fn main() {
         "zoo: 8 models × 12 layers, n = 1024, d = 768–1024 (generated and ingested in {:.1} s)",
         t.elapsed().as_secs_f64()
     );
-    let run = |extra: &[&str]| {
+    let run_metric = |metric: &str, extra: &[&str]| {
         let t = Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_prh"))
             .arg("--registry")
@@ -67,7 +68,7 @@ fn main() {
                 "--y",
                 "modality=vision",
                 "--metric",
-                "mutual_knn",
+                metric,
                 "--format",
                 "json",
                 "--quiet",
@@ -89,6 +90,7 @@ fn main() {
             .sum();
         (t.elapsed().as_secs_f64(), computed)
     };
+    let run = |extra: &[&str]| run_metric("mutual_knn", extra);
     // Bounded memory first (RUSAGE_CHILDREN reports the largest child so far): k = 5 so that
     // nothing is cached yet, derived data capped at 256 MiB.
     let (bounded, _) = run(&["--k", "5", "--mem-mib", "256"]);
@@ -108,6 +110,14 @@ fn main() {
         rss_kib as f64 / 1024.0
     );
     println!("warm sweep: {warm:.3} s, {warm_cells} cells computed (all from the cache)");
+    for metric in ["cka", "unbiased_cka"] {
+        let (secs, cells) = run_metric(metric, &[]);
+        println!(
+            "cold {metric} sweep: {secs:.2} s, {cells} cells ({:.2} ms per cell), {:.2}× the mutual_knn sweep",
+            secs * 1e3 / cells as f64,
+            secs / cold
+        );
+    }
 }
 
 /// Largest peak resident set of any waited-for child process, in KiB.

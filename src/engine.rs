@@ -155,6 +155,9 @@ pub fn layer_table(
     xs: &[Arc<Derived>],
     ys: &[Arc<Derived>],
 ) -> Result<LayerTable> {
+    if let Some(block) = spec.compute_block(xs, ys) {
+        return Ok(LayerTable::from_table(block?));
+    }
     xs.par_iter()
         .chain(ys.par_iter())
         .for_each(|d| d.warm(spec));

@@ -54,11 +54,14 @@ pub fn reduce_over_layers<X, Y>(
     ys: &[Y],
 ) -> Result<f64>
 where
-    X: std::ops::Deref<Target = Derived>,
-    Y: std::ops::Deref<Target = Derived>,
+    X: std::ops::Deref<Target = Derived> + Sync,
+    Y: std::ops::Deref<Target = Derived> + Sync,
 {
     if let Some([i, j]) = reduce.single(xs.len(), ys.len())? {
         return spec.compute(&xs[i], &ys[j]);
+    }
+    if let Some(block) = spec.compute_block(xs, ys) {
+        return Ok(reduce.apply(&block?)?.0);
     }
     let mut table = Vec::with_capacity(xs.len());
     for x in xs {

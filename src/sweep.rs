@@ -625,21 +625,12 @@ pub fn sweep(
                     .chain(dy.par_iter())
                     .for_each(|d| d.warm(spec));
             }
-            let results = cells
-                .par_iter()
-                .map(|&(si, i, j)| {
-                    let t = Instant::now();
-                    let v = req.specs[si].compute(&dx[i], &dy[j]);
-                    progress.advance(1);
-                    v.map(|v| (si, i, j, v, t.elapsed().as_secs_f64()))
-                })
-                .collect::<Result<Vec<_>>>()
-                .map_err(|e| {
-                    Error::Invalid(format!(
-                        "{} @ {} × {} @ {}: {e}",
-                        x.model, x.checkpoint, y.model, y.checkpoint
-                    ))
-                })?;
+            let results = compute_cells(&req.specs, cells, &dx, &dy, progress).map_err(|e| {
+                Error::Invalid(format!(
+                    "{} @ {} × {} @ {}: {e}",
+                    x.model, x.checkpoint, y.model, y.checkpoint
+                ))
+            })?;
             reg.catalog.write(|tx| {
                 let mut ins = tx.prepare_cached(
                     "INSERT OR IGNORE INTO cells (hash_x, hash_y, metric, version, params, prep_x, prep_y, value, seconds)
@@ -740,6 +731,67 @@ pub fn sweep(
     if req.null > 0 || req.bootstrap > 0 {
         add_statistics(reg, req, &pairs, &preps, &mut out, progress)?;
     }
+    Ok(out)
+}
+
+/// One computed cell: (spec index, x layer, y layer, value, seconds).
+type Computed = (usize, usize, usize, f64, f64);
+
+/// Computes the missing cells of one model pair: the CKA family a block at a time (every
+/// layer's kernel read once per block; a cell's seconds are its share of the block), the
+/// other metrics cell by cell in parallel.
+fn compute_cells(
+    specs: &[MetricSpec],
+    cells: &[(usize, usize, usize)],
+    dx: &[Arc<Derived>],
+    dy: &[Arc<Derived>],
+    progress: &dyn Progress,
+) -> Result<Vec<Computed>> {
+    let mut out = Vec::with_capacity(cells.len());
+    let mut single = Vec::new();
+    for (si, spec) in specs.iter().enumerate() {
+        let mine: Vec<(usize, usize)> = cells
+            .iter()
+            .filter(|c| c.0 == si)
+            .map(|c| (c.1, c.2))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        if !spec.blocks() {
+            single.extend(mine.into_iter().map(|(i, j)| (si, i, j)));
+            continue;
+        }
+        let mut rows: Vec<usize> = mine.iter().map(|c| c.0).collect();
+        let mut cols: Vec<usize> = mine.iter().map(|c| c.1).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        cols.sort_unstable();
+        cols.dedup();
+        let t = Instant::now();
+        let xs: Vec<&Derived> = rows.iter().map(|&i| &*dx[i]).collect();
+        let ys: Vec<&Derived> = cols.iter().map(|&j| &*dy[j]).collect();
+        let block = spec.compute_block(&xs, &ys).expect("blocks() said so")?;
+        let secs = t.elapsed().as_secs_f64() / (rows.len() * cols.len()) as f64;
+        progress.advance(mine.len() as u64);
+        for (i, j) in mine {
+            let (r, c) = (
+                rows.binary_search(&i).expect("listed"),
+                cols.binary_search(&j).expect("listed"),
+            );
+            out.push((si, i, j, block[r][c], secs));
+        }
+    }
+    let rest = single
+        .par_iter()
+        .map(|&(si, i, j)| {
+            let t = Instant::now();
+            let v = specs[si].compute(&dx[i], &dy[j]);
+            progress.advance(1);
+            v.map(|v| (si, i, j, v, t.elapsed().as_secs_f64()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    out.extend(rest);
     Ok(out)
 }
 

@@ -112,6 +112,8 @@ pub struct KernelStats {
     pub row_sums: Vec<f64>,
     pub total: f64,
     pub diag: Vec<f64>,
+    /// ⟨K, K⟩_F, which every CKA cell of this kernel needs.
+    pub self_dot: f64,
 }
 
 /// Top singular vectors for SVCCA, or why they could not be computed.
@@ -380,11 +382,13 @@ impl Derived {
             .collect();
         let total = row_sums.iter().sum();
         let diag = (0..n).map(|i| mat[i * n + i] as f64).collect();
+        let self_dot = super::kernel::frobenius(&mat, &mat);
         let v = Arc::new(KernelStats {
             mat,
             row_sums,
             total,
             diag,
+            self_dot,
         });
         self.kernels.lock().expect("lock").insert(key, v.clone());
         v

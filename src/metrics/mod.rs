@@ -22,6 +22,8 @@ pub use derived::Derived;
 pub use derived::{TieRow, Ties};
 pub use prep::{ClampScope, Layout, Prep, Scope};
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 
 /// A metric family.
@@ -288,6 +290,73 @@ impl MetricSpec {
             .then(|| knn::tied_rows(&a.ties(self.k), &b.ties(self.k)))
     }
 
+    /// True when [`MetricSpec::compute_block`] computes a block of layer pairs at once.
+    pub fn blocks(&self) -> bool {
+        matches!(self.metric, Metric::Cka | Metric::UnbiasedCka | Metric::Rsa)
+    }
+
+    /// The metric for every (x, y) pair of a block of layers, rows = `xs` (the CKA family and
+    /// RSA: every kernel or RDM read once per block, see [`kernel::dot_block`]); the same
+    /// numbers as [`MetricSpec::compute`] per pair up to f64 rounding. `None` for metrics
+    /// computed pair by pair.
+    pub fn compute_block<X, Y>(&self, xs: &[X], ys: &[Y]) -> Option<Result<Vec<Vec<f64>>>>
+    where
+        X: std::ops::Deref<Target = Derived> + Sync,
+        Y: std::ops::Deref<Target = Derived> + Sync,
+    {
+        if !self.blocks() || xs.is_empty() || ys.is_empty() {
+            return None;
+        }
+        Some(self.kernel_block(xs, ys))
+    }
+
+    fn kernel_block<X, Y>(&self, xs: &[X], ys: &[Y]) -> Result<Vec<Vec<f64>>>
+    where
+        X: std::ops::Deref<Target = Derived> + Sync,
+        Y: std::ops::Deref<Target = Derived> + Sync,
+    {
+        let name = self.metric.name();
+        for x in xs {
+            derived::check_pair(name, x, &ys[0])?;
+        }
+        for y in ys {
+            derived::check_pair(name, &xs[0], y)?;
+        }
+        self.validate(xs[0].n())?;
+        if self.metric == Metric::Rsa {
+            let rx: Vec<_> = xs.par_iter().map(|x| x.rdm_ranks()).collect();
+            let ry: Vec<_> = ys.par_iter().map(|y| y.rdm_ranks()).collect();
+            let ax: Vec<&[f64]> = rx.iter().map(|r| r.as_slice()).collect();
+            let ay: Vec<&[f64]> = ry.iter().map(|r| r.as_slice()).collect();
+            return kernel::dot_block(&ax, &ay)
+                .into_iter()
+                .map(|row| row.into_iter().map(|v| finite(name, v)).collect())
+                .collect();
+        }
+        let stats = |d: &Derived| match self.kernel {
+            Kernel::Linear => d.linear_kernel(),
+            Kernel::Rbf { sigma } => d.rbf_kernel(sigma),
+        };
+        let kx: Vec<_> = xs.par_iter().map(|x| stats(x)).collect();
+        let ky: Vec<_> = ys.par_iter().map(|y| stats(y)).collect();
+        let rx: Vec<&[f32]> = kx.iter().map(|s| s.mat.as_slice()).collect();
+        let ry: Vec<&[f32]> = ky.iter().map(|s| s.mat.as_slice()).collect();
+        let dots = kernel::dot_block(&rx, &ry);
+        let unbiased = self.metric == Metric::UnbiasedCka;
+        let mut out = Vec::with_capacity(xs.len());
+        for (i, row) in dots.iter().enumerate() {
+            let mut r = Vec::with_capacity(ys.len());
+            for (j, &kl) in row.iter().enumerate() {
+                r.push(finite(
+                    name,
+                    kernel::cka_from_dot(kl, &kx[i], &ky[j], unbiased),
+                )?);
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
     /// Computes the metric for one pair of derived representations.
     pub fn compute(&self, a: &Derived, b: &Derived) -> Result<f64> {
         let name = self.metric.name();
@@ -343,16 +412,21 @@ impl MetricSpec {
                 extra::linear_r2(a, b, self.ridge).map_err(|m| Error::metric(name, m))?
             }
         };
-        if !v.is_finite() {
-            return Err(Error::metric(
-                name,
-                format!(
-                    "the result is not a number ({v}); the inputs are degenerate (constant features?)"
-                ),
-            ));
-        }
-        Ok(v)
+        finite(name, v)
     }
+}
+
+/// A metric value, or an error naming the metric when it is not a number.
+fn finite(name: &str, v: f64) -> Result<f64> {
+    if !v.is_finite() {
+        return Err(Error::metric(
+            name,
+            format!(
+                "the result is not a number ({v}); the inputs are degenerate (constant features?)"
+            ),
+        ));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -387,6 +461,44 @@ mod tests {
             }
         }
         x.mapv(|v| v as f64).dot(&q).mapv(|v| v as f32)
+    }
+
+    #[test]
+    fn a_block_of_kernel_cells_equals_the_cells_one_by_one() {
+        // n = 200: 40,000 kernel entries, more than one chunk of the block product.
+        let xs: Vec<Derived> = (0..3)
+            .map(|s| derived(&random(200, 8 + 8 * s, s as u64)))
+            .collect();
+        let ys: Vec<Derived> = (0..2)
+            .map(|s| derived(&random(200, 12, 10 + s as u64)))
+            .collect();
+        let xr: Vec<&Derived> = xs.iter().collect();
+        let yr: Vec<&Derived> = ys.iter().collect();
+        for (metric, kernel) in [
+            (Metric::Cka, Kernel::Linear),
+            (Metric::Cka, Kernel::Rbf { sigma: 0.8 }),
+            (Metric::UnbiasedCka, Kernel::Linear),
+            (Metric::Rsa, Kernel::Linear),
+        ] {
+            let mut spec = MetricSpec::new(metric);
+            spec.kernel = kernel;
+            let block = spec.compute_block(&xr, &yr).unwrap().unwrap();
+            for (i, x) in xs.iter().enumerate() {
+                for (j, y) in ys.iter().enumerate() {
+                    let one = spec.compute(x, y).unwrap();
+                    assert!(
+                        (block[i][j] - one).abs() < 1e-12,
+                        "{metric} {i},{j}: {} vs {one}",
+                        block[i][j]
+                    );
+                }
+            }
+        }
+        assert!(
+            MetricSpec::new(Metric::MutualKnn)
+                .compute_block(&xr, &yr)
+                .is_none()
+        );
     }
 
     #[test]
