@@ -6,30 +6,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Env, fixture};
+use common::{Env, fixture, pipeline_env};
 use prh::demo::{ZooModel, ZooSpec};
 use serde_json::Value;
-
-fn pipeline_env() -> Env {
-    let env = Env::new();
-    env.ok(&["init"]);
-    for (file, model, modality) in [
-        ("pipeline_x.npy", "x", "language"),
-        ("pipeline_y.npy", "y", "vision"),
-    ] {
-        env.ok(&[
-            "ingest",
-            fixture(&format!("reference/{file}")).to_str().unwrap(),
-            "--model",
-            model,
-            "--dataset",
-            "ref",
-            "--modality",
-            modality,
-        ]);
-    }
-    env
-}
 
 fn align(env: &Env, extra: &[&str]) -> Value {
     let mut args = vec![

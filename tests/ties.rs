@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Env, write_npy};
+use common::{Env, ingest_all, write_npy};
 use ndarray::Array2;
 use prh::metrics::derived::Knn;
 use prh::metrics::{Derived, Metric, MetricSpec, TieBreak, Ties};
@@ -175,20 +175,13 @@ fn relu_features(seed: u64) -> Vec<f32> {
 fn ties_are_reported_and_the_expected_score_is_cached_apart() {
     let env = Env::new();
     env.ok(&["init"]);
+    let mut files = Vec::new();
     for (name, modality, seed) in [("mlp_a", "language", 11), ("mlp_b", "vision", 12)] {
         let p = env.path(&format!("{name}.npy"));
         write_npy(&p, &[512, 8], &relu_features(seed));
-        env.ok(&[
-            "ingest",
-            p.to_str().unwrap(),
-            "--model",
-            name,
-            "--dataset",
-            "d",
-            "--modality",
-            modality,
-        ]);
+        files.push((p, name, modality));
     }
+    ingest_all(&env, "d", &files);
     let (a, b) = (env.path("mlp_a.npy"), env.path("mlp_b.npy"));
     let cmp = |metric: &str, extra: &[&str]| {
         let mut args = vec![

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Env, fixture};
+use common::{Env, fixture, ingest_all};
 use serde_json::Value;
 
 fn expected() -> Value {
@@ -16,21 +16,14 @@ fn expected() -> Value {
 fn varwidth_env() -> Env {
     let env = Env::new();
     env.ok(&["init"]);
-    for (file, model, modality) in [
-        ("x_layers.npz", "vx", "language"),
-        ("y_list.pt", "vy", "vision"),
-    ] {
-        env.ok(&[
-            "ingest",
-            fixture(&format!("varwidth/{file}")).to_str().unwrap(),
-            "--model",
-            model,
-            "--dataset",
-            "vw",
-            "--modality",
-            modality,
-        ]);
-    }
+    ingest_all(
+        &env,
+        "vw",
+        &[
+            (fixture("varwidth/x_layers.npz"), "vx", "language"),
+            (fixture("varwidth/y_list.pt"), "vy", "vision"),
+        ],
+    );
     env
 }
 
@@ -59,6 +52,21 @@ fn matrix(env: &Env, metric: &str, extra: &[&str]) -> f64 {
     args.extend_from_slice(extra);
     let v = env.json(&args);
     v[0]["vy"].as_f64().unwrap_or_else(|| panic!("matrix: {v}"))
+}
+
+/// mutual_knn of px against py and pyz, from the matrix query.
+fn px_matrix(env: &Env) -> Value {
+    env.json(&[
+        "matrix",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "px",
+        "--y",
+        "py,pyz",
+        "--format",
+        "json",
+    ])
 }
 
 fn score(rows: &[Value], metric: &str) -> f64 {
@@ -151,22 +159,15 @@ fn one_content_two_layouts_two_scopes_and_a_bundle_carries_layouts() {
     let env = varwidth_env();
     // pipeline_y as a stacked n × L × d tensor (py) and as one array per layer (pyz): the
     // same blobs, clamped over the checkpoint for py and per layer for pyz.
-    for (file, model, modality) in [
-        ("pipeline_x.npy", "px", "language"),
-        ("pipeline_y.npy", "py", "vision"),
-        ("pipeline_y.npz", "pyz", "vision"),
-    ] {
-        env.ok(&[
-            "ingest",
-            fixture(&format!("reference/{file}")).to_str().unwrap(),
-            "--model",
-            model,
-            "--dataset",
-            "ref",
-            "--modality",
-            modality,
-        ]);
-    }
+    ingest_all(
+        &env,
+        "ref",
+        &[
+            (fixture("reference/pipeline_x.npy"), "px", "language"),
+            (fixture("reference/pipeline_y.npy"), "py", "vision"),
+            (fixture("reference/pipeline_y.npz"), "pyz", "vision"),
+        ],
+    );
     let layout = |m: &str| -> Vec<Value> {
         let reps = env.json(&["ls", "reps", "--model", m, "--format", "json"]);
         reps.as_array()
@@ -219,17 +220,7 @@ fn one_content_two_layouts_two_scopes_and_a_bundle_carries_layouts() {
         "per-layer clamp differs here"
     );
     // The query keeps them apart although they share every blob.
-    let m = env.json(&[
-        "matrix",
-        "--metric",
-        "mutual_knn",
-        "--x",
-        "px",
-        "--y",
-        "py,pyz",
-        "--format",
-        "json",
-    ]);
+    let m = px_matrix(&env);
     assert_eq!(m[0]["py"].as_f64().unwrap(), by_y("py"));
     assert_eq!(m[0]["pyz"].as_f64().unwrap(), by_y("pyz"));
     let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
@@ -262,17 +253,7 @@ fn one_content_two_layouts_two_scopes_and_a_bundle_carries_layouts() {
         matrix(&other, "mutual_knn", &[]),
         score(&rows, "mutual_knn")
     );
-    let m2 = other.json(&[
-        "matrix",
-        "--metric",
-        "mutual_knn",
-        "--x",
-        "px",
-        "--y",
-        "py,pyz",
-        "--format",
-        "json",
-    ]);
+    let m2 = px_matrix(&other);
     assert_eq!(m, m2);
     let again = align(&other, &[]);
     assert!(again.iter().all(|r| r["cells_computed"] == 0), "{again:?}");

@@ -141,6 +141,11 @@ impl Prep {
             };
             parts.push(format!("clamp(q={q},{scope}t=0x{:08x})", t.to_bits()));
         }
+        self.join(parts)
+    }
+
+    /// The clamp part (if any) followed by `l2` when rows are normalised; `raw` for neither.
+    fn join(&self, mut parts: Vec<String>) -> String {
         if self.normalize {
             parts.push("l2".to_string());
         }
@@ -162,14 +167,7 @@ impl Prep {
                 None => parts.push(format!("clamp(q={q})")),
             }
         }
-        if self.normalize {
-            parts.push("l2".to_string());
-        }
-        if parts.is_empty() {
-            "raw".into()
-        } else {
-            parts.join(";")
-        }
+        self.join(parts)
     }
 
     /// The clamp threshold of each layer under `scope` (all equal for [`Scope::Checkpoint`]).

@@ -111,24 +111,49 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
     std::fs::write(path, prh::formats::npy::encode_f32(shape, data)).unwrap();
 }
 
-/// Ingests two models of independent noise, `l1` (language) and `v1` (vision), with features
-/// of `shape` (n × L × d) on dataset `d`.
-pub fn two_models(env: &Env, shape: &[usize]) {
-    let len = shape.iter().product();
-    for (name, modality, seed) in [("l1", "language", 1), ("v1", "vision", 2)] {
-        let p = env.path(&format!("{name}.npy"));
-        write_npy(&p, shape, &noise(len, seed));
+/// Ingests each (file, model, modality) as a new model on `dataset`.
+pub fn ingest_all(env: &Env, dataset: &str, files: &[(PathBuf, &str, &str)]) {
+    for (path, model, modality) in files {
         env.ok(&[
             "ingest",
-            p.to_str().unwrap(),
+            path.to_str().unwrap(),
             "--model",
-            name,
+            model,
             "--dataset",
-            "d",
+            dataset,
             "--modality",
             modality,
         ]);
     }
+}
+
+/// A new registry holding the reference pipeline: `pipeline_x.npy` as model x (language) and
+/// `pipeline_y.npy` as model y (vision), on dataset `ref`.
+pub fn pipeline_env() -> Env {
+    let env = Env::new();
+    env.ok(&["init"]);
+    ingest_all(
+        &env,
+        "ref",
+        &[
+            (fixture("reference/pipeline_x.npy"), "x", "language"),
+            (fixture("reference/pipeline_y.npy"), "y", "vision"),
+        ],
+    );
+    env
+}
+
+/// Ingests two models of independent noise, `l1` (language) and `v1` (vision), with features
+/// of `shape` (n × L × d) on dataset `d`.
+pub fn two_models(env: &Env, shape: &[usize]) {
+    let len = shape.iter().product();
+    let mut files = Vec::new();
+    for (name, modality, seed) in [("l1", "language", 1), ("v1", "vision", 2)] {
+        let p = env.path(&format!("{name}.npy"));
+        write_npy(&p, shape, &noise(len, seed));
+        files.push((p, name, modality));
+    }
+    ingest_all(env, "d", &files);
 }
 
 /// Deterministic pseudo-random f32 data.
