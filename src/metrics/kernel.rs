@@ -4,53 +4,57 @@ use rayon::prelude::*;
 
 use super::derived::{KernelStats, Knn};
 
-/// ⟨K, L⟩_F accumulated in f64.
+/// ⟨K, L⟩_F accumulated in f64. Chunks are summed in parallel, their sums in order, so the
+/// result is the same bits for any number of threads.
 pub fn frobenius(a: &[f32], b: &[f32]) -> f64 {
-    a.par_chunks(4096)
+    let parts: Vec<f64> = a
+        .par_chunks(4096)
         .zip(b.par_chunks(4096))
-        .map(|(x, y)| {
-            x.iter()
-                .zip(y)
-                .map(|(&p, &q)| p as f64 * q as f64)
-                .sum::<f64>()
-        })
-        .sum()
+        .map(|(x, y)| dot_f64(x, y))
+        .collect();
+    parts.iter().sum()
 }
 
 /// Entries per step of [`dot_block`]: 2,048 (8 KiB of f32, 16 KiB of f64) per vector, so a
 /// block of 24 + 24 vectors' step stays in cache while every pair of the block uses it.
 const BLOCK_CHUNK: usize = 2048;
 
+/// Steps per parallel task of [`dot_block`]: a fixed grouping, so the order of the f64
+/// additions (and the result's bits) does not depend on the number of threads.
+const BLOCK_STEPS_PER_TASK: usize = 16;
+
 /// x_i · y_j for every pair of a block of equally long vectors (flattened kernels for the CKA
 /// family, RDM ranks for RSA), reading each vector from memory once per block instead of once
 /// per pair: the vectors are walked a cache-sized step at a time (steps in parallel), and every
 /// pair's dot product over the step is accumulated in f64. A product of two f32 values is exact
-/// in f64, so for kernels the result equals [`frobenius`] up to the order of the additions.
+/// in f64, so for kernels the result equals [`frobenius`] up to the order of the additions;
+/// that order is fixed (tasks of a fixed number of steps, their sums added in task order), so
+/// two runs give the same bits.
 pub fn dot_block<T: Copy + Into<f64> + Sync>(ks: &[&[T]], ls: &[&[T]]) -> Vec<Vec<f64>> {
     let (a, b) = (ks.len(), ls.len());
     let len = ks.first().map_or(0, |k| k.len());
-    let total = (0..len.div_ceil(BLOCK_CHUNK))
+    let task = BLOCK_CHUNK * BLOCK_STEPS_PER_TASK;
+    let parts: Vec<Vec<f64>> = (0..len.div_ceil(task))
         .into_par_iter()
-        .fold(
-            || vec![0f64; a * b],
-            |mut acc, step| {
-                let r = step * BLOCK_CHUNK..(step * BLOCK_CHUNK + BLOCK_CHUNK).min(len);
+        .map(|t| {
+            let mut acc = vec![0f64; a * b];
+            let end = (t * task + task).min(len);
+            for start in (t * task..end).step_by(BLOCK_CHUNK) {
+                let r = start..(start + BLOCK_CHUNK).min(end);
                 for (i, k) in ks.iter().enumerate() {
                     let k = &k[r.clone()];
                     for (j, l) in ls.iter().enumerate() {
                         acc[i * b + j] += dot_f64(k, &l[r.clone()]);
                     }
                 }
-                acc
-            },
-        )
-        .reduce(
-            || vec![0f64; a * b],
-            |mut x, y| {
-                x.iter_mut().zip(y).for_each(|(p, q)| *p += q);
-                x
-            },
-        );
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0f64; a * b];
+    for p in parts {
+        total.iter_mut().zip(p).for_each(|(x, y)| *x += y);
+    }
     total.chunks(b.max(1)).map(|r| r.to_vec()).collect()
 }
 

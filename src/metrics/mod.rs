@@ -499,6 +499,21 @@ mod tests {
                 .compute_block(&xr, &yr)
                 .is_none()
         );
+        // The same bits whatever the number of threads (two sweeps must agree exactly).
+        for metric in [Metric::Rsa, Metric::Cka] {
+            let spec = MetricSpec::new(metric);
+            let on = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| spec.compute_block(&xr, &yr).unwrap().unwrap())
+            };
+            let one = on(1);
+            for threads in [2, 3, 7] {
+                assert_eq!(on(threads), one, "{metric}, {threads} threads");
+            }
+        }
     }
 
     #[test]
