@@ -4,8 +4,10 @@
 //! and unbiased_cka sweeps of the same zoo, running the real `prh` binary.
 //! Run: `cargo bench --bench sweep`.
 
-use std::process::Command;
 use std::time::Instant;
+
+mod common;
+use common::{cells_computed, peak_child_rss_kib, prh_json};
 
 use prh::demo::{ZooModel, ZooSpec};
 use prh::registry::{IngestRequest, Registry};
@@ -57,38 +59,21 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     let run_metric = |metric: &str, extra: &[&str]| {
-        let t = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_prh"))
-            .arg("--registry")
-            .arg(&reg_path)
-            .args([
-                "align",
-                "--x",
-                "modality=language",
-                "--y",
-                "modality=vision",
-                "--metric",
-                metric,
-                "--format",
-                "json",
-                "--quiet",
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let computed: u64 = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["cells_computed"].as_u64().unwrap())
-            .sum();
-        (t.elapsed().as_secs_f64(), computed)
+        let mut args = vec![
+            "align",
+            "--x",
+            "modality=language",
+            "--y",
+            "modality=vision",
+            "--metric",
+            metric,
+            "--format",
+            "json",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let (secs, v) = prh_json(&reg_path, &args);
+        (secs, cells_computed(&v))
     };
     let run = |extra: &[&str]| run_metric("mutual_knn", extra);
     // Bounded memory first (RUSAGE_CHILDREN reports the largest child so far): k = 5 so that
@@ -117,15 +102,5 @@ fn main() {
             secs * 1e3 / cells as f64,
             secs / cold
         );
-    }
-}
-
-/// Largest peak resident set of any waited-for child process, in KiB.
-fn peak_child_rss_kib() -> i64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass.
-    unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
-        u.ru_maxrss
     }
 }

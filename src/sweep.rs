@@ -470,6 +470,13 @@ impl DerivedCache {
         }
     }
 
+    /// Drops a checkpoint's derived data (the sweep is done with it).
+    fn forget(&mut self, checkpoint_id: i64) {
+        if let Some(e) = self.entries.remove(&checkpoint_id) {
+            self.used -= e.1;
+        }
+    }
+
     fn get(
         &mut self,
         reg: &Registry,
@@ -494,8 +501,7 @@ impl DerivedCache {
                 )))
             })
             .collect::<Result<Vec<_>>>()?;
-        // Features + Gram + neighbour lists, roughly.
-        let size = ck.f32_bytes + ck.layers.len() * ck.n * ck.n * 4 * 2;
+        let size = derived_bytes(ck);
         while self.used + size > self.budget && !self.entries.is_empty() {
             let (&oldest, _) = self
                 .entries
@@ -510,6 +516,91 @@ impl DerivedCache {
             .insert(ck.checkpoint_id, (arc.clone(), size, self.clock));
         self.used += size;
         Ok(arc)
+    }
+}
+
+/// Bytes of a checkpoint's derived data, roughly: features, Gram matrices, neighbour lists.
+fn derived_bytes(ck: &CheckpointLayers) -> usize {
+    ck.f32_bytes + ck.layers.len() * ck.n * ck.n * 4 * 2
+}
+
+/// The order to compute model pairs in, so that each checkpoint's derived data is computed as
+/// few times as the memory budget allows: the side with fewer bytes is held in tiles that fit
+/// the budget (less room for one checkpoint of the other side), and for each tile every
+/// checkpoint of the other side comes once, with all of its pairs in the tile. A zoo whose
+/// smaller side fits derives every checkpoint once (x-major order would re-derive the whole
+/// y side for every x once y outgrows the budget). The sweep drops an other-side checkpoint's
+/// derived data when it moves on to the next (see [`Plan::other`]), so the least recently used
+/// entry is never a held one.
+struct Plan {
+    order: Vec<usize>,
+    held_is_x: bool,
+    held: HashSet<i64>,
+}
+
+impl Plan {
+    /// The pair's checkpoint on the side that is not held.
+    fn other(&self, pair: (&CheckpointLayers, &CheckpointLayers)) -> i64 {
+        if self.held_is_x {
+            pair.1.checkpoint_id
+        } else {
+            pair.0.checkpoint_id
+        }
+    }
+}
+
+fn compute_order(pairs: &[(&CheckpointLayers, &CheckpointLayers)], budget: usize) -> Plan {
+    // Each side's checkpoints in order of first appearance, with their sizes.
+    let side = |pick: fn(&(&CheckpointLayers, &CheckpointLayers)) -> i64| {
+        let mut ids: Vec<i64> = Vec::new();
+        let mut bytes: HashMap<i64, usize> = HashMap::new();
+        for p in pairs {
+            let id = pick(p);
+            if let std::collections::hash_map::Entry::Vacant(e) = bytes.entry(id) {
+                let ck = if id == p.0.checkpoint_id { p.0 } else { p.1 };
+                e.insert(derived_bytes(ck));
+                ids.push(id);
+            }
+        }
+        (ids, bytes)
+    };
+    let xs = side(|p| p.0.checkpoint_id);
+    let ys = side(|p| p.1.checkpoint_id);
+    let total = |s: &(Vec<i64>, HashMap<i64, usize>)| s.1.values().sum::<usize>();
+    let held_is_x = total(&xs) <= total(&ys);
+    let (held, other) = if held_is_x { (&xs, &ys) } else { (&ys, &xs) };
+    let room = budget
+        .saturating_sub(other.1.values().copied().max().unwrap_or(0))
+        .max(1);
+    let mut tile: HashMap<i64, usize> = HashMap::new();
+    let (mut t, mut used) = (0, 0);
+    for id in &held.0 {
+        let b = held.1[id];
+        if used > 0 && used + b > room {
+            t += 1;
+            used = 0;
+        }
+        used += b;
+        tile.insert(*id, t);
+    }
+    let pos = |ids: &[i64]| -> HashMap<i64, usize> {
+        ids.iter().enumerate().map(|(i, &id)| (id, i)).collect()
+    };
+    let (held_pos, other_pos) = (pos(&held.0), pos(&other.0));
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by_key(|&pi| {
+        let (x, y) = pairs[pi];
+        let (h, o) = if held_is_x {
+            (x.checkpoint_id, y.checkpoint_id)
+        } else {
+            (y.checkpoint_id, x.checkpoint_id)
+        };
+        (tile[&h], other_pos[&o], held_pos[&h])
+    });
+    Plan {
+        order,
+        held_is_x,
+        held: held.0.iter().copied().collect(),
     }
 }
 
@@ -610,11 +701,19 @@ pub fn sweep(
     if missing_total > 0 {
         progress.start(missing_total);
         let mut cache = DerivedCache::new(req.mem_budget);
-        for (pi, (x, y)) in pairs.iter().enumerate() {
+        let plan = compute_order(&pairs, req.mem_budget);
+        let mut last_other: Option<i64> = None;
+        for &pi in &plan.order {
+            let (x, y) = pairs[pi];
             let cells = &todo[pi];
             if cells.is_empty() {
                 continue;
             }
+            let other = plan.other(pairs[pi]);
+            if let Some(prev) = last_other.filter(|&p| p != other && !plan.held.contains(&p)) {
+                cache.forget(prev);
+            }
+            last_other = Some(other);
             progress.message(&format!("{} × {}", x.model, y.model));
             let (px, py) = (&preps[&x.checkpoint_id], &preps[&y.checkpoint_id]);
             let dx = cache.get(reg, x, &px.thresholds, req.prep)?;
@@ -1003,4 +1102,88 @@ fn add_statistics(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ck(id: i64, layers: usize) -> CheckpointLayers {
+        CheckpointLayers {
+            checkpoint_id: id,
+            model: format!("m{id}"),
+            checkpoint: "c".into(),
+            layers: vec![BlobHash([id as u8; 32]); layers],
+            layer_ids: (0..layers as i64).collect(),
+            n: 16,
+            f32_bytes: layers * 16 * 4,
+            layout: None,
+        }
+    }
+
+    /// How many times each checkpoint is derived when pairs run in `order` through an LRU of
+    /// `budget` bytes (the sweep's cache policy).
+    fn derivations(
+        pairs: &[(&CheckpointLayers, &CheckpointLayers)],
+        plan: Option<&Plan>,
+        budget: usize,
+    ) -> usize {
+        let mut lru: Vec<(i64, usize)> = Vec::new();
+        let mut count = 0;
+        let x_major: Vec<usize> = (0..pairs.len()).collect();
+        let mut last_other = None;
+        for &pi in plan.map_or(&x_major, |p| &p.order) {
+            if let Some(plan) = plan {
+                let other = plan.other(pairs[pi]);
+                if let Some(prev) = last_other.filter(|&p| p != other && !plan.held.contains(&p)) {
+                    lru.retain(|e: &(i64, usize)| e.0 != prev);
+                }
+                last_other = Some(other);
+            }
+            for c in [pairs[pi].0, pairs[pi].1] {
+                if let Some(at) = lru.iter().position(|e| e.0 == c.checkpoint_id) {
+                    let e = lru.remove(at);
+                    lru.push(e);
+                    continue;
+                }
+                count += 1;
+                let size = derived_bytes(c);
+                while lru.iter().map(|e| e.1).sum::<usize>() + size > budget && !lru.is_empty() {
+                    lru.remove(0);
+                }
+                lru.push((c.checkpoint_id, size));
+            }
+        }
+        count
+    }
+
+    #[test]
+    fn pairs_are_ordered_to_derive_each_checkpoint_as_few_times_as_the_budget_allows() {
+        let xs: Vec<CheckpointLayers> = (0..3).map(|i| ck(i, 4)).collect();
+        let ys: Vec<CheckpointLayers> = (10..15).map(|i| ck(i, 4)).collect();
+        let pairs: Vec<(&CheckpointLayers, &CheckpointLayers)> = xs
+            .iter()
+            .flat_map(|x| ys.iter().map(move |y| (x, y)))
+            .collect();
+        let one = derived_bytes(&xs[0]);
+        // Room for the 3 x checkpoints and one y: x-major re-derives every y for every x.
+        let budget = 4 * one;
+        assert_eq!(derivations(&pairs, None, budget), 3 + 3 * 5);
+        let plan = compute_order(&pairs, budget);
+        assert!(plan.held_is_x);
+        assert_eq!(derivations(&pairs, Some(&plan), budget), 3 + 5);
+        let mut sorted = plan.order.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (0..pairs.len()).collect::<Vec<_>>(),
+            "every pair once"
+        );
+        // Room for two: the x side in tiles of one, each y once per tile.
+        let plan = compute_order(&pairs, 2 * one);
+        assert_eq!(derivations(&pairs, Some(&plan), 2 * one), 3 + 3 * 5);
+        // Everything fits: each checkpoint once.
+        let plan = compute_order(&pairs, 100 * one);
+        assert_eq!(derivations(&pairs, Some(&plan), 100 * one), 8);
+    }
 }

@@ -157,25 +157,39 @@ pub fn open(path: &Path) -> Result<FeatureFile> {
     )
 }
 
-/// Encodes an f32 array (any shape, C order) as `.npy` bytes. Used by the demo and tests.
+/// An `.npy` file (version 1.0, C order) of little-endian f32 values.
 pub fn encode_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let body: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    encode("<f4", shape, &body)
+}
+
+/// An `.npy` file of little-endian IEEE half-precision values (rounded from f32).
+pub fn encode_f16(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let body: Vec<u8> = data
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect();
+    encode("<f2", shape, &body)
+}
+
+/// The header for `descr` and `shape`, padded to a multiple of 64 bytes, then `body`.
+fn encode(descr: &str, shape: &[usize], body: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
     let shape_txt = if dims.len() == 1 {
         format!("({},)", dims[0])
     } else {
         format!("({})", dims.join(", "))
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    let mut out = Vec::with_capacity(10 + header.len() + body.len());
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    out.extend_from_slice(body);
     out
 }
 
