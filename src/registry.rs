@@ -310,6 +310,7 @@ impl Registry {
             layers,
             scores_changed: outcome.scores_changed,
             meta_changed: outcome.meta_changed,
+            layouts_recorded: outcome.layouts_recorded,
             num_params: req.num_params.or(file.meta.num_params),
         })
     }
@@ -490,7 +491,7 @@ impl Registry {
                 match existing {
                     Some(h) if h == hex => {
                         // Registries from before layouts were recorded learn it on re-ingest.
-                        tx.execute(
+                        out.layouts_recorded += tx.execute(
                             "UPDATE representations SET layout = ?5 WHERE checkpoint_id = ?1
                              AND dataset_id = ?2 AND layer = ?3 AND pool = ?4 AND layout IS NULL",
                             params![ck_id, ds_id, l.layer as i64, req.pool, file.layout.name()],
@@ -547,6 +548,7 @@ struct TxOutcome {
     checkpoint_created: bool,
     scores_changed: Vec<String>,
     meta_changed: Vec<String>,
+    layouts_recorded: usize,
 }
 
 /// Inserts or updates a score; returns true when the stored value changed.
@@ -725,6 +727,8 @@ pub struct IngestReport {
     pub scores_changed: Vec<String>,
     /// Provenance keys added or changed.
     pub meta_changed: Vec<String>,
+    /// Layers whose layout was not recorded before (ingested by an older prh) and now is.
+    pub layouts_recorded: usize,
     pub num_params: Option<i64>,
 }
 
@@ -737,6 +741,7 @@ impl IngestReport {
             && self.layers.iter().all(|l| !l.new_row)
             && self.scores_changed.is_empty()
             && self.meta_changed.is_empty()
+            && self.layouts_recorded == 0
     }
 }
 

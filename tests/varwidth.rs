@@ -293,7 +293,10 @@ fn checkpoints_without_a_recorded_layout_keep_one_threshold_until_ingested_again
         "--dataset",
         "vw",
     ]);
-    assert!(out.contains("nothing new"), "{out}");
+    assert!(
+        out.contains("recorded the layout of 3 layers") && !out.contains("nothing new"),
+        "{out}"
+    );
     env.ok(&[
         "ingest",
         fixture("varwidth/y_list.pt").to_str().unwrap(),

@@ -100,6 +100,14 @@ pub fn run(ctx: &Ctx, a: IngestArgs) -> Result<()> {
                 );
                 return Ok(());
             }
+            if report.layouts_recorded > 0 {
+                println!(
+                    "{}: recorded the layout of {} layers ingested before layouts were kept ({})",
+                    a.file.display(),
+                    report.layouts_recorded,
+                    report.layout
+                );
+            }
             let new_rows = report.layers.iter().filter(|l| l.new_row).count();
             let new_blobs = report.layers.iter().filter(|l| l.new_blob).count();
             println!(
