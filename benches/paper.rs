@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod common;
-use common::{cells_computed, peak_child_rss_kib, prh_json};
+use common::{align_language_vision, peak_child_rss_kib};
 
 use prh::formats::npy;
 use prh::metrics::{Derived, Metric, MetricSpec, Prep, prep};
@@ -97,23 +97,7 @@ fn main() {
         "zoo: 12 language × 17 vision models × {LAYERS} layers, n = {N}, d = {D}, f16 (generated and ingested in {:.1} s)",
         t.elapsed().as_secs_f64()
     );
-    let align = |metric: &str, extra: &[&str]| {
-        let mut args = vec![
-            "align",
-            "--x",
-            "modality=language",
-            "--y",
-            "modality=vision",
-            "--metric",
-            metric,
-            "--format",
-            "json",
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
-        let (secs, v) = prh_json(&reg_path, &args);
-        (secs, cells_computed(&v))
-    };
+    let align = |metric: &str, extra: &[&str]| align_language_vision(&reg_path, metric, extra);
     // Peak RSS is the largest child so far: the bounded run goes first (k = 5: nothing cached).
     let (bounded, cells) = align("mutual_knn", &["--k", "5", "--mem-mib", "1024"]);
     println!(

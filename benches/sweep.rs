@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 mod common;
-use common::{cells_computed, peak_child_rss_kib, prh_json};
+use common::{align_language_vision, peak_child_rss_kib};
 
 use prh::demo::{ZooModel, ZooSpec};
 use prh::registry::{IngestRequest, Registry};
@@ -58,23 +58,7 @@ fn main() {
         "zoo: 8 models × 12 layers, n = 1024, d = 768–1024 (generated and ingested in {:.1} s)",
         t.elapsed().as_secs_f64()
     );
-    let run_metric = |metric: &str, extra: &[&str]| {
-        let mut args = vec![
-            "align",
-            "--x",
-            "modality=language",
-            "--y",
-            "modality=vision",
-            "--metric",
-            metric,
-            "--format",
-            "json",
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
-        let (secs, v) = prh_json(&reg_path, &args);
-        (secs, cells_computed(&v))
-    };
+    let run_metric = |metric: &str, extra: &[&str]| align_language_vision(&reg_path, metric, extra);
     let run = |extra: &[&str]| run_metric("mutual_knn", extra);
     // Bounded memory first (RUSAGE_CHILDREN reports the largest child so far): k = 5 so that
     // nothing is cached yet, derived data capped at 256 MiB.

@@ -26,6 +26,26 @@ pub fn prh_json(reg: &Path, args: &[&str]) -> (f64, serde_json::Value) {
     )
 }
 
+/// `prh align` of every language model with every vision model for one metric (plus `extra`
+/// flags): the seconds it took and the cells it computed.
+pub fn align_language_vision(reg: &Path, metric: &str, extra: &[&str]) -> (f64, u64) {
+    let mut args = vec![
+        "align",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--metric",
+        metric,
+        "--format",
+        "json",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    let (secs, v) = prh_json(reg, &args);
+    (secs, cells_computed(&v))
+}
+
 /// Sum of `cells_computed` over an `align --format json` result.
 pub fn cells_computed(v: &serde_json::Value) -> u64 {
     v.as_array()
