@@ -25,22 +25,29 @@ pub struct LayerTable {
 impl LayerTable {
     /// Builds the table's best from its scores.
     pub fn from_table(table: Vec<Vec<f64>>) -> Self {
-        let mut best = f64::NEG_INFINITY;
-        let mut best_layers = [0, 0];
-        for (i, row) in table.iter().enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                if v > best {
-                    best = v;
-                    best_layers = [i, j];
-                }
-            }
-        }
+        let (best, best_layers) = argmax(&table);
         LayerTable {
             table,
             best,
             best_layers,
         }
     }
+}
+
+/// The largest value of a table (the true max, also when every value is negative) and its
+/// [row, column], the first in row-major order on ties.
+fn argmax(table: &[Vec<f64>]) -> (f64, [usize; 2]) {
+    let mut best = f64::NEG_INFINITY;
+    let mut best_layers = [0, 0];
+    for (i, row) in table.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            if v > best {
+                best = v;
+                best_layers = [i, j];
+            }
+        }
+    }
+    (best, best_layers)
 }
 
 /// A checkpoint's derived layers and each layer's clamp threshold.
@@ -97,8 +104,8 @@ impl Reduce {
             let sum: f64 = table.iter().flatten().sum();
             return Ok((sum / (lx * ly) as f64, None));
         }
-        let t = LayerTable::from_table(table.to_vec());
-        Ok((t.best, Some(t.best_layers)))
+        let (best, layers) = argmax(table);
+        Ok((best, Some(layers)))
     }
 }
 

@@ -45,11 +45,7 @@ pub const OFFICIAL_PREP: &str = "clamp(q=0.95);l2";
 /// [`crate::metrics::Prep::kind`] does: `clamp(q=0.95,scope=layer,t=0x…);l2` →
 /// `clamp(q=0.95);l2` (for [`ClampScope::Auto`]).
 pub fn prep_kind(key: &str, scope: ClampScope) -> String {
-    let token = match scope {
-        ClampScope::Auto => None,
-        ClampScope::Checkpoint => Some("scope=checkpoint"),
-        ClampScope::Layer => Some("scope=layer"),
-    };
+    let token = scope.token();
     key.split(';')
         .map(|part| match part.strip_prefix("clamp(") {
             Some(inner) => {

@@ -200,19 +200,14 @@ impl Derived {
     /// Computes now (instead of on first use) what `spec` will need, so a sweep can derive
     /// every representation in parallel before scoring pairs.
     pub fn warm(&self, spec: &super::MetricSpec) {
-        use super::{Kernel, Metric};
+        use super::Metric;
         if spec.metric.uses_k() {
             self.knn(spec.k);
         }
         match spec.metric {
-            Metric::Cka | Metric::UnbiasedCka => match spec.kernel {
-                Kernel::Linear => {
-                    self.linear_kernel();
-                }
-                Kernel::Rbf { sigma } => {
-                    self.rbf_kernel(sigma);
-                }
-            },
+            Metric::Cka | Metric::UnbiasedCka => {
+                self.kernel(spec.kernel);
+            }
             Metric::Svcca => {
                 self.svcca_basis(spec.cca_dim);
             }
@@ -337,6 +332,14 @@ impl Derived {
         let v = Arc::new(Ties { rows });
         self.ties.lock().expect("lock").insert(k, v.clone());
         v
+    }
+
+    /// Statistics of the CKA family's kernel matrix of this representation.
+    pub fn kernel(&self, kernel: super::Kernel) -> Arc<KernelStats> {
+        match kernel {
+            super::Kernel::Linear => self.linear_kernel(),
+            super::Kernel::Rbf { sigma } => self.rbf_kernel(sigma),
+        }
     }
 
     /// Linear-kernel statistics (the kernel is the Gram matrix).

@@ -333,12 +333,8 @@ impl MetricSpec {
                 .map(|row| row.into_iter().map(|v| finite(name, v)).collect())
                 .collect();
         }
-        let stats = |d: &Derived| match self.kernel {
-            Kernel::Linear => d.linear_kernel(),
-            Kernel::Rbf { sigma } => d.rbf_kernel(sigma),
-        };
-        let kx: Vec<_> = xs.par_iter().map(|x| stats(x)).collect();
-        let ky: Vec<_> = ys.par_iter().map(|y| stats(y)).collect();
+        let kx: Vec<_> = xs.par_iter().map(|x| x.kernel(self.kernel)).collect();
+        let ky: Vec<_> = ys.par_iter().map(|y| y.kernel(self.kernel)).collect();
         let rx: Vec<&[f32]> = kx.iter().map(|s| s.mat.as_slice()).collect();
         let ry: Vec<&[f32]> = ky.iter().map(|s| s.mat.as_slice()).collect();
         let dots = kernel::dot_block(&rx, &ry);
@@ -386,10 +382,7 @@ impl MetricSpec {
                 knn::edit_distance_knn(&a.knn(self.k), &b.knn(self.k), n, self.emulate_pymp)
             }
             Metric::Cka | Metric::UnbiasedCka => {
-                let (ka, kb) = match self.kernel {
-                    Kernel::Linear => (a.linear_kernel(), b.linear_kernel()),
-                    Kernel::Rbf { sigma } => (a.rbf_kernel(sigma), b.rbf_kernel(sigma)),
-                };
+                let (ka, kb) = (a.kernel(self.kernel), b.kernel(self.kernel));
                 kernel::cka(&ka, &kb, self.metric == Metric::UnbiasedCka)
             }
             Metric::Cknna => kernel::cknna(a.gram(), b.gram(), &a.knn(self.k), &b.knn(self.k), n),

@@ -77,7 +77,7 @@ impl ClampScope {
     }
 
     /// The token a prep kind carries for this choice (none for the official rule).
-    fn token(self) -> Option<&'static str> {
+    pub fn token(self) -> Option<&'static str> {
         match self {
             ClampScope::Auto => None,
             ClampScope::Checkpoint => Some("scope=checkpoint"),
