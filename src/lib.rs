@@ -11,6 +11,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod formats;
+pub mod frame;
 pub mod lock;
 pub mod matrix;
 pub mod metrics;

@@ -34,7 +34,7 @@ use crate::metrics::{ClampScope, Layout, Metric, Scope};
 use crate::registry::Registry;
 
 /// Turns a polars error into ours.
-fn pe(e: PolarsError) -> Error {
+pub(crate) fn pe(e: PolarsError) -> Error {
     Error::Invalid(format!("query: {e}"))
 }
 
@@ -837,31 +837,36 @@ pub fn alignment_for(
     out
 }
 
-/// A DataFrame as JSON objects (one per row), for the table/CSV/JSON printers.
-pub fn to_json_rows(df: &mut DataFrame) -> Result<Vec<serde_json::Value>> {
-    let mut buf = Vec::new();
-    JsonWriter::new(&mut buf)
-        .with_json_format(JsonFormat::Json)
-        .finish(df)
-        .map_err(pe)?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&buf).map_err(|e| Error::Invalid(format!("query output: {e}")))?;
-    Ok(match v {
-        serde_json::Value::Array(a) => a,
-        other => vec![other],
-    })
-}
-
 /// Writes a DataFrame as Parquet.
 pub fn write_parquet(df: &mut DataFrame, path: &std::path::Path) -> Result<()> {
     let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    ParquetWriter::new(f).finish(df).map_err(pe)?;
+    polars_io::parquet::write::ParquetWriter::new(f)
+        .finish(df)
+        .map_err(pe)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parquet_output_reads_back_as_the_same_frame() {
+        use polars_io::SerReader;
+        let rows = vec![
+            serde_json::json!({"model": "a", "step": 1, "score": 0.25}),
+            serde_json::json!({"model": "b", "step": null, "score": 0.5}),
+        ];
+        let mut df = crate::frame::from_rows(&rows).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        write_parquet(&mut df, &path).unwrap();
+        let back =
+            polars_io::parquet::read::ParquetReader::new(std::fs::File::open(&path).unwrap())
+                .finish()
+                .unwrap();
+        assert!(back.equals_missing(&df), "{back} vs {df}");
+    }
 
     #[test]
     fn prep_kind_drops_the_threshold_and_names_the_scope_choice() {

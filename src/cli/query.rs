@@ -59,7 +59,7 @@ impl OutArgs {
                     .out
                     .as_ref()
                     .context("--format parquet needs --out FILE")?;
-                let mut df = rows_to_frame(rows)?;
+                let mut df = prh::frame::from_rows(rows)?;
                 query::write_parquet(&mut df, path)?;
             }
             QueryFormat::Json => output::render_values(rows, Format::Json, &mut self.writer()?)?,
@@ -68,12 +68,6 @@ impl OutArgs {
         }
         Ok(())
     }
-}
-
-fn rows_to_frame(rows: &[Value]) -> Result<polars::prelude::DataFrame> {
-    use polars::prelude::*;
-    let bytes = serde_json::to_vec(rows)?;
-    Ok(JsonReader::new(std::io::Cursor::new(bytes)).finish()?)
 }
 
 fn to_rows<T: Serialize>(items: &[T]) -> Vec<Value> {
@@ -581,6 +575,6 @@ pub fn run_query(ctx: &Ctx, a: QueryArgs) -> Result<()> {
         query::write_parquet(&mut df, path)?;
         return Ok(());
     }
-    let rows = query::to_json_rows(&mut df)?;
+    let rows = prh::frame::to_rows(&df);
     a.out.rows(&rows)
 }
