@@ -14,6 +14,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
 
+mod cells;
+pub use cells::{CellSide, MetricKey, NewCell};
+
 /// The migrations, in order. Index + 1 is the schema version each one produces.
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../migrations/0001_init.sql")),

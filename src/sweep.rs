@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::catalog::RepFilter;
+use crate::catalog::{CellSide, MetricKey, NewCell, RepFilter};
 use crate::engine::Reduce;
 use crate::error::{Error, Result};
 use crate::metrics::{ClampScope, Derived, Layout, MetricSpec, Prep, Scope, Ties, prep};
@@ -168,32 +168,21 @@ pub trait Progress: Sync {
 pub struct Silent;
 impl Progress for Silent {}
 
-/// Cache key of one cell, oriented for symmetric metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct CellKey {
-    hash_x: String,
-    hash_y: String,
-    metric: &'static str,
-    version: u32,
-    params: String,
-    prep_x: String,
-    prep_y: String,
+/// A checkpoint as the cell cache sees it: its layers' blobs and prep keys.
+fn side<'a>(ck: &'a CheckpointLayers, preps: &'a HashMap<i64, CheckpointPrep>) -> CellSide<'a> {
+    CellSide {
+        hashes: &ck.layers,
+        preps: &preps[&ck.checkpoint_id].keys,
+    }
 }
 
-fn cell_key(spec: &MetricSpec, hx: &BlobHash, hy: &BlobHash, px: &str, py: &str) -> CellKey {
-    let (hx, hy, px, py) = if spec.metric.symmetric() && hy < hx {
-        (hy, hx, py, px)
-    } else {
-        (hx, hy, px, py)
-    };
-    CellKey {
-        hash_x: hx.to_hex(),
-        hash_y: hy.to_hex(),
+/// The cache identity of a metric spec.
+fn metric_key(spec: &MetricSpec) -> MetricKey {
+    MetricKey {
         metric: spec.metric.name(),
         version: spec.metric.version(),
         params: spec.params_key(),
-        prep_x: px.to_string(),
-        prep_y: py.to_string(),
+        symmetric: spec.metric.symmetric(),
     }
 }
 
@@ -648,51 +637,35 @@ pub fn sweep(
         .filter(|(x, y)| x.checkpoint_id != y.checkpoint_id)
         .collect();
 
-    // Which cells are cached?
-    let mut known: HashMap<CellKey, f64> = HashMap::new();
+    // Which cells are cached? One catalog statement per model pair and metric.
+    let keys: Vec<MetricKey> = req.specs.iter().map(metric_key).collect();
+    // tables[pi][si]: the pair's layer × layer values, row-major; None until known.
+    let mut tables: Vec<Vec<Vec<Option<f64>>>> = Vec::with_capacity(pairs.len());
     let mut missing_total = 0u64;
     let mut todo: Vec<Vec<(usize, usize, usize)>> = Vec::with_capacity(pairs.len());
-    {
-        let mut st = reg.catalog.conn().prepare_cached(
-            "SELECT value FROM cells WHERE hash_x = ?1 AND hash_y = ?2 AND metric = ?3
-             AND version = ?4 AND params = ?5 AND prep_x = ?6 AND prep_y = ?7",
-        )?;
-        for (x, y) in &pairs {
-            let (px, py) = (&preps[&x.checkpoint_id].keys, &preps[&y.checkpoint_id].keys);
-            let mut missing = Vec::new();
-            for (si, spec) in req.specs.iter().enumerate() {
-                for (i, hx) in x.layers.iter().enumerate() {
-                    for (j, hy) in y.layers.iter().enumerate() {
-                        let key = cell_key(spec, hx, hy, &px[i], &py[j]);
-                        if known.contains_key(&key) {
-                            continue;
-                        }
-                        let v: Option<f64> = st
-                            .query_row(
-                                params![
-                                    key.hash_x,
-                                    key.hash_y,
-                                    key.metric,
-                                    key.version,
-                                    key.params,
-                                    key.prep_x,
-                                    key.prep_y
-                                ],
-                                |r| r.get(0),
-                            )
-                            .optional()?;
-                        match v {
-                            Some(v) => {
-                                known.insert(key, v);
-                            }
-                            None => missing.push((si, i, j)),
-                        }
-                    }
-                }
+    for (x, y) in &pairs {
+        let ny = y.layers.len();
+        let mut per_spec = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (si, key) in keys.iter().enumerate() {
+            let mut t = vec![None; x.layers.len() * ny];
+            for (i, j, v) in reg
+                .catalog
+                .cached_cells(key, side(x, &preps), side(y, &preps))?
+            {
+                t[i * ny + j] = Some(v);
             }
-            missing_total += missing.len() as u64;
-            todo.push(missing);
+            missing.extend(
+                t.iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(c, _)| (si, c / ny, c % ny)),
+            );
+            per_spec.push(t);
         }
+        missing_total += missing.len() as u64;
+        todo.push(missing);
+        tables.push(per_spec);
     }
 
     // Compute what is missing, one model pair at a time, committing as we go.
@@ -730,19 +703,8 @@ pub fn sweep(
                     x.model, x.checkpoint, y.model, y.checkpoint
                 ))
             })?;
-            reg.catalog.write(|tx| {
-                let mut ins = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO cells (hash_x, hash_y, metric, version, params, prep_x, prep_y, value, seconds)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?;
-                for &(si, i, j, v, secs) in &results {
-                    let key = cell_key(&req.specs[si], &x.layers[i], &y.layers[j], &px.keys[i], &py.keys[j]);
-                    ins.execute(params![
-                        key.hash_x, key.hash_y, key.metric, key.version, key.params, key.prep_x, key.prep_y, v, secs
-                    ])?;
-                }
-                Ok(())
-            })?;
+            reg.catalog
+                .store_cells(&keys, side(x, &preps), side(y, &preps), &results)?;
             // Each layer's tied rows, while its neighbour lists are at hand.
             for spec in req.specs.iter().filter(|s| s.metric.uses_k()) {
                 for (ck, p, d) in [(x, px, &dx), (y, py, &dy)] {
@@ -753,15 +715,9 @@ pub fn sweep(
                     }
                 }
             }
+            let ny = y.layers.len();
             for (si, i, j, v, _) in results {
-                let key = cell_key(
-                    &req.specs[si],
-                    &x.layers[i],
-                    &y.layers[j],
-                    &px.keys[i],
-                    &py.keys[j],
-                );
-                known.insert(key, v);
+                tables[pi][si][i * ny + j] = Some(v);
                 *computed.entry((pi, si)).or_default() += 1;
             }
         }
@@ -771,16 +727,11 @@ pub fn sweep(
     let mut out: Vec<PairResult> = Vec::new();
     for (si, spec) in req.specs.iter().enumerate() {
         for (pi, (x, y)) in pairs.iter().enumerate() {
-            let (px, py) = (&preps[&x.checkpoint_id].keys, &preps[&y.checkpoint_id].keys);
-            let table: Vec<Vec<f64>> = x
-                .layers
-                .iter()
-                .zip(px)
-                .map(|(hx, px)| {
-                    y.layers
-                        .iter()
-                        .zip(py)
-                        .map(|(hy, py)| known[&cell_key(spec, hx, hy, px, py)])
+            let table: Vec<Vec<f64>> = tables[pi][si]
+                .chunks(y.layers.len())
+                .map(|row| {
+                    row.iter()
+                        .map(|v| v.expect("every cell is cached or computed"))
                         .collect()
                 })
                 .collect();
@@ -833,9 +784,6 @@ pub fn sweep(
     Ok(out)
 }
 
-/// One computed cell: (spec index, x layer, y layer, value, seconds).
-type Computed = (usize, usize, usize, f64, f64);
-
 /// Computes the missing cells of one model pair: the CKA family a block at a time (every
 /// layer's kernel read once per block; a cell's seconds are its share of the block), the
 /// other metrics cell by cell in parallel.
@@ -845,7 +793,7 @@ fn compute_cells(
     dx: &[Arc<Derived>],
     dy: &[Arc<Derived>],
     progress: &dyn Progress,
-) -> Result<Vec<Computed>> {
+) -> Result<Vec<NewCell>> {
     let mut out = Vec::with_capacity(cells.len());
     let mut single = Vec::new();
     for (si, spec) in specs.iter().enumerate() {
