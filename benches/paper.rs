@@ -3,13 +3,14 @@
 //! peak RSS with the default memory budget and with `--mem-mib 1024`, cells per second, and
 //! the official loop's cost per cell (both neighbour sets recomputed for every layer pair) on
 //! one model pair of the same shape. Runs the real `prh` binary.
-//! Run: `cargo bench --bench paper` (about 1.4 GB of blobs in a temporary directory).
+//! Run: `cargo bench --bench paper` (about 1.4 GB of blobs in a temporary directory;
+//! `PRH_BENCH_BASELINE=/path/to/old/prh` times that binary too, on a copy, step by step).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 mod common;
-use common::{align_language_vision, peak_child_rss_kib};
+use common::{align_language_vision, subjects};
 
 use prh::formats::npy;
 use prh::metrics::{Derived, Metric, MetricSpec, Prep, prep};
@@ -97,28 +98,50 @@ fn main() {
         "zoo: 12 language × 17 vision models × {LAYERS} layers, n = {N}, d = {D}, f16 (generated and ingested in {:.1} s)",
         t.elapsed().as_secs_f64()
     );
-    let align = |metric: &str, extra: &[&str]| align_language_vision(&reg_path, metric, extra);
-    // Peak RSS is the largest child so far: the bounded run goes first (k = 5: nothing cached).
-    let (bounded, cells) = align("mutual_knn", &["--k", "5", "--mem-mib", "1024"]);
-    println!(
-        "cold mutual_knn (k = 5) with --mem-mib 1024: {bounded:.1} s, {cells} cells ({:.0} cells/s), peak RSS {:.0} MiB",
-        cells as f64 / bounded,
-        peak_child_rss_kib() as f64 / 1024.0
-    );
-    let (cold, cells) = align("mutual_knn", &[]);
-    println!(
-        "cold mutual_knn (default budget, 4096 MiB): {cold:.1} s, {cells} cells ({:.0} cells/s), peak RSS {:.0} MiB",
-        cells as f64 / cold,
-        peak_child_rss_kib() as f64 / 1024.0
-    );
-    let (warm, warm_cells) = align("mutual_knn", &[]);
-    println!("warm mutual_knn: {warm:.2} s, {warm_cells} cells computed");
-    let (cka, cka_cells) = align("unbiased_cka", &[]);
-    println!(
-        "cold unbiased_cka: {cka:.1} s, {cka_cells} cells ({:.0} cells/s), peak RSS so far {:.0} MiB",
-        cka_cells as f64 / cka,
-        peak_child_rss_kib() as f64 / 1024.0
-    );
+    // Each step runs for every subject (this build, and a baseline binary when
+    // PRH_BENCH_BASELINE names one) before the next step, so both see the same machine.
+    let subjects = subjects(&reg_path);
+    // The bounded run goes first (k = 5: nothing cached yet).
+    for s in &subjects {
+        let (secs, cells, rss) =
+            align_language_vision(s, "mutual_knn", &["--k", "5", "--mem-mib", "1024"]);
+        println!(
+            "[{}] cold mutual_knn (k = 5) with --mem-mib 1024: {secs:.1} s, {cells} cells ({:.0} cells/s), peak RSS {:.0} MiB",
+            s.label,
+            cells as f64 / secs,
+            rss as f64 / 1024.0
+        );
+    }
+    let mut colds = Vec::new();
+    for s in &subjects {
+        let (secs, cells, rss) = align_language_vision(s, "mutual_knn", &[]);
+        println!(
+            "[{}] cold mutual_knn (default budget, 4096 MiB): {secs:.1} s, {cells} cells ({:.0} cells/s), peak RSS {:.0} MiB",
+            s.label,
+            cells as f64 / secs,
+            rss as f64 / 1024.0
+        );
+        colds.push((secs, cells));
+    }
+    for round in 1..=3 {
+        for s in &subjects {
+            let (secs, cells, _) = align_language_vision(s, "mutual_knn", &[]);
+            println!(
+                "[{}] warm mutual_knn (run {round}): {secs:.2} s, {cells} cells computed",
+                s.label
+            );
+        }
+    }
+    for s in &subjects {
+        let (secs, cells, rss) = align_language_vision(s, "unbiased_cka", &[]);
+        println!(
+            "[{}] cold unbiased_cka: {secs:.1} s, {cells} cells ({:.0} cells/s), peak RSS {:.0} MiB",
+            s.label,
+            cells as f64 / secs,
+            rss as f64 / 1024.0
+        );
+    }
+    let (cold, cells) = colds[0];
 
     // The official loop: for each layer pair, prepare both layers and recompute both neighbour
     // sets (two Gram matrices), as measure_alignment.compute_score does.

@@ -1,34 +1,103 @@
 //! Shared by the benches that run the real `prh` binary.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// Runs `prh --registry REG ARGS...`, asserting success; returns the seconds it took and its
-/// JSON output.
+/// A `prh` binary under measurement and the registry it runs on.
+pub struct Subject {
+    pub label: String,
+    pub bin: PathBuf,
+    pub reg: PathBuf,
+}
+
+/// This build's `prh` on `reg`, then — when `PRH_BENCH_BASELINE` names another `prh` binary
+/// (a build of an earlier commit, say) — that binary on its own copy of `reg` (made now, before
+/// either has run), so a bench can time both step by step, side by side in one run.
+pub fn subjects(reg: &Path) -> Vec<Subject> {
+    let mut out = vec![Subject {
+        label: "this build".into(),
+        bin: env!("CARGO_BIN_EXE_prh").into(),
+        reg: reg.to_path_buf(),
+    }];
+    if let Some(base) = std::env::var_os("PRH_BENCH_BASELINE") {
+        let copy = reg.with_extension("baseline");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(reg)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(status.success(), "copying the registry for the baseline");
+        out.push(Subject {
+            label: format!("baseline {}", Path::new(&base).display()),
+            bin: base.into(),
+            reg: copy,
+        });
+    }
+    out
+}
+
+/// Runs `prh --registry REG ARGS...` with this build's binary, asserting success; returns the
+/// seconds it took and its JSON output.
 pub fn prh_json(reg: &Path, args: &[&str]) -> (f64, serde_json::Value) {
+    prh_json_with(Path::new(env!("CARGO_BIN_EXE_prh")), reg, args)
+}
+
+/// [`prh_json`] with the binary `bin`.
+pub fn prh_json_with(bin: &Path, reg: &Path, args: &[&str]) -> (f64, serde_json::Value) {
+    let (secs, v, _) = prh_measured(bin, reg, args);
+    (secs, v)
+}
+
+/// Runs `bin --registry REG ARGS...`, asserting success: seconds, JSON output and the process's
+/// own peak RSS in KiB (from `wait4`, so each run is measured apart from the others).
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which std cannot see
+pub fn prh_measured(bin: &Path, reg: &Path, args: &[&str]) -> (f64, serde_json::Value, i64) {
+    use std::io::Read;
     let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_prh"))
+    let mut child = Command::new(bin)
         .arg("--registry")
         .arg(reg)
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).unwrap();
+        s
+    });
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    let (mut status, pid) = (0i32, child.id() as libc::pid_t);
+    // SAFETY: wait4 reaps our own child and fills the zeroed rusage we pass; `child` is never
+    // waited for again.
+    let rss = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::wait4(pid, &mut status, 0, &mut u), pid);
+        u.ru_maxrss
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let stderr = err.join().unwrap();
     assert!(
-        out.status.success(),
-        "prh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "prh {args:?}: {stderr}"
     );
-    (
-        t.elapsed().as_secs_f64(),
-        serde_json::from_slice(&out.stdout).unwrap(),
-    )
+    (secs, serde_json::from_slice(&stdout).unwrap(), rss)
 }
 
 /// `prh align` of every language model with every vision model for one metric (plus `extra`
-/// flags): the seconds it took and the cells it computed.
-pub fn align_language_vision(reg: &Path, metric: &str, extra: &[&str]) -> (f64, u64) {
+/// flags): the seconds it took, the cells it computed and its peak RSS in KiB.
+pub fn align_language_vision(s: &Subject, metric: &str, extra: &[&str]) -> (f64, u64, i64) {
     let mut args = vec![
         "align",
         "--x",
@@ -42,8 +111,8 @@ pub fn align_language_vision(reg: &Path, metric: &str, extra: &[&str]) -> (f64, 
         "--quiet",
     ];
     args.extend_from_slice(extra);
-    let (secs, v) = prh_json(reg, &args);
-    (secs, cells_computed(&v))
+    let (secs, v, rss) = prh_measured(&s.bin, &s.reg, &args);
+    (secs, cells_computed(&v), rss)
 }
 
 /// Sum of `cells_computed` over an `align --format json` result.
@@ -53,14 +122,4 @@ pub fn cells_computed(v: &serde_json::Value) -> u64 {
         .iter()
         .map(|r| r["cells_computed"].as_u64().unwrap())
         .sum()
-}
-
-/// Largest peak resident set of any waited-for child process, in KiB.
-pub fn peak_child_rss_kib() -> i64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass.
-    unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
-        u.ru_maxrss
-    }
 }
