@@ -58,6 +58,15 @@ fn values<'a>(rows: &'a [Value], key: &'a str) -> impl Iterator<Item = Option<&'
         .map(move |r| r.get(key).filter(|v| !v.is_null()))
 }
 
+/// The column `key`: `get` of each row's non-null value, null where it is null or missing.
+fn column<'a, T>(key: &'a str, rows: &'a [Value], get: impl Fn(&'a Value) -> Option<T>) -> Column
+where
+    Series: NamedFrom<Vec<Option<T>>, [Option<T>]>,
+{
+    let vals: Vec<Option<T>> = values(rows, key).map(|v| v.and_then(&get)).collect();
+    Series::new(PlSmallStr::from(key), vals).into_column()
+}
+
 /// The column type that holds every non-null value of one key.
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -112,40 +121,12 @@ pub fn from_rows(rows: &[Value]) -> Result<DataFrame> {
     }
     let columns = keys
         .iter()
-        .map(|(k, kind)| {
-            let name = PlSmallStr::from(k.as_str());
-            match kind {
-                Kind::Bool => Column::new(
-                    name,
-                    values(rows, k)
-                        .map(|v| v.and_then(Value::as_bool))
-                        .collect::<Vec<_>>(),
-                ),
-                Kind::Int => Column::new(
-                    name,
-                    values(rows, k)
-                        .map(|v| v.and_then(Value::as_i64))
-                        .collect::<Vec<_>>(),
-                ),
-                Kind::Float => Column::new(
-                    name,
-                    values(rows, k)
-                        .map(|v| v.and_then(Value::as_f64))
-                        .collect::<Vec<_>>(),
-                ),
-                Kind::Text => Column::new(
-                    name,
-                    values(rows, k)
-                        .map(|v| v.and_then(Value::as_str))
-                        .collect::<Vec<_>>(),
-                ),
-                Kind::Json | Kind::Unknown => Column::new(
-                    name,
-                    values(rows, k)
-                        .map(|v| v.map(|v| v.to_string()))
-                        .collect::<Vec<_>>(),
-                ),
-            }
+        .map(|(k, kind)| match kind {
+            Kind::Bool => column(k, rows, Value::as_bool),
+            Kind::Int => column(k, rows, Value::as_i64),
+            Kind::Float => column(k, rows, Value::as_f64),
+            Kind::Text => column(k, rows, Value::as_str),
+            Kind::Json | Kind::Unknown => column(k, rows, |v| Some(v.to_string())),
         })
         .collect();
     DataFrame::new_infer_height(columns).map_err(crate::query::pe)
