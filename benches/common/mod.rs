@@ -39,18 +39,6 @@ pub fn subjects(reg: &Path) -> Vec<Subject> {
     out
 }
 
-/// Runs `prh --registry REG ARGS...` with this build's binary, asserting success; returns the
-/// seconds it took and its JSON output.
-pub fn prh_json(reg: &Path, args: &[&str]) -> (f64, serde_json::Value) {
-    prh_json_with(Path::new(env!("CARGO_BIN_EXE_prh")), reg, args)
-}
-
-/// [`prh_json`] with the binary `bin`.
-pub fn prh_json_with(bin: &Path, reg: &Path, args: &[&str]) -> (f64, serde_json::Value) {
-    let (secs, v, _) = prh_measured(bin, reg, args);
-    (secs, v)
-}
-
 /// Runs `bin --registry REG ARGS...`, asserting success: seconds, JSON output and the process's
 /// own peak RSS in KiB (from `wait4`, so each run is measured apart from the others).
 #[allow(clippy::zombie_processes)] // reaped by wait4 below, which std cannot see
