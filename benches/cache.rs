@@ -1,0 +1,102 @@
+//! The metric cache at scale: a catalog holding about a million cached cells (1,740 model pairs
+//! of 24 × 24 layer pairs, mutual_knn with the official preparation's prep keys). Reports the
+//! time to store them (one transaction per pair, as a cold sweep does), the catalog's size on
+//! disk per cell, and the time to find every pair's cells again (what a warm sweep asks of the
+//! catalog: one lookup per pair).
+//! Run: `cargo bench --bench cache`.
+
+use std::time::Instant;
+
+use prh::catalog::{Catalog, CellSide, MetricKey, NewCell};
+use prh::store::BlobHash;
+
+const LAYERS: usize = 24;
+const X_MODELS: usize = 60;
+const Y_MODELS: usize = 29;
+
+/// A model's layers: distinct blob hashes and the prep key of its checkpoint's threshold.
+fn model(seed: usize) -> (Vec<BlobHash>, Vec<String>) {
+    let hashes = (0..LAYERS)
+        .map(|l| BlobHash(*blake3::hash(format!("model {seed} layer {l}").as_bytes()).as_bytes()))
+        .collect();
+    let t = 1.0f32 + seed as f32 / 100.0;
+    let prep = format!("clamp(q=0.95,t=0x{:08x});l2", t.to_bits());
+    (hashes, vec![prep; LAYERS])
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.db");
+    let mut cat = Catalog::create(&path).unwrap();
+    let key = MetricKey {
+        metric: "mutual_knn",
+        version: 2,
+        params: "k=10".into(),
+        symmetric: true,
+    };
+    let xs: Vec<_> = (0..X_MODELS).map(model).collect();
+    let ys: Vec<_> = (0..Y_MODELS).map(|i| model(1000 + i)).collect();
+    let cells: Vec<NewCell> = (0..LAYERS)
+        .flat_map(|i| (0..LAYERS).map(move |j| (0, i, j, (i * LAYERS + j) as f64 / 1e3, 1e-4)))
+        .collect();
+    let t = Instant::now();
+    for x in &xs {
+        for y in &ys {
+            cat.store_cells(
+                std::slice::from_ref(&key),
+                CellSide {
+                    hashes: &x.0,
+                    preps: &x.1,
+                },
+                CellSide {
+                    hashes: &y.0,
+                    preps: &y.1,
+                },
+                &cells,
+            )
+            .unwrap();
+        }
+    }
+    let store = t.elapsed().as_secs_f64();
+    let n = X_MODELS * Y_MODELS * LAYERS * LAYERS;
+    cat.conn()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    let bytes = std::fs::metadata(&path).unwrap().len();
+    let t = Instant::now();
+    let mut found = 0;
+    for x in &xs {
+        for y in &ys {
+            found += cat
+                .cached_cells(
+                    &key,
+                    CellSide {
+                        hashes: &x.0,
+                        preps: &x.1,
+                    },
+                    CellSide {
+                        hashes: &y.0,
+                        preps: &y.1,
+                    },
+                )
+                .unwrap()
+                .len();
+        }
+    }
+    let lookup = t.elapsed().as_secs_f64();
+    assert_eq!(found, n, "every stored cell found again");
+    println!(
+        "cache: {n} cells stored in {store:.2} s ({:.0} cells/s, {} pairs)",
+        n as f64 / store,
+        X_MODELS * Y_MODELS
+    );
+    println!(
+        "cache: catalog.db {:.1} MB = {:.1} bytes per cell",
+        bytes as f64 / 1e6,
+        bytes as f64 / n as f64
+    );
+    println!(
+        "cache: found all {n} cells again in {lookup:.3} s ({:.0} µs per pair)",
+        lookup * 1e6 / (X_MODELS * Y_MODELS) as f64
+    );
+}
