@@ -24,13 +24,20 @@ fn model(seed: usize) -> (Vec<BlobHash>, Vec<String>) {
     (hashes, vec![prep; LAYERS])
 }
 
+fn side(m: &(Vec<BlobHash>, Vec<String>)) -> CellSide<'_> {
+    CellSide {
+        hashes: &m.0,
+        preps: &m.1,
+    }
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.db");
     let mut cat = Catalog::create(&path).unwrap();
     let key = MetricKey {
         metric: "mutual_knn",
-        version: 2,
+        version: 1,
         params: "k=10".into(),
         symmetric: true,
     };
@@ -42,19 +49,8 @@ fn main() {
     let t = Instant::now();
     for x in &xs {
         for y in &ys {
-            cat.store_cells(
-                std::slice::from_ref(&key),
-                CellSide {
-                    hashes: &x.0,
-                    preps: &x.1,
-                },
-                CellSide {
-                    hashes: &y.0,
-                    preps: &y.1,
-                },
-                &cells,
-            )
-            .unwrap();
+            cat.store_cells(std::slice::from_ref(&key), side(x), side(y), &cells)
+                .unwrap();
         }
     }
     let store = t.elapsed().as_secs_f64();
@@ -67,20 +63,7 @@ fn main() {
     let mut found = 0;
     for x in &xs {
         for y in &ys {
-            found += cat
-                .cached_cells(
-                    &key,
-                    CellSide {
-                        hashes: &x.0,
-                        preps: &x.1,
-                    },
-                    CellSide {
-                        hashes: &y.0,
-                        preps: &y.1,
-                    },
-                )
-                .unwrap()
-                .len();
+            found += cat.cached_cells(&key, side(x), side(y)).unwrap().len();
         }
     }
     let lookup = t.elapsed().as_secs_f64();

@@ -126,7 +126,9 @@ pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<E
                  DELETE FROM checkpoints WHERE model_id IN (SELECT id FROM models WHERE name NOT IN (SELECT name FROM keep));
                  DELETE FROM models WHERE name NOT IN (SELECT name FROM keep);
                  DELETE FROM blobs WHERE hash NOT IN (SELECT blob_hash FROM representations);
-                 DELETE FROM cells WHERE hash_x NOT IN (SELECT hash FROM blobs) OR hash_y NOT IN (SELECT hash FROM blobs);
+                 DELETE FROM cell_sides WHERE hash NOT IN (SELECT hash FROM blobs);
+                 DELETE FROM cells WHERE x NOT IN (SELECT id FROM cell_sides) OR y NOT IN (SELECT id FROM cell_sides);
+                 DELETE FROM imported_cells WHERE x NOT IN (SELECT id FROM cell_sides) OR y NOT IN (SELECT id FROM cell_sides);
                  DELETE FROM null_samples;
                  DELETE FROM dataset_samples WHERE dataset_id NOT IN (SELECT dataset_id FROM representations);
                  DELETE FROM datasets WHERE id NOT IN (SELECT dataset_id FROM representations);",
@@ -574,8 +576,7 @@ fn recompute_thresholds(reg: &Registry, staged: &Path) -> Result<usize> {
     let db = Connection::open(staged)?;
     let mut qs: Vec<(f64, Scope)> = Vec::new();
     {
-        let mut st = db
-            .prepare("SELECT DISTINCT prep_x FROM cells UNION SELECT DISTINCT prep_y FROM cells")?;
+        let mut st = db.prepare("SELECT DISTINCT prep FROM cell_sides")?;
         let keys: Vec<String> = st
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
@@ -738,6 +739,7 @@ fn check_schema(staged: &Path) -> std::result::Result<(), String> {
     }
     let expected = {
         let mem = Connection::open_in_memory().map_err(sql)?;
+        crate::catalog::register_functions(&mem).map_err(sql)?;
         for (_, m) in &MIGRATIONS[..version as usize] {
             mem.execute_batch(m).map_err(sql)?;
         }
@@ -832,7 +834,11 @@ fn check_rows(staged: &Path) -> std::result::Result<(), String> {
         ),
         (
             "cached cells with malformed fields",
-            "SELECT count(*) FROM cells WHERE typeof(value) NOT IN ('real', 'integer') OR abs(value) > 1.7976931348623157e308 OR length(hash_x) != 64 OR length(hash_y) != 64 OR typeof(version) != 'integer'",
+            "SELECT count(*) FROM cells WHERE typeof(value) NOT IN ('real', 'integer') OR abs(value) > 1.7976931348623157e308 OR typeof(micros) != 'integer' OR typeof(computed_at) != 'integer'",
+        ),
+        (
+            "cached cells naming no key",
+            "SELECT count(*) FROM cells WHERE m NOT IN (SELECT id FROM cell_metrics) OR x NOT IN (SELECT id FROM cell_sides) OR y NOT IN (SELECT id FROM cell_sides)",
         ),
     ];
     {
@@ -858,11 +864,68 @@ fn check_rows(staged: &Path) -> std::result::Result<(), String> {
             return Err(format!("{k} {what}"));
         }
     }
+    check_cell_keys(&db)
+}
+
+/// Every cache key id of a staged catalog must be the one its content derives (ids are how
+/// rows from different registries meet: a forged one would file a value under another key).
+fn check_cell_keys(db: &Connection) -> std::result::Result<(), String> {
+    use rusqlite::types::Value;
+    let e = |e: rusqlite::Error| e.to_string();
+    let mut st = db
+        .prepare("SELECT id, hash, prep FROM cell_sides")
+        .map_err(e)?;
+    let rows: Vec<(Value, Value, Value)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .and_then(|rows| rows.collect())
+        .map_err(e)?;
+    for row in rows {
+        let ok = match &row {
+            (Value::Integer(id), Value::Text(h), Value::Text(p)) => {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    && crate::catalog::side_id(h, p) == *id
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "a cache key side ({:?}) does not match its id",
+                row.1
+            ));
+        }
+    }
+    let mut st = db
+        .prepare("SELECT id, metric, version, params FROM cell_metrics")
+        .map_err(e)?;
+    let rows: Vec<[Value; 4]> = st
+        .query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))
+        .and_then(|rows| rows.collect())
+        .map_err(e)?;
+    for row in rows {
+        let ok = match &row {
+            [
+                Value::Integer(id),
+                Value::Text(m),
+                Value::Integer(v),
+                Value::Text(p),
+            ] => crate::catalog::metric_id(m, *v, p) == *id,
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "a cache key metric ({:?}) does not match its id",
+                row[1]
+            ));
+        }
+    }
     Ok(())
 }
 
-/// One cached cell's key and value.
+/// One cached cell's key (ids and content) and value.
 struct CellRow {
+    ids: [i64; 3],
     hash_x: String,
     hash_y: String,
     metric: String,
@@ -873,12 +936,16 @@ struct CellRow {
     value: f64,
 }
 
-const CELL_COLS: &str = "hash_x, hash_y, metric, version, params, prep_x, prep_y, value";
-
+/// Every row of `table` (`cells` or `imported_cells`) with its key spelled out.
 fn cell_rows(db: &Connection, table: &str) -> rusqlite::Result<Vec<CellRow>> {
-    let mut st = db.prepare(&format!("SELECT {CELL_COLS} FROM {table}"))?;
+    let mut st = db.prepare(&format!(
+        "SELECT sx.hash, sy.hash, k.metric, k.version, k.params, sx.prep, sy.prep, c.value, c.m, c.x, c.y
+         FROM {table} c JOIN cell_metrics k ON k.id = c.m
+         JOIN cell_sides sx ON sx.id = c.x JOIN cell_sides sy ON sy.id = c.y"
+    ))?;
     st.query_map([], |r| {
         Ok(CellRow {
+            ids: [r.get(8)?, r.get(9)?, r.get(10)?],
             hash_x: r.get(0)?,
             hash_y: r.get(1)?,
             metric: r.get(2)?,
@@ -1190,10 +1257,33 @@ fn merge_attached(
         )?;
         // Clamp thresholds are never taken from a bundle: a wrong one would make genuine blobs
         // give wrong numbers. They are recomputed from the blobs on first use.
-        let cols = "hash_x, hash_y, metric, version, params, prep_x, prep_y, value, seconds, computed_at";
-        let absent = "NOT EXISTS (SELECT 1 FROM main.cells c WHERE c.hash_x = bc.hash_x AND c.hash_y = bc.hash_y
-                      AND c.metric = bc.metric AND c.version = bc.version AND c.params = bc.params
-                      AND c.prep_x = bc.prep_x AND c.prep_y = bc.prep_y)";
+        // Key ids derive from content (checked when staged), so the bundle's keys are ours: a
+        // differing row under one id would be a 64-bit collision, refused rather than merged.
+        let clash: i64 = tx.query_row(
+            "SELECT (SELECT count(*) FROM b.cell_sides bs JOIN main.cell_sides s ON s.id = bs.id
+                     WHERE s.hash != bs.hash OR s.prep != bs.prep)
+                  + (SELECT count(*) FROM b.cell_metrics bm JOIN main.cell_metrics m ON m.id = bm.id
+                     WHERE m.metric != bm.metric OR m.version != bm.version OR m.params != bm.params)",
+            [],
+            |r| r.get(0),
+        )?;
+        if clash > 0 {
+            return Err(Error::Invalid(format!(
+                "{bundle}: {clash} of its cache key ids are taken here by other keys (a 64-bit hash collision); nothing imported — please report it",
+                bundle = bundle.display()
+            )));
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO main.cell_metrics SELECT id, metric, version, params FROM b.cell_metrics",
+            [],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO main.cell_sides SELECT id, hash, prep FROM b.cell_sides",
+            [],
+        )?;
+        let cols = "m, x, y, value, micros, computed_at";
+        let absent =
+            "NOT EXISTS (SELECT 1 FROM main.cells c WHERE c.m = bc.m AND c.x = bc.x AND c.y = bc.y)";
         if opts.trust_cells {
             rep.cells_new = tx.execute(
                 &format!("INSERT OR IGNORE INTO main.cells ({cols}) SELECT {cols} FROM b.cells bc"),
@@ -1209,10 +1299,9 @@ fn merge_attached(
                 rep.cells_new += tx.execute(
                     &format!(
                         "INSERT OR IGNORE INTO main.cells ({cols}) SELECT {cols} FROM b.cells
-                         WHERE hash_x = ?1 AND hash_y = ?2 AND metric = ?3 AND version = ?4
-                           AND params = ?5 AND prep_x = ?6 AND prep_y = ?7"
+                         WHERE m = ?1 AND x = ?2 AND y = ?3"
                     ),
-                    params![c.hash_x, c.hash_y, c.metric, c.version, c.params, c.prep_x, c.prep_y],
+                    c.ids,
                 )?;
             }
             rep.cells_quarantined = tx.execute(
@@ -1382,19 +1471,15 @@ fn recompute_cells(reg: &Registry, count: usize, seed: u64, rep: &mut VerifyRepo
                     .problems
                     .push(format!("{what}: cached {}, recomputed {v}", c.value)),
                 Ok(Some(_)) if table == "imported_cells" => {
-                    let key = params![
-                        c.hash_x, c.hash_y, c.metric, c.version, c.params, c.prep_x, c.prep_y
-                    ];
-                    let cond = "hash_x = ?1 AND hash_y = ?2 AND metric = ?3 AND version = ?4 AND params = ?5 AND prep_x = ?6 AND prep_y = ?7";
+                    let cond = "m = ?1 AND x = ?2 AND y = ?3";
                     conn.execute(
                         &format!(
-                            "INSERT OR IGNORE INTO cells (hash_x, hash_y, metric, version, params, prep_x, prep_y, value, seconds, computed_at)
-                             SELECT hash_x, hash_y, metric, version, params, prep_x, prep_y, value, seconds, computed_at
-                             FROM imported_cells WHERE {cond}"
+                            "INSERT OR IGNORE INTO cells (m, x, y, value, micros, computed_at)
+                             SELECT m, x, y, value, micros, computed_at FROM imported_cells WHERE {cond}"
                         ),
-                        key,
+                        c.ids,
                     )?;
-                    conn.execute(&format!("DELETE FROM imported_cells WHERE {cond}"), key)?;
+                    conn.execute(&format!("DELETE FROM imported_cells WHERE {cond}"), c.ids)?;
                     rep.cells_promoted += 1;
                 }
                 Ok(Some(_)) => {}
@@ -1482,10 +1567,13 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
         .iter()
         .map(|m| (m.name().to_string(), m.version() as i64))
         .collect();
+    // Cells of a metric version this prh no longer computes, or of a blob no representation
+    // names any more.
     let stale_cells_sql = "SELECT count(*) FROM cells c WHERE
-            NOT EXISTS (SELECT 1 FROM json_each(?1) j WHERE json_extract(j.value, '$[0]') = c.metric AND json_extract(j.value, '$[1]') = c.version)
-            OR c.hash_x NOT IN (SELECT hash FROM blobs WHERE hash IN (SELECT blob_hash FROM representations))
-            OR c.hash_y NOT IN (SELECT hash FROM blobs WHERE hash IN (SELECT blob_hash FROM representations))";
+            c.m IN (SELECT k.id FROM cell_metrics k WHERE NOT EXISTS (SELECT 1 FROM json_each(?1) j
+                    WHERE json_extract(j.value, '$[0]') = k.metric AND json_extract(j.value, '$[1]') = k.version))
+            OR c.x IN (SELECT id FROM cell_sides WHERE hash NOT IN (SELECT blob_hash FROM representations))
+            OR c.y IN (SELECT id FROM cell_sides WHERE hash NOT IN (SELECT blob_hash FROM representations))";
     let current_json = serde_json::to_string(&current).expect("json");
     rep.cells = conn.query_row(stale_cells_sql, [&current_json], |r| r.get::<_, i64>(0))? as usize;
     rep.null_samples = conn.query_row(
@@ -1528,15 +1616,14 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
             "DELETE FROM knn_ties WHERE hash NOT IN (SELECT blob_hash FROM representations)",
             [],
         )?;
-        // Quarantined cells already served from `cells`, or of blobs that are gone.
-        tx.execute(
+        // Quarantined cells already served from `cells`, or of blobs that are gone; then the
+        // key dictionaries' entries of those blobs.
+        tx.execute_batch(
             "DELETE FROM imported_cells AS i WHERE
-                 EXISTS (SELECT 1 FROM cells c WHERE c.hash_x = i.hash_x AND c.hash_y = i.hash_y
-                         AND c.metric = i.metric AND c.version = i.version AND c.params = i.params
-                         AND c.prep_x = i.prep_x AND c.prep_y = i.prep_y)
-                 OR i.hash_x NOT IN (SELECT blob_hash FROM representations)
-                 OR i.hash_y NOT IN (SELECT blob_hash FROM representations)",
-            [],
+                 EXISTS (SELECT 1 FROM cells c WHERE c.m = i.m AND c.x = i.x AND c.y = i.y)
+                 OR i.x IN (SELECT id FROM cell_sides WHERE hash NOT IN (SELECT blob_hash FROM representations))
+                 OR i.y IN (SELECT id FROM cell_sides WHERE hash NOT IN (SELECT blob_hash FROM representations));
+             DELETE FROM cell_sides WHERE hash NOT IN (SELECT blob_hash FROM representations);",
         )?;
         Ok(())
     })?;

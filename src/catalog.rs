@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::store::BlobHash;
 
 mod cells;
-pub use cells::{CellSide, MetricKey, NewCell};
+pub(crate) use cells::register_functions;
+pub use cells::{CellSide, MetricKey, NewCell, metric_id, side_id};
 
 /// The migrations, in order. Index + 1 is the schema version each one produces.
 pub const MIGRATIONS: &[(&str, &str)] = &[
@@ -34,6 +35,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0007_knn_ties",
         include_str!("../migrations/0007_knn_ties.sql"),
+    ),
+    (
+        "0008_compact_cells",
+        include_str!("../migrations/0008_compact_cells.sql"),
     ),
 ];
 
@@ -177,6 +182,7 @@ impl Catalog {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Read big scans (the cell cache) through a memory map instead of read() per page.
         conn.pragma_update(None, "mmap_size", 1i64 << 34)?;
+        register_functions(&conn)?;
         let mut cat = Catalog { conn };
         cat.migrate()?;
         Ok(cat)

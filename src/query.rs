@@ -358,18 +358,6 @@ impl Cells {
     }
 }
 
-/// The raw (metric, params, prep_x, prep_y) strings and version of the current run of rows,
-/// with its key, whether the metric is symmetric, whether the version is current, and the
-/// clamp (q, threshold bits, scope) of each side's prep key.
-type RunKey = (
-    [Vec<u8>; 4],
-    i64,
-    u32,
-    bool,
-    bool,
-    [Option<(f64, u32, Scope)>; 2],
-);
-
 /// The clamp (q, f32 bits of t, scope) of a prep key such as `clamp(q=0.95,t=0x3f8ccccd);l2`
 /// (over the checkpoint) or `clamp(q=0.95,scope=layer,t=0x3f8ccccd);l2` (per layer).
 pub fn prep_clamp(key: &str) -> Option<(f64, u32, Scope)> {
@@ -392,7 +380,7 @@ pub fn prep_clamp(key: &str) -> Option<(f64, u32, Scope)> {
     Some((q?, t?, scope))
 }
 
-/// One scan's share of the cells, with its own key numbering.
+/// One scan's share of the cells.
 #[derive(Default)]
 struct Part {
     xs: Vec<u32>,
@@ -403,96 +391,164 @@ struct Part {
     yl: Vec<i64>,
     key: Vec<u32>,
     value: Vec<f64>,
-    keys: Vec<(String, String, String)>,
 }
 
-/// Scans the cells whose hash_x lies in [lo, hi) (the primary key's leading column, so each
-/// range is a contiguous stretch of the table). Strings are interned per run of equal values,
-/// so a million rows cost no per-row allocation.
+/// A cache key side (`cell_sides`) as a scan needs it: the representations of its blob (with
+/// their datasets), its clamp and its prep kind (an index into [`Dictionary::kinds`]).
+struct Side<'i> {
+    hash: String,
+    reps: &'i [(u32, i64)],
+    clamp: Option<(f64, u32, Scope)>,
+    kind: usize,
+}
+
+/// The cache key dictionaries, read once per query: every side whose blob a representation
+/// names, every metric of a current version that passes the filter, and the (metric, params,
+/// prep) key of each combination of a metric and two prep kinds.
+struct Dictionary<'i> {
+    sides: HashMap<i64, Side<'i>>,
+    /// (metric id, index into `names`, symmetric).
+    metrics: Vec<(i64, usize, bool)>,
+    names: Vec<(String, String)>,
+    kinds: Vec<String>,
+    keys: HashMap<(usize, usize, usize), u32>,
+}
+
+impl<'i> Dictionary<'i> {
+    fn read(conn: &rusqlite::Connection, idx: &'i RepIndex, filter: &CellFilter) -> Result<Self> {
+        let current: HashMap<&str, (u32, bool)> = crate::metrics::ALL
+            .iter()
+            .map(|m| (m.name(), (m.version(), m.symmetric())))
+            .collect();
+        let mut names: Vec<(String, String)> = Vec::new();
+        let mut metrics = Vec::new();
+        let mut st = conn.prepare("SELECT id, metric, version, params FROM cell_metrics")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let (id, m, v, p): (i64, String, i64, String) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            // Rows of an older metric version, or of an unknown metric, are never served.
+            let Some(&(version, symmetric)) = current.get(m.as_str()) else {
+                continue;
+            };
+            let wanted = filter.metric.as_ref().is_none_or(|f| *f == m)
+                && filter.params.as_ref().is_none_or(|f| *f == p);
+            if version as i64 != v || !wanted {
+                continue;
+            }
+            let name = (m, p);
+            let at = match names.iter().position(|n| *n == name) {
+                Some(at) => at,
+                None => {
+                    names.push(name);
+                    names.len() - 1
+                }
+            };
+            metrics.push((id, at, symmetric));
+        }
+        let mut kinds: Vec<String> = Vec::new();
+        let mut sides = HashMap::new();
+        let mut st = conn.prepare("SELECT id, hash, prep FROM cell_sides")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let (id, hash, prep): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let Some(reps) = idx.by_hash.get(hash.as_bytes()) else {
+                continue;
+            };
+            let kind = prep_kind(&prep, filter.scope);
+            let kind = match kinds.iter().position(|k| *k == kind) {
+                Some(at) => at,
+                None => {
+                    kinds.push(kind);
+                    kinds.len() - 1
+                }
+            };
+            sides.insert(
+                id,
+                Side {
+                    hash,
+                    reps,
+                    clamp: prep_clamp(&prep),
+                    kind,
+                },
+            );
+        }
+        let mut keys = HashMap::new();
+        for n in 0..names.len() {
+            for a in 0..kinds.len() {
+                for b in 0..kinds.len() {
+                    let id = keys.len() as u32;
+                    keys.insert((n, a, b), id);
+                }
+            }
+        }
+        Ok(Dictionary {
+            sides,
+            metrics,
+            names,
+            kinds,
+            keys,
+        })
+    }
+
+    /// The (metric, params, prep) of a key: one prep kind, or `x|y` when the sides differ.
+    fn key_name(&self, (n, a, b): (usize, usize, usize)) -> (String, String, String) {
+        let (m, p) = self.names[n].clone();
+        let prep = if a == b {
+            self.kinds[a].clone()
+        } else {
+            format!("{}|{}", self.kinds[a], self.kinds[b])
+        };
+        (m, p, prep)
+    }
+}
+
+/// Scans the cells whose x side id lies in [lo, hi] (the primary key is (m, x, y), so each
+/// metric's range is a contiguous stretch of the table).
 fn scan(
     conn: &rusqlite::Connection,
     idx: &RepIndex,
-    filter: &CellFilter,
-    lo: Option<&str>,
-    hi: Option<&str>,
+    dict: &Dictionary,
+    scope: ClampScope,
+    lo: i64,
+    hi: i64,
 ) -> Result<Part> {
-    let mut st = conn.prepare(
-        "SELECT hash_x, hash_y, metric, version, params, prep_x, prep_y, value FROM cells
-         WHERE (?1 IS NULL OR metric = ?1) AND (?2 IS NULL OR params = ?2)
-           AND (?3 IS NULL OR hash_x >= ?3) AND (?4 IS NULL OR hash_x < ?4)",
-    )?;
-    let versions: HashMap<&str, (u32, bool)> = crate::metrics::ALL
-        .iter()
-        .map(|m| (m.name(), (m.version(), m.symmetric())))
-        .collect();
+    let mut st =
+        conn.prepare("SELECT x, y, value FROM cells WHERE m = ?1 AND x BETWEEN ?2 AND ?3")?;
     let mut part = Part::default();
-    let mut key_ids: HashMap<(String, String, String), u32> = HashMap::new();
-    let mut last: Option<RunKey> = None;
-    fn text<'a>(r: &'a rusqlite::Row, i: usize) -> Result<&'a [u8]> {
-        match r.get_ref(i)? {
-            rusqlite::types::ValueRef::Text(b) => Ok(b),
-            _ => Err(Error::Invalid(format!("cells column {i} is not text"))),
-        }
-    }
-    let utf8 = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let mut rows = st.query(rusqlite::params![filter.metric, filter.params, lo, hi])?;
-    while let Some(r) = rows.next()? {
-        let (m, p, px, py) = (text(r, 2)?, text(r, 4)?, text(r, 5)?, text(r, 6)?);
-        let version: i64 = r.get(3)?;
-        let same = last.as_ref().is_some_and(|(s, v, ..)| {
-            *v == version && s[0] == m && s[1] == p && s[2] == px && s[3] == py
-        });
-        if !same {
-            let raw = [m.to_vec(), p.to_vec(), px.to_vec(), py.to_vec()];
-            let (m, p, px, py) = (utf8(m), utf8(p), utf8(px), utf8(py));
-            let (valid, symmetric) = match versions.get(m.as_str()) {
-                Some(&(v, sym)) => (v as i64 == version, sym),
-                None => (false, false),
+    for &(m, name, symmetric) in &dict.metrics {
+        let mut rows = st.query(rusqlite::params![m, lo, hi])?;
+        while let Some(r) = rows.next()? {
+            let (x, y): (i64, i64) = (r.get(0)?, r.get(1)?);
+            let (Some(sx), Some(sy)) = (dict.sides.get(&x), dict.sides.get(&y)) else {
+                continue; // a blob no representation names
             };
-            let clamps = [prep_clamp(&px), prep_clamp(&py)];
-            let (a, b) = (prep_kind(&px, filter.scope), prep_kind(&py, filter.scope));
-            let kind = if a == b { a } else { format!("{a}|{b}") };
-            let next = key_ids.len() as u32;
-            let k = *key_ids
-                .entry((m.clone(), p.clone(), kind.clone()))
-                .or_insert_with(|| {
-                    part.keys.push((m, p, kind));
-                    next
-                });
-            last = Some((raw, version, k, symmetric, valid, clamps));
-        }
-        let (_, _, k, symmetric, valid, clamps) = last.as_ref().expect("set above");
-        if !*valid {
-            continue; // a stale row from an older metric version, or an unknown metric
-        }
-        let (hx, hy) = (text(r, 0)?, text(r, 1)?);
-        let (Some(rx), Some(ry)) = (idx.by_hash.get(hx), idx.by_hash.get(hy)) else {
-            continue;
-        };
-        let v: f64 = r.get(7)?;
-        let mut emit = |a: u32, b: u32| {
-            part.xs.push(a);
-            part.ys.push(b);
-            part.xset.push(idx.set_of[a as usize]);
-            part.yset.push(idx.set_of[b as usize]);
-            part.xl.push(idx.layer_of[a as usize]);
-            part.yl.push(idx.layer_of[b as usize]);
-            part.key.push(*k);
-            part.value.push(v);
-        };
-        // A cell belongs to a layer set only when it was computed at that set's clamp scope
-        // with that set's threshold.
-        for &(a, da) in rx {
-            if !idx.owns(a, clamps[0], filter.scope) {
-                continue;
-            }
-            for &(b, db) in ry {
-                if da != db || !idx.owns(b, clamps[1], filter.scope) {
+            let k = dict.keys[&(name, sx.kind, sy.kind)];
+            let v: f64 = r.get(2)?;
+            let mut emit = |a: u32, b: u32| {
+                part.xs.push(a);
+                part.ys.push(b);
+                part.xset.push(idx.set_of[a as usize]);
+                part.yset.push(idx.set_of[b as usize]);
+                part.xl.push(idx.layer_of[a as usize]);
+                part.yl.push(idx.layer_of[b as usize]);
+                part.key.push(k);
+                part.value.push(v);
+            };
+            // A cell belongs to a layer set only when it was computed at that set's clamp
+            // scope with that set's threshold.
+            for &(a, da) in sx.reps {
+                if !idx.owns(a, sx.clamp, scope) {
                     continue;
                 }
-                emit(a, b);
-                if *symmetric && hx != hy {
-                    emit(b, a);
+                for &(b, db) in sy.reps {
+                    if da != db || !idx.owns(b, sy.clamp, scope) {
+                        continue;
+                    }
+                    emit(a, b);
+                    if symmetric && sx.hash != sy.hash {
+                        emit(b, a);
+                    }
                 }
             }
         }
@@ -500,34 +556,40 @@ fn scan(
     Ok(part)
 }
 
-/// Reads the cache into [`Cells`]: the table is split into ranges of hash_x (one per core),
-/// each scanned on its own read connection, then merged.
+/// Reads the cache into [`Cells`]: the key dictionaries first, then the cells split into
+/// ranges of x side ids (one per core), each scanned on its own read connection, then merged.
 pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cells> {
-    let threads = rayon::current_num_threads().clamp(1, 16);
-    let hex = b"0123456789abcdef";
-    let bounds: Vec<Option<String>> = (0..=threads)
-        .map(|t| match t {
-            0 => None,
-            t if t == threads => None,
-            t => Some((hex[t * 16 / threads] as char).to_string()),
+    let db = reg.root.join("catalog.db");
+    let open = || -> Result<rusqlite::Connection> {
+        let conn = rusqlite::Connection::open_with_flags(
+            &db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(crate::catalog::BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "mmap_size", 1i64 << 34)?;
+        Ok(conn)
+    };
+    let dict = Dictionary::read(&open()?, idx, filter)?;
+    let threads = rayon::current_num_threads().clamp(1, 16) as i128;
+    // Side ids are uniform over i64: equal ranges hold about equal shares of the cells.
+    let span = (i64::MAX as i128 - i64::MIN as i128 + 1) / threads;
+    let bounds: Vec<(i64, i64)> = (0..threads)
+        .map(|t| {
+            let lo = i64::MIN as i128 + t * span;
+            let hi = if t == threads - 1 {
+                i64::MAX as i128
+            } else {
+                lo + span - 1
+            };
+            (lo as i64, hi as i64)
         })
         .collect();
-    let db = reg.root.join("catalog.db");
     let parts: Vec<Result<Part>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (lo, hi) = (bounds[t].clone(), bounds[t + 1].clone());
-                let db = db.clone();
-                sc.spawn(move || -> Result<Part> {
-                    let conn = rusqlite::Connection::open_with_flags(
-                        &db,
-                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )?;
-                    conn.busy_timeout(crate::catalog::BUSY_TIMEOUT)?;
-                    conn.pragma_update(None, "mmap_size", 1i64 << 34)?;
-                    scan(&conn, idx, filter, lo.as_deref(), hi.as_deref())
-                })
+        let handles: Vec<_> = bounds
+            .iter()
+            .map(|&(lo, hi)| {
+                let (open, dict) = (&open, &dict);
+                sc.spawn(move || scan(&open()?, idx, dict, filter.scope, lo, hi))
             })
             .collect();
         handles
@@ -539,28 +601,29 @@ pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cell
             .collect()
     });
     let mut all = Part::default();
-    let mut key_ids: HashMap<(String, String, String), u32> = HashMap::new();
     for part in parts {
         let part = part?;
-        let remap: Vec<u32> = part
-            .keys
-            .iter()
-            .map(|k| {
-                let next = key_ids.len() as u32;
-                *key_ids.entry(k.clone()).or_insert_with(|| {
-                    all.keys.push(k.clone());
-                    next
-                })
-            })
-            .collect();
         all.xs.extend(part.xs);
         all.ys.extend(part.ys);
         all.xset.extend(part.xset);
         all.yset.extend(part.yset);
         all.xl.extend(part.xl);
         all.yl.extend(part.yl);
-        all.key.extend(part.key.iter().map(|&k| remap[k as usize]));
+        all.key.extend(part.key);
         all.value.extend(part.value);
+    }
+    // Number the keys that occur, in order of first occurrence.
+    let mut by_combo: Vec<(usize, usize, usize)> = vec![(0, 0, 0); dict.keys.len()];
+    for (&combo, &k) in &dict.keys {
+        by_combo[k as usize] = combo;
+    }
+    let mut renumber: Vec<Option<u32>> = vec![None; dict.keys.len()];
+    let mut names = Vec::new();
+    for k in all.key.iter_mut() {
+        *k = *renumber[*k as usize].get_or_insert_with(|| {
+            names.push(dict.key_name(by_combo[*k as usize]));
+            names.len() as u32 - 1
+        });
     }
     let frame = DataFrame::new_infer_height(vec![
         col("x_rep", all.xs),
@@ -574,18 +637,18 @@ pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cell
     ])
     .map_err(pe)?;
     let keys = DataFrame::new_infer_height(vec![
-        col("key", (0..all.keys.len() as u32).collect::<Vec<_>>()),
+        col("key", (0..names.len() as u32).collect::<Vec<_>>()),
         col(
             "metric",
-            all.keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>(),
+            names.iter().map(|k| k.0.clone()).collect::<Vec<_>>(),
         ),
         col(
             "params",
-            all.keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>(),
+            names.iter().map(|k| k.1.clone()).collect::<Vec<_>>(),
         ),
         col(
             "prep",
-            all.keys.iter().map(|k| k.2.clone()).collect::<Vec<_>>(),
+            names.iter().map(|k| k.2.clone()).collect::<Vec<_>>(),
         ),
     ])
     .map_err(pe)?;

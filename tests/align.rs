@@ -74,9 +74,27 @@ fn cache_keys_separate_params_prep_and_metric_versions() {
     let raw = align(&env, &["--metric", "mutual_knn", "--no-prep"]);
     assert_eq!(raw[0]["cells_computed"], 20, "another prep is another cell");
     // A cached row from an older metric version is never reused.
+    // (Cells name their key by ids derived from it: the old version gets its own id.)
     let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
+    let (now, old) = (
+        prh::catalog::metric_id(
+            "mutual_knn",
+            prh::metrics::Metric::MutualKnn.version().into(),
+            "k=10",
+        ),
+        prh::catalog::metric_id("mutual_knn", 0, "k=10"),
+    );
+    db.execute(
+        "INSERT INTO cell_metrics (id, metric, version, params) VALUES (?1, 'mutual_knn', 0, 'k=10')",
+        [old],
+    )
+    .unwrap();
     let changed = db
-        .execute("UPDATE cells SET version = 0, value = 99 WHERE params = 'k=10' AND prep_x LIKE 'clamp%'", [])
+        .execute(
+            "UPDATE cells SET m = ?2, value = 99 WHERE m = ?1
+               AND x IN (SELECT id FROM cell_sides WHERE prep LIKE 'clamp%')",
+            [now, old],
+        )
         .unwrap();
     assert_eq!(changed, 20);
     let v = align(&env, &["--metric", "mutual_knn"]);

@@ -822,8 +822,8 @@ fn poisoned_thresholds_and_cells_in_a_bundle_are_never_served() {
     edit_bundle(
         &bundle,
         &one_wrong,
-        "UPDATE cells SET value = 0.999 WHERE metric = 'cka' AND (hash_x, hash_y, prep_x, prep_y) =
-             (SELECT hash_x, hash_y, prep_x, prep_y FROM cells WHERE metric = 'cka' LIMIT 1);",
+        "UPDATE cells SET value = 0.999 WHERE (m, x, y) =
+             (SELECT m, x, y FROM cells WHERE m IN (SELECT id FROM cell_metrics WHERE metric = 'cka') LIMIT 1);",
     );
     let t = Env::new();
     t.ok(&["init"]);
@@ -871,7 +871,7 @@ fn a_bundled_catalog_must_have_exactly_prhs_schema() {
     let cases = [
         (
             "recursive view",
-            "DROP TABLE cells; CREATE VIEW cells AS WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT x AS hash_x, x AS hash_y, 'cka' AS metric, 1 AS version, '' AS params, '' AS prep_x, '' AS prep_y, 0.5 AS value, 0.0 AS seconds, '' AS computed_at FROM r;",
+            "DROP TABLE cells; CREATE VIEW cells AS WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT 1 AS m, x, x AS y, 0.5 AS value, 0 AS micros, 0 AS computed_at FROM r;",
             "holds view cells",
         ),
         (
@@ -894,6 +894,21 @@ fn a_bundled_catalog_must_have_exactly_prhs_schema() {
             "representation naming no blob",
             "PRAGMA foreign_keys = OFF; UPDATE representations SET blob_hash = 'ab' || substr(blob_hash, 3) WHERE id = 1;",
             "naming no blob row",
+        ),
+        (
+            "cache key side filed under another key's id",
+            "UPDATE cell_sides SET prep = prep || ';l2' WHERE id = (SELECT min(id) FROM cell_sides);",
+            "does not match its id",
+        ),
+        (
+            "cache key metric filed under another key's id",
+            "UPDATE cell_metrics SET params = 'k=11' WHERE id = (SELECT min(id) FROM cell_metrics);",
+            "does not match its id",
+        ),
+        (
+            "cell naming no key",
+            "DELETE FROM cell_sides WHERE id = (SELECT x FROM cells LIMIT 1);",
+            "naming no key",
         ),
     ];
     for (what, sql, want) in cases {

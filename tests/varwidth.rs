@@ -102,7 +102,7 @@ fn per_layer_features_get_the_official_numbers_and_queries_agree() {
     // The keys record the scope and each layer's own threshold: 3 x keys, 4 y keys.
     let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
     let keys: Vec<String> = db
-        .prepare("SELECT DISTINCT prep_x FROM cells UNION SELECT DISTINCT prep_y FROM cells")
+        .prepare("SELECT DISTINCT prep FROM cell_sides")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
@@ -226,11 +226,12 @@ fn one_content_two_layouts_two_scopes_and_a_bundle_carries_layouts() {
     let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
     let (one, per_layer): (i64, i64) = db
         .query_row(
-            "SELECT count(DISTINCT prep_y) FILTER (WHERE prep_y NOT LIKE '%scope=layer%'),
-                    count(DISTINCT prep_y) FILTER (WHERE prep_y LIKE '%scope=layer%')
-             FROM cells WHERE metric = 'mutual_knn' AND length(hash_x) = 64
-               AND hash_y IN (SELECT blob_hash FROM representations r JOIN checkpoints c ON c.id = r.checkpoint_id
-                              JOIN models m ON m.id = c.model_id WHERE m.name = 'py')",
+            "SELECT count(DISTINCT sy.prep) FILTER (WHERE sy.prep NOT LIKE '%scope=layer%'),
+                    count(DISTINCT sy.prep) FILTER (WHERE sy.prep LIKE '%scope=layer%')
+             FROM cells c JOIN cell_sides sy ON sy.id = c.y
+             WHERE c.m IN (SELECT id FROM cell_metrics WHERE metric = 'mutual_knn')
+               AND sy.hash IN (SELECT blob_hash FROM representations r JOIN checkpoints c ON c.id = r.checkpoint_id
+                               JOIN models m ON m.id = c.model_id WHERE m.name = 'py')",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

@@ -14,7 +14,8 @@ pub struct Subject {
 
 /// This build's `prh` on `reg`, then — when `PRH_BENCH_BASELINE` names another `prh` binary
 /// (a build of an earlier commit, say) — that binary on its own copy of `reg` (made now, before
-/// either has run), so a bench can time both step by step, side by side in one run.
+/// either has run, see [`baseline_copy`]), so a bench can time both step by step, side by side
+/// in one run.
 pub fn subjects(reg: &Path) -> Vec<Subject> {
     let mut out = vec![Subject {
         label: "this build".into(),
@@ -23,13 +24,7 @@ pub fn subjects(reg: &Path) -> Vec<Subject> {
     }];
     if let Some(base) = std::env::var_os("PRH_BENCH_BASELINE") {
         let copy = reg.with_extension("baseline");
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(reg)
-            .arg(&copy)
-            .status()
-            .unwrap();
-        assert!(status.success(), "copying the registry for the baseline");
+        baseline_copy(Path::new(&base), reg, &copy);
         out.push(Subject {
             label: format!("baseline {}", Path::new(&base).display()),
             bin: base.into(),
@@ -37,6 +32,67 @@ pub fn subjects(reg: &Path) -> Vec<Subject> {
         });
     }
     out
+}
+
+/// A copy of `reg` at the schema of the (older) binary `base`: `base init` makes the registry,
+/// the blobs are copied, and every table both schemas define alike gets `reg`'s rows. A table
+/// the two define differently must still be empty in `reg` (a bench copies before computing).
+fn baseline_copy(base: &Path, reg: &Path, copy: &Path) {
+    let status = Command::new(base)
+        .arg("init")
+        .arg(copy)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{} init", base.display());
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(reg.join("blobs"))
+        .arg(copy)
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying the blobs for the baseline");
+    let db = rusqlite::Connection::open(copy.join("catalog.db")).unwrap();
+    db.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+    db.execute(
+        "ATTACH ?1 AS src",
+        [reg.join("catalog.db").to_str().unwrap()],
+    )
+    .unwrap();
+    let columns = |schema: &str, table: &str| -> Vec<String> {
+        let mut st = db
+            .prepare(&format!(
+                "SELECT name FROM pragma_table_info(?1, '{schema}')"
+            ))
+            .unwrap();
+        st.query_map([table], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let tables: Vec<String> = db
+        .prepare(
+            "SELECT name FROM src.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for t in tables {
+        if columns("src", &t) == columns("main", &t) {
+            db.execute(&format!("INSERT INTO main.{t} SELECT * FROM src.{t}"), [])
+                .unwrap();
+        } else {
+            let rows: i64 = db
+                .query_row(&format!("SELECT count(*) FROM src.{t}"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(
+                rows, 0,
+                "table {t} differs in the baseline's schema and has rows"
+            );
+        }
+    }
 }
 
 /// Runs `bin --registry REG ARGS...`, asserting success: seconds, JSON output and the process's
