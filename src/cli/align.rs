@@ -1,32 +1,13 @@
-//! `prh align` (sweep selected model pairs through the cache) and `prh log` (ingest a new
-//! checkpoint and align it against named models in one command).
-
-use std::io::IsTerminal;
+//! `prh align`: sweep selected model pairs through the cache.
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use super::compare::{MetricArgs, StatsArgs};
-use super::ingest::IngestArgs;
-use super::{Ctx, FormatArg};
+use super::Ctx;
+use super::args::{FormatArg, SweepArgs};
+use super::progress::Bar;
 use prh::output;
-use prh::sweep::{self, PairResult, Progress, Selector, SweepRequest};
-
-/// Options shared by `align` and `log`.
-#[derive(clap::Args, Clone)]
-pub struct SweepArgs {
-    #[command(flatten)]
-    pub metric: MetricArgs,
-    #[command(flatten)]
-    pub stats: StatsArgs,
-    /// Memory for derived data held at once, in MiB.
-    #[arg(long, default_value_t = 4096)]
-    pub mem_mib: usize,
-    /// No progress bar.
-    #[arg(long, short)]
-    pub quiet: bool,
-}
+use prh::sweep::{self, PairResult};
 
 #[derive(clap::Args)]
 pub struct AlignArgs {
@@ -49,64 +30,6 @@ pub struct AlignArgs {
     pub sweep: SweepArgs,
     #[arg(long, value_enum, default_value_t)]
     pub format: FormatArg,
-}
-
-/// A progress bar on stderr: cells done / total and ETA; hidden when stderr is not a terminal.
-pub struct Bar(ProgressBar);
-
-impl Bar {
-    pub fn new(quiet: bool) -> Self {
-        let pb = ProgressBar::hidden();
-        if !quiet && std::io::stderr().is_terminal() {
-            pb.set_draw_target(ProgressDrawTarget::stderr());
-        }
-        pb.set_style(
-            ProgressStyle::with_template("{msg:30} [{bar:30}] {pos}/{len} cells, ETA {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        Bar(pb)
-    }
-}
-
-impl Progress for Bar {
-    fn start(&self, total: u64) {
-        self.0.set_length(total);
-    }
-    fn advance(&self, cells: u64) {
-        self.0.inc(cells);
-    }
-    fn message(&self, msg: &str) {
-        self.0.set_message(msg.to_string());
-    }
-}
-
-impl Drop for Bar {
-    fn drop(&mut self) {
-        self.0.finish_and_clear();
-    }
-}
-
-impl SweepArgs {
-    /// The library request for these options.
-    pub fn request(&self, x: Selector, y: Selector, all_checkpoints: bool) -> Result<SweepRequest> {
-        Ok(SweepRequest {
-            x,
-            y,
-            dataset: None,
-            pool: None,
-            all_checkpoints,
-            x_checkpoint: None,
-            specs: self.metric.specs()?,
-            prep: self.metric.prep()?,
-            mem_budget: self.mem_mib << 20,
-            null: self.stats.null,
-            bootstrap: self.stats.bootstrap,
-            seed: self.stats.seed,
-            alpha: self.stats.alpha,
-            reduce: self.metric.reduce,
-        })
-    }
 }
 
 #[derive(Serialize)]
@@ -166,7 +89,7 @@ pub fn print_results(results: &[PairResult], format: FormatArg) -> Result<()> {
     Ok(())
 }
 
-pub fn run_align(ctx: &Ctx, a: AlignArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, a: AlignArgs) -> Result<()> {
     let mut reg = ctx.open()?;
     let mut req = a
         .sweep
@@ -177,44 +100,4 @@ pub fn run_align(ctx: &Ctx, a: AlignArgs) -> Result<()> {
     let results = sweep::sweep(&mut reg, &req, &bar)?;
     drop(bar);
     print_results(&results, a.format)
-}
-
-#[derive(clap::Args)]
-pub struct LogArgs {
-    #[command(flatten)]
-    pub ingest: IngestArgs,
-    /// Models to align the new checkpoint against: names (a,b), modality=…, family=… or all.
-    #[arg(long)]
-    pub against: String,
-    #[command(flatten)]
-    pub sweep: SweepArgs,
-}
-
-pub fn run_log(ctx: &Ctx, a: LogArgs) -> Result<()> {
-    let mut reg = ctx.open()?;
-    let report = reg.ingest(&a.ingest.file, &a.ingest.request()?)?;
-    eprintln!(
-        "{}: {} @ {} ({} layers{})",
-        a.ingest.file.display(),
-        report.model,
-        report.checkpoint,
-        report.layers.len(),
-        if report.unchanged() {
-            ", already ingested"
-        } else {
-            ""
-        }
-    );
-    let mut req = a.sweep.request(
-        Selector::Names(vec![report.model.clone()]),
-        a.against.parse()?,
-        false,
-    )?;
-    req.x_checkpoint = Some(report.checkpoint.clone());
-    req.dataset = Some(report.dataset.clone());
-    req.pool = Some(a.ingest.pool.clone());
-    let bar = Bar::new(a.sweep.quiet);
-    let results = sweep::sweep(&mut reg, &req, &bar)?;
-    drop(bar);
-    print_results(&results, a.ingest.format)
 }

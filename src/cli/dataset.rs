@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
-use super::{Ctx, FormatArg};
+use super::Ctx;
+use super::args::FormatArg;
 use prh::output;
 
 #[derive(Subcommand)]

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::FormatArg;
-use super::align::{Bar, print_results};
+use super::align::print_results;
+use super::args::FormatArg;
+use super::progress::Bar;
 use prh::analysis;
 use prh::catalog::RepFilter;
 use prh::demo::ZooSpec;

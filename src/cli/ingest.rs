@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::{Ctx, FormatArg, parse_scores};
+use super::args::FormatArg;
+use super::{Ctx, parse_scores};
 use prh::registry::IngestRequest;
 
 #[derive(clap::Args)]

@@ -2,22 +2,33 @@
 //! Errors become one line `error: …` on stderr with exit code 1; usage errors exit with 2.
 
 mod align;
-mod bundle;
+mod args;
 mod compare;
 mod dataset;
 mod demo;
+mod export;
+mod gc;
+mod import;
 mod ingest;
+mod init;
+mod log;
 mod ls;
-mod query;
+mod matrix;
+mod pairs;
+mod progress;
 mod score;
+mod show;
+mod sql;
+mod trajectory;
+mod trend;
+mod verify;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use prh::output::Format;
 use prh::registry::{self, Registry};
 
 /// prh — a registry for representational alignment research.
@@ -44,7 +55,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create a registry (default: the --registry / PRH_REGISTRY location, else ./.prh).
-    Init(InitArgs),
+    Init(init::InitArgs),
     /// Manage datasets: ordered sets of n samples that features are computed on.
     #[command(subcommand)]
     Dataset(dataset::DatasetCmd),
@@ -57,60 +68,32 @@ enum Command {
     /// List models, checkpoints, representations, scores or datasets.
     Ls(ls::LsArgs),
     /// Show one representation by (a prefix of) its hash.
-    Show(ls::ShowArgs),
+    Show(show::ShowArgs),
     /// Align selected model pairs: every missing layer-pair cell is computed and cached, then
     /// each pair's best layer pair is reported.
     Align(align::AlignArgs),
     /// Ingest a new checkpoint and align it against named models in one command.
-    Log(align::LogArgs),
+    Log(log::LogArgs),
     /// Compare two feature files directly (no registry needed).
     Compare(compare::CompareArgs),
     /// Alignment vs. performance over models: correlations, fit, interval, verdict, plot.
-    Trend(query::TrendArgs),
+    Trend(trend::TrendArgs),
     /// The model × model alignment table (and heatmap).
-    Matrix(query::MatrixArgs),
+    Matrix(matrix::MatrixArgs),
     /// One model's alignment across its training checkpoints.
-    Trajectory(query::TrajectoryArgs),
+    Trajectory(trajectory::TrajectoryArgs),
     /// Free SQL over the catalog tables, run by polars.
-    Query(query::QueryArgs),
+    Query(sql::QueryArgs),
     /// Write the registry (or some models) to one bundle file a colleague can import.
-    Export(bundle::ExportArgs),
+    Export(export::ExportArgs),
     /// Merge a bundle into this registry (verified before anything is committed).
-    Import(bundle::ImportArgs),
+    Import(import::ImportArgs),
     /// Re-hash every blob and recompute a sample of cached cells; exit 1 on any problem.
-    Verify(bundle::VerifyArgs),
+    Verify(verify::VerifyArgs),
     /// Remove unreferenced blobs, stale cache rows and staging leftovers.
-    Gc(bundle::GcArgs),
+    Gc(gc::GcArgs),
     /// Build a demo registry from a synthetic model zoo and show what it holds.
     Demo(demo::DemoArgs),
-}
-
-#[derive(clap::Args)]
-struct InitArgs {
-    /// Where to create the registry.
-    path: Option<PathBuf>,
-}
-
-/// Output format flag shared by commands.
-#[derive(Debug, Clone, Copy, Default, ValueEnum)]
-pub enum FormatArg {
-    /// Aligned columns for a terminal.
-    #[default]
-    Table,
-    /// JSON (an array of objects for listings).
-    Json,
-    /// CSV with a header row.
-    Csv,
-}
-
-impl From<FormatArg> for Format {
-    fn from(f: FormatArg) -> Format {
-        match f {
-            FormatArg::Table => Format::Table,
-            FormatArg::Json => Format::Json,
-            FormatArg::Csv => Format::Csv,
-        }
-    }
 }
 
 /// Context passed to every command.
@@ -140,23 +123,23 @@ pub fn main() -> std::process::ExitCode {
         registry: cli.registry,
     };
     let result = match cli.command {
-        Command::Init(a) => init(&ctx, a),
+        Command::Init(a) => init::run(&ctx, a),
         Command::Dataset(c) => dataset::run(&ctx, c),
         Command::Ingest(a) => ingest::run(&ctx, a),
         Command::Score(c) => score::run(&ctx, c),
-        Command::Ls(a) => ls::run_ls(&ctx, a),
-        Command::Show(a) => ls::run_show(&ctx, a),
-        Command::Align(a) => align::run_align(&ctx, a),
-        Command::Log(a) => align::run_log(&ctx, a),
+        Command::Ls(a) => ls::run(&ctx, a),
+        Command::Show(a) => show::run(&ctx, a),
+        Command::Align(a) => align::run(&ctx, a),
+        Command::Log(a) => log::run(&ctx, a),
         Command::Compare(a) => compare::run(a),
-        Command::Trend(a) => query::run_trend(&ctx, a),
-        Command::Matrix(a) => query::run_matrix(&ctx, a),
-        Command::Trajectory(a) => query::run_trajectory(&ctx, a),
-        Command::Query(a) => query::run_query(&ctx, a),
-        Command::Export(a) => bundle::run_export(&ctx, a),
-        Command::Import(a) => bundle::run_import(&ctx, a),
-        Command::Verify(a) => bundle::run_verify(&ctx, a),
-        Command::Gc(a) => bundle::run_gc(&ctx, a),
+        Command::Trend(a) => trend::run(&ctx, a),
+        Command::Matrix(a) => matrix::run(&ctx, a),
+        Command::Trajectory(a) => trajectory::run(&ctx, a),
+        Command::Query(a) => sql::run(&ctx, a),
+        Command::Export(a) => export::run(&ctx, a),
+        Command::Import(a) => import::run(&ctx, a),
+        Command::Verify(a) => verify::run(&ctx, a),
+        Command::Gc(a) => gc::run(&ctx, a),
         Command::Demo(a) => demo::run(a),
     };
     match result {
@@ -174,22 +157,6 @@ pub fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(1)
         }
     }
-}
-
-fn init(ctx: &Ctx, a: InitArgs) -> Result<()> {
-    let path = a
-        .path
-        .or_else(|| ctx.registry.clone())
-        .unwrap_or_else(|| PathBuf::from(registry::DEFAULT_DIR));
-    let existed = path.join("catalog.db").is_file();
-    let reg = Registry::init(&path)?;
-    println!(
-        "{} registry at {} (schema version {})",
-        if existed { "existing" } else { "created" },
-        display(&path),
-        reg.catalog.schema_version()?
-    );
-    Ok(())
 }
 
 /// Parses `name=value` score arguments.

@@ -1,0 +1,88 @@
+//! `prh matrix`: the model × model alignment table (and heatmap).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use super::Ctx;
+use super::args::{MetricArgs, OutArgs};
+use super::pairs::{Fill, compute, label, metric_flags, one_spec};
+use prh::analysis;
+use prh::sweep;
+
+#[derive(clap::Args)]
+pub struct MatrixArgs {
+    #[command(flatten)]
+    pub metric: MetricArgs,
+    /// Row models.
+    #[arg(long)]
+    pub x: String,
+    /// Column models.
+    #[arg(long)]
+    pub y: String,
+    /// Order rows and columns by this score (worst to best).
+    #[arg(long)]
+    pub perf: Option<String>,
+    #[arg(long)]
+    pub lower_is_better: bool,
+    /// Compute missing cells first.
+    #[arg(long)]
+    pub compute: bool,
+    /// Draw a heatmap to this .svg or .png.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+pub fn run(ctx: &Ctx, a: MatrixArgs) -> Result<()> {
+    let mut reg = ctx.open()?;
+    let (spec, prep, kind) = one_spec(&a.metric)?;
+    if a.compute {
+        compute(
+            &mut reg,
+            Fill::cells(spec, prep, a.metric.reduce, false),
+            a.x.parse()?,
+            a.y.parse()?,
+        )?;
+    }
+    let mut xm = sweep::select_models(&reg, &a.x.parse()?)?;
+    let mut ym = sweep::select_models(&reg, &a.y.parse()?)?;
+    let lower = a.lower_is_better.then_some(true);
+    if let Some(p) = &a.perf {
+        xm = analysis::order_by_perf(&reg, &xm, p, lower)?;
+        ym = analysis::order_by_perf(&reg, &ym, p, lower)?;
+    }
+    let xi = analysis::latest(&reg, &xm)?;
+    let yi = analysis::latest(&reg, &ym)?;
+    let x_ids: Vec<i64> = xm.iter().map(|m| xi[m]).collect();
+    let y_ids: Vec<i64> = ym.iter().map(|m| yi[m]).collect();
+    let hint = format!(
+        "prh align {} --x {} --y {}",
+        metric_flags(&spec, prep, a.metric.reduce),
+        a.x,
+        a.y
+    );
+    let pairs = analysis::cached_pairs(&reg, &spec, &kind, a.metric.reduce, &x_ids, &y_ids, &hint)?;
+    let m = analysis::matrix(&pairs, &xm, &ym);
+    if let Some(p) = &a.plot {
+        prh::plot::matrix(p, &m, &label(&spec, a.metric.reduce))?;
+        eprintln!("plot: {}", p.display());
+    }
+    let rows: Vec<Value> = m
+        .rows
+        .iter()
+        .zip(&m.values)
+        .map(|(r, vals)| {
+            let mut o = serde_json::Map::new();
+            o.insert("model".into(), r.clone().into());
+            o.insert("reduce".into(), a.metric.reduce.key().into());
+            for (c, v) in m.cols.iter().zip(vals) {
+                o.insert(c.clone(), v.map(Value::from).unwrap_or(Value::Null));
+            }
+            Value::Object(o)
+        })
+        .collect();
+    a.out.rows(&rows)
+}

@@ -1,0 +1,71 @@
+//! `prh trajectory`: one model's alignment across its training checkpoints.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use super::Ctx;
+use super::args::{MetricArgs, OutArgs};
+use super::pairs::{Fill, compute, label, metric_flags, one_spec, to_rows, with_reduce};
+use prh::analysis;
+use prh::sweep::{self, Selector};
+
+#[derive(clap::Args)]
+pub struct TrajectoryArgs {
+    #[command(flatten)]
+    pub metric: MetricArgs,
+    /// The model whose checkpoints are followed.
+    #[arg(long)]
+    pub model: String,
+    /// Reference models (their latest checkpoints).
+    #[arg(long)]
+    pub against: String,
+    /// Compute missing cells first.
+    #[arg(long)]
+    pub compute: bool,
+    /// Draw one line per reference model to this .svg or .png.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+pub fn run(ctx: &Ctx, a: TrajectoryArgs) -> Result<()> {
+    let mut reg = ctx.open()?;
+    let (spec, prep, kind) = one_spec(&a.metric)?;
+    if a.compute {
+        compute(
+            &mut reg,
+            Fill::cells(spec, prep, a.metric.reduce, true),
+            Selector::Names(vec![a.model.clone()]),
+            a.against.parse()?,
+        )?;
+    }
+    let cks = reg.catalog.checkpoints(Some(&a.model))?;
+    if cks.is_empty() {
+        bail!("model {} has no checkpoints", a.model);
+    }
+    let refs = sweep::select_models(&reg, &a.against.parse()?)?;
+    let ri = analysis::latest(&reg, &refs)?;
+    let x_ids: Vec<i64> = cks.iter().map(|c| c.id).collect();
+    let y_ids: Vec<i64> = refs.iter().map(|m| ri[m]).collect();
+    let hint = format!(
+        "prh align {} --x {} --y {} --all-checkpoints",
+        metric_flags(&spec, prep, a.metric.reduce),
+        a.model,
+        a.against
+    );
+    let mut pairs =
+        analysis::cached_pairs(&reg, &spec, &kind, a.metric.reduce, &x_ids, &y_ids, &hint)?;
+    let steps: std::collections::HashMap<i64, Option<i64>> =
+        cks.iter().map(|c| (c.id, c.step)).collect();
+    for p in &mut pairs {
+        p.x_step = steps.get(&p.x_checkpoint_id).copied().flatten();
+    }
+    let points = analysis::trajectory(&pairs);
+    if let Some(p) = &a.plot {
+        prh::plot::trajectory(p, &points, &a.model, &label(&spec, a.metric.reduce))?;
+        eprintln!("plot: {}", p.display());
+    }
+    a.out.rows(&with_reduce(to_rows(&points), a.metric.reduce))
+}
