@@ -4,7 +4,8 @@
 //! the official loop's cost per cell (both neighbour sets recomputed for every layer pair) on
 //! one model pair of the same shape. Runs the real `prh` binary.
 //! Run: `cargo bench --bench paper` (about 1.4 GB of blobs in a temporary directory;
-//! `PRH_BENCH_BASELINE=/path/to/old/prh` times that binary too, on a copy, step by step).
+//! `PRH_BENCH_BASELINE=/path/to/old/prh` times that binary too, on a copy, step by step;
+//! `PRH_BENCH_DIR=DIR` builds the registry in DIR/reg and keeps it, e.g. to profile a sweep).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,8 +56,11 @@ fn features(shared: &[f32], model: u64, quality: f64) -> Vec<f32> {
 }
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg_path = dir.path().join("reg");
+    // PRH_BENCH_DIR keeps the zoo's registry (DIR/reg) for profiling; else a temporary one.
+    let temp = tempfile::tempdir().unwrap();
+    let work = std::env::var_os("PRH_BENCH_DIR").map_or(temp.path().to_path_buf(), Into::into);
+    std::fs::create_dir_all(&work).unwrap();
+    let reg_path = work.join("reg");
     let mut reg = Registry::init(&reg_path).unwrap();
     let mut shared_rng = Rng::new(7);
     let shared: Vec<f32> = (0..N * LATENT)
@@ -70,7 +74,7 @@ fn main() {
     let mut first_pair: Vec<Vec<f32>> = Vec::new();
     for (k, (name, modality, quality)) in models.iter().enumerate() {
         let feats = features(&shared, k as u64, *quality);
-        let path = dir.path().join(format!("{name}.npy"));
+        let path = work.join(format!("{name}.npy"));
         std::fs::write(&path, npy::encode_f16(&[N, LAYERS, D], &feats)).unwrap();
         reg.ingest(
             &path,

@@ -310,6 +310,18 @@ impl Derived {
             .filter_map(|i| {
                 let row = &g[i * n..(i + 1) * n];
                 let v = row[*knn.row(i).last()? as usize];
+                if groups.is_none() {
+                    // Values at least the k-th best, self excluded: more than k only when
+                    // the k-th ties with a value left out. One branch-free pass decides.
+                    let kv = total_key(v);
+                    let at_least = row
+                        .iter()
+                        .fold(0usize, |c, &x| c + usize::from(total_key(x) >= kv))
+                        - usize::from(total_key(row[i]) >= kv);
+                    if at_least <= k {
+                        return None;
+                    }
+                }
                 let (mut sure, mut group) = (Vec::new(), Vec::new());
                 for (j, &x) in row.iter().enumerate() {
                     if same_sample(i, j, groups) {
@@ -639,8 +651,18 @@ fn same_sample(i: usize, j: usize, groups: Option<&[u32]>) -> bool {
     i == j || groups.is_some_and(|g| g[i] == g[j])
 }
 
+/// `f32::total_cmp` as an integer: a > b in the total order iff total_key(a) > total_key(b).
+/// Comparisons of these vectorise; `total_cmp`'s do not.
+#[inline]
+fn total_key(v: f32) -> i32 {
+    let b = v.to_bits() as i32;
+    b ^ (((b >> 31) as u32) >> 1) as i32
+}
+
 /// The k largest entries of `row` (excluding index `skip`), most similar first, ties by lower
-/// index, into `buf` as (value, index).
+/// index, into `buf` as (value, index). Once the buffer is full, each block of 16 values is
+/// first tested branch-free against the k-th best (most blocks hold no candidate), and only a
+/// block that does is scanned value by value.
 fn top_k_scan(
     row: &[f32],
     skip: usize,
@@ -648,20 +670,34 @@ fn top_k_scan(
     groups: Option<&[u32]>,
     buf: &mut Vec<(f32, u32)>,
 ) {
+    const BLOCK: usize = 16;
+    let key = total_key;
     buf.clear();
-    for (j, &v) in row.iter().enumerate() {
-        if same_sample(skip, j, groups) {
-            continue;
-        }
+    if k == 0 {
+        return;
+    }
+    for (c, block) in row.chunks(BLOCK).enumerate() {
         if buf.len() == k {
-            // Scanning in index order: an equal value never beats an earlier index.
-            if v.total_cmp(&buf[k - 1].0) != std::cmp::Ordering::Greater {
+            let kth = key(buf[k - 1].0);
+            if !block.iter().fold(false, |any, &v| any | (key(v) > kth)) {
                 continue;
             }
-            buf.pop();
         }
-        let pos = buf.partition_point(|&(b, _)| b.total_cmp(&v) != std::cmp::Ordering::Less);
-        buf.insert(pos, (v, j as u32));
+        for (o, &v) in block.iter().enumerate() {
+            let j = c * BLOCK + o;
+            if same_sample(skip, j, groups) {
+                continue;
+            }
+            if buf.len() == k {
+                // Scanning in index order: an equal value never beats an earlier index.
+                if key(v) <= key(buf[k - 1].0) {
+                    continue;
+                }
+                buf.pop();
+            }
+            let pos = buf.partition_point(|&(b, _)| key(b) >= key(v));
+            buf.insert(pos, (v, j as u32));
+        }
     }
 }
 
@@ -711,6 +747,40 @@ pub fn check_pair(metric: &str, a: &Derived, b: &Derived) -> Result<()> {
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn block_scan_equals_a_full_sort_with_ties_zeros_and_groups() {
+        let mut rng = crate::rng::Rng::new(5);
+        for trial in 0..40 {
+            let n = 1 + trial * 7 % 150;
+            // Few distinct values (many ties), both zeros, and the odd large one.
+            let row: Vec<f32> = (0..n)
+                .map(|_| match (rng.normal() * 3.0) as i64 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    v => v as f32 / 4.0,
+                })
+                .collect();
+            let groups: Vec<u32> = (0..n as u32).map(|j| j / 3).collect();
+            for k in [1, 5, 10, 17, 64] {
+                for g in [None, Some(groups.as_slice())] {
+                    let skip = trial % n;
+                    let mut want: Vec<(f32, u32)> = (0..n)
+                        .filter(|&j| !same_sample(skip, j, g))
+                        .map(|j| (row[j], j as u32))
+                        .collect();
+                    want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                    want.truncate(k);
+                    let mut got = Vec::new();
+                    top_k_scan(&row, skip, k, g, &mut got);
+                    let bits = |v: &[(f32, u32)]| -> Vec<(u32, u32)> {
+                        v.iter().map(|&(x, j)| (x.to_bits(), j)).collect()
+                    };
+                    assert_eq!(bits(&got), bits(&want), "n {n} k {k} skip {skip}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn gram_matches_naive_and_knn_breaks_ties_by_index() {
