@@ -66,10 +66,28 @@ fn main() {
         .unwrap();
     }
     {
-        let mut ins = tx
-            .prepare("INSERT INTO cells (hash_x, hash_y, metric, version, params, prep_x, prep_y, value, seconds) VALUES (?1, ?2, 'mutual_knn', 1, 'k=10', ?3, ?4, ?5, 0.001)")
-            .unwrap();
+        // The cache's compact keys: one metric id, one side id per (blob, prep), ids derived
+        // from content as prh derives them.
         let prep = "clamp(q=0.95,t=0x40000000);l2";
+        let m = prh::catalog::metric_id("mutual_knn", 1, "k=10");
+        tx.execute(
+            "INSERT INTO cell_metrics (id, metric, version, params) VALUES (?1, 'mutual_knn', 1, 'k=10')",
+            [m],
+        )
+        .unwrap();
+        let mut side = tx
+            .prepare("INSERT INTO cell_sides (id, hash, prep) VALUES (?1, ?2, ?3)")
+            .unwrap();
+        for model in 0..nx + ny {
+            for l in 0..layers {
+                let h = hash(model, l);
+                side.execute(params![prh::catalog::side_id(&h, prep), h, prep])
+                    .unwrap();
+            }
+        }
+        let mut ins = tx
+            .prepare("INSERT INTO cells (m, x, y, value, micros) VALUES (?1, ?2, ?3, ?4, 1000)")
+            .unwrap();
         let mut rng = prh::rng::Rng::new(1);
         for x in 0..nx {
             for y in nx..nx + ny {
@@ -78,7 +96,11 @@ fn main() {
                         let (a, b) = (hash(x, lx), hash(y, ly));
                         let (a, b) = if a <= b { (a, b) } else { (b, a) };
                         let v = 0.05 + 0.3 * (x as f64 / nx as f64) * rng.uniform();
-                        ins.execute(params![a, b, prep, prep, v]).unwrap();
+                        let (ia, ib) = (
+                            prh::catalog::side_id(&a, prep),
+                            prh::catalog::side_id(&b, prep),
+                        );
+                        ins.execute(params![m, ia, ib, v]).unwrap();
                     }
                 }
             }

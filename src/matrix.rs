@@ -205,8 +205,6 @@ impl<'a> LayerView<'a> {
 /// precision goes through `half`'s slice conversion (F16C / NEON where the CPU has it), a
 /// block at a time.
 pub fn decode_contiguous(dtype: DType, n: usize, d: usize, bytes: &[u8]) -> Array2<f32> {
-    use half::slice::HalfFloatSliceExt;
-    const BLOCK: usize = 1024;
     assert_eq!(
         bytes.len(),
         n * d * dtype.size(),
@@ -219,26 +217,8 @@ pub fn decode_contiguous(dtype: DType, n: usize, d: usize, bytes: &[u8]) -> Arra
                 *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
         }
-        DType::F16 => {
-            let mut buf = [f16::ZERO; BLOCK];
-            for (out, src) in v.chunks_mut(BLOCK).zip(bytes.chunks(2 * BLOCK)) {
-                let buf = &mut buf[..out.len()];
-                for (b, c) in buf.iter_mut().zip(src.chunks_exact(2)) {
-                    *b = f16::from_le_bytes([c[0], c[1]]);
-                }
-                buf.convert_to_f32_slice(out);
-            }
-        }
-        DType::BF16 => {
-            let mut buf = [bf16::ZERO; BLOCK];
-            for (out, src) in v.chunks_mut(BLOCK).zip(bytes.chunks(2 * BLOCK)) {
-                let buf = &mut buf[..out.len()];
-                for (b, c) in buf.iter_mut().zip(src.chunks_exact(2)) {
-                    *b = bf16::from_le_bytes([c[0], c[1]]);
-                }
-                buf.convert_to_f32_slice(out);
-            }
-        }
+        DType::F16 => decode_half(f16::ZERO, f16::from_le_bytes, bytes, &mut v),
+        DType::BF16 => decode_half(bf16::ZERO, bf16::from_le_bytes, bytes, &mut v),
         DType::F64 => {
             for (o, c) in v.iter_mut().zip(bytes.chunks_exact(8)) {
                 *o = dtype.decode(c);
@@ -246,6 +226,23 @@ pub fn decode_contiguous(dtype: DType, n: usize, d: usize, bytes: &[u8]) -> Arra
         }
     }
     Array2::from_shape_vec((n, d), v).expect("buffer length matches n*d")
+}
+
+/// Decodes 16-bit floats (`f16` or `bf16`, little-endian) into `out`, a block at a time.
+fn decode_half<T: Copy>(zero: T, from_le: impl Fn([u8; 2]) -> T, bytes: &[u8], out: &mut [f32])
+where
+    [T]: half::slice::HalfFloatSliceExt,
+{
+    use half::slice::HalfFloatSliceExt;
+    const BLOCK: usize = 1024;
+    let mut buf = [zero; BLOCK];
+    for (out, src) in out.chunks_mut(BLOCK).zip(bytes.chunks(2 * BLOCK)) {
+        let buf = &mut buf[..out.len()];
+        for (b, c) in buf.iter_mut().zip(src.chunks_exact(2)) {
+            *b = from_le([c[0], c[1]]);
+        }
+        buf.convert_to_f32_slice(out);
+    }
 }
 
 /// Canonical little-endian bytes of an f32 matrix (no header), for writing test and demo data.
