@@ -376,6 +376,32 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
     let (mut f, _) = crate::formats::open_regular(bundle)?;
     check_is_tar(&mut f).map_err(bad)?;
     let staging = Staging::new(reg, "import")?;
+    let (manifest, declared) = unpack(bundle, f, &staging.0)?;
+    // The staged catalog is SQL from a stranger: its schema must be exactly one of ours
+    // before anything runs on it; then it is brought to our schema and its rows checked.
+    let staged = staging.0.join("catalog.db");
+    check_staged(reg, bundle, &staged, &declared)?;
+    // A sample of the bundle's cached cells is recomputed here: one wrong number refuses the
+    // whole bundle. The sampled cells are trusted; the rest wait in `imported_cells` (or, with
+    // --trust-cells, are served as they are).
+    let verified = check_cells(reg, &staged, &staging.0, opts).map_err(bad)?;
+    let origin = manifest.catalog.blake3.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(opts.max_seconds);
+    let _lock = RegistryLock::shared(&reg.root)?;
+    let mut rep = merge(
+        reg, &staged, &staging.0, bundle, opts, &origin, &verified, deadline,
+    )?;
+    rep.cells_checked = verified.len();
+    drop(_lock);
+    rep.thresholds_computed = recompute_thresholds(reg, &staged)?;
+    Ok(rep)
+}
+
+/// Unpacks a bundle's entries into `dir`, checking each against the manifest (which must come
+/// first) as it streams: names, kinds, sizes, hashes, blob headers. Returns the manifest and
+/// its blobs' declared sizes by hash.
+fn unpack(bundle: &Path, f: File, dir: &Path) -> Result<(Manifest, HashMap<String, u64>)> {
+    let bad = |m: String| Error::format(bundle, m);
     let mut ar = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, f));
     let mut manifest: Option<Manifest> = None;
     let mut declared: HashMap<String, u64> = HashMap::new();
@@ -461,7 +487,7 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
                         m.catalog.bytes
                     )));
                 }
-                let dest = staging.0.join("catalog.db");
+                let dest = dir.join("catalog.db");
                 let hash = copy_hashed(&mut entry, size, &dest)
                     .map_err(|e| bad(format!("catalog.db: {e}")))?;
                 if hash != m.catalog.blake3 {
@@ -483,7 +509,7 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
                 if !got_blobs.insert(h.clone()) {
                     return Err(bad(format!("blob {h} appears twice")));
                 }
-                let dest = staging.0.join(&h);
+                let dest = dir.join(&h);
                 let got = copy_hashed(&mut entry, size, &dest)
                     .map_err(|e| bad(format!("blob {h}: {e}")))?;
                 if got != h {
@@ -516,14 +542,24 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
             missing[0]
         )));
     }
-    // The staged catalog is SQL from a stranger: its schema must be exactly one of ours
-    // before anything runs on it; then it is brought to our schema and its rows checked.
-    let staged = staging.0.join("catalog.db");
-    check_schema(&staged).map_err(|m| bad(format!("catalog.db: {m}")))?;
-    drop(Catalog::open(&staged).map_err(|e| bad(format!("catalog.db: {e}")))?);
-    check_rows(&staged).map_err(|m| bad(format!("catalog.db: {m}")))?;
+    Ok((manifest, declared))
+}
+
+/// Checks a staged catalog before anything of it is merged: exactly prh's schema, brought to
+/// ours, rows that make sense, SQLite's integrity check, every blob row held by the bundle
+/// (with the manifest's size) or by this registry.
+fn check_staged(
+    reg: &Registry,
+    bundle: &Path,
+    staged: &Path,
+    declared: &HashMap<String, u64>,
+) -> Result<()> {
+    let bad = |m: String| Error::format(bundle, m);
+    check_schema(staged).map_err(|m| bad(format!("catalog.db: {m}")))?;
+    drop(Catalog::open(staged).map_err(|e| bad(format!("catalog.db: {e}")))?);
+    check_rows(staged).map_err(|m| bad(format!("catalog.db: {m}")))?;
     {
-        let db = Connection::open(&staged)?;
+        let db = Connection::open(staged)?;
         let ok: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
         if ok != "ok" {
             return Err(bad(format!("catalog.db fails its integrity check: {ok}")));
@@ -552,20 +588,7 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
             }
         }
     }
-    // A sample of the bundle's cached cells is recomputed here: one wrong number refuses the
-    // whole bundle. The sampled cells are trusted; the rest wait in `imported_cells` (or, with
-    // --trust-cells, are served as they are).
-    let verified = check_cells(reg, &staged, &staging.0, opts).map_err(bad)?;
-    let origin = manifest.catalog.blake3.clone();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(opts.max_seconds);
-    let _lock = RegistryLock::shared(&reg.root)?;
-    let mut rep = merge(
-        reg, &staged, &staging.0, bundle, opts, &origin, &verified, deadline,
-    )?;
-    rep.cells_checked = verified.len();
-    drop(_lock);
-    rep.thresholds_computed = recompute_thresholds(reg, &staged)?;
-    Ok(rep)
+    Ok(())
 }
 
 /// Computes from the blobs (never taking the bundle's word) the clamp threshold of every layer

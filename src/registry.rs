@@ -172,11 +172,67 @@ impl Registry {
         self.ingest_file(&file, req)
     }
 
-    /// [`Registry::ingest`] for an already opened file.
+    /// [`Registry::ingest`] for an already opened file: check everything that can be checked
+    /// before writing, seal every layer into a temporary blob, refuse a checkpoint whose
+    /// layers already hold different matrices, then publish the blobs and commit the rows.
     pub fn ingest_file(&mut self, file: &FeatureFile, req: &IngestRequest) -> Result<IngestReport> {
-        let path = &file.path;
-        let n = file.n();
-        // Everything that can be checked before writing a byte is checked here.
+        let (model, dataset) = self.check_ingest(file, req)?;
+        let ck_name = req.checkpoint.as_deref().unwrap_or(DEFAULT_CHECKPOINT);
+        // When this checkpoint already exists (a re-ingest), hash first and write only the
+        // blobs that are missing.
+        let hash_first = match &model {
+            Some(m) => self.catalog.checkpoint(&m.name, ck_name)?.is_some(),
+            None => false,
+        };
+        // From here to the commit, gc may not delete a blob this ingest relies on.
+        let lock = RegistryLock::shared(&self.root)?;
+        let sealed = self.seal_layers(file, hash_first)?;
+        if let (Some(m), Some(ds)) = (&model, &dataset) {
+            self.refuse_changed_layers(file, req, m, ds, ck_name, &sealed)?;
+        }
+        // Publish the blobs (rename into place), then commit all rows in one transaction. If
+        // either fails, the blobs this ingest added are removed again (unless another writer
+        // has named them meanwhile).
+        let mut layers = Vec::with_capacity(sealed.len());
+        let mut added: Vec<BlobHash> = Vec::new();
+        let committed = self
+            .publish(sealed, &mut layers, &mut added)
+            .and_then(|()| self.commit_ingest(file, req, ck_name, &mut layers));
+        drop(lock);
+        let outcome = match committed {
+            Ok(o) => o,
+            Err(e) => {
+                self.discard_blobs(&added);
+                return Err(e);
+            }
+        };
+        Ok(IngestReport {
+            path: file.path.clone(),
+            model: req.model.clone(),
+            checkpoint: ck_name.to_string(),
+            dataset: req.dataset.clone(),
+            n: file.n(),
+            layout: file.layout.name(),
+            dataset_created: outcome.dataset_created,
+            model_created: outcome.model_created,
+            checkpoint_created: outcome.checkpoint_created,
+            layers,
+            scores_changed: outcome.scores_changed,
+            meta_changed: outcome.meta_changed,
+            layouts_recorded: outcome.layouts_recorded,
+            num_params: req.num_params.or(file.meta.num_params),
+        })
+    }
+
+    /// What an ingest can check before writing a byte: the request, n against the dataset's,
+    /// the modality against the model's (or given, for a new model). Returns the model and
+    /// dataset when they exist.
+    fn check_ingest(
+        &self,
+        file: &FeatureFile,
+        req: &IngestRequest,
+    ) -> Result<(Option<Model>, Option<Dataset>)> {
+        let (path, n) = (&file.path, file.n());
         req.validate()?;
         let dataset = self.catalog.dataset(&req.dataset)?;
         if let Some(ds) = &dataset
@@ -209,19 +265,18 @@ impl Registry {
             }
             _ => {}
         }
+        Ok((model, dataset))
+    }
 
-        // Encode every layer (in parallel) into sealed temporary blobs; nothing is published
-        // yet. When this checkpoint already exists (a re-ingest), hash first and write only
-        // the blobs that are missing.
-        let ck_name = req.checkpoint.as_deref().unwrap_or(DEFAULT_CHECKPOINT);
-        let hash_first = match &model {
-            Some(m) => self.catalog.checkpoint(&m.name, ck_name)?.is_some(),
-            None => false,
-        };
-        // From here to the commit, gc may not delete a blob this ingest relies on.
-        let lock = RegistryLock::shared(&self.root)?;
-        let store = &self.store;
-        let sealed = (0..file.layers.len())
+    /// Encodes every layer (in parallel) into a sealed temporary blob; nothing is published
+    /// yet. With `hash_first`, a layer whose blob the store already holds is only hashed.
+    fn seal_layers(
+        &self,
+        file: &FeatureFile,
+        hash_first: bool,
+    ) -> Result<Vec<(Staged, DType, usize)>> {
+        let (path, store) = (&file.path, &self.store);
+        (0..file.layers.len())
             .into_par_iter()
             .map(|li| -> Result<(Staged, DType, usize)> {
                 let view = file.layer(li);
@@ -247,72 +302,49 @@ impl Registry {
                 write_canonical(&view, &mut w).map_err(nonfinite)?;
                 Ok((Staged::Sealed(w.seal()?), view.dtype, view.d))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect()
+    }
 
-        // Refuse a checkpoint whose layers already hold different matrices.
-        if let (Some(m), Some(ds)) = (&model, &dataset)
-            && let Some(ck) = self.catalog.checkpoint(&m.name, ck_name)?
-        {
-            for (layer, (s, _, _)) in sealed.iter().enumerate() {
-                let existing: Option<String> = self
-                        .catalog
-                        .conn()
-                        .query_row(
-                            "SELECT blob_hash FROM representations
-                             WHERE checkpoint_id = ?1 AND dataset_id = ?2 AND layer = ?3 AND pool = ?4",
-                            params![ck.id, ds.id, layer as i64, req.pool],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                if let Some(h) = existing
-                    && h != s.hash().to_hex()
-                {
-                    return Err(Error::format(
-                        path,
-                        format!(
-                            "model {} checkpoint {ck_name} layer {layer} (pool {}, dataset {}) already holds a different representation ({}); ingest it under a new --checkpoint",
-                            m.name,
-                            req.pool,
-                            ds.name,
-                            &h[..12]
-                        ),
-                    ));
-                }
+    /// Refuses a checkpoint whose layers already hold different matrices.
+    fn refuse_changed_layers(
+        &self,
+        file: &FeatureFile,
+        req: &IngestRequest,
+        m: &Model,
+        ds: &Dataset,
+        ck_name: &str,
+        sealed: &[(Staged, DType, usize)],
+    ) -> Result<()> {
+        let Some(ck) = self.catalog.checkpoint(&m.name, ck_name)? else {
+            return Ok(());
+        };
+        for (layer, (s, _, _)) in sealed.iter().enumerate() {
+            let existing: Option<String> = self
+                .catalog
+                .conn()
+                .query_row(
+                    "SELECT blob_hash FROM representations
+                     WHERE checkpoint_id = ?1 AND dataset_id = ?2 AND layer = ?3 AND pool = ?4",
+                    params![ck.id, ds.id, layer as i64, req.pool],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(h) = existing
+                && h != s.hash().to_hex()
+            {
+                return Err(Error::format(
+                    &file.path,
+                    format!(
+                        "model {} checkpoint {ck_name} layer {layer} (pool {}, dataset {}) already holds a different representation ({}); ingest it under a new --checkpoint",
+                        m.name,
+                        req.pool,
+                        ds.name,
+                        &h[..12]
+                    ),
+                ));
             }
         }
-
-        // Publish the blobs (rename into place), then commit all rows in one transaction. If
-        // either fails, the blobs this ingest added are removed again (unless another writer
-        // has named them meanwhile).
-        let mut layers = Vec::with_capacity(sealed.len());
-        let mut added: Vec<BlobHash> = Vec::new();
-        let committed = self
-            .publish(sealed, &mut layers, &mut added)
-            .and_then(|()| self.commit_ingest(file, req, ck_name, &mut layers));
-        drop(lock);
-        let outcome = match committed {
-            Ok(o) => o,
-            Err(e) => {
-                self.discard_blobs(&added);
-                return Err(e);
-            }
-        };
-        Ok(IngestReport {
-            path: path.clone(),
-            model: req.model.clone(),
-            checkpoint: ck_name.to_string(),
-            dataset: req.dataset.clone(),
-            n,
-            layout: file.layout.name(),
-            dataset_created: outcome.dataset_created,
-            model_created: outcome.model_created,
-            checkpoint_created: outcome.checkpoint_created,
-            layers,
-            scores_changed: outcome.scores_changed,
-            meta_changed: outcome.meta_changed,
-            layouts_recorded: outcome.layouts_recorded,
-            num_params: req.num_params.or(file.meta.num_params),
-        })
+        Ok(())
     }
 
     /// Renames sealed blobs into place, recording each layer and every blob that is new.
