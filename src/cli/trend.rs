@@ -1,7 +1,7 @@
 //! `prh trend`: alignment vs. performance over models — correlations, fit, interval, verdict, plot.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -95,6 +95,8 @@ pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
         bootstrap: a.ci_resamples,
         seed: a.stats.seed,
     };
+    // The model-pair scores: raw from the cache (or computed with --compute), and with
+    // --calibrated both from one sweep with a permutation null.
     let (raw_pairs, calibrated_pairs) = if a.calibrated {
         let p = if a.stats.null == 0 { 200 } else { a.stats.null };
         let results = compute(
@@ -126,54 +128,68 @@ pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
         .map(|c| analysis::trend(&reg, &req, &c))
         .transpose()?;
     if let Some(p) = &a.plot {
-        prh::plot::trend(p, &raw, &a.perf, &label(&spec, a.metric.reduce))?;
-        if let Some(c) = &cal {
-            let cp = p.with_file_name(format!(
-                "{}-calibrated.{}",
-                p.file_stem().and_then(|s| s.to_str()).unwrap_or("trend"),
-                p.extension().and_then(|s| s.to_str()).unwrap_or("svg")
-            ));
-            let what = format!("calibrated {}", label(&spec, a.metric.reduce));
-            prh::plot::trend(&cp, c, &a.perf, &what)?;
-            eprintln!("plots: {} and {}", p.display(), cp.display());
-        } else {
-            eprintln!("plot: {}", p.display());
+        plot(
+            p,
+            &raw,
+            cal.as_ref(),
+            &a.perf,
+            &label(&spec, a.metric.reduce),
+        )?;
+    }
+    write(&a.out, &raw, cal.as_ref())
+}
+
+/// The scatter plot(s): the raw trend at `p`, the calibrated one beside it (`NAME-calibrated`).
+fn plot(
+    p: &Path,
+    raw: &analysis::Trend,
+    cal: Option<&analysis::Trend>,
+    perf: &str,
+    what: &str,
+) -> Result<()> {
+    prh::plot::trend(p, raw, perf, what)?;
+    let Some(c) = cal else {
+        eprintln!("plot: {}", p.display());
+        return Ok(());
+    };
+    let cp = p.with_file_name(format!(
+        "{}-calibrated.{}",
+        p.file_stem().and_then(|s| s.to_str()).unwrap_or("trend"),
+        p.extension().and_then(|s| s.to_str()).unwrap_or("svg")
+    ));
+    prh::plot::trend(&cp, c, perf, &format!("calibrated {what}"))?;
+    eprintln!("plots: {} and {}", p.display(), cp.display());
+    Ok(())
+}
+
+/// Writes the trend(s) in the chosen format: JSON objects, or one row per model (with a
+/// `calibrated` column when there is one) followed, in a table, by the statistics.
+fn write(out: &OutArgs, raw: &analysis::Trend, cal: Option<&analysis::Trend>) -> Result<()> {
+    if let QueryFormat::Json = out.format {
+        let v = match cal {
+            Some(c) => serde_json::json!({"raw": raw, "calibrated": c}),
+            None => serde_json::to_value(raw)?,
+        };
+        let mut w = out.writer()?;
+        serde_json::to_writer_pretty(&mut w, &v)?;
+        writeln!(w)?;
+        return Ok(());
+    }
+    let mut rows = to_rows(&raw.models);
+    if let Some(c) = cal {
+        for (r, cp) in rows.iter_mut().zip(&c.models) {
+            r["calibrated"] = cp.alignment.into();
         }
     }
-    match a.out.format {
-        QueryFormat::Json => {
-            let v = match &cal {
-                Some(c) => serde_json::json!({"raw": raw, "calibrated": c}),
-                None => serde_json::to_value(&raw)?,
-            };
-            let mut w = a.out.writer()?;
-            serde_json::to_writer_pretty(&mut w, &v)?;
-            writeln!(w)?;
-        }
-        QueryFormat::Table => {
-            let mut w = a.out.writer()?;
-            let mut rows = to_rows(&raw.models);
-            if let Some(c) = &cal {
-                for (r, cp) in rows.iter_mut().zip(&c.models) {
-                    r["calibrated"] = cp.alignment.into();
-                }
-            }
-            output::render_values(&rows, Format::Table, &mut w)?;
-            writeln!(w)?;
-            print_stats(&mut w, "raw", &raw)?;
-            if let Some(c) = &cal {
-                print_stats(&mut w, "calibrated", c)?;
-            }
-        }
-        _ => {
-            let mut rows = to_rows(&raw.models);
-            if let Some(c) = &cal {
-                for (r, cp) in rows.iter_mut().zip(&c.models) {
-                    r["calibrated"] = cp.alignment.into();
-                }
-            }
-            a.out.rows(&rows)?
-        }
+    let QueryFormat::Table = out.format else {
+        return out.rows(&rows);
+    };
+    let mut w = out.writer()?;
+    output::render_values(&rows, Format::Table, &mut w)?;
+    writeln!(w)?;
+    print_stats(&mut w, "raw", raw)?;
+    if let Some(c) = cal {
+        print_stats(&mut w, "calibrated", c)?;
     }
     Ok(())
 }
