@@ -599,6 +599,32 @@ pub fn sweep(
     req: &SweepRequest,
     progress: &dyn Progress,
 ) -> Result<Vec<PairResult>> {
+    let (xs, ys) = resolve(reg, req)?;
+    let preps = checkpoint_preps(reg, xs.iter().chain(ys.iter()), req.prep)?;
+    let set = PairSet {
+        pairs: xs
+            .iter()
+            .flat_map(|x| ys.iter().map(move |y| (x, y)))
+            .filter(|(x, y)| x.checkpoint_id != y.checkpoint_id)
+            .collect(),
+        keys: req.specs.iter().map(metric_key).collect(),
+        preps,
+    };
+    let (mut tables, todo) = cached_tables(reg, &set)?;
+    let computed = compute_missing(reg, req, &set, &todo, &mut tables, progress)?;
+    let mut out = report(reg, req, &set, &tables, &computed)?;
+    if req.null > 0 || req.bootstrap > 0 {
+        add_statistics(reg, req, &set.pairs, &set.preps, &mut out, progress)?;
+    }
+    Ok(out)
+}
+
+/// The x and y checkpoints a request selects, on one dataset, with its metrics validated for
+/// that dataset's n.
+fn resolve(
+    reg: &Registry,
+    req: &SweepRequest,
+) -> Result<(Vec<CheckpointLayers>, Vec<CheckpointLayers>)> {
     let xm = select_models(reg, &req.x)?;
     let ym = select_models(reg, &req.y)?;
     let mut all_models = xm.clone();
@@ -624,26 +650,43 @@ pub fn sweep(
     for s in &req.specs {
         s.validate(n)?;
     }
-    // Prep keys (clamp thresholds) once per checkpoint.
+    Ok((xs, ys))
+}
+
+/// Prep keys (clamp thresholds) once per checkpoint.
+fn checkpoint_preps<'a>(
+    reg: &Registry,
+    checkpoints: impl Iterator<Item = &'a CheckpointLayers>,
+    prep: Prep,
+) -> Result<HashMap<i64, CheckpointPrep>> {
     let mut preps: HashMap<i64, CheckpointPrep> = HashMap::new();
-    for ck in xs.iter().chain(ys.iter()) {
+    for ck in checkpoints {
         if let std::collections::hash_map::Entry::Vacant(e) = preps.entry(ck.checkpoint_id) {
-            e.insert(checkpoint_prep(reg, ck, req.prep)?);
+            e.insert(checkpoint_prep(reg, ck, prep)?);
         }
     }
-    let pairs: Vec<(&CheckpointLayers, &CheckpointLayers)> = xs
-        .iter()
-        .flat_map(|x| ys.iter().map(move |y| (x, y)))
-        .filter(|(x, y)| x.checkpoint_id != y.checkpoint_id)
-        .collect();
+    Ok(preps)
+}
 
-    // Which cells are cached? One catalog statement per model pair and metric.
-    let keys: Vec<MetricKey> = req.specs.iter().map(metric_key).collect();
-    // tables[pi][si]: the pair's layer × layer values, row-major; None until known.
-    let mut tables: Vec<Vec<Vec<Option<f64>>>> = Vec::with_capacity(pairs.len());
-    let mut missing_total = 0u64;
-    let mut todo: Vec<Vec<(usize, usize, usize)>> = Vec::with_capacity(pairs.len());
-    for (x, y) in &pairs {
+/// The model pairs of a sweep (x checkpoint × y checkpoint), the cache key of each metric, and
+/// each checkpoint's prep keys.
+struct PairSet<'a> {
+    pairs: Vec<(&'a CheckpointLayers, &'a CheckpointLayers)>,
+    keys: Vec<MetricKey>,
+    preps: HashMap<i64, CheckpointPrep>,
+}
+
+/// Per pair and metric, the layer × layer values (row-major; `None` until known).
+type Tables = Vec<Vec<Vec<Option<f64>>>>;
+/// Per pair, its missing cells as (metric, x layer, y layer).
+type Todo = Vec<Vec<(usize, usize, usize)>>;
+
+/// Which cells are cached? One catalog statement per model pair and metric orientation.
+fn cached_tables(reg: &Registry, set: &PairSet) -> Result<(Tables, Todo)> {
+    let (pairs, keys, preps) = (&set.pairs, &set.keys, &set.preps);
+    let mut tables: Tables = Vec::with_capacity(pairs.len());
+    let mut todo: Todo = Vec::with_capacity(pairs.len());
+    for (x, y) in pairs {
         let ny = y.layers.len();
         let mut per_spec = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
@@ -651,7 +694,7 @@ pub fn sweep(
             let mut t = vec![None; x.layers.len() * ny];
             for (i, j, v) in reg
                 .catalog
-                .cached_cells(key, side(x, &preps), side(y, &preps))?
+                .cached_cells(key, side(x, preps), side(y, preps))?
             {
                 t[i * ny + j] = Some(v);
             }
@@ -663,18 +706,31 @@ pub fn sweep(
             );
             per_spec.push(t);
         }
-        missing_total += missing.len() as u64;
         todo.push(missing);
         tables.push(per_spec);
     }
 
-    // Compute what is missing, one model pair at a time, committing as we go.
+    Ok((tables, todo))
+}
+
+/// Computes what is missing, one model pair at a time, committing as it goes; fills `tables`
+/// and returns how many cells were computed per (pair, metric).
+fn compute_missing(
+    reg: &mut Registry,
+    req: &SweepRequest,
+    set: &PairSet,
+    todo: &Todo,
+    tables: &mut Tables,
+    progress: &dyn Progress,
+) -> Result<HashMap<(usize, usize), usize>> {
+    let (pairs, keys, preps) = (&set.pairs, &set.keys, &set.preps);
+    let missing_total: u64 = todo.iter().map(|t| t.len() as u64).sum();
     let mut computed: HashMap<(usize, usize), usize> = HashMap::new();
     let mut ties_stored: HashSet<(BlobHash, String, usize)> = HashSet::new();
     if missing_total > 0 {
         progress.start(missing_total);
         let mut cache = DerivedCache::new(req.mem_budget);
-        let plan = compute_order(&pairs, req.mem_budget);
+        let plan = compute_order(pairs, req.mem_budget);
         let mut last_other: Option<i64> = None;
         for &pi in &plan.order {
             let (x, y) = pairs[pi];
@@ -704,7 +760,7 @@ pub fn sweep(
                 ))
             })?;
             reg.catalog
-                .store_cells(&keys, side(x, &preps), side(y, &preps), &results)?;
+                .store_cells(keys, side(x, preps), side(y, preps), &results)?;
             // Each layer's tied rows, while its neighbour lists are at hand.
             for spec in req.specs.iter().filter(|s| s.metric.uses_k()) {
                 for (ck, p, d) in [(x, px, &dx), (y, py, &dy)] {
@@ -723,7 +779,18 @@ pub fn sweep(
         }
     }
 
-    // Report every pair from the (now complete) cell values.
+    Ok(computed)
+}
+
+/// Reports every pair from the (now complete) cell values.
+fn report(
+    reg: &Registry,
+    req: &SweepRequest,
+    set: &PairSet,
+    tables: &Tables,
+    computed: &HashMap<(usize, usize), usize>,
+) -> Result<Vec<PairResult>> {
+    let (pairs, preps) = (&set.pairs, &set.preps);
     let mut out: Vec<PairResult> = Vec::new();
     for (si, spec) in req.specs.iter().enumerate() {
         for (pi, (x, y)) in pairs.iter().enumerate() {
@@ -777,9 +844,6 @@ pub fn sweep(
                 y_checkpoint_id: y.checkpoint_id,
             });
         }
-    }
-    if req.null > 0 || req.bootstrap > 0 {
-        add_statistics(reg, req, &pairs, &preps, &mut out, progress)?;
     }
     Ok(out)
 }
