@@ -7,27 +7,31 @@
 
 use std::time::Instant;
 
-use prh::catalog::{Catalog, CellSide, MetricKey, NewCell};
+use prh::catalog::{Catalog, CellSide, MetricKey, NewCell, side_ids};
 use prh::store::BlobHash;
 
 const LAYERS: usize = 24;
 const X_MODELS: usize = 60;
 const Y_MODELS: usize = 29;
 
-/// A model's layers: distinct blob hashes and the prep key of its checkpoint's threshold.
-fn model(seed: usize) -> (Vec<BlobHash>, Vec<String>) {
-    let hashes = (0..LAYERS)
+/// A model's layers: distinct blob hashes, the prep key of its checkpoint's threshold, and
+/// their cache side ids.
+fn model(seed: usize) -> (Vec<BlobHash>, Vec<String>, Vec<i64>) {
+    let hashes: Vec<BlobHash> = (0..LAYERS)
         .map(|l| BlobHash(*blake3::hash(format!("model {seed} layer {l}").as_bytes()).as_bytes()))
         .collect();
     let t = 1.0f32 + seed as f32 / 100.0;
     let prep = format!("clamp(q=0.95,t=0x{:08x});l2", t.to_bits());
-    (hashes, vec![prep; LAYERS])
+    let preps = vec![prep; LAYERS];
+    let ids = side_ids(&hashes, &preps);
+    (hashes, preps, ids)
 }
 
-fn side(m: &(Vec<BlobHash>, Vec<String>)) -> CellSide<'_> {
+fn side(m: &(Vec<BlobHash>, Vec<String>, Vec<i64>)) -> CellSide<'_> {
     CellSide {
         hashes: &m.0,
         preps: &m.1,
+        ids: &m.2,
     }
 }
 

@@ -904,10 +904,9 @@ fn check_cell_keys(db: &Connection) -> std::result::Result<(), String> {
         .map_err(e)?;
     for row in rows {
         let ok = match &row {
+            // The hash must be one prh writes: 64 lower-case hex digits.
             (Value::Integer(id), Value::Text(h), Value::Text(p)) => {
-                h.len() == 64
-                    && h.bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                h.parse::<BlobHash>().is_ok_and(|b| b.to_hex() == *h)
                     && crate::catalog::side_id(h, p) == *id
             }
             _ => false,

@@ -16,7 +16,7 @@ use crate::store::BlobHash;
 
 mod cells;
 pub(crate) use cells::register_functions;
-pub use cells::{CellSide, MetricKey, NewCell, metric_id, side_id};
+pub use cells::{CellSide, MetricKey, NewCell, metric_id, side_id, side_ids};
 
 /// The migrations, in order. Index + 1 is the schema version each one produces.
 pub const MIGRATIONS: &[(&str, &str)] = &[

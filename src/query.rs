@@ -403,15 +403,22 @@ struct Side<'i> {
 }
 
 /// The cache key dictionaries, read once per query: every side whose blob a representation
-/// names, every metric of a current version that passes the filter, and the (metric, params,
-/// prep) key of each combination of a metric and two prep kinds.
+/// names, and every metric of a current version that passes the filter. A cell's (metric,
+/// params, prep) key is numbered by its (name, x kind, y kind) indices ([`Dictionary::key`]).
 struct Dictionary<'i> {
     sides: HashMap<i64, Side<'i>>,
     /// (metric id, index into `names`, symmetric).
     metrics: Vec<(i64, usize, bool)>,
     names: Vec<(String, String)>,
     kinds: Vec<String>,
-    keys: HashMap<(usize, usize, usize), u32>,
+}
+
+/// The index of `v` in `list`, appending it when it is new.
+fn intern<T: PartialEq>(list: &mut Vec<T>, v: T) -> usize {
+    list.iter().position(|x| *x == v).unwrap_or_else(|| {
+        list.push(v);
+        list.len() - 1
+    })
 }
 
 impl<'i> Dictionary<'i> {
@@ -436,15 +443,7 @@ impl<'i> Dictionary<'i> {
             if version as i64 != v || !wanted {
                 continue;
             }
-            let name = (m, p);
-            let at = match names.iter().position(|n| *n == name) {
-                Some(at) => at,
-                None => {
-                    names.push(name);
-                    names.len() - 1
-                }
-            };
-            metrics.push((id, at, symmetric));
+            metrics.push((id, intern(&mut names, (m, p)), symmetric));
         }
         let mut kinds: Vec<String> = Vec::new();
         let mut sides = HashMap::new();
@@ -455,14 +454,7 @@ impl<'i> Dictionary<'i> {
             let Some(reps) = idx.by_hash.get(hash.as_bytes()) else {
                 continue;
             };
-            let kind = prep_kind(&prep, filter.scope);
-            let kind = match kinds.iter().position(|k| *k == kind) {
-                Some(at) => at,
-                None => {
-                    kinds.push(kind);
-                    kinds.len() - 1
-                }
-            };
+            let kind = intern(&mut kinds, prep_kind(&prep, filter.scope));
             sides.insert(
                 id,
                 Side {
@@ -473,26 +465,34 @@ impl<'i> Dictionary<'i> {
                 },
             );
         }
-        let mut keys = HashMap::new();
-        for n in 0..names.len() {
-            for a in 0..kinds.len() {
-                for b in 0..kinds.len() {
-                    let id = keys.len() as u32;
-                    keys.insert((n, a, b), id);
-                }
-            }
-        }
         Ok(Dictionary {
             sides,
             metrics,
             names,
             kinds,
-            keys,
         })
     }
 
-    /// The (metric, params, prep) of a key: one prep kind, or `x|y` when the sides differ.
-    fn key_name(&self, (n, a, b): (usize, usize, usize)) -> (String, String, String) {
+    /// How many keys [`Dictionary::key`] can number.
+    fn key_count(&self) -> usize {
+        self.names.len() * self.kinds.len() * self.kinds.len()
+    }
+
+    /// The number of the key of metric name `n` with prep kinds `a` (x) and `b` (y).
+    fn key(&self, n: usize, a: usize, b: usize) -> u32 {
+        let k = self.kinds.len();
+        ((n * k + a) * k + b) as u32
+    }
+
+    /// The (metric, params, prep) of key number `key`: one prep kind, or `x|y` when the
+    /// sides differ.
+    fn key_name(&self, key: u32) -> (String, String, String) {
+        let k = self.kinds.len();
+        let (n, a, b) = (
+            key as usize / (k * k),
+            key as usize / k % k,
+            key as usize % k,
+        );
         let (m, p) = self.names[n].clone();
         let prep = if a == b {
             self.kinds[a].clone()
@@ -523,7 +523,7 @@ fn scan(
             let (Some(sx), Some(sy)) = (dict.sides.get(&x), dict.sides.get(&y)) else {
                 continue; // a blob no representation names
             };
-            let k = dict.keys[&(name, sx.kind, sy.kind)];
+            let k = dict.key(name, sx.kind, sy.kind);
             let v: f64 = r.get(2)?;
             let mut emit = |a: u32, b: u32| {
                 part.xs.push(a);
@@ -613,15 +613,11 @@ pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cell
         all.value.extend(part.value);
     }
     // Number the keys that occur, in order of first occurrence.
-    let mut by_combo: Vec<(usize, usize, usize)> = vec![(0, 0, 0); dict.keys.len()];
-    for (&combo, &k) in &dict.keys {
-        by_combo[k as usize] = combo;
-    }
-    let mut renumber: Vec<Option<u32>> = vec![None; dict.keys.len()];
+    let mut renumber: Vec<Option<u32>> = vec![None; dict.key_count()];
     let mut names = Vec::new();
     for k in all.key.iter_mut() {
         *k = *renumber[*k as usize].get_or_insert_with(|| {
-            names.push(dict.key_name(by_combo[*k as usize]));
+            names.push(dict.key_name(*k));
             names.len() as u32 - 1
         });
     }

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::catalog::{CellSide, MetricKey, NewCell, RepFilter};
+use crate::catalog::{CellSide, MetricKey, NewCell, RepFilter, side_ids};
 use crate::engine::Reduce;
 use crate::error::{Error, Result};
 use crate::metrics::{ClampScope, Derived, Layout, MetricSpec, Prep, Scope, Ties, prep};
@@ -168,11 +168,12 @@ pub trait Progress: Sync {
 pub struct Silent;
 impl Progress for Silent {}
 
-/// A checkpoint as the cell cache sees it: its layers' blobs and prep keys.
-fn side<'a>(ck: &'a CheckpointLayers, preps: &'a HashMap<i64, CheckpointPrep>) -> CellSide<'a> {
+/// A checkpoint as the cell cache sees it: its layers' blobs, prep keys and side ids.
+fn side<'a>(ck: &'a CheckpointLayers, set: &'a PairSet) -> CellSide<'a> {
     CellSide {
         hashes: &ck.layers,
-        preps: &preps[&ck.checkpoint_id].keys,
+        preps: &set.preps[&ck.checkpoint_id].keys,
+        ids: &set.side_ids[&ck.checkpoint_id],
     }
 }
 
@@ -608,6 +609,14 @@ pub fn sweep(
             .filter(|(x, y)| x.checkpoint_id != y.checkpoint_id)
             .collect(),
         keys: req.specs.iter().map(metric_key).collect(),
+        side_ids: xs
+            .iter()
+            .chain(ys.iter())
+            .map(|ck| {
+                let ids = side_ids(&ck.layers, &preps[&ck.checkpoint_id].keys);
+                (ck.checkpoint_id, ids)
+            })
+            .collect(),
         preps,
     };
     let (mut tables, todo) = cached_tables(reg, &set)?;
@@ -669,11 +678,12 @@ fn checkpoint_preps<'a>(
 }
 
 /// The model pairs of a sweep (x checkpoint × y checkpoint), the cache key of each metric, and
-/// each checkpoint's prep keys.
+/// each checkpoint's prep keys and cache side ids (by checkpoint id).
 struct PairSet<'a> {
     pairs: Vec<(&'a CheckpointLayers, &'a CheckpointLayers)>,
     keys: Vec<MetricKey>,
     preps: HashMap<i64, CheckpointPrep>,
+    side_ids: HashMap<i64, Vec<i64>>,
 }
 
 /// Per pair and metric, the layer × layer values (row-major; `None` until known).
@@ -683,7 +693,7 @@ type Todo = Vec<Vec<(usize, usize, usize)>>;
 
 /// Which cells are cached? One catalog statement per model pair and metric orientation.
 fn cached_tables(reg: &Registry, set: &PairSet) -> Result<(Tables, Todo)> {
-    let (pairs, keys, preps) = (&set.pairs, &set.keys, &set.preps);
+    let (pairs, keys) = (&set.pairs, &set.keys);
     let mut tables: Tables = Vec::with_capacity(pairs.len());
     let mut todo: Todo = Vec::with_capacity(pairs.len());
     for (x, y) in pairs {
@@ -692,10 +702,7 @@ fn cached_tables(reg: &Registry, set: &PairSet) -> Result<(Tables, Todo)> {
         let mut missing = Vec::new();
         for (si, key) in keys.iter().enumerate() {
             let mut t = vec![None; x.layers.len() * ny];
-            for (i, j, v) in reg
-                .catalog
-                .cached_cells(key, side(x, preps), side(y, preps))?
-            {
+            for (i, j, v) in reg.catalog.cached_cells(key, side(x, set), side(y, set))? {
                 t[i * ny + j] = Some(v);
             }
             missing.extend(
@@ -760,7 +767,7 @@ fn compute_missing(
                 ))
             })?;
             reg.catalog
-                .store_cells(keys, side(x, preps), side(y, preps), &results)?;
+                .store_cells(keys, side(x, set), side(y, set), &results)?;
             // Each layer's tied rows, while its neighbour lists are at hand.
             for spec in req.specs.iter().filter(|s| s.metric.uses_k()) {
                 for (ck, p, d) in [(x, px, &dx), (y, py, &dy)] {

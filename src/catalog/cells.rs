@@ -34,22 +34,22 @@ impl MetricKey {
     }
 }
 
-/// One side of a model pair as the cache sees it: each layer's blob and preparation key.
+/// One side of a model pair as the cache sees it: each layer's blob, preparation key and side
+/// id ([`side_ids`] of the two, formed once per checkpoint by the caller, not once per lookup).
 #[derive(Debug, Clone, Copy)]
 pub struct CellSide<'a> {
     pub hashes: &'a [BlobHash],
     pub preps: &'a [String],
+    pub ids: &'a [i64],
 }
 
-impl CellSide<'_> {
-    /// Each layer's side id.
-    fn ids(&self) -> Vec<i64> {
-        self.hashes
-            .iter()
-            .zip(self.preps)
-            .map(|(h, p)| side_id(&h.to_hex(), p))
-            .collect()
-    }
+/// Each layer's side id.
+pub fn side_ids(hashes: &[BlobHash], preps: &[String]) -> Vec<i64> {
+    hashes
+        .iter()
+        .zip(preps)
+        .map(|(h, p)| side_id(&h.to_hex(), p))
+        .collect()
 }
 
 /// Layer indices by side id; a blob may serve several layers.
@@ -130,9 +130,8 @@ impl Catalog {
         x: CellSide,
         y: CellSide,
     ) -> Result<Vec<(usize, usize, f64)>> {
-        let (idx, idy) = (x.ids(), y.ids());
-        let (ix, iy) = (layers_by_id(&idx), layers_by_id(&idy));
-        let (jx, jy) = (json_array(&idx), json_array(&idy));
+        let (ix, iy) = (layers_by_id(x.ids), layers_by_id(y.ids));
+        let (jx, jy) = (json_array(x.ids), json_array(y.ids));
         let mut st = self.conn.prepare_cached(FIND)?;
         let mut out = Vec::new();
         let orientations: &[bool] = if m.symmetric {
@@ -167,46 +166,34 @@ impl Catalog {
         y: CellSide,
         cells: &[NewCell],
     ) -> Result<()> {
-        let (idx, idy) = (x.ids(), y.ids());
         let mids: Vec<i64> = keys.iter().map(MetricKey::id).collect();
         self.write(|tx| {
             for (k, &id) in keys.iter().zip(&mids) {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO cell_metrics (id, metric, version, params) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![id, k.metric, k.version, k.params])?;
-                let same: bool = tx
-                    .prepare_cached(
-                        "SELECT metric = ?2 AND version = ?3 AND params = ?4 FROM cell_metrics WHERE id = ?1",
-                    )?
-                    .query_row(params![id, k.metric, k.version, k.params], |r| r.get(0))?;
-                if !same {
-                    return Err(collision(&format!("metric {}({})", k.metric, k.params)));
-                }
+                claim(
+                    tx,
+                    "cell_metrics (id, metric, version, params) VALUES (?1, ?2, ?3, ?4)",
+                    "metric = ?2 AND version = ?3 AND params = ?4 FROM cell_metrics",
+                    params![id, k.metric, k.version, k.params],
+                    || format!("metric {}({})", k.metric, k.params),
+                )?;
             }
-            for side in [(&x, &idx), (&y, &idy)] {
-                let (s, ids) = side;
-                for ((h, p), &id) in s.hashes.iter().zip(s.preps).zip(ids) {
+            for s in [&x, &y] {
+                for ((h, p), &id) in s.hashes.iter().zip(s.preps).zip(s.ids) {
                     let hex = h.to_hex();
-                    tx.prepare_cached(
-                        "INSERT OR IGNORE INTO cell_sides (id, hash, prep) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![id, hex, p])?;
-                    let same: bool = tx
-                        .prepare_cached(
-                            "SELECT hash = ?2 AND prep = ?3 FROM cell_sides WHERE id = ?1",
-                        )?
-                        .query_row(params![id, hex, p], |r| r.get(0))?;
-                    if !same {
-                        return Err(collision(&format!("blob {hex} prepared {p}")));
-                    }
+                    claim(
+                        tx,
+                        "cell_sides (id, hash, prep) VALUES (?1, ?2, ?3)",
+                        "hash = ?2 AND prep = ?3 FROM cell_sides",
+                        params![id, hex, p],
+                        || format!("blob {hex} prepared {p}"),
+                    )?;
                 }
             }
             let mut ins = tx.prepare_cached(
                 "INSERT OR IGNORE INTO cells (m, x, y, value, micros) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for &(mi, i, j, v, secs) in cells {
-                let (mut a, mut b) = ((&x.hashes[i], idx[i]), (&y.hashes[j], idy[j]));
+                let (mut a, mut b) = ((&x.hashes[i], x.ids[i]), (&y.hashes[j], y.ids[j]));
                 if keys[mi].symmetric && b.0 < a.0 {
                     std::mem::swap(&mut a, &mut b);
                 }
@@ -218,10 +205,28 @@ impl Catalog {
     }
 }
 
-fn collision(what: &str) -> Error {
-    Error::Invalid(format!(
-        "the cache id of {what} is already taken by another key (a 64-bit hash collision); nothing stored — please report it"
-    ))
+/// Enters a key in a dictionary (`INSERT OR IGNORE INTO {insert}`, ?1 the id) and checks that
+/// the row under its id is this key (`SELECT {same} WHERE id = ?1`): a different one would be
+/// a 64-bit collision, refused rather than mixed up.
+fn claim(
+    tx: &rusqlite::Transaction,
+    insert: &str,
+    same: &str,
+    key: &[&dyn rusqlite::ToSql],
+    what: impl Fn() -> String,
+) -> Result<()> {
+    tx.prepare_cached(&format!("INSERT OR IGNORE INTO {insert}"))?
+        .execute(key)?;
+    let same: bool = tx
+        .prepare_cached(&format!("SELECT {same} WHERE id = ?1"))?
+        .query_row(key, |r| r.get(0))?;
+    if same {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "the cache id of {} is already taken by another key (a 64-bit hash collision); nothing stored — please report it",
+        what()
+    )))
 }
 
 #[cfg(test)]
@@ -229,7 +234,8 @@ mod tests {
     use super::*;
 
     fn side<'a>(hashes: &'a [BlobHash], preps: &'a [String]) -> CellSide<'a> {
-        CellSide { hashes, preps }
+        let ids = Box::leak(side_ids(hashes, preps).into_boxed_slice());
+        CellSide { hashes, preps, ids }
     }
 
     fn h(b: u8) -> BlobHash {

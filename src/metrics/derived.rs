@@ -671,15 +671,17 @@ fn top_k_scan(
     buf: &mut Vec<(f32, u32)>,
 ) {
     const BLOCK: usize = 16;
-    let key = total_key;
     buf.clear();
     if k == 0 {
         return;
     }
     for (c, block) in row.chunks(BLOCK).enumerate() {
         if buf.len() == k {
-            let kth = key(buf[k - 1].0);
-            if !block.iter().fold(false, |any, &v| any | (key(v) > kth)) {
+            let kth = total_key(buf[k - 1].0);
+            if !block
+                .iter()
+                .fold(false, |any, &v| any | (total_key(v) > kth))
+            {
                 continue;
             }
         }
@@ -690,12 +692,12 @@ fn top_k_scan(
             }
             if buf.len() == k {
                 // Scanning in index order: an equal value never beats an earlier index.
-                if key(v) <= key(buf[k - 1].0) {
+                if total_key(v) <= total_key(buf[k - 1].0) {
                     continue;
                 }
                 buf.pop();
             }
-            let pos = buf.partition_point(|&(b, _)| key(b) >= key(v));
+            let pos = buf.partition_point(|&(b, _)| total_key(b) >= total_key(v));
             buf.insert(pos, (v, j as u32));
         }
     }
