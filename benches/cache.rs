@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use prh::catalog::{Catalog, CellSide, MetricKey, NewCell, side_ids};
+use prh::catalog::{Catalog, CellSide, MetricKey, NewCell, SqliteCatalog, side_ids};
 use prh::store::BlobHash;
 
 const LAYERS: usize = 24;
@@ -38,7 +38,7 @@ fn side(m: &(Vec<BlobHash>, Vec<String>, Vec<i64>)) -> CellSide<'_> {
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.db");
-    let mut cat = Catalog::create(&path).unwrap();
+    let mut cat = SqliteCatalog::create(&path).unwrap();
     let key = MetricKey {
         metric: "mutual_knn",
         version: 1,
@@ -59,10 +59,10 @@ fn main() {
     }
     let store = t.elapsed().as_secs_f64();
     let n = X_MODELS * Y_MODELS * LAYERS * LAYERS;
-    cat.conn()
-        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-        .unwrap();
+    // Closing the last connection checkpoints the write-ahead log into catalog.db.
+    drop(cat);
     let bytes = std::fs::metadata(&path).unwrap().len();
+    let cat = SqliteCatalog::open(&path).unwrap();
     let t = Instant::now();
     let mut found = 0;
     for x in &xs {

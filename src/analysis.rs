@@ -178,17 +178,17 @@ fn perf_of(
     perf: &str,
     lower_is_better: Option<bool>,
 ) -> Result<(HashMap<i64, f64>, bool)> {
-    let mut st = reg
-        .catalog
-        .conn()
-        .prepare("SELECT checkpoint_id, value, higher_is_better FROM scores WHERE name = ?1")?;
     let mut out = HashMap::new();
     let mut stored = None;
-    let mut rows = st.query([perf])?;
-    while let Some(r) = rows.next()? {
-        out.insert(r.get::<_, i64>(0)?, r.get::<_, f64>(1)?);
-        if let Some(h) = r.get::<_, Option<i64>>(2)? {
-            stored = Some(h != 0);
+    for s in reg
+        .catalog
+        .scores(None)?
+        .into_iter()
+        .filter(|s| s.name == perf)
+    {
+        out.insert(s.checkpoint_id, s.value);
+        if let Some(h) = s.higher_is_better {
+            stored = Some(h);
         }
     }
     let higher = lower_is_better.map(|l| !l).or(stored).unwrap_or(true);

@@ -14,16 +14,15 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, MIGRATIONS};
+use crate::catalog::sqlite::snapshot;
+use crate::catalog::{CellRow, CellTable, MIGRATIONS, MergeOptions};
 use crate::error::{Error, Result};
 use crate::lock::RegistryLock;
 use crate::matrix;
 use crate::metrics::{Derived, Kernel, Metric, MetricSpec, Scope, prep};
 use crate::registry::Registry;
-use crate::registry::validate_name;
 use crate::rng::Rng;
 use crate::store::{Blob, BlobHash, BlobStore};
 
@@ -98,73 +97,21 @@ pub struct ExportReport {
 pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<ExportReport> {
     let staging = Staging::new(reg, "export")?;
     let snap = staging.0.join("catalog.db");
-    reg.catalog
-        .conn()
-        .execute("VACUUM INTO ?1", [snap.to_string_lossy().as_ref()])?;
-    {
-        let db = Connection::open(&snap)?;
-        db.pragma_update(None, "journal_mode", "DELETE")?;
-        if let Some(keep) = models {
-            for m in keep {
-                let found: i64 =
-                    db.query_row("SELECT count(*) FROM models WHERE name = ?1", [m], |r| {
-                        r.get(0)
-                    })?;
-                if found == 0 {
-                    return Err(Error::Invalid(format!("no model named {m} to export")));
-                }
-            }
-            db.execute_batch("CREATE TEMP TABLE keep (name TEXT PRIMARY KEY)")?;
-            for m in keep {
-                db.execute("INSERT OR IGNORE INTO keep VALUES (?1)", [m])?;
-            }
-            db.execute_batch(
-                "PRAGMA foreign_keys = OFF;
-                 DELETE FROM scores WHERE checkpoint_id IN (SELECT c.id FROM checkpoints c JOIN models m ON m.id = c.model_id WHERE m.name NOT IN (SELECT name FROM keep));
-                 DELETE FROM checkpoint_meta WHERE checkpoint_id IN (SELECT c.id FROM checkpoints c JOIN models m ON m.id = c.model_id WHERE m.name NOT IN (SELECT name FROM keep));
-                 DELETE FROM representations WHERE checkpoint_id IN (SELECT c.id FROM checkpoints c JOIN models m ON m.id = c.model_id WHERE m.name NOT IN (SELECT name FROM keep));
-                 DELETE FROM checkpoints WHERE model_id IN (SELECT id FROM models WHERE name NOT IN (SELECT name FROM keep));
-                 DELETE FROM models WHERE name NOT IN (SELECT name FROM keep);
-                 DELETE FROM blobs WHERE hash NOT IN (SELECT blob_hash FROM representations);
-                 DELETE FROM cell_sides WHERE hash NOT IN (SELECT hash FROM blobs);
-                 DELETE FROM cells WHERE x NOT IN (SELECT id FROM cell_sides) OR y NOT IN (SELECT id FROM cell_sides);
-                 DELETE FROM imported_cells WHERE x NOT IN (SELECT id FROM cell_sides) OR y NOT IN (SELECT id FROM cell_sides);
-                 DELETE FROM null_samples;
-                 DELETE FROM dataset_samples WHERE dataset_id NOT IN (SELECT dataset_id FROM representations);
-                 DELETE FROM datasets WHERE id NOT IN (SELECT dataset_id FROM representations);",
-            )?;
-            db.execute_batch("VACUUM")?;
-        }
-    }
-    let db = Connection::open(&snap)?;
-    let schema_version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let mut blobs = Vec::new();
-    {
-        let mut st = db.prepare("SELECT hash, bytes FROM blobs ORDER BY hash")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (hash, bytes) = row?;
-            blobs.push(BlobEntry {
-                hash,
-                bytes: bytes as u64,
-            });
-        }
-    }
-    let count = |sql: &str| -> Result<usize> {
-        Ok(db.query_row(sql, [], |r| r.get::<_, i64>(0))? as usize)
-    };
-    let (n_models, n_reps, n_cells) = (
-        count("SELECT count(*) FROM models")?,
-        count("SELECT count(*) FROM representations")?,
-        count("SELECT count(*) FROM cells")?,
-    );
-    drop(db);
+    let info = reg.catalog.export_snapshot(&snap, models)?;
+    let blobs = info
+        .blobs
+        .iter()
+        .map(|(h, bytes)| BlobEntry {
+            hash: h.to_hex(),
+            bytes: *bytes,
+        })
+        .collect();
     let cat_bytes = fs::read(&snap).map_err(|e| Error::io(&snap, e))?;
     let manifest = Manifest {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
         prh_version: env!("CARGO_PKG_VERSION").into(),
-        schema_version: schema_version as usize,
+        schema_version: info.schema_version,
         catalog: FileEntry {
             bytes: cat_bytes.len() as u64,
             blake3: blake3::hash(&cat_bytes).to_hex().to_string(),
@@ -234,10 +181,10 @@ pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<E
     let bytes = fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
     Ok(ExportReport {
         path: out.to_path_buf(),
-        models: n_models,
-        representations: n_reps,
+        models: info.models,
+        representations: info.representations,
         blobs: manifest.blobs.len(),
-        cells: n_cells,
+        cells: info.cells,
         bytes,
     })
 }
@@ -555,26 +502,16 @@ fn check_staged(
     declared: &HashMap<String, u64>,
 ) -> Result<()> {
     let bad = |m: String| Error::format(bundle, m);
-    check_schema(staged).map_err(|m| bad(format!("catalog.db: {m}")))?;
-    drop(Catalog::open(staged).map_err(|e| bad(format!("catalog.db: {e}")))?);
-    check_rows(staged).map_err(|m| bad(format!("catalog.db: {m}")))?;
+    snapshot::check(staged).map_err(|m| bad(format!("catalog.db: {m}")))?;
     {
-        let db = Connection::open(staged)?;
-        let ok: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-        if ok != "ok" {
-            return Err(bad(format!("catalog.db fails its integrity check: {ok}")));
-        }
-        let mut st = db.prepare("SELECT hash, bytes FROM blobs")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        for row in rows {
-            let (h, bytes) = row?;
+        for (h, bytes) in snapshot::blobs(staged)? {
             let in_bundle = declared.get(&h).copied();
             let here = h
                 .parse::<BlobHash>()
                 .map(|hh| reg.store.contains(&hh))
                 .unwrap_or(false);
             match in_bundle {
-                Some(b) if b != bytes as u64 => {
+                Some(b) if b != bytes => {
                     return Err(bad(format!(
                         "catalog says blob {h} has {bytes} bytes, the manifest {b}"
                     )));
@@ -596,41 +533,18 @@ fn check_staged(
 /// its cells name, so that its cells can be attributed to their checkpoints by queries.
 /// Returns how many thresholds were computed.
 fn recompute_thresholds(reg: &Registry, staged: &Path) -> Result<usize> {
-    let db = Connection::open(staged)?;
     let mut qs: Vec<(f64, Scope)> = Vec::new();
-    {
-        let mut st = db.prepare("SELECT DISTINCT prep FROM cell_sides")?;
-        let keys: Vec<String> = st
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for k in keys {
-            if let Some((q, _, scope)) = crate::query::prep_clamp(&k)
-                && !qs.contains(&(q, scope))
-            {
-                qs.push((q, scope));
-            }
+    for k in snapshot::preps(staged)? {
+        if let Some((q, _, scope)) = crate::query::prep_clamp(&k)
+            && !qs.contains(&(q, scope))
+        {
+            qs.push((q, scope));
         }
     }
     if qs.is_empty() {
         return Ok(0);
     }
-    let mut st = db.prepare(
-        "SELECT checkpoint_id, dataset_id, pool, blob_hash FROM representations
-         ORDER BY checkpoint_id, dataset_id, pool, layer",
-    )?;
-    let rows: Vec<(i64, i64, String, String)> = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut sets: Vec<Vec<BlobHash>> = Vec::new();
-    let mut last: Option<(i64, i64, String)> = None;
-    for (c, d, p, h) in rows {
-        let key = Some((c, d, p));
-        if key != last {
-            sets.push(Vec::new());
-            last = key;
-        }
-        sets.last_mut().expect("pushed").push(h.parse()?);
-    }
+    let sets = snapshot::layer_sets(staged)?;
     let mut computed = 0;
     for layers in &sets {
         for &(q, scope) in &qs {
@@ -735,252 +649,6 @@ fn tar_checksum_ok(block: &[u8]) -> bool {
     !text.is_empty() && sum == want
 }
 
-/// The schema objects of a catalog (type, name, table, SQL), in a fixed order.
-fn schema_objects(db: &Connection) -> rusqlite::Result<Vec<[Option<String>; 4]>> {
-    let mut st =
-        db.prepare("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")?;
-    st.query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))?
-        .collect()
-}
-
-/// Accepts only a catalog whose schema is exactly what prh's migrations make for its version:
-/// no views, triggers, extra tables or changed columns.
-fn check_schema(staged: &Path) -> std::result::Result<(), String> {
-    use rusqlite::OpenFlags;
-    let sql = |e: rusqlite::Error| format!("not a readable SQLite catalog: {e}");
-    let db = Connection::open_with_flags(staged, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sql)?;
-    db.pragma_update(None, "trusted_schema", "OFF")
-        .map_err(sql)?;
-    let version: i64 = db
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(sql)?;
-    if version < 1 || version as usize > MIGRATIONS.len() {
-        return Err(format!(
-            "schema version {version} is not one this prh knows (1 to {})",
-            MIGRATIONS.len()
-        ));
-    }
-    let expected = {
-        let mem = Connection::open_in_memory().map_err(sql)?;
-        crate::catalog::register_functions(&mem).map_err(sql)?;
-        for (_, m) in &MIGRATIONS[..version as usize] {
-            mem.execute_batch(m).map_err(sql)?;
-        }
-        schema_objects(&mem).map_err(sql)?
-    };
-    let got = schema_objects(&db).map_err(sql)?;
-    if got == expected {
-        return Ok(());
-    }
-    let name = |o: &[Option<String>; 4]| {
-        format!(
-            "{} {}",
-            o[0].as_deref().unwrap_or("?"),
-            o[1].as_deref().unwrap_or("?")
-        )
-    };
-    for o in &got {
-        match expected.iter().find(|e| e[0] == o[0] && e[1] == o[1]) {
-            None => {
-                return Err(format!(
-                    "holds {}, which a prh catalog does not (only prh's own schema is accepted)",
-                    name(o)
-                ));
-            }
-            Some(e) if e != o => {
-                return Err(format!("{} is not defined as prh defines it", name(o)));
-            }
-            Some(_) => {}
-        }
-    }
-    Err("lacks part of prh's schema".into())
-}
-
-/// Checks the values of a staged catalog (already at our schema): names a listing can print,
-/// numbers of the right type, every representation naming a blob row.
-fn check_rows(staged: &Path) -> std::result::Result<(), String> {
-    let db = Connection::open(staged).map_err(|e| e.to_string())?;
-    let names: &[(&str, &str)] = &[
-        ("dataset", "SELECT name FROM datasets"),
-        ("model", "SELECT name FROM models"),
-        ("modality", "SELECT DISTINCT modality FROM models"),
-        (
-            "family",
-            "SELECT DISTINCT family FROM models WHERE family IS NOT NULL",
-        ),
-        ("checkpoint", "SELECT name FROM checkpoints"),
-        ("pool", "SELECT DISTINCT pool FROM representations"),
-        ("score", "SELECT DISTINCT name FROM scores"),
-        ("meta key", "SELECT DISTINCT key FROM checkpoint_meta"),
-    ];
-    for (what, q) in names {
-        let mut st = db.prepare(q).map_err(|e| e.to_string())?;
-        let vals: Vec<rusqlite::types::Value> = st
-            .query_map([], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| e.to_string())?;
-        for v in vals {
-            let rusqlite::types::Value::Text(t) = v else {
-                return Err(format!("a {what} name is not text"));
-            };
-            validate_name(what, &t).map_err(|e| e.to_string())?;
-        }
-    }
-    let bad_rows: &[(&str, &str)] = &[
-        (
-            "datasets with a non-integer n",
-            "SELECT count(*) FROM datasets WHERE typeof(n) != 'integer' OR n < 1",
-        ),
-        (
-            "blobs with malformed fields",
-            "SELECT count(*) FROM blobs WHERE typeof(hash) != 'text' OR length(hash) != 64 OR typeof(n) != 'integer' OR typeof(d) != 'integer' OR typeof(bytes) != 'integer'",
-        ),
-        (
-            "representations with malformed fields",
-            "SELECT count(*) FROM representations WHERE typeof(layer) != 'integer' OR typeof(blob_hash) != 'text'",
-        ),
-        (
-            "representations with an unknown layout",
-            "SELECT count(*) FROM representations WHERE layout IS NOT NULL AND layout NOT IN ('stacked', 'layers')",
-        ),
-        (
-            "representations naming no blob row",
-            "SELECT count(*) FROM representations WHERE blob_hash NOT IN (SELECT hash FROM blobs)",
-        ),
-        (
-            "checkpoints with a non-integer step",
-            "SELECT count(*) FROM checkpoints WHERE step IS NOT NULL AND typeof(step) != 'integer'",
-        ),
-        (
-            "scores that are not finite numbers",
-            "SELECT count(*) FROM scores WHERE typeof(value) NOT IN ('real', 'integer') OR abs(value) > 1.7976931348623157e308",
-        ),
-        (
-            "cached cells with malformed fields",
-            "SELECT count(*) FROM cells WHERE typeof(value) NOT IN ('real', 'integer') OR abs(value) > 1.7976931348623157e308 OR typeof(micros) != 'integer' OR typeof(computed_at) != 'integer'",
-        ),
-        (
-            "cached cells naming no key",
-            "SELECT count(*) FROM cells WHERE m NOT IN (SELECT id FROM cell_metrics) OR x NOT IN (SELECT id FROM cell_sides) OR y NOT IN (SELECT id FROM cell_sides)",
-        ),
-    ];
-    {
-        let mut st = db
-            .prepare("SELECT key, value FROM checkpoint_meta")
-            .map_err(|e| e.to_string())?;
-        let rows: Vec<(rusqlite::types::Value, rusqlite::types::Value)> = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| e.to_string())?;
-        for (k, v) in rows {
-            let (rusqlite::types::Value::Text(k), rusqlite::types::Value::Text(v)) = (k, v) else {
-                return Err("a meta entry is not text".into());
-            };
-            crate::registry::validate_meta_value(&k, &v).map_err(|e| e.to_string())?;
-        }
-    }
-    for (what, q) in bad_rows {
-        let k: i64 = db
-            .query_row(q, [], |r| r.get(0))
-            .map_err(|e| e.to_string())?;
-        if k > 0 {
-            return Err(format!("{k} {what}"));
-        }
-    }
-    check_cell_keys(&db)
-}
-
-/// Every cache key id of a staged catalog must be the one its content derives (ids are how
-/// rows from different registries meet: a forged one would file a value under another key).
-fn check_cell_keys(db: &Connection) -> std::result::Result<(), String> {
-    use rusqlite::types::Value;
-    let e = |e: rusqlite::Error| e.to_string();
-    let mut st = db
-        .prepare("SELECT id, hash, prep FROM cell_sides")
-        .map_err(e)?;
-    let rows: Vec<(Value, Value, Value)> = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .and_then(|rows| rows.collect())
-        .map_err(e)?;
-    for row in rows {
-        let ok = match &row {
-            // The hash must be one prh writes: 64 lower-case hex digits.
-            (Value::Integer(id), Value::Text(h), Value::Text(p)) => {
-                h.parse::<BlobHash>().is_ok_and(|b| b.to_hex() == *h)
-                    && crate::catalog::side_id(h, p) == *id
-            }
-            _ => false,
-        };
-        if !ok {
-            return Err(format!(
-                "a cache key side ({:?}) does not match its id",
-                row.1
-            ));
-        }
-    }
-    let mut st = db
-        .prepare("SELECT id, metric, version, params FROM cell_metrics")
-        .map_err(e)?;
-    let rows: Vec<[Value; 4]> = st
-        .query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))
-        .and_then(|rows| rows.collect())
-        .map_err(e)?;
-    for row in rows {
-        let ok = match &row {
-            [
-                Value::Integer(id),
-                Value::Text(m),
-                Value::Integer(v),
-                Value::Text(p),
-            ] => crate::catalog::metric_id(m, *v, p) == *id,
-            _ => false,
-        };
-        if !ok {
-            return Err(format!(
-                "a cache key metric ({:?}) does not match its id",
-                row[1]
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// One cached cell's key (ids and content) and value.
-struct CellRow {
-    ids: [i64; 3],
-    hash_x: String,
-    hash_y: String,
-    metric: String,
-    version: i64,
-    params: String,
-    prep_x: String,
-    prep_y: String,
-    value: f64,
-}
-
-/// Every row of `table` (`cells` or `imported_cells`) with its key spelled out.
-fn cell_rows(db: &Connection, table: &str) -> rusqlite::Result<Vec<CellRow>> {
-    let mut st = db.prepare(&format!(
-        "SELECT sx.hash, sy.hash, k.metric, k.version, k.params, sx.prep, sy.prep, c.value, c.m, c.x, c.y
-         FROM {table} c JOIN cell_metrics k ON k.id = c.m
-         JOIN cell_sides sx ON sx.id = c.x JOIN cell_sides sy ON sy.id = c.y"
-    ))?;
-    st.query_map([], |r| {
-        Ok(CellRow {
-            ids: [r.get(8)?, r.get(9)?, r.get(10)?],
-            hash_x: r.get(0)?,
-            hash_y: r.get(1)?,
-            metric: r.get(2)?,
-            version: r.get(3)?,
-            params: r.get(4)?,
-            prep_x: r.get(5)?,
-            prep_y: r.get(6)?,
-            value: r.get(7)?,
-        })
-    })?
-    .collect()
-}
-
 /// Up to `k` of `rows`, chosen uniformly at random.
 fn sample<T>(mut rows: Vec<T>, k: usize, rng: &mut Rng) -> Vec<T> {
     let mut order = rng.permutation(rows.len());
@@ -1023,8 +691,7 @@ fn check_cells(
     staged_blobs: &Path,
     opts: &ImportOptions,
 ) -> std::result::Result<Vec<CellRow>, String> {
-    let db = Connection::open(staged).map_err(|e| e.to_string())?;
-    let rows = cell_rows(&db, "cells").map_err(|e| e.to_string())?;
+    let rows = snapshot::cell_rows(staged).map_err(|e| e.to_string())?;
     let sample = sample(rows, opts.check_cells, &mut Rng::new(opts.seed));
     let open = |h: &BlobHash| -> Result<Blob> {
         let p = staged_blobs.join(h.to_hex());
@@ -1083,6 +750,8 @@ fn copy_hashed(r: &mut dyn Read, size: u64, dest: &Path) -> std::io::Result<Stri
     Ok(h.finalize().to_hex().to_string())
 }
 
+/// Merges the checked snapshot in one transaction: blob files are moved into the store before
+/// any row naming them is written.
 #[allow(clippy::too_many_arguments)]
 fn merge(
     reg: &mut Registry,
@@ -1094,247 +763,63 @@ fn merge(
     verified: &[CellRow],
     deadline: std::time::Instant,
 ) -> Result<ImportReport> {
-    let conn = reg.catalog.conn();
-    conn.execute(
-        "ATTACH DATABASE ?1 AS b",
-        [staged.to_string_lossy().as_ref()],
-    )?;
-    // A watchdog interrupts the merge at the deadline; the transaction then rolls back.
-    let interrupt = conn.get_interrupt_handle();
-    let (done, wait) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(left) {
-            interrupt.interrupt();
+    let ids: Vec<[i64; 3]> = verified.iter().map(|c| c.ids).collect();
+    let merge = MergeOptions {
+        trust_cells: opts.trust_cells,
+        verified: &ids,
+        origin,
+        deadline,
+    };
+    let store = crate::store::FsBlobStore::new(&reg.root);
+    let mut publish = |hashes: &[BlobHash]| -> Result<usize> {
+        let mut placed = 0;
+        for hash in hashes {
+            let dest = store.path(hash);
+            if dest.is_file() {
+                continue;
+            }
+            let h = hash.to_hex();
+            let src = staged_blobs.join(&h);
+            if !src.is_file() {
+                return Err(Error::format(
+                    bundle,
+                    format!("blob {h} is missing from the bundle"),
+                ));
+            }
+            let dir = dest.parent().expect("blob dir");
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            fs::rename(&src, &dest).map_err(|e| Error::io(&dest, e))?;
+            placed += 1;
         }
-    });
-    let result = merge_attached(reg, staged_blobs, bundle, opts, origin, verified);
-    drop(done);
-    let _ = watchdog.join();
-    let _ = reg.catalog.conn().execute("DETACH DATABASE b", []);
-    result.map_err(|e| match e {
-        Error::Sql(rusqlite::Error::SqliteFailure(f, _))
-            if f.code == rusqlite::ErrorCode::OperationInterrupted =>
-        {
-            Error::format(
+        Ok(placed)
+    };
+    let c = reg
+        .catalog
+        .merge_snapshot(staged, &merge, &mut publish)
+        .map_err(|e| match e {
+            Error::Interrupted => Error::format(
                 bundle,
                 format!(
                     "import took longer than {} s and was rolled back; nothing imported",
                     opts.max_seconds
                 ),
-            )
-        }
-        e => e,
-    })
-}
-
-fn merge_attached(
-    reg: &mut Registry,
-    staged_blobs: &Path,
-    bundle: &Path,
-    opts: &ImportOptions,
-    origin: &str,
-    verified: &[CellRow],
-) -> Result<ImportReport> {
-    let store_root = reg.root.clone();
-    reg.catalog.write(|tx| {
-        let mut conflicts: Vec<String> = Vec::new();
-        let mut collect = |sql: &str| -> Result<()> {
-            let mut st = tx.prepare(sql)?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-            for r in rows {
-                conflicts.push(r?);
-            }
-            Ok(())
-        };
-        collect("SELECT 'dataset ' || d.name || ': n = ' || d.n || ' here, ' || bd.n || ' in the bundle'
-                 FROM b.datasets bd JOIN main.datasets d ON d.name = bd.name WHERE d.n != bd.n")?;
-        collect("SELECT 'model ' || m.name || ': modality ' || m.modality || ' here, ' || bm.modality || ' in the bundle'
-                 FROM b.models bm JOIN main.models m ON m.name = bm.name WHERE m.modality != bm.modality")?;
-        collect("SELECT 'model ' || bm.name || ' checkpoint ' || bc.name || ' layer ' || br.layer || ' pool ' || br.pool
-                        || ' on ' || bd.name || ': a different representation here (' || substr(r.blob_hash, 1, 12) || ') than in the bundle (' || substr(br.blob_hash, 1, 12) || ')'
-                 FROM b.representations br
-                 JOIN b.checkpoints bc ON bc.id = br.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
-                 JOIN b.datasets bd ON bd.id = br.dataset_id
-                 JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
-                 JOIN main.datasets d ON d.name = bd.name
-                 JOIN main.representations r ON r.checkpoint_id = c.id AND r.dataset_id = d.id AND r.layer = br.layer AND r.pool = br.pool
-                 WHERE r.blob_hash != br.blob_hash")?;
-        collect("SELECT 'meta ' || bk.key || ' of ' || bm.name || ' @ ' || bc.name || ': ' || mk.value || ' here, ' || bk.value || ' in the bundle'
-                 FROM b.checkpoint_meta bk JOIN b.checkpoints bc ON bc.id = bk.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
-                 JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
-                 JOIN main.checkpoint_meta mk ON mk.checkpoint_id = c.id AND mk.key = bk.key
-                 WHERE mk.value != bk.value")?;
-        collect("SELECT 'score ' || bs.name || ' of ' || bm.name || ' @ ' || bc.name || ': ' || s.value || ' here, ' || bs.value || ' in the bundle'
-                 FROM b.scores bs JOIN b.checkpoints bc ON bc.id = bs.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
-                 JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
-                 JOIN main.scores s ON s.checkpoint_id = c.id AND s.name = bs.name
-                 WHERE s.value != bs.value")?;
-        if !conflicts.is_empty() {
-            let shown: Vec<&str> = conflicts.iter().take(10).map(String::as_str).collect();
-            return Err(Error::format(
-                bundle,
-                format!(
-                    "{} conflict(s) with this registry, nothing imported: {}{}",
-                    conflicts.len(),
-                    shown.join("; "),
-                    if conflicts.len() > 10 { "; ..." } else { "" }
-                ),
-            ));
-        }
-        let mut rep = ImportReport {
-            datasets_new: tx.execute(
-                "INSERT INTO main.datasets (name, n, description, created_at)
-                 SELECT name, n, description, created_at FROM b.datasets
-                 WHERE name NOT IN (SELECT name FROM main.datasets)",
-                [],
-            )?,
-            ..Default::default()
-        };
-        tx.execute(
-            "INSERT INTO main.dataset_samples (dataset_id, idx, sample_id)
-             SELECT d.id, s.idx, s.sample_id FROM b.dataset_samples s
-             JOIN b.datasets bd ON bd.id = s.dataset_id JOIN main.datasets d ON d.name = bd.name
-             WHERE NOT EXISTS (SELECT 1 FROM main.dataset_samples x WHERE x.dataset_id = d.id)",
-            [],
-        )?;
-        rep.models_new = tx.execute(
-            "INSERT INTO main.models (name, modality, family, num_params, created_at)
-             SELECT name, modality, family, num_params, created_at FROM b.models
-             WHERE name NOT IN (SELECT name FROM main.models)",
-            [],
-        )?;
-        rep.checkpoints_new = tx.execute(
-            "INSERT INTO main.checkpoints (model_id, name, step, created_at)
-             SELECT m.id, bc.name, bc.step, bc.created_at FROM b.checkpoints bc
-             JOIN b.models bm ON bm.id = bc.model_id JOIN main.models m ON m.name = bm.name
-             WHERE NOT EXISTS (SELECT 1 FROM main.checkpoints c WHERE c.model_id = m.id AND c.name = bc.name)",
-            [],
-        )?;
-        // Blob files first (renamed into place), rows after: no row ever names a missing blob.
-        let mut st = tx.prepare("SELECT hash FROM b.blobs WHERE hash NOT IN (SELECT hash FROM main.blobs)")?;
-        let new_hashes: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-        let store = crate::store::FsBlobStore::new(&store_root);
-        for h in &new_hashes {
-            let hash: BlobHash = h.parse()?;
-            let dest = store.path(&hash);
-            if dest.is_file() {
-                continue;
-            }
-            let src = staged_blobs.join(h);
-            if !src.is_file() {
-                return Err(Error::format(bundle, format!("blob {h} is missing from the bundle")));
-            }
-            let dir = dest.parent().expect("blob dir");
-            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            fs::rename(&src, &dest).map_err(|e| Error::io(&dest, e))?;
-            rep.blobs_new += 1;
-        }
-        tx.execute(
-            "INSERT OR IGNORE INTO main.blobs (hash, dtype, n, d, bytes, created_at)
-             SELECT hash, dtype, n, d, bytes, created_at FROM b.blobs",
-            [],
-        )?;
-        rep.blobs_present =
-            tx.query_row("SELECT count(*) FROM b.blobs", [], |r| r.get::<_, i64>(0))? as usize - rep.blobs_new;
-        rep.representations_new = tx.execute(
-            "INSERT INTO main.representations (checkpoint_id, dataset_id, layer, pool, blob_hash, source, created_at, layout)
-             SELECT c.id, d.id, br.layer, br.pool, br.blob_hash, br.source, br.created_at, br.layout
-             FROM b.representations br
-             JOIN b.checkpoints bc ON bc.id = br.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
-             JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
-             JOIN b.datasets bd ON bd.id = br.dataset_id JOIN main.datasets d ON d.name = bd.name
-             WHERE NOT EXISTS (SELECT 1 FROM main.representations r WHERE r.checkpoint_id = c.id
-                               AND r.dataset_id = d.id AND r.layer = br.layer AND r.pool = br.pool)",
-            [],
-        )?;
-        // A representation here whose layout was never recorded learns the bundle's.
-        tx.execute(
-            "UPDATE main.representations AS r SET layout = (
-                 SELECT br.layout FROM b.representations br
-                 JOIN b.checkpoints bc ON bc.id = br.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
-                 JOIN b.datasets bd ON bd.id = br.dataset_id
-                 JOIN main.checkpoints c ON c.name = bc.name JOIN main.models m ON m.id = c.model_id AND m.name = bm.name
-                 JOIN main.datasets d ON d.name = bd.name
-                 WHERE c.id = r.checkpoint_id AND d.id = r.dataset_id AND br.layer = r.layer
-                   AND br.pool = r.pool AND br.blob_hash = r.blob_hash)
-             WHERE r.layout IS NULL",
-            [],
-        )?;
-        rep.meta_new = tx.execute(
-            "INSERT INTO main.checkpoint_meta (checkpoint_id, key, value)
-             SELECT c.id, bk.key, bk.value FROM b.checkpoint_meta bk
-             JOIN b.checkpoints bc ON bc.id = bk.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
-             JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
-             WHERE NOT EXISTS (SELECT 1 FROM main.checkpoint_meta x WHERE x.checkpoint_id = c.id AND x.key = bk.key)",
-            [],
-        )?;
-        rep.scores_new = tx.execute(
-            "INSERT INTO main.scores (checkpoint_id, name, value, higher_is_better)
-             SELECT c.id, bs.name, bs.value, bs.higher_is_better FROM b.scores bs
-             JOIN b.checkpoints bc ON bc.id = bs.checkpoint_id JOIN b.models bm ON bm.id = bc.model_id
-             JOIN main.models m ON m.name = bm.name JOIN main.checkpoints c ON c.model_id = m.id AND c.name = bc.name
-             WHERE NOT EXISTS (SELECT 1 FROM main.scores s WHERE s.checkpoint_id = c.id AND s.name = bs.name)",
-            [],
-        )?;
-        // Clamp thresholds are never taken from a bundle: a wrong one would make genuine blobs
-        // give wrong numbers. They are recomputed from the blobs on first use.
-        // Key ids derive from content (checked when staged), so the bundle's keys are ours: a
-        // differing row under one id would be a 64-bit collision, refused rather than merged.
-        let clash: i64 = tx.query_row(
-            "SELECT (SELECT count(*) FROM b.cell_sides bs JOIN main.cell_sides s ON s.id = bs.id
-                     WHERE s.hash != bs.hash OR s.prep != bs.prep)
-                  + (SELECT count(*) FROM b.cell_metrics bm JOIN main.cell_metrics m ON m.id = bm.id
-                     WHERE m.metric != bm.metric OR m.version != bm.version OR m.params != bm.params)",
-            [],
-            |r| r.get(0),
-        )?;
-        if clash > 0 {
-            return Err(Error::Invalid(format!(
-                "{bundle}: {clash} of its cache key ids are taken here by other keys (a 64-bit hash collision); nothing imported — please report it",
-                bundle = bundle.display()
-            )));
-        }
-        tx.execute(
-            "INSERT OR IGNORE INTO main.cell_metrics SELECT id, metric, version, params FROM b.cell_metrics",
-            [],
-        )?;
-        tx.execute(
-            "INSERT OR IGNORE INTO main.cell_sides SELECT id, hash, prep FROM b.cell_sides",
-            [],
-        )?;
-        let cols = "m, x, y, value, micros, computed_at";
-        let absent =
-            "NOT EXISTS (SELECT 1 FROM main.cells c WHERE c.m = bc.m AND c.x = bc.x AND c.y = bc.y)";
-        if opts.trust_cells {
-            rep.cells_new = tx.execute(
-                &format!("INSERT OR IGNORE INTO main.cells ({cols}) SELECT {cols} FROM b.cells bc"),
-                [],
-            )?;
-            rep.null_samples_new = tx.execute(
-                "INSERT OR IGNORE INTO main.null_samples (pair_key, kind, metric, version, params, prep_x, prep_y, seed, vals)
-                 SELECT pair_key, kind, metric, version, params, prep_x, prep_y, seed, vals FROM b.null_samples",
-                [],
-            )?;
-        } else {
-            for c in verified {
-                rep.cells_new += tx.execute(
-                    &format!(
-                        "INSERT OR IGNORE INTO main.cells ({cols}) SELECT {cols} FROM b.cells
-                         WHERE m = ?1 AND x = ?2 AND y = ?3"
-                    ),
-                    c.ids,
-                )?;
-            }
-            rep.cells_quarantined = tx.execute(
-                &format!(
-                    "INSERT OR IGNORE INTO main.imported_cells ({cols}, origin)
-                     SELECT {cols}, ?1 FROM b.cells bc WHERE {absent}"
-                ),
-                [origin],
-            )?;
-        }
-        Ok(rep)
+            ),
+            Error::Invalid(m) => Error::format(bundle, m),
+            e => e,
+        })?;
+    Ok(ImportReport {
+        blobs_new: c.blobs_new,
+        blobs_present: c.blobs_present,
+        datasets_new: c.datasets_new,
+        models_new: c.models_new,
+        checkpoints_new: c.checkpoints_new,
+        representations_new: c.representations_new,
+        scores_new: c.scores_new,
+        meta_new: c.meta_new,
+        cells_new: c.cells_new,
+        cells_quarantined: c.cells_quarantined,
+        null_samples_new: c.null_samples_new,
+        ..Default::default()
     })
 }
 
@@ -1353,46 +838,26 @@ pub struct VerifyReport {
 }
 
 /// Re-hashes every blob and recomputes `recompute` randomly chosen cached cells.
-pub fn verify(reg: &Registry, recompute: usize, seed: u64) -> Result<VerifyReport> {
+pub fn verify(reg: &mut Registry, recompute: usize, seed: u64) -> Result<VerifyReport> {
     let mut rep = VerifyReport::default();
-    let ok: String = reg
-        .catalog
-        .conn()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-    if ok != "ok" {
+    if let Some(found) = reg.catalog.integrity_check()? {
         rep.problems
-            .push(format!("catalog.db: integrity check: {ok}"));
+            .push(format!("catalog.db: integrity check: {found}"));
     }
-    let mut st = reg.catalog.conn().prepare(
-        "SELECT b.hash, b.dtype, b.n, b.d,
-                (SELECT m.name || ' @ ' || c.name || ' layer ' || r.layer FROM representations r
-                 JOIN checkpoints c ON c.id = r.checkpoint_id JOIN models m ON m.id = c.model_id
-                 WHERE r.blob_hash = b.hash LIMIT 1)
-         FROM blobs b ORDER BY b.hash",
-    )?;
-    let rows: Vec<(String, String, i64, i64, Option<String>)> = st
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let known: HashSet<String> = rows.iter().map(|r| r.0.clone()).collect();
-    for (h, dtype, n, d, used) in &rows {
+    let rows = reg.catalog.blobs()?;
+    let known: HashSet<String> = rows.iter().map(|b| b.row.hash.to_hex()).collect();
+    for b in &rows {
         rep.blobs_checked += 1;
-        let used = used.as_deref().unwrap_or("no representation");
-        let hash: BlobHash = match h.parse() {
-            Ok(x) => x,
-            Err(_) => {
-                rep.problems.push(format!("blob row {h:?} is not a hash"));
-                continue;
-            }
-        };
-        match reg.store.open(&hash) {
+        let used = b.used_by.as_deref().unwrap_or("no representation");
+        let (hash, h) = (&b.row.hash, b.row.hash.to_hex());
+        match reg.store.open(hash) {
             Err(e) => rep.problems.push(format!("blob {h} ({used}): {e}")),
-            Ok(b) => {
-                if let Err(e) = b.verify() {
+            Ok(blob) => {
+                if let Err(e) = blob.verify() {
                     rep.problems
                         .push(format!("blob {h} ({used}): altered: {e}"));
-                } else if b.dtype.name() != dtype || b.n as i64 != *n || b.d as i64 != *d {
+                } else if blob.dtype.name() != b.row.dtype || blob.n != b.row.n || blob.d != b.row.d
+                {
                     rep.problems.push(format!(
                         "blob {h} ({used}): header disagrees with the catalog"
                     ));
@@ -1469,39 +934,39 @@ pub fn prep_from_key(key: &str) -> Option<(Option<f32>, bool)> {
 
 /// Recomputes up to `count` cells: cells imported from bundles first (those that match move
 /// into `cells` and are served from then on), then randomly chosen cells of the cache.
-fn recompute_cells(reg: &Registry, count: usize, seed: u64, rep: &mut VerifyReport) -> Result<()> {
-    let conn = reg.catalog.conn();
+fn recompute_cells(
+    reg: &mut Registry,
+    count: usize,
+    seed: u64,
+    rep: &mut VerifyReport,
+) -> Result<()> {
     let mut rng = Rng::new(seed);
-    let open = |h: &BlobHash| reg.store.open(h);
     let mut left = count;
-    for table in ["imported_cells", "cells"] {
-        for c in sample(cell_rows(conn, table)?, left, &mut rng) {
+    for table in [CellTable::Imported, CellTable::Served] {
+        for c in sample(reg.catalog.cell_rows(table)?, left, &mut rng) {
             let (hx, hy) = (
                 &c.hash_x[..12.min(c.hash_x.len())],
                 &c.hash_y[..12.min(c.hash_y.len())],
             );
             let what = format!(
                 "{}cell {}({}) {hx}…×{hy}…",
-                if table == "cells" { "" } else { "imported " },
+                if table == CellTable::Served {
+                    ""
+                } else {
+                    "imported "
+                },
                 c.metric,
                 c.params
             );
+            let open = |h: &BlobHash| reg.store.open(h);
             match recompute_cell(&open, &c) {
                 Ok(None) => continue, // a metric or version this prh does not compute
                 Err(e) => rep.problems.push(format!("{what}: cannot recompute: {e}")),
                 Ok(Some(v)) if !same_value(c.value, v) => rep
                     .problems
                     .push(format!("{what}: cached {}, recomputed {v}", c.value)),
-                Ok(Some(_)) if table == "imported_cells" => {
-                    let cond = "m = ?1 AND x = ?2 AND y = ?3";
-                    conn.execute(
-                        &format!(
-                            "INSERT OR IGNORE INTO cells (m, x, y, value, micros, computed_at)
-                             SELECT m, x, y, value, micros, computed_at FROM imported_cells WHERE {cond}"
-                        ),
-                        c.ids,
-                    )?;
-                    conn.execute(&format!("DELETE FROM imported_cells WHERE {cond}"), c.ids)?;
+                Ok(Some(_)) if table == CellTable::Imported => {
+                    reg.catalog.promote_cell(c.ids)?;
                     rep.cells_promoted += 1;
                 }
                 Ok(Some(_)) => {}
@@ -1550,19 +1015,17 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
     // No writer is between publishing a blob and committing its rows while gc decides and
     // deletes (see `lock`).
     let _lock = RegistryLock::exclusive(&reg.root)?;
-    let conn = reg.catalog.conn();
-    let mut st = conn.prepare(
-        "SELECT hash, bytes FROM blobs WHERE hash NOT IN (SELECT blob_hash FROM representations)",
-    )?;
-    let unref: Vec<(String, i64)> = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    drop(st);
-    let known: HashSet<String> = {
-        let mut st = conn.prepare("SELECT hash FROM blobs")?;
-        st.query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?
-    };
+    let current: Vec<(&str, u32)> = crate::metrics::ALL
+        .iter()
+        .map(|m| (m.name(), m.version()))
+        .collect();
+    let plan = reg.catalog.gc_plan(&current)?;
+    let known: HashSet<String> = reg
+        .catalog
+        .blob_hashes()?
+        .iter()
+        .map(BlobHash::to_hex)
+        .collect();
     let hour = std::time::Duration::from_secs(3600);
     let old = |p: &Path| {
         fs::metadata(p)
@@ -1585,28 +1048,11 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
             }
         }
     }
-    let current: Vec<(String, i64)> = crate::metrics::ALL
-        .iter()
-        .map(|m| (m.name().to_string(), m.version() as i64))
-        .collect();
-    // Cells of a metric version this prh no longer computes, or of a blob no representation
-    // names any more.
-    let stale_cells_sql = "SELECT count(*) FROM cells c WHERE
-            c.m IN (SELECT k.id FROM cell_metrics k WHERE NOT EXISTS (SELECT 1 FROM json_each(?1) j
-                    WHERE json_extract(j.value, '$[0]') = k.metric AND json_extract(j.value, '$[1]') = k.version))
-            OR c.x IN (SELECT id FROM cell_sides WHERE hash NOT IN (SELECT blob_hash FROM representations))
-            OR c.y IN (SELECT id FROM cell_sides WHERE hash NOT IN (SELECT blob_hash FROM representations))";
-    let current_json = serde_json::to_string(&current).expect("json");
-    rep.cells = conn.query_row(stale_cells_sql, [&current_json], |r| r.get::<_, i64>(0))? as usize;
-    rep.null_samples = conn.query_row(
-        "SELECT count(*) FROM null_samples n WHERE NOT EXISTS (SELECT 1 FROM json_each(?1) j
-            WHERE json_extract(j.value, '$[0]') = n.metric AND json_extract(j.value, '$[1]') = n.version)",
-        [&current_json],
-        |r| r.get::<_, i64>(0),
-    )? as usize;
-    for (h, b) in &unref {
-        rep.blobs.push(h.clone());
-        rep.blob_bytes += *b as u64;
+    rep.cells = plan.stale_cells;
+    rep.null_samples = plan.stale_draws;
+    for (h, b) in &plan.unreferenced {
+        rep.blobs.push(h.to_hex());
+        rep.blob_bytes += *b;
     }
     for (h, p) in &orphan_files {
         rep.blobs.push(h.clone());
@@ -1624,35 +1070,10 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
     if dry_run {
         return Ok(rep);
     }
-    reg.catalog.write(|tx| {
-        tx.execute(&stale_cells_sql.replace("SELECT count(*) FROM cells c WHERE", "DELETE FROM cells AS c WHERE"), [&current_json])?;
-        tx.execute(
-            "DELETE FROM null_samples AS n WHERE NOT EXISTS (SELECT 1 FROM json_each(?1) j
-                WHERE json_extract(j.value, '$[0]') = n.metric AND json_extract(j.value, '$[1]') = n.version)",
-            [&current_json],
-        )?;
-        for (h, _) in &unref {
-            tx.execute("DELETE FROM blobs WHERE hash = ?1", params![h])?;
-        }
-        tx.execute(
-            "DELETE FROM knn_ties WHERE hash NOT IN (SELECT blob_hash FROM representations)",
-            [],
-        )?;
-        // Quarantined cells already served from `cells`, or of blobs that are gone; then the
-        // key dictionaries' entries of those blobs.
-        tx.execute_batch(
-            "DELETE FROM imported_cells AS i WHERE
-                 EXISTS (SELECT 1 FROM cells c WHERE c.m = i.m AND c.x = i.x AND c.y = i.y)
-                 OR i.x IN (SELECT id FROM cell_sides WHERE hash NOT IN (SELECT blob_hash FROM representations))
-                 OR i.y IN (SELECT id FROM cell_sides WHERE hash NOT IN (SELECT blob_hash FROM representations));
-             DELETE FROM cell_sides WHERE hash NOT IN (SELECT blob_hash FROM representations);",
-        )?;
-        Ok(())
-    })?;
-    for (h, _) in &unref {
-        if let Ok(hash) = h.parse::<BlobHash>() {
-            let _ = reg.store.remove(&hash);
-        }
+    let unreferenced: Vec<BlobHash> = plan.unreferenced.iter().map(|(h, _)| *h).collect();
+    reg.catalog.gc_apply(&current, &unreferenced)?;
+    for h in &unreferenced {
+        let _ = reg.store.remove(h);
     }
     for (_, p) in &orphan_files {
         let _ = fs::remove_file(p);

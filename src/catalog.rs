@@ -1,49 +1,31 @@
-//! The SQLite catalog: every row of metadata and every cached number (DESIGN.md §1).
+//! The catalog: every row of metadata and every cached number (DESIGN.md §1), behind one
+//! interface.
 //!
-//! Opened in WAL mode with foreign keys on and a busy timeout, so several `prh` processes can
-//! share one registry. The schema comes from the numbered files in `migrations/`, embedded in
-//! the binary and applied in order, each in its own transaction; `PRAGMA user_version` records
-//! how many have been applied. A shipped migration is never edited.
+//! [`Catalog`] is what the rest of prh asks of a catalog, in its own terms (datasets, models,
+//! checkpoints, representations, scores, cached cells), never in a database's. Writes that must
+//! land together go through [`Catalog::transact`] and the row operations of [`CatalogTx`]; the
+//! rules (what conflicts, what a re-ingest may change) live with the callers, once, and every
+//! backend only stores. Implementations: [`SqliteCatalog`] (the default, `catalog.db`) and
+//! [`MemoryCatalog`] (nothing on disk; it exercises the seam in the tests). A dialect
+//! difference (upserts, returning ids, snapshots, attaching a bundle) stays inside its
+//! implementation.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
 
-mod cells;
-pub(crate) use cells::register_functions;
-pub use cells::{CellSide, MetricKey, NewCell, metric_id, side_id, side_ids};
+mod keys;
+pub mod memory;
+pub mod sqlite;
 
-/// The migrations, in order. Index + 1 is the schema version each one produces.
-pub const MIGRATIONS: &[(&str, &str)] = &[
-    ("0001_init", include_str!("../migrations/0001_init.sql")),
-    ("0002_cache", include_str!("../migrations/0002_cache.sql")),
-    ("0003_nulls", include_str!("../migrations/0003_nulls.sql")),
-    (
-        "0004_imported_cells",
-        include_str!("../migrations/0004_imported_cells.sql"),
-    ),
-    (
-        "0005_checkpoint_meta",
-        include_str!("../migrations/0005_checkpoint_meta.sql"),
-    ),
-    ("0006_layout", include_str!("../migrations/0006_layout.sql")),
-    (
-        "0007_knn_ties",
-        include_str!("../migrations/0007_knn_ties.sql"),
-    ),
-    (
-        "0008_compact_cells",
-        include_str!("../migrations/0008_compact_cells.sql"),
-    ),
-];
-
-/// How long a writer waits for another process's lock before failing.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+pub use keys::{CellSide, MetricKey, NewCell, metric_id, side_id, side_ids};
+pub(crate) use keys::{collision, layers_by_id, stored_ids};
+pub use memory::MemoryCatalog;
+pub use sqlite::{BUSY_TIMEOUT, MIGRATIONS, SqliteCatalog};
 
 /// A dataset row.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -77,7 +59,7 @@ pub struct Checkpoint {
     pub step: Option<i64>,
     pub created_at: String,
     /// Provenance given at ingest (`--meta KEY=VALUE`), by key.
-    pub meta: std::collections::BTreeMap<String, String>,
+    pub meta: BTreeMap<String, String>,
 }
 
 /// A representation with everything a listing shows.
@@ -98,6 +80,12 @@ pub struct Rep {
     pub checkpoint_id: i64,
     #[serde(skip)]
     pub modality: String,
+    #[serde(skip)]
+    pub family: Option<String>,
+    #[serde(skip)]
+    pub step: Option<i64>,
+    #[serde(skip)]
+    pub dataset_id: i64,
 }
 
 /// A score row.
@@ -108,6 +96,8 @@ pub struct Score {
     pub name: String,
     pub value: f64,
     pub higher_is_better: Option<bool>,
+    #[serde(skip)]
+    pub checkpoint_id: i64,
 }
 
 /// Filters for [`Catalog::reps`].
@@ -120,223 +110,302 @@ pub struct RepFilter {
     pub hash_prefix: Option<String>,
 }
 
-/// A connection to `catalog.db`.
-pub struct Catalog {
-    conn: Connection,
+/// A blob row: the matrix a blob holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlobRow {
+    pub hash: BlobHash,
+    pub dtype: String,
+    pub n: usize,
+    pub d: usize,
+    pub bytes: u64,
 }
 
-impl Catalog {
-    /// Creates a catalog (or opens the prh catalog already there) and brings its schema up to
-    /// date. Only `prh init` creates; an existing file that is not a prh catalog is refused.
-    pub fn create(path: &Path) -> Result<Self> {
-        let empty = std::fs::metadata(path)
-            .map(|m| m.len() == 0)
-            .unwrap_or(true);
-        if empty {
-            Self::connect(Connection::open(path)?)
-        } else {
-            Self::open(path)
-        }
-    }
+/// A blob row and one representation that uses it (`model @ checkpoint layer L`), if any.
+#[derive(Debug, Clone)]
+pub struct StoredBlob {
+    pub row: BlobRow,
+    pub used_by: Option<String>,
+}
 
-    /// Opens an existing prh catalog and brings its schema up to date. A missing file, an empty
-    /// one, or a database that is not a prh catalog is refused and left untouched.
-    pub fn open(path: &Path) -> Result<Self> {
-        use rusqlite::OpenFlags;
-        let not_prh = |why: &str| {
-            Error::Invalid(format!(
-                "{} is not a prh catalog ({why}); `prh init` creates a registry, and an existing one is never overwritten",
-                path.display()
-            ))
-        };
-        match std::fs::metadata(path) {
-            Err(e) => return Err(Error::io(path, e)),
-            Ok(m) if !m.is_file() => return Err(not_prh("not a file")),
-            Ok(m) if m.len() == 0 => return Err(not_prh("the file is empty")),
-            Ok(_) => {}
-        }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|_| not_prh("not an SQLite database"))?;
-        let has_tables: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('datasets', 'models', 'checkpoints', 'blobs', 'representations', 'scores')",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|_| not_prh("not an SQLite database"))?;
-        if version < 1 || has_tables != 6 {
-            return Err(not_prh("no prh schema in it"));
-        }
-        Self::connect(conn)
-    }
+/// Where a representation sits: checkpoint × dataset × layer × pool.
+#[derive(Debug, Clone, Copy)]
+pub struct RepSlot<'a> {
+    pub checkpoint: i64,
+    pub dataset: i64,
+    pub layer: usize,
+    pub pool: &'a str,
+}
 
-    fn connect(conn: Connection) -> Result<Self> {
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        // Read big scans (the cell cache) through a memory map instead of read() per page.
-        conn.pragma_update(None, "mmap_size", 1i64 << 34)?;
-        register_functions(&conn)?;
-        let mut cat = Catalog { conn };
-        cat.migrate()?;
-        Ok(cat)
-    }
+/// The key of a cached sample of null or bootstrap draws.
+#[derive(Debug, Clone, Copy)]
+pub struct DrawKey<'a> {
+    pub pair_key: &'a str,
+    pub kind: &'a str,
+    pub metric: &'a str,
+    pub version: u32,
+    pub params: &'a str,
+    pub prep_x: &'a str,
+    pub prep_y: &'a str,
+    pub seed: u64,
+}
 
+/// An entry of the metric dictionary of the cell cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricEntry {
+    pub id: i64,
+    pub metric: String,
+    pub version: i64,
+    pub params: String,
+}
+
+/// An entry of the side dictionary of the cell cache (`hash` is 64 hex digits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SideEntry {
+    pub id: i64,
+    pub hash: String,
+    pub prep: String,
+}
+
+/// The two tables of cached cells: served, or imported and waiting to be recomputed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellTable {
+    Served,
+    Imported,
+}
+
+/// One cached cell's key (ids and content) and value.
+#[derive(Debug, Clone)]
+pub struct CellRow {
+    pub ids: [i64; 3],
+    pub hash_x: String,
+    pub hash_y: String,
+    pub metric: String,
+    pub version: i64,
+    pub params: String,
+    pub prep_x: String,
+    pub prep_y: String,
+    pub value: f64,
+}
+
+/// What garbage collection would remove from the catalog.
+#[derive(Debug, Clone, Default)]
+pub struct GcPlan {
+    /// Blob rows no representation references, with their sizes.
+    pub unreferenced: Vec<(BlobHash, u64)>,
+    /// Cached cells of a metric version this prh does not compute, or of a blob no
+    /// representation names.
+    pub stale_cells: usize,
+    /// Cached draws of a metric version this prh does not compute.
+    pub stale_draws: usize,
+}
+
+/// What a snapshot for a bundle holds.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotInfo {
+    pub schema_version: usize,
+    /// Every blob the snapshot's rows name, with its size, by hash.
+    pub blobs: Vec<(BlobHash, u64)>,
+    pub models: usize,
+    pub representations: usize,
+    pub cells: usize,
+}
+
+/// How a bundle's snapshot is merged.
+pub struct MergeOptions<'a> {
+    /// Serve all its cached cells and draws as they are.
+    pub trust_cells: bool,
+    /// The ids of the cells recomputed here and found equal (served from now on).
+    pub verified: &'a [[i64; 3]],
+    /// Names the bundle the other cells are quarantined under.
+    pub origin: &'a str,
+    /// When the merge is interrupted and rolled back.
+    pub deadline: std::time::Instant,
+}
+
+/// What a merge added.
+#[derive(Debug, Clone, Default)]
+pub struct MergeCounts {
+    pub blobs_new: usize,
+    pub blobs_present: usize,
+    pub datasets_new: usize,
+    pub models_new: usize,
+    pub checkpoints_new: usize,
+    pub representations_new: usize,
+    pub scores_new: usize,
+    pub meta_new: usize,
+    pub cells_new: usize,
+    pub cells_quarantined: usize,
+    pub null_samples_new: usize,
+}
+
+/// Reads cached cells on its own connection, so that several scan in parallel.
+pub trait CellReader: Send {
+    /// Calls `f(x, y, value)` for every served cell of metric id `m` whose x side id is in
+    /// `lo..=hi`.
+    fn scan(&mut self, m: i64, lo: i64, hi: i64, f: &mut dyn FnMut(i64, i64, f64)) -> Result<()>;
+}
+
+/// Row operations inside one transaction ([`Catalog::transact`]). Ids are the catalog's own.
+pub trait CatalogTx {
+    /// The dataset called `name`: its id and n.
+    fn dataset(&mut self, name: &str) -> Result<Option<(i64, usize)>>;
+    fn insert_dataset(&mut self, name: &str, n: usize, description: Option<&str>) -> Result<i64>;
+    /// Records a dataset's ordered sample ids.
+    fn insert_samples(&mut self, dataset: i64, ids: &[String]) -> Result<()>;
+    /// The model called `name`: its id and modality.
+    fn model(&mut self, name: &str) -> Result<Option<(i64, String)>>;
+    fn insert_model(&mut self, name: &str, modality: &str, family: Option<&str>) -> Result<i64>;
+    fn set_num_params(&mut self, model: i64, num_params: i64) -> Result<()>;
+    /// Sets a model's family where none is recorded.
+    fn fill_family(&mut self, model: i64, family: &str) -> Result<()>;
+    fn checkpoint(&mut self, model: i64, name: &str) -> Result<Option<i64>>;
+    fn insert_checkpoint(&mut self, model: i64, name: &str, step: Option<i64>) -> Result<i64>;
+    /// Sets a checkpoint's step where none is recorded.
+    fn fill_step(&mut self, checkpoint: i64, step: i64) -> Result<()>;
+    /// Records a blob (kept as it is when already recorded).
+    fn insert_blob(&mut self, blob: &BlobRow) -> Result<()>;
+    /// The blob a representation slot holds (64 hex digits).
+    fn rep_blob(&mut self, at: RepSlot) -> Result<Option<String>>;
+    fn insert_rep(
+        &mut self,
+        at: RepSlot,
+        blob: &BlobHash,
+        source: &str,
+        layout: &str,
+    ) -> Result<()>;
+    /// Records a representation's layout where none is; true when it did.
+    fn fill_layout(&mut self, at: RepSlot, layout: &str) -> Result<bool>;
+    /// A checkpoint's score: value and direction.
+    fn score(&mut self, checkpoint: i64, name: &str) -> Result<Option<(f64, Option<bool>)>>;
+    fn put_score(
+        &mut self,
+        checkpoint: i64,
+        name: &str,
+        value: f64,
+        higher_is_better: Option<bool>,
+    ) -> Result<()>;
+    /// Sets a provenance entry; true when the stored value changed.
+    fn put_meta(&mut self, checkpoint: i64, key: &str, value: &str) -> Result<bool>;
+}
+
+/// What prh asks of a catalog. See the module documentation.
+pub trait Catalog: Send {
     /// The schema version (number of migrations applied).
-    pub fn schema_version(&self) -> Result<usize> {
-        let v: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        Ok(v as usize)
-    }
+    fn schema_version(&self) -> Result<usize>;
 
-    fn migrate(&mut self) -> Result<()> {
-        let current = self.schema_version()?;
-        if current > MIGRATIONS.len() {
-            return Err(Error::Invalid(format!(
-                "catalog schema version {current} is newer than this prh understands ({}); upgrade prh",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, (_, sql)) in MIGRATIONS.iter().enumerate().skip(current) {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Another process may have migrated while we waited for the lock.
-            let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if v as usize > i {
-                continue;
-            }
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
-        }
-        Ok(())
-    }
-
-    /// The raw connection, for queries this module does not wrap.
-    pub fn conn(&self) -> &Connection {
-        &self.conn
-    }
-
-    /// Runs `f` inside an IMMEDIATE transaction (takes the write lock up front, so concurrent
-    /// writers queue on the busy timeout instead of failing on lock upgrade).
-    pub fn write<T>(&mut self, f: impl FnOnce(&rusqlite::Transaction) -> Result<T>) -> Result<T> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
-    }
-
-    // ----- datasets -----
+    // ----- datasets, models, checkpoints, representations, blobs, scores -----
 
     /// The dataset called `name`, if any.
-    pub fn dataset(&self, name: &str) -> Result<Option<Dataset>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT id, name, n, description,
-                        EXISTS(SELECT 1 FROM dataset_samples s WHERE s.dataset_id = d.id)
-                 FROM datasets d WHERE name = ?1",
-                [name],
-                dataset_row,
-            )
-            .optional()?)
-    }
-
+    fn dataset(&self, name: &str) -> Result<Option<Dataset>>;
     /// All datasets, by name.
-    pub fn datasets(&self) -> Result<Vec<Dataset>> {
-        let mut st = self.conn.prepare(
-            "SELECT id, name, n, description,
-                    EXISTS(SELECT 1 FROM dataset_samples s WHERE s.dataset_id = d.id)
-             FROM datasets d ORDER BY name",
-        )?;
-        let rows = st.query_map([], dataset_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
+    fn datasets(&self) -> Result<Vec<Dataset>>;
     /// Sample ids of a dataset, in order (empty when it has none).
-    pub fn dataset_ids(&self, dataset_id: i64) -> Result<Vec<String>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT sample_id FROM dataset_samples WHERE dataset_id = ?1 ORDER BY idx")?;
-        let rows = st.query_map([dataset_id], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    // ----- models and checkpoints -----
-
+    fn dataset_ids(&self, dataset: i64) -> Result<Vec<String>>;
     /// The model called `name`, if any.
-    pub fn model(&self, name: &str) -> Result<Option<Model>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT id, name, modality, family, num_params FROM models WHERE name = ?1",
-                [name],
-                model_row,
-            )
-            .optional()?)
-    }
-
+    fn model(&self, name: &str) -> Result<Option<Model>>;
     /// All models, by name.
-    pub fn models(&self) -> Result<Vec<Model>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT id, name, modality, family, num_params FROM models ORDER BY name")?;
-        let rows = st.query_map([], model_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Checkpoints, optionally of one model, ordered by model then step then creation.
-    pub fn checkpoints(&self, model: Option<&str>) -> Result<Vec<Checkpoint>> {
-        let mut st = self.conn.prepare(
-            "SELECT c.id, m.name, c.name, c.step, c.created_at
-             FROM checkpoints c JOIN models m ON m.id = c.model_id
-             WHERE ?1 IS NULL OR m.name = ?1
-             ORDER BY m.name, c.step IS NULL, c.step, c.id",
-        )?;
-        let rows = st.query_map([model], |r| {
-            Ok(Checkpoint {
-                id: r.get(0)?,
-                model: r.get(1)?,
-                checkpoint: r.get(2)?,
-                step: r.get(3)?,
-                created_at: r.get(4)?,
-                meta: Default::default(),
-            })
-        })?;
-        let mut out: Vec<Checkpoint> = rows.collect::<rusqlite::Result<_>>()?;
-        let mut meta = self.all_checkpoint_meta()?;
-        for c in &mut out {
-            c.meta = meta.remove(&c.id).unwrap_or_default();
-        }
-        Ok(out)
-    }
-
+    fn models(&self) -> Result<Vec<Model>>;
+    /// Checkpoints (with their provenance), optionally of one model, ordered by model, then
+    /// step (none last), then creation.
+    fn checkpoints(&self, model: Option<&str>) -> Result<Vec<Checkpoint>>;
     /// Every checkpoint's provenance, by checkpoint id.
-    pub fn all_checkpoint_meta(
+    fn checkpoint_meta(&self) -> Result<HashMap<i64, BTreeMap<String, String>>>;
+    /// Representations matching a filter, ordered by model, checkpoint (as
+    /// [`Catalog::checkpoints`]), dataset, pool, layer.
+    fn reps(&self, filter: &RepFilter) -> Result<Vec<Rep>>;
+    /// Every blob row, by hash, with a representation that uses it.
+    fn blobs(&self) -> Result<Vec<StoredBlob>>;
+    /// True when a blob row or a representation names `hash`.
+    fn blob_named(&self, hash: &BlobHash) -> Result<bool>;
+    /// Scores, optionally of one model, ordered as checkpoints, then by name.
+    fn scores(&self, model: Option<&str>) -> Result<Vec<Score>>;
+
+    /// Runs `f` in one transaction: every row it writes lands, or (when it fails) none. A
+    /// writer waits for another process's transaction rather than failing.
+    fn transact(&mut self, f: &mut dyn FnMut(&mut dyn CatalogTx) -> Result<()>) -> Result<()>;
+
+    // ----- the cell cache (DESIGN.md §5) -----
+
+    /// The cached cells of the pair `x` × `y` for one metric, as (x layer, y layer, value), in
+    /// one round trip.
+    fn cached_cells(
         &self,
-    ) -> Result<std::collections::HashMap<i64, std::collections::BTreeMap<String, String>>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT checkpoint_id, key, value FROM checkpoint_meta")?;
-        let mut out: std::collections::HashMap<i64, std::collections::BTreeMap<String, String>> =
-            Default::default();
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            out.entry(r.get(0)?)
-                .or_default()
-                .insert(r.get(1)?, r.get(2)?);
-        }
-        Ok(out)
+        m: &MetricKey,
+        x: CellSide,
+        y: CellSide,
+    ) -> Result<Vec<(usize, usize, f64)>>;
+    /// Stores computed cells of the pair `x` × `y`, for any of the metrics `keys` (a cell names
+    /// its metric by index), in one transaction. A cell another process stored meanwhile is
+    /// kept (same key, same value by construction).
+    fn store_cells(
+        &mut self,
+        keys: &[MetricKey],
+        x: CellSide,
+        y: CellSide,
+        cells: &[NewCell],
+    ) -> Result<()>;
+    /// The metric dictionary.
+    fn cell_metrics(&self) -> Result<Vec<MetricEntry>>;
+    /// The side dictionary.
+    fn cell_sides(&self) -> Result<Vec<SideEntry>>;
+    /// `n` readers of the served cells, each on its own connection.
+    fn cell_readers(&self, n: usize) -> Result<Vec<Box<dyn CellReader>>>;
+    /// Every row of one cell table with its key spelled out.
+    fn cell_rows(&self, table: CellTable) -> Result<Vec<CellRow>>;
+    /// Moves an imported cell (recomputed and found equal) into the served table.
+    fn promote_cell(&mut self, ids: [i64; 3]) -> Result<()>;
+
+    /// A cached clamp threshold of a layer set (keyed by BLAKE3 of its layer hashes) at `q`.
+    fn clamp_threshold(&self, layers_key: &str, q: f64) -> Result<Option<f64>>;
+    /// Records a clamp threshold (a first one stays).
+    fn put_clamp_threshold(&self, layers_key: &str, q: f64, threshold: f64) -> Result<()>;
+    /// Every cached clamp threshold: (layers key, q, threshold).
+    fn clamp_thresholds(&self) -> Result<Vec<(String, f64, f64)>>;
+    /// The rows of a blob prepared as `prep` whose k-th neighbour ties, as a bit set.
+    fn knn_ties(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<Option<Vec<u8>>>;
+    /// Records a blob's tied rows (a first record stays).
+    fn put_knn_ties(&self, hash: &BlobHash, prep: &str, k: usize, rows: &[u8]) -> Result<()>;
+    /// A cached sample of draws (little-endian f64s).
+    fn draws(&self, key: &DrawKey) -> Result<Option<Vec<u8>>>;
+    /// Records a sample of draws; a longer one already stored stays.
+    fn put_draws(&self, key: &DrawKey, vals: &[u8]) -> Result<()>;
+
+    // ----- upkeep and sharing -----
+
+    /// The catalog's own consistency check: `None` when sound, else what it found.
+    fn integrity_check(&self) -> Result<Option<String>>;
+    /// What garbage collection would remove, given the metric versions this prh computes.
+    fn gc_plan(&self, current: &[(&str, u32)]) -> Result<GcPlan>;
+    /// Removes what [`Catalog::gc_plan`] found (the blob rows `unreferenced`, stale cache rows
+    /// and the dictionary entries of blobs no representation names) in one transaction.
+    fn gc_apply(&mut self, current: &[(&str, u32)], unreferenced: &[BlobHash]) -> Result<()>;
+    /// Writes a consistent snapshot of the catalog (or of some models and what they need) to
+    /// `dest`, as a bundle's `catalog.db` (an SQLite catalog, whatever this backend is).
+    fn export_snapshot(&self, dest: &Path, models: Option<&[String]>) -> Result<SnapshotInfo>;
+    /// Merges a checked bundle snapshot in one transaction, refusing conflicts. `publish` is
+    /// given the blobs the snapshot names that this catalog lacks, before any row naming them
+    /// is written, and returns how many it placed.
+    fn merge_snapshot(
+        &mut self,
+        snapshot: &Path,
+        opts: &MergeOptions,
+        publish: &mut dyn FnMut(&[BlobHash]) -> Result<usize>,
+    ) -> Result<MergeCounts>;
+}
+
+impl dyn Catalog + '_ {
+    /// [`Catalog::transact`] for a closure that returns a value.
+    pub fn write<T>(&mut self, f: impl FnOnce(&mut dyn CatalogTx) -> Result<T>) -> Result<T> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.transact(&mut |tx| {
+            let f = f
+                .take()
+                .ok_or_else(|| Error::Invalid("a transaction body ran twice".into()))?;
+            out = Some(f(tx)?);
+            Ok(())
+        })?;
+        out.ok_or_else(|| Error::Invalid("a transaction body did not run".into()))
     }
 
     /// A model's checkpoint by name.
@@ -354,169 +423,17 @@ impl Catalog {
         Ok(all.pop())
     }
 
-    // ----- representations -----
-
-    /// Representations matching a filter, ordered by model, checkpoint, dataset, pool, layer.
-    pub fn reps(&self, f: &RepFilter) -> Result<Vec<Rep>> {
-        let mut st = self.conn.prepare(
-            "SELECT r.blob_hash, m.name, c.name, ds.name, r.layer, r.pool, b.dtype, b.n, b.d,
-                    c.id, m.modality, r.layout
-             FROM representations r
-             JOIN checkpoints c ON c.id = r.checkpoint_id
-             JOIN models m ON m.id = c.model_id
-             JOIN datasets ds ON ds.id = r.dataset_id
-             JOIN blobs b ON b.hash = r.blob_hash
-             WHERE (?1 IS NULL OR m.name = ?1)
-               AND (?2 IS NULL OR c.id = ?2)
-               AND (?3 IS NULL OR ds.name = ?3)
-               AND (?4 IS NULL OR r.pool = ?4)
-               AND (?5 IS NULL OR r.blob_hash LIKE ?5 || '%')
-             ORDER BY m.name, c.step IS NULL, c.step, c.id, ds.name, r.pool, r.layer",
-        )?;
-        let rows = st.query_map(
-            params![
-                f.model,
-                f.checkpoint_id,
-                f.dataset,
-                f.pool,
-                f.hash_prefix.as_ref().map(|s| s.to_ascii_lowercase())
-            ],
-            |r| {
-                Ok(Rep {
-                    hash: r.get(0)?,
-                    model: r.get(1)?,
-                    checkpoint: r.get(2)?,
-                    dataset: r.get(3)?,
-                    layer: r.get(4)?,
-                    pool: r.get(5)?,
-                    dtype: r.get(6)?,
-                    n: r.get::<_, i64>(7)? as usize,
-                    d: r.get::<_, i64>(8)? as usize,
-                    checkpoint_id: r.get(9)?,
-                    modality: r.get(10)?,
-                    layout: r.get(11)?,
-                })
-            },
-        )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
     /// Every blob hash the catalog knows (whether referenced or not).
     pub fn blob_hashes(&self) -> Result<Vec<BlobHash>> {
-        let mut st = self.conn.prepare("SELECT hash FROM blobs ORDER BY hash")?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-        rows.map(|h| h?.parse()).collect::<Result<Vec<_>>>()
-    }
-
-    // ----- scores -----
-
-    /// Scores, optionally of one model.
-    pub fn scores(&self, model: Option<&str>) -> Result<Vec<Score>> {
-        let mut st = self.conn.prepare(
-            "SELECT m.name, c.name, s.name, s.value, s.higher_is_better
-             FROM scores s JOIN checkpoints c ON c.id = s.checkpoint_id
-             JOIN models m ON m.id = c.model_id
-             WHERE ?1 IS NULL OR m.name = ?1
-             ORDER BY m.name, c.step IS NULL, c.step, c.id, s.name",
-        )?;
-        let rows = st.query_map([model], |r| {
-            Ok(Score {
-                model: r.get(0)?,
-                checkpoint: r.get(1)?,
-                name: r.get(2)?,
-                value: r.get(3)?,
-                higher_is_better: r.get::<_, Option<i64>>(4)?.map(|v| v != 0),
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(self.blobs()?.into_iter().map(|b| b.row.hash).collect())
     }
 }
 
-fn dataset_row(r: &rusqlite::Row) -> rusqlite::Result<Dataset> {
-    Ok(Dataset {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        n: r.get::<_, i64>(2)? as usize,
-        description: r.get(3)?,
-        has_ids: r.get(4)?,
-    })
-}
-
-fn model_row(r: &rusqlite::Row) -> rusqlite::Result<Model> {
-    Ok(Model {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        modality: r.get(2)?,
-        family: r.get(3)?,
-        num_params: r.get(4)?,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn migrations_apply_once_and_record_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("catalog.db");
-        let c = Catalog::create(&p).unwrap();
-        assert_eq!(c.schema_version().unwrap(), MIGRATIONS.len());
-        drop(c);
-        let c = Catalog::open(&p).unwrap();
-        assert_eq!(c.schema_version().unwrap(), MIGRATIONS.len());
-        let mode: String = c
-            .conn()
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "wal");
-        let fk: i64 = c
-            .conn()
-            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(fk, 1);
-    }
-
-    #[test]
-    fn refuses_a_newer_schema() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("catalog.db");
-        let c = Catalog::create(&p).unwrap();
-        c.conn().pragma_update(None, "user_version", 99).unwrap();
-        drop(c);
-        let e = Catalog::open(&p).err().unwrap().to_string();
-        assert!(e.contains("newer than this prh"), "{e}");
-    }
-
-    #[test]
-    fn only_create_makes_a_catalog_and_foreign_files_are_refused_untouched() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("catalog.db");
-        let e = Catalog::open(&p).err().unwrap().to_string();
-        assert!(e.contains("catalog.db"), "{e}");
-        assert!(!p.exists(), "open must not create a catalog");
-        std::fs::write(&p, b"").unwrap();
-        let e = Catalog::open(&p).err().unwrap().to_string();
-        assert!(e.contains("not a prh catalog (the file is empty)"), "{e}");
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
-        std::fs::remove_file(&p).unwrap();
-        let other = Connection::open(&p).unwrap();
-        other
-            .execute_batch("CREATE TABLE notes (t TEXT); PRAGMA user_version = 2;")
-            .unwrap();
-        drop(other);
-        let before = std::fs::read(&p).unwrap();
-        let e = Catalog::open(&p).err().unwrap().to_string();
-        assert!(e.contains("no prh schema"), "{e}");
-        let e = Catalog::create(&p).err().unwrap().to_string();
-        assert!(e.contains("no prh schema"), "{e}");
-        assert_eq!(std::fs::read(&p).unwrap(), before);
-        std::fs::write(
-            &p,
-            b"hello, not sqlite at all, but long enough to look like a header....",
-        )
-        .unwrap();
-        let e = Catalog::open(&p).err().unwrap().to_string();
-        assert!(e.contains("not a prh catalog"), "{e}");
-    }
+/// The order of checkpoints in every listing: model name, then step with none last, then id.
+pub(crate) fn checkpoint_order(
+    model: &str,
+    step: Option<i64>,
+    id: i64,
+) -> (String, bool, i64, i64) {
+    (model.to_string(), step.is_none(), step.unwrap_or(0), id)
 }

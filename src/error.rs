@@ -15,9 +15,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// An error from the SQLite catalog.
+    /// An error from the catalog's database (the backend's message).
     #[error("catalog: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Catalog(String),
     /// The request contradicts what the registry holds, or is malformed.
     #[error("{0}")]
     Invalid(String),

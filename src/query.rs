@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use polars::prelude::*;
 use polars::sql::SQLContext;
 
+use crate::catalog::{Catalog, CellReader};
 use crate::engine::Reduce;
 use crate::error::{Error, Result};
 use crate::metrics::{ClampScope, Layout, Metric, Scope};
@@ -146,17 +147,22 @@ where
 
 /// Loads the `reps` frame and a hash → representations index.
 pub fn reps(reg: &Registry) -> Result<RepIndex> {
-    let conn = reg.catalog.conn();
-    let mut st = conn.prepare(
-        "SELECT r.blob_hash, m.name, m.modality, m.family, c.name, c.id, c.step, d.name, d.id,
-                r.layer, r.pool, b.n, b.d,
-                (SELECT count(*) FROM representations r2 WHERE r2.checkpoint_id = r.checkpoint_id
-                   AND r2.dataset_id = r.dataset_id AND r2.pool = r.pool), r.layout
-         FROM representations r JOIN checkpoints c ON c.id = r.checkpoint_id
-         JOIN models m ON m.id = c.model_id JOIN datasets d ON d.id = r.dataset_id
-         JOIN blobs b ON b.hash = r.blob_hash
-         ORDER BY m.name, c.step, c.id, r.layer",
-    )?;
+    // Ordered by model, step (none first), checkpoint, layer; each layer set's size counted.
+    let mut rows = reg.catalog.reps(&crate::catalog::RepFilter::default())?;
+    rows.sort_by(|a, b| {
+        (&a.model, a.step, a.checkpoint_id, a.layer).cmp(&(
+            &b.model,
+            b.step,
+            b.checkpoint_id,
+            b.layer,
+        ))
+    });
+    let mut set_sizes: HashMap<(i64, i64, &str), i64> = HashMap::new();
+    for r in &rows {
+        *set_sizes
+            .entry((r.checkpoint_id, r.dataset_id, r.pool.as_str()))
+            .or_default() += 1;
+    }
     let mut hash = Vec::new();
     let mut model = Vec::new();
     let mut modality = Vec::new();
@@ -172,33 +178,30 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
     let mut layers = Vec::new();
     let mut layout: Vec<Option<String>> = Vec::new();
     let mut meta: Vec<String> = Vec::new();
-    let ck_meta = reg.catalog.all_checkpoint_meta()?;
+    let ck_meta = reg.catalog.checkpoint_meta()?;
     let mut by_hash: HashMap<Box<[u8]>, Vec<(u32, i64)>, HexHash> = HashMap::default();
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        let h: String = r.get(0)?;
-        let ds_id: i64 = r.get(8)?;
+    for r in &rows {
         by_hash
-            .entry(h.as_bytes().into())
+            .entry(r.hash.as_bytes().into())
             .or_default()
-            .push((hash.len() as u32, ds_id));
-        hash.push(h);
-        model.push(r.get::<_, String>(1)?);
-        modality.push(r.get::<_, String>(2)?);
-        family.push(r.get(3)?);
-        ck.push(r.get::<_, String>(4)?);
-        ck_id.push(r.get::<_, i64>(5)?);
-        step.push(r.get(6)?);
-        dataset.push(r.get::<_, String>(7)?);
-        layer.push(r.get::<_, i64>(9)?);
-        pool.push(r.get::<_, String>(10)?);
-        n.push(r.get::<_, i64>(11)?);
-        d.push(r.get::<_, i64>(12)?);
-        layers.push(r.get::<_, i64>(13)?);
-        layout.push(r.get(14)?);
+            .push((hash.len() as u32, r.dataset_id));
+        layers.push(set_sizes[&(r.checkpoint_id, r.dataset_id, r.pool.as_str())]);
+        hash.push(r.hash.clone());
+        model.push(r.model.clone());
+        modality.push(r.modality.clone());
+        family.push(r.family.clone());
+        ck.push(r.checkpoint.clone());
+        ck_id.push(r.checkpoint_id);
+        step.push(r.step);
+        dataset.push(r.dataset.clone());
+        layer.push(r.layer);
+        pool.push(r.pool.clone());
+        n.push(r.n as i64);
+        d.push(r.d as i64);
+        layout.push(r.layout.clone());
         meta.push(
             ck_meta
-                .get(ck_id.last().expect("pushed"))
+                .get(&r.checkpoint_id)
                 .map(|m| serde_json::to_string(m).expect("strings serialise"))
                 .unwrap_or_else(|| "{}".into()),
         );
@@ -252,16 +255,11 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
     }
     // The sweep keys a checkpoint's threshold by BLAKE3 of its ordered layer hashes.
     let mut thresholds: HashMap<String, Vec<(f64, u32)>> = HashMap::new();
-    {
-        let mut st = conn.prepare("SELECT layers_key, q, threshold FROM clamp_thresholds")?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let (k, q, t): (String, f64, f64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            thresholds
-                .entry(k)
-                .or_default()
-                .push((q, (t as f32).to_bits()));
-        }
+    for (k, q, t) in reg.catalog.clamp_thresholds()? {
+        thresholds
+            .entry(k)
+            .or_default()
+            .push((q, (t as f32).to_bits()));
     }
     let cached = |hashes: &[crate::store::BlobHash]| {
         thresholds
@@ -422,18 +420,15 @@ fn intern<T: PartialEq>(list: &mut Vec<T>, v: T) -> usize {
 }
 
 impl<'i> Dictionary<'i> {
-    fn read(conn: &rusqlite::Connection, idx: &'i RepIndex, filter: &CellFilter) -> Result<Self> {
+    fn read(catalog: &dyn Catalog, idx: &'i RepIndex, filter: &CellFilter) -> Result<Self> {
         let current: HashMap<&str, (u32, bool)> = crate::metrics::ALL
             .iter()
             .map(|m| (m.name(), (m.version(), m.symmetric())))
             .collect();
         let mut names: Vec<(String, String)> = Vec::new();
         let mut metrics = Vec::new();
-        let mut st = conn.prepare("SELECT id, metric, version, params FROM cell_metrics")?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let (id, m, v, p): (i64, String, i64, String) =
-                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        for e in catalog.cell_metrics()? {
+            let (id, m, v, p) = (e.id, e.metric, e.version, e.params);
             // Rows of an older metric version, or of an unknown metric, are never served.
             let Some(&(version, symmetric)) = current.get(m.as_str()) else {
                 continue;
@@ -447,10 +442,8 @@ impl<'i> Dictionary<'i> {
         }
         let mut kinds: Vec<String> = Vec::new();
         let mut sides = HashMap::new();
-        let mut st = conn.prepare("SELECT id, hash, prep FROM cell_sides")?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let (id, hash, prep): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        for e in catalog.cell_sides()? {
+            let (id, hash, prep) = (e.id, e.hash, e.prep);
             let Some(reps) = idx.by_hash.get(hash.as_bytes()) else {
                 continue;
             };
@@ -506,25 +499,20 @@ impl<'i> Dictionary<'i> {
 /// Scans the cells whose x side id lies in [lo, hi] (the primary key is (m, x, y), so each
 /// metric's range is a contiguous stretch of the table).
 fn scan(
-    conn: &rusqlite::Connection,
+    reader: &mut dyn CellReader,
     idx: &RepIndex,
     dict: &Dictionary,
     scope: ClampScope,
     lo: i64,
     hi: i64,
 ) -> Result<Part> {
-    let mut st =
-        conn.prepare("SELECT x, y, value FROM cells WHERE m = ?1 AND x BETWEEN ?2 AND ?3")?;
     let mut part = Part::default();
     for &(m, name, symmetric) in &dict.metrics {
-        let mut rows = st.query(rusqlite::params![m, lo, hi])?;
-        while let Some(r) = rows.next()? {
-            let (x, y): (i64, i64) = (r.get(0)?, r.get(1)?);
+        reader.scan(m, lo, hi, &mut |x, y, v| {
             let (Some(sx), Some(sy)) = (dict.sides.get(&x), dict.sides.get(&y)) else {
-                continue; // a blob no representation names
+                return; // a blob no representation names
             };
             let k = dict.key(name, sx.kind, sy.kind);
-            let v: f64 = r.get(2)?;
             let mut emit = |a: u32, b: u32| {
                 part.xs.push(a);
                 part.ys.push(b);
@@ -551,7 +539,7 @@ fn scan(
                     }
                 }
             }
-        }
+        })?;
     }
     Ok(part)
 }
@@ -559,17 +547,7 @@ fn scan(
 /// Reads the cache into [`Cells`]: the key dictionaries first, then the cells split into
 /// ranges of x side ids (one per core), each scanned on its own read connection, then merged.
 pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cells> {
-    let db = reg.root.join("catalog.db");
-    let open = || -> Result<rusqlite::Connection> {
-        let conn = rusqlite::Connection::open_with_flags(
-            &db,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(crate::catalog::BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "mmap_size", 1i64 << 34)?;
-        Ok(conn)
-    };
-    let dict = Dictionary::read(&open()?, idx, filter)?;
+    let dict = Dictionary::read(reg.catalog.as_ref(), idx, filter)?;
     let threads = rayon::current_num_threads().clamp(1, 16) as i128;
     // Side ids are uniform over i64: equal ranges hold about equal shares of the cells.
     let span = (i64::MAX as i128 - i64::MIN as i128 + 1) / threads;
@@ -584,12 +562,14 @@ pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cell
             (lo as i64, hi as i64)
         })
         .collect();
+    let readers = reg.catalog.cell_readers(bounds.len())?;
     let parts: Vec<Result<Part>> = std::thread::scope(|sc| {
         let handles: Vec<_> = bounds
             .iter()
-            .map(|&(lo, hi)| {
-                let (open, dict) = (&open, &dict);
-                sc.spawn(move || scan(&open()?, idx, dict, filter.scope, lo, hi))
+            .zip(readers)
+            .map(|(&(lo, hi), mut reader)| {
+                let dict = &dict;
+                sc.spawn(move || scan(reader.as_mut(), idx, dict, filter.scope, lo, hi))
             })
             .collect();
         handles
@@ -748,11 +728,6 @@ pub fn small_tables(reg: &Registry) -> Result<Vec<(&'static str, DataFrame)>> {
     let models = reg.catalog.models()?;
     let cks = reg.catalog.checkpoints(None)?;
     let ds = reg.catalog.datasets()?;
-    let conn = reg.catalog.conn();
-    let mut st = conn.prepare(
-        "SELECT m.name, c.name, c.id, s.name, s.value, s.higher_is_better FROM scores s
-         JOIN checkpoints c ON c.id = s.checkpoint_id JOIN models m ON m.id = c.model_id",
-    )?;
     let (mut sm, mut sc, mut sci, mut sn, mut sv, mut sh) = (
         Vec::new(),
         Vec::new(),
@@ -761,14 +736,13 @@ pub fn small_tables(reg: &Registry) -> Result<Vec<(&'static str, DataFrame)>> {
         Vec::new(),
         Vec::<Option<bool>>::new(),
     );
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        sm.push(r.get::<_, String>(0)?);
-        sc.push(r.get::<_, String>(1)?);
-        sci.push(r.get::<_, i64>(2)?);
-        sn.push(r.get::<_, String>(3)?);
-        sv.push(r.get::<_, f64>(4)?);
-        sh.push(r.get::<_, Option<i64>>(5)?.map(|v| v != 0));
+    for s in reg.catalog.scores(None)? {
+        sm.push(s.model);
+        sc.push(s.checkpoint);
+        sci.push(s.checkpoint_id);
+        sn.push(s.name);
+        sv.push(s.value);
+        sh.push(s.higher_is_better);
     }
     Ok(vec![
         (

@@ -4,10 +4,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, Dataset, Model};
+use crate::catalog::{
+    BlobRow, Catalog, CatalogTx, Dataset, Model, RepFilter, RepSlot, SqliteCatalog,
+};
 use crate::error::{Error, Result};
 use crate::formats::{self, FeatureFile};
 use crate::lock::RegistryLock;
@@ -26,7 +27,7 @@ const LOWER_IS_BETTER: &[&str] = &["loss", "bpb", "perplexity", "ppl", "error", 
 /// An open registry.
 pub struct Registry {
     pub root: PathBuf,
-    pub catalog: Catalog,
+    pub catalog: Box<dyn Catalog>,
     pub store: FsBlobStore,
 }
 
@@ -53,7 +54,20 @@ impl Registry {
         fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let store = FsBlobStore::new(root);
         store.create_dirs()?;
-        let catalog = Catalog::create(&root.join("catalog.db"))?;
+        let catalog = SqliteCatalog::create(&root.join("catalog.db"))?;
+        Ok(Registry {
+            root: root.to_path_buf(),
+            catalog: Box::new(catalog),
+            store,
+        })
+    }
+
+    /// A registry whose blobs live under `root` and whose rows live in `catalog` (any backend;
+    /// `init` and `open` give the default SQLite one in `root/catalog.db`).
+    pub fn with_catalog(root: &Path, catalog: Box<dyn Catalog>) -> Result<Registry> {
+        fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let store = FsBlobStore::new(root);
+        store.create_dirs()?;
         Ok(Registry {
             root: root.to_path_buf(),
             catalog,
@@ -73,7 +87,7 @@ impl Registry {
         }
         Ok(Registry {
             root: root.to_path_buf(),
-            catalog: Catalog::open(&db)?,
+            catalog: Box::new(SqliteCatalog::open(&db)?),
             store: FsBlobStore::new(root),
         })
     }
@@ -115,18 +129,9 @@ impl Registry {
             )));
         }
         self.catalog.write(|tx| {
-            tx.execute(
-                "INSERT INTO datasets (name, n, description) VALUES (?1, ?2, ?3)",
-                params![name, n as i64, description],
-            )?;
-            let id = tx.last_insert_rowid();
+            let id = tx.insert_dataset(name, n, description)?;
             if let Some(ids) = &ids {
-                let mut st = tx.prepare(
-                    "INSERT INTO dataset_samples (dataset_id, idx, sample_id) VALUES (?1, ?2, ?3)",
-                )?;
-                for (i, s) in ids.iter().enumerate() {
-                    st.execute(params![id, i as i64, s])?;
-                }
+                tx.insert_samples(id, ids)?;
             }
             Ok(())
         })?;
@@ -318,17 +323,17 @@ impl Registry {
         let Some(ck) = self.catalog.checkpoint(&m.name, ck_name)? else {
             return Ok(());
         };
+        let held = self.catalog.reps(&RepFilter {
+            checkpoint_id: Some(ck.id),
+            dataset: Some(ds.name.clone()),
+            pool: Some(req.pool.clone()),
+            ..Default::default()
+        })?;
         for (layer, (s, _, _)) in sealed.iter().enumerate() {
-            let existing: Option<String> = self
-                .catalog
-                .conn()
-                .query_row(
-                    "SELECT blob_hash FROM representations
-                     WHERE checkpoint_id = ?1 AND dataset_id = ?2 AND layer = ?3 AND pool = ?4",
-                    params![ck.id, ds.id, layer as i64, req.pool],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let existing = held
+                .iter()
+                .find(|r| r.layer == layer as i64)
+                .map(|r| r.hash.clone());
             if let Some(h) = existing
                 && h != s.hash().to_hex()
             {
@@ -386,19 +391,14 @@ impl Registry {
             return; // left for `prh gc`
         };
         for h in added {
-            let named: rusqlite::Result<i64> = self.catalog.conn().query_row(
-                "SELECT (SELECT count(*) FROM blobs WHERE hash = ?1)
-                      + (SELECT count(*) FROM representations WHERE blob_hash = ?1)",
-                [h.to_hex()],
-                |r| r.get(0),
-            );
-            if matches!(named, Ok(0)) {
+            if matches!(self.catalog.blob_named(h), Ok(false)) {
                 let _ = self.store.remove(h);
             }
         }
     }
 
-    /// The catalog half of an ingest: every row in one transaction.
+    /// The catalog half of an ingest: every row in one transaction, phase by phase (dataset,
+    /// model, checkpoint, layers, scores and provenance).
     fn commit_ingest(
         &mut self,
         file: &FeatureFile,
@@ -406,9 +406,6 @@ impl Registry {
         ck_name: &str,
         layers: &mut [LayerReport],
     ) -> Result<TxOutcome> {
-        let path = &file.path;
-        let n = file.n();
-        let source = path.display().to_string();
         let mut scores: Vec<(String, f64)> = file.meta.scores.clone();
         for (k, v) in &req.scores {
             scores.retain(|(kk, _)| kk != k);
@@ -417,147 +414,17 @@ impl Registry {
         let num_params = req.num_params.or(file.meta.num_params);
         self.catalog.write(|tx| {
             let mut out = TxOutcome::default();
-            let ds_id = match tx
-                .query_row(
-                    "SELECT id, n FROM datasets WHERE name = ?1",
-                    [&req.dataset],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-                )
-                .optional()?
-            {
-                Some((id, dn)) if dn as usize == n => id,
-                Some((_, dn)) => {
-                    return Err(Error::format(
-                        path,
-                        format!("n = {n} rows, but dataset {} has n = {dn}", req.dataset),
-                    ));
-                }
-                None => {
-                    tx.execute(
-                        "INSERT INTO datasets (name, n) VALUES (?1, ?2)",
-                        params![req.dataset, n as i64],
-                    )?;
-                    out.dataset_created = true;
-                    tx.last_insert_rowid()
-                }
-            };
-            let model_id = match tx
-                .query_row(
-                    "SELECT id, modality FROM models WHERE name = ?1",
-                    [&req.model],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-                )
-                .optional()?
-            {
-                Some((id, modality)) => {
-                    if let Some(want) = &req.modality
-                        && &modality != want {
-                            return Err(Error::format(
-                                path,
-                                format!("model {} is registered with modality {modality}, not {want}", req.model),
-                            ));
-                        }
-                    id
-                }
-                None => {
-                    tx.execute(
-                        "INSERT INTO models (name, modality, family) VALUES (?1, ?2, ?3)",
-                        params![req.model, req.modality, req.family],
-                    )?;
-                    out.model_created = true;
-                    tx.last_insert_rowid()
-                }
-            };
-            if let Some(np) = num_params {
-                tx.execute(
-                    "UPDATE models SET num_params = ?1 WHERE id = ?2",
-                    params![np, model_id],
-                )?;
-            }
-            if let Some(f) = &req.family {
-                tx.execute(
-                    "UPDATE models SET family = ?1 WHERE id = ?2 AND family IS NULL",
-                    params![f, model_id],
-                )?;
-            }
-            let ck_id = match tx
-                .query_row(
-                    "SELECT id FROM checkpoints WHERE model_id = ?1 AND name = ?2",
-                    params![model_id, ck_name],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()?
-            {
-                Some(id) => {
-                    if let Some(step) = req.step {
-                        tx.execute(
-                            "UPDATE checkpoints SET step = ?1 WHERE id = ?2 AND step IS NULL",
-                            params![step, id],
-                        )?;
-                    }
-                    id
-                }
-                None => {
-                    tx.execute(
-                        "INSERT INTO checkpoints (model_id, name, step) VALUES (?1, ?2, ?3)",
-                        params![model_id, ck_name, req.step],
-                    )?;
-                    out.checkpoint_created = true;
-                    tx.last_insert_rowid()
-                }
-            };
-            for l in layers.iter_mut() {
-                let hex = l.hash.to_hex();
-                tx.execute(
-                    "INSERT OR IGNORE INTO blobs (hash, dtype, n, d, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![hex, l.dtype, n as i64, l.d as i64, l.bytes as i64],
-                )?;
-                let existing: Option<String> = tx
-                    .query_row(
-                        "SELECT blob_hash FROM representations
-                         WHERE checkpoint_id = ?1 AND dataset_id = ?2 AND layer = ?3 AND pool = ?4",
-                        params![ck_id, ds_id, l.layer as i64, req.pool],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                match existing {
-                    Some(h) if h == hex => {
-                        // Registries from before layouts were recorded learn it on re-ingest.
-                        out.layouts_recorded += tx.execute(
-                            "UPDATE representations SET layout = ?5 WHERE checkpoint_id = ?1
-                             AND dataset_id = ?2 AND layer = ?3 AND pool = ?4 AND layout IS NULL",
-                            params![ck_id, ds_id, l.layer as i64, req.pool, file.layout.name()],
-                        )?;
-                    }
-                    Some(h) => {
-                        return Err(Error::format(
-                            path,
-                            format!("layer {} already holds a different representation ({}); ingest it under a new --checkpoint", l.layer, &h[..12]),
-                        ));
-                    }
-                    None => {
-                        tx.execute(
-                            "INSERT INTO representations (checkpoint_id, dataset_id, layer, pool, blob_hash, source, layout)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                            params![ck_id, ds_id, l.layer as i64, req.pool, hex, source, file.layout.name()],
-                        )?;
-                        l.new_row = true;
-                    }
-                }
-            }
+            let ds = ingest_dataset(tx, file, req, &mut out)?;
+            let model = ingest_model(tx, file, req, num_params, &mut out)?;
+            let ck = ingest_checkpoint(tx, model, ck_name, req.step, &mut out)?;
+            ingest_layers(tx, file, req, ck, ds, layers, &mut out)?;
             for (name, value) in &scores {
-                if upsert_score(tx, ck_id, name, *value, None)? {
+                if upsert_score(tx, ck, name, *value, None)? {
                     out.scores_changed.push(name.clone());
                 }
             }
             for (key, value) in &req.meta {
-                let changed = tx.execute(
-                    "INSERT INTO checkpoint_meta (checkpoint_id, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (checkpoint_id, key) DO UPDATE SET value = excluded.value
-                     WHERE value != excluded.value",
-                    params![ck_id, key, value],
-                )?;
-                if changed > 0 {
+                if tx.put_meta(ck, key, value)? {
                     out.meta_changed.push(key.clone());
                 }
             }
@@ -583,32 +450,159 @@ struct TxOutcome {
     layouts_recorded: usize,
 }
 
+/// The ingest's dataset: found (its n must be the file's) or created.
+fn ingest_dataset(
+    tx: &mut dyn CatalogTx,
+    file: &FeatureFile,
+    req: &IngestRequest,
+    out: &mut TxOutcome,
+) -> Result<i64> {
+    let n = file.n();
+    match tx.dataset(&req.dataset)? {
+        Some((id, dn)) if dn == n => Ok(id),
+        Some((_, dn)) => Err(Error::format(
+            &file.path,
+            format!("n = {n} rows, but dataset {} has n = {dn}", req.dataset),
+        )),
+        None => {
+            out.dataset_created = true;
+            tx.insert_dataset(&req.dataset, n, None)
+        }
+    }
+}
+
+/// The ingest's model: found (its modality must be the one given) or created; its parameter
+/// count and (where none is recorded) family updated.
+fn ingest_model(
+    tx: &mut dyn CatalogTx,
+    file: &FeatureFile,
+    req: &IngestRequest,
+    num_params: Option<i64>,
+    out: &mut TxOutcome,
+) -> Result<i64> {
+    let id = match tx.model(&req.model)? {
+        Some((id, modality)) => {
+            if let Some(want) = &req.modality
+                && &modality != want
+            {
+                return Err(Error::format(
+                    &file.path,
+                    format!(
+                        "model {} is registered with modality {modality}, not {want}",
+                        req.model
+                    ),
+                ));
+            }
+            id
+        }
+        None => {
+            let modality = req.modality.as_deref().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "model {} is new: give its --modality (e.g. language, vision)",
+                    req.model
+                ))
+            })?;
+            out.model_created = true;
+            tx.insert_model(&req.model, modality, req.family.as_deref())?
+        }
+    };
+    if let Some(np) = num_params {
+        tx.set_num_params(id, np)?;
+    }
+    if let Some(f) = &req.family {
+        tx.fill_family(id, f)?;
+    }
+    Ok(id)
+}
+
+/// The ingest's checkpoint: found (learning its step when none was recorded) or created.
+fn ingest_checkpoint(
+    tx: &mut dyn CatalogTx,
+    model: i64,
+    name: &str,
+    step: Option<i64>,
+    out: &mut TxOutcome,
+) -> Result<i64> {
+    match tx.checkpoint(model, name)? {
+        Some(id) => {
+            if let Some(step) = step {
+                tx.fill_step(id, step)?;
+            }
+            Ok(id)
+        }
+        None => {
+            out.checkpoint_created = true;
+            tx.insert_checkpoint(model, name, step)
+        }
+    }
+}
+
+/// Each layer's blob row and representation; a slot already holding another blob is refused.
+fn ingest_layers(
+    tx: &mut dyn CatalogTx,
+    file: &FeatureFile,
+    req: &IngestRequest,
+    ck: i64,
+    ds: i64,
+    layers: &mut [LayerReport],
+    out: &mut TxOutcome,
+) -> Result<()> {
+    let (n, layout) = (file.n(), file.layout.name());
+    let source = file.path.display().to_string();
+    for l in layers.iter_mut() {
+        tx.insert_blob(&BlobRow {
+            hash: l.hash,
+            dtype: l.dtype.to_string(),
+            n,
+            d: l.d,
+            bytes: l.bytes,
+        })?;
+        let at = RepSlot {
+            checkpoint: ck,
+            dataset: ds,
+            layer: l.layer,
+            pool: &req.pool,
+        };
+        match tx.rep_blob(at)? {
+            // Registries from before layouts were recorded learn it on re-ingest.
+            Some(h) if h == l.hash.to_hex() => {
+                out.layouts_recorded += tx.fill_layout(at, layout)? as usize;
+            }
+            Some(h) => {
+                return Err(Error::format(
+                    &file.path,
+                    format!(
+                        "layer {} already holds a different representation ({}); ingest it under a new --checkpoint",
+                        l.layer,
+                        &h[..12.min(h.len())]
+                    ),
+                ));
+            }
+            None => {
+                tx.insert_rep(at, &l.hash, &source, layout)?;
+                l.new_row = true;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Inserts or updates a score; returns true when the stored value changed.
 fn upsert_score(
-    tx: &rusqlite::Transaction,
+    tx: &mut dyn CatalogTx,
     checkpoint_id: i64,
     name: &str,
     value: f64,
     higher_is_better: Option<bool>,
 ) -> Result<bool> {
     validate_name("score", name)?;
-    let old: Option<(f64, Option<i64>)> = tx
-        .query_row(
-            "SELECT value, higher_is_better FROM scores WHERE checkpoint_id = ?1 AND name = ?2",
-            params![checkpoint_id, name],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+    let old = tx.score(checkpoint_id, name)?;
     let dir = match (higher_is_better, &old) {
-        (Some(h), _) => Some(h as i64),
+        (Some(h), _) => Some(h),
         (None, Some((_, d))) => *d,
-        (None, None) => {
-            if LOWER_IS_BETTER.contains(&name.to_ascii_lowercase().as_str()) {
-                Some(0)
-            } else {
-                None
-            }
-        }
+        (None, None) => LOWER_IS_BETTER
+            .contains(&name.to_ascii_lowercase().as_str())
+            .then_some(false),
     };
     if let Some((v, d)) = old
         && v == value
@@ -616,12 +610,7 @@ fn upsert_score(
     {
         return Ok(false);
     }
-    tx.execute(
-        "INSERT INTO scores (checkpoint_id, name, value, higher_is_better) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (checkpoint_id, name) DO UPDATE SET value = excluded.value,
-             higher_is_better = excluded.higher_is_better",
-        params![checkpoint_id, name, value, dir],
-    )?;
+    tx.put_score(checkpoint_id, name, value, dir)?;
     Ok(true)
 }
 

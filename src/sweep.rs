@@ -14,10 +14,9 @@ use std::time::Instant;
 
 use ndarray::Array2;
 use rayon::prelude::*;
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::catalog::{CellSide, MetricKey, NewCell, RepFilter, side_ids};
+use crate::catalog::{CellSide, DrawKey, MetricKey, NewCell, RepFilter, side_ids};
 use crate::engine::Reduce;
 use crate::error::{Error, Result};
 use crate::metrics::{ClampScope, Derived, Layout, MetricSpec, Prep, Scope, Ties, prep};
@@ -416,25 +415,13 @@ pub fn layers_key(layers: &[BlobHash]) -> String {
 /// BLAKE3 of the ordered layer hashes) or computed from the blobs and stored there.
 pub fn clamp_threshold_cached(reg: &Registry, layers: &[BlobHash], q: f64) -> Result<f32> {
     let key = layers_key(layers);
-    let cached: Option<f64> = reg
-        .catalog
-        .conn()
-        .query_row(
-            "SELECT threshold FROM clamp_thresholds WHERE layers_key = ?1 AND q = ?2",
-            params![key, q],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(t) = cached {
+    if let Some(t) = reg.catalog.clamp_threshold(&key, q)? {
         return Ok(t as f32);
     }
     let loaded = load_layers(reg, layers)?;
     let views: Vec<_> = loaded.iter().map(|l| l.view()).collect();
     let t = prep::clamp_threshold(&views, q).unwrap_or(f32::INFINITY);
-    reg.catalog.conn().execute(
-        "INSERT OR IGNORE INTO clamp_thresholds (layers_key, q, threshold) VALUES (?1, ?2, ?3)",
-        params![key, q, t as f64],
-    )?;
+    reg.catalog.put_clamp_threshold(&key, q, t as f64)?;
     Ok(t)
 }
 
@@ -926,10 +913,7 @@ fn store_ties(
     for r in &ties.rows {
         bits[r.row as usize / 8] |= 1 << (r.row % 8);
     }
-    reg.catalog.conn().execute(
-        "INSERT OR IGNORE INTO knn_ties (hash, prep, k, rows) VALUES (?1, ?2, ?3, ?4)",
-        params![hash.to_hex(), prep_key, k as i64, bits],
-    )?;
+    reg.catalog.put_knn_ties(hash, prep_key, k, &bits)?;
     Ok(bits)
 }
 
@@ -944,15 +928,7 @@ fn tie_bits(
     k: usize,
 ) -> Result<Vec<u8>> {
     let (hash, key) = (&ck.layers[l], &cp.keys[l]);
-    let stored: Option<Vec<u8>> = reg
-        .catalog
-        .conn()
-        .query_row(
-            "SELECT rows FROM knn_ties WHERE hash = ?1 AND prep = ?2 AND k = ?3",
-            params![hash.to_hex(), key, k as i64],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let stored = reg.catalog.knn_ties(hash, key, k)?;
     if let Some(bits) = stored.filter(|b| b.len() == ck.n.div_ceil(8)) {
         return Ok(bits);
     }
@@ -991,25 +967,17 @@ fn cached_draws(
     want: usize,
     compute: impl FnOnce(&Registry, std::ops::Range<usize>) -> Result<Vec<f64>>,
 ) -> Result<Vec<f64>> {
-    let stored: Option<Vec<u8>> = reg
-        .catalog
-        .conn()
-        .query_row(
-            "SELECT vals FROM null_samples WHERE pair_key = ?1 AND kind = ?2 AND metric = ?3
-             AND version = ?4 AND params = ?5 AND prep_x = ?6 AND prep_y = ?7 AND seed = ?8",
-            params![
-                key,
-                kind,
-                spec.metric.name(),
-                spec.metric.version(),
-                params,
-                px,
-                py,
-                seed as i64
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let draw_key = DrawKey {
+        pair_key: key,
+        kind,
+        metric: spec.metric.name(),
+        version: spec.metric.version(),
+        params,
+        prep_x: px,
+        prep_y: py,
+        seed,
+    };
+    let stored = reg.catalog.draws(&draw_key)?;
     let mut vals: Vec<f64> = stored
         .unwrap_or_default()
         .chunks_exact(8)
@@ -1019,16 +987,7 @@ fn cached_draws(
         let more = compute(reg, vals.len()..want)?;
         vals.extend(more);
         let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-        // One statement: atomic on its own.
-        {
-            reg.catalog.conn().execute(
-                "INSERT INTO null_samples (pair_key, kind, metric, version, params, prep_x, prep_y, seed, vals)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT DO UPDATE SET vals = excluded.vals
-                 WHERE length(excluded.vals) > length(null_samples.vals)",
-                params![key, kind, spec.metric.name(), spec.metric.version(), params, px, py, seed as i64, bytes],
-            )?;
-        }
+        reg.catalog.put_draws(&draw_key, &bytes)?;
     }
     vals.truncate(want);
     Ok(vals)

@@ -57,7 +57,7 @@ pub fn run(ctx: &Ctx, a: ShowArgs) -> Result<()> {
             a.hash
         ),
     }
-    let mut meta = reg.catalog.all_checkpoint_meta()?;
+    let mut meta = reg.catalog.checkpoint_meta()?;
     let rows: Vec<Shown> = reps
         .into_iter()
         .map(|r| Shown {

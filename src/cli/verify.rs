@@ -20,8 +20,8 @@ pub struct VerifyArgs {
 }
 
 pub fn run(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
-    let reg = ctx.open()?;
-    let r = bundle::verify(&reg, a.recompute, a.seed)?;
+    let mut reg = ctx.open()?;
+    let r = bundle::verify(&mut reg, a.recompute, a.seed)?;
     match a.format {
         FormatArg::Json => println!("{}", serde_json::to_string_pretty(&r)?),
         _ => {
