@@ -24,7 +24,7 @@ use crate::matrix;
 use crate::metrics::{Derived, Kernel, Metric, MetricSpec, Scope, prep};
 use crate::registry::Registry;
 use crate::rng::Rng;
-use crate::store::{Blob, BlobHash, BlobStore};
+use crate::store::{Blob, BlobHash};
 
 /// Identifies a bundle.
 pub const FORMAT: &str = "prh-bundle";
@@ -141,25 +141,31 @@ pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<E
         )?;
         for b in &manifest.blobs {
             let h: BlobHash = b.hash.parse()?;
-            let p = reg.store.path(&h);
-            let f = File::open(&p).map_err(|e| {
-                Error::Invalid(format!(
+            let blob = reg.store.get(&h).map_err(|e| match e {
+                Error::CorruptBlob { msg, .. } => Error::CorruptBlob {
+                    hash: b.hash.clone(),
+                    msg: format!(
+                        "{msg}, and the catalog says {} bytes; run `prh verify`, nothing exported",
+                        b.bytes
+                    ),
+                },
+                e => Error::Invalid(format!(
                     "blob {} is missing ({e}); run `prh verify`",
                     b.hash
-                ))
+                )),
             })?;
-            let len = f.metadata().map_err(|e| Error::io(&p, e))?.len();
+            let len = blob.bytes().len() as u64;
             if len != b.bytes {
                 return Err(Error::CorruptBlob {
                     hash: b.hash.clone(),
                     msg: format!(
-                        "{len} bytes on disk, {} in the catalog; run `prh verify`, nothing exported",
+                        "{len} bytes stored, and the catalog says {} bytes; run `prh verify`, nothing exported",
                         b.bytes
                     ),
                 });
             }
             // Hashed while it streams into the tar: a blob altered on disk is never exported.
-            let mut r = HashingReader(f, blake3::Hasher::new());
+            let mut r = HashingReader(blob.bytes(), blake3::Hasher::new());
             let name = format!("blobs/{}/{}", &b.hash[..2], b.hash);
             append(&mut tar, &name, &mut r, b.bytes, &tmp_out)?;
             let got = BlobHash(*r.1.finalize().as_bytes());
@@ -508,8 +514,8 @@ fn check_staged(
             let in_bundle = declared.get(&h).copied();
             let here = h
                 .parse::<BlobHash>()
-                .map(|hh| reg.store.contains(&hh))
-                .unwrap_or(false);
+                .map(|hh| reg.store.exists(&hh))
+                .unwrap_or(Ok(false))?;
             match in_bundle {
                 Some(b) if b != bytes => {
                     return Err(bad(format!(
@@ -698,7 +704,7 @@ fn check_cells(
         if p.is_file() {
             Blob::open_path(&p, h)
         } else {
-            reg.store.open(h)
+            reg.store.get(h)
         }
     };
     let mut ok = Vec::new();
@@ -770,12 +776,11 @@ fn merge(
         origin,
         deadline,
     };
-    let store = crate::store::FsBlobStore::new(&reg.root);
+    let store = &reg.store;
     let mut publish = |hashes: &[BlobHash]| -> Result<usize> {
         let mut placed = 0;
         for hash in hashes {
-            let dest = store.path(hash);
-            if dest.is_file() {
+            if store.exists(hash)? {
                 continue;
             }
             let h = hash.to_hex();
@@ -786,10 +791,8 @@ fn merge(
                     format!("blob {h} is missing from the bundle"),
                 ));
             }
-            let dir = dest.parent().expect("blob dir");
-            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            fs::rename(&src, &dest).map_err(|e| Error::io(&dest, e))?;
-            placed += 1;
+            // Hashed against its name while it was unpacked.
+            placed += store.put_file(&src, hash)? as usize;
         }
         Ok(placed)
     };
@@ -850,7 +853,7 @@ pub fn verify(reg: &mut Registry, recompute: usize, seed: u64) -> Result<VerifyR
         rep.blobs_checked += 1;
         let used = b.used_by.as_deref().unwrap_or("no representation");
         let (hash, h) = (&b.row.hash, b.row.hash.to_hex());
-        match reg.store.open(hash) {
+        match reg.store.get(hash) {
             Err(e) => rep.problems.push(format!("blob {h} ({used}): {e}")),
             Ok(blob) => {
                 if let Err(e) = blob.verify() {
@@ -865,16 +868,10 @@ pub fn verify(reg: &mut Registry, recompute: usize, seed: u64) -> Result<VerifyR
             }
         }
     }
-    if let Ok(dirs) = fs::read_dir(reg.root.join("blobs")) {
-        for d in dirs.flatten() {
-            if let Ok(files) = fs::read_dir(d.path()) {
-                for f in files.flatten() {
-                    let name = f.file_name().to_string_lossy().to_string();
-                    if !known.contains(&name) {
-                        rep.unreferenced_files.push(name);
-                    }
-                }
-            }
+    for h in reg.store.list()? {
+        let name = h.to_hex();
+        if !known.contains(&name) {
+            rep.unreferenced_files.push(name);
         }
     }
     if recompute > 0 {
@@ -958,7 +955,7 @@ fn recompute_cells(
                 c.metric,
                 c.params
             );
-            let open = |h: &BlobHash| reg.store.open(h);
+            let open = |h: &BlobHash| reg.store.get(h);
             match recompute_cell(&open, &c) {
                 Ok(None) => continue, // a metric or version this prh does not compute
                 Err(e) => rep.problems.push(format!("{what}: cannot recompute: {e}")),
@@ -1033,30 +1030,23 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
             .map(|t| t.elapsed().map(|e| e > hour).unwrap_or(false))
             .unwrap_or(false)
     };
-    let mut orphan_files = Vec::new();
-    if let Ok(dirs) = fs::read_dir(reg.root.join("blobs")) {
-        for d in dirs.flatten() {
-            if let Ok(files) = fs::read_dir(d.path()) {
-                for f in files.flatten() {
-                    let name = f.file_name().to_string_lossy().to_string();
-                    // Under the exclusive lock no writer is between publishing a blob and
-                    // committing its rows, so a file without rows is garbage at any age.
-                    if !known.contains(&name) {
-                        orphan_files.push((name, f.path()));
-                    }
-                }
-            }
-        }
-    }
+    // Under the exclusive lock no writer is between publishing a blob and committing its
+    // rows, so a stored blob without rows is garbage at any age.
+    let orphan_files: Vec<BlobHash> = reg
+        .store
+        .list()?
+        .into_iter()
+        .filter(|h| !known.contains(&h.to_hex()))
+        .collect();
     rep.cells = plan.stale_cells;
     rep.null_samples = plan.stale_draws;
     for (h, b) in &plan.unreferenced {
         rep.blobs.push(h.to_hex());
         rep.blob_bytes += *b;
     }
-    for (h, p) in &orphan_files {
-        rep.blobs.push(h.clone());
-        rep.blob_bytes += fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    for h in &orphan_files {
+        rep.blobs.push(h.to_hex());
+        rep.blob_bytes += reg.store.get(h).map_or(0, |b| b.bytes().len() as u64);
     }
     let mut tmp_old = Vec::new();
     if let Ok(entries) = fs::read_dir(reg.root.join("tmp")) {
@@ -1072,11 +1062,8 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
     }
     let unreferenced: Vec<BlobHash> = plan.unreferenced.iter().map(|(h, _)| *h).collect();
     reg.catalog.gc_apply(&current, &unreferenced)?;
-    for h in &unreferenced {
-        let _ = reg.store.remove(h);
-    }
-    for (_, p) in &orphan_files {
-        let _ = fs::remove_file(p);
+    for h in unreferenced.iter().chain(&orphan_files) {
+        let _ = reg.store.delete(h);
     }
     for p in &tmp_old {
         let _ = if p.is_dir() {

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::formats::{self, FeatureFile};
 use crate::lock::RegistryLock;
 use crate::matrix::{self, DType, LayerView};
-use crate::store::{BlobHash, BlobStore, BlobWriter, FsBlobStore, SealedBlob};
+use crate::store::{BlobHash, BlobSink, BlobStore, FsBlobStore, SealedBlob};
 use rayon::prelude::*;
 
 /// Name of the directory `prh init` creates when no path is given.
@@ -28,7 +28,7 @@ const LOWER_IS_BETTER: &[&str] = &["loss", "bpb", "perplexity", "ppl", "error", 
 pub struct Registry {
     pub root: PathBuf,
     pub catalog: Box<dyn Catalog>,
-    pub store: FsBlobStore,
+    pub store: Box<dyn BlobStore>,
 }
 
 /// Finds the registry: the explicit path (from `--registry` or `PRH_REGISTRY`), else the
@@ -58,16 +58,20 @@ impl Registry {
         Ok(Registry {
             root: root.to_path_buf(),
             catalog: Box::new(catalog),
-            store,
+            store: Box::new(store),
         })
     }
 
-    /// A registry whose blobs live under `root` and whose rows live in `catalog` (any backend;
-    /// `init` and `open` give the default SQLite one in `root/catalog.db`).
-    pub fn with_catalog(root: &Path, catalog: Box<dyn Catalog>) -> Result<Registry> {
-        fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-        let store = FsBlobStore::new(root);
-        store.create_dirs()?;
+    /// A registry over any catalog and blob store (`init` and `open` give the defaults:
+    /// `root/catalog.db` and files under `root/blobs/`). `root` holds the registry's lock and
+    /// staging directory.
+    pub fn with_parts(
+        root: &Path,
+        catalog: Box<dyn Catalog>,
+        store: Box<dyn BlobStore>,
+    ) -> Result<Registry> {
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok(Registry {
             root: root.to_path_buf(),
             catalog,
@@ -88,7 +92,7 @@ impl Registry {
         Ok(Registry {
             root: root.to_path_buf(),
             catalog: Box::new(SqliteCatalog::open(&db)?),
-            store: FsBlobStore::new(root),
+            store: Box::new(FsBlobStore::new(root)),
         })
     }
 
@@ -299,11 +303,11 @@ impl Registry {
                     let mut h = HashSink(blake3::Hasher::new(), 0);
                     write_canonical(&view, &mut h).map_err(nonfinite)?;
                     let hash = BlobHash(*h.0.finalize().as_bytes());
-                    if store.contains(&hash) {
+                    if store.exists(&hash)? {
                         return Ok((Staged::Existing(hash, h.1), view.dtype, view.d));
                     }
                 }
-                let mut w = store.writer()?;
+                let mut w = store.stage()?;
                 write_canonical(&view, &mut w).map_err(nonfinite)?;
                 Ok((Staged::Sealed(w.seal()?), view.dtype, view.d))
             })
@@ -362,7 +366,7 @@ impl Registry {
         for (s, dtype, d) in sealed {
             let hash = s.hash();
             let (bytes, new_blob) = match s {
-                Staged::Sealed(b) => (b.len, b.publish()?),
+                Staged::Sealed(b) => (b.len(), b.publish()?),
                 Staged::Existing(_, len) => (len, false),
             };
             if new_blob {
@@ -392,7 +396,7 @@ impl Registry {
         };
         for h in added {
             if matches!(self.catalog.blob_named(h), Ok(false)) {
-                let _ = self.store.remove(h);
+                let _ = self.store.delete(h);
             }
         }
     }
@@ -768,14 +772,14 @@ impl IngestReport {
 
 /// A layer ready to publish: a new sealed blob, or one already stored.
 enum Staged {
-    Sealed(SealedBlob),
+    Sealed(Box<dyn SealedBlob>),
     Existing(BlobHash, u64),
 }
 
 impl Staged {
     fn hash(&self) -> BlobHash {
         match self {
-            Staged::Sealed(b) => b.hash,
+            Staged::Sealed(b) => b.hash(),
             Staged::Existing(h, _) => *h,
         }
     }
@@ -786,7 +790,7 @@ trait Sink {
     fn put(&mut self, bytes: &[u8]) -> Result<()>;
 }
 
-impl Sink for BlobWriter {
+impl Sink for Box<dyn BlobSink> {
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         self.write(bytes)
     }

@@ -1,22 +1,30 @@
-//! Content-addressed, immutable blob storage (DESIGN.md §1–2).
+//! Content-addressed, immutable blob storage (DESIGN.md §1–2), behind one interface.
 //!
 //! A blob is the canonical encoding of one matrix: the 32-byte header of
 //! [`crate::matrix::canonical_header`] followed by the row-major little-endian elements.
 //! Its name is the BLAKE3 hash of exactly those bytes, so `b3sum blobs/ab/<hash>` prints
-//! `<hash>`. Blobs are written to `tmp/`, fsynced and renamed into place; they are never
-//! rewritten.
+//! `<hash>`. [`BlobStore`] is shaped for object stores: a blob is streamed in and hashed as it
+//! comes ([`BlobStore::stage`]), sealed, and only then published under its name in one atomic
+//! step, so no reader ever sees part of one; [`BlobStore::put`] does all three and checks the
+//! hash it expects. Blobs are never rewritten. Implementations: [`FsBlobStore`] (files under
+//! `blobs/`, staged in `tmp/`, fsynced and renamed into place; read through a memory map) and
+//! [`MemoryBlobStore`].
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use ndarray::Array2;
 
 use crate::error::{Error, Result};
 use crate::matrix::{self, DType, HEADER_LEN};
+
+mod memory;
+pub use memory::MemoryBlobStore;
 
 /// BLAKE3 hash of a blob's bytes: the identity of a representation.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,17 +58,88 @@ impl FromStr for BlobHash {
     }
 }
 
-/// The storage contract for blobs. The filesystem implementation is [`FsBlobStore`]; an
-/// object store would be a second implementation.
+/// Where blobs live. See the module documentation.
 pub trait BlobStore: Send + Sync {
-    /// Starts writing a new blob.
-    fn writer(&self) -> Result<BlobWriter>;
-    /// True when a blob with this hash is stored.
-    fn contains(&self, hash: &BlobHash) -> bool;
-    /// Opens a stored blob for reading (memory-mapped).
-    fn open(&self, hash: &BlobHash) -> Result<Blob>;
-    /// Removes a blob (used by garbage collection only).
-    fn remove(&self, hash: &BlobHash) -> Result<()>;
+    /// Starts a new blob: bytes written to the sink are hashed as they come; nothing is
+    /// visible under a name until the sealed blob is published. Dropped, it leaves nothing.
+    fn stage(&self) -> Result<Box<dyn BlobSink>>;
+    /// Reads a stored blob (the local store maps the file; its header is checked, its content
+    /// hash by [`Blob::verify`]).
+    fn get(&self, hash: &BlobHash) -> Result<Blob>;
+    /// Whether a blob is stored; an error when the store cannot tell.
+    fn exists(&self, hash: &BlobHash) -> Result<bool>;
+    /// Every stored blob.
+    fn list(&self) -> Result<Vec<BlobHash>>;
+    /// Removes a blob (garbage collection and the undoing of a failed write only).
+    fn delete(&self, hash: &BlobHash) -> Result<()>;
+    /// Where a blob lives, for people: a path, or a URL.
+    fn location(&self, hash: &BlobHash) -> String;
+    /// Stores the file at `path`, whose bytes were already hashed to `hash` as it was written,
+    /// and removes it. The local store renames it into place; the default copies it through
+    /// [`BlobStore::put`], checking the hash again. Returns whether the blob is new.
+    /// Streams a blob in from `r` and publishes it, all or nothing. With `expect`, bytes that
+    /// hash to anything else are refused and nothing is stored. Returns the hash and whether
+    /// the blob is new.
+    fn put(&self, r: &mut dyn Read, expect: Option<&BlobHash>) -> Result<(BlobHash, bool)> {
+        let mut sink = self.stage()?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let k = r
+                .read(&mut buf)
+                .map_err(|e| Error::Invalid(format!("reading a blob to store: {e}")))?;
+            if k == 0 {
+                break;
+            }
+            sink.write(&buf[..k])?;
+        }
+        let sealed = sink.seal()?;
+        let hash = sealed.hash();
+        if let Some(want) = expect
+            && *want != hash
+        {
+            return Err(Error::CorruptBlob {
+                hash: want.to_hex(),
+                msg: format!("content hashes to {hash}; nothing stored"),
+            });
+        }
+        Ok((hash, sealed.publish()?))
+    }
+
+    fn put_file(&self, path: &Path, hash: &BlobHash) -> Result<bool> {
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let (_, new) = self.put(&mut f, Some(hash))?;
+        drop(f);
+        fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+        Ok(new)
+    }
+}
+
+/// A blob being written. See [`BlobStore::stage`].
+pub trait BlobSink: Send {
+    /// Appends bytes.
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Bytes written so far.
+    fn len(&self) -> u64;
+    /// True when nothing has been written.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Finishes writing and computes the hash; the blob is not visible yet.
+    fn seal(self: Box<Self>) -> Result<Box<dyn SealedBlob>>;
+}
+
+/// A blob fully written and hashed, not yet visible. Dropped unpublished, it leaves nothing.
+pub trait SealedBlob: Send {
+    fn hash(&self) -> BlobHash;
+    /// Size in bytes, header included.
+    fn len(&self) -> u64;
+    /// True for a blob of no bytes (never a valid matrix).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Makes the blob visible under its name in one atomic step; false (and the copy is
+    /// discarded) when that blob was already stored.
+    fn publish(self: Box<Self>) -> Result<bool>;
 }
 
 /// Blobs as files under `<root>/blobs/ab/<hash>`, staged in `<root>/tmp/`.
@@ -91,7 +170,7 @@ impl FsBlobStore {
 }
 
 impl BlobStore for FsBlobStore {
-    fn writer(&self) -> Result<BlobWriter> {
+    fn stage(&self) -> Result<Box<dyn BlobSink>> {
         let tmp_dir = self.root.join("tmp");
         fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
         let tmp_path = tmp_dir.join(format!(
@@ -100,27 +179,75 @@ impl BlobStore for FsBlobStore {
             TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let file = File::create(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
-        Ok(BlobWriter {
+        Ok(Box::new(BlobWriter {
             file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
             hasher: blake3::Hasher::new(),
             tmp_path,
             blobs_dir: self.root.join("blobs"),
             len: 0,
             finished: false,
-        })
+        }))
     }
 
-    fn contains(&self, hash: &BlobHash) -> bool {
-        self.path(hash).is_file()
-    }
-
-    fn open(&self, hash: &BlobHash) -> Result<Blob> {
+    fn get(&self, hash: &BlobHash) -> Result<Blob> {
         Blob::open_path(&self.path(hash), hash)
     }
 
-    fn remove(&self, hash: &BlobHash) -> Result<()> {
+    fn exists(&self, hash: &BlobHash) -> Result<bool> {
+        let p = self.path(hash);
+        match fs::metadata(&p) {
+            Ok(m) => Ok(m.is_file()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(&p, e)),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<BlobHash>> {
+        let dir = self.root.join("blobs");
+        let mut out = Vec::new();
+        for d in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let d = d.map_err(|e| Error::io(&dir, e))?.path();
+            if !d.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&d).map_err(|e| Error::io(&d, e))? {
+                let f = f.map_err(|e| Error::io(&d, e))?;
+                // Only names prh writes: anything else in blobs/ is not a blob.
+                if let Some(h) = f
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<BlobHash>().ok().filter(|h| h.to_hex() == n))
+                {
+                    out.push(h);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, hash: &BlobHash) -> Result<()> {
         let p = self.path(hash);
         fs::remove_file(&p).map_err(|e| Error::io(&p, e))
+    }
+
+    fn location(&self, hash: &BlobHash) -> String {
+        self.path(hash).display().to_string()
+    }
+
+    fn put_file(&self, path: &Path, hash: &BlobHash) -> Result<bool> {
+        let dest = self.path(hash);
+        if dest.is_file() {
+            fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+            return Ok(false);
+        }
+        File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(path, e))?;
+        let dir = dest.parent().expect("blob path has a parent");
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        fs::rename(path, &dest).map_err(|e| Error::io(&dest, e))?;
+        Ok(true)
     }
 }
 
@@ -131,6 +258,12 @@ impl Blob {
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         // SAFETY: blobs are immutable once renamed into place; nobody writes to them.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        Blob::parse(*hash, Bytes::Mapped(map))
+    }
+
+    /// A blob over bytes that should hold `hash`: its header checked against its size.
+    pub fn parse(hash: BlobHash, map: Bytes) -> Result<Blob> {
+        let hash = &hash;
         let (dtype, n, d) = matrix::parse_header(&map).ok_or_else(|| Error::CorruptBlob {
             hash: hash.to_hex(),
             msg: "bad header".into(),
@@ -163,9 +296,9 @@ impl Blob {
 
 static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Streams a blob into `tmp/` while hashing it; [`BlobWriter::finish`] fsyncs and renames it
-/// into place. Dropped unfinished, it deletes its temporary file.
-pub struct BlobWriter {
+/// Streams a blob into `tmp/` while hashing it. Dropped unsealed, it deletes its temporary
+/// file.
+struct BlobWriter {
     file: Option<std::io::BufWriter<File>>,
     hasher: blake3::Hasher,
     tmp_path: PathBuf,
@@ -174,9 +307,8 @@ pub struct BlobWriter {
     finished: bool,
 }
 
-impl BlobWriter {
-    /// Appends bytes to the blob.
-    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+impl BlobSink for BlobWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
         if bytes.len() >= 1 << 20 {
             self.hasher.update_rayon(bytes);
         } else {
@@ -188,21 +320,15 @@ impl BlobWriter {
             .map_err(|e| Error::io(&self.tmp_path, e))
     }
 
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
+    fn len(&self) -> u64 {
         self.len
-    }
-
-    /// True when nothing has been written.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Flushes the temporary file and computes the hash; the blob is not visible until
     /// [`SealedBlob::publish`] (which fsyncs it first, so several blobs sealed in a row are
     /// written back by the kernel concurrently). Dropping the sealed blob deletes the
     /// temporary file.
-    pub fn seal(mut self) -> Result<SealedBlob> {
+    fn seal(mut self: Box<Self>) -> Result<Box<dyn SealedBlob>> {
         let file = self.file.take().expect("writer sealed once");
         // On failure `self` drops unfinished and removes the temporary file.
         file.into_inner()
@@ -212,39 +338,37 @@ impl BlobWriter {
         let hex = hash.to_hex();
         // The descriptor is closed here (publish reopens the file to fsync it), so a file with
         // thousands of layers never holds thousands of descriptors.
-        Ok(SealedBlob {
+        Ok(Box::new(FsSealed {
             hash,
             len: self.len,
             tmp_path: std::mem::take(&mut self.tmp_path),
             dest: self.blobs_dir.join(&hex[..2]).join(&hex),
             published: false,
-        })
-    }
-
-    /// [`BlobWriter::seal`] then [`SealedBlob::publish`]: returns the hash and whether the blob
-    /// is new.
-    pub fn finish(self) -> Result<(BlobHash, bool)> {
-        let s = self.seal()?;
-        let h = s.hash;
-        Ok((h, s.publish()?))
+        }))
     }
 }
 
 /// A fully written blob still in `tmp/`, not yet fsynced. Dropped unpublished (or after a
 /// failed publish), it deletes its temporary file.
-pub struct SealedBlob {
-    pub hash: BlobHash,
-    /// Size in bytes, header included.
-    pub len: u64,
+struct FsSealed {
+    hash: BlobHash,
+    len: u64,
     tmp_path: PathBuf,
     dest: PathBuf,
     published: bool,
 }
 
-impl SealedBlob {
-    /// Renames the blob into `blobs/ab/<hash>`; returns false (and discards the copy) when
-    /// that blob already existed.
-    pub fn publish(mut self) -> Result<bool> {
+impl SealedBlob for FsSealed {
+    fn hash(&self) -> BlobHash {
+        self.hash
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Renames the blob into `blobs/ab/<hash>` (fsynced first, and the rename made durable).
+    fn publish(mut self: Box<Self>) -> Result<bool> {
         if self.dest.is_file() {
             return Ok(false); // Drop removes the temporary copy
         }
@@ -263,7 +387,7 @@ impl SealedBlob {
     }
 }
 
-impl Drop for SealedBlob {
+impl Drop for FsSealed {
     fn drop(&mut self) {
         if !self.published {
             let _ = fs::remove_file(&self.tmp_path);
@@ -279,10 +403,26 @@ impl Drop for BlobWriter {
     }
 }
 
-/// A memory-mapped blob.
+/// A blob's bytes: a memory-mapped file, or bytes held in memory.
+pub enum Bytes {
+    Mapped(Mmap),
+    Shared(Arc<[u8]>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Shared(b) => b,
+        }
+    }
+}
+
+/// A stored blob, readable in place.
 pub struct Blob {
     pub hash: BlobHash,
-    map: Mmap,
+    map: Bytes,
     pub dtype: DType,
     pub n: usize,
     pub d: usize,
@@ -292,6 +432,11 @@ impl Blob {
     /// The element bytes (without header).
     pub fn elements(&self) -> &[u8] {
         &self.map[HEADER_LEN..]
+    }
+
+    /// Every byte of the blob, header included.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
     }
 
     /// Re-hashes the bytes and fails when they do not match the name.
@@ -330,54 +475,80 @@ pub fn blob_rel_path(hash: &BlobHash) -> PathBuf {
 mod tests {
     use super::*;
 
-    #[test]
-    fn blob_name_is_blake3_of_its_bytes_and_reput_is_dedup() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsBlobStore::new(dir.path());
-        store.create_dirs().unwrap();
-        let header = matrix::canonical_header(DType::F32, 1, 2);
-        let body: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let mut w = store.writer().unwrap();
-        w.write(&header).unwrap();
-        w.write(&body).unwrap();
-        let (h, new) = w.finish().unwrap();
+    fn matrix_bytes(vals: &[f32]) -> Vec<u8> {
+        let mut b = matrix::canonical_header(DType::F32, 1, vals.len()).to_vec();
+        b.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+        b
+    }
+
+    /// The contract every store keeps, run on each implementation.
+    fn keeps_the_contract(store: &dyn BlobStore) {
+        let bytes = matrix_bytes(&[1.0, 2.0]);
+        let (h, new) = store.put(&mut bytes.as_slice(), None).unwrap();
         assert!(new);
-        let bytes = fs::read(store.path(&h)).unwrap();
         assert_eq!(blake3::hash(&bytes).as_bytes(), &h.0);
-        let mut w = store.writer().unwrap();
-        w.write(&header).unwrap();
-        w.write(&body).unwrap();
-        let (h2, new2) = w.finish().unwrap();
-        assert_eq!(h, h2);
-        assert!(!new2);
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-        let blob = store.open(&h).unwrap();
+        assert_eq!(store.get(&h).unwrap().bytes(), &bytes[..]);
+        // Put again: the same name, not new.
+        let (h2, new2) = store.put(&mut bytes.as_slice(), Some(&h)).unwrap();
+        assert_eq!((h2, new2), (h, false));
+        // A blob that does not hash to what was expected is refused, nothing stored.
+        let other = matrix_bytes(&[3.0, 4.0]);
+        let e = store.put(&mut other.as_slice(), Some(&h)).unwrap_err();
+        assert!(e.to_string().contains("nothing stored"), "{e}");
+        assert_eq!(store.list().unwrap(), vec![h]);
+        // Staged and sealed but never published: invisible, and gone when dropped.
+        let mut sink = store.stage().unwrap();
+        sink.write(&other).unwrap();
+        let sealed = sink.seal().unwrap();
+        let oh = sealed.hash();
+        assert!(!store.exists(&oh).unwrap());
+        drop(sealed);
+        assert!(!store.exists(&oh).unwrap());
         assert_eq!(
-            blob.to_f32_verified().unwrap().row(0).to_vec(),
+            store
+                .get(&h)
+                .unwrap()
+                .to_f32_verified()
+                .unwrap()
+                .row(0)
+                .to_vec(),
             vec![1.0, 2.0]
         );
+        store.delete(&h).unwrap();
+        assert!(!store.exists(&h).unwrap());
+        assert!(store.list().unwrap().is_empty());
+        assert!(store.get(&h).is_err());
     }
 
     #[test]
-    fn dropped_writer_leaves_no_garbage_and_corruption_is_caught() {
+    fn both_stores_keep_the_blob_store_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs_store = FsBlobStore::new(dir.path());
+        fs_store.create_dirs().unwrap();
+        keeps_the_contract(&fs_store);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        keeps_the_contract(&MemoryBlobStore::new());
+    }
+
+    #[test]
+    fn a_local_blob_is_its_hash_on_disk_and_corruption_is_caught() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::new(dir.path());
         store.create_dirs().unwrap();
         {
-            let mut w = store.writer().unwrap();
+            let mut w = store.stage().unwrap();
             w.write(b"half").unwrap();
         }
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-        let mut w = store.writer().unwrap();
-        w.write(&matrix::canonical_header(DType::F32, 1, 1))
-            .unwrap();
-        w.write(&1.5f32.to_le_bytes()).unwrap();
-        let (h, _) = w.finish().unwrap();
+        let bytes = matrix_bytes(&[1.5]);
+        let dynstore: &dyn BlobStore = &store;
+        let (h, _) = dynstore.put(&mut bytes.as_slice(), None).unwrap();
         let p = store.path(&h);
-        let mut bytes = fs::read(&p).unwrap();
-        bytes[HEADER_LEN] ^= 1;
-        fs::write(&p, &bytes).unwrap();
-        let err = store.open(&h).unwrap().verify().unwrap_err();
+        assert_eq!(fs::read(&p).unwrap(), bytes);
+        let mut altered = bytes.clone();
+        altered[HEADER_LEN] ^= 1;
+        fs::write(&p, &altered).unwrap();
+        let err = store.get(&h).unwrap().verify().unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
     }
 }

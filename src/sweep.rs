@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{ClampScope, Derived, Layout, MetricSpec, Prep, Scope, Ties, prep};
 use crate::registry::Registry;
 use crate::stats;
-use crate::store::{BlobHash, BlobStore};
+use crate::store::BlobHash;
 
 /// Which models a side of a sweep takes.
 #[derive(Debug, Clone, PartialEq)]
@@ -329,7 +329,7 @@ pub fn load_layers(reg: &Registry, layers: &[BlobHash]) -> Result<Vec<Array2<f32
     let store = &reg.store;
     layers
         .par_iter()
-        .map(|h| store.open(h)?.to_f32_verified())
+        .map(|h| store.get(h)?.to_f32_verified())
         .collect()
 }
 
@@ -932,7 +932,7 @@ fn tie_bits(
     if let Some(bits) = stored.filter(|b| b.len() == ck.n.div_ceil(8)) {
         return Ok(bits);
     }
-    let x = reg.store.open(hash)?.to_f32_verified()?;
+    let x = reg.store.get(hash)?.to_f32_verified()?;
     let d = Derived::new(
         prep::prepare(x.view(), cp.thresholds[l], prep.normalize)
             .map_err(|e| Error::Invalid(format!("{} @ {}: {e}", ck.model, ck.checkpoint)))?,

@@ -695,7 +695,7 @@ fn export_of_a_damaged_blob_fails_and_leaves_no_partial_file() {
     std::fs::write(&blob, &good[..good.len() / 2]).unwrap();
     refused(
         &limited(&env, MEM_LIMIT, 30, &["export", out.to_str().unwrap()]),
-        "bytes on disk",
+        "the catalog says",
     );
     let leftovers: Vec<_> = std::fs::read_dir(env.dir.path())
         .unwrap()

@@ -64,9 +64,7 @@ pub fn run(ctx: &Ctx, a: ShowArgs) -> Result<()> {
             meta: meta.remove(&r.checkpoint_id).unwrap_or_default(),
             blob: reg
                 .store
-                .path(&r.hash.parse().expect("catalog hashes are valid"))
-                .display()
-                .to_string(),
+                .location(&r.hash.parse().expect("catalog hashes are valid")),
             hash: r.hash,
             model: r.model,
             modality: r.modality,
