@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use polars::prelude::*;
 use serde::Serialize;
 
+use crate::catalog::CheckpointId;
 use crate::engine::Reduce;
 use crate::error::{Error, Result};
 use crate::metrics::MetricSpec;
@@ -74,15 +75,15 @@ pub struct Trend {
 pub struct PairScore {
     pub x_model: String,
     pub x_checkpoint: String,
-    pub x_checkpoint_id: i64,
+    pub x_checkpoint_id: CheckpointId,
     pub x_step: Option<i64>,
     pub y_model: String,
-    pub y_checkpoint_id: i64,
+    pub y_checkpoint_id: CheckpointId,
     pub score: f64,
 }
 
 /// Latest checkpoint id of each model.
-pub fn latest(reg: &Registry, models: &[String]) -> Result<HashMap<String, i64>> {
+pub fn latest(reg: &Registry, models: &[String]) -> Result<HashMap<String, CheckpointId>> {
     models
         .iter()
         .map(|m| {
@@ -102,13 +103,14 @@ pub fn cached_pairs(
     spec: &MetricSpec,
     prep: &str,
     reduce: Reduce,
-    x_ids: &[i64],
-    y_ids: &[i64],
+    x_ids: &[CheckpointId],
+    y_ids: &[CheckpointId],
     align_hint: &str,
 ) -> Result<Vec<PairScore>> {
     let df = query::alignment_for(reg, spec.metric, &spec.params_key(), prep, reduce)?;
-    let xs = Series::new("x".into(), x_ids.to_vec());
-    let ys = Series::new("y".into(), y_ids.to_vec());
+    let raw = |ids: &[CheckpointId]| ids.iter().map(|c| c.0).collect::<Vec<i64>>();
+    let xs = Series::new("x".into(), raw(x_ids));
+    let ys = Series::new("y".into(), raw(y_ids));
     let out = df
         .lazy()
         .filter(
@@ -130,7 +132,7 @@ pub fn cached_pairs(
         .collect()
         .map_err(pe)?;
     let pairs = pair_scores(&out)?;
-    let have: HashSet<(i64, i64)> = pairs
+    let have: HashSet<(CheckpointId, CheckpointId)> = pairs
         .iter()
         .map(|p| (p.x_checkpoint_id, p.y_checkpoint_id))
         .collect();
@@ -162,10 +164,10 @@ fn pair_scores(df: &DataFrame) -> Result<Vec<PairScore>> {
         .map(|i| PairScore {
             x_model: xm.get(i).unwrap_or_default().to_string(),
             x_checkpoint: xc.get(i).unwrap_or_default().to_string(),
-            x_checkpoint_id: xi.get(i).unwrap_or_default(),
+            x_checkpoint_id: CheckpointId(xi.get(i).unwrap_or_default()),
             x_step: xs.get(i),
             y_model: ym.get(i).unwrap_or_default().to_string(),
-            y_checkpoint_id: yi.get(i).unwrap_or_default(),
+            y_checkpoint_id: CheckpointId(yi.get(i).unwrap_or_default()),
             score: sc.get(i).unwrap_or(f64::NAN),
         })
         .collect())
@@ -177,7 +179,7 @@ fn perf_of(
     reg: &Registry,
     perf: &str,
     lower_is_better: Option<bool>,
-) -> Result<(HashMap<i64, f64>, bool)> {
+) -> Result<(HashMap<CheckpointId, f64>, bool)> {
     let mut out = HashMap::new();
     let mut stored = None;
     for s in reg
@@ -213,7 +215,10 @@ pub fn trend(reg: &Registry, req: &TrendRequest, pairs: &[PairScore]) -> Result<
         ),
         Column::new(
             "checkpoint_id".into(),
-            pairs.iter().map(|p| p.x_checkpoint_id).collect::<Vec<_>>(),
+            pairs
+                .iter()
+                .map(|p| p.x_checkpoint_id.0)
+                .collect::<Vec<_>>(),
         ),
         Column::new(
             "y_model".into(),
@@ -279,7 +284,7 @@ pub fn trend(reg: &Registry, req: &TrendRequest, pairs: &[PairScore]) -> Result<
     let mut no_score = Vec::new();
     for i in 0..agg.height() {
         let name = model.get(i).unwrap_or_default().to_string();
-        match perf.get(&ck_id.get(i).unwrap_or_default()) {
+        match perf.get(&CheckpointId(ck_id.get(i).unwrap_or_default())) {
             Some(&p) => points.push(TrendPoint {
                 model: name,
                 checkpoint: ck.get(i).unwrap_or_default().to_string(),
@@ -375,13 +380,13 @@ pub struct Bin {
 pub fn within(
     reg: &Registry,
     pairs: &[PairScore],
-    models: &[(String, i64)],
+    models: &[(String, CheckpointId)],
     perf: &str,
     lower_is_better: Option<bool>,
     bins: usize,
 ) -> Result<Vec<Bin>> {
     let (scores, higher) = perf_of(reg, perf, lower_is_better)?;
-    let mut ranked: Vec<(String, i64, f64)> = models
+    let mut ranked: Vec<(String, CheckpointId, f64)> = models
         .iter()
         .map(|(m, id)| {
             scores
@@ -398,7 +403,7 @@ pub fn within(
         }
     });
     let bins = bins.clamp(1, ranked.len().max(1));
-    let score: HashMap<(i64, i64), f64> = pairs
+    let score: HashMap<(CheckpointId, CheckpointId), f64> = pairs
         .iter()
         .map(|p| ((p.x_checkpoint_id, p.y_checkpoint_id), p.score))
         .collect();
@@ -498,7 +503,7 @@ pub struct TrajectoryPoint {
 
 /// Alignment of one model's checkpoints (in step order) to each reference model.
 pub fn trajectory(pairs: &[PairScore]) -> Vec<TrajectoryPoint> {
-    let mut by: BTreeMap<(i64, i64, String), TrajectoryPoint> = BTreeMap::new();
+    let mut by: BTreeMap<(i64, CheckpointId, String), TrajectoryPoint> = BTreeMap::new();
     for p in pairs {
         by.insert(
             (

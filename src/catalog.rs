@@ -27,11 +27,41 @@ pub(crate) use keys::{collision, layers_by_id, stored_ids};
 pub use memory::MemoryCatalog;
 pub use sqlite::{BUSY_TIMEOUT, MIGRATIONS, SqliteCatalog};
 
+/// Declares a typed row id: a catalog's own number for a row, never mixed up with another
+/// table's (or with a count) by the compiler.
+macro_rules! row_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(pub i64);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+row_id!(
+    /// A dataset's id in its catalog.
+    DatasetId
+);
+row_id!(
+    /// A model's id in its catalog.
+    ModelId
+);
+row_id!(
+    /// A checkpoint's id in its catalog.
+    CheckpointId
+);
+
 /// A dataset row.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Dataset {
     #[serde(skip)]
-    pub id: i64,
+    pub id: DatasetId,
     pub name: String,
     pub n: usize,
     pub description: Option<String>,
@@ -42,7 +72,7 @@ pub struct Dataset {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Model {
     #[serde(skip)]
-    pub id: i64,
+    pub id: ModelId,
     pub name: String,
     pub modality: String,
     pub family: Option<String>,
@@ -53,7 +83,7 @@ pub struct Model {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Checkpoint {
     #[serde(skip)]
-    pub id: i64,
+    pub id: CheckpointId,
     pub model: String,
     pub checkpoint: String,
     pub step: Option<i64>,
@@ -65,7 +95,7 @@ pub struct Checkpoint {
 /// A representation with everything a listing shows.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Rep {
-    pub hash: String,
+    pub hash: BlobHash,
     pub model: String,
     pub checkpoint: String,
     pub dataset: String,
@@ -77,7 +107,7 @@ pub struct Rep {
     /// `stacked` or `layers` (how the file gave its layers); `None` if not recorded.
     pub layout: Option<String>,
     #[serde(skip)]
-    pub checkpoint_id: i64,
+    pub checkpoint_id: CheckpointId,
     #[serde(skip)]
     pub modality: String,
     #[serde(skip)]
@@ -85,7 +115,7 @@ pub struct Rep {
     #[serde(skip)]
     pub step: Option<i64>,
     #[serde(skip)]
-    pub dataset_id: i64,
+    pub dataset_id: DatasetId,
 }
 
 /// A score row.
@@ -97,14 +127,14 @@ pub struct Score {
     pub value: f64,
     pub higher_is_better: Option<bool>,
     #[serde(skip)]
-    pub checkpoint_id: i64,
+    pub checkpoint_id: CheckpointId,
 }
 
 /// Filters for [`Catalog::reps`].
 #[derive(Debug, Clone, Default)]
 pub struct RepFilter {
     pub model: Option<String>,
-    pub checkpoint_id: Option<i64>,
+    pub checkpoint_id: Option<CheckpointId>,
     pub dataset: Option<String>,
     pub pool: Option<String>,
     pub hash_prefix: Option<String>,
@@ -130,8 +160,8 @@ pub struct StoredBlob {
 /// Where a representation sits: checkpoint × dataset × layer × pool.
 #[derive(Debug, Clone, Copy)]
 pub struct RepSlot<'a> {
-    pub checkpoint: i64,
-    pub dataset: i64,
+    pub checkpoint: CheckpointId,
+    pub dataset: DatasetId,
     pub layer: usize,
     pub pool: &'a str,
 }
@@ -248,24 +278,35 @@ pub trait CellReader: Send {
 /// Row operations inside one transaction ([`Catalog::transact`]). Ids are the catalog's own.
 pub trait CatalogTx {
     /// The dataset called `name`: its id and n.
-    fn dataset(&mut self, name: &str) -> Result<Option<(i64, usize)>>;
-    fn insert_dataset(&mut self, name: &str, n: usize, description: Option<&str>) -> Result<i64>;
+    fn dataset(&mut self, name: &str) -> Result<Option<(DatasetId, usize)>>;
+    fn insert_dataset(
+        &mut self,
+        name: &str,
+        n: usize,
+        description: Option<&str>,
+    ) -> Result<DatasetId>;
     /// Records a dataset's ordered sample ids.
-    fn insert_samples(&mut self, dataset: i64, ids: &[String]) -> Result<()>;
+    fn insert_samples(&mut self, dataset: DatasetId, ids: &[String]) -> Result<()>;
     /// The model called `name`: its id and modality.
-    fn model(&mut self, name: &str) -> Result<Option<(i64, String)>>;
-    fn insert_model(&mut self, name: &str, modality: &str, family: Option<&str>) -> Result<i64>;
-    fn set_num_params(&mut self, model: i64, num_params: i64) -> Result<()>;
+    fn model(&mut self, name: &str) -> Result<Option<(ModelId, String)>>;
+    fn insert_model(&mut self, name: &str, modality: &str, family: Option<&str>)
+    -> Result<ModelId>;
+    fn set_num_params(&mut self, model: ModelId, num_params: i64) -> Result<()>;
     /// Sets a model's family where none is recorded.
-    fn fill_family(&mut self, model: i64, family: &str) -> Result<()>;
-    fn checkpoint(&mut self, model: i64, name: &str) -> Result<Option<i64>>;
-    fn insert_checkpoint(&mut self, model: i64, name: &str, step: Option<i64>) -> Result<i64>;
+    fn fill_family(&mut self, model: ModelId, family: &str) -> Result<()>;
+    fn checkpoint(&mut self, model: ModelId, name: &str) -> Result<Option<CheckpointId>>;
+    fn insert_checkpoint(
+        &mut self,
+        model: ModelId,
+        name: &str,
+        step: Option<i64>,
+    ) -> Result<CheckpointId>;
     /// Sets a checkpoint's step where none is recorded.
-    fn fill_step(&mut self, checkpoint: i64, step: i64) -> Result<()>;
+    fn fill_step(&mut self, checkpoint: CheckpointId, step: i64) -> Result<()>;
     /// Records a blob (kept as it is when already recorded).
     fn insert_blob(&mut self, blob: &BlobRow) -> Result<()>;
     /// The blob a representation slot holds (64 hex digits).
-    fn rep_blob(&mut self, at: RepSlot) -> Result<Option<String>>;
+    fn rep_blob(&mut self, at: RepSlot) -> Result<Option<BlobHash>>;
     fn insert_rep(
         &mut self,
         at: RepSlot,
@@ -276,16 +317,20 @@ pub trait CatalogTx {
     /// Records a representation's layout where none is; true when it did.
     fn fill_layout(&mut self, at: RepSlot, layout: &str) -> Result<bool>;
     /// A checkpoint's score: value and direction.
-    fn score(&mut self, checkpoint: i64, name: &str) -> Result<Option<(f64, Option<bool>)>>;
+    fn score(
+        &mut self,
+        checkpoint: CheckpointId,
+        name: &str,
+    ) -> Result<Option<(f64, Option<bool>)>>;
     fn put_score(
         &mut self,
-        checkpoint: i64,
+        checkpoint: CheckpointId,
         name: &str,
         value: f64,
         higher_is_better: Option<bool>,
     ) -> Result<()>;
     /// Sets a provenance entry; true when the stored value changed.
-    fn put_meta(&mut self, checkpoint: i64, key: &str, value: &str) -> Result<bool>;
+    fn put_meta(&mut self, checkpoint: CheckpointId, key: &str, value: &str) -> Result<bool>;
 }
 
 /// What prh asks of a catalog. See the module documentation.
@@ -300,7 +345,7 @@ pub trait Catalog: Send {
     /// All datasets, by name.
     fn datasets(&self) -> Result<Vec<Dataset>>;
     /// Sample ids of a dataset, in order (empty when it has none).
-    fn dataset_ids(&self, dataset: i64) -> Result<Vec<String>>;
+    fn dataset_ids(&self, dataset: DatasetId) -> Result<Vec<String>>;
     /// The model called `name`, if any.
     fn model(&self, name: &str) -> Result<Option<Model>>;
     /// All models, by name.
@@ -309,7 +354,7 @@ pub trait Catalog: Send {
     /// step (none last), then creation.
     fn checkpoints(&self, model: Option<&str>) -> Result<Vec<Checkpoint>>;
     /// Every checkpoint's provenance, by checkpoint id.
-    fn checkpoint_meta(&self) -> Result<HashMap<i64, BTreeMap<String, String>>>;
+    fn checkpoint_meta(&self) -> Result<HashMap<CheckpointId, BTreeMap<String, String>>>;
     /// Representations matching a filter, ordered by model, checkpoint (as
     /// [`Catalog::checkpoints`]), dataset, pool, layer.
     fn reps(&self, filter: &RepFilter) -> Result<Vec<Rep>>;
@@ -433,7 +478,7 @@ impl dyn Catalog + '_ {
 pub(crate) fn checkpoint_order(
     model: &str,
     step: Option<i64>,
-    id: i64,
-) -> (String, bool, i64, i64) {
+    id: CheckpointId,
+) -> (String, bool, i64, CheckpointId) {
     (model.to_string(), step.is_none(), step.unwrap_or(0), id)
 }

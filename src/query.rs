@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use polars::prelude::*;
 use polars::sql::SQLContext;
 
-use crate::catalog::{Catalog, CellReader};
+use crate::catalog::{Catalog, CellReader, CheckpointId, DatasetId};
 use crate::engine::Reduce;
 use crate::error::{Error, Result};
 use crate::metrics::{ClampScope, Layout, Metric, Scope};
@@ -157,7 +157,7 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
             b.layer,
         ))
     });
-    let mut set_sizes: HashMap<(i64, i64, &str), i64> = HashMap::new();
+    let mut set_sizes: HashMap<(CheckpointId, DatasetId, &str), i64> = HashMap::new();
     for r in &rows {
         *set_sizes
             .entry((r.checkpoint_id, r.dataset_id, r.pool.as_str()))
@@ -181,17 +181,18 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
     let ck_meta = reg.catalog.checkpoint_meta()?;
     let mut by_hash: HashMap<Box<[u8]>, Vec<(u32, i64)>, HexHash> = HashMap::default();
     for r in &rows {
+        let hex = r.hash.to_hex();
         by_hash
-            .entry(r.hash.as_bytes().into())
+            .entry(hex.as_bytes().into())
             .or_default()
-            .push((hash.len() as u32, r.dataset_id));
+            .push((hash.len() as u32, r.dataset_id.0));
         layers.push(set_sizes[&(r.checkpoint_id, r.dataset_id, r.pool.as_str())]);
-        hash.push(r.hash.clone());
+        hash.push(hex);
         model.push(r.model.clone());
         modality.push(r.modality.clone());
         family.push(r.family.clone());
         ck.push(r.checkpoint.clone());
-        ck_id.push(r.checkpoint_id);
+        ck_id.push(r.checkpoint_id.0);
         step.push(r.step);
         dataset.push(r.dataset.clone());
         layer.push(r.layer);
@@ -739,7 +740,7 @@ pub fn small_tables(reg: &Registry) -> Result<Vec<(&'static str, DataFrame)>> {
     for s in reg.catalog.scores(None)? {
         sm.push(s.model);
         sc.push(s.checkpoint);
-        sci.push(s.checkpoint_id);
+        sci.push(s.checkpoint_id.0);
         sn.push(s.name);
         sv.push(s.value);
         sh.push(s.higher_is_better);

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::catalog::{
-    BlobRow, Catalog, CatalogTx, Dataset, Model, RepFilter, RepSlot, SqliteCatalog,
+    BlobRow, Catalog, CatalogTx, CheckpointId, Dataset, DatasetId, Model, ModelId, RepFilter,
+    RepSlot, SqliteCatalog,
 };
 use crate::error::{Error, Result};
 use crate::formats::{self, FeatureFile};
@@ -337,9 +338,9 @@ impl Registry {
             let existing = held
                 .iter()
                 .find(|r| r.layer == layer as i64)
-                .map(|r| r.hash.clone());
+                .map(|r| r.hash);
             if let Some(h) = existing
-                && h != s.hash().to_hex()
+                && h != s.hash()
             {
                 return Err(Error::format(
                     &file.path,
@@ -348,7 +349,7 @@ impl Registry {
                         m.name,
                         req.pool,
                         ds.name,
-                        &h[..12]
+                        &h.to_hex()[..12]
                     ),
                 ));
             }
@@ -460,7 +461,7 @@ fn ingest_dataset(
     file: &FeatureFile,
     req: &IngestRequest,
     out: &mut TxOutcome,
-) -> Result<i64> {
+) -> Result<DatasetId> {
     let n = file.n();
     match tx.dataset(&req.dataset)? {
         Some((id, dn)) if dn == n => Ok(id),
@@ -483,7 +484,7 @@ fn ingest_model(
     req: &IngestRequest,
     num_params: Option<i64>,
     out: &mut TxOutcome,
-) -> Result<i64> {
+) -> Result<ModelId> {
     let id = match tx.model(&req.model)? {
         Some((id, modality)) => {
             if let Some(want) = &req.modality
@@ -522,11 +523,11 @@ fn ingest_model(
 /// The ingest's checkpoint: found (learning its step when none was recorded) or created.
 fn ingest_checkpoint(
     tx: &mut dyn CatalogTx,
-    model: i64,
+    model: ModelId,
     name: &str,
     step: Option<i64>,
     out: &mut TxOutcome,
-) -> Result<i64> {
+) -> Result<CheckpointId> {
     match tx.checkpoint(model, name)? {
         Some(id) => {
             if let Some(step) = step {
@@ -546,8 +547,8 @@ fn ingest_layers(
     tx: &mut dyn CatalogTx,
     file: &FeatureFile,
     req: &IngestRequest,
-    ck: i64,
-    ds: i64,
+    ck: CheckpointId,
+    ds: DatasetId,
     layers: &mut [LayerReport],
     out: &mut TxOutcome,
 ) -> Result<()> {
@@ -569,7 +570,7 @@ fn ingest_layers(
         };
         match tx.rep_blob(at)? {
             // Registries from before layouts were recorded learn it on re-ingest.
-            Some(h) if h == l.hash.to_hex() => {
+            Some(h) if h == l.hash => {
                 out.layouts_recorded += tx.fill_layout(at, layout)? as usize;
             }
             Some(h) => {
@@ -578,7 +579,7 @@ fn ingest_layers(
                     format!(
                         "layer {} already holds a different representation ({}); ingest it under a new --checkpoint",
                         l.layer,
-                        &h[..12.min(h.len())]
+                        &h.to_hex()[..12]
                     ),
                 ));
             }
@@ -594,7 +595,7 @@ fn ingest_layers(
 /// Inserts or updates a score; returns true when the stored value changed.
 fn upsert_score(
     tx: &mut dyn CatalogTx,
-    checkpoint_id: i64,
+    checkpoint_id: CheckpointId,
     name: &str,
     value: f64,
     higher_is_better: Option<bool>,

@@ -37,6 +37,13 @@ impl BlobHash {
     }
 }
 
+impl serde::Serialize for BlobHash {
+    /// As lower-case hex, the way every listing and file names it.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
 impl fmt::Display for BlobHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())

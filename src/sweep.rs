@@ -16,7 +16,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::catalog::{CellSide, DrawKey, MetricKey, NewCell, RepFilter, side_ids};
+use crate::catalog::{CellSide, CheckpointId, DrawKey, MetricKey, NewCell, RepFilter, side_ids};
 use crate::engine::Reduce;
 use crate::error::{Error, Result};
 use crate::metrics::{ClampScope, Derived, Layout, MetricSpec, Prep, Scope, Ties, prep};
@@ -67,7 +67,7 @@ impl FromStr for Selector {
 /// A checkpoint with its layers on the sweep's dataset and pool.
 #[derive(Debug, Clone)]
 pub struct CheckpointLayers {
-    pub checkpoint_id: i64,
+    pub checkpoint_id: CheckpointId,
     pub model: String,
     pub checkpoint: String,
     pub layers: Vec<BlobHash>,
@@ -151,9 +151,9 @@ pub struct PairResult {
     #[serde(skip)]
     pub table: Vec<Vec<f64>>,
     #[serde(skip)]
-    pub x_checkpoint_id: i64,
+    pub x_checkpoint_id: CheckpointId,
     #[serde(skip)]
-    pub y_checkpoint_id: i64,
+    pub y_checkpoint_id: CheckpointId,
 }
 
 /// Progress callbacks (a progress bar in the CLI, nothing in tests).
@@ -274,7 +274,7 @@ pub fn resolve_checkpoints(
                 checkpoint: ck.checkpoint.clone(),
                 layers: reps
                     .iter()
-                    .map(|r| r.hash.parse())
+                    .map(|r| Ok(r.hash))
                     .collect::<Result<Vec<_>>>()?,
                 layer_ids: reps.iter().map(|r| r.layer).collect(),
                 n: reps[0].n,
@@ -433,7 +433,7 @@ struct DerivedCache {
     budget: usize,
     used: usize,
     clock: u64,
-    entries: HashMap<i64, (Layers, usize, u64)>,
+    entries: HashMap<CheckpointId, (Layers, usize, u64)>,
 }
 
 impl DerivedCache {
@@ -448,7 +448,7 @@ impl DerivedCache {
     }
 
     /// Drops a checkpoint's derived data (the sweep is done with it).
-    fn forget(&mut self, checkpoint_id: i64) {
+    fn forget(&mut self, checkpoint_id: CheckpointId) {
         if let Some(e) = self.entries.remove(&checkpoint_id) {
             self.used -= e.1;
         }
@@ -512,12 +512,12 @@ fn derived_bytes(ck: &CheckpointLayers) -> usize {
 struct Plan {
     order: Vec<usize>,
     held_is_x: bool,
-    held: HashSet<i64>,
+    held: HashSet<CheckpointId>,
 }
 
 impl Plan {
     /// The pair's checkpoint on the side that is not held.
-    fn other(&self, pair: (&CheckpointLayers, &CheckpointLayers)) -> i64 {
+    fn other(&self, pair: (&CheckpointLayers, &CheckpointLayers)) -> CheckpointId {
         if self.held_is_x {
             pair.1.checkpoint_id
         } else {
@@ -528,9 +528,9 @@ impl Plan {
 
 fn compute_order(pairs: &[(&CheckpointLayers, &CheckpointLayers)], budget: usize) -> Plan {
     // Each side's checkpoints in order of first appearance, with their sizes.
-    let side = |pick: fn(&(&CheckpointLayers, &CheckpointLayers)) -> i64| {
-        let mut ids: Vec<i64> = Vec::new();
-        let mut bytes: HashMap<i64, usize> = HashMap::new();
+    let side = |pick: fn(&(&CheckpointLayers, &CheckpointLayers)) -> CheckpointId| {
+        let mut ids: Vec<CheckpointId> = Vec::new();
+        let mut bytes: HashMap<CheckpointId, usize> = HashMap::new();
         for p in pairs {
             let id = pick(p);
             if let std::collections::hash_map::Entry::Vacant(e) = bytes.entry(id) {
@@ -543,13 +543,13 @@ fn compute_order(pairs: &[(&CheckpointLayers, &CheckpointLayers)], budget: usize
     };
     let xs = side(|p| p.0.checkpoint_id);
     let ys = side(|p| p.1.checkpoint_id);
-    let total = |s: &(Vec<i64>, HashMap<i64, usize>)| s.1.values().sum::<usize>();
+    let total = |s: &(Vec<CheckpointId>, HashMap<CheckpointId, usize>)| s.1.values().sum::<usize>();
     let held_is_x = total(&xs) <= total(&ys);
     let (held, other) = if held_is_x { (&xs, &ys) } else { (&ys, &xs) };
     let room = budget
         .saturating_sub(other.1.values().copied().max().unwrap_or(0))
         .max(1);
-    let mut tile: HashMap<i64, usize> = HashMap::new();
+    let mut tile: HashMap<CheckpointId, usize> = HashMap::new();
     let (mut t, mut used) = (0, 0);
     for id in &held.0 {
         let b = held.1[id];
@@ -560,7 +560,7 @@ fn compute_order(pairs: &[(&CheckpointLayers, &CheckpointLayers)], budget: usize
         used += b;
         tile.insert(*id, t);
     }
-    let pos = |ids: &[i64]| -> HashMap<i64, usize> {
+    let pos = |ids: &[CheckpointId]| -> HashMap<CheckpointId, usize> {
         ids.iter().enumerate().map(|(i, &id)| (id, i)).collect()
     };
     let (held_pos, other_pos) = (pos(&held.0), pos(&other.0));
@@ -654,8 +654,8 @@ fn checkpoint_preps<'a>(
     reg: &Registry,
     checkpoints: impl Iterator<Item = &'a CheckpointLayers>,
     prep: Prep,
-) -> Result<HashMap<i64, CheckpointPrep>> {
-    let mut preps: HashMap<i64, CheckpointPrep> = HashMap::new();
+) -> Result<HashMap<CheckpointId, CheckpointPrep>> {
+    let mut preps: HashMap<CheckpointId, CheckpointPrep> = HashMap::new();
     for ck in checkpoints {
         if let std::collections::hash_map::Entry::Vacant(e) = preps.entry(ck.checkpoint_id) {
             e.insert(checkpoint_prep(reg, ck, prep)?);
@@ -669,8 +669,8 @@ fn checkpoint_preps<'a>(
 struct PairSet<'a> {
     pairs: Vec<(&'a CheckpointLayers, &'a CheckpointLayers)>,
     keys: Vec<MetricKey>,
-    preps: HashMap<i64, CheckpointPrep>,
-    side_ids: HashMap<i64, Vec<i64>>,
+    preps: HashMap<CheckpointId, CheckpointPrep>,
+    side_ids: HashMap<CheckpointId, Vec<i64>>,
 }
 
 /// Per pair and metric, the layer × layer values (row-major; `None` until known).
@@ -725,7 +725,7 @@ fn compute_missing(
         progress.start(missing_total);
         let mut cache = DerivedCache::new(req.mem_budget);
         let plan = compute_order(pairs, req.mem_budget);
-        let mut last_other: Option<i64> = None;
+        let mut last_other: Option<CheckpointId> = None;
         for &pi in &plan.order {
             let (x, y) = pairs[pi];
             let cells = &todo[pi];
@@ -998,7 +998,7 @@ fn add_statistics(
     reg: &Registry,
     req: &SweepRequest,
     pairs: &[(&CheckpointLayers, &CheckpointLayers)],
-    preps: &HashMap<i64, CheckpointPrep>,
+    preps: &HashMap<CheckpointId, CheckpointPrep>,
     out: &mut [PairResult],
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -1088,7 +1088,7 @@ mod tests {
 
     fn ck(id: i64, layers: usize) -> CheckpointLayers {
         CheckpointLayers {
-            checkpoint_id: id,
+            checkpoint_id: CheckpointId(id),
             model: format!("m{id}"),
             checkpoint: "c".into(),
             layers: vec![BlobHash([id as u8; 32]); layers],
@@ -1106,7 +1106,7 @@ mod tests {
         plan: Option<&Plan>,
         budget: usize,
     ) -> usize {
-        let mut lru: Vec<(i64, usize)> = Vec::new();
+        let mut lru: Vec<(CheckpointId, usize)> = Vec::new();
         let mut count = 0;
         let x_major: Vec<usize> = (0..pairs.len()).collect();
         let mut last_other = None;
@@ -1114,7 +1114,7 @@ mod tests {
             if let Some(plan) = plan {
                 let other = plan.other(pairs[pi]);
                 if let Some(prev) = last_other.filter(|&p| p != other && !plan.held.contains(&p)) {
-                    lru.retain(|e: &(i64, usize)| e.0 != prev);
+                    lru.retain(|e: &(CheckpointId, usize)| e.0 != prev);
                 }
                 last_other = Some(other);
             }

@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
-    BlobRow, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint, Dataset,
-    DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry, MetricKey, Model, NewCell, Rep,
-    RepFilter, RepSlot, Score, SideEntry, SnapshotInfo, StoredBlob, checkpoint_order, collision,
-    layers_by_id, stored_ids,
+    BlobRow, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint,
+    CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry,
+    MetricKey, Model, ModelId, NewCell, Rep, RepFilter, RepSlot, Score, SideEntry, SnapshotInfo,
+    StoredBlob, checkpoint_order, collision, layers_by_id, stored_ids,
 };
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
@@ -26,7 +26,7 @@ const SCHEMA_VERSION: usize = super::MIGRATIONS.len();
 
 #[derive(Clone)]
 struct DatasetRow {
-    id: i64,
+    id: DatasetId,
     name: String,
     n: usize,
     description: Option<String>,
@@ -34,7 +34,7 @@ struct DatasetRow {
 
 #[derive(Clone)]
 struct ModelRow {
-    id: i64,
+    id: ModelId,
     name: String,
     modality: String,
     family: Option<String>,
@@ -43,8 +43,8 @@ struct ModelRow {
 
 #[derive(Clone)]
 struct CheckpointRow {
-    id: i64,
-    model: i64,
+    id: CheckpointId,
+    model: ModelId,
     name: String,
     step: Option<i64>,
     created_at: String,
@@ -52,11 +52,11 @@ struct CheckpointRow {
 
 #[derive(Clone)]
 struct RepRow {
-    checkpoint: i64,
-    dataset: i64,
+    checkpoint: CheckpointId,
+    dataset: DatasetId,
     layer: usize,
     pool: String,
-    hash: String,
+    hash: BlobHash,
     layout: Option<String>,
 }
 
@@ -67,13 +67,13 @@ type Cells = BTreeMap<(i64, i64, i64), f64>;
 struct State {
     next_id: i64,
     datasets: Vec<DatasetRow>,
-    samples: HashMap<i64, Vec<String>>,
+    samples: HashMap<DatasetId, Vec<String>>,
     models: Vec<ModelRow>,
     checkpoints: Vec<CheckpointRow>,
-    blobs: BTreeMap<String, BlobRow>,
+    blobs: BTreeMap<BlobHash, BlobRow>,
     reps: Vec<RepRow>,
-    scores: BTreeMap<(i64, String), (f64, Option<bool>)>,
-    meta: BTreeMap<(i64, String), String>,
+    scores: BTreeMap<(CheckpointId, String), (f64, Option<bool>)>,
+    meta: BTreeMap<(CheckpointId, String), String>,
     cells: Arc<Cells>,
     imported: BTreeMap<(i64, i64, i64), (f64, String)>,
     metrics: BTreeMap<i64, MetricEntry>,
@@ -90,14 +90,14 @@ impl State {
         self.next_id
     }
 
-    fn model_name(&self, id: i64) -> &str {
+    fn model_name(&self, id: ModelId) -> &str {
         self.models
             .iter()
             .find(|m| m.id == id)
             .map_or("", |m| m.name.as_str())
     }
 
-    fn checkpoint(&self, id: i64) -> Option<&CheckpointRow> {
+    fn checkpoint(&self, id: CheckpointId) -> Option<&CheckpointRow> {
         self.checkpoints.iter().find(|c| c.id == id)
     }
 
@@ -111,8 +111,8 @@ impl State {
         }
     }
 
-    fn in_use(&self, hash: &str) -> bool {
-        self.reps.iter().any(|r| r.hash == hash)
+    fn in_use(&self, hash: &BlobHash) -> bool {
+        self.reps.iter().any(|r| r.hash == *hash)
     }
 }
 
@@ -194,7 +194,7 @@ impl Catalog for MemoryCatalog {
         Ok(out)
     }
 
-    fn dataset_ids(&self, dataset: i64) -> Result<Vec<String>> {
+    fn dataset_ids(&self, dataset: DatasetId) -> Result<Vec<String>> {
         Ok(self
             .state()
             .samples
@@ -248,9 +248,9 @@ impl Catalog for MemoryCatalog {
         Ok(out)
     }
 
-    fn checkpoint_meta(&self) -> Result<HashMap<i64, BTreeMap<String, String>>> {
+    fn checkpoint_meta(&self) -> Result<HashMap<CheckpointId, BTreeMap<String, String>>> {
         let s = self.state();
-        let mut out: HashMap<i64, BTreeMap<String, String>> = HashMap::new();
+        let mut out: HashMap<CheckpointId, BTreeMap<String, String>> = HashMap::new();
         for ((ck, k), v) in &s.meta {
             out.entry(*ck).or_default().insert(k.clone(), v.clone());
         }
@@ -278,12 +278,12 @@ impl Catalog for MemoryCatalog {
                 && f.pool.as_ref().is_none_or(|x| *x == r.pool)
                 && prefix
                     .as_ref()
-                    .is_none_or(|p| r.hash.starts_with(p.as_str()));
+                    .is_none_or(|p| r.hash.to_hex().starts_with(p.as_str()));
             if !keep {
                 continue;
             }
             out.push(Rep {
-                hash: r.hash.clone(),
+                hash: r.hash,
                 model: m.name.clone(),
                 checkpoint: c.name.clone(),
                 dataset: ds.name.clone(),
@@ -321,9 +321,9 @@ impl Catalog for MemoryCatalog {
         let s = self.state();
         Ok(s.blobs
             .iter()
-            .map(|(hex, row)| StoredBlob {
+            .map(|(hash, row)| StoredBlob {
                 row: row.clone(),
-                used_by: s.reps.iter().find(|r| &r.hash == hex).and_then(|r| {
+                used_by: s.reps.iter().find(|r| r.hash == *hash).and_then(|r| {
                     let c = s.checkpoint(r.checkpoint)?;
                     Some(format!(
                         "{} @ {} layer {}",
@@ -338,8 +338,7 @@ impl Catalog for MemoryCatalog {
 
     fn blob_named(&self, hash: &BlobHash) -> Result<bool> {
         let s = self.state();
-        let hex = hash.to_hex();
-        Ok(s.blobs.contains_key(&hex) || s.in_use(&hex))
+        Ok(s.blobs.contains_key(hash) || s.in_use(hash))
     }
 
     fn scores(&self, model: Option<&str>) -> Result<Vec<Score>> {
@@ -572,7 +571,11 @@ impl Catalog for MemoryCatalog {
                 .get(m)
                 .is_none_or(|k| !computed(&k.metric, k.version))
         };
-        let gone = |side: &i64| s.sides.get(side).is_none_or(|e| !s.in_use(&e.hash));
+        let gone = |side: &i64| {
+            s.sides
+                .get(side)
+                .is_none_or(|e| e.hash.parse().is_ok_and(|h| !s.in_use(&h)))
+        };
         Ok(GcPlan {
             unreferenced: s
                 .blobs
@@ -607,12 +610,12 @@ impl Catalog for MemoryCatalog {
             .collect();
         let mut s = self.state();
         for h in unreferenced {
-            s.blobs.remove(&h.to_hex());
+            s.blobs.remove(h);
         }
         let used: Vec<i64> = s
             .sides
             .values()
-            .filter(|e| s.in_use(&e.hash))
+            .filter(|e| e.hash.parse().is_ok_and(|h| s.in_use(&h)))
             .map(|e| e.id)
             .collect();
         let keep = |&(m, x, y): &(i64, i64, i64)| {
@@ -625,7 +628,7 @@ impl Catalog for MemoryCatalog {
         s.sides.retain(|id, _| used.contains(id));
         s.draws
             .retain(|_, (m, v, _)| current.iter().any(|(n, cv)| n == m && cv == v));
-        let reps: Vec<String> = s.reps.iter().map(|r| r.hash.clone()).collect();
+        let reps: Vec<String> = s.reps.iter().map(|r| r.hash.to_hex()).collect();
         s.ties.retain(|(h, _, _), _| reps.contains(h));
         Ok(())
     }
@@ -664,7 +667,7 @@ impl CellReader for Reader {
 struct Tx<'a>(&'a mut State);
 
 impl CatalogTx for Tx<'_> {
-    fn dataset(&mut self, name: &str) -> Result<Option<(i64, usize)>> {
+    fn dataset(&mut self, name: &str) -> Result<Option<(DatasetId, usize)>> {
         Ok(self
             .0
             .datasets
@@ -673,11 +676,16 @@ impl CatalogTx for Tx<'_> {
             .map(|d| (d.id, d.n)))
     }
 
-    fn insert_dataset(&mut self, name: &str, n: usize, description: Option<&str>) -> Result<i64> {
+    fn insert_dataset(
+        &mut self,
+        name: &str,
+        n: usize,
+        description: Option<&str>,
+    ) -> Result<DatasetId> {
         if self.0.datasets.iter().any(|d| d.name == name) {
             return Err(Error::Catalog(format!("dataset {name} exists")));
         }
-        let id = self.0.id();
+        let id = DatasetId(self.0.id());
         self.0.datasets.push(DatasetRow {
             id,
             name: name.to_string(),
@@ -687,12 +695,12 @@ impl CatalogTx for Tx<'_> {
         Ok(id)
     }
 
-    fn insert_samples(&mut self, dataset: i64, ids: &[String]) -> Result<()> {
+    fn insert_samples(&mut self, dataset: DatasetId, ids: &[String]) -> Result<()> {
         self.0.samples.insert(dataset, ids.to_vec());
         Ok(())
     }
 
-    fn model(&mut self, name: &str) -> Result<Option<(i64, String)>> {
+    fn model(&mut self, name: &str) -> Result<Option<(ModelId, String)>> {
         Ok(self
             .0
             .models
@@ -701,11 +709,16 @@ impl CatalogTx for Tx<'_> {
             .map(|m| (m.id, m.modality.clone())))
     }
 
-    fn insert_model(&mut self, name: &str, modality: &str, family: Option<&str>) -> Result<i64> {
+    fn insert_model(
+        &mut self,
+        name: &str,
+        modality: &str,
+        family: Option<&str>,
+    ) -> Result<ModelId> {
         if self.0.models.iter().any(|m| m.name == name) {
             return Err(Error::Catalog(format!("model {name} exists")));
         }
-        let id = self.0.id();
+        let id = ModelId(self.0.id());
         self.0.models.push(ModelRow {
             id,
             name: name.to_string(),
@@ -716,21 +729,21 @@ impl CatalogTx for Tx<'_> {
         Ok(id)
     }
 
-    fn set_num_params(&mut self, model: i64, num_params: i64) -> Result<()> {
+    fn set_num_params(&mut self, model: ModelId, num_params: i64) -> Result<()> {
         if let Some(m) = self.0.models.iter_mut().find(|m| m.id == model) {
             m.num_params = Some(num_params);
         }
         Ok(())
     }
 
-    fn fill_family(&mut self, model: i64, family: &str) -> Result<()> {
+    fn fill_family(&mut self, model: ModelId, family: &str) -> Result<()> {
         if let Some(m) = self.0.models.iter_mut().find(|m| m.id == model) {
             m.family.get_or_insert_with(|| family.to_string());
         }
         Ok(())
     }
 
-    fn checkpoint(&mut self, model: i64, name: &str) -> Result<Option<i64>> {
+    fn checkpoint(&mut self, model: ModelId, name: &str) -> Result<Option<CheckpointId>> {
         Ok(self
             .0
             .checkpoints
@@ -739,8 +752,13 @@ impl CatalogTx for Tx<'_> {
             .map(|c| c.id))
     }
 
-    fn insert_checkpoint(&mut self, model: i64, name: &str, step: Option<i64>) -> Result<i64> {
-        let id = self.0.id();
+    fn insert_checkpoint(
+        &mut self,
+        model: ModelId,
+        name: &str,
+        step: Option<i64>,
+    ) -> Result<CheckpointId> {
+        let id = CheckpointId(self.0.id());
         self.0.checkpoints.push(CheckpointRow {
             id,
             model,
@@ -751,7 +769,7 @@ impl CatalogTx for Tx<'_> {
         Ok(id)
     }
 
-    fn fill_step(&mut self, checkpoint: i64, step: i64) -> Result<()> {
+    fn fill_step(&mut self, checkpoint: CheckpointId, step: i64) -> Result<()> {
         if let Some(c) = self.0.checkpoints.iter_mut().find(|c| c.id == checkpoint) {
             c.step.get_or_insert(step);
         }
@@ -761,18 +779,18 @@ impl CatalogTx for Tx<'_> {
     fn insert_blob(&mut self, blob: &BlobRow) -> Result<()> {
         self.0
             .blobs
-            .entry(blob.hash.to_hex())
+            .entry(blob.hash)
             .or_insert_with(|| blob.clone());
         Ok(())
     }
 
-    fn rep_blob(&mut self, at: RepSlot) -> Result<Option<String>> {
+    fn rep_blob(&mut self, at: RepSlot) -> Result<Option<BlobHash>> {
         Ok(self
             .0
             .reps
             .iter()
             .find(|r| same_slot(r, at))
-            .map(|r| r.hash.clone()))
+            .map(|r| r.hash))
     }
 
     fn insert_rep(
@@ -782,7 +800,7 @@ impl CatalogTx for Tx<'_> {
         _source: &str,
         layout: &str,
     ) -> Result<()> {
-        let hash = blob.to_hex();
+        let hash = *blob;
         if !self.0.blobs.contains_key(&hash) {
             return Err(Error::Catalog(format!(
                 "representation names blob {hash}, which has no row"
@@ -814,13 +832,17 @@ impl CatalogTx for Tx<'_> {
         }
     }
 
-    fn score(&mut self, checkpoint: i64, name: &str) -> Result<Option<(f64, Option<bool>)>> {
+    fn score(
+        &mut self,
+        checkpoint: CheckpointId,
+        name: &str,
+    ) -> Result<Option<(f64, Option<bool>)>> {
         Ok(self.0.scores.get(&(checkpoint, name.to_string())).copied())
     }
 
     fn put_score(
         &mut self,
-        checkpoint: i64,
+        checkpoint: CheckpointId,
         name: &str,
         value: f64,
         higher_is_better: Option<bool>,
@@ -831,7 +853,7 @@ impl CatalogTx for Tx<'_> {
         Ok(())
     }
 
-    fn put_meta(&mut self, checkpoint: i64, key: &str, value: &str) -> Result<bool> {
+    fn put_meta(&mut self, checkpoint: CheckpointId, key: &str, value: &str) -> Result<bool> {
         let old = self
             .0
             .meta

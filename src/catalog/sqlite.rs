@@ -10,12 +10,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params};
 
 use super::{
-    BlobRow, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint, Dataset,
-    DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry, MetricKey, Model, NewCell, Rep,
-    RepFilter, RepSlot, Score, SideEntry, SnapshotInfo, StoredBlob,
+    BlobRow, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint,
+    CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry,
+    MetricKey, Model, ModelId, NewCell, Rep, RepFilter, RepSlot, Score, SideEntry, SnapshotInfo,
+    StoredBlob,
 };
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
@@ -25,6 +27,40 @@ pub mod snapshot;
 mod upkeep;
 
 pub(crate) use cells::register_functions;
+
+/// Typed ids are stored as SQLite integers.
+macro_rules! sql_id {
+    ($($t:ty),*) => {$(
+        impl ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.0))
+            }
+        }
+
+        impl FromSql for $t {
+            fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+                i64::column_result(v).map(Self)
+            }
+        }
+    )*};
+}
+
+sql_id!(DatasetId, ModelId, CheckpointId);
+
+/// Blob hashes are stored as 64 lower-case hex digits.
+impl ToSql for BlobHash {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.to_hex()))
+    }
+}
+
+impl FromSql for BlobHash {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        v.as_str()?
+            .parse()
+            .map_err(|e: Error| FromSqlError::Other(e.to_string().into()))
+    }
+}
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
@@ -211,7 +247,7 @@ impl Catalog for SqliteCatalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn dataset_ids(&self, dataset: i64) -> Result<Vec<String>> {
+    fn dataset_ids(&self, dataset: DatasetId) -> Result<Vec<String>> {
         let mut st = self
             .conn
             .prepare("SELECT sample_id FROM dataset_samples WHERE dataset_id = ?1 ORDER BY idx")?;
@@ -263,11 +299,11 @@ impl Catalog for SqliteCatalog {
         Ok(out)
     }
 
-    fn checkpoint_meta(&self) -> Result<HashMap<i64, BTreeMap<String, String>>> {
+    fn checkpoint_meta(&self) -> Result<HashMap<CheckpointId, BTreeMap<String, String>>> {
         let mut st = self
             .conn
             .prepare("SELECT checkpoint_id, key, value FROM checkpoint_meta")?;
-        let mut out: HashMap<i64, BTreeMap<String, String>> = HashMap::new();
+        let mut out: HashMap<CheckpointId, BTreeMap<String, String>> = HashMap::new();
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             out.entry(r.get(0)?)
@@ -605,7 +641,7 @@ impl CellReader for Reader {
 struct Tx<'a>(&'a rusqlite::Transaction<'a>);
 
 impl CatalogTx for Tx<'_> {
-    fn dataset(&mut self, name: &str) -> Result<Option<(i64, usize)>> {
+    fn dataset(&mut self, name: &str) -> Result<Option<(DatasetId, usize)>> {
         Ok(self
             .0
             .query_row("SELECT id, n FROM datasets WHERE name = ?1", [name], |r| {
@@ -614,15 +650,20 @@ impl CatalogTx for Tx<'_> {
             .optional()?)
     }
 
-    fn insert_dataset(&mut self, name: &str, n: usize, description: Option<&str>) -> Result<i64> {
+    fn insert_dataset(
+        &mut self,
+        name: &str,
+        n: usize,
+        description: Option<&str>,
+    ) -> Result<DatasetId> {
         self.0.execute(
             "INSERT INTO datasets (name, n, description) VALUES (?1, ?2, ?3)",
             params![name, n as i64, description],
         )?;
-        Ok(self.0.last_insert_rowid())
+        Ok(DatasetId(self.0.last_insert_rowid()))
     }
 
-    fn insert_samples(&mut self, dataset: i64, ids: &[String]) -> Result<()> {
+    fn insert_samples(&mut self, dataset: DatasetId, ids: &[String]) -> Result<()> {
         let mut st = self.0.prepare(
             "INSERT INTO dataset_samples (dataset_id, idx, sample_id) VALUES (?1, ?2, ?3)",
         )?;
@@ -632,7 +673,7 @@ impl CatalogTx for Tx<'_> {
         Ok(())
     }
 
-    fn model(&mut self, name: &str) -> Result<Option<(i64, String)>> {
+    fn model(&mut self, name: &str) -> Result<Option<(ModelId, String)>> {
         Ok(self
             .0
             .query_row(
@@ -643,15 +684,20 @@ impl CatalogTx for Tx<'_> {
             .optional()?)
     }
 
-    fn insert_model(&mut self, name: &str, modality: &str, family: Option<&str>) -> Result<i64> {
+    fn insert_model(
+        &mut self,
+        name: &str,
+        modality: &str,
+        family: Option<&str>,
+    ) -> Result<ModelId> {
         self.0.execute(
             "INSERT INTO models (name, modality, family) VALUES (?1, ?2, ?3)",
             params![name, modality, family],
         )?;
-        Ok(self.0.last_insert_rowid())
+        Ok(ModelId(self.0.last_insert_rowid()))
     }
 
-    fn set_num_params(&mut self, model: i64, num_params: i64) -> Result<()> {
+    fn set_num_params(&mut self, model: ModelId, num_params: i64) -> Result<()> {
         self.0.execute(
             "UPDATE models SET num_params = ?1 WHERE id = ?2",
             params![num_params, model],
@@ -659,7 +705,7 @@ impl CatalogTx for Tx<'_> {
         Ok(())
     }
 
-    fn fill_family(&mut self, model: i64, family: &str) -> Result<()> {
+    fn fill_family(&mut self, model: ModelId, family: &str) -> Result<()> {
         self.0.execute(
             "UPDATE models SET family = ?1 WHERE id = ?2 AND family IS NULL",
             params![family, model],
@@ -667,7 +713,7 @@ impl CatalogTx for Tx<'_> {
         Ok(())
     }
 
-    fn checkpoint(&mut self, model: i64, name: &str) -> Result<Option<i64>> {
+    fn checkpoint(&mut self, model: ModelId, name: &str) -> Result<Option<CheckpointId>> {
         Ok(self
             .0
             .query_row(
@@ -678,15 +724,20 @@ impl CatalogTx for Tx<'_> {
             .optional()?)
     }
 
-    fn insert_checkpoint(&mut self, model: i64, name: &str, step: Option<i64>) -> Result<i64> {
+    fn insert_checkpoint(
+        &mut self,
+        model: ModelId,
+        name: &str,
+        step: Option<i64>,
+    ) -> Result<CheckpointId> {
         self.0.execute(
             "INSERT INTO checkpoints (model_id, name, step) VALUES (?1, ?2, ?3)",
             params![model, name, step],
         )?;
-        Ok(self.0.last_insert_rowid())
+        Ok(CheckpointId(self.0.last_insert_rowid()))
     }
 
-    fn fill_step(&mut self, checkpoint: i64, step: i64) -> Result<()> {
+    fn fill_step(&mut self, checkpoint: CheckpointId, step: i64) -> Result<()> {
         self.0.execute(
             "UPDATE checkpoints SET step = ?1 WHERE id = ?2 AND step IS NULL",
             params![step, checkpoint],
@@ -708,7 +759,7 @@ impl CatalogTx for Tx<'_> {
         Ok(())
     }
 
-    fn rep_blob(&mut self, at: RepSlot) -> Result<Option<String>> {
+    fn rep_blob(&mut self, at: RepSlot) -> Result<Option<BlobHash>> {
         Ok(self
             .0
             .query_row(
@@ -744,7 +795,11 @@ impl CatalogTx for Tx<'_> {
         Ok(n > 0)
     }
 
-    fn score(&mut self, checkpoint: i64, name: &str) -> Result<Option<(f64, Option<bool>)>> {
+    fn score(
+        &mut self,
+        checkpoint: CheckpointId,
+        name: &str,
+    ) -> Result<Option<(f64, Option<bool>)>> {
         Ok(self
             .0
             .query_row(
@@ -757,7 +812,7 @@ impl CatalogTx for Tx<'_> {
 
     fn put_score(
         &mut self,
-        checkpoint: i64,
+        checkpoint: CheckpointId,
         name: &str,
         value: f64,
         higher_is_better: Option<bool>,
@@ -771,7 +826,7 @@ impl CatalogTx for Tx<'_> {
         Ok(())
     }
 
-    fn put_meta(&mut self, checkpoint: i64, key: &str, value: &str) -> Result<bool> {
+    fn put_meta(&mut self, checkpoint: CheckpointId, key: &str, value: &str) -> Result<bool> {
         let changed = self.0.execute(
             "INSERT INTO checkpoint_meta (checkpoint_id, key, value) VALUES (?1, ?2, ?3)
              ON CONFLICT (checkpoint_id, key) DO UPDATE SET value = excluded.value

@@ -109,8 +109,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let kind = prh::query::OFFICIAL_PREP;
     let xi = analysis::latest(&reg, &xm)?;
     let yi = analysis::latest(&reg, &ym)?;
-    let x_ids: Vec<i64> = xm.iter().map(|m| xi[m]).collect();
-    let y_ids: Vec<i64> = ym.iter().map(|m| yi[m]).collect();
+    let x_ids: Vec<prh::catalog::CheckpointId> = xm.iter().map(|m| xi[m]).collect();
+    let y_ids: Vec<prh::catalog::CheckpointId> = ym.iter().map(|m| yi[m]).collect();
     let pairs = analysis::cached_pairs(
         &reg,
         &spec,

@@ -56,8 +56,8 @@ pub fn run(ctx: &Ctx, a: MatrixArgs) -> Result<()> {
     }
     let xi = analysis::latest(&reg, &xm)?;
     let yi = analysis::latest(&reg, &ym)?;
-    let x_ids: Vec<i64> = xm.iter().map(|m| xi[m]).collect();
-    let y_ids: Vec<i64> = ym.iter().map(|m| yi[m]).collect();
+    let x_ids: Vec<prh::catalog::CheckpointId> = xm.iter().map(|m| xi[m]).collect();
+    let y_ids: Vec<prh::catalog::CheckpointId> = ym.iter().map(|m| yi[m]).collect();
     let hint = format!(
         "prh align {} --x {} --y {}",
         metric_flags(&spec, prep, a.metric.reduce),

@@ -7,6 +7,7 @@ use super::Ctx;
 use super::args::FormatArg;
 use prh::catalog::RepFilter;
 use prh::output;
+use prh::store::BlobHash;
 
 #[derive(clap::Args)]
 pub struct ShowArgs {
@@ -47,7 +48,7 @@ pub fn run(ctx: &Ctx, a: ShowArgs) -> Result<()> {
         hash_prefix: Some(a.hash.clone()),
         ..Default::default()
     })?;
-    let mut hashes: Vec<&str> = reps.iter().map(|r| r.hash.as_str()).collect();
+    let mut hashes: Vec<BlobHash> = reps.iter().map(|r| r.hash).collect();
     hashes.dedup();
     match hashes.len() {
         0 => bail!("no representation has a hash starting with {}", a.hash),
@@ -62,10 +63,8 @@ pub fn run(ctx: &Ctx, a: ShowArgs) -> Result<()> {
         .into_iter()
         .map(|r| Shown {
             meta: meta.remove(&r.checkpoint_id).unwrap_or_default(),
-            blob: reg
-                .store
-                .location(&r.hash.parse().expect("catalog hashes are valid")),
-            hash: r.hash,
+            blob: reg.store.location(&r.hash),
+            hash: r.hash.to_hex(),
             model: r.model,
             modality: r.modality,
             checkpoint: r.checkpoint,

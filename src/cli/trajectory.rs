@@ -47,8 +47,8 @@ pub fn run(ctx: &Ctx, a: TrajectoryArgs) -> Result<()> {
     }
     let refs = sweep::select_models(&reg, &a.against.parse()?)?;
     let ri = analysis::latest(&reg, &refs)?;
-    let x_ids: Vec<i64> = cks.iter().map(|c| c.id).collect();
-    let y_ids: Vec<i64> = refs.iter().map(|m| ri[m]).collect();
+    let x_ids: Vec<prh::catalog::CheckpointId> = cks.iter().map(|c| c.id).collect();
+    let y_ids: Vec<prh::catalog::CheckpointId> = refs.iter().map(|m| ri[m]).collect();
     let hint = format!(
         "prh align {} --x {} --y {} --all-checkpoints",
         metric_flags(&spec, prep, a.metric.reduce),
@@ -57,7 +57,7 @@ pub fn run(ctx: &Ctx, a: TrajectoryArgs) -> Result<()> {
     );
     let mut pairs =
         analysis::cached_pairs(&reg, &spec, &kind, a.metric.reduce, &x_ids, &y_ids, &hint)?;
-    let steps: std::collections::HashMap<i64, Option<i64>> =
+    let steps: std::collections::HashMap<prh::catalog::CheckpointId, Option<i64>> =
         cks.iter().map(|c| (c.id, c.step)).collect();
     for p in &mut pairs {
         p.x_step = steps.get(&p.x_checkpoint_id).copied().flatten();

@@ -71,11 +71,12 @@ pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
             compute(&mut reg, fill, a.x.parse()?, a.x.parse()?)?;
         }
         let ids = analysis::latest(&reg, &xm)?;
-        let x_ids: Vec<i64> = xm.iter().map(|m| ids[m]).collect();
+        let x_ids: Vec<prh::catalog::CheckpointId> = xm.iter().map(|m| ids[m]).collect();
         let hint = format!("prh align {flags} --x {} --y {}", a.x, a.x);
         let pairs =
             analysis::cached_pairs(&reg, &spec, &kind, a.metric.reduce, &x_ids, &x_ids, &hint)?;
-        let models: Vec<(String, i64)> = xm.iter().map(|m| (m.clone(), ids[m])).collect();
+        let models: Vec<(String, prh::catalog::CheckpointId)> =
+            xm.iter().map(|m| (m.clone(), ids[m])).collect();
         let bins = analysis::within(&reg, &pairs, &models, &a.perf, lower, a.bins)?;
         return a.out.rows(&with_reduce(to_rows(&bins), a.metric.reduce));
     }
@@ -115,8 +116,8 @@ pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
         }
         let ids = analysis::latest(&reg, &xm)?;
         let yids = analysis::latest(&reg, &ym)?;
-        let x_ids: Vec<i64> = xm.iter().map(|m| ids[m]).collect();
-        let y_ids: Vec<i64> = ym.iter().map(|m| yids[m]).collect();
+        let x_ids: Vec<prh::catalog::CheckpointId> = xm.iter().map(|m| ids[m]).collect();
+        let y_ids: Vec<prh::catalog::CheckpointId> = ym.iter().map(|m| yids[m]).collect();
         let hint = format!("prh align {flags} --x {} --y {ysel}", a.x);
         (
             analysis::cached_pairs(&reg, &spec, &kind, a.metric.reduce, &x_ids, &y_ids, &hint)?,
