@@ -17,7 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::sqlite::snapshot;
-use crate::catalog::{CellRow, CellTable, MIGRATIONS, MergeOptions};
+use crate::catalog::{CellRow, CellTable, MIGRATIONS, MergeCounts, MergeOptions};
 use crate::error::{Error, Result};
 use crate::lock::RegistryLock;
 use crate::matrix;
@@ -257,26 +257,13 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-/// What an import added.
+/// What an import added: the merge's counts, and what was checked and computed here.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ImportReport {
-    pub blobs_new: usize,
-    pub blobs_present: usize,
-    pub datasets_new: usize,
-    pub models_new: usize,
-    pub checkpoints_new: usize,
-    pub representations_new: usize,
-    pub scores_new: usize,
-    /// Provenance entries (`--meta`) added to checkpoints.
-    pub meta_new: usize,
-    /// Cached cells now served: the recomputed sample, or all of them with --trust-cells.
-    pub cells_new: usize,
-    /// Cached cells held in `imported_cells` until `prh verify --recompute` checks them.
-    pub cells_quarantined: usize,
+    #[serde(flatten)]
+    pub merged: MergeCounts,
     /// Cells recomputed at import and found equal.
     pub cells_checked: usize,
-    /// Cached null and bootstrap samples taken (only with --trust-cells).
-    pub null_samples_new: usize,
     /// Clamp thresholds computed here from the imported blobs (layer sets × q).
     pub thresholds_computed: usize,
 }
@@ -770,12 +757,6 @@ fn merge(
     deadline: std::time::Instant,
 ) -> Result<ImportReport> {
     let ids: Vec<[i64; 3]> = verified.iter().map(|c| c.ids).collect();
-    let merge = MergeOptions {
-        trust_cells: opts.trust_cells,
-        verified: &ids,
-        origin,
-        deadline,
-    };
     let store = &reg.store;
     let mut publish = |hashes: &[BlobHash]| -> Result<usize> {
         let mut placed = 0;
@@ -796,9 +777,16 @@ fn merge(
         }
         Ok(placed)
     };
+    let merge = MergeOptions {
+        trust_cells: opts.trust_cells,
+        verified: &ids,
+        origin,
+        deadline,
+        publish: &mut publish,
+    };
     let c = reg
         .catalog
-        .merge_snapshot(staged, &merge, &mut publish)
+        .merge_snapshot(staged, merge)
         .map_err(|e| match e {
             Error::Interrupted => Error::format(
                 bundle,
@@ -811,17 +799,7 @@ fn merge(
             e => e,
         })?;
     Ok(ImportReport {
-        blobs_new: c.blobs_new,
-        blobs_present: c.blobs_present,
-        datasets_new: c.datasets_new,
-        models_new: c.models_new,
-        checkpoints_new: c.checkpoints_new,
-        representations_new: c.representations_new,
-        scores_new: c.scores_new,
-        meta_new: c.meta_new,
-        cells_new: c.cells_new,
-        cells_quarantined: c.cells_quarantined,
-        null_samples_new: c.null_samples_new,
+        merged: c,
         ..Default::default()
     })
 }

@@ -22,7 +22,7 @@ mod keys;
 pub mod memory;
 pub mod sqlite;
 
-pub use keys::{CellSide, MetricKey, NewCell, metric_id, side_id, side_ids};
+pub use keys::{CachedCell, CellSide, MetricKey, NewCell, metric_id, side_id, side_ids};
 pub(crate) use keys::{collision, layers_by_id, stored_ids};
 pub use memory::MemoryCatalog;
 pub use sqlite::{BUSY_TIMEOUT, MIGRATIONS, SqliteCatalog};
@@ -166,6 +166,22 @@ pub struct RepSlot<'a> {
     pub pool: &'a str,
 }
 
+/// A score's value and direction (`None`: not known).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreValue {
+    pub value: f64,
+    pub higher_is_better: Option<bool>,
+}
+
+/// What a representation holds: its blob, the file it came from, how that file gave its
+/// layers (`stacked` or `layers`).
+#[derive(Debug, Clone, Copy)]
+pub struct NewRep<'a> {
+    pub blob: BlobHash,
+    pub source: &'a str,
+    pub layout: &'a str,
+}
+
 /// The key of a cached sample of null or bootstrap draws.
 #[derive(Debug, Clone, Copy)]
 pub struct DrawKey<'a> {
@@ -250,10 +266,13 @@ pub struct MergeOptions<'a> {
     pub origin: &'a str,
     /// When the merge is interrupted and rolled back.
     pub deadline: std::time::Instant,
+    /// Given the blobs the snapshot names that this catalog lacks, before any row naming them
+    /// is written; places them in the blob store and returns how many it placed.
+    pub publish: &'a mut dyn FnMut(&[BlobHash]) -> Result<usize>,
 }
 
 /// What a merge added.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct MergeCounts {
     pub blobs_new: usize,
     pub blobs_present: usize,
@@ -262,9 +281,13 @@ pub struct MergeCounts {
     pub checkpoints_new: usize,
     pub representations_new: usize,
     pub scores_new: usize,
+    /// Provenance entries (`--meta`) added to checkpoints.
     pub meta_new: usize,
+    /// Cached cells now served: the recomputed sample, or all of them with --trust-cells.
     pub cells_new: usize,
+    /// Cached cells held in `imported_cells` until `prh verify --recompute` checks them.
     pub cells_quarantined: usize,
+    /// Cached null and bootstrap samples taken (only with --trust-cells).
     pub null_samples_new: usize,
 }
 
@@ -279,25 +302,19 @@ pub trait CellReader: Send {
 pub trait CatalogTx {
     /// The dataset called `name`: its id and n.
     fn dataset(&mut self, name: &str) -> Result<Option<(DatasetId, usize)>>;
-    fn insert_dataset(
-        &mut self,
-        name: &str,
-        n: usize,
-        description: Option<&str>,
-    ) -> Result<DatasetId>;
+    fn insert_dataset(&mut self, name: &str, n: usize, desc: Option<&str>) -> Result<DatasetId>;
     /// Records a dataset's ordered sample ids.
     fn insert_samples(&mut self, dataset: DatasetId, ids: &[String]) -> Result<()>;
     /// The model called `name`: its id and modality.
     fn model(&mut self, name: &str) -> Result<Option<(ModelId, String)>>;
-    fn insert_model(&mut self, name: &str, modality: &str, family: Option<&str>)
-    -> Result<ModelId>;
+    fn insert_model(&mut self, name: &str, modality: &str, fam: Option<&str>) -> Result<ModelId>;
     fn set_num_params(&mut self, model: ModelId, num_params: i64) -> Result<()>;
     /// Sets a model's family where none is recorded.
     fn fill_family(&mut self, model: ModelId, family: &str) -> Result<()>;
     fn checkpoint(&mut self, model: ModelId, name: &str) -> Result<Option<CheckpointId>>;
     fn insert_checkpoint(
         &mut self,
-        model: ModelId,
+        m: ModelId,
         name: &str,
         step: Option<i64>,
     ) -> Result<CheckpointId>;
@@ -307,28 +324,12 @@ pub trait CatalogTx {
     fn insert_blob(&mut self, blob: &BlobRow) -> Result<()>;
     /// The blob a representation slot holds (64 hex digits).
     fn rep_blob(&mut self, at: RepSlot) -> Result<Option<BlobHash>>;
-    fn insert_rep(
-        &mut self,
-        at: RepSlot,
-        blob: &BlobHash,
-        source: &str,
-        layout: &str,
-    ) -> Result<()>;
+    fn insert_rep(&mut self, at: RepSlot, rep: NewRep) -> Result<()>;
     /// Records a representation's layout where none is; true when it did.
     fn fill_layout(&mut self, at: RepSlot, layout: &str) -> Result<bool>;
     /// A checkpoint's score: value and direction.
-    fn score(
-        &mut self,
-        checkpoint: CheckpointId,
-        name: &str,
-    ) -> Result<Option<(f64, Option<bool>)>>;
-    fn put_score(
-        &mut self,
-        checkpoint: CheckpointId,
-        name: &str,
-        value: f64,
-        higher_is_better: Option<bool>,
-    ) -> Result<()>;
+    fn score(&mut self, checkpoint: CheckpointId, name: &str) -> Result<Option<ScoreValue>>;
+    fn put_score(&mut self, checkpoint: CheckpointId, name: &str, s: ScoreValue) -> Result<()>;
     /// Sets a provenance entry; true when the stored value changed.
     fn put_meta(&mut self, checkpoint: CheckpointId, key: &str, value: &str) -> Result<bool>;
 }
@@ -373,12 +374,7 @@ pub trait Catalog: Send {
 
     /// The cached cells of the pair `x` × `y` for one metric, as (x layer, y layer, value), in
     /// one round trip.
-    fn cached_cells(
-        &self,
-        m: &MetricKey,
-        x: CellSide,
-        y: CellSide,
-    ) -> Result<Vec<(usize, usize, f64)>>;
+    fn cached_cells(&self, m: &MetricKey, x: CellSide, y: CellSide) -> Result<Vec<CachedCell>>;
     /// Stores computed cells of the pair `x` × `y`, for any of the metrics `keys` (a cell names
     /// its metric by index), in one transaction. A cell another process stored meanwhile is
     /// kept (same key, same value by construction).
@@ -427,15 +423,8 @@ pub trait Catalog: Send {
     /// Writes a consistent snapshot of the catalog (or of some models and what they need) to
     /// `dest`, as a bundle's `catalog.db` (an SQLite catalog, whatever this backend is).
     fn export_snapshot(&self, dest: &Path, models: Option<&[String]>) -> Result<SnapshotInfo>;
-    /// Merges a checked bundle snapshot in one transaction, refusing conflicts. `publish` is
-    /// given the blobs the snapshot names that this catalog lacks, before any row naming them
-    /// is written, and returns how many it placed.
-    fn merge_snapshot(
-        &mut self,
-        snapshot: &Path,
-        opts: &MergeOptions,
-        publish: &mut dyn FnMut(&[BlobHash]) -> Result<usize>,
-    ) -> Result<MergeCounts>;
+    /// Merges a checked bundle snapshot in one transaction, refusing conflicts.
+    fn merge_snapshot(&mut self, snapshot: &Path, opts: MergeOptions) -> Result<MergeCounts>;
 }
 
 impl dyn Catalog + '_ {

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::analysis::{Matrix, TrajectoryPoint, Trend};
@@ -65,6 +66,27 @@ macro_rules! both {
     };
 }
 
+/// The series legend of a chart, in its corner.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(err)
+}
+
+/// The padded range of some values.
+fn span(v: &[f64]) -> (f64, f64) {
+    pad(
+        v.iter().cloned().fold(f64::INFINITY, f64::min),
+        v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+    )
+}
+
 fn pad(lo: f64, hi: f64) -> (f64, f64) {
     let span = (hi - lo).abs().max(1e-9);
     (lo - 0.08 * span, hi + 0.08 * span)
@@ -85,14 +107,8 @@ fn draw_trend<DB: DrawingBackend>(
     let sign = if t.higher_is_better { 1.0 } else { -1.0 };
     let xs: Vec<f64> = t.models.iter().map(|p| sign * p.performance).collect();
     let ys: Vec<f64> = t.models.iter().map(|p| p.alignment).collect();
-    let (x0, x1) = pad(
-        xs.iter().cloned().fold(f64::INFINITY, f64::min),
-        xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-    );
-    let (y0, y1) = pad(
-        ys.iter().cloned().fold(f64::INFINITY, f64::min),
-        ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-    );
+    let (x0, x1) = span(&xs);
+    let (y0, y1) = span(&ys);
     let title = format!(
         "{metric} vs {perf}: r = {}, ρ = {} ({} models)",
         t.pearson_r.map(|v| format!("{v:.3}")).unwrap_or("–".into()),
@@ -148,14 +164,7 @@ fn draw_trend<DB: DrawingBackend>(
             ))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    draw_legend(&mut chart)
 }
 
 /// A colour from dark blue (lo) to yellow (hi).
@@ -300,15 +309,9 @@ fn draw_trajectory<DB: DrawingBackend>(
     metric: &str,
 ) -> Result<()> {
     let steps: Vec<f64> = points.iter().map(|p| p.step.unwrap_or(0) as f64).collect();
-    let (x0, x1) = pad(
-        steps.iter().cloned().fold(f64::INFINITY, f64::min),
-        steps.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-    );
+    let (x0, x1) = span(&steps);
     let ys: Vec<f64> = points.iter().map(|p| p.score).collect();
-    let (y0, y1) = pad(
-        ys.iter().cloned().fold(f64::INFINITY, f64::min),
-        ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
-    );
+    let (y0, y1) = span(&ys);
     let mut chart = ChartBuilder::on(root)
         .caption(
             format!("{model}: {metric} across training"),
@@ -349,12 +352,5 @@ fn draw_trajectory<DB: DrawingBackend>(
             )
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .label_font(("sans-serif", 14))
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    draw_legend(&mut chart)
 }

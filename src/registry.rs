@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::catalog::{
-    BlobRow, Catalog, CatalogTx, CheckpointId, Dataset, DatasetId, Model, ModelId, RepFilter,
-    RepSlot, SqliteCatalog,
+    BlobRow, Catalog, CatalogTx, CheckpointId, Dataset, DatasetId, Model, ModelId, NewRep,
+    RepFilter, RepSlot, ScoreValue, SqliteCatalog,
 };
 use crate::error::{Error, Result};
 use crate::formats::{self, FeatureFile};
@@ -584,7 +584,12 @@ fn ingest_layers(
                 ));
             }
             None => {
-                tx.insert_rep(at, &l.hash, &source, layout)?;
+                let rep = NewRep {
+                    blob: l.hash,
+                    source: &source,
+                    layout,
+                };
+                tx.insert_rep(at, rep)?;
                 l.new_row = true;
             }
         }
@@ -604,18 +609,19 @@ fn upsert_score(
     let old = tx.score(checkpoint_id, name)?;
     let dir = match (higher_is_better, &old) {
         (Some(h), _) => Some(h),
-        (None, Some((_, d))) => *d,
+        (None, Some(o)) => o.higher_is_better,
         (None, None) => LOWER_IS_BETTER
             .contains(&name.to_ascii_lowercase().as_str())
             .then_some(false),
     };
-    if let Some((v, d)) = old
-        && v == value
-        && d == dir
-    {
+    let new = ScoreValue {
+        value,
+        higher_is_better: dir,
+    };
+    if old == Some(new) {
         return Ok(false);
     }
-    tx.put_score(checkpoint_id, name, value, dir)?;
+    tx.put_score(checkpoint_id, name, new)?;
     Ok(true)
 }
 

@@ -91,13 +91,17 @@ pub fn null_draws(
     range
         .into_par_iter()
         .map(|p| {
-            let perm = Arc::new(permutation(seed, p, n));
-            let permuted: Vec<Derived> = ys
-                .iter()
-                .map(|y| Derived::reindexed(y, perm.clone()))
-                .collect();
+            let permuted = reindex(ys, &Arc::new(permutation(seed, p, n)));
             reduce_over_layers(spec, reduce, xs, &permuted.iter().collect::<Vec<_>>())
         })
+        .collect()
+}
+
+/// Every layer with its samples taken in the order `idx`.
+fn reindex(layers: &[Arc<Derived>], idx: &Arc<Vec<u32>>) -> Vec<Derived> {
+    layers
+        .iter()
+        .map(|d| Derived::reindexed(d, idx.clone()))
         .collect()
 }
 
@@ -116,14 +120,7 @@ pub fn bootstrap_draws(
         .into_par_iter()
         .map(|b| {
             let idx = Arc::new(resample(seed, b, n));
-            let rx: Vec<Derived> = xs
-                .iter()
-                .map(|x| Derived::reindexed(x, idx.clone()))
-                .collect();
-            let ry: Vec<Derived> = ys
-                .iter()
-                .map(|y| Derived::reindexed(y, idx.clone()))
-                .collect();
+            let (rx, ry) = (reindex(xs, &idx), reindex(ys, &idx));
             reduce_over_layers(
                 spec,
                 reduce,
@@ -332,8 +329,25 @@ pub fn incomplete_beta(a: f64, b: f64, x: f64) -> f64 {
     }
 }
 
+/// Smallest magnitude the continued fraction lets d and c take.
+const TINY: f64 = 1e-300;
+
+/// One step of the modified Lentz evaluation of a continued fraction with coefficient `aa`:
+/// updates d and c (kept away from zero) and returns the factor d·c.
+fn fraction_step(aa: f64, d: &mut f64, c: &mut f64) -> f64 {
+    *d = 1.0 + aa * *d;
+    if d.abs() < TINY {
+        *d = TINY;
+    }
+    *c = 1.0 + aa / *c;
+    if c.abs() < TINY {
+        *c = TINY;
+    }
+    *d = 1.0 / *d;
+    *d * *c
+}
+
 fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
-    const TINY: f64 = 1e-300;
     let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
     let mut c = 1.0;
     let mut d = 1.0 - qab * x / qap;
@@ -345,28 +359,12 @@ fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
     for m in 1..300 {
         let m = m as f64;
         let m2 = 2.0 * m;
-        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < TINY {
-            d = TINY;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < TINY {
-            c = TINY;
-        }
-        d = 1.0 / d;
-        h *= d * c;
-        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < TINY {
-            d = TINY;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < TINY {
-            c = TINY;
-        }
-        d = 1.0 / d;
-        let del = d * c;
+        h *= fraction_step(m * (b - m) * x / ((qam + m2) * (a + m2)), &mut d, &mut c);
+        let del = fraction_step(
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+            &mut d,
+            &mut c,
+        );
         h *= del;
         if (del - 1.0).abs() < 1e-15 {
             break;

@@ -37,6 +37,9 @@ pub struct CellSide<'a> {
     pub ids: &'a [i64],
 }
 
+/// A cached cell of a model pair: x layer, y layer, value.
+pub type CachedCell = (usize, usize, f64);
+
 /// A computed cell of a model pair: metric (an index into the keys given with it), x layer,
 /// y layer, value, seconds it took.
 pub type NewCell = (usize, usize, usize, f64, f64);

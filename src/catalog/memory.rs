@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
-    BlobRow, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint,
+    BlobRow, CachedCell, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint,
     CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry,
-    MetricKey, Model, ModelId, NewCell, Rep, RepFilter, RepSlot, Score, SideEntry, SnapshotInfo,
-    StoredBlob, checkpoint_order, collision, layers_by_id, stored_ids,
+    MetricKey, Model, ModelId, NewCell, NewRep, Rep, RepFilter, RepSlot, Score, ScoreValue,
+    SideEntry, SnapshotInfo, StoredBlob, checkpoint_order, collision, layers_by_id, stored_ids,
 };
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
@@ -72,7 +72,7 @@ struct State {
     checkpoints: Vec<CheckpointRow>,
     blobs: BTreeMap<BlobHash, BlobRow>,
     reps: Vec<RepRow>,
-    scores: BTreeMap<(CheckpointId, String), (f64, Option<bool>)>,
+    scores: BTreeMap<(CheckpointId, String), ScoreValue>,
     meta: BTreeMap<(CheckpointId, String), String>,
     cells: Arc<Cells>,
     imported: BTreeMap<(i64, i64, i64), (f64, String)>,
@@ -344,7 +344,7 @@ impl Catalog for MemoryCatalog {
     fn scores(&self, model: Option<&str>) -> Result<Vec<Score>> {
         let s = self.state();
         let mut out: Vec<(_, Score)> = Vec::new();
-        for ((ck, name), (value, hib)) in &s.scores {
+        for ((ck, name), v) in &s.scores {
             let Some(c) = s.checkpoint(*ck) else {
                 continue;
             };
@@ -358,8 +358,8 @@ impl Catalog for MemoryCatalog {
                     model: m.to_string(),
                     checkpoint: c.name.clone(),
                     name: name.clone(),
-                    value: *value,
-                    higher_is_better: *hib,
+                    value: v.value,
+                    higher_is_better: v.higher_is_better,
                     checkpoint_id: c.id,
                 },
             ));
@@ -376,12 +376,7 @@ impl Catalog for MemoryCatalog {
         Ok(())
     }
 
-    fn cached_cells(
-        &self,
-        m: &MetricKey,
-        x: CellSide,
-        y: CellSide,
-    ) -> Result<Vec<(usize, usize, f64)>> {
+    fn cached_cells(&self, m: &MetricKey, x: CellSide, y: CellSide) -> Result<Vec<CachedCell>> {
         let s = self.state();
         let (ix, iy) = (layers_by_id(x.ids), layers_by_id(y.ids));
         let mid = m.id();
@@ -639,12 +634,7 @@ impl Catalog for MemoryCatalog {
         ))
     }
 
-    fn merge_snapshot(
-        &mut self,
-        _snapshot: &Path,
-        _opts: &MergeOptions,
-        _publish: &mut dyn FnMut(&[BlobHash]) -> Result<usize>,
-    ) -> Result<MergeCounts> {
+    fn merge_snapshot(&mut self, _snapshot: &Path, _opts: MergeOptions) -> Result<MergeCounts> {
         Err(Error::Invalid(
             "an in-memory catalog does not import bundles (they hold an SQLite catalog)".into(),
         ))
@@ -676,12 +666,7 @@ impl CatalogTx for Tx<'_> {
             .map(|d| (d.id, d.n)))
     }
 
-    fn insert_dataset(
-        &mut self,
-        name: &str,
-        n: usize,
-        description: Option<&str>,
-    ) -> Result<DatasetId> {
+    fn insert_dataset(&mut self, name: &str, n: usize, desc: Option<&str>) -> Result<DatasetId> {
         if self.0.datasets.iter().any(|d| d.name == name) {
             return Err(Error::Catalog(format!("dataset {name} exists")));
         }
@@ -690,7 +675,7 @@ impl CatalogTx for Tx<'_> {
             id,
             name: name.to_string(),
             n,
-            description: description.map(str::to_string),
+            description: desc.map(str::to_string),
         });
         Ok(id)
     }
@@ -709,12 +694,7 @@ impl CatalogTx for Tx<'_> {
             .map(|m| (m.id, m.modality.clone())))
     }
 
-    fn insert_model(
-        &mut self,
-        name: &str,
-        modality: &str,
-        family: Option<&str>,
-    ) -> Result<ModelId> {
+    fn insert_model(&mut self, name: &str, modality: &str, fam: Option<&str>) -> Result<ModelId> {
         if self.0.models.iter().any(|m| m.name == name) {
             return Err(Error::Catalog(format!("model {name} exists")));
         }
@@ -723,7 +703,7 @@ impl CatalogTx for Tx<'_> {
             id,
             name: name.to_string(),
             modality: modality.to_string(),
-            family: family.map(str::to_string),
+            family: fam.map(str::to_string),
             num_params: None,
         });
         Ok(id)
@@ -754,14 +734,14 @@ impl CatalogTx for Tx<'_> {
 
     fn insert_checkpoint(
         &mut self,
-        model: ModelId,
+        m: ModelId,
         name: &str,
         step: Option<i64>,
     ) -> Result<CheckpointId> {
         let id = CheckpointId(self.0.id());
         self.0.checkpoints.push(CheckpointRow {
             id,
-            model,
+            model: m,
             name: name.to_string(),
             step,
             created_at: now(),
@@ -793,14 +773,8 @@ impl CatalogTx for Tx<'_> {
             .map(|r| r.hash))
     }
 
-    fn insert_rep(
-        &mut self,
-        at: RepSlot,
-        blob: &BlobHash,
-        _source: &str,
-        layout: &str,
-    ) -> Result<()> {
-        let hash = *blob;
+    fn insert_rep(&mut self, at: RepSlot, rep: NewRep) -> Result<()> {
+        let hash = rep.blob;
         if !self.0.blobs.contains_key(&hash) {
             return Err(Error::Catalog(format!(
                 "representation names blob {hash}, which has no row"
@@ -812,7 +786,7 @@ impl CatalogTx for Tx<'_> {
             layer: at.layer,
             pool: at.pool.to_string(),
             hash,
-            layout: Some(layout.to_string()),
+            layout: Some(rep.layout.to_string()),
         });
         Ok(())
     }
@@ -832,24 +806,12 @@ impl CatalogTx for Tx<'_> {
         }
     }
 
-    fn score(
-        &mut self,
-        checkpoint: CheckpointId,
-        name: &str,
-    ) -> Result<Option<(f64, Option<bool>)>> {
+    fn score(&mut self, checkpoint: CheckpointId, name: &str) -> Result<Option<ScoreValue>> {
         Ok(self.0.scores.get(&(checkpoint, name.to_string())).copied())
     }
 
-    fn put_score(
-        &mut self,
-        checkpoint: CheckpointId,
-        name: &str,
-        value: f64,
-        higher_is_better: Option<bool>,
-    ) -> Result<()> {
-        self.0
-            .scores
-            .insert((checkpoint, name.to_string()), (value, higher_is_better));
+    fn put_score(&mut self, checkpoint: CheckpointId, name: &str, s: ScoreValue) -> Result<()> {
+        self.0.scores.insert((checkpoint, name.to_string()), s);
         Ok(())
     }
 

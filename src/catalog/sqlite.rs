@@ -10,14 +10,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params};
 
 use super::{
-    BlobRow, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint,
+    BlobRow, CachedCell, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint,
     CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry,
-    MetricKey, Model, ModelId, NewCell, Rep, RepFilter, RepSlot, Score, SideEntry, SnapshotInfo,
-    StoredBlob,
+    MetricKey, Model, ModelId, NewCell, NewRep, Rep, RepFilter, RepSlot, Score, ScoreValue,
+    SideEntry, SnapshotInfo, StoredBlob,
 };
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
@@ -209,6 +209,21 @@ impl SqliteCatalog {
         tx.commit()?;
         Ok(out)
     }
+}
+
+/// The columns of a draw key, in table order.
+fn draw_key(k: &DrawKey) -> Vec<Value> {
+    let text = |s: &str| Value::Text(s.to_string());
+    vec![
+        text(k.pair_key),
+        text(k.kind),
+        text(k.metric),
+        Value::Integer(k.version.into()),
+        text(k.params),
+        text(k.prep_x),
+        text(k.prep_y),
+        Value::Integer(k.seed as i64),
+    ]
 }
 
 /// A catalog file opened read-only, for scans beside the main connection.
@@ -420,12 +435,7 @@ impl Catalog for SqliteCatalog {
         self.write(|tx| f(&mut Tx(tx)))
     }
 
-    fn cached_cells(
-        &self,
-        m: &MetricKey,
-        x: CellSide,
-        y: CellSide,
-    ) -> Result<Vec<(usize, usize, f64)>> {
+    fn cached_cells(&self, m: &MetricKey, x: CellSide, y: CellSide) -> Result<Vec<CachedCell>> {
         cells::cached(&self.conn, m, x, y)
     }
 
@@ -544,16 +554,7 @@ impl Catalog for SqliteCatalog {
             .query_row(
                 "SELECT vals FROM null_samples WHERE pair_key = ?1 AND kind = ?2 AND metric = ?3
                  AND version = ?4 AND params = ?5 AND prep_x = ?6 AND prep_y = ?7 AND seed = ?8",
-                params![
-                    k.pair_key,
-                    k.kind,
-                    k.metric,
-                    k.version,
-                    k.params,
-                    k.prep_x,
-                    k.prep_y,
-                    k.seed as i64
-                ],
+                rusqlite::params_from_iter(draw_key(k)),
                 |r| r.get(0),
             )
             .optional()?)
@@ -561,22 +562,14 @@ impl Catalog for SqliteCatalog {
 
     fn put_draws(&self, k: &DrawKey, vals: &[u8]) -> Result<()> {
         // One statement: atomic on its own.
+        let mut row = draw_key(k);
+        row.push(Value::Blob(vals.to_vec()));
         self.conn.execute(
             "INSERT INTO null_samples (pair_key, kind, metric, version, params, prep_x, prep_y, seed, vals)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT DO UPDATE SET vals = excluded.vals
              WHERE length(excluded.vals) > length(null_samples.vals)",
-            params![
-                k.pair_key,
-                k.kind,
-                k.metric,
-                k.version,
-                k.params,
-                k.prep_x,
-                k.prep_y,
-                k.seed as i64,
-                vals
-            ],
+            rusqlite::params_from_iter(row),
         )?;
         Ok(())
     }
@@ -600,13 +593,8 @@ impl Catalog for SqliteCatalog {
         snapshot::export(&self.conn, dest, models)
     }
 
-    fn merge_snapshot(
-        &mut self,
-        snapshot: &Path,
-        opts: &MergeOptions,
-        publish: &mut dyn FnMut(&[BlobHash]) -> Result<usize>,
-    ) -> Result<MergeCounts> {
-        upkeep::merge(&mut self.conn, snapshot, opts, publish)
+    fn merge_snapshot(&mut self, snapshot: &Path, opts: MergeOptions) -> Result<MergeCounts> {
+        upkeep::merge(&mut self.conn, snapshot, opts)
     }
 }
 
@@ -640,6 +628,28 @@ impl CellReader for Reader {
 /// The row operations of one IMMEDIATE transaction.
 struct Tx<'a>(&'a rusqlite::Transaction<'a>);
 
+impl Tx<'_> {
+    /// Runs a statement; how many rows it changed.
+    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> Result<usize> {
+        Ok(self.0.prepare_cached(sql)?.execute(p)?)
+    }
+
+    /// Inserts a row; its id.
+    fn insert(&self, sql: &str, p: impl rusqlite::Params) -> Result<i64> {
+        self.exec(sql, p)?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    /// The first column of the one row a query finds, if any.
+    fn one<T: FromSql>(&self, sql: &str, p: impl rusqlite::Params) -> Result<Option<T>> {
+        Ok(self
+            .0
+            .prepare_cached(sql)?
+            .query_row(p, |r| r.get(0))
+            .optional()?)
+    }
+}
+
 impl CatalogTx for Tx<'_> {
     fn dataset(&mut self, name: &str) -> Result<Option<(DatasetId, usize)>> {
         Ok(self
@@ -650,25 +660,18 @@ impl CatalogTx for Tx<'_> {
             .optional()?)
     }
 
-    fn insert_dataset(
-        &mut self,
-        name: &str,
-        n: usize,
-        description: Option<&str>,
-    ) -> Result<DatasetId> {
-        self.0.execute(
-            "INSERT INTO datasets (name, n, description) VALUES (?1, ?2, ?3)",
-            params![name, n as i64, description],
-        )?;
-        Ok(DatasetId(self.0.last_insert_rowid()))
+    fn insert_dataset(&mut self, name: &str, n: usize, desc: Option<&str>) -> Result<DatasetId> {
+        let sql = "INSERT INTO datasets (name, n, description) VALUES (?1, ?2, ?3)";
+        self.insert(sql, params![name, n as i64, desc])
+            .map(DatasetId)
     }
 
     fn insert_samples(&mut self, dataset: DatasetId, ids: &[String]) -> Result<()> {
-        let mut st = self.0.prepare(
-            "INSERT INTO dataset_samples (dataset_id, idx, sample_id) VALUES (?1, ?2, ?3)",
-        )?;
         for (i, s) in ids.iter().enumerate() {
-            st.execute(params![dataset, i as i64, s])?;
+            self.exec(
+                "INSERT INTO dataset_samples (dataset_id, idx, sample_id) VALUES (?1, ?2, ?3)",
+                params![dataset, i as i64, s],
+            )?;
         }
         Ok(())
     }
@@ -684,110 +687,68 @@ impl CatalogTx for Tx<'_> {
             .optional()?)
     }
 
-    fn insert_model(
-        &mut self,
-        name: &str,
-        modality: &str,
-        family: Option<&str>,
-    ) -> Result<ModelId> {
-        self.0.execute(
-            "INSERT INTO models (name, modality, family) VALUES (?1, ?2, ?3)",
-            params![name, modality, family],
-        )?;
-        Ok(ModelId(self.0.last_insert_rowid()))
+    fn insert_model(&mut self, name: &str, modality: &str, fam: Option<&str>) -> Result<ModelId> {
+        let sql = "INSERT INTO models (name, modality, family) VALUES (?1, ?2, ?3)";
+        self.insert(sql, params![name, modality, fam]).map(ModelId)
     }
 
     fn set_num_params(&mut self, model: ModelId, num_params: i64) -> Result<()> {
-        self.0.execute(
-            "UPDATE models SET num_params = ?1 WHERE id = ?2",
-            params![num_params, model],
-        )?;
-        Ok(())
+        let sql = "UPDATE models SET num_params = ?1 WHERE id = ?2";
+        self.exec(sql, params![num_params, model]).map(drop)
     }
 
     fn fill_family(&mut self, model: ModelId, family: &str) -> Result<()> {
-        self.0.execute(
-            "UPDATE models SET family = ?1 WHERE id = ?2 AND family IS NULL",
-            params![family, model],
-        )?;
-        Ok(())
+        let sql = "UPDATE models SET family = ?1 WHERE id = ?2 AND family IS NULL";
+        self.exec(sql, params![family, model]).map(drop)
     }
 
     fn checkpoint(&mut self, model: ModelId, name: &str) -> Result<Option<CheckpointId>> {
-        Ok(self
-            .0
-            .query_row(
-                "SELECT id FROM checkpoints WHERE model_id = ?1 AND name = ?2",
-                params![model, name],
-                |r| r.get(0),
-            )
-            .optional()?)
+        let sql = "SELECT id FROM checkpoints WHERE model_id = ?1 AND name = ?2";
+        self.one(sql, params![model, name])
     }
 
     fn insert_checkpoint(
         &mut self,
-        model: ModelId,
+        m: ModelId,
         name: &str,
         step: Option<i64>,
     ) -> Result<CheckpointId> {
-        self.0.execute(
-            "INSERT INTO checkpoints (model_id, name, step) VALUES (?1, ?2, ?3)",
-            params![model, name, step],
-        )?;
-        Ok(CheckpointId(self.0.last_insert_rowid()))
+        let sql = "INSERT INTO checkpoints (model_id, name, step) VALUES (?1, ?2, ?3)";
+        self.insert(sql, params![m, name, step]).map(CheckpointId)
     }
 
     fn fill_step(&mut self, checkpoint: CheckpointId, step: i64) -> Result<()> {
-        self.0.execute(
-            "UPDATE checkpoints SET step = ?1 WHERE id = ?2 AND step IS NULL",
-            params![step, checkpoint],
-        )?;
-        Ok(())
+        let sql = "UPDATE checkpoints SET step = ?1 WHERE id = ?2 AND step IS NULL";
+        self.exec(sql, params![step, checkpoint]).map(drop)
     }
 
     fn insert_blob(&mut self, b: &BlobRow) -> Result<()> {
-        self.0.execute(
+        self.exec(
             "INSERT OR IGNORE INTO blobs (hash, dtype, n, d, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                b.hash.to_hex(),
-                b.dtype,
-                b.n as i64,
-                b.d as i64,
-                b.bytes as i64
-            ],
-        )?;
-        Ok(())
+            params![b.hash, b.dtype, b.n as i64, b.d as i64, b.bytes as i64],
+        )
+        .map(drop)
     }
 
     fn rep_blob(&mut self, at: RepSlot) -> Result<Option<BlobHash>> {
-        Ok(self
-            .0
-            .query_row(
-                "SELECT blob_hash FROM representations
-                 WHERE checkpoint_id = ?1 AND dataset_id = ?2 AND layer = ?3 AND pool = ?4",
-                params![at.checkpoint, at.dataset, at.layer as i64, at.pool],
-                |r| r.get(0),
-            )
-            .optional()?)
+        self.one(
+            "SELECT blob_hash FROM representations
+             WHERE checkpoint_id = ?1 AND dataset_id = ?2 AND layer = ?3 AND pool = ?4",
+            params![at.checkpoint, at.dataset, at.layer as i64, at.pool],
+        )
     }
 
-    fn insert_rep(
-        &mut self,
-        at: RepSlot,
-        blob: &BlobHash,
-        source: &str,
-        layout: &str,
-    ) -> Result<()> {
-        self.0.execute(
+    fn insert_rep(&mut self, at: RepSlot, rep: NewRep) -> Result<()> {
+        self.exec(
             "INSERT INTO representations (checkpoint_id, dataset_id, layer, pool, blob_hash, source, layout)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![at.checkpoint, at.dataset, at.layer as i64, at.pool, blob.to_hex(), source, layout],
-        )?;
-        Ok(())
+            params![at.checkpoint, at.dataset, at.layer as i64, at.pool, rep.blob, rep.source, rep.layout],
+        )
+        .map(drop)
     }
 
     fn fill_layout(&mut self, at: RepSlot, layout: &str) -> Result<bool> {
-        let n = self.0.execute(
+        let n = self.exec(
             "UPDATE representations SET layout = ?5 WHERE checkpoint_id = ?1
              AND dataset_id = ?2 AND layer = ?3 AND pool = ?4 AND layout IS NULL",
             params![at.checkpoint, at.dataset, at.layer as i64, at.pool, layout],
@@ -795,39 +756,34 @@ impl CatalogTx for Tx<'_> {
         Ok(n > 0)
     }
 
-    fn score(
-        &mut self,
-        checkpoint: CheckpointId,
-        name: &str,
-    ) -> Result<Option<(f64, Option<bool>)>> {
+    fn score(&mut self, checkpoint: CheckpointId, name: &str) -> Result<Option<ScoreValue>> {
         Ok(self
             .0
             .query_row(
                 "SELECT value, higher_is_better FROM scores WHERE checkpoint_id = ?1 AND name = ?2",
                 params![checkpoint, name],
-                |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.map(|h| h != 0))),
+                |r| {
+                    Ok(ScoreValue {
+                        value: r.get(0)?,
+                        higher_is_better: r.get::<_, Option<i64>>(1)?.map(|h| h != 0),
+                    })
+                },
             )
             .optional()?)
     }
 
-    fn put_score(
-        &mut self,
-        checkpoint: CheckpointId,
-        name: &str,
-        value: f64,
-        higher_is_better: Option<bool>,
-    ) -> Result<()> {
-        self.0.execute(
+    fn put_score(&mut self, checkpoint: CheckpointId, name: &str, s: ScoreValue) -> Result<()> {
+        self.exec(
             "INSERT INTO scores (checkpoint_id, name, value, higher_is_better) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (checkpoint_id, name) DO UPDATE SET value = excluded.value,
                  higher_is_better = excluded.higher_is_better",
-            params![checkpoint, name, value, higher_is_better.map(i64::from)],
-        )?;
-        Ok(())
+            params![checkpoint, name, s.value, s.higher_is_better.map(i64::from)],
+        )
+        .map(drop)
     }
 
     fn put_meta(&mut self, checkpoint: CheckpointId, key: &str, value: &str) -> Result<bool> {
-        let changed = self.0.execute(
+        let changed = self.exec(
             "INSERT INTO checkpoint_meta (checkpoint_id, key, value) VALUES (?1, ?2, ?3)
              ON CONFLICT (checkpoint_id, key) DO UPDATE SET value = excluded.value
              WHERE value != excluded.value",

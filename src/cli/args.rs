@@ -229,6 +229,20 @@ pub enum QueryFormat {
     Parquet,
 }
 
+/// What the chart commands (trend, matrix, trajectory) share.
+#[derive(clap::Args, Clone)]
+pub struct ViewArgs {
+    /// Compute missing cells first instead of stopping with the `prh align` command to run.
+    #[arg(long)]
+    pub compute: bool,
+    /// Draw the chart to this .svg or .png (trend: scatter, fitted line and r; matrix:
+    /// heatmap; trajectory: one line per reference model).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
 /// Output options shared by the query commands.
 #[derive(clap::Args, Clone)]
 pub struct OutArgs {

@@ -45,16 +45,16 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         _ => println!(
             "imported {}: {} new blobs ({} already here), {} datasets, {} models, {} checkpoints, {} representations, {} scores, {} cached cells served ({} recomputed and equal), {} held until `prh verify --recompute` checks them",
             a.bundle.display(),
-            r.blobs_new,
-            r.blobs_present,
-            r.datasets_new,
-            r.models_new,
-            r.checkpoints_new,
-            r.representations_new,
-            r.scores_new,
-            r.cells_new,
+            r.merged.blobs_new,
+            r.merged.blobs_present,
+            r.merged.datasets_new,
+            r.merged.models_new,
+            r.merged.checkpoints_new,
+            r.merged.representations_new,
+            r.merged.scores_new,
+            r.merged.cells_new,
             r.cells_checked,
-            r.cells_quarantined
+            r.merged.cells_quarantined
         ),
     }
     Ok(())

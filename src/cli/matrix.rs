@@ -1,12 +1,10 @@
 //! `prh matrix`: the model × model alignment table (and heatmap).
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use serde_json::Value;
 
 use super::Ctx;
-use super::args::{MetricArgs, OutArgs};
+use super::args::{MetricArgs, ViewArgs};
 use super::pairs::{Fill, compute, label, metric_flags, one_spec};
 use prh::analysis;
 use prh::sweep;
@@ -26,20 +24,14 @@ pub struct MatrixArgs {
     pub perf: Option<String>,
     #[arg(long)]
     pub lower_is_better: bool,
-    /// Compute missing cells first.
-    #[arg(long)]
-    pub compute: bool,
-    /// Draw a heatmap to this .svg or .png.
-    #[arg(long, value_name = "FILE")]
-    pub plot: Option<PathBuf>,
     #[command(flatten)]
-    pub out: OutArgs,
+    pub view: ViewArgs,
 }
 
 pub fn run(ctx: &Ctx, a: MatrixArgs) -> Result<()> {
     let mut reg = ctx.open()?;
     let (spec, prep, kind) = one_spec(&a.metric)?;
-    if a.compute {
+    if a.view.compute {
         compute(
             &mut reg,
             Fill::cells(spec, prep, a.metric.reduce, false),
@@ -66,7 +58,7 @@ pub fn run(ctx: &Ctx, a: MatrixArgs) -> Result<()> {
     );
     let pairs = analysis::cached_pairs(&reg, &spec, &kind, a.metric.reduce, &x_ids, &y_ids, &hint)?;
     let m = analysis::matrix(&pairs, &xm, &ym);
-    if let Some(p) = &a.plot {
+    if let Some(p) = &a.view.plot {
         prh::plot::matrix(p, &m, &label(&spec, a.metric.reduce))?;
         eprintln!("plot: {}", p.display());
     }
@@ -84,5 +76,5 @@ pub fn run(ctx: &Ctx, a: MatrixArgs) -> Result<()> {
             Value::Object(o)
         })
         .collect();
-    a.out.rows(&rows)
+    a.view.out.rows(&rows)
 }

@@ -1,11 +1,9 @@
 //! `prh trajectory`: one model's alignment across its training checkpoints.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, bail};
 
 use super::Ctx;
-use super::args::{MetricArgs, OutArgs};
+use super::args::{MetricArgs, ViewArgs};
 use super::pairs::{Fill, compute, label, metric_flags, one_spec, to_rows, with_reduce};
 use prh::analysis;
 use prh::sweep::{self, Selector};
@@ -20,20 +18,14 @@ pub struct TrajectoryArgs {
     /// Reference models (their latest checkpoints).
     #[arg(long)]
     pub against: String,
-    /// Compute missing cells first.
-    #[arg(long)]
-    pub compute: bool,
-    /// Draw one line per reference model to this .svg or .png.
-    #[arg(long, value_name = "FILE")]
-    pub plot: Option<PathBuf>,
     #[command(flatten)]
-    pub out: OutArgs,
+    pub view: ViewArgs,
 }
 
 pub fn run(ctx: &Ctx, a: TrajectoryArgs) -> Result<()> {
     let mut reg = ctx.open()?;
     let (spec, prep, kind) = one_spec(&a.metric)?;
-    if a.compute {
+    if a.view.compute {
         compute(
             &mut reg,
             Fill::cells(spec, prep, a.metric.reduce, true),
@@ -63,9 +55,11 @@ pub fn run(ctx: &Ctx, a: TrajectoryArgs) -> Result<()> {
         p.x_step = steps.get(&p.x_checkpoint_id).copied().flatten();
     }
     let points = analysis::trajectory(&pairs);
-    if let Some(p) = &a.plot {
+    if let Some(p) = &a.view.plot {
         prh::plot::trajectory(p, &points, &a.model, &label(&spec, a.metric.reduce))?;
         eprintln!("plot: {}", p.display());
     }
-    a.out.rows(&with_reduce(to_rows(&points), a.metric.reduce))
+    a.view
+        .out
+        .rows(&with_reduce(to_rows(&points), a.metric.reduce))
 }

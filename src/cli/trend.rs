@@ -1,12 +1,12 @@
 //! `prh trend`: alignment vs. performance over models — correlations, fit, interval, verdict, plot.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use super::Ctx;
-use super::args::{MetricArgs, OutArgs, QueryFormat, StatsArgs};
+use super::args::{MetricArgs, OutArgs, QueryFormat, StatsArgs, ViewArgs};
 use super::pairs::{
     Fill, compute, from_results, label, metric_flags, one_spec, to_rows, with_reduce,
 };
@@ -39,9 +39,6 @@ pub struct TrendArgs {
     /// Number of performance bins for --within.
     #[arg(long, default_value_t = 3)]
     pub bins: usize,
-    /// Compute missing cells first instead of stopping with the align command to run.
-    #[arg(long)]
-    pub compute: bool,
     /// Also run the trend on permutation-calibrated scores (uses --null, default 200) and
     /// show both side by side.
     #[arg(long)]
@@ -51,11 +48,8 @@ pub struct TrendArgs {
     /// Bootstrap resamples (over models) for the 95% interval of r.
     #[arg(long, default_value_t = 1000)]
     pub ci_resamples: usize,
-    /// Draw the scatter, fitted line and r to this .svg or .png.
-    #[arg(long, value_name = "FILE")]
-    pub plot: Option<PathBuf>,
     #[command(flatten)]
-    pub out: OutArgs,
+    pub view: ViewArgs,
 }
 
 pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
@@ -67,7 +61,7 @@ pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
     let fill =
         Fill::cells(spec, prep, a.metric.reduce, false).stats(0, a.stats.seed, a.stats.alpha);
     if a.within {
-        if a.compute {
+        if a.view.compute {
             compute(&mut reg, fill, a.x.parse()?, a.x.parse()?)?;
         }
         let ids = analysis::latest(&reg, &xm)?;
@@ -78,7 +72,10 @@ pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
         let models: Vec<(String, prh::catalog::CheckpointId)> =
             xm.iter().map(|m| (m.clone(), ids[m])).collect();
         let bins = analysis::within(&reg, &pairs, &models, &a.perf, lower, a.bins)?;
-        return a.out.rows(&with_reduce(to_rows(&bins), a.metric.reduce));
+        return a
+            .view
+            .out
+            .rows(&with_reduce(to_rows(&bins), a.metric.reduce));
     }
     let ysel =
         a.y.clone()
@@ -111,7 +108,7 @@ pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
             Some(from_results(&results, |r| r.calibrated.unwrap_or(f64::NAN))),
         )
     } else {
-        if a.compute {
+        if a.view.compute {
             compute(&mut reg, fill, a.x.parse()?, ysel.parse()?)?;
         }
         let ids = analysis::latest(&reg, &xm)?;
@@ -128,7 +125,7 @@ pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
     let cal = calibrated_pairs
         .map(|c| analysis::trend(&reg, &req, &c))
         .transpose()?;
-    if let Some(p) = &a.plot {
+    if let Some(p) = &a.view.plot {
         plot(
             p,
             &raw,
@@ -137,7 +134,7 @@ pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
             &label(&spec, a.metric.reduce),
         )?;
     }
-    write(&a.out, &raw, cal.as_ref())
+    write(&a.view.out, &raw, cal.as_ref())
 }
 
 /// The scatter plot(s): the raw trend at `p`, the calibrated one beside it (`NAME-calibrated`).

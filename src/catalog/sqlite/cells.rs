@@ -6,8 +6,8 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, params};
 
 use crate::catalog::{
-    CellRow, CellSide, CellTable, MetricKey, NewCell, collision, layers_by_id, metric_id, side_id,
-    stored_ids,
+    CachedCell, CellRow, CellSide, CellTable, MetricKey, NewCell, collision, layers_by_id,
+    metric_id, side_id, stored_ids,
 };
 use crate::error::Result;
 
@@ -43,7 +43,7 @@ pub(super) fn cached(
     m: &MetricKey,
     x: CellSide,
     y: CellSide,
-) -> Result<Vec<(usize, usize, f64)>> {
+) -> Result<Vec<CachedCell>> {
     let (ix, iy) = (layers_by_id(x.ids), layers_by_id(y.ids));
     let (jx, jy) = (json_array(x.ids), json_array(y.ids));
     let mut st = conn.prepare_cached(FIND)?;

@@ -81,8 +81,7 @@ pub(super) fn gc_apply(
 pub(super) fn merge(
     conn: &mut Connection,
     staged: &Path,
-    opts: &MergeOptions,
-    publish: &mut dyn FnMut(&[BlobHash]) -> Result<usize>,
+    mut opts: MergeOptions,
 ) -> Result<MergeCounts> {
     conn.execute(
         "ATTACH DATABASE ?1 AS b",
@@ -101,7 +100,7 @@ pub(super) fn merge(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(Failure::Sql)
         .and_then(|tx| {
-            let counts = merge_attached(&tx, opts, publish)?;
+            let counts = merge_attached(&tx, &mut opts)?;
             tx.commit().map_err(Failure::Sql)?;
             Ok(counts)
         });
@@ -140,8 +139,7 @@ impl From<Error> for Failure {
 
 fn merge_attached(
     tx: &rusqlite::Transaction,
-    opts: &MergeOptions,
-    publish: &mut dyn FnMut(&[BlobHash]) -> Result<usize>,
+    opts: &mut MergeOptions,
 ) -> std::result::Result<MergeCounts, Failure> {
     let mut conflicts: Vec<String> = Vec::new();
     let mut collect = |sql: &str| -> rusqlite::Result<()> {
@@ -225,7 +223,7 @@ fn merge_attached(
         .iter()
         .map(|h| h.parse())
         .collect::<Result<Vec<BlobHash>>>()?;
-    rep.blobs_new = publish(&new_hashes)?;
+    rep.blobs_new = (opts.publish)(&new_hashes)?;
     tx.execute(
         "INSERT OR IGNORE INTO main.blobs (hash, dtype, n, d, bytes, created_at)
          SELECT hash, dtype, n, d, bytes, created_at FROM b.blobs",
