@@ -343,146 +343,182 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
 fn unpack(bundle: &Path, f: File, dir: &Path) -> Result<(Manifest, HashMap<String, u64>)> {
     let bad = |m: String| Error::format(bundle, m);
     let mut ar = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, f));
-    let mut manifest: Option<Manifest> = None;
-    let mut declared: HashMap<String, u64> = HashMap::new();
-    let mut got_blobs: HashSet<String> = HashSet::new();
-    let mut got_catalog = false;
+    let mut u = Unpacking {
+        dir,
+        manifest: None,
+        declared: HashMap::new(),
+        got_blobs: HashSet::new(),
+        got_catalog: false,
+    };
     for entry in ar
         .entries()
         .map_err(|e| bad(format!("not a tar bundle: {e}")))?
     {
         let mut entry = entry.map_err(|e| bad(format!("corrupt tar entry: {e}")))?;
-        let path = entry
-            .path()
-            .map_err(|e| bad(format!("bad entry name: {e}")))?
-            .to_path_buf();
-        let kind = entry.header().entry_type();
-        let slot = classify(&path).map_err(bad)?;
-        if matches!(slot, Slot::Dir) {
-            if !kind.is_dir() {
-                return Err(bad(format!(
-                    "entry {} should be a directory",
-                    path.display()
-                )));
-            }
-            continue;
-        }
-        if !matches!(kind, tar::EntryType::Regular) {
-            return Err(bad(format!(
-                "entry {} is a {:?}, not a regular file (links are refused)",
-                path.display(),
-                kind
-            )));
-        }
-        let size = entry
-            .header()
-            .size()
-            .map_err(|e| bad(format!("bad size: {e}")))?;
+        let Some((slot, size)) = entry_slot(&entry).map_err(bad)? else {
+            continue; // a directory
+        };
         match slot {
-            Slot::Manifest => {
-                if manifest.is_some() {
-                    return Err(bad("two manifests".into()));
-                }
-                if size > MAX_MANIFEST {
-                    return Err(bad(format!(
-                        "manifest declares {size} bytes, over the limit"
-                    )));
-                }
-                let mut buf = Vec::new();
-                (&mut entry)
-                    .take(size)
-                    .read_to_end(&mut buf)
-                    .map_err(|e| bad(format!("truncated manifest: {e}")))?;
-                let m: Manifest =
-                    serde_json::from_slice(&buf).map_err(|e| bad(format!("bad manifest: {e}")))?;
-                if m.format != FORMAT || m.format_version != FORMAT_VERSION {
-                    return Err(bad(format!(
-                        "not a prh bundle of format version {FORMAT_VERSION}"
-                    )));
-                }
-                if m.schema_version > MIGRATIONS.len() {
-                    return Err(bad(format!(
-                        "bundle schema version {} is newer than this prh understands ({}); upgrade prh",
-                        m.schema_version,
-                        MIGRATIONS.len()
-                    )));
-                }
-                for b in &m.blobs {
-                    b.hash
-                        .parse::<BlobHash>()
-                        .map_err(|_| bad(format!("manifest lists a bad hash {:?}", b.hash)))?;
-                    if declared.insert(b.hash.clone(), b.bytes).is_some() {
-                        return Err(bad(format!("manifest lists blob {} twice", b.hash)));
-                    }
-                }
-                manifest = Some(m);
-            }
-            Slot::Catalog => {
-                let m = manifest
-                    .as_ref()
-                    .ok_or_else(|| bad("manifest.json must come first".into()))?;
-                if size != m.catalog.bytes {
-                    return Err(bad(format!(
-                        "catalog.db is {size} bytes but the manifest says {}",
-                        m.catalog.bytes
-                    )));
-                }
-                let dest = dir.join("catalog.db");
-                let hash = copy_hashed(&mut entry, size, &dest)
-                    .map_err(|e| bad(format!("catalog.db: {e}")))?;
-                if hash != m.catalog.blake3 {
-                    return Err(bad("catalog.db does not match the manifest's hash".into()));
-                }
-                got_catalog = true;
-            }
-            Slot::Blob(h) => {
-                let want = *declared.get(&h).ok_or_else(|| {
-                    bad(format!(
-                        "blob {h} is not listed in the manifest (or the manifest is not first)"
-                    ))
-                })?;
-                if size != want {
-                    return Err(bad(format!(
-                        "blob {h} declares {size} bytes but the manifest says {want}"
-                    )));
-                }
-                if !got_blobs.insert(h.clone()) {
-                    return Err(bad(format!("blob {h} appears twice")));
-                }
-                let dest = dir.join(&h);
-                let got = copy_hashed(&mut entry, size, &dest)
-                    .map_err(|e| bad(format!("blob {h}: {e}")))?;
-                if got != h {
-                    return Err(bad(format!(
-                        "blob {h} does not match its hash (content hashes to {got})"
-                    )));
-                }
-                let mut head = [0u8; matrix::HEADER_LEN];
-                File::open(&dest)
-                    .and_then(|mut f| f.read_exact(&mut head))
-                    .map_err(|_| bad(format!("blob {h} is too short to be a matrix")))?;
-                matrix::parse_header(&head)
-                    .ok_or_else(|| bad(format!("blob {h} has no valid header")))?;
-            }
-            Slot::Dir => unreachable!(),
+            Slot::Manifest => u.manifest(&mut entry, size),
+            Slot::Catalog => u.catalog(&mut entry, size),
+            Slot::Blob(h) => u.blob(&mut entry, size, h),
+            Slot::Dir => unreachable!("directories are skipped"),
         }
+        .map_err(bad)?;
     }
-    let manifest = manifest.ok_or_else(|| bad("no manifest.json".into()))?;
-    if !got_catalog {
-        return Err(bad("no catalog.db".into()));
+    u.finish().map_err(bad)
+}
+
+/// Where a tar entry goes and its size; `None` for a directory. Anything but directories
+/// and regular files (links, devices) is refused.
+fn entry_slot<R: Read>(entry: &tar::Entry<R>) -> std::result::Result<Option<(Slot, u64)>, String> {
+    let path = entry
+        .path()
+        .map_err(|e| format!("bad entry name: {e}"))?
+        .to_path_buf();
+    let kind = entry.header().entry_type();
+    let slot = classify(&path)?;
+    if matches!(slot, Slot::Dir) {
+        if !kind.is_dir() {
+            return Err(format!("entry {} should be a directory", path.display()));
+        }
+        return Ok(None);
     }
-    let missing: Vec<&String> = declared
-        .keys()
-        .filter(|h| !got_blobs.contains(*h))
-        .collect();
-    if !missing.is_empty() {
-        return Err(bad(format!(
-            "the manifest lists {} blobs the bundle does not hold (e.g. {})",
-            missing.len(),
-            missing[0]
-        )));
+    if !matches!(kind, tar::EntryType::Regular) {
+        return Err(format!(
+            "entry {} is a {:?}, not a regular file (links are refused)",
+            path.display(),
+            kind
+        ));
     }
-    Ok((manifest, declared))
+    let size = entry
+        .header()
+        .size()
+        .map_err(|e| format!("bad size: {e}"))?;
+    Ok(Some((slot, size)))
+}
+
+/// A bundle being unpacked: what has arrived so far, checked against the manifest.
+struct Unpacking<'d> {
+    dir: &'d Path,
+    manifest: Option<Manifest>,
+    declared: HashMap<String, u64>,
+    got_blobs: HashSet<String>,
+    got_catalog: bool,
+}
+
+type Checked = std::result::Result<(), String>;
+
+impl Unpacking<'_> {
+    /// `manifest.json`: once, within the size limit, of our format and a schema we know, each
+    /// blob listed once under a valid hash.
+    fn manifest(&mut self, entry: &mut impl Read, size: u64) -> Checked {
+        if self.manifest.is_some() {
+            return Err("two manifests".into());
+        }
+        if size > MAX_MANIFEST {
+            return Err(format!("manifest declares {size} bytes, over the limit"));
+        }
+        let mut buf = Vec::new();
+        entry
+            .take(size)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("truncated manifest: {e}"))?;
+        let m: Manifest = serde_json::from_slice(&buf).map_err(|e| format!("bad manifest: {e}"))?;
+        if m.format != FORMAT || m.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "not a prh bundle of format version {FORMAT_VERSION}"
+            ));
+        }
+        if m.schema_version > MIGRATIONS.len() {
+            return Err(format!(
+                "bundle schema version {} is newer than this prh understands ({}); upgrade prh",
+                m.schema_version,
+                MIGRATIONS.len()
+            ));
+        }
+        for b in &m.blobs {
+            b.hash
+                .parse::<BlobHash>()
+                .map_err(|_| format!("manifest lists a bad hash {:?}", b.hash))?;
+            if self.declared.insert(b.hash.clone(), b.bytes).is_some() {
+                return Err(format!("manifest lists blob {} twice", b.hash));
+            }
+        }
+        self.manifest = Some(m);
+        Ok(())
+    }
+
+    /// `catalog.db`: after the manifest, with its size and hash.
+    fn catalog(&mut self, entry: &mut impl Read, size: u64) -> Checked {
+        let m = self
+            .manifest
+            .as_ref()
+            .ok_or("manifest.json must come first")?;
+        if size != m.catalog.bytes {
+            return Err(format!(
+                "catalog.db is {size} bytes but the manifest says {}",
+                m.catalog.bytes
+            ));
+        }
+        let dest = self.dir.join("catalog.db");
+        let hash = copy_hashed(entry, size, &dest).map_err(|e| format!("catalog.db: {e}"))?;
+        if hash != m.catalog.blake3 {
+            return Err("catalog.db does not match the manifest's hash".into());
+        }
+        self.got_catalog = true;
+        Ok(())
+    }
+
+    /// `blobs/ab/<hash>`: listed in the manifest with this size, once, hashing to its name,
+    /// with a matrix header.
+    fn blob(&mut self, entry: &mut impl Read, size: u64, h: String) -> Checked {
+        let want = *self.declared.get(&h).ok_or_else(|| {
+            format!("blob {h} is not listed in the manifest (or the manifest is not first)")
+        })?;
+        if size != want {
+            return Err(format!(
+                "blob {h} declares {size} bytes but the manifest says {want}"
+            ));
+        }
+        if !self.got_blobs.insert(h.clone()) {
+            return Err(format!("blob {h} appears twice"));
+        }
+        let dest = self.dir.join(&h);
+        let got = copy_hashed(entry, size, &dest).map_err(|e| format!("blob {h}: {e}"))?;
+        if got != h {
+            return Err(format!(
+                "blob {h} does not match its hash (content hashes to {got})"
+            ));
+        }
+        let mut head = [0u8; matrix::HEADER_LEN];
+        File::open(&dest)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .map_err(|_| format!("blob {h} is too short to be a matrix"))?;
+        matrix::parse_header(&head).ok_or_else(|| format!("blob {h} has no valid header"))?;
+        Ok(())
+    }
+
+    /// Everything the manifest promised arrived.
+    fn finish(self) -> std::result::Result<(Manifest, HashMap<String, u64>), String> {
+        let manifest = self.manifest.ok_or("no manifest.json")?;
+        if !self.got_catalog {
+            return Err("no catalog.db".into());
+        }
+        let missing: Vec<&String> = self
+            .declared
+            .keys()
+            .filter(|h| !self.got_blobs.contains(*h))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the manifest lists {} blobs the bundle does not hold (e.g. {})",
+                missing.len(),
+                missing[0]
+            ));
+        }
+        Ok((manifest, self.declared))
+    }
 }
 
 /// Checks a staged catalog before anything of it is merged: exactly prh's schema, brought to
