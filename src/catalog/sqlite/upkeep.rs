@@ -137,10 +137,21 @@ impl From<Error> for Failure {
     }
 }
 
+/// The merge inside its transaction: conflicts first (nothing is written when there is one),
+/// then the rows (blobs published before any row names them), then the cache.
 fn merge_attached(
     tx: &rusqlite::Transaction,
     opts: &mut MergeOptions,
 ) -> std::result::Result<MergeCounts, Failure> {
+    refuse_conflicts(tx)?;
+    let mut rep = merge_rows(tx, opts)?;
+    merge_cache(tx, opts, &mut rep)?;
+    Ok(rep)
+}
+
+/// Refuses a bundle that disagrees with this catalog on any name (dataset size, model
+/// modality, a representation's blob, provenance, a score).
+fn refuse_conflicts(tx: &rusqlite::Transaction) -> std::result::Result<(), Failure> {
     let mut conflicts: Vec<String> = Vec::new();
     let mut collect = |sql: &str| -> rusqlite::Result<()> {
         let mut st = tx.prepare(sql)?;
@@ -184,6 +195,15 @@ fn merge_attached(
             if conflicts.len() > 10 { "; ..." } else { "" }
         ))));
     }
+    Ok(())
+}
+
+/// Datasets, models, checkpoints, blobs, representations, provenance and scores the bundle
+/// adds.
+fn merge_rows(
+    tx: &rusqlite::Transaction,
+    opts: &mut MergeOptions,
+) -> std::result::Result<MergeCounts, Failure> {
     let mut rep = MergeCounts {
         datasets_new: tx.execute(
             "INSERT INTO main.datasets (name, n, description, created_at)
@@ -272,6 +292,15 @@ fn merge_attached(
          WHERE NOT EXISTS (SELECT 1 FROM main.scores s WHERE s.checkpoint_id = c.id AND s.name = bs.name)",
         [],
     )?;
+    Ok(rep)
+}
+
+/// The bundle's cache keys and cells: served when verified (or trusted), else quarantined.
+fn merge_cache(
+    tx: &rusqlite::Transaction,
+    opts: &MergeOptions,
+    rep: &mut MergeCounts,
+) -> std::result::Result<(), Failure> {
     // Clamp thresholds are never taken from a bundle: a wrong one would make genuine blobs
     // give wrong numbers. They are recomputed from the blobs on first use.
     // Key ids derive from content (checked when staged), so the bundle's keys are ours: a
@@ -328,5 +357,5 @@ fn merge_attached(
             [opts.origin],
         )?;
     }
-    Ok(rep)
+    Ok(())
 }
