@@ -125,20 +125,15 @@ pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<E
         let f = File::create(&tmp_out).map_err(|e| Error::io(&tmp_out, e))?;
         let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
         let mjson = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-        append(
-            &mut tar,
-            "manifest.json",
-            &mut mjson.as_slice(),
-            mjson.len() as u64,
-            &tmp_out,
-        )?;
-        append(
-            &mut tar,
-            "catalog.db",
-            &mut cat_bytes.as_slice(),
-            cat_bytes.len() as u64,
-            &tmp_out,
-        )?;
+        for (name, bytes) in [("manifest.json", &mjson), ("catalog.db", &cat_bytes)] {
+            append(
+                &mut tar,
+                name,
+                &mut bytes.as_slice(),
+                bytes.len() as u64,
+                &tmp_out,
+            )?;
+        }
         for b in &manifest.blobs {
             let h: BlobHash = b.hash.parse()?;
             let blob = reg.store.get(&h).map_err(|e| match e {
