@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod formats;
 pub mod frame;
+pub mod location;
 pub mod lock;
 pub mod matrix;
 pub mod metrics;

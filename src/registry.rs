@@ -12,6 +12,7 @@ use crate::catalog::{
 };
 use crate::error::{Error, Result};
 use crate::formats::{self, FeatureFile};
+use crate::location::{BlobsAt, CONFIG, CatalogAt, Locations};
 use crate::lock::RegistryLock;
 use crate::matrix::{self, DType, LayerView};
 use crate::store::{BlobHash, BlobSink, BlobStore, FsBlobStore, SealedBlob};
@@ -41,7 +42,7 @@ pub fn discover(explicit: Option<&Path>, cwd: &Path) -> Result<PathBuf> {
     let mut dir = Some(cwd);
     while let Some(d) = dir {
         let cand = d.join(DEFAULT_DIR);
-        if cand.join("catalog.db").is_file() {
+        if cand.join("catalog.db").is_file() || cand.join(CONFIG).is_file() {
             return Ok(cand);
         }
         dir = d.parent();
@@ -49,18 +50,79 @@ pub fn discover(explicit: Option<&Path>, cwd: &Path) -> Result<PathBuf> {
     Err(Error::NoRegistry)
 }
 
+/// The catalog and blob store `loc` names (created when `create`).
+fn parts(
+    root: &Path,
+    loc: &Locations,
+    create: bool,
+) -> Result<(Box<dyn Catalog>, Box<dyn BlobStore>)> {
+    let catalog: Box<dyn Catalog> = match loc.catalog(root)? {
+        CatalogAt::Sqlite(p) if create => {
+            if let Some(dir) = p.parent() {
+                fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+            Box::new(SqliteCatalog::create(&p)?)
+        }
+        CatalogAt::Sqlite(p) => Box::new(SqliteCatalog::open(&p)?),
+    };
+    let store: Box<dyn BlobStore> = match loc.blobs(root)? {
+        BlobsAt::Dir(d) => {
+            let s = FsBlobStore::new(d);
+            if create {
+                s.create_dirs()?;
+            }
+            Box::new(s)
+        }
+    };
+    Ok((catalog, store))
+}
+
 impl Registry {
     /// Creates a registry at `root` (or opens it if one is already there).
     pub fn init(root: &Path) -> Result<Registry> {
+        Registry::init_at(root, &Locations::default())
+    }
+
+    /// Creates a registry at `root` whose catalog and blobs live where `loc` says (recorded in
+    /// its `config.json`), or opens the one already there. A registry that keeps its parts
+    /// elsewhere is never pointed at other ones; nothing is created when `loc` is refused.
+    pub fn init_at(root: &Path, loc: &Locations) -> Result<Registry> {
+        loc.check()?;
+        let had = Locations::read(root)?;
+        if *loc != Locations::default()
+            && had != *loc
+            && (had.catalog.is_some() || had.blobs.is_some() || root.join("catalog.db").is_file())
+        {
+            return Err(Error::Invalid(format!(
+                "{} is already a registry (catalog {}, blobs {}); its parts are not moved",
+                root.display(),
+                had.catalog.as_deref().unwrap_or("catalog.db inside it"),
+                had.blobs.as_deref().unwrap_or("inside it"),
+            )));
+        }
+        let loc = if *loc == Locations::default() {
+            had
+        } else {
+            loc.clone()
+        };
         fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-        let store = FsBlobStore::new(root);
-        store.create_dirs()?;
-        let catalog = SqliteCatalog::create(&root.join("catalog.db"))?;
-        Ok(Registry {
-            root: root.to_path_buf(),
-            catalog: Box::new(catalog),
-            store: Box::new(store),
-        })
+        let (catalog, store) = parts(root, &loc, true)?;
+        loc.write(root)?;
+        Registry::with_parts(root, catalog, store)
+    }
+
+    /// Opens an existing registry: its own `catalog.db` and `blobs/`, or the parts its
+    /// `config.json` (or `PRH_CATALOG` / `PRH_BLOBS`) names.
+    pub fn open(root: &Path) -> Result<Registry> {
+        if !root.join("catalog.db").is_file() && !root.join(CONFIG).is_file() {
+            return Err(Error::Invalid(format!(
+                "{} is not a prh registry (no catalog.db or config.json); create one with `prh init {}`",
+                root.display(),
+                root.display()
+            )));
+        }
+        let (catalog, store) = parts(root, &Locations::of(root)?, false)?;
+        Registry::with_parts(root, catalog, store)
     }
 
     /// A registry over any catalog and blob store (`init` and `open` give the defaults:
@@ -77,23 +139,6 @@ impl Registry {
             root: root.to_path_buf(),
             catalog,
             store,
-        })
-    }
-
-    /// Opens an existing registry.
-    pub fn open(root: &Path) -> Result<Registry> {
-        let db = root.join("catalog.db");
-        if !db.is_file() {
-            return Err(Error::Invalid(format!(
-                "{} is not a prh registry (no catalog.db); create one with `prh init {}`",
-                root.display(),
-                root.display()
-            )));
-        }
-        Ok(Registry {
-            root: root.to_path_buf(),
-            catalog: Box::new(SqliteCatalog::open(&db)?),
-            store: Box::new(FsBlobStore::new(root)),
         })
     }
 

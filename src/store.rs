@@ -253,8 +253,17 @@ impl BlobStore for FsBlobStore {
             .map_err(|e| Error::io(path, e))?;
         let dir = dest.parent().expect("blob path has a parent");
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        fs::rename(path, &dest).map_err(|e| Error::io(&dest, e))?;
-        Ok(true)
+        match fs::rename(path, &dest) {
+            Ok(()) => Ok(true),
+            // Blobs on another file system: copied through the store, hash checked again.
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+                let (_, new) = self.put(&mut f, Some(hash))?;
+                fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+                Ok(new)
+            }
+            Err(e) => Err(Error::io(&dest, e)),
+        }
     }
 }
 

@@ -34,6 +34,8 @@ impl Env {
             .args(args)
             .current_dir(self.dir.path())
             .env_remove("PRH_REGISTRY")
+            .env_remove("PRH_CATALOG")
+            .env_remove("PRH_BLOBS")
             .output()
             .unwrap()
     }
