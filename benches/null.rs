@@ -41,7 +41,15 @@ fn main() {
     let table = engine::layer_table(&spec, &dx, &dy).unwrap();
     let raw = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let null = stats::null_draws(&spec, prh::engine::Reduce::Max, &dx, &dy, 0, 0..1000).unwrap();
+    let null = stats::draws(
+        stats::Resampling::Permutation,
+        &spec,
+        prh::engine::Reduce::Max,
+        (&dx, &dy),
+        0,
+        0..1000,
+    )
+    .unwrap();
     let null_time = t.elapsed().as_secs_f64();
     let s = stats::summarize(table.best, &null, 1.0, stats::DEFAULT_ALPHA);
     println!("12 × 12 layers, n = {n}, d = {d}, mutual_knn (k = 10)");

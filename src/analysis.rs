@@ -22,12 +22,15 @@ fn pe(e: PolarsError) -> Error {
 /// What to relate.
 #[derive(Debug, Clone)]
 pub struct TrendRequest {
+    /// The metric (and its parameters) whose cached alignments are related.
     pub spec: MetricSpec,
     /// Preparation kind (see [`query::prep_kind`]); the official one by default.
     pub prep: String,
     /// How each pair's layer-pair table became its score.
     pub reduce: Reduce,
+    /// The models whose performance is on the horizontal axis.
     pub x: Vec<String>,
+    /// The reference models each x model is aligned with.
     pub y: Vec<String>,
     /// Name of the performance score.
     pub perf: String,
@@ -37,6 +40,7 @@ pub struct TrendRequest {
     pub per_y: bool,
     /// Bootstrap resamples (over models) for the interval of r.
     pub bootstrap: usize,
+    /// Seed of those resamples.
     pub seed: u64,
 }
 

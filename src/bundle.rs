@@ -838,7 +838,9 @@ fn merge(
 /// What `verify` found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VerifyReport {
+    /// Blobs re-hashed and their headers compared with the catalog.
     pub blobs_checked: usize,
+    /// Cached cells recomputed from their blobs.
     pub cells_recomputed: usize,
     /// Imported cells that recomputed equal and are now served.
     pub cells_promoted: usize,
@@ -1001,11 +1003,17 @@ fn owner_is_gone(name: &str) -> bool {
 /// What `gc` removed (or would remove, with `dry_run`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
+    /// Blobs removed: rows no representation references, and files no row names.
     pub blobs: Vec<String>,
+    /// Their size.
     pub blob_bytes: u64,
+    /// Cached cells of metric versions this prh no longer computes, or of removed blobs.
     pub cells: usize,
+    /// Cached null and bootstrap draws of such metric versions.
     pub null_samples: usize,
+    /// Staging leftovers of processes that are gone, or older than an hour.
     pub tmp_entries: usize,
+    /// Nothing was removed; the report says what would have been.
     pub dry_run: bool,
 }
 

@@ -106,8 +106,11 @@ pub struct Rep {
     pub d: usize,
     /// `stacked` or `layers` (how the file gave its layers); `None` if not recorded.
     pub layout: Option<String>,
+    /// The checkpoint's id (not listed).
     #[serde(skip)]
     pub checkpoint_id: CheckpointId,
+    /// The model's modality and family, the checkpoint's step, the dataset's id: for the
+    /// query tables, not listed.
     #[serde(skip)]
     pub modality: String,
     #[serde(skip)]
@@ -133,10 +136,15 @@ pub struct Score {
 /// Filters for [`Catalog::reps`].
 #[derive(Debug, Clone, Default)]
 pub struct RepFilter {
+    /// Only this model's.
     pub model: Option<String>,
+    /// Only this checkpoint's.
     pub checkpoint_id: Option<CheckpointId>,
+    /// Only those on this dataset.
     pub dataset: Option<String>,
+    /// Only those with this pooling.
     pub pool: Option<String>,
+    /// Only blobs whose hash starts with these hex digits (any case).
     pub hash_prefix: Option<String>,
 }
 

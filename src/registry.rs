@@ -757,14 +757,23 @@ pub fn validate_scores(scores: &[(String, f64)]) -> Result<()> {
 /// What to ingest a file as.
 #[derive(Debug, Clone, Default)]
 pub struct IngestRequest {
+    /// The model the features come from (created when new).
     pub model: String,
+    /// The input set they were computed on (created with the file's n when new).
     pub dataset: String,
+    /// The model's modality: required for a new model, checked for a known one.
     pub modality: Option<String>,
+    /// The model's family, recorded where none is.
     pub family: Option<String>,
+    /// How token or patch features were pooled into one row per sample.
     pub pool: String,
+    /// The checkpoint's name (`final` when `None`).
     pub checkpoint: Option<String>,
+    /// Its training step.
     pub step: Option<i64>,
+    /// Scores of the checkpoint, by name (they override the file's own).
     pub scores: Vec<(String, f64)>,
+    /// The model's parameter count.
     pub num_params: Option<i64>,
     /// Provenance of the features as (key, value): precision, batch size, prompt, ...
     pub meta: Vec<(String, String)>,

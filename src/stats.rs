@@ -74,25 +74,60 @@ where
     Ok(reduce.apply(&table)?.0)
 }
 
-/// Null draws `range` (permutations of the y samples, the same for all y layers), each
-/// aggregated over layer pairs as the real pair is.
-pub fn null_draws(
+/// How a sample of draws resamples a model pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resampling {
+    /// The permutation null: the y samples permuted, the same permutation for all y layers.
+    Permutation,
+    /// The bootstrap: the samples drawn with replacement, the same rows on both sides.
+    Bootstrap,
+}
+
+impl Resampling {
+    /// Its name in the cache of draws.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resampling::Permutation => "permutation",
+            Resampling::Bootstrap => "bootstrap",
+        }
+    }
+}
+
+/// Draws `range` of a resampling scheme (draw i is the same whatever the range, for a seed),
+/// each aggregated over layer pairs as the real pair is.
+pub fn draws(
+    how: Resampling,
     spec: &MetricSpec,
     reduce: Reduce,
-    xs: &[Arc<Derived>],
-    ys: &[Arc<Derived>],
+    (xs, ys): (&[Arc<Derived>], &[Arc<Derived>]),
     seed: u64,
     range: Range<usize>,
 ) -> Result<Vec<f64>> {
-    xs.par_iter()
-        .chain(ys.par_iter())
-        .for_each(|d| d.warm(spec));
-    let n = ys[0].n();
+    if how == Resampling::Permutation {
+        // The unpermuted side's derived data is shared by every draw: computed once, first.
+        xs.par_iter()
+            .chain(ys.par_iter())
+            .for_each(|d| d.warm(spec));
+    }
+    let n = xs[0].n();
     range
         .into_par_iter()
-        .map(|p| {
-            let permuted = reindex(ys, &Arc::new(permutation(seed, p, n)));
-            reduce_over_layers(spec, reduce, xs, &permuted.iter().collect::<Vec<_>>())
+        .map(|i| {
+            let (rx, ry) = match how {
+                Resampling::Permutation => {
+                    let perm = Arc::new(permutation(seed, i, n));
+                    (None, reindex(ys, &perm))
+                }
+                Resampling::Bootstrap => {
+                    let idx = Arc::new(resample(seed, i, n));
+                    (Some(reindex(xs, &idx)), reindex(ys, &idx))
+                }
+            };
+            let rx: Vec<&Derived> = match &rx {
+                Some(r) => r.iter().collect(),
+                None => xs.iter().map(|x| x.as_ref()).collect(),
+            };
+            reduce_over_layers(spec, reduce, &rx, &ry.iter().collect::<Vec<_>>())
         })
         .collect()
 }
@@ -102,32 +137,6 @@ fn reindex(layers: &[Arc<Derived>], idx: &Arc<Vec<u32>>) -> Vec<Derived> {
     layers
         .iter()
         .map(|d| Derived::reindexed(d, idx.clone()))
-        .collect()
-}
-
-/// Bootstrap draws `range`: the samples resampled with replacement (the same rows on both
-/// sides), each aggregated over layer pairs as the real pair is.
-pub fn bootstrap_draws(
-    spec: &MetricSpec,
-    reduce: Reduce,
-    xs: &[Arc<Derived>],
-    ys: &[Arc<Derived>],
-    seed: u64,
-    range: Range<usize>,
-) -> Result<Vec<f64>> {
-    let n = xs[0].n();
-    range
-        .into_par_iter()
-        .map(|b| {
-            let idx = Arc::new(resample(seed, b, n));
-            let (rx, ry) = (reindex(xs, &idx), reindex(ys, &idx));
-            reduce_over_layers(
-                spec,
-                reduce,
-                &rx.iter().collect::<Vec<_>>(),
-                &ry.iter().collect::<Vec<_>>(),
-            )
-        })
         .collect()
 }
 
@@ -504,7 +513,15 @@ mod tests {
             let xs = vec![derived(random(256, 16, 100 + s))];
             let ys = vec![derived(random(256, 16, 200 + s))];
             let raw = reduce_over_layers(&spec, Reduce::Max, &xs, &ys).unwrap();
-            let null = null_draws(&spec, Reduce::Max, &xs, &ys, s, 0..99).unwrap();
+            let null = draws(
+                Resampling::Permutation,
+                &spec,
+                Reduce::Max,
+                (&xs, &ys),
+                s,
+                0..99,
+            )
+            .unwrap();
             let sum = summarize(raw, &null, 1.0, DEFAULT_ALPHA);
             ps.push(sum.p_value);
             cals.push(sum.calibrated);
@@ -527,16 +544,48 @@ mod tests {
         let spec = MetricSpec::new(Metric::MutualKnn);
         let (xs, ys) = (vec![derived(x)], vec![derived(y)]);
         let raw = reduce_over_layers(&spec, Reduce::Max, &xs, &ys).unwrap();
-        let null = null_draws(&spec, Reduce::Max, &xs, &ys, 0, 0..199).unwrap();
+        let null = draws(
+            Resampling::Permutation,
+            &spec,
+            Reduce::Max,
+            (&xs, &ys),
+            0,
+            0..199,
+        )
+        .unwrap();
         let s = summarize(raw, &null, 1.0, DEFAULT_ALPHA);
         assert_eq!(s.p_value, 1.0 / 200.0);
         assert!(s.calibrated > 0.2, "{s:?}");
         assert!(s.z > 10.0, "{s:?}");
         // Draws are reproducible one by one: a longer sample extends the shorter.
-        let more = null_draws(&spec, Reduce::Max, &xs, &ys, 0, 199..250).unwrap();
-        let all = null_draws(&spec, Reduce::Max, &xs, &ys, 0, 0..250).unwrap();
+        let more = draws(
+            Resampling::Permutation,
+            &spec,
+            Reduce::Max,
+            (&xs, &ys),
+            0,
+            199..250,
+        )
+        .unwrap();
+        let all = draws(
+            Resampling::Permutation,
+            &spec,
+            Reduce::Max,
+            (&xs, &ys),
+            0,
+            0..250,
+        )
+        .unwrap();
         assert_eq!([null, more].concat(), all);
-        let boot = bootstrap_draws(&spec, Reduce::Max, &xs, &ys, 0, 0..50).unwrap();
+        let boot = draws(
+            Resampling::Bootstrap,
+            &spec,
+            Reduce::Max,
+            (&xs, &ys),
+            0,
+            0..50,
+        )
+        .unwrap();
         let ci = ci95(&boot);
         assert!(ci[0] < ci[1] && ci[0] > s.null_mean, "{ci:?}");
     }

@@ -21,7 +21,7 @@ use crate::engine::Reduce;
 use crate::error::{Error, Result};
 use crate::metrics::{ClampScope, Derived, Layout, MetricSpec, Prep, Scope, Ties, prep};
 use crate::registry::Registry;
-use crate::stats;
+use crate::stats::{self, Resampling};
 use crate::store::BlobHash;
 
 /// Which models a side of a sweep takes.
@@ -67,12 +67,17 @@ impl FromStr for Selector {
 /// A checkpoint with its layers on the sweep's dataset and pool.
 #[derive(Debug, Clone)]
 pub struct CheckpointLayers {
+    /// The checkpoint's id in the catalog.
     pub checkpoint_id: CheckpointId,
+    /// Its model's name.
     pub model: String,
+    /// Its name.
     pub checkpoint: String,
+    /// Each layer's blob, in layer order.
     pub layers: Vec<BlobHash>,
     /// Stored layer indices, in order.
     pub layer_ids: Vec<i64>,
+    /// Samples (rows of every layer).
     pub n: usize,
     /// Bytes the f32 features occupy (for the memory budget).
     pub f32_bytes: usize,
@@ -83,14 +88,21 @@ pub struct CheckpointLayers {
 /// What to sweep.
 #[derive(Debug, Clone)]
 pub struct SweepRequest {
+    /// The models on one side of every pair.
     pub x: Selector,
+    /// The models on the other side.
     pub y: Selector,
+    /// The dataset the features were taken on (the only one they share when `None`).
     pub dataset: Option<String>,
+    /// The pooling (the only one they share when `None`).
     pub pool: Option<String>,
+    /// Every checkpoint of the x models, not only the latest.
     pub all_checkpoints: bool,
     /// Use this checkpoint of the x models instead of the latest (for `prh log`).
     pub x_checkpoint: Option<String>,
+    /// The metrics, each computed for every layer pair of every model pair.
     pub specs: Vec<MetricSpec>,
+    /// How features are prepared before a metric sees them (clamp, normalise).
     pub prep: Prep,
     /// Upper bound on derived data held in memory at once, in bytes.
     pub mem_budget: usize,
@@ -1028,24 +1040,27 @@ fn add_statistics(
                 loaded = Some(l.clone());
                 Ok(l)
             };
-            if req.null > 0 {
-                let draws = cached_draws(
+            let mut sample = |how: Resampling, want: usize| {
+                cached_draws(
                     reg,
-                    "permutation",
+                    how.name(),
                     &key,
                     spec,
                     &params,
                     px,
                     py,
                     req.seed,
-                    req.null,
+                    want,
                     |reg, range| {
                         let (dx, dy) = load(reg)?;
-                        let v = stats::null_draws(spec, req.reduce, &dx, &dy, req.seed, range)?;
+                        let v = stats::draws(how, spec, req.reduce, (&dx, &dy), req.seed, range)?;
                         progress.advance(v.len() as u64);
                         Ok(v)
                     },
-                )?;
+                )
+            };
+            if req.null > 0 {
+                let draws = sample(Resampling::Permutation, req.null)?;
                 let s =
                     stats::summarize(result.score, &draws, stats::max_attainable(spec), req.alpha);
                 result.null_mean = Some(s.null_mean);
@@ -1057,25 +1072,7 @@ fn add_statistics(
                 result.chance_adjusted = Some(s.chance_adjusted);
             }
             if req.bootstrap > 0 {
-                let draws = cached_draws(
-                    reg,
-                    "bootstrap",
-                    &key,
-                    spec,
-                    &params,
-                    px,
-                    py,
-                    req.seed,
-                    req.bootstrap,
-                    |reg, range| {
-                        let (dx, dy) = load(reg)?;
-                        let v =
-                            stats::bootstrap_draws(spec, req.reduce, &dx, &dy, req.seed, range)?;
-                        progress.advance(v.len() as u64);
-                        Ok(v)
-                    },
-                )?;
-                result.ci95 = Some(stats::ci95(&draws));
+                result.ci95 = Some(stats::ci95(&sample(Resampling::Bootstrap, req.bootstrap)?));
             }
         }
     }

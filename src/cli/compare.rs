@@ -89,7 +89,14 @@ pub fn run(a: CompareArgs) -> Result<()> {
             obj.insert("table".into(), serde_json::json!(t.table));
         }
         if a.stats.null > 0 {
-            let draws = stats::null_draws(s, reduce, &da, &db, a.stats.seed, 0..a.stats.null)?;
+            let draws = stats::draws(
+                stats::Resampling::Permutation,
+                s,
+                reduce,
+                (&da, &db),
+                a.stats.seed,
+                0..a.stats.null,
+            )?;
             let sum = stats::summarize(value, &draws, stats::max_attainable(s), a.stats.alpha);
             obj.insert("null_mean".into(), sum.null_mean.into());
             obj.insert("null_sd".into(), sum.null_sd.into());
@@ -100,8 +107,14 @@ pub fn run(a: CompareArgs) -> Result<()> {
             obj.insert("chance_adjusted".into(), sum.chance_adjusted.into());
         }
         if a.stats.bootstrap > 0 {
-            let draws =
-                stats::bootstrap_draws(s, reduce, &da, &db, a.stats.seed, 0..a.stats.bootstrap)?;
+            let draws = stats::draws(
+                stats::Resampling::Bootstrap,
+                s,
+                reduce,
+                (&da, &db),
+                a.stats.seed,
+                0..a.stats.bootstrap,
+            )?;
             obj.insert("ci95".into(), serde_json::json!(stats::ci95(&draws)));
         }
         results.push((obj, t));
