@@ -404,8 +404,9 @@ pub trait Catalog: Send {
     /// Moves an imported cell (recomputed and found equal) into the served table.
     fn promote_cell(&mut self, ids: [i64; 3]) -> Result<()>;
 
-    /// A cached clamp threshold of a layer set (keyed by BLAKE3 of its layer hashes) at `q`.
-    fn clamp_threshold(&self, layers_key: &str, q: f64) -> Result<Option<f64>>;
+    /// The cached clamp thresholds at `q` of layer sets (each keyed by BLAKE3 of its layer
+    /// hashes), in the order of `keys`, in one round trip.
+    fn clamp_thresholds_at(&self, keys: &[String], q: f64) -> Result<Vec<Option<f64>>>;
     /// Records a clamp threshold (a first one stays).
     fn put_clamp_threshold(&self, layers_key: &str, q: f64, threshold: f64) -> Result<()>;
     /// Every cached clamp threshold: (layers key, q, threshold).

@@ -391,11 +391,8 @@ pub fn checkpoint_prep(
             })
         }
         Scope::Layer => {
-            let thresholds = ck
-                .layers
-                .iter()
-                .map(|h| clamp_threshold_cached(reg, std::slice::from_ref(h), q))
-                .collect::<Result<Vec<f32>>>()?;
+            let singles: Vec<&[BlobHash]> = ck.layers.iter().map(std::slice::from_ref).collect();
+            let thresholds = clamp_thresholds_cached(reg, &singles, q)?;
             Ok(CheckpointPrep {
                 keys: thresholds
                     .iter()
@@ -426,15 +423,27 @@ pub fn layers_key(layers: &[BlobHash]) -> String {
 /// The clamp threshold at `q` over these layers together, from `clamp_thresholds` (keyed by
 /// BLAKE3 of the ordered layer hashes) or computed from the blobs and stored there.
 pub fn clamp_threshold_cached(reg: &Registry, layers: &[BlobHash], q: f64) -> Result<f32> {
-    let key = layers_key(layers);
-    if let Some(t) = reg.catalog.clamp_threshold(&key, q)? {
-        return Ok(t as f32);
-    }
-    let loaded = load_layers(reg, layers)?;
-    let views: Vec<_> = loaded.iter().map(|l| l.view()).collect();
-    let t = prep::clamp_threshold(&views, q).unwrap_or(f32::INFINITY);
-    reg.catalog.put_clamp_threshold(&key, q, t as f64)?;
-    Ok(t)
+    Ok(clamp_thresholds_cached(reg, &[layers], q)?[0])
+}
+
+/// [`clamp_threshold_cached`] of several layer sets: one catalog lookup for all of them, then
+/// the missing ones computed and stored.
+pub fn clamp_thresholds_cached(reg: &Registry, sets: &[&[BlobHash]], q: f64) -> Result<Vec<f32>> {
+    let keys: Vec<String> = sets.iter().map(|s| layers_key(s)).collect();
+    let cached = reg.catalog.clamp_thresholds_at(&keys, q)?;
+    sets.iter()
+        .zip(keys.iter().zip(cached))
+        .map(|(layers, (key, cached))| {
+            if let Some(t) = cached {
+                return Ok(t as f32);
+            }
+            let loaded = load_layers(reg, layers)?;
+            let views: Vec<_> = loaded.iter().map(|l| l.view()).collect();
+            let t = prep::clamp_threshold(&views, q).unwrap_or(f32::INFINITY);
+            reg.catalog.put_clamp_threshold(key, q, t as f64)?;
+            Ok(t)
+        })
+        .collect()
 }
 
 /// The derived data of one checkpoint's layers, shared.

@@ -130,6 +130,41 @@ fn the_memory_catalog_gives_the_sqlite_catalogs_numbers_and_listings() {
     assert!(qa.equals(&qb), "{qa}\n{qb}");
 }
 
+/// Catalog calls of a warm sweep over the small zoo with `layers` layers per model.
+fn warm_calls(layers: usize) -> (usize, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = MemoryCatalog::new();
+    let calls = mem.round_trips();
+    let mut reg = in_memory(&dir.path().join("mem"), mem);
+    let mut zoo = ZooSpec::demo();
+    zoo.n = 64;
+    zoo.models
+        .retain(|m| ["lm-tiny", "lm-large", "vit-s", "vit-b"].contains(&m.name.as_str()));
+    for m in &mut zoo.models {
+        m.layers = layers;
+    }
+    zoo.ingest_into(&mut reg, &dir.path().join("files"), "toy")
+        .unwrap();
+    let req = request(vec![MetricSpec::new(Metric::MutualKnn)], 0, 0);
+    sweep::sweep(&mut reg, &req, &Silent).unwrap();
+    calls.store(0, Ordering::Relaxed);
+    let warm = sweep::sweep(&mut reg, &req, &Silent).unwrap();
+    let cells = warm.iter().map(|r| r.cells_cached).sum();
+    (calls.load(Ordering::Relaxed), cells)
+}
+
+#[test]
+fn a_warm_sweep_costs_the_same_catalog_calls_whatever_the_number_of_cells() {
+    let (few, few_cells) = warm_calls(2);
+    let (many, many_cells) = warm_calls(8);
+    assert_eq!((few_cells, many_cells), (10 * 4, 10 * 64));
+    assert_eq!(
+        few, many,
+        "{few} calls for {few_cells} cells, {many} for {many_cells}"
+    );
+    println!("warm sweep: {few} catalog calls for {few_cells} cells and for {many_cells} cells");
+}
+
 #[test]
 fn a_refused_ingest_leaves_the_memory_catalog_as_it_was() {
     let dir = tempfile::tempdir().unwrap();

@@ -487,12 +487,12 @@ impl Catalog for MemoryCatalog {
         Ok(())
     }
 
-    fn clamp_threshold(&self, layers_key: &str, q: f64) -> Result<Option<f64>> {
-        Ok(self
-            .state()
-            .thresholds
-            .get(&(layers_key.to_string(), q.to_bits()))
-            .copied())
+    fn clamp_thresholds_at(&self, keys: &[String], q: f64) -> Result<Vec<Option<f64>>> {
+        let s = self.state();
+        Ok(keys
+            .iter()
+            .map(|k| s.thresholds.get(&(k.clone(), q.to_bits())).copied())
+            .collect())
     }
 
     fn put_clamp_threshold(&self, layers_key: &str, q: f64, threshold: f64) -> Result<()> {

@@ -502,15 +502,16 @@ impl Catalog for SqliteCatalog {
         })
     }
 
-    fn clamp_threshold(&self, layers_key: &str, q: f64) -> Result<Option<f64>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT threshold FROM clamp_thresholds WHERE layers_key = ?1 AND q = ?2",
-                params![layers_key, q],
-                |r| r.get(0),
-            )
-            .optional()?)
+    fn clamp_thresholds_at(&self, keys: &[String], q: f64) -> Result<Vec<Option<f64>>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT layers_key, threshold FROM clamp_thresholds
+             WHERE q = ?1 AND layers_key IN (SELECT value FROM json_each(?2))",
+        )?;
+        let list = serde_json::to_string(keys).expect("strings serialise");
+        let found: HashMap<String, f64> = st
+            .query_map(params![q, list], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(keys.iter().map(|k| found.get(k).copied()).collect())
     }
 
     fn put_clamp_threshold(&self, layers_key: &str, q: f64, threshold: f64) -> Result<()> {
