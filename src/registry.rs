@@ -1,5 +1,7 @@
-//! A registry on disk: `catalog.db` + `blobs/` + `tmp/` (DESIGN.md §1), and the operations that
-//! change it: creating datasets, ingesting feature files, setting scores.
+//! A registry: a directory (its lock, `tmp/` staging, and by default `catalog.db` and `blobs/`;
+//! `config.json` when the parts live elsewhere, see [`crate::location`]) over a [`Catalog`] and a
+//! [`BlobStore`] (DESIGN.md §1), and the operations that change it: creating datasets,
+//! ingesting feature files, setting scores.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! A bundle's `catalog.db` (DESIGN.md §7): an SQLite catalog whatever the registry's backend,
-//! written by [`export`] and, on import, checked by [`check`] before anything of it is read.
+//! written by `export` and, on import, checked by [`check`] before anything of it is read.
 
 use std::path::Path;
 
