@@ -142,3 +142,22 @@ fn unsupported_or_secret_urls_are_refused_before_anything_is_written() {
         env.reg().display()
     );
 }
+
+#[test]
+fn a_damaged_config_is_named_in_one_line_and_left_as_it_is() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let config = env.reg().join("config.json");
+    for bad in ["{\"catalog\": 7}", "{\"blob\": \"file:///x\"}", "not json"] {
+        std::fs::write(&config, bad).unwrap();
+        let e = env.fails(&["ls", "models"]);
+        assert!(
+            e.contains("config.json") && e.contains("not a prh registry config"),
+            "{e}"
+        );
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), bad);
+    }
+    std::fs::remove_file(&config).unwrap();
+    env.ok(&["ls", "models"]);
+}
