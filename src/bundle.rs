@@ -859,7 +859,6 @@ pub fn verify(reg: &mut Registry, recompute: usize, seed: u64) -> Result<VerifyR
             .push(format!("catalog.db: integrity check: {found}"));
     }
     let rows = reg.catalog.blobs()?;
-    let known: HashSet<String> = rows.iter().map(|b| b.row.hash.to_hex()).collect();
     for b in &rows {
         rep.blobs_checked += 1;
         let used = b.used_by.as_deref().unwrap_or("no representation");
@@ -879,12 +878,11 @@ pub fn verify(reg: &mut Registry, recompute: usize, seed: u64) -> Result<VerifyR
             }
         }
     }
-    for h in reg.store.list()? {
-        let name = h.to_hex();
-        if !known.contains(&name) {
-            rep.unreferenced_files.push(name);
-        }
-    }
+    let known = rows.iter().map(|b| b.row.hash).collect();
+    rep.unreferenced_files = stray_blobs(reg, &known)?
+        .iter()
+        .map(BlobHash::to_hex)
+        .collect();
     if recompute > 0 {
         recompute_cells(reg, recompute, seed, &mut rep)?;
     }
@@ -986,6 +984,16 @@ fn recompute_cells(
     Ok(())
 }
 
+/// Stored blobs that no catalog row (of the hashes `known`) names.
+fn stray_blobs(reg: &Registry, known: &HashSet<BlobHash>) -> Result<Vec<BlobHash>> {
+    Ok(reg
+        .store
+        .list()?
+        .into_iter()
+        .filter(|h| !known.contains(h))
+        .collect())
+}
+
 /// True when a staging entry's name (`<what>-<pid>-…`) names a process that no longer runs on
 /// this machine: what it left (a killed ingest's or import's files) is garbage now.
 fn owner_is_gone(name: &str) -> bool {
@@ -1034,12 +1042,7 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
         .map(|m| (m.name(), m.version()))
         .collect();
     let plan = reg.catalog.gc_plan(&current)?;
-    let known: HashSet<String> = reg
-        .catalog
-        .blob_hashes()?
-        .iter()
-        .map(BlobHash::to_hex)
-        .collect();
+    let known = reg.catalog.blob_hashes()?.into_iter().collect();
     let hour = std::time::Duration::from_secs(3600);
     let old = |p: &Path| {
         fs::metadata(p)
@@ -1049,12 +1052,7 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
     };
     // Under the exclusive lock no writer is between publishing a blob and committing its
     // rows, so a stored blob without rows is garbage at any age.
-    let orphan_files: Vec<BlobHash> = reg
-        .store
-        .list()?
-        .into_iter()
-        .filter(|h| !known.contains(&h.to_hex()))
-        .collect();
+    let orphan_files = stray_blobs(reg, &known)?;
     rep.cells = plan.stale_cells;
     rep.null_samples = plan.stale_draws;
     for (h, b) in &plan.unreferenced {

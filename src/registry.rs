@@ -91,10 +91,9 @@ impl Registry {
     pub fn init_at(root: &Path, loc: &Locations) -> Result<Registry> {
         loc.check()?;
         let had = Locations::read(root)?;
-        if *loc != Locations::default()
-            && had != *loc
-            && (had.catalog.is_some() || had.blobs.is_some() || root.join("catalog.db").is_file())
-        {
+        let given = *loc != Locations::default();
+        let is_registry = had != Locations::default() || root.join("catalog.db").is_file();
+        if given && had != *loc && is_registry {
             return Err(Error::Invalid(format!(
                 "{} is already a registry (catalog {}, blobs {}); its parts are not moved",
                 root.display(),
@@ -102,11 +101,7 @@ impl Registry {
                 had.blobs.as_deref().unwrap_or("inside it"),
             )));
         }
-        let loc = if *loc == Locations::default() {
-            had
-        } else {
-            loc.clone()
-        };
+        let loc = if given { loc.clone() } else { had };
         fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let (catalog, store) = parts(root, &loc, true)?;
         loc.write(root)?;

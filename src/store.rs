@@ -113,12 +113,18 @@ pub trait BlobStore: Send + Sync {
     }
 
     fn put_file(&self, path: &Path, hash: &BlobHash) -> Result<bool> {
-        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-        let (_, new) = self.put(&mut f, Some(hash))?;
-        drop(f);
-        fs::remove_file(path).map_err(|e| Error::io(path, e))?;
-        Ok(new)
+        copy_in(self, path, hash)
     }
+}
+
+/// Streams the file at `path` into `store` through [`BlobStore::put`] (the hash checked
+/// again), then removes it. Returns whether the blob is new.
+fn copy_in<S: BlobStore + ?Sized>(store: &S, path: &Path, hash: &BlobHash) -> Result<bool> {
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let (_, new) = store.put(&mut f, Some(hash))?;
+    drop(f);
+    fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+    Ok(new)
 }
 
 /// A blob being written. See [`BlobStore::stage`].
@@ -256,12 +262,7 @@ impl BlobStore for FsBlobStore {
         match fs::rename(path, &dest) {
             Ok(()) => Ok(true),
             // Blobs on another file system: copied through the store, hash checked again.
-            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
-                let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-                let (_, new) = self.put(&mut f, Some(hash))?;
-                fs::remove_file(path).map_err(|e| Error::io(path, e))?;
-                Ok(new)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => copy_in(self, path, hash),
             Err(e) => Err(Error::io(&dest, e)),
         }
     }

@@ -139,6 +139,16 @@ impl MemoryCatalog {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Runs `f` on a copy of the state and keeps the copy only when `f` succeeds: all of its
+    /// writes land, or none.
+    fn atomically(&self, f: impl FnOnce(&mut State) -> Result<()>) -> Result<()> {
+        let mut s = self.state();
+        let mut copy = s.clone();
+        f(&mut copy)?;
+        *s = copy;
+        Ok(())
+    }
 }
 
 /// Now, as the SQLite catalog writes it (`%Y-%m-%dT%H:%M:%fZ`, UTC).
@@ -369,11 +379,7 @@ impl Catalog for MemoryCatalog {
     }
 
     fn transact(&mut self, f: &mut dyn FnMut(&mut dyn CatalogTx) -> Result<()>) -> Result<()> {
-        let mut s = self.state();
-        let mut copy = s.clone();
-        f(&mut Tx(&mut copy))?;
-        *s = copy;
-        Ok(())
+        self.atomically(|copy| f(&mut Tx(copy)))
     }
 
     fn cached_cells(&self, m: &MetricKey, x: CellSide, y: CellSide) -> Result<Vec<CachedCell>> {
@@ -404,38 +410,7 @@ impl Catalog for MemoryCatalog {
         y: CellSide,
         cells: &[NewCell],
     ) -> Result<()> {
-        let mut s = self.state();
-        let mut copy = s.clone();
-        for k in keys {
-            let e = MetricEntry {
-                id: k.id(),
-                metric: k.metric.to_string(),
-                version: k.version as i64,
-                params: k.params.clone(),
-            };
-            if copy.metrics.entry(e.id).or_insert_with(|| e.clone()) != &e {
-                return Err(collision(&format!("metric {}({})", k.metric, k.params)));
-            }
-        }
-        for side in [&x, &y] {
-            for ((h, p), &id) in side.hashes.iter().zip(side.preps).zip(side.ids) {
-                let e = SideEntry {
-                    id,
-                    hash: h.to_hex(),
-                    prep: p.clone(),
-                };
-                if copy.sides.entry(id).or_insert_with(|| e.clone()) != &e {
-                    return Err(collision(&format!("blob {} prepared {p}", e.hash)));
-                }
-            }
-        }
-        let served = Arc::make_mut(&mut copy.cells);
-        for &(mi, i, j, v, _) in cells {
-            let [m, a, b] = stored_ids(&keys[mi], &x, &y, i, j);
-            served.entry((m, a, b)).or_insert(v);
-        }
-        *s = copy;
-        Ok(())
+        self.atomically(|copy| store(copy, keys, x, y, cells))
     }
 
     fn cell_metrics(&self) -> Result<Vec<MetricEntry>> {
@@ -592,8 +567,8 @@ impl Catalog for MemoryCatalog {
     }
 
     fn gc_apply(&mut self, current: &[(&str, u32)], unreferenced: &[BlobHash]) -> Result<()> {
-        let live: Vec<i64> = self
-            .state()
+        let mut s = self.state();
+        let live: Vec<i64> = s
             .metrics
             .values()
             .filter(|k| {
@@ -603,7 +578,6 @@ impl Catalog for MemoryCatalog {
             })
             .map(|k| k.id)
             .collect();
-        let mut s = self.state();
         for h in unreferenced {
             s.blobs.remove(h);
         }
@@ -639,6 +613,46 @@ impl Catalog for MemoryCatalog {
             "an in-memory catalog does not import bundles (they hold an SQLite catalog)".into(),
         ))
     }
+}
+
+/// Stores a pair's computed cells in `copy`, entering their keys in the dictionaries first
+/// (a key id taken by another key is refused).
+fn store(
+    copy: &mut State,
+    keys: &[MetricKey],
+    x: CellSide,
+    y: CellSide,
+    cells: &[NewCell],
+) -> Result<()> {
+    for k in keys {
+        let e = MetricEntry {
+            id: k.id(),
+            metric: k.metric.to_string(),
+            version: k.version as i64,
+            params: k.params.clone(),
+        };
+        if copy.metrics.entry(e.id).or_insert_with(|| e.clone()) != &e {
+            return Err(collision(&format!("metric {}({})", k.metric, k.params)));
+        }
+    }
+    for side in [&x, &y] {
+        for ((h, p), &id) in side.hashes.iter().zip(side.preps).zip(side.ids) {
+            let e = SideEntry {
+                id,
+                hash: h.to_hex(),
+                prep: p.clone(),
+            };
+            if copy.sides.entry(id).or_insert_with(|| e.clone()) != &e {
+                return Err(collision(&format!("blob {} prepared {p}", e.hash)));
+            }
+        }
+    }
+    let served = Arc::make_mut(&mut copy.cells);
+    for &(mi, i, j, v, _) in cells {
+        let [m, a, b] = stored_ids(&keys[mi], &x, &y, i, j);
+        served.entry((m, a, b)).or_insert(v);
+    }
+    Ok(())
 }
 
 /// A reader over a snapshot of the served cells.

@@ -10,7 +10,7 @@ use prh::engine::{self, LayerTable};
 use prh::formats;
 use prh::metrics::Layout;
 use prh::output::{self, Format};
-use prh::stats;
+use prh::stats::{self, Resampling};
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
@@ -88,15 +88,9 @@ pub fn run(a: CompareArgs) -> Result<()> {
         if a.table {
             obj.insert("table".into(), serde_json::json!(t.table));
         }
+        let sample = |how, count| stats::draws(how, s, reduce, (&da, &db), a.stats.seed, 0..count);
         if a.stats.null > 0 {
-            let draws = stats::draws(
-                stats::Resampling::Permutation,
-                s,
-                reduce,
-                (&da, &db),
-                a.stats.seed,
-                0..a.stats.null,
-            )?;
+            let draws = sample(Resampling::Permutation, a.stats.null)?;
             let sum = stats::summarize(value, &draws, stats::max_attainable(s), a.stats.alpha);
             obj.insert("null_mean".into(), sum.null_mean.into());
             obj.insert("null_sd".into(), sum.null_sd.into());
@@ -107,14 +101,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             obj.insert("chance_adjusted".into(), sum.chance_adjusted.into());
         }
         if a.stats.bootstrap > 0 {
-            let draws = stats::draws(
-                stats::Resampling::Bootstrap,
-                s,
-                reduce,
-                (&da, &db),
-                a.stats.seed,
-                0..a.stats.bootstrap,
-            )?;
+            let draws = sample(Resampling::Bootstrap, a.stats.bootstrap)?;
             obj.insert("ci95".into(), serde_json::json!(stats::ci95(&draws)));
         }
         results.push((obj, t));
