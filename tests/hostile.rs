@@ -1071,3 +1071,37 @@ fn mutation_suite_pt() {
     mutation_suite("reference/pipeline_x.pt", MUTATIONS / 2, 4);
     mutation_suite("reference/pipeline_y_list.pt", MUTATIONS / 2, 5);
 }
+
+#[test]
+fn verify_reports_a_blob_row_with_no_valid_hash_instead_of_failing() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let p = env.path("a.npy");
+    write_npy(&p, &[30, 8], &noise(240, 9));
+    env.ok(&ingest_args(p.to_str().unwrap(), "m"));
+    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
+    db.execute(
+        "INSERT INTO blobs (hash, dtype, n, d, bytes) VALUES ('NOT-A-HASH', 'f32', 30, 8, 992)",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    // Reported (exit 1, the report on stdout), not a failure to run.
+    let o = env.prh(&["verify", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{v}");
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap()
+            .contains("1 blob or representation rows name no valid hash"),
+        "{v}"
+    );
+    assert_eq!(v["blobs_checked"], 1, "{v}");
+    // gc leaves the row for a person to look at, and removes nothing else.
+    let g = env.json(&["gc", "--format", "json"]);
+    assert_eq!(g["blobs"].as_array().unwrap().len(), 0, "{g}");
+    env.ok(&["ls", "reps"]);
+}

@@ -226,6 +226,13 @@ fn draw_key(k: &DrawKey) -> Vec<Value> {
     ]
 }
 
+/// SQL that is true when `column` holds a hash as prh writes it: 64 lower-case hex digits.
+fn is_hash(column: &str) -> String {
+    format!(
+        "(typeof({column}) = 'text' AND length({column}) = 64 AND {column} NOT GLOB '*[^0-9a-f]*')"
+    )
+}
+
 /// A catalog file opened read-only, for scans beside the main connection.
 fn open_reader(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
@@ -388,7 +395,10 @@ impl Catalog for SqliteCatalog {
         while let Some(r) = rows.next()? {
             out.push(StoredBlob {
                 row: BlobRow {
-                    hash: r.get::<_, String>(0)?.parse()?,
+                    hash: match r.get::<_, String>(0)?.parse() {
+                        Ok(h) => h,
+                        Err(_) => continue, // reported by integrity_check
+                    },
                     dtype: r.get(1)?,
                     n: r.get::<_, i64>(2)? as usize,
                     d: r.get::<_, i64>(3)? as usize,
@@ -579,7 +589,21 @@ impl Catalog for SqliteCatalog {
         let ok: String = self
             .conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-        Ok((ok != "ok").then_some(ok))
+        if ok != "ok" {
+            return Ok(Some(ok));
+        }
+        // Rows whose hash prh could not have written (listings skip them).
+        let bad: i64 = self.conn.query_row(
+            &format!(
+                "SELECT (SELECT count(*) FROM blobs WHERE NOT {})
+                      + (SELECT count(*) FROM representations WHERE NOT {})",
+                is_hash("hash"),
+                is_hash("blob_hash")
+            ),
+            [],
+            |r| r.get(0),
+        )?;
+        Ok((bad > 0).then(|| format!("{bad} blob or representation rows name no valid hash")))
     }
 
     fn gc_plan(&self, current: &[(&str, u32)]) -> Result<GcPlan> {

@@ -33,7 +33,10 @@ pub(super) fn gc_plan(conn: &Connection, current: &[(&str, u32)]) -> Result<GcPl
     let mut unreferenced = Vec::new();
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        unreferenced.push((r.get::<_, String>(0)?.parse()?, r.get::<_, i64>(1)? as u64));
+        // A row with no valid hash is left for `verify` to report.
+        if let Ok(h) = r.get::<_, String>(0)?.parse() {
+            unreferenced.push((h, r.get::<_, i64>(1)? as u64));
+        }
     }
     let count = |what: &str| -> Result<usize> {
         Ok(
