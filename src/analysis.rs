@@ -133,6 +133,9 @@ pub fn cached_pairs(
             col("y_checkpoint_id"),
             col("score"),
         ])
+        // The alignment frame's group order varies from run to run; a fixed order makes
+        // every sum over pairs (the trend's mean over y) the same to the last bit.
+        .sort(["x_checkpoint_id", "y_checkpoint_id"], Default::default())
         .collect()
         .map_err(pe)?;
     let pairs = pair_scores(&out)?;
@@ -146,11 +149,11 @@ pub fn cached_pairs(
         .filter(|(x, y)| x != y && !have.contains(&(*x, *y)))
         .count();
     if missing > 0 {
-        return Err(Error::Invalid(format!(
-            "{missing} model pair(s) have no complete cached alignment for {} ({}); fill them with `{align_hint}` (or add --compute)",
-            spec.metric,
-            spec.params_key()
-        )));
+        return Err(Error::NotCached {
+            pairs: missing,
+            what: format!("{} ({})", spec.metric, spec.params_key()),
+            command: align_hint.to_string(),
+        });
     }
     Ok(pairs)
 }

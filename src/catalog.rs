@@ -397,6 +397,8 @@ pub trait Catalog: Send {
     fn cell_metrics(&self) -> Result<Vec<MetricEntry>>;
     /// The side dictionary.
     fn cell_sides(&self) -> Result<Vec<SideEntry>>;
+    /// How many cells the cache holds: (served, imported and waiting to be recomputed).
+    fn cell_counts(&self) -> Result<(u64, u64)>;
     /// `n` readers of the served cells, each on its own connection.
     fn cell_readers(&self, n: usize) -> Result<Vec<Box<dyn CellReader>>>;
     /// Every row of one cell table with its key spelled out.

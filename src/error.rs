@@ -21,6 +21,15 @@ pub enum Error {
     /// The request contradicts what the registry holds, or is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// Model pairs a query needs have no complete cached alignment; `command` fills them.
+    #[error(
+        "{pairs} model pair(s) have no complete cached alignment for {what}; fill them with `{command}` (or add --compute)"
+    )]
+    NotCached {
+        pairs: usize,
+        what: String,
+        command: String,
+    },
     /// A command needs a registry and none was found.
     #[error(
         "no prh registry found (looked at --registry, PRH_REGISTRY, and .prh/ in this directory and its parents); create one with `prh init`"

@@ -21,8 +21,10 @@ pub mod plot;
 pub mod query;
 pub mod registry;
 pub mod rng;
+pub mod serve;
 pub mod stats;
 pub mod store;
 pub mod sweep;
+pub mod views;
 
 pub use error::{Error, Result};

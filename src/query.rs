@@ -871,6 +871,65 @@ pub fn alignment_for(
     out
 }
 
+/// One model pair's cached layer-pair values for one metric and prep kind, as
+/// (x_layer, y_layer, value), sorted by layers: the table a pair's score aggregates.
+pub fn layer_cells(
+    reg: &Registry,
+    metric: Metric,
+    params: &str,
+    prep: &str,
+    x: CheckpointId,
+    y: CheckpointId,
+) -> Result<Vec<(i64, i64, f64)>> {
+    use polars::prelude::col as c;
+    let idx = reps(reg)?;
+    let filter = CellFilter {
+        metric: Some(metric.name().to_string()),
+        params: Some(params.to_string()),
+        scope: ClampScope::from_kind(prep),
+    };
+    let cells = cells(reg, &idx, &filter)?;
+    let df = cells
+        .frame
+        .clone()
+        .lazy()
+        .inner_join(cells.keys.clone().lazy(), c("key"), c("key"))
+        .inner_join(side(&idx.sets, "x"), c("x_set"), c("x_set"))
+        .inner_join(side(&idx.sets, "y"), c("y_set"), c("y_set"))
+        .filter(
+            c("x_checkpoint_id")
+                .eq(lit(x.0))
+                .and(c("y_checkpoint_id").eq(lit(y.0)))
+                .and(c("prep").eq(lit(prep.to_string()))),
+        )
+        .select([c("x_layer"), c("y_layer"), c("value")])
+        .sort(["x_layer", "y_layer"], Default::default())
+        .collect()
+        .map_err(pe)?;
+    let col = |n: &str| -> Result<Vec<Option<i64>>> {
+        Ok(df
+            .column(n)
+            .map_err(pe)?
+            .cast(&DataType::Int64)
+            .map_err(pe)?
+            .i64()
+            .map_err(pe)?
+            .iter()
+            .collect())
+    };
+    let (xl, yl) = (col("x_layer")?, col("y_layer")?);
+    let v = df.column("value").map_err(pe)?.f64().map_err(pe)?.clone();
+    Ok((0..df.height())
+        .map(|i| {
+            (
+                xl[i].unwrap_or_default(),
+                yl[i].unwrap_or_default(),
+                v.get(i).unwrap_or(f64::NAN),
+            )
+        })
+        .collect())
+}
+
 /// Writes a DataFrame as Parquet.
 pub fn write_parquet(df: &mut DataFrame, path: &std::path::Path) -> Result<()> {
     let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;

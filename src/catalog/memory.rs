@@ -417,6 +417,11 @@ impl Catalog for MemoryCatalog {
         Ok(self.state().metrics.values().cloned().collect())
     }
 
+    fn cell_counts(&self) -> Result<(u64, u64)> {
+        let s = self.state();
+        Ok((s.cells.len() as u64, s.imported.len() as u64))
+    }
+
     fn cell_sides(&self) -> Result<Vec<SideEntry>> {
         Ok(self.state().sides.values().cloned().collect())
     }

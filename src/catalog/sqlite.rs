@@ -474,6 +474,15 @@ impl Catalog for SqliteCatalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    fn cell_counts(&self) -> Result<(u64, u64)> {
+        let (served, imported): (i64, i64) = self.conn.query_row(
+            "SELECT (SELECT count(*) FROM cells), (SELECT count(*) FROM imported_cells)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((served as u64, imported as u64))
+    }
+
     fn cell_sides(&self) -> Result<Vec<SideEntry>> {
         let mut st = self.conn.prepare("SELECT id, hash, prep FROM cell_sides")?;
         let rows = st.query_map([], |r| {

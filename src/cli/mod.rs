@@ -17,6 +17,7 @@ mod matrix;
 mod pairs;
 mod progress;
 mod score;
+mod serve;
 mod show;
 mod sql;
 mod trajectory;
@@ -84,6 +85,8 @@ enum Command {
     Trajectory(trajectory::TrajectoryArgs),
     /// Free SQL over the catalog tables, run by polars.
     Query(sql::QueryArgs),
+    /// Serve a read-only web dashboard and JSON API over the registry.
+    Serve(serve::ServeArgs),
     /// Write the registry (or some models) to one bundle file a colleague can import.
     Export(export::ExportArgs),
     /// Merge a bundle into this registry (verified before anything is committed).
@@ -136,6 +139,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Matrix(a) => matrix::run(&ctx, a),
         Command::Trajectory(a) => trajectory::run(&ctx, a),
         Command::Query(a) => sql::run(&ctx, a),
+        Command::Serve(a) => serve::run(&ctx, a),
         Command::Export(a) => export::run(&ctx, a),
         Command::Import(a) => import::run(&ctx, a),
         Command::Verify(a) => verify::run(&ctx, a),

@@ -7,12 +7,13 @@ use anyhow::{Context, Result};
 
 use super::Ctx;
 use super::args::{MetricArgs, OutArgs, QueryFormat, StatsArgs, ViewArgs};
-use super::pairs::{
-    Fill, compute, from_results, label, metric_flags, one_spec, to_rows, with_reduce,
-};
-use prh::analysis::{self, TrendRequest};
+use super::pairs::{compute, one_view, to_rows, with_reduce};
+use super::progress::Bar;
+use prh::analysis;
+use prh::catalog::CheckpointId;
 use prh::output::{self, Format};
 use prh::sweep;
+use prh::views::{self, NullSpec, TrendQuery};
 
 #[derive(clap::Args)]
 pub struct TrendArgs {
@@ -54,85 +55,57 @@ pub struct TrendArgs {
 
 pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
     let mut reg = ctx.open()?;
-    let (spec, prep, kind) = one_spec(&a.metric)?;
-    let xm = sweep::select_models(&reg, &a.x.parse()?)?;
+    let view = one_view(&a.metric)?;
     let lower = a.lower_is_better.then_some(true);
-    let flags = metric_flags(&spec, prep, a.metric.reduce);
-    let fill =
-        Fill::cells(spec, prep, a.metric.reduce, false).stats(0, a.stats.seed, a.stats.alpha);
     if a.within {
         if a.view.compute {
-            compute(&mut reg, fill, a.x.parse()?, a.x.parse()?)?;
+            compute(&mut reg, &view, (a.x.parse()?, a.x.parse()?), false, None)?;
         }
-        let ids = analysis::latest(&reg, &xm)?;
-        let x_ids: Vec<prh::catalog::CheckpointId> = xm.iter().map(|m| ids[m]).collect();
-        let hint = format!("prh align {flags} --x {} --y {}", a.x, a.x);
-        let pairs =
-            analysis::cached_pairs(&reg, &spec, &kind, a.metric.reduce, &x_ids, &x_ids, &hint)?;
-        let models: Vec<(String, prh::catalog::CheckpointId)> =
-            xm.iter().map(|m| (m.clone(), ids[m])).collect();
+        let xm = sweep::select_models(&reg, &a.x.parse()?)?;
+        let x_ids = views::latest_ids(&reg, &xm)?;
+        let pairs = view.pairs(&reg, &x_ids, &x_ids, &format!("--x {} --y {}", a.x, a.x))?;
+        let models: Vec<(String, CheckpointId)> = xm.into_iter().zip(x_ids).collect();
         let bins = analysis::within(&reg, &pairs, &models, &a.perf, lower, a.bins)?;
-        return a
-            .view
-            .out
-            .rows(&with_reduce(to_rows(&bins), a.metric.reduce));
+        return a.view.out.rows(&with_reduce(to_rows(&bins), view.reduce));
     }
     let ysel =
         a.y.clone()
             .context("give --y (models to align against) or --within")?;
-    let ym = sweep::select_models(&reg, &ysel.parse()?)?;
-    let req = TrendRequest {
-        spec,
-        prep: kind.clone(),
-        reduce: a.metric.reduce,
-        x: xm.clone(),
-        y: ym.clone(),
-        perf: a.perf.clone(),
+    let q = TrendQuery {
+        x: &a.x,
+        y: &ysel,
+        perf: &a.perf,
         lower_is_better: lower,
         per_y: a.per_y,
         bootstrap: a.ci_resamples,
         seed: a.stats.seed,
     };
-    // The model-pair scores: raw from the cache (or computed with --compute), and with
-    // --calibrated both from one sweep with a permutation null.
-    let (raw_pairs, calibrated_pairs) = if a.calibrated {
+    let null = |permutations| NullSpec {
+        permutations,
+        seed: a.stats.seed,
+        alpha: a.stats.alpha,
+    };
+    // The raw trend from the cache (filled first with --compute); with --calibrated both
+    // from one sweep with a permutation null.
+    let (raw, cal) = if a.calibrated {
         let p = if a.stats.null == 0 { 200 } else { a.stats.null };
-        let results = compute(
-            &mut reg,
-            fill.stats(p, a.stats.seed, a.stats.alpha),
-            a.x.parse()?,
-            ysel.parse()?,
-        )?;
-        (
-            from_results(&results, |r| r.score),
-            Some(from_results(&results, |r| r.calibrated.unwrap_or(f64::NAN))),
-        )
+        let bar = Bar::new(false);
+        let (raw, cal) = view.calibrated_trend(&mut reg, &q, null(p), &bar)?;
+        (raw, Some(cal))
     } else {
         if a.view.compute {
-            compute(&mut reg, fill, a.x.parse()?, ysel.parse()?)?;
+            compute(
+                &mut reg,
+                &view,
+                (a.x.parse()?, ysel.parse()?),
+                false,
+                Some(null(0)),
+            )?;
         }
-        let ids = analysis::latest(&reg, &xm)?;
-        let yids = analysis::latest(&reg, &ym)?;
-        let x_ids: Vec<prh::catalog::CheckpointId> = xm.iter().map(|m| ids[m]).collect();
-        let y_ids: Vec<prh::catalog::CheckpointId> = ym.iter().map(|m| yids[m]).collect();
-        let hint = format!("prh align {flags} --x {} --y {ysel}", a.x);
-        (
-            analysis::cached_pairs(&reg, &spec, &kind, a.metric.reduce, &x_ids, &y_ids, &hint)?,
-            None,
-        )
+        (view.trend(&reg, &q)?, None)
     };
-    let raw = analysis::trend(&reg, &req, &raw_pairs)?;
-    let cal = calibrated_pairs
-        .map(|c| analysis::trend(&reg, &req, &c))
-        .transpose()?;
     if let Some(p) = &a.view.plot {
-        plot(
-            p,
-            &raw,
-            cal.as_ref(),
-            &a.perf,
-            &label(&spec, a.metric.reduce),
-        )?;
+        plot(p, &raw, cal.as_ref(), &a.perf, &view.label())?;
     }
     write(&a.view.out, &raw, cal.as_ref())
 }

@@ -204,3 +204,5 @@ pub fn mutate(base: &[u8], rng: &mut prh::rng::Rng) -> Vec<u8> {
     }
     b
 }
+pub mod browser;
+pub mod http;

@@ -1,0 +1,234 @@
+//! `prh serve`: a read-only web dashboard and JSON API over a registry (any backend).
+//!
+//! One axum router on a tokio runtime kept inside this module. Every request that reads the
+//! registry runs on the blocking pool with a registry taken from a small pool of open ones
+//! (a registry is `Send`, not `Sync`). Pages are HTML rendered here with server-side SVG
+//! charts; `assets/` holds the one script and style sheet, embedded in the binary.
+
+mod api;
+mod auth;
+mod pages;
+mod params;
+mod readonly;
+mod svg;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+
+/// How the server listens and what it may do.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub bind: IpAddr,
+    /// 0 picks a free port (printed when the server is up).
+    pub port: u16,
+    /// Required on every request when set; required to bind a non-loopback address.
+    pub token: Option<String>,
+    /// Compute missing cells (and nulls for calibrated trends) on request.
+    pub compute: bool,
+}
+
+/// What every handler shares.
+pub(crate) struct App {
+    root: PathBuf,
+    idle: Mutex<Vec<Registry>>,
+    token: Option<String>,
+    compute: bool,
+    /// One computation at a time: sweeps write the registry.
+    computing: Mutex<()>,
+}
+
+impl App {
+    /// Runs `f` with an open registry from the pool (opening one when none is idle).
+    fn with<T>(&self, f: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut reg = match idle {
+            Some(r) => r,
+            None => Registry::open(&self.root)?,
+        };
+        let out = f(&mut reg);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < 16 {
+            idle.push(reg);
+        }
+        out
+    }
+}
+
+/// An error as the API reports it: a status, the one-line message the CLI would print and,
+/// for missing cells, the `prh align` command that fills them.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    command: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            command: None,
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::NotCached { .. } => StatusCode::CONFLICT,
+            Error::Invalid(_) | Error::Metric { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let command = match &e {
+            Error::NotCached { command, .. } => Some(command.clone()),
+            _ => None,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+            command,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.message, "command": self.command});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// Runs `f` on the blocking pool with a registry; a panic becomes a 500, not a dead server.
+async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&App, &mut Registry) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = None;
+        let r = app.with(|reg| {
+            out = Some(f(&app, reg));
+            Ok(())
+        });
+        match (r, out) {
+            (_, Some(o)) => o,
+            (Err(e), None) => Err(e.into()),
+            (Ok(()), None) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no result",
+            )),
+        }
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("request failed: {e}"),
+        )
+    })?
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(pages::overview))
+        .route("/model/{name}", get(pages::model))
+        .route("/trend", get(pages::trend))
+        .route("/matrix", get(pages::matrix))
+        .route("/pair", get(pages::pair))
+        .route("/trajectory", get(pages::trajectory))
+        .route("/sql", get(pages::sql))
+        .route("/assets/{name}", get(asset))
+        .route("/api/version", get(api::version))
+        .route("/api/overview", get(api::overview))
+        .route("/api/models", get(api::models))
+        .route("/api/model/{name}", get(api::model))
+        .route("/api/trend", get(api::trend))
+        .route("/api/matrix", get(api::matrix))
+        .route("/api/layers", get(api::layers))
+        .route("/api/trajectory", get(api::trajectory))
+        .route("/api/sql", get(api::sql))
+        .route("/api/sql.csv", get(api::sql_csv))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page") })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::check,
+        ))
+        .with_state(app)
+}
+
+/// The embedded assets, by exact name: nothing else is served (no path is ever joined).
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("serve/assets/app.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("serve/assets/style.css"),
+    ),
+];
+
+async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    match ASSETS.iter().find(|a| a.0 == name) {
+        Some((_, mime, body)) => (
+            [
+                (header::CONTENT_TYPE, *mime),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("no asset {name:?}")).into_response(),
+    }
+}
+
+/// Serves the registry at `root` until Ctrl-C; `ready` gets the bound address first.
+pub fn serve(root: PathBuf, opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    if !opts.bind.is_loopback() && opts.token.as_deref().is_none_or(str::is_empty) {
+        return Err(Error::Invalid(format!(
+            "binding {} exposes the registry beyond this machine: give --token (or PRH_TOKEN) so every request must carry it",
+            opts.bind
+        )));
+    }
+    // Open once up front: a missing or damaged registry fails here, not on the first request.
+    let reg = Registry::open(&root)?;
+    let app = Arc::new(App {
+        root,
+        idle: Mutex::new(vec![reg]),
+        token: opts.token.filter(|t| !t.is_empty()),
+        compute: opts.compute,
+        computing: Mutex::new(()),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start the server runtime: {e}")))?;
+    rt.block_on(async move {
+        let addr = SocketAddr::new(opts.bind, opts.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::Invalid(format!("cannot read the bound address: {e}")))?;
+        ready(local);
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("server stopped: {e}")))
+    })
+}

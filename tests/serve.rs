@@ -1,0 +1,351 @@
+//! `prh serve` through its HTTP API: the real binary on loopback, a demo registry, and the
+//! CLI's `--format json` as the reference for every number.
+
+mod common;
+
+use std::path::Path;
+
+use common::Env;
+use common::http::{Server, enc, get, request};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_prh");
+
+fn demo() -> Env {
+    let env = Env::new();
+    env.ok(&["demo", "--dir", env.reg().to_str().unwrap()]);
+    env
+}
+
+fn serve(env: &Env, extra: &[&str]) -> Server {
+    Server::start(Path::new(BIN), &env.reg(), extra)
+}
+
+const X: &str = "modality=language";
+const Y: &str = "modality=vision";
+
+#[test]
+fn the_api_answers_exactly_what_the_cli_prints() {
+    let env = demo();
+    env.ok(&[
+        "align",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "lm-large",
+        "--y",
+        Y,
+        "--all-checkpoints",
+        "-q",
+    ]);
+    let s = serve(&env, &[]);
+    let q = format!("metric=mutual_knn&k=10&x={}&y={}", enc(X), enc(Y));
+
+    let cli = env.json(&[
+        "trend",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        X,
+        "--y",
+        Y,
+        "--perf",
+        "bpb",
+        "--format",
+        "json",
+    ]);
+    let api = get(s.addr, &format!("/api/trend?{q}&perf=bpb"));
+    assert_eq!(api.status, 200, "{}", api.text());
+    assert_eq!(api.json(), cli);
+    assert!(cli["pearson_r"].as_f64().unwrap() < -0.9, "{cli}");
+
+    let cli = env.json(&[
+        "matrix",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        X,
+        "--y",
+        Y,
+        "--perf",
+        "bpb",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(
+        get(s.addr, &format!("/api/matrix?{q}&perf=bpb")).json(),
+        cli
+    );
+    assert_eq!(cli.as_array().unwrap().len(), 6);
+
+    let cli = env.json(&[
+        "trajectory",
+        "--metric",
+        "mutual_knn",
+        "--model",
+        "lm-large",
+        "--against",
+        Y,
+        "--format",
+        "json",
+    ]);
+    let api = get(
+        s.addr,
+        &format!(
+            "/api/trajectory?metric=mutual_knn&model=lm-large&against={}",
+            enc(Y)
+        ),
+    );
+    assert_eq!(api.json(), cli);
+    assert_eq!(
+        cli.as_array().unwrap().len(),
+        4 * 6,
+        "4 checkpoints × 6 references"
+    );
+
+    assert_eq!(
+        get(s.addr, "/api/models").json(),
+        env.json(&["ls", "models", "--format", "json"])
+    );
+    let sql = "SELECT x_model, y_model, score FROM alignment ORDER BY score DESC, x_model, y_model";
+    let cli = env.json(&["query", sql, "--format", "json"]);
+    let api = get(s.addr, &format!("/api/sql?q={}&limit=1000", enc(sql))).json();
+    let columns: Vec<&str> = api["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["x_model", "y_model", "score"]);
+    let rows: Vec<Value> = api["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            Value::Object(
+                columns
+                    .iter()
+                    .zip(r.as_array().unwrap())
+                    .map(|(c, v)| (c.to_string(), v.clone()))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(Value::Array(rows), cli);
+
+    // The layer × layer table of a pair: its best cell is the pair's (max) score.
+    let layers = get(s.addr, "/api/layers?metric=mutual_knn&x=lm-xxl&y=vit-g").json();
+    let best = layers["best"][2].as_f64().unwrap();
+    let m = get(s.addr, &format!("/api/matrix?{q}")).json();
+    let row = m
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["model"] == "lm-xxl")
+        .unwrap();
+    assert_eq!(row["vit-g"].as_f64().unwrap(), best);
+    assert_eq!(
+        layers["values"].as_array().unwrap().len(),
+        layers["x_layers"].as_u64().unwrap() as usize
+    );
+
+    let o = get(s.addr, "/api/overview").json();
+    assert_eq!(o["models"].as_array().unwrap().len(), 12);
+    assert!(o["cached_cells"].as_u64().unwrap() > 0 && o["blob_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn pages_render_and_missing_cells_name_the_command_without_computing() {
+    let env = demo();
+    let s = serve(&env, &[]);
+    for page in [
+        "/",
+        "/trend",
+        "/matrix",
+        "/pair?x=lm-xxl&y=vit-g",
+        "/model/lm-large",
+        "/sql",
+    ] {
+        let r = get(s.addr, page);
+        assert_eq!(r.status, 200, "{page}: {}", r.text());
+        assert!(
+            r.header("content-type").unwrap().starts_with("text/html"),
+            "{page}"
+        );
+        assert!(r.text().contains("/assets/app.js"), "{page}");
+    }
+    let cells = |s: &Server| {
+        get(s.addr, "/api/overview").json()["cached_cells"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = cells(&s);
+    let page = get(s.addr, "/matrix?metric=cka");
+    assert_eq!(page.status, 409);
+    assert!(
+        page.text()
+            .contains(&format!("prh align --metric cka --x {X} --y {Y}")),
+        "{}",
+        page.text()
+    );
+    let api = get(s.addr, "/api/matrix?metric=cka").json();
+    assert_eq!(
+        api["command"],
+        format!("prh align --metric cka --x {X} --y {Y}")
+    );
+    assert_eq!(cells(&s), before, "a read-only server computed cells");
+    drop(s);
+
+    // With --compute the same page fills the 36 model pairs (6 × 6 layer pairs each).
+    let s = serve(&env, &["--compute"]);
+    assert_eq!(get(s.addr, "/matrix?metric=cka").status, 200);
+    assert_eq!(cells(&s), before + 36 * 36);
+    let cli = env.json(&[
+        "matrix", "--metric", "cka", "--x", X, "--y", Y, "--perf", "bpb", "--format", "json",
+    ]);
+    assert_eq!(
+        get(s.addr, "/api/matrix?metric=cka").json(),
+        cli,
+        "ordered by bpb by default"
+    );
+    let cal = get(s.addr, "/api/trend?calibrated=on&null=20").json();
+    assert!(
+        cal["calibrated"]["models"].as_array().unwrap().len() == 6,
+        "{cal}"
+    );
+}
+
+#[test]
+fn the_version_changes_when_the_registry_does() {
+    let env = demo();
+    let s = serve(&env, &[]);
+    let v = |s: &Server| {
+        get(s.addr, "/api/version").json()["version"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let v0 = v(&s);
+    assert_eq!(v(&s), v0);
+    env.ok(&["score", "set", "--model", "vit-b", "top5=0.5"]);
+    let v1 = v(&s);
+    assert_ne!(v1, v0);
+    env.ok(&[
+        "align", "--metric", "cka", "--x", "lm-tiny", "--y", "vit-b", "-q",
+    ]);
+    assert_ne!(v(&s), v1);
+    let m = get(s.addr, "/model/vit-b").text();
+    assert!(m.contains(r#"data-name="top5" data-value="0.5""#), "{m}");
+}
+
+#[test]
+fn hostile_requests_are_refused_and_change_nothing() {
+    let env = demo();
+    let s = serve(&env, &[]);
+    let snapshot = env.snapshot();
+    for target in [
+        "/assets/../Cargo.toml",
+        "/assets/..%2F..%2FCargo.toml",
+        "/assets/%2e%2e%2fcatalog.db",
+        "/assets/..%5c..%5cCargo.toml",
+        "/assets/app.js%00.css",
+        "/../../etc/passwd",
+        "/model/..%2F..%2Fetc%2Fpasswd",
+    ] {
+        let r = request(s.addr, "GET", target, &[], b"").unwrap();
+        assert!(r.status == 404 || r.status == 400, "{target}: {}", r.status);
+        assert!(
+            !r.text().contains("[package]") && !r.text().contains("root:"),
+            "{target}"
+        );
+    }
+    assert_eq!(get(s.addr, "/assets/app.js").status, 200);
+    for sql in [
+        "DELETE FROM models",
+        "DROP TABLE models",
+        "CREATE TABLE x AS SELECT * FROM models",
+        "ATTACH DATABASE 'x.db' AS x",
+        "PRAGMA writable_schema = 1",
+        "SELECT 1; DELETE FROM models",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "UPDATE models SET name = 'x'",
+    ] {
+        for api in ["/api/sql", "/api/sql.csv"] {
+            let r = get(s.addr, &format!("{api}?q={}", enc(sql)));
+            assert_eq!(r.status, 400, "{sql}: {}", r.text());
+        }
+    }
+    // Not a writing method either.
+    let r = request(s.addr, "POST", "/api/sql?q=SELECT%201", &[], b"").unwrap();
+    assert_eq!(r.status, 405);
+    // A huge result comes in pages of at most 1000 rows; the CSV has them all.
+    let total = env.json(&[
+        "query",
+        "SELECT count(*) AS n FROM cells",
+        "--format",
+        "json",
+    ])[0]["n"]
+        .as_u64()
+        .unwrap();
+    assert!(total > 1000, "{total}");
+    let page = get(
+        s.addr,
+        "/api/sql?q=SELECT%20*%20FROM%20cells&limit=100000&offset=1500",
+    )
+    .json();
+    assert_eq!(page["rows"].as_array().unwrap().len(), 1000);
+    assert_eq!(
+        (page["total"].as_u64(), page["offset"].as_u64()),
+        (Some(total), Some(1500))
+    );
+    let csv = get(s.addr, "/api/sql.csv?q=SELECT%20*%20FROM%20cells");
+    assert_eq!(csv.text().lines().count() as u64, total + 1);
+    assert_eq!(env.snapshot(), snapshot, "a request changed the registry");
+}
+
+#[test]
+fn a_token_guards_every_request_and_is_required_beyond_loopback() {
+    let env = demo();
+    let e = env.fails(&["serve", "--bind", "0.0.0.0", "--port", "0"]);
+    assert!(e.contains("--token"), "{e}");
+    let s = serve(&env, &["--token", "s3cret-T0ken"]);
+    for target in [
+        "/",
+        "/api/overview",
+        "/assets/app.js",
+        "/api/sql?q=SELECT%201",
+    ] {
+        assert_eq!(get(s.addr, target).status, 401, "{target}");
+        let wrong = request(
+            s.addr,
+            "GET",
+            target,
+            &[("Authorization", "Bearer s3cret-T0kem")],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(wrong.status, 401, "{target}");
+        let ok = request(
+            s.addr,
+            "GET",
+            target,
+            &[("Authorization", "Bearer s3cret-T0ken")],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(ok.status, 200, "{target}");
+    }
+    let r = get(s.addr, "/?token=s3cret-T0ken");
+    assert_eq!(r.status, 200);
+    let cookie = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(cookie, "prh_token=s3cret-T0ken");
+    let again = request(s.addr, "GET", "/api/overview", &[("Cookie", &cookie)], b"").unwrap();
+    assert_eq!(again.status, 200);
+    assert!(!get(s.addr, "/api/overview").text().contains("s3cret"));
+}
