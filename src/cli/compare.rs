@@ -32,18 +32,7 @@ pub struct CompareArgs {
 /// Reads every layer of a feature file as f32, with the layout the file gave them in.
 pub fn read_layers(path: &std::path::Path) -> Result<(Vec<Array2<f32>>, Layout)> {
     let f = formats::open(path)?;
-    let layers: Vec<Array2<f32>> = (0..f.layers.len()).map(|i| f.layer(i).to_f32()).collect();
-    for (i, l) in layers.iter().enumerate() {
-        if let Some(pos) = l.iter().position(|v| !v.is_finite()) {
-            bail!(
-                "{}: NaN or Inf present in layer {i} at row {}, column {}",
-                path.display(),
-                pos / l.ncols(),
-                pos % l.ncols()
-            );
-        }
-    }
-    Ok((layers, f.layout))
+    Ok((f.finite_layers()?, f.layout))
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {

@@ -35,20 +35,64 @@ pub(crate) fn check_layer_count(path: &Path, count: usize, what: &str) -> Result
     Ok(())
 }
 
-/// Bytes backing a file's tensors, read into memory. Inputs are never memory-mapped: a file
-/// truncated by someone else while prh reads it is then an ordinary "truncated" error, not a
-/// SIGBUS.
-pub struct Buffer(Vec<u8>);
+/// Bytes backing a file's tensors: read into memory, or memory lent by the caller (an array
+/// handed over from Python, read in place). Files are never memory-mapped: a file truncated by
+/// someone else while prh reads it is then an ordinary "truncated" error, not a SIGBUS.
+pub struct Buffer(Bytes);
+
+enum Bytes {
+    Owned(Vec<u8>),
+    Lent {
+        ptr: *const u8,
+        len: usize,
+        _owner: Box<dyn Send + Sync>,
+    },
+}
+
+// SAFETY: lent bytes are only read, and `Buffer::lent`'s contract keeps them valid and unchanged
+// for the buffer's life; the owner that guarantees it is itself Send + Sync.
+unsafe impl Send for Bytes {}
+unsafe impl Sync for Bytes {}
 
 impl Buffer {
     /// Wraps bytes read from a file or an archive member.
     pub fn new(bytes: Vec<u8>) -> Self {
-        Buffer(bytes)
+        Buffer(Bytes::Owned(bytes))
+    }
+
+    /// Reads `len` bytes at `ptr` in place, without copying them.
+    ///
+    /// # Safety
+    /// The bytes must stay allocated and unchanged while the buffer lives; `owner` (dropped with
+    /// the buffer) is what keeps them so, e.g. a reference to the array that holds them.
+    pub unsafe fn lent(ptr: *const u8, len: usize, owner: Box<dyn Send + Sync>) -> Self {
+        Buffer(Bytes::Lent {
+            ptr,
+            len,
+            _owner: owner,
+        })
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            Bytes::Owned(v) => v,
+            Bytes::Lent { len: 0, .. } => &[],
+            // SAFETY: valid for `len` bytes while `self` lives (`Buffer::lent`'s contract).
+            Bytes::Lent { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+        }
     }
+}
+
+/// A feature file from tensors in memory (`label` names it in messages): one n × L × d or
+/// n × d tensor (layout `stacked`), or several n × d tensors in name order (`layers`).
+pub fn from_memory(
+    label: &str,
+    buffers: Vec<Buffer>,
+    tensors: Vec<TensorSpec>,
+) -> Result<FeatureFile> {
+    let path = Path::new(label);
+    let layers = tensors_to_layers(path, tensors)?;
+    FeatureFile::new(path, buffers, layers, FileMeta::default())
 }
 
 /// Where one layer's elements live inside a [`FeatureFile`]'s buffers.
@@ -171,6 +215,26 @@ impl FeatureFile {
     }
 
     /// Layer `i` as a view.
+    /// Every layer as f32, refusing NaN and Inf (named by layer, row and column).
+    pub fn finite_layers(&self) -> Result<Vec<ndarray::Array2<f32>>> {
+        (0..self.layers.len())
+            .map(|i| {
+                let l = self.layer(i).to_f32();
+                match l.iter().position(|v| !v.is_finite()) {
+                    None => Ok(l),
+                    Some(pos) => Err(Error::format(
+                        &self.path,
+                        format!(
+                            "NaN or Inf present in layer {i} at row {}, column {}",
+                            pos / l.ncols(),
+                            pos % l.ncols()
+                        ),
+                    )),
+                }
+            })
+            .collect()
+    }
+
     pub fn layer(&self, i: usize) -> LayerView<'_> {
         let l = &self.layers[i];
         LayerView {

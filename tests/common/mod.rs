@@ -206,3 +206,4 @@ pub fn mutate(base: &[u8], rng: &mut prh::rng::Rng) -> Vec<u8> {
 }
 pub mod browser;
 pub mod http;
+pub mod python;

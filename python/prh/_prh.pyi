@@ -1,0 +1,43 @@
+"""Type stubs of prh's compiled core (prh._prh). Use the `prh` package's API instead: these
+functions take and return JSON strings in the CLI's `--format json` shapes."""
+
+from typing import Any, Callable, Optional, Sequence
+
+__version__: str
+
+class Error(Exception):
+    """Any error prh reports (the base class)."""
+
+class InvalidInput(Error):
+    """Bad input: a malformed array or file, NaN/Inf, wrong shapes, n differing from the
+    dataset, an unknown metric or model."""
+
+class NotFound(Error):
+    """No registry where one was looked for."""
+
+class Conflict(Error):
+    """The request conflicts with what the registry holds."""
+
+class NotCached(Conflict):
+    """Cached alignments a query needs are missing; the message names the `prh align` command."""
+
+# (address, bytes spanned, shape, strides in elements, dtype "f16"|"bf16"|"f32"|"f64", owner)
+ArrayIn = tuple[int, int, list[int], list[int], str, Any]
+ProgressFn = Callable[[int, int], Any]
+
+def discover(path: Optional[str] = None) -> str: ...
+def init(path: str, catalog: Optional[str] = None, blobs: Optional[str] = None) -> str: ...
+def ingest(
+    root: str,
+    opts: str,
+    arrays: Optional[Sequence[ArrayIn]] = None,
+    path: Optional[str] = None,
+    progress: Optional[ProgressFn] = None,
+) -> str: ...
+def align(root: str, opts: str, progress: Optional[ProgressFn] = None) -> str: ...
+def chart(root: str, kind: str, opts: str) -> str: ...
+def query(root: str, sql: str) -> str: ...
+def listing(root: str, what: str, model: Optional[str] = None) -> str: ...
+def export(root: str, out: str, models: Optional[Sequence[str]] = None) -> str: ...
+def import_bundle(root: str, bundle: str) -> str: ...
+def compare(a: Sequence[ArrayIn], b: Sequence[ArrayIn], opts: str) -> float: ...

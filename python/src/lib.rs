@@ -1,0 +1,531 @@
+//! `prh._prh`: the compiled core of the Python package. Thin: every function opens the
+//! registry, calls the same library code as the CLI with the GIL released, and answers in the
+//! CLI's `--format json` shapes; `prh/__init__.py` turns them into polars DataFrames.
+
+use std::path::PathBuf;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
+use pyo3::prelude::*;
+use serde_json::{Value, json};
+
+use prh::catalog::RepFilter;
+use prh::engine::{self, Reduce};
+use prh::error::Error as PrhError;
+use prh::formats::{self, Buffer, TensorSpec};
+use prh::matrix::DType;
+use prh::metrics::{Metric, MetricSpec, Prep, TieBreak};
+use prh::registry::{self, IngestRequest, Registry};
+use prh::sweep::{self, Progress, Selector, SweepRequest};
+use prh::views::{TrendQuery, View};
+
+create_exception!(
+    _prh,
+    Error,
+    PyException,
+    "Any error prh reports (the base class)."
+);
+create_exception!(
+    _prh,
+    InvalidInput,
+    Error,
+    "Bad input: a malformed array or file, NaN/Inf, wrong shapes, n differing from the dataset, an unknown metric or model."
+);
+create_exception!(
+    _prh,
+    NotFound,
+    Error,
+    "No registry where one was looked for."
+);
+create_exception!(
+    _prh,
+    Conflict,
+    Error,
+    "The request conflicts with what the registry holds."
+);
+create_exception!(
+    _prh,
+    NotCached,
+    Conflict,
+    "Cached alignments a query needs are missing; the message names the `prh align` command (or pass compute=True)."
+);
+
+/// The Python exception for a prh error, with the CLI's one-line message.
+fn to_py(e: PrhError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        PrhError::Format { .. } | PrhError::Invalid(_) | PrhError::Metric { .. } => {
+            InvalidInput::new_err(msg)
+        }
+        PrhError::NoRegistry => NotFound::new_err(msg),
+        PrhError::NotCached { .. } => NotCached::new_err(msg),
+        PrhError::Interrupted => PyKeyboardInterrupt::new_err(msg),
+        _ => Error::new_err(msg),
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> PrhError {
+    PrhError::Invalid(msg.into())
+}
+
+type R<T> = Result<T, PrhError>;
+
+/// Runs `f` on an open registry with the GIL released.
+fn with_reg<T: Send>(
+    py: Python<'_>,
+    root: &str,
+    f: impl FnOnce(&mut Registry) -> R<T> + Send,
+) -> PyResult<T> {
+    let root = PathBuf::from(root);
+    py.allow_threads(move || {
+        let mut reg = Registry::open(&root)?;
+        f(&mut reg)
+    })
+    .map_err(to_py)
+}
+
+fn json_out<T: serde::Serialize>(v: &T) -> R<String> {
+    serde_json::to_string(v).map_err(|e| invalid(format!("cannot serialise the result: {e}")))
+}
+
+fn parse(opts: &str) -> R<Value> {
+    serde_json::from_str(opts).map_err(|e| invalid(format!("bad options: {e}")))
+}
+
+fn s<'a>(o: &'a Value, key: &str) -> Option<&'a str> {
+    o.get(key).and_then(Value::as_str)
+}
+
+fn u(o: &Value, key: &str, default: u64) -> R<u64> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| invalid(format!("{key} must be a non-negative integer, got {v}"))),
+    }
+}
+
+fn need<'a>(o: &'a Value, key: &str) -> R<&'a str> {
+    s(o, key).ok_or_else(|| invalid(format!("give {key}")))
+}
+
+/// The metric, its parameters, preparation and layer aggregate from options.
+fn view(o: &Value) -> R<View> {
+    let metric: Metric = s(o, "metric").unwrap_or("mutual_knn").parse()?;
+    let mut spec = MetricSpec::new(metric);
+    spec.k = u(o, "k", 10)? as usize;
+    if s(o, "ties") == Some("expected") {
+        spec.ties = TieBreak::Expected;
+    }
+    let reduce: Reduce = s(o, "reduce").unwrap_or("max").parse()?;
+    let prep = if o.get("prep") == Some(&Value::Bool(false)) {
+        Prep::NONE
+    } else {
+        Prep::OFFICIAL
+    };
+    Ok(View { spec, prep, reduce })
+}
+
+/// Finds the registry like the CLI: the given path, else $PRH_REGISTRY, else the nearest .prh/.
+#[pyfunction]
+#[pyo3(signature = (path=None))]
+fn discover(path: Option<PathBuf>) -> PyResult<String> {
+    let explicit = path.or_else(|| std::env::var_os("PRH_REGISTRY").map(PathBuf::from));
+    let cwd = std::env::current_dir().map_err(|e| Error::new_err(e.to_string()))?;
+    let root = registry::discover(explicit.as_deref(), &cwd).map_err(to_py)?;
+    // Open it once: no registry there is NotFound, a damaged one the error it is.
+    if !root.join("catalog.db").exists() && !root.join(prh::location::CONFIG).exists() {
+        return Err(NotFound::new_err(format!(
+            "{} is not a prh registry (no catalog.db or {}); create one with prh.init(path) or `prh init`",
+            root.display(),
+            prh::location::CONFIG
+        )));
+    }
+    Registry::open(&root).map_err(to_py)?;
+    Ok(root.display().to_string())
+}
+
+/// Creates a registry at `path` (catalog and blobs where given, as URLs).
+#[pyfunction]
+#[pyo3(signature = (path, catalog=None, blobs=None))]
+fn init(
+    py: Python<'_>,
+    path: PathBuf,
+    catalog: Option<String>,
+    blobs: Option<String>,
+) -> PyResult<String> {
+    py.allow_threads(|| {
+        let loc = prh::location::Locations { catalog, blobs };
+        Registry::init_at(&path, &loc).map(|r| r.root.display().to_string())
+    })
+    .map_err(to_py)
+}
+
+/// Keeps the Python object that owns an array's memory alive while prh reads it in place.
+struct Owner(#[allow(dead_code)] PyObject);
+
+/// One array handed over from Python: address, bytes spanned, shape, strides in elements,
+/// dtype name and the object owning the memory.
+type ArrayIn = (usize, usize, Vec<usize>, Vec<usize>, String, PyObject);
+
+/// A feature file over arrays lent by Python (no copy): one array is one tensor.
+fn lent_file(label: &str, arrays: Vec<ArrayIn>) -> R<formats::FeatureFile> {
+    let mut buffers = Vec::with_capacity(arrays.len());
+    let mut tensors = Vec::with_capacity(arrays.len());
+    let many = arrays.len() > 1;
+    for (i, (addr, len, shape, strides, dtype, owner)) in arrays.into_iter().enumerate() {
+        let dtype = match dtype.as_str() {
+            "f16" => DType::F16,
+            "bf16" => DType::BF16,
+            "f32" => DType::F32,
+            "f64" => DType::F64,
+            other => {
+                return Err(invalid(format!(
+                    "{label}: dtype {other} is not f16, bf16, f32 or f64"
+                )));
+            }
+        };
+        if shape.len() != strides.len() || addr == 0 && len > 0 {
+            return Err(invalid(format!("{label}: malformed array description")));
+        }
+        // SAFETY: the Python layer passes the address and extent of a live array and its
+        // owner; holding the owner keeps the memory allocated, and prh only reads it.
+        buffers.push(unsafe { Buffer::lent(addr as *const u8, len, Box::new(Owner(owner))) });
+        tensors.push(TensorSpec {
+            name: if many {
+                format!("layer{i}")
+            } else {
+                "features".into()
+            },
+            buffer: i,
+            offset: 0,
+            dtype,
+            shape,
+            strides,
+        });
+    }
+    formats::from_memory(label, buffers, tensors)
+}
+
+fn ingest_request(o: &Value) -> R<IngestRequest> {
+    let scores = match o.get("scores") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                v.as_f64()
+                    .map(|f| (k.clone(), f))
+                    .ok_or_else(|| invalid(format!("score {k} must be a number, got {v}")))
+            })
+            .collect::<R<_>>()?,
+        Some(v) => {
+            return Err(invalid(format!(
+                "scores must be a dict of name to number, got {v}"
+            )));
+        }
+    };
+    let meta = match o.get("meta") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
+            .collect(),
+        Some(v) => return Err(invalid(format!("meta must be a dict, got {v}"))),
+    };
+    let req = IngestRequest {
+        model: need(o, "model")?.to_string(),
+        dataset: need(o, "dataset")?.to_string(),
+        modality: s(o, "modality").map(str::to_string),
+        family: s(o, "family").map(str::to_string),
+        pool: s(o, "pool").unwrap_or("avg").to_string(),
+        checkpoint: s(o, "checkpoint").map(str::to_string),
+        step: o.get("step").and_then(Value::as_i64),
+        scores,
+        num_params: o.get("num_params").and_then(Value::as_i64),
+        meta,
+    };
+    registry::validate_scores(&req.scores)?;
+    Ok(req)
+}
+
+/// Calls a Python progress callback `(done_cells, total_cells)`.
+struct Callback(
+    Option<PyObject>,
+    std::sync::atomic::AtomicU64,
+    std::sync::atomic::AtomicU64,
+);
+
+impl Progress for Callback {
+    fn start(&self, total: u64) {
+        self.2.store(total, std::sync::atomic::Ordering::Relaxed);
+        self.report();
+    }
+    fn advance(&self, cells: u64) {
+        self.1
+            .fetch_add(cells, std::sync::atomic::Ordering::Relaxed);
+        self.report();
+    }
+}
+
+impl Callback {
+    fn report(&self) {
+        if let Some(cb) = &self.0 {
+            let done = self.1.load(std::sync::atomic::Ordering::Relaxed);
+            let total = self.2.load(std::sync::atomic::Ordering::Relaxed);
+            Python::with_gil(|py| {
+                if let Err(e) = cb.call1(py, (done, total)) {
+                    e.print(py);
+                }
+            });
+        }
+    }
+}
+
+/// A sweep request from options (x, y, metric, k, null, bootstrap, seed, …).
+fn sweep_request(o: &Value, x: Selector, y: Selector) -> R<SweepRequest> {
+    let v = view(o)?;
+    Ok(SweepRequest {
+        x,
+        y,
+        dataset: s(o, "dataset").map(str::to_string),
+        pool: s(o, "pool").map(str::to_string),
+        all_checkpoints: o.get("all_checkpoints") == Some(&Value::Bool(true)),
+        x_checkpoint: s(o, "x_checkpoint").map(str::to_string),
+        specs: vec![v.spec],
+        prep: v.prep,
+        mem_budget: (u(o, "mem_mib", 4096)? as usize) << 20,
+        null: u(o, "null", 0)? as usize,
+        bootstrap: u(o, "bootstrap", 0)? as usize,
+        seed: u(o, "seed", 0)?,
+        alpha: o
+            .get("alpha")
+            .and_then(Value::as_f64)
+            .unwrap_or(prh::stats::DEFAULT_ALPHA),
+        reduce: v.reduce,
+    })
+}
+
+/// Ingests arrays (`log`) or a file (`ingest`), then aligns against `against` when given.
+/// Returns {"ingest": report, "alignment": [pair results]}.
+#[pyfunction]
+#[pyo3(signature = (root, opts, arrays=None, path=None, progress=None))]
+fn ingest(
+    py: Python<'_>,
+    root: &str,
+    opts: &str,
+    arrays: Option<Vec<ArrayIn>>,
+    path: Option<PathBuf>,
+    progress: Option<PyObject>,
+) -> PyResult<String> {
+    let o = parse(opts).map_err(to_py)?;
+    let cb = Callback(progress, 0.into(), 0.into());
+    with_reg(py, root, move |reg| {
+        let req = ingest_request(&o)?;
+        let report = match (arrays, path) {
+            (Some(a), None) => reg.ingest_file(&lent_file("features from Python", a)?, &req)?,
+            (None, Some(p)) => reg.ingest(&p, &req)?,
+            _ => return Err(invalid("give either arrays or a path")),
+        };
+        let mut alignment = Value::Array(vec![]);
+        if let Some(against) = s(&o, "against") {
+            let mut sreq = sweep_request(
+                &o,
+                Selector::Names(vec![report.model.clone()]),
+                against.parse()?,
+            )?;
+            sreq.x_checkpoint = Some(report.checkpoint.clone());
+            sreq.dataset = Some(report.dataset.clone());
+            sreq.pool = Some(req.pool.clone());
+            let results = sweep::sweep(reg, &sreq, &cb)?;
+            alignment = serde_json::to_value(&results).expect("serialises");
+        }
+        json_out(&json!({"ingest": report, "alignment": alignment}))
+    })
+}
+
+/// Aligns x × y through the cache; the `prh align --format json` rows.
+#[pyfunction]
+#[pyo3(signature = (root, opts, progress=None))]
+fn align(py: Python<'_>, root: &str, opts: &str, progress: Option<PyObject>) -> PyResult<String> {
+    let o = parse(opts).map_err(to_py)?;
+    let cb = Callback(progress, 0.into(), 0.into());
+    with_reg(py, root, move |reg| {
+        let req = sweep_request(&o, need(&o, "x")?.parse()?, need(&o, "y")?.parse()?)?;
+        json_out(&sweep::sweep(reg, &req, &cb)?)
+    })
+}
+
+/// A chart query: "trend", "matrix", "trajectory" or "layers", as the CLI's JSON.
+#[pyfunction]
+fn chart(py: Python<'_>, root: &str, kind: &str, opts: &str) -> PyResult<String> {
+    let o = parse(opts).map_err(to_py)?;
+    let kind = kind.to_string();
+    with_reg(py, root, move |reg| {
+        let v = view(&o)?;
+        if o.get("compute") == Some(&Value::Bool(true)) {
+            let (x, y, all) = match kind.as_str() {
+                "trajectory" => (need(&o, "model")?, need(&o, "against")?, true),
+                _ => (need(&o, "x")?, need(&o, "y")?, false),
+            };
+            v.fill(reg, (x.parse()?, y.parse()?), all, None, &sweep::Silent)?;
+        }
+        let lower = (o.get("lower_is_better") == Some(&Value::Bool(true))).then_some(true);
+        let plot = s(&o, "plot").map(PathBuf::from);
+        match kind.as_str() {
+            "trend" => {
+                let q = TrendQuery {
+                    x: need(&o, "x")?,
+                    y: need(&o, "y")?,
+                    perf: need(&o, "perf")?,
+                    lower_is_better: lower,
+                    per_y: o.get("per_y") == Some(&Value::Bool(true)),
+                    bootstrap: u(&o, "ci_resamples", 1000)? as usize,
+                    seed: u(&o, "seed", 0)?,
+                };
+                let t = v.trend(reg, &q)?;
+                if let Some(p) = &plot {
+                    prh::plot::trend(p, &t, q.perf, &v.label())?;
+                }
+                json_out(&t)
+            }
+            "matrix" => {
+                let m = v.matrix(reg, (need(&o, "x")?, need(&o, "y")?), s(&o, "perf"), lower)?;
+                if let Some(p) = &plot {
+                    prh::plot::matrix(p, &m, &v.label())?;
+                }
+                json_out(&v.matrix_rows(&m))
+            }
+            "trajectory" => {
+                let model = need(&o, "model")?;
+                let points = v.trajectory(reg, model, need(&o, "against")?)?;
+                if let Some(p) = &plot {
+                    prh::plot::trajectory(p, &points, model, &v.label())?;
+                }
+                let rows: Vec<Value> = points
+                    .iter()
+                    .map(|p| {
+                        let mut r = serde_json::to_value(p).expect("serialises");
+                        r["reduce"] = v.reduce.key().into();
+                        r
+                    })
+                    .collect();
+                json_out(&rows)
+            }
+            "layers" => json_out(&v.layers(reg, need(&o, "x")?, need(&o, "y")?)?),
+            other => Err(invalid(format!("no chart {other:?}"))),
+        }
+    })
+}
+
+/// Free SQL over the registry's tables, as JSON rows.
+#[pyfunction]
+fn query(py: Python<'_>, root: &str, sql: String) -> PyResult<String> {
+    with_reg(py, root, move |reg| {
+        json_out(&prh::frame::to_rows(&prh::query::sql(reg, &sql)?))
+    })
+}
+
+/// A listing as `prh ls WHAT --format json`: models, checkpoints, reps, scores, datasets.
+#[pyfunction]
+#[pyo3(signature = (root, what, model=None))]
+fn listing(py: Python<'_>, root: &str, what: &str, model: Option<String>) -> PyResult<String> {
+    let what = what.to_string();
+    with_reg(py, root, move |reg| match what.as_str() {
+        "models" => {
+            let mut rows = reg.catalog.models()?;
+            if let Some(m) = &model {
+                rows.retain(|r| &r.name == m);
+            }
+            json_out(&rows)
+        }
+        "checkpoints" => json_out(&reg.catalog.checkpoints(model.as_deref())?),
+        "reps" => json_out(&reg.catalog.reps(&RepFilter {
+            model,
+            ..Default::default()
+        })?),
+        "scores" => json_out(&reg.catalog.scores(model.as_deref())?),
+        "datasets" => json_out(&reg.catalog.datasets()?),
+        other => Err(invalid(format!(
+            "no listing {other:?}: models, checkpoints, reps, scores or datasets"
+        ))),
+    })
+}
+
+/// Writes the registry (or some models) to a bundle file.
+#[pyfunction]
+#[pyo3(signature = (root, out, models=None))]
+fn export(
+    py: Python<'_>,
+    root: &str,
+    out: PathBuf,
+    models: Option<Vec<String>>,
+) -> PyResult<String> {
+    with_reg(py, root, move |reg| {
+        json_out(&prh::bundle::export(reg, &out, models.as_deref())?)
+    })
+}
+
+/// Merges a bundle into the registry (verified before anything is committed).
+#[pyfunction]
+fn import_bundle(py: Python<'_>, root: &str, bundle: PathBuf) -> PyResult<String> {
+    with_reg(py, root, move |reg| {
+        json_out(&prh::bundle::import(
+            reg,
+            &bundle,
+            &prh::bundle::ImportOptions::default(),
+        )?)
+    })
+}
+
+/// One metric between two feature sets (each one or several arrays), no registry.
+#[pyfunction]
+fn compare(py: Python<'_>, a: Vec<ArrayIn>, b: Vec<ArrayIn>, opts: &str) -> PyResult<f64> {
+    let o = parse(opts).map_err(to_py)?;
+    py.allow_threads(move || -> R<f64> {
+        let v = view(&o)?;
+        let (fa, fb) = (lent_file("a", a)?, lent_file("b", b)?);
+        let (la, lb) = (fa.finite_layers()?, fb.finite_layers()?);
+        if la[0].nrows() != lb[0].nrows() {
+            return Err(invalid(format!(
+                "a has n = {} samples but b has n = {}; alignment needs features of the same samples in the same order",
+                la[0].nrows(),
+                lb[0].nrows()
+            )));
+        }
+        v.spec.validate(la[0].nrows())?;
+        let (da, _) = engine::derive_checkpoint(&la, v.prep, fa.layout)?;
+        let (db, _) = engine::derive_checkpoint(&lb, v.prep, fb.layout)?;
+        let t = engine::layer_table(&v.spec, &da, &db)?;
+        Ok(v.reduce.apply(&t.table)?.0)
+    })
+    .map_err(to_py)
+}
+
+#[pymodule]
+fn _prh(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("Error", py.get_type::<Error>())?;
+    m.add("InvalidInput", py.get_type::<InvalidInput>())?;
+    m.add("NotFound", py.get_type::<NotFound>())?;
+    m.add("Conflict", py.get_type::<Conflict>())?;
+    m.add("NotCached", py.get_type::<NotCached>())?;
+    m.add_function(wrap_pyfunction!(discover, m)?)?;
+    m.add_function(wrap_pyfunction!(init, m)?)?;
+    m.add_function(wrap_pyfunction!(ingest, m)?)?;
+    m.add_function(wrap_pyfunction!(align, m)?)?;
+    m.add_function(wrap_pyfunction!(chart, m)?)?;
+    m.add_function(wrap_pyfunction!(query, m)?)?;
+    m.add_function(wrap_pyfunction!(listing, m)?)?;
+    m.add_function(wrap_pyfunction!(export, m)?)?;
+    m.add_function(wrap_pyfunction!(import_bundle, m)?)?;
+    m.add_function(wrap_pyfunction!(compare, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,165 @@
+"""Array inputs: dtypes, layouts, views, bad inputs refused with nothing written, the GIL
+released, Python and the CLI writing one registry at once, and no extra copy of big arrays."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import prh
+from conftest import BIN, cli, cli_json
+
+
+def feats(n=64, layers=3, d=16, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal((n, layers, d)).astype(dtype)
+
+
+def snapshot(reg):
+    return [cli(reg, "ls", w, "--format", "json") for w in ("models", "checkpoints", "reps", "scores", "datasets")]
+
+
+def test_dtypes_and_layouts(empty):
+    reg = prh.Registry(empty)
+    for i, dt in enumerate([np.float16, np.float32, np.float64]):
+        reg.log(feats(dtype=dt), model=f"m{i}", dataset="ds", modality="language")
+    reps = reg.reps()
+    assert sorted(set(reps["dtype"])) == ["f16", "f32", "f64"]
+    assert set(reps["layout"]) == {"stacked"}
+    # A list of layers of different widths: one clamp threshold per layer (layout "layers").
+    x = feats(layers=1)[:, 0]
+    reg.log([x, x[:, :8].copy(), np.ascontiguousarray(x[:, ::2])], model="widths", dataset="ds", modality="vision")
+    r = reg.reps(model="widths")
+    assert list(r["d"]) == [16, 8, 8] and set(r["layout"]) == {"layers"}
+
+
+def test_views_are_read_in_place_or_copied_correctly(empty, tmp_path):
+    reg = prh.Registry(empty)
+    base = feats(layers=4)
+    view = base[:, ::2, :]  # strided, no copy needed
+    reg.log(view, model="strided", dataset="ds", modality="language")
+    rev = base[::-1]  # negative strides: copied once
+    reg.log(rev, model="reversed", dataset="ds", modality="language")
+    np.save(tmp_path / "same.npy", np.ascontiguousarray(view))
+    rep = reg.ingest(tmp_path / "same.npy", model="from-file", dataset="ds", modality="language")
+    hashes = lambda m: list(reg.reps(model=m)["hash"])
+    assert hashes("strided") == hashes("from-file"), "a view stores the same bytes as the file"
+    assert hashes("reversed") != hashes("strided")
+
+
+def test_bf16_through_ml_dtypes(empty):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    reg = prh.Registry(empty)
+    x = feats().astype(ml_dtypes.bfloat16)
+    reg.log(x, model="bf", dataset="ds", modality="language")
+    assert set(reg.reps(model="bf")["dtype"]) == {"bf16"}
+    # Same values in f32 align perfectly with the bf16 copy.
+    score = prh.compare(x, x.astype(np.float32), metric="mutual_knn")
+    assert score == 1.0
+
+
+@pytest.mark.parametrize(
+    "bad, kind, needle",
+    [
+        (np.full((64, 16), np.nan, dtype=np.float32), prh.InvalidInput, "NaN"),
+        (np.zeros(64, dtype=np.float32), prh.InvalidInput, "n × d"),
+        (np.zeros((64, 16), dtype=np.int64), prh.InvalidInput, "floating point"),
+        (np.ones((63, 16), dtype=np.float32), prh.InvalidInput, "n = 64"),
+        ([np.ones((64, 4), np.float32), np.ones((32, 4), np.float32)], prh.InvalidInput, "n"),
+        ([], prh.InvalidInput, "empty"),
+    ],
+)
+def test_bad_inputs_are_refused_and_nothing_is_written(empty, bad, kind, needle):
+    reg = prh.Registry(empty)
+    reg.log(feats(), model="ok", dataset="ds", modality="language")
+    before = snapshot(empty)
+    with pytest.raises(kind) as e:
+        reg.log(bad, model="bad", dataset="ds", modality="language")
+    assert needle in str(e.value), str(e.value)
+    assert "\n" not in str(e.value), "one line, as the CLI prints"
+    assert snapshot(empty) == before
+
+
+def test_errors_name_what_to_do(empty, tmp_path):
+    with pytest.raises(prh.NotFound):
+        prh.Registry(tmp_path / "nowhere")
+    reg = prh.Registry(empty)
+    reg.log(feats(), model="a", dataset="ds", modality="language")
+    reg.log(feats(seed=1), model="b", dataset="ds", modality="vision")
+    with pytest.raises(prh.NotCached) as e:
+        reg.matrix(metric="cka", x="a", y="b")
+    assert "prh align --metric cka --x a --y b" in str(e.value)
+    assert reg.matrix(metric="cka", x="a", y="b", compute=True).height == 1
+    with pytest.raises(prh.InvalidInput, match="metric"):
+        reg.align(x="a", y="b", metric="no_such_metric")
+
+
+def test_the_gil_is_released_while_prh_works(empty):
+    reg = prh.Registry(empty)
+    big = feats(n=2048, layers=24, d=512)
+    ticks = [0]
+    stop = threading.Event()
+
+    def count():
+        while not stop.is_set():
+            ticks[0] += 1
+
+    t = threading.Thread(target=count)
+    t.start()
+    before = ticks[0]
+    reg.log(big, model="big", dataset="ds2048", modality="language")
+    during = ticks[0] - before
+    stop.set()
+    t.join()
+    assert during > 1000, f"the counting thread ran {during} times during log"
+
+
+def test_python_and_the_cli_write_one_registry_at_once(empty, tmp_path):
+    reg = prh.Registry(empty)
+    reg.log(feats(), model="seed", dataset="ds", modality="vision")
+    files = []
+    for i in range(8):
+        f = tmp_path / f"cli{i}.npy"
+        np.save(f, feats(seed=100 + i))
+        files.append(f)
+    procs = [
+        subprocess.Popen([BIN, "--registry", str(empty), "ingest", str(f), "--model", f"cli{i}",
+                          "--dataset", "ds", "--modality", "language"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+        for i, f in enumerate(files)
+    ]
+    for i in range(8):
+        reg.log(feats(seed=200 + i), model=f"py{i}", dataset="ds", modality="language", against="seed", progress=False)
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    names = set(reg.models()["name"])
+    assert names >= {f"cli{i}" for i in range(8)} | {f"py{i}" for i in range(8)}
+    cli(empty, "verify")
+
+
+def test_a_large_array_is_logged_without_an_extra_copy(empty):
+    # In a fresh process: peak RSS over the array's own size stays well below one more copy.
+    code = f"""
+import resource, numpy as np, prh
+x = np.random.default_rng(0).standard_normal((1024, 16, 4096), dtype=np.float32)  # 256 MiB
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+prh.Registry({str(empty)!r}).log(x, model="big", dataset="big", modality="language", progress=False)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - base) * 1024, x.nbytes)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    extra, size = map(int, out.stdout.split())
+    print(f"peak RSS above the array while logging it: {extra / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB array")
+    assert extra < size / 4, (extra, size)
+
+
+def test_the_example_trains_logs_and_plots(tmp_path):
+    pytest.importorskip("sklearn")
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "train_and_log.py")
+    out = subprocess.run([sys.executable, example, "--registry", str(tmp_path / "reg"), "--epochs", "4",
+                          "--plot", str(tmp_path / "trajectory.svg")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "trajectory" in out.stdout and (tmp_path / "trajectory.svg").stat().st_size > 1000
