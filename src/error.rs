@@ -18,6 +18,9 @@ pub enum Error {
     /// An error from the catalog's database (the backend's message).
     #[error("catalog: {0}")]
     Catalog(String),
+    /// An error from a remote blob store (the client's message; never credentials).
+    #[error("blob store: {0}")]
+    Storage(String),
     /// The request contradicts what the registry holds, or is malformed.
     #[error("{0}")]
     Invalid(String),

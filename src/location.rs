@@ -38,6 +38,8 @@ pub enum CatalogAt {
 #[derive(Debug, Clone, PartialEq)]
 pub enum BlobsAt {
     Dir(PathBuf),
+    /// `s3://BUCKET/PREFIX` (credentials and endpoint from the AWS_* environment).
+    S3(String),
 }
 
 impl Locations {
@@ -167,11 +169,12 @@ fn blobs_at(url: &str) -> Result<BlobsAt> {
     no_credentials(url)?;
     match scheme(url).as_str() {
         "file" => Ok(BlobsAt::Dir(local_path(url, "blobs")?)),
-        "s3" | "gs" | "az" | "azure" => Err(Error::Invalid(
-            "this build of prh has no object-store blobs yet; use file:///path/to/dir".into(),
+        "s3" => Ok(BlobsAt::S3(url.to_string())),
+        "gs" | "az" | "azure" => Err(Error::Invalid(
+            "this build of prh has S3-compatible object stores only (s3://BUCKET/PREFIX); use file:///path/to/dir otherwise".into(),
         )),
         _ => Err(Error::Invalid(format!(
-            "blobs URL {url:?}: give file:///path/to/dir"
+            "blobs URL {url:?}: give file:///path/to/dir or s3://BUCKET/PREFIX"
         ))),
     }
 }
@@ -204,7 +207,12 @@ mod tests {
         assert!(e.contains("password") && !e.contains("hunter2"), "{e}");
         assert!(catalog_at("postgres://ann@db/prh").is_err());
         assert!(blobs_at("file://relative/dir").is_err());
-        assert!(blobs_at("s3://bucket/prefix").is_err());
+        assert_eq!(
+            blobs_at("s3://bucket/prefix").unwrap(),
+            BlobsAt::S3("s3://bucket/prefix".into())
+        );
+        assert!(blobs_at("s3://key:secret@bucket/prefix").is_err());
+        assert!(blobs_at("gs://bucket").is_err());
         assert!(blobs_at("http://x").is_err());
     }
 }

@@ -17,7 +17,7 @@ use crate::formats::{self, FeatureFile};
 use crate::location::{BlobsAt, CONFIG, CatalogAt, Locations};
 use crate::lock::RegistryLock;
 use crate::matrix::{self, DType, LayerView};
-use crate::store::{BlobHash, BlobSink, BlobStore, FsBlobStore, SealedBlob};
+use crate::store::{BlobHash, BlobSink, BlobStore, FsBlobStore, ObjectBlobStore, SealedBlob};
 use rayon::prelude::*;
 
 /// Name of the directory `prh init` creates when no path is given.
@@ -75,6 +75,7 @@ fn parts(
             }
             Box::new(s)
         }
+        BlobsAt::S3(url) => Box::new(ObjectBlobStore::open_s3(&url, root.join("tmp"))?),
     };
     Ok((catalog, store))
 }

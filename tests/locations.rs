@@ -132,8 +132,10 @@ fn unsupported_or_secret_urls_are_refused_before_anything_is_written() {
     let env = Env::new();
     let e = env.fails(&["init", "--catalog", "postgres://ann:hunter2@db.lab/prh"]);
     assert!(e.contains("password") && !e.contains("hunter2"), "{e}");
-    let e = env.fails(&["init", "--blobs", "s3://bucket/prefix"]);
-    assert!(e.contains("no object-store blobs yet"), "{e}");
+    let e = env.fails(&["init", "--blobs", "gs://bucket/prefix"]);
+    assert!(e.contains("S3-compatible object stores only"), "{e}");
+    let e = env.fails(&["init", "--blobs", "s3://AKIA:wJalr@bucket/prefix"]);
+    assert!(e.contains("password") && !e.contains("wJalr"), "{e}");
     let e = env.fails(&["init", "--blobs", "file://relative/dir"]);
     assert!(e.contains("absolute path"), "{e}");
     assert!(

@@ -1,5 +1,5 @@
 //! The Python test environment: a virtualenv under the target directory (made once) with the
-//! test dependencies from PyPI, and the package built into it by `maturin develop` with this
+//! test dependencies from PyPI (moto's S3 server among them, for tests/s3.rs), and the package built into it by `maturin develop` with this
 //! build's profile and target directory (prh itself is not compiled twice).
 #![allow(dead_code)]
 
@@ -13,6 +13,7 @@ const PACKAGES: &[&str] = &[
     "polars",
     "ml_dtypes",
     "scikit-learn",
+    "moto[server]",
 ];
 
 pub fn run(cmd: &mut Command, what: &str) {
@@ -26,7 +27,9 @@ pub fn run(cmd: &mut Command, what: &str) {
 pub fn venv(tmp: &Path) -> PathBuf {
     let dir = tmp.join("pyvenv");
     let ready = dir.join(".prh-ready");
-    if !ready.exists() {
+    // Made again when the package list changed.
+    let want = PACKAGES.join("\n");
+    if std::fs::read_to_string(&ready).ok().as_deref() != Some(want.as_str()) {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
         run(
             Command::new(&python).args(["-m", "venv"]).arg(&dir),
@@ -38,7 +41,7 @@ pub fn venv(tmp: &Path) -> PathBuf {
                 .args(PACKAGES),
             "pip install (test dependencies from PyPI)",
         );
-        std::fs::write(&ready, PACKAGES.join("\n")).unwrap();
+        std::fs::write(&ready, want).unwrap();
     }
     dir
 }
