@@ -7,6 +7,7 @@
 
 mod api;
 mod auth;
+mod memo;
 mod pages;
 mod params;
 mod readonly;
@@ -44,6 +45,8 @@ pub(crate) struct App {
     compute: bool,
     /// One computation at a time: sweeps write the registry.
     computing: Mutex<()>,
+    /// Chart results per registry version.
+    memo: memo::Memo,
 }
 
 impl App {
@@ -210,6 +213,7 @@ pub fn serve(root: PathBuf, opts: ServeOptions, ready: impl FnOnce(SocketAddr)) 
         token: opts.token.filter(|t| !t.is_empty()),
         compute: opts.compute,
         computing: Mutex::new(()),
+        memo: memo::Memo::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_io()

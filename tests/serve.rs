@@ -236,6 +236,33 @@ fn the_version_changes_when_the_registry_does() {
     assert_ne!(v(&s), v1);
     let m = get(s.addr, "/model/vit-b").text();
     assert!(m.contains(r#"data-name="top5" data-value="0.5""#), "{m}");
+    // Chart results are remembered per version: within a second of a change at the latest
+    // they follow it.
+    let q = format!(
+        "/api/trend?metric=mutual_knn&x={}&y={}&perf=bpb",
+        enc(X),
+        enc(Y)
+    );
+    let before = get(s.addr, &q).json();
+    assert_eq!(get(s.addr, &q).json(), before);
+    env.ok(&["score", "set", "--model", "lm-tiny", "bpb=0.3"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let after = get(s.addr, &q).json();
+    assert_ne!(after, before);
+    let cli = [
+        "trend",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        X,
+        "--y",
+        Y,
+        "--perf",
+        "bpb",
+        "--format",
+        "json",
+    ];
+    assert_eq!(after, env.json(&cli));
 }
 
 #[test]

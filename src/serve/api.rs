@@ -115,6 +115,11 @@ fn fill_if_allowed(
 
 /// The trend as `prh trend --format json` prints it (`{"raw", "calibrated"}` when calibrated).
 pub(super) fn trend_of(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Value> {
+    app.memo
+        .get(reg, format!("trend {r:?}"), |reg| trend_now(app, reg, r))
+}
+
+fn trend_now(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Value> {
     let perf = r.perf.as_deref().ok_or_else(|| {
         Error::Invalid(
             "no performance score: the x models have none; set one with `prh score set`".into(),
@@ -157,9 +162,11 @@ pub(super) fn matrix_of(
     reg: &mut Registry,
     r: &Resolved,
 ) -> Result<crate::analysis::Matrix> {
-    fill_if_allowed(app, reg, r, (r.x.parse()?, r.y.parse()?), false)?;
-    r.view
-        .matrix(reg, (&r.x, &r.y), r.perf.as_deref(), r.lower_is_better)
+    app.memo.get(reg, format!("matrix {r:?}"), |reg| {
+        fill_if_allowed(app, reg, r, (r.x.parse()?, r.y.parse()?), false)?;
+        r.view
+            .matrix(reg, (&r.x, &r.y), r.perf.as_deref(), r.lower_is_better)
+    })
 }
 
 pub(super) fn trajectory_of(
@@ -171,29 +178,23 @@ pub(super) fn trajectory_of(
         .model
         .clone()
         .ok_or_else(|| Error::Invalid("the registry has no models".into()))?;
-    fill_if_allowed(
-        app,
-        reg,
-        r,
-        (Selector::Names(vec![model.clone()]), r.against.parse()?),
-        true,
-    )?;
-    r.view.trajectory(reg, &model, &r.against)
+    app.memo.get(reg, format!("trajectory {r:?}"), |reg| {
+        let sel = (Selector::Names(vec![model.clone()]), r.against.parse()?);
+        fill_if_allowed(app, reg, r, sel, true)?;
+        r.view.trajectory(reg, &model, &r.against)
+    })
 }
 
 pub(super) fn layers_of(app: &App, reg: &mut Registry, r: &Resolved) -> Result<LayerTable> {
     let (x, y) = (r.x.clone(), r.y.clone());
-    fill_if_allowed(
-        app,
-        reg,
-        r,
-        (
+    app.memo.get(reg, format!("layers {r:?}"), |reg| {
+        let sel = (
             Selector::Names(vec![x.clone()]),
             Selector::Names(vec![y.clone()]),
-        ),
-        false,
-    )?;
-    r.view.layers(reg, &x, &y)
+        );
+        fill_if_allowed(app, reg, r, sel, false)?;
+        r.view.layers(reg, &x, &y)
+    })
 }
 
 type Answer = Result<Json<Value>, ApiError>;
