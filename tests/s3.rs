@@ -6,16 +6,16 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Env;
-use common::http::request;
+use common::http::{Process, request};
 use prh::store::{BlobStore, ObjectBlobStore};
 
 /// A moto S3 server on a free loopback port, stopped on drop.
 struct Moto {
-    child: Child,
+    _child: Process,
     endpoint: String,
 }
 
@@ -27,12 +27,14 @@ impl Moto {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(venv.join("bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server starts");
+        let child = Process(
+            Command::new(venv.join("bin/moto_server"))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("moto_server starts"),
+        );
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
         let t = Instant::now();
         while request(addr, "GET", "/", &[], b"").is_err() {
@@ -43,7 +45,7 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(100));
         }
         Moto {
-            child,
+            _child: child,
             endpoint: format!("http://127.0.0.1:{port}"),
         }
     }
@@ -63,13 +65,6 @@ impl Moto {
             ("AWS_ENDPOINT", self.endpoint.clone()),
             ("AWS_ALLOW_HTTP", "true".into()),
         ]
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

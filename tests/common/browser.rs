@@ -5,13 +5,13 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::http::request;
+use super::http::{Process, request};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const DRIVER: &str = "/usr/bin/chromedriver";
@@ -51,7 +51,8 @@ fn free_port() -> u16 {
 
 /// A ChromeDriver process and one headless browser session, both ended on drop.
 pub struct Browser {
-    driver: Child,
+    /// Killed when dropped, after the session is closed (fields drop after `drop`).
+    _driver: Process,
     addr: SocketAddr,
     session: String,
     _profile: tempfile::TempDir,
@@ -61,12 +62,14 @@ impl Browser {
     pub fn start() -> Browser {
         ensure_browser();
         let port = free_port();
-        let driver = Command::new(DRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
+        let driver = Process(
+            Command::new(DRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver starts"),
+        );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let t = Instant::now();
         while request(addr, "GET", "/status", &[], b"").is_err() {
@@ -90,7 +93,7 @@ impl Browser {
             }
         }}});
         let mut b = Browser {
-            driver,
+            _driver: driver,
             addr,
             session: String::new(),
             _profile: profile,
@@ -207,7 +210,5 @@ impl Drop for Browser {
         if !self.session.is_empty() {
             let _ = request(self.addr, "DELETE", &self.s(""), &[], b"");
         }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }

@@ -136,26 +136,39 @@ pub fn enc(s: &str) -> String {
         .collect()
 }
 
+/// A child process, killed and reaped when dropped: held from the moment it is spawned, so a
+/// test that fails half-way (even while waiting for the process to come up) stops it.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `prh serve`, stopped when dropped.
 pub struct Server {
     pub addr: SocketAddr,
-    child: Child,
+    _child: Process,
 }
 
 impl Server {
     /// Starts `bin serve --port 0 EXTRA…` on `registry` and waits for its address line.
     pub fn start(bin: &Path, registry: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(bin)
-            .arg("--registry")
-            .arg(registry)
-            .args(["serve", "--port", "0"])
-            .args(extra)
-            .env_remove("PRH_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("prh serve starts");
-        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut child = Process(
+            Command::new(bin)
+                .arg("--registry")
+                .arg(registry)
+                .args(["serve", "--port", "0"])
+                .args(extra)
+                .env_remove("PRH_TOKEN")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("prh serve starts"),
+        );
+        let mut err = BufReader::new(child.0.stderr.take().unwrap());
         let mut line = String::new();
         err.read_line(&mut line).unwrap();
         let addr = line
@@ -169,13 +182,9 @@ impl Server {
             let mut sink = String::new();
             let _ = err.read_to_string(&mut sink);
         });
-        Server { addr, child }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Server {
+            addr,
+            _child: child,
+        }
     }
 }
