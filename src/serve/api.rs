@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::params::{Params, Resolved};
 use super::{ApiError, App, blocking, readonly};
+use crate::analysis::Trend;
 use crate::catalog::{Checkpoint, Dataset, Model, Rep, RepFilter, Score};
 use crate::error::{Error, Result};
 use crate::registry::Registry;
@@ -113,13 +114,29 @@ fn fill_if_allowed(
     Ok(())
 }
 
-/// The trend as `prh trend --format json` prints it (`{"raw", "calibrated"}` when calibrated).
-pub(super) fn trend_of(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Value> {
+/// A trend on raw scores and, when asked, on calibrated ones.
+#[derive(Debug, Clone)]
+pub(super) struct Trends {
+    pub raw: Trend,
+    pub calibrated: Option<Trend>,
+}
+
+impl Trends {
+    /// As `prh trend --format json` prints it (`{"raw", "calibrated"}` when calibrated).
+    fn to_json(&self) -> Value {
+        match &self.calibrated {
+            Some(c) => json!({"raw": self.raw, "calibrated": c}),
+            None => serde_json::to_value(&self.raw).expect("serialises"),
+        }
+    }
+}
+
+pub(super) fn trend_of(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Trends> {
     app.memo
         .get(reg, format!("trend {r:?}"), |reg| trend_now(app, reg, r))
 }
 
-fn trend_now(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Value> {
+fn trend_now(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Trends> {
     let perf = r.perf.as_deref().ok_or_else(|| {
         Error::Invalid(
             "no performance score: the x models have none; set one with `prh score set`".into(),
@@ -151,10 +168,16 @@ fn trend_now(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Value> {
             alpha: crate::stats::DEFAULT_ALPHA,
         };
         let (raw, cal) = r.view.calibrated_trend(reg, &q, null, &Silent)?;
-        return Ok(json!({"raw": raw, "calibrated": cal}));
+        return Ok(Trends {
+            raw,
+            calibrated: Some(cal),
+        });
     }
     fill_if_allowed(app, reg, r, (r.x.parse()?, r.y.parse()?), false)?;
-    Ok(serde_json::to_value(r.view.trend(reg, &q)?).expect("serialises"))
+    Ok(Trends {
+        raw: r.view.trend(reg, &q)?,
+        calibrated: None,
+    })
 }
 
 pub(super) fn matrix_of(
@@ -227,7 +250,7 @@ pub(super) async fn model(State(app): State<Arc<App>>, Path(name): Path<String>)
 pub(super) async fn trend(State(app): State<Arc<App>>, Query(p): Query<Params>) -> Answer {
     Ok(Json(
         blocking(&app, move |app, reg| {
-            Ok(trend_of(app, reg, &p.resolve(reg)?)?)
+            Ok(trend_of(app, reg, &p.resolve(reg)?)?.to_json())
         })
         .await?,
     ))

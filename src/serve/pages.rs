@@ -345,15 +345,12 @@ fn trend_body(
     reg: &mut crate::registry::Registry,
     r: &Resolved,
 ) -> crate::error::Result<String> {
-    let v = api::trend_of(app, reg, r)?;
+    let t = api::trend_of(app, reg, r)?;
     let perf = r.perf.clone().unwrap_or_default();
     let mut s = String::new();
-    let parts: Vec<(&str, &serde_json::Value)> = match v.get("raw") {
-        Some(raw) => vec![("raw", raw), ("calibrated", &v["calibrated"])],
-        None => vec![("raw", &v)],
-    };
-    for (kind, t) in parts {
-        let trend: TrendView = serde_json::from_value(t.clone()).unwrap_or_default();
+    let parts =
+        std::iter::once(("raw", &t.raw)).chain(t.calibrated.iter().map(|c| ("calibrated", c)));
+    for (kind, trend) in parts {
         let points: Vec<Point> = trend
             .models
             .iter()
@@ -388,28 +385,6 @@ fn trend_body(
         );
     }
     Ok(s)
-}
-
-/// The fields of a trend the page draws (read back from its JSON).
-#[derive(Debug, Default, serde::Deserialize)]
-struct TrendView {
-    models: Vec<TrendModel>,
-    pearson_r: Option<f64>,
-    pearson_p: Option<f64>,
-    spearman_rho: Option<f64>,
-    spearman_p: Option<f64>,
-    slope: Option<f64>,
-    intercept: Option<f64>,
-    r_ci95: Option<[f64; 2]>,
-    n_models: usize,
-    verdict: String,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-struct TrendModel {
-    model: String,
-    alignment: f64,
-    performance: f64,
 }
 
 pub(super) async fn trend(State(app): State<Arc<App>>, Query(p): Query<Params>) -> Response {

@@ -111,21 +111,15 @@ impl Params {
         };
         let x = given(&self.x).unwrap_or(dx);
         let y = given(&self.y).unwrap_or(dy.clone());
-        let scores: BTreeSet<String> = reg
-            .catalog
-            .scores(None)?
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
+        let all_scores = reg.catalog.scores(None)?;
         let x_models = crate::sweep::select_models(reg, &x.parse()?).unwrap_or_default();
-        let x_scores: Vec<String> = reg
-            .catalog
-            .scores(None)?
-            .into_iter()
-            .filter(|s| x_models.contains(&s.model))
-            .map(|s| s.name)
-            .collect();
-        let perf = given(&self.perf).or_else(|| x_scores.first().cloned());
+        let perf = given(&self.perf).or_else(|| {
+            all_scores
+                .iter()
+                .find(|s| x_models.contains(&s.model))
+                .map(|s| s.name.clone())
+        });
+        let scores: BTreeSet<String> = all_scores.into_iter().map(|s| s.name).collect();
         // The trajectory's model: the one with the most checkpoints.
         let checkpoints = reg.catalog.checkpoints(None)?;
         let model = given(&self.model).or_else(|| {
