@@ -20,11 +20,14 @@ use crate::store::BlobHash;
 
 mod keys;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
+pub mod tables;
 
 pub use keys::{CachedCell, CellSide, MetricKey, NewCell, metric_id, side_id, side_ids};
 pub(crate) use keys::{collision, layers_by_id, stored_ids};
 pub use memory::MemoryCatalog;
+pub use postgres::PgCatalog;
 pub use sqlite::{BUSY_TIMEOUT, MIGRATIONS, SqliteCatalog};
 
 /// Declares a typed row id: a catalog's own number for a row, never mixed up with another

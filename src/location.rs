@@ -3,9 +3,9 @@
 //! the choice to `config.json` in the registry directory, so every later command finds them
 //! the usual way. `PRH_CATALOG` and `PRH_BLOBS` override the file.
 //!
-//! URLs this build opens: `sqlite:///path/to/catalog.db` and `file:///path/to/dir` (the
-//! directory that holds `blobs/`). Credentials are never written to the config: a URL with a
-//! password in it is refused.
+//! URLs this build opens: `sqlite:///path/to/catalog.db`, `postgres://USER@HOST/DB`,
+//! `file:///path/to/dir` (the directory that holds `blobs/`) and `s3://BUCKET/PREFIX`.
+//! Credentials are never written to the config: a URL with a password in it is refused.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,8 @@ pub struct Locations {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CatalogAt {
     Sqlite(PathBuf),
+    /// `postgres://USER@HOST[:PORT]/DB` (password from PGPASSWORD or ~/.pgpass).
+    Postgres(String),
 }
 
 /// Where the blobs are.
@@ -155,12 +157,9 @@ fn catalog_at(url: &str) -> Result<CatalogAt> {
     no_credentials(url)?;
     match scheme(url).as_str() {
         "sqlite" => Ok(CatalogAt::Sqlite(local_path(url, "catalog")?)),
-        "postgres" | "postgresql" => Err(Error::Invalid(
-            "this build of prh has no PostgreSQL catalog yet; use sqlite:///path/to/catalog.db"
-                .into(),
-        )),
+        "postgres" | "postgresql" => Ok(CatalogAt::Postgres(url.to_string())),
         _ => Err(Error::Invalid(format!(
-            "catalog URL {url:?}: give sqlite:///path/to/catalog.db"
+            "catalog URL {url:?}: give sqlite:///path/to/catalog.db or postgres://USER@HOST/DB"
         ))),
     }
 }
@@ -205,7 +204,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("password") && !e.contains("hunter2"), "{e}");
-        assert!(catalog_at("postgres://ann@db/prh").is_err());
+        assert_eq!(
+            catalog_at("postgres://ann@db/prh").unwrap(),
+            CatalogAt::Postgres("postgres://ann@db/prh".into())
+        );
+        assert!(catalog_at("mysql://ann@db/prh").is_err());
         assert!(blobs_at("file://relative/dir").is_err());
         assert_eq!(
             blobs_at("s3://bucket/prefix").unwrap(),

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::catalog::{
     BlobRow, Catalog, CatalogTx, CheckpointId, Dataset, DatasetId, Model, ModelId, NewRep,
-    RepFilter, RepSlot, ScoreValue, SqliteCatalog,
+    PgCatalog, RepFilter, RepSlot, ScoreValue, SqliteCatalog,
 };
 use crate::error::{Error, Result};
 use crate::formats::{self, FeatureFile};
@@ -66,6 +66,8 @@ fn parts(
             Box::new(SqliteCatalog::create(&p)?)
         }
         CatalogAt::Sqlite(p) => Box::new(SqliteCatalog::open(&p)?),
+        CatalogAt::Postgres(url) if create => Box::new(PgCatalog::create(&url)?),
+        CatalogAt::Postgres(url) => Box::new(PgCatalog::open(&url)?),
     };
     let store: Box<dyn BlobStore> = match loc.blobs(root)? {
         BlobsAt::Dir(d) => {

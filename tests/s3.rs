@@ -4,69 +4,12 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::Env;
-use common::http::{Process, request};
+use common::s3::Moto;
 use prh::store::{BlobStore, ObjectBlobStore};
-
-/// A moto S3 server on a free loopback port, stopped on drop.
-struct Moto {
-    _child: Process,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let venv = common::python::venv(Path::new(env!("CARGO_TARGET_TMPDIR")));
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Process(
-            Command::new(venv.join("bin/moto_server"))
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("moto_server starts"),
-        );
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let t = Instant::now();
-        while request(addr, "GET", "/", &[], b"").is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "moto_server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto {
-            _child: child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn bucket(&self, name: &str) {
-        let addr = self.endpoint.trim_start_matches("http://").parse().unwrap();
-        let r = request(addr, "PUT", &format!("/{name}"), &[], b"").unwrap();
-        assert_eq!(r.status, 200, "create bucket: {}", r.text());
-    }
-
-    /// The standard AWS environment pointing at this server (dummy credentials).
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ACCESS_KEY_ID", "prh-test-key".into()),
-            ("AWS_SECRET_ACCESS_KEY", "prh-test-secret-5f2b".into()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ENDPOINT", self.endpoint.clone()),
-            ("AWS_ALLOW_HTTP", "true".into()),
-        ]
-    }
-}
 
 fn prh(env: &Env, reg: &Path, moto: &Moto, args: &[&str]) -> String {
     let o = Command::new(env!("CARGO_BIN_EXE_prh"))

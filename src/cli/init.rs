@@ -12,12 +12,15 @@ use prh::registry::{self, Registry};
 pub struct InitArgs {
     /// Where to create the registry.
     pub path: Option<PathBuf>,
-    /// Keep the catalog elsewhere: sqlite:///path/to/catalog.db (recorded in the registry's
-    /// config.json; PRH_CATALOG overrides it for one command).
+    /// Keep the catalog elsewhere: sqlite:///path/to/catalog.db, or a PostgreSQL database a lab
+    /// shares, postgres://USER@HOST[:PORT]/DB (an empty database, or a prh catalog already
+    /// there; the password comes from PGPASSWORD or ~/.pgpass, never from the URL). Recorded in
+    /// the registry's config.json; PRH_CATALOG overrides it for one command.
     #[arg(long, value_name = "URL")]
     pub catalog: Option<String>,
     /// Keep the blobs elsewhere (a big disk, a shared mount): file:///path/to/dir, which gets a
-    /// blobs/ folder (PRH_BLOBS overrides it for one command).
+    /// blobs/ folder, or s3://BUCKET/PREFIX (credentials and endpoint from AWS_*). PRH_BLOBS
+    /// overrides it for one command.
     #[arg(long, value_name = "URL")]
     pub blobs: Option<String>,
 }

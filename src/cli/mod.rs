@@ -35,7 +35,8 @@ use prh::registry::{self, Registry};
 /// prh — a registry for representational alignment research.
 ///
 /// Stores feature matrices of many models (per checkpoint, per layer) on a shared input set,
-/// content-addressed by BLAKE3, in a SQLite catalog plus immutable blobs; computes the
+/// content-addressed by BLAKE3, in a catalog (SQLite by default, PostgreSQL to share) plus
+/// immutable blobs (a local directory, or S3); computes the
 /// platonic-rep alignment metrics with the official numbers.
 ///
 /// The registry is found from --registry, else $PRH_REGISTRY, else the nearest .prh/

@@ -7,12 +7,15 @@ use std::process::{Command, Output};
 /// A temporary directory with a registry path inside it.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Environment given to every prh this Env runs (PGPASSWORD, AWS_*, ...).
+    pub envs: Vec<(String, String)>,
 }
 
 impl Env {
     pub fn new() -> Self {
         Env {
             dir: tempfile::tempdir().unwrap(),
+            envs: Vec::new(),
         }
     }
 
@@ -36,6 +39,7 @@ impl Env {
             .env_remove("PRH_REGISTRY")
             .env_remove("PRH_CATALOG")
             .env_remove("PRH_BLOBS")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap()
     }
@@ -206,4 +210,6 @@ pub fn mutate(base: &[u8], rng: &mut prh::rng::Rng) -> Vec<u8> {
 }
 pub mod browser;
 pub mod http;
+pub mod postgres;
 pub mod python;
+pub mod s3;

@@ -6,6 +6,7 @@ use std::path::Path;
 use rusqlite::Connection;
 
 use super::{MIGRATIONS, SqliteCatalog, cells};
+use crate::catalog::tables::{Kind, TABLES, TableRows, Value};
 use crate::catalog::{CellRow, CellTable, SnapshotInfo};
 use crate::error::{Error, Result};
 use crate::registry::validate_name;
@@ -19,6 +20,78 @@ pub(super) fn export(
     models: Option<&[String]>,
 ) -> Result<SnapshotInfo> {
     conn.execute("VACUUM INTO ?1", [dest.to_string_lossy().as_ref()])?;
+    finish(dest, models)
+}
+
+/// Writes `tables` (another backend's rows, [`crate::catalog::tables`]) as a new SQLite catalog
+/// at `dest`, keeping only `models` and what they need when given.
+pub fn write(dest: &Path, tables: &[TableRows], models: Option<&[String]>) -> Result<SnapshotInfo> {
+    let cat = SqliteCatalog::create(dest)?;
+    {
+        let tx = cat.conn.unchecked_transaction()?;
+        for t in tables {
+            let marks: Vec<String> = (1..=t.spec.columns.len())
+                .map(|i| format!("?{i}"))
+                .collect();
+            let mut st = tx.prepare(&format!(
+                "INSERT INTO {} ({}) VALUES ({})",
+                t.spec.name,
+                t.spec.column_list(),
+                marks.join(", ")
+            ))?;
+            for row in &t.rows {
+                st.execute(rusqlite::params_from_iter(row.iter().map(sql_value)))?;
+            }
+        }
+        tx.commit()?;
+    }
+    drop(cat);
+    finish(dest, models)
+}
+
+/// Every table of the (checked) catalog file at `path` as plain rows, for another backend.
+pub fn read_tables(path: &Path) -> Result<Vec<TableRows>> {
+    use rusqlite::types::ValueRef;
+    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut out = Vec::with_capacity(TABLES.len());
+    for spec in TABLES {
+        let mut st = db.prepare(&format!("SELECT {} FROM {}", spec.column_list(), spec.name))?;
+        let mut rows = st.query([])?;
+        let mut got = Vec::new();
+        while let Some(r) = rows.next()? {
+            let mut row = Vec::with_capacity(spec.columns.len());
+            for (i, (_, kind)) in spec.columns.iter().enumerate() {
+                row.push(match r.get_ref(i)? {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(v) if *kind == Kind::Real => Value::Real(v as f64),
+                    ValueRef::Integer(v) => Value::Int(v),
+                    ValueRef::Real(v) => Value::Real(v),
+                    ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(b) => Value::Bytes(b.to_vec()),
+                });
+            }
+            got.push(row);
+        }
+        out.push(TableRows { spec, rows: got });
+    }
+    Ok(out)
+}
+
+/// A plain value as SQLite's.
+fn sql_value(v: &Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as V;
+    match v {
+        Value::Null => V::Null,
+        Value::Int(i) => V::Integer(*i),
+        Value::Real(r) => V::Real(*r),
+        Value::Text(t) => V::Text(t.clone()),
+        Value::Bytes(b) => V::Blob(b.clone()),
+    }
+}
+
+/// Drops from the snapshot at `dest` what `models` do not need (when given), sets it to a
+/// single-file journal and reports what it holds.
+fn finish(dest: &Path, models: Option<&[String]>) -> Result<SnapshotInfo> {
     let db = Connection::open(dest)?;
     db.pragma_update(None, "journal_mode", "DELETE")?;
     if let Some(keep) = models {

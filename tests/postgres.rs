@@ -1,0 +1,358 @@
+//! The PostgreSQL catalog end to end: a throwaway cluster started by the test (Debian's
+//! postgresql, initdb + pg_ctl on a free loopback port, password authentication), S3 blobs on a
+//! moto server. The same commands give the same output on SQLite + local blobs, PostgreSQL +
+//! local blobs and PostgreSQL + S3; bundles move registries between backends; bad URLs and
+//! foreign databases are refused with one line and nothing written.
+
+mod common;
+
+use std::process::Command;
+
+use common::Env;
+use common::postgres::{Cluster, PASSWORD};
+use common::s3::Moto;
+use serde_json::Value;
+
+const X: &str = "modality=language";
+const Y: &str = "modality=vision";
+
+/// A registry whose parts are given by `init` (extra `prh init` arguments), reaching the
+/// cluster and the S3 server through the standard environment.
+fn registry(pg: &Cluster, moto: &Moto, init: &[&str]) -> Env {
+    let mut env = Env::new();
+    env.envs = pg.env();
+    env.envs
+        .extend(moto.env().into_iter().map(|(k, v)| (k.to_string(), v)));
+    let mut args = vec!["init"];
+    args.extend_from_slice(init);
+    env.ok(&args);
+    env
+}
+
+/// Drops the fields that record when a row was written (not part of what a backend stores
+/// for a user to compare).
+fn without_times(mut v: Value) -> Value {
+    match &mut v {
+        Value::Object(m) => {
+            m.retain(|k, _| !k.ends_with("_at") && !k.contains("seconds"));
+            for x in m.values_mut() {
+                *x = without_times(x.take());
+            }
+        }
+        Value::Array(a) => {
+            for x in a.iter_mut() {
+                *x = without_times(x.take());
+            }
+        }
+        _ => {}
+    }
+    v
+}
+
+/// What the conformance script prints on one registry: listings, a sweep with a null, the
+/// trend, matrix and trajectory, SQL, verify and gc.
+fn outputs(env: &Env) -> Vec<(String, String)> {
+    let script: Vec<Vec<&str>> = vec![
+        vec!["ls", "models", "--format", "json"],
+        vec!["ls", "checkpoints", "--format", "json"],
+        vec!["ls", "reps", "--format", "json"],
+        vec!["ls", "scores", "--format", "json"],
+        vec!["ls", "datasets", "--format", "json"],
+        vec![
+            "align",
+            "--x",
+            "lm-large",
+            "--y",
+            Y,
+            "--metric",
+            "mutual_knn",
+            "--null",
+            "20",
+            "--format",
+            "json",
+        ],
+        vec![
+            "align", "--x", X, "--y", Y, "--metric", "cka", "--format", "json",
+        ],
+        vec![
+            "trend",
+            "--metric",
+            "mutual_knn",
+            "--x",
+            X,
+            "--y",
+            Y,
+            "--perf",
+            "bpb",
+            "--format",
+            "json",
+        ],
+        vec![
+            "matrix",
+            "--metric",
+            "mutual_knn",
+            "--x",
+            X,
+            "--y",
+            Y,
+            "--format",
+            "json",
+        ],
+        vec![
+            "align",
+            "--x",
+            "lm-large",
+            "--y",
+            Y,
+            "--metric",
+            "mutual_knn",
+            "--all-checkpoints",
+            "--format",
+            "json",
+        ],
+        vec![
+            "trajectory",
+            "--metric",
+            "mutual_knn",
+            "--model",
+            "lm-large",
+            "--against",
+            Y,
+            "--format",
+            "json",
+        ],
+        vec![
+            "query",
+            "SELECT x_model, x_checkpoint, y_model, y_checkpoint, metric, score FROM alignment ORDER BY x_model, x_checkpoint, y_model, y_checkpoint, metric",
+            "--format",
+            "csv",
+        ],
+        vec![
+            "query",
+            "SELECT count(*) AS n, sum(n_cells) AS cells FROM (SELECT count(*) AS n_cells FROM cells GROUP BY metric)",
+            "--format",
+            "csv",
+        ],
+        vec!["verify", "--recompute", "8", "--format", "json"],
+        vec!["gc", "--dry-run", "--format", "json"],
+    ];
+    script
+        .into_iter()
+        .map(|args| {
+            let out = env.ok(&args);
+            let shown = match serde_json::from_str::<Value>(&out) {
+                Ok(v) => serde_json::to_string_pretty(&without_times(v)).unwrap(),
+                Err(_) => out,
+            };
+            (args.join(" "), shown)
+        })
+        .collect()
+}
+
+#[test]
+fn every_command_gives_the_same_output_on_sqlite_postgres_and_postgres_with_s3() {
+    let pg = Cluster::start();
+    let moto = Moto::start();
+    for b in ["conf-pg-s3", "conf-import"] {
+        moto.bucket(b);
+    }
+    let kinds: [(&str, Vec<String>); 3] = [
+        ("sqlite + local blobs", vec![]),
+        (
+            "postgres + local blobs",
+            vec!["--catalog".into(), pg.database("conf_pg")],
+        ),
+        (
+            "postgres + s3",
+            vec![
+                "--catalog".into(),
+                pg.database("conf_pg_s3"),
+                "--blobs".into(),
+                "s3://conf-pg-s3/team".into(),
+            ],
+        ),
+    ];
+    let mut all = Vec::new();
+    let mut envs = Vec::new();
+    for (name, init) in &kinds {
+        let init: Vec<&str> = init.iter().map(String::as_str).collect();
+        let env = registry(&pg, &moto, &init);
+        let reg = env.reg();
+        env.ok(&["demo", "--dir", reg.to_str().unwrap(), "--no-plots"]);
+        all.push((*name, outputs(&env)));
+        envs.push(env);
+    }
+    // The PostgreSQL catalogs really hold the registry (not a local file beside it).
+    let listed = envs[0].json(&["ls", "reps", "--format", "json"]);
+    let n_reps = listed.as_array().unwrap().len();
+    assert!(n_reps > 50, "{n_reps}");
+    for (db, env) in [("conf_pg", &envs[1]), ("conf_pg_s3", &envs[2])] {
+        assert!(!env.reg().join("catalog.db").exists());
+        let reps: usize = pg
+            .psql(db, "SELECT count(*) FROM representations")
+            .parse()
+            .unwrap();
+        assert_eq!(reps, n_reps, "{db}");
+        let cells: usize = pg.psql(db, "SELECT count(*) FROM cells").parse().unwrap();
+        assert!(cells > 1000, "{db}: {cells} cells");
+    }
+    assert!(!envs[2].reg().join("blobs").exists());
+    let (base_name, base) = &all[0];
+    for (name, got) in &all[1..] {
+        assert_eq!(base.len(), got.len());
+        for ((cmd, a), (_, b)) in base.iter().zip(got) {
+            assert_eq!(a, b, "`prh {cmd}` differs: {base_name} vs {name}");
+        }
+    }
+
+    // Bundles move a registry between backends: SQLite → PostgreSQL, PostgreSQL → PostgreSQL +
+    // S3, PostgreSQL + S3 → SQLite; each import answers as its source.
+    let targets: [Vec<String>; 3] = [
+        vec!["--catalog".into(), pg.database("imp_pg")],
+        vec![
+            "--catalog".into(),
+            pg.database("imp_pg_s3"),
+            "--blobs".into(),
+            "s3://conf-import/in".into(),
+        ],
+        vec![],
+    ];
+    for (i, init) in targets.iter().enumerate() {
+        let from = &envs[i];
+        let bundle = from.path("all.prh");
+        from.ok(&["export", bundle.to_str().unwrap()]);
+        let init: Vec<&str> = init.iter().map(String::as_str).collect();
+        let to = registry(&pg, &moto, &init);
+        // The first import quarantines the bundle's cells and has them recomputed (the
+        // PostgreSQL quarantine path); the others trust them, to keep the test short.
+        let recompute = i == 0;
+        let mut args = vec!["import", bundle.to_str().unwrap(), "--format", "json"];
+        if !recompute {
+            args.push("--trust-cells");
+        }
+        let r = to.json(&args);
+        assert_eq!(r["models_new"], 12, "{r}");
+        if recompute {
+            assert!(r["cells_quarantined"].as_u64().unwrap() > 1000, "{r}");
+            to.ok(&["verify", "--recompute", "100000"]);
+        } else {
+            assert!(r["cells_new"].as_u64().unwrap() > 1000, "{r}");
+        }
+        for what in ["models", "reps", "scores"] {
+            let args = ["ls", what, "--format", "json"];
+            assert_eq!(
+                to.json(&args),
+                from.json(&args),
+                "ls {what} after {} → import",
+                kinds[i].0
+            );
+        }
+        let trend = [
+            "trend",
+            "--metric",
+            "mutual_knn",
+            "--x",
+            X,
+            "--y",
+            Y,
+            "--perf",
+            "bpb",
+            "--format",
+            "json",
+        ];
+        assert_eq!(to.json(&trend), from.json(&trend), "trend after import");
+    }
+}
+
+/// Runs `prh init --catalog url` with `password` in PGPASSWORD; (exit code, stderr).
+fn init_with(env: &Env, url: &str, password: &str) -> (Option<i32>, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_prh"))
+        .arg("--registry")
+        .arg(env.reg())
+        .args(["init", "--catalog", url])
+        .env("PGPASSWORD", password)
+        .env_remove("PRH_CATALOG")
+        .env_remove("PRH_BLOBS")
+        .output()
+        .unwrap();
+    (o.status.code(), String::from_utf8(o.stderr).unwrap())
+}
+
+#[test]
+fn bad_catalogs_are_refused_in_one_line_and_nothing_is_written() {
+    let pg = Cluster::start();
+    let check = |url: &str, password: &str, expect: &str| {
+        let env = Env::new();
+        let (code, err) = init_with(&env, url, password);
+        assert_eq!(code, Some(1), "{url}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(expect), "{url}: {err}");
+        assert!(err.contains(url), "names the URL: {err}");
+        assert!(
+            !err.contains(PASSWORD) && !err.contains("wrong-pw"),
+            "{err}"
+        );
+        assert!(
+            !env.reg().join("config.json").exists() && !env.reg().join("catalog.db").exists(),
+            "nothing written"
+        );
+    };
+    let good = pg.database("good");
+    check(&good, "wrong-pw", "password authentication failed");
+    check(&pg.url("missing"), PASSWORD, "does not exist");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("postgres://prh@127.0.0.1:{port}/good")
+    };
+    check(&closed, PASSWORD, "");
+    // A database holding something else is not taken over.
+    let other = pg.database("other");
+    pg.psql(
+        "other",
+        "CREATE TABLE notes (t text); INSERT INTO notes VALUES ('keep me')",
+    );
+    check(&other, PASSWORD, "not a prh catalog");
+    assert_eq!(pg.psql("other", "SELECT t FROM notes"), "keep me");
+    assert_eq!(
+        pg.psql(
+            "other",
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ),
+        "1"
+    );
+
+    // Two `prh init` at once against one empty database: both succeed, one schema.
+    let (a, b) = (Env::new(), Env::new());
+    let spawn = |env: &Env| {
+        Command::new(env!("CARGO_BIN_EXE_prh"))
+            .arg("--registry")
+            .arg(env.reg())
+            .args(["init", "--catalog", &good])
+            .env("PGPASSWORD", PASSWORD)
+            .env_remove("PRH_CATALOG")
+            .env_remove("PRH_BLOBS")
+            .spawn()
+            .unwrap()
+    };
+    let (mut pa, mut pb) = (spawn(&a), spawn(&b));
+    assert!(pa.wait().unwrap().success() && pb.wait().unwrap().success());
+    assert_eq!(pg.psql("good", "SELECT version FROM prh_schema"), "8");
+    let mut a = a;
+    a.envs = pg.env();
+    a.ok(&["dataset", "add", "d", "--n", "4"]);
+    let mut b = b;
+    b.envs = pg.env();
+    let listed = b.json(&["ls", "datasets", "--format", "json"]);
+    assert_eq!(
+        listed[0]["name"], "d",
+        "both registries share the catalog: {listed}"
+    );
+
+    // A catalog newer than this prh is refused, and left as it is.
+    pg.psql("good", "UPDATE prh_schema SET version = 99");
+    let err = b.fails(&["ls", "models"]);
+    assert!(err.contains("newer than this prh"), "{err}");
+    assert_eq!(pg.psql("good", "SELECT version FROM prh_schema"), "99");
+}
