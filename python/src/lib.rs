@@ -277,9 +277,12 @@ impl Progress for Callback {
 impl Callback {
     fn report(&self) {
         if let Some(cb) = &self.0 {
-            let done = self.1.load(std::sync::atomic::Ordering::Relaxed);
-            let total = self.2.load(std::sync::atomic::Ordering::Relaxed);
             Python::with_gil(|py| {
+                // Read under the GIL, which orders the calls: each sees at least what the one
+                // before it saw, so the callback's counts never go back and the last is the
+                // total (read before taking it, two threads could report 47 after 48).
+                let done = self.1.load(std::sync::atomic::Ordering::Relaxed);
+                let total = self.2.load(std::sync::atomic::Ordering::Relaxed);
                 if let Err(e) = cb.call1(py, (done, total)) {
                     e.print(py);
                 }
