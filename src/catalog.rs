@@ -302,6 +302,52 @@ pub struct MergeCounts {
     pub null_samples_new: usize,
 }
 
+/// A unit of a sweep split over workers: one model pair whose cells are missing.
+#[derive(Debug, Clone)]
+pub struct NewUnit {
+    pub x: CheckpointId,
+    pub y: CheckpointId,
+    /// `x model @ checkpoint × y model @ checkpoint`, for `prh status`.
+    pub label: String,
+    /// Missing cells (layer pairs × metrics) when the sweep was planned.
+    pub cells: i64,
+}
+
+/// A unit a worker has claimed, with its sweep's spec (JSON).
+#[derive(Debug, Clone)]
+pub struct Unit {
+    pub sweep: i64,
+    pub idx: i64,
+    pub spec: String,
+    pub x: CheckpointId,
+    pub y: CheckpointId,
+    pub label: String,
+    pub cells: i64,
+}
+
+/// A unit as `prh status` sees it (times in Unix milliseconds of the catalog's clock).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitRow {
+    pub sweep: i64,
+    pub idx: i64,
+    pub label: String,
+    pub cells: i64,
+    pub state: String,
+    pub worker: Option<String>,
+    pub lease_until: Option<i64>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub attempts: i64,
+}
+
+/// A sweep split over workers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepRow {
+    pub id: i64,
+    pub label: String,
+    pub created_ms: i64,
+}
+
 /// Reads cached cells on its own connection, so that several scan in parallel.
 pub trait CellReader: Send {
     /// Calls `f(x, y, value)` for every served cell of metric id `m` whose x side id is in
@@ -439,6 +485,27 @@ pub trait Catalog: Send {
     fn export_snapshot(&self, dest: &Path, models: Option<&[String]>) -> Result<SnapshotInfo>;
     /// Merges a checked bundle snapshot in one transaction, refusing conflicts.
     fn merge_snapshot(&mut self, snapshot: &Path, opts: MergeOptions) -> Result<MergeCounts>;
+
+    // ----- sweeps split over workers (src/workers.rs) -----
+
+    /// Enters a sweep and its units (all pending); its id.
+    fn create_sweep(&mut self, spec: &str, label: &str, units: &[NewUnit]) -> Result<i64>;
+    /// Claims the first unit (of `sweep`, or of any sweep) that is pending or whose lease ran
+    /// out, for `worker`, leased for `lease_ms`: one worker gets it however many ask at once.
+    fn claim_unit(
+        &mut self,
+        sweep: Option<i64>,
+        worker: &str,
+        lease_ms: i64,
+    ) -> Result<Option<Unit>>;
+    /// Extends `worker`'s lease on a unit it still holds; false when it no longer does.
+    fn renew_lease(&self, sweep: i64, idx: i64, worker: &str, lease_ms: i64) -> Result<bool>;
+    /// Marks a unit `worker` holds done; false when it no longer held it.
+    fn finish_unit(&mut self, sweep: i64, idx: i64, worker: &str) -> Result<bool>;
+    /// Every sweep and unit, oldest first.
+    fn sweep_rows(&self) -> Result<(Vec<SweepRow>, Vec<UnitRow>)>;
+    /// The catalog's clock, in Unix milliseconds (leases are judged by it).
+    fn now_ms(&self) -> Result<i64>;
 }
 
 impl dyn Catalog + '_ {

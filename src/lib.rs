@@ -26,5 +26,6 @@ pub mod stats;
 pub mod store;
 pub mod sweep;
 pub mod views;
+pub mod workers;
 
 pub use error::{Error, Result};

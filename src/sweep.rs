@@ -609,12 +609,84 @@ pub fn sweep(
     progress: &dyn Progress,
 ) -> Result<Vec<PairResult>> {
     let (xs, ys) = resolve(reg, req)?;
+    let set = pair_set(reg, req, &xs, &ys, None)?;
+    let (mut tables, todo) = cached_tables(reg, &set)?;
+    let computed = compute_missing(reg, req, &set, &todo, &mut tables, progress)?;
+    let mut out = report(reg, req, &set, &tables, &computed)?;
+    if req.null > 0 || req.bootstrap > 0 {
+        add_statistics(reg, req, &set.pairs, &set.preps, &mut out, progress)?;
+    }
+    Ok(out)
+}
+
+/// Computes and stores the missing cells of one checkpoint pair of a request (a worker's
+/// unit): nothing else is read or reported.
+pub fn fill_pair(
+    reg: &mut Registry,
+    req: &SweepRequest,
+    x: CheckpointId,
+    y: CheckpointId,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let (xs, ys) = resolve(reg, req)?;
+    let set = pair_set(reg, req, &xs, &ys, Some((x, y)))?;
+    if set.pairs.is_empty() {
+        return Err(Error::Invalid(format!(
+            "checkpoints {x} × {y} are not a pair of this sweep any more (a representation was removed?)"
+        )));
+    }
+    let (mut tables, todo) = cached_tables(reg, &set)?;
+    compute_missing(reg, req, &set, &todo, &mut tables, progress).map(drop)
+}
+
+/// A checkpoint pair with cells missing from the cache.
+#[derive(Debug, Clone)]
+pub struct MissingPair {
+    pub x: CheckpointId,
+    pub y: CheckpointId,
+    /// `x model @ checkpoint × y model @ checkpoint`.
+    pub label: String,
+    /// Cells missing (layer pairs × metrics).
+    pub cells: usize,
+}
+
+/// The checkpoint pairs of a request whose cells are not all cached, in sweep order.
+pub fn missing_pairs(reg: &Registry, req: &SweepRequest) -> Result<Vec<MissingPair>> {
+    let (xs, ys) = resolve(reg, req)?;
+    let set = pair_set(reg, req, &xs, &ys, None)?;
+    let (_, todo) = cached_tables(reg, &set)?;
+    Ok(set
+        .pairs
+        .iter()
+        .zip(&todo)
+        .filter(|(_, t)| !t.is_empty())
+        .map(|((x, y), t)| MissingPair {
+            x: x.checkpoint_id,
+            y: y.checkpoint_id,
+            label: format!(
+                "{} @ {} × {} @ {}",
+                x.model, x.checkpoint, y.model, y.checkpoint
+            ),
+            cells: t.len(),
+        })
+        .collect())
+}
+
+/// The pairs of a request (only `only` when given), with each checkpoint's prep and side ids.
+fn pair_set<'a>(
+    reg: &Registry,
+    req: &SweepRequest,
+    xs: &'a [CheckpointLayers],
+    ys: &'a [CheckpointLayers],
+    only: Option<(CheckpointId, CheckpointId)>,
+) -> Result<PairSet<'a>> {
     let preps = checkpoint_preps(reg, xs.iter().chain(ys.iter()), req.prep)?;
-    let set = PairSet {
+    Ok(PairSet {
         pairs: xs
             .iter()
             .flat_map(|x| ys.iter().map(move |y| (x, y)))
             .filter(|(x, y)| x.checkpoint_id != y.checkpoint_id)
+            .filter(|(x, y)| only.is_none_or(|o| o == (x.checkpoint_id, y.checkpoint_id)))
             .collect(),
         keys: req.specs.iter().map(metric_key).collect(),
         side_ids: xs
@@ -626,14 +698,7 @@ pub fn sweep(
             })
             .collect(),
         preps,
-    };
-    let (mut tables, todo) = cached_tables(reg, &set)?;
-    let computed = compute_missing(reg, req, &set, &todo, &mut tables, progress)?;
-    let mut out = report(reg, req, &set, &tables, &computed)?;
-    if req.null > 0 || req.bootstrap > 0 {
-        add_statistics(reg, req, &set.pairs, &set.preps, &mut out, progress)?;
-    }
-    Ok(out)
+    })
 }
 
 /// The x and y checkpoints a request selects, on one dataset, with its metrics validated for

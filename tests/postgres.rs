@@ -307,6 +307,21 @@ fn bad_catalogs_are_refused_in_one_line_and_nothing_is_written() {
         format!("postgres://prh@127.0.0.1:{port}/good")
     };
     check(&closed, PASSWORD, "");
+    // A role that may connect but not create tables.
+    pg.database("locked");
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE reader LOGIN PASSWORD '{PASSWORD}'"),
+    );
+    let locked = format!("postgres://reader@127.0.0.1:{}/locked", pg.port);
+    check(&locked, PASSWORD, "permission denied");
+    assert_eq!(
+        pg.psql(
+            "locked",
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ),
+        "0"
+    );
     // A database holding something else is not taken over.
     let other = pg.database("other");
     pg.psql(
@@ -333,12 +348,16 @@ fn bad_catalogs_are_refused_in_one_line_and_nothing_is_written() {
             .env("PGPASSWORD", PASSWORD)
             .env_remove("PRH_CATALOG")
             .env_remove("PRH_BLOBS")
+            .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap()
     };
     let (mut pa, mut pb) = (spawn(&a), spawn(&b));
     assert!(pa.wait().unwrap().success() && pb.wait().unwrap().success());
-    assert_eq!(pg.psql("good", "SELECT version FROM prh_schema"), "8");
+    assert_eq!(
+        pg.psql("good", "SELECT version FROM prh_schema"),
+        prh::catalog::postgres::MIGRATIONS.len().to_string()
+    );
     let mut a = a;
     a.envs = pg.env();
     a.ok(&["dataset", "add", "d", "--n", "4"]);
@@ -355,4 +374,79 @@ fn bad_catalogs_are_refused_in_one_line_and_nothing_is_written() {
     let err = b.fails(&["ls", "models"]);
     assert!(err.contains("newer than this prh"), "{err}");
     assert_eq!(pg.psql("good", "SELECT version FROM prh_schema"), "99");
+}
+
+#[test]
+fn blobs_lost_from_the_bucket_or_a_store_that_is_down_never_leave_a_row_pointing_nowhere() {
+    let pg = Cluster::start();
+    let moto = Moto::start();
+    moto.bucket("faults");
+    let env = registry(
+        &pg,
+        &moto,
+        &[
+            "--catalog",
+            &pg.database("s3_faults"),
+            "--blobs",
+            "s3://faults/lab",
+        ],
+    );
+    for (i, (model, modality)) in [("lm", "language"), ("vit", "vision")]
+        .into_iter()
+        .enumerate()
+    {
+        let p = env.path(&format!("{model}.npy"));
+        common::write_npy(&p, &[64, 3, 16], &common::noise(64 * 3 * 16, 90 + i as u64));
+        env.ok(&[
+            "ingest",
+            p.to_str().unwrap(),
+            "--model",
+            model,
+            "--dataset",
+            "d",
+            "--modality",
+            modality,
+        ]);
+    }
+    // A blob deleted from the bucket behind prh's back: verify names it, align refuses.
+    let reps = env.json(&["ls", "reps", "--model", "vit", "--format", "json"]);
+    let lost = reps[1]["hash"].as_str().unwrap().to_string();
+    moto.delete("faults", &format!("lab/blobs/{}/{lost}", &lost[..2]));
+    let o = env.prh(&["verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains(&lost[..12]),
+        "verify names the lost blob: {said}"
+    );
+    let err = env.fails(&["align", "--x", "lm", "--y", "vit", "--metric", "cka"]);
+    assert!(err.contains(&lost[..12]) || err.contains(&lost), "{err}");
+    // The store down: an ingest fails in one line and leaves no row behind.
+    let before = pg.psql("s3_faults", "SELECT count(*) FROM representations");
+    drop(moto);
+    let p = env.path("late.npy");
+    common::write_npy(&p, &[64, 2, 16], &common::noise(64 * 2 * 16, 99));
+    let err = env.fails(&[
+        "ingest",
+        p.to_str().unwrap(),
+        "--model",
+        "late",
+        "--dataset",
+        "d",
+        "--modality",
+        "language",
+    ]);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("blob store"), "{err}");
+    assert_eq!(
+        pg.psql("s3_faults", "SELECT count(*) FROM representations"),
+        before
+    );
+    assert_eq!(
+        pg.psql(
+            "s3_faults",
+            "SELECT count(*) FROM models WHERE name = 'late'"
+        ),
+        "0"
+    );
 }

@@ -167,3 +167,63 @@ pub fn cells_computed(v: &serde_json::Value) -> u64 {
         .map(|r| r["cells_computed"].as_u64().unwrap())
         .sum()
 }
+
+/// Layers of the cache benches' zoo: 24 per model.
+pub const CACHE_LAYERS: usize = 24;
+
+/// One model of the cache benches: its layers' distinct blob hashes, the prep key of its
+/// checkpoint's threshold, and their cache side ids.
+pub struct CacheModel {
+    pub hashes: Vec<prh::store::BlobHash>,
+    pub preps: Vec<String>,
+    pub ids: Vec<i64>,
+}
+
+impl CacheModel {
+    fn new(seed: usize) -> CacheModel {
+        let hashes: Vec<prh::store::BlobHash> = (0..CACHE_LAYERS)
+            .map(|l| {
+                prh::store::BlobHash(
+                    *blake3::hash(format!("model {seed} layer {l}").as_bytes()).as_bytes(),
+                )
+            })
+            .collect();
+        let t = 1.0f32 + seed as f32 / 100.0;
+        let prep = format!("clamp(q=0.95,t=0x{:08x});l2", t.to_bits());
+        let preps = vec![prep; CACHE_LAYERS];
+        let ids = prh::catalog::side_ids(&hashes, &preps);
+        CacheModel { hashes, preps, ids }
+    }
+
+    pub fn side(&self) -> prh::catalog::CellSide<'_> {
+        prh::catalog::CellSide {
+            hashes: &self.hashes,
+            preps: &self.preps,
+            ids: &self.ids,
+        }
+    }
+}
+
+/// About a million cached cells: 60 × 29 model pairs of 24 × 24 layer pairs of mutual_knn with
+/// the official preparation's prep keys (the metric key, the x and y models, one pair's cells).
+pub fn cache_zoo() -> (
+    prh::catalog::MetricKey,
+    Vec<CacheModel>,
+    Vec<CacheModel>,
+    Vec<prh::catalog::NewCell>,
+) {
+    let key = prh::catalog::MetricKey {
+        metric: "mutual_knn",
+        version: 1,
+        params: "k=10".into(),
+        symmetric: true,
+    };
+    let xs = (0..60).map(CacheModel::new).collect();
+    let ys = (0..29).map(|i| CacheModel::new(1000 + i)).collect();
+    let cells = (0..CACHE_LAYERS)
+        .flat_map(|i| {
+            (0..CACHE_LAYERS).map(move |j| (0, i, j, (i * CACHE_LAYERS + j) as f64 / 1e3, 1e-4))
+        })
+        .collect();
+    (key, xs, ys, cells)
+}

@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::{
     BlobRow, CachedCell, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint,
     CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry,
-    MetricKey, Model, ModelId, NewCell, NewRep, Rep, RepFilter, RepSlot, Score, ScoreValue,
-    SideEntry, SnapshotInfo, StoredBlob, checkpoint_order, collision, layers_by_id, stored_ids,
+    MetricKey, Model, ModelId, NewCell, NewRep, NewUnit, Rep, RepFilter, RepSlot, Score,
+    ScoreValue, SideEntry, SnapshotInfo, StoredBlob, SweepRow, Unit, UnitRow, checkpoint_order,
+    collision, layers_by_id, stored_ids,
 };
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
@@ -82,6 +83,10 @@ struct State {
     ties: HashMap<(String, String, usize), Vec<u8>>,
     /// Draws by key, with their metric and version.
     draws: HashMap<String, (String, u32, Vec<u8>)>,
+    sweeps: Vec<(SweepRow, String)>,
+    units: Vec<UnitRow>,
+    /// Each unit's (sweep, x, y), in `units` order.
+    unit_pairs: Vec<(i64, CheckpointId, CheckpointId)>,
 }
 
 impl State {
@@ -618,6 +623,127 @@ impl Catalog for MemoryCatalog {
             "an in-memory catalog does not import bundles (they hold an SQLite catalog)".into(),
         ))
     }
+
+    fn create_sweep(&mut self, spec: &str, label: &str, units: &[NewUnit]) -> Result<i64> {
+        let now = self.now_ms()?;
+        let mut s = self.state();
+        let id = s.id();
+        s.sweeps.push((
+            SweepRow {
+                id,
+                label: label.into(),
+                created_ms: now,
+            },
+            spec.into(),
+        ));
+        for (i, u) in units.iter().enumerate() {
+            s.units.push(UnitRow {
+                sweep: id,
+                idx: i as i64,
+                label: u.label.clone(),
+                cells: u.cells,
+                state: "pending".into(),
+                worker: None,
+                lease_until: None,
+                started_ms: None,
+                finished_ms: None,
+                attempts: 0,
+            });
+        }
+        s.unit_pairs.extend(units.iter().map(|u| (id, u.x, u.y)));
+        Ok(id)
+    }
+
+    fn claim_unit(
+        &mut self,
+        sweep: Option<i64>,
+        worker: &str,
+        lease_ms: i64,
+    ) -> Result<Option<Unit>> {
+        let now = self.now_ms()?;
+        let mut s = self.state();
+        let open = |u: &UnitRow| {
+            sweep.is_none_or(|w| u.sweep == w)
+                && (u.state == "pending"
+                    || (u.state == "running" && u.lease_until.is_some_and(|t| t < now)))
+        };
+        let Some(i) = s.units.iter().position(open) else {
+            return Ok(None);
+        };
+        let u = &mut s.units[i];
+        u.state = "running".into();
+        u.worker = Some(worker.into());
+        u.lease_until = Some(now + lease_ms);
+        u.started_ms = Some(now);
+        u.attempts += 1;
+        let (sweep, idx, label, cells) = (u.sweep, u.idx, u.label.clone(), u.cells);
+        let spec = s
+            .sweeps
+            .iter()
+            .find(|(r, _)| r.id == sweep)
+            .map(|(_, spec)| spec.clone())
+            .unwrap_or_default();
+        let (_, x, y) = s.unit_pairs[i];
+        Ok(Some(Unit {
+            sweep,
+            idx,
+            spec,
+            x,
+            y,
+            label,
+            cells,
+        }))
+    }
+
+    fn renew_lease(&self, sweep: i64, idx: i64, worker: &str, lease_ms: i64) -> Result<bool> {
+        let now = self.now_ms()?;
+        let mut s = self.state();
+        Ok(held(&mut s.units, sweep, idx, worker)
+            .map(|u| u.lease_until = Some(now + lease_ms))
+            .is_some())
+    }
+
+    fn finish_unit(&mut self, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
+        let now = self.now_ms()?;
+        let mut s = self.state();
+        Ok(held(&mut s.units, sweep, idx, worker)
+            .map(|u| {
+                u.state = "done".into();
+                u.finished_ms = Some(now);
+                u.lease_until = None;
+            })
+            .is_some())
+    }
+
+    fn sweep_rows(&self) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
+        let s = self.state();
+        Ok((
+            s.sweeps.iter().map(|(r, _)| r.clone()).collect(),
+            s.units.clone(),
+        ))
+    }
+
+    fn now_ms(&self) -> Result<i64> {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| Error::Invalid(format!("the clock is before 1970: {e}")))?;
+        Ok(t.as_millis() as i64)
+    }
+}
+
+/// The running unit `worker` holds, if it still does.
+fn held<'a>(
+    units: &'a mut [UnitRow],
+    sweep: i64,
+    idx: i64,
+    worker: &str,
+) -> Option<&'a mut UnitRow> {
+    units.iter_mut().find(|u| {
+        u.sweep == sweep
+            && u.idx == idx
+            && u.state == "running"
+            && u.worker.as_deref() == Some(worker)
+    })
 }
 
 /// Stores a pair's computed cells in `copy`, entering their keys in the dictionaries first

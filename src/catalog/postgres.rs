@@ -25,13 +25,15 @@ use super::tables::{Kind, TABLES, TableRows, Value};
 use super::{
     BlobRow, CachedCell, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint,
     CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry,
-    MetricKey, Model, ModelId, NewCell, NewRep, Rep, RepFilter, RepSlot, Score, ScoreValue,
-    SideEntry, SnapshotInfo, StoredBlob, collision, layers_by_id, stored_ids,
+    MetricKey, Model, ModelId, NewCell, NewRep, NewUnit, Rep, RepFilter, RepSlot, Score,
+    ScoreValue, SideEntry, SnapshotInfo, StoredBlob, SweepRow, Unit, UnitRow, collision,
+    layers_by_id, stored_ids,
 };
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
 
 mod merge;
+mod sweeps;
 
 /// The migrations, in order; index + 1 is the schema version each one produces (the same
 /// numbers as [`super::MIGRATIONS`]).
@@ -67,6 +69,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_compact_cells",
         include_str!("../../migrations/postgres/0008_compact_cells.sql"),
+    ),
+    (
+        "0009_sweeps",
+        include_str!("../../migrations/postgres/0009_sweeps.sql"),
     ),
 ];
 
@@ -978,6 +984,35 @@ impl Catalog for PgCatalog {
         let rt = self.db.rt.clone();
         let _in = rt.get().enter();
         merge::merge(&rt, self.pool(), &tables, opts)
+    }
+
+    fn create_sweep(&mut self, spec: &str, label: &str, units: &[NewUnit]) -> Result<i64> {
+        self.run(sweeps::create(self.pool(), spec, label, units))
+    }
+
+    fn claim_unit(
+        &mut self,
+        sweep: Option<i64>,
+        worker: &str,
+        lease_ms: i64,
+    ) -> Result<Option<Unit>> {
+        self.run(sweeps::claim(self.pool(), sweep, worker, lease_ms))
+    }
+
+    fn renew_lease(&self, sweep: i64, idx: i64, worker: &str, lease_ms: i64) -> Result<bool> {
+        self.run(sweeps::renew(self.pool(), sweep, idx, worker, lease_ms))
+    }
+
+    fn finish_unit(&mut self, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
+        self.run(sweeps::finish(self.pool(), sweep, idx, worker))
+    }
+
+    fn sweep_rows(&self) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
+        self.run(sweeps::rows(self.pool()))
+    }
+
+    fn now_ms(&self) -> Result<i64> {
+        self.run(sweeps::now(self.pool()))
     }
 }
 

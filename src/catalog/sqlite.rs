@@ -16,14 +16,15 @@ use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params
 use super::{
     BlobRow, CachedCell, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint,
     CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry,
-    MetricKey, Model, ModelId, NewCell, NewRep, Rep, RepFilter, RepSlot, Score, ScoreValue,
-    SideEntry, SnapshotInfo, StoredBlob,
+    MetricKey, Model, ModelId, NewCell, NewRep, NewUnit, Rep, RepFilter, RepSlot, Score,
+    ScoreValue, SideEntry, SnapshotInfo, StoredBlob, SweepRow, Unit, UnitRow,
 };
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
 
 mod cells;
 pub mod snapshot;
+mod sweeps;
 mod upkeep;
 
 pub(crate) use cells::register_functions;
@@ -101,6 +102,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_compact_cells",
         include_str!("../../migrations/sqlite/0008_compact_cells.sql"),
+    ),
+    (
+        "0009_sweeps",
+        include_str!("../../migrations/sqlite/0009_sweeps.sql"),
     ),
 ];
 
@@ -629,6 +634,35 @@ impl Catalog for SqliteCatalog {
 
     fn merge_snapshot(&mut self, snapshot: &Path, opts: MergeOptions) -> Result<MergeCounts> {
         upkeep::merge(&mut self.conn, snapshot, opts)
+    }
+
+    fn create_sweep(&mut self, spec: &str, label: &str, units: &[NewUnit]) -> Result<i64> {
+        sweeps::create(&mut self.conn, spec, label, units)
+    }
+
+    fn claim_unit(
+        &mut self,
+        sweep: Option<i64>,
+        worker: &str,
+        lease_ms: i64,
+    ) -> Result<Option<Unit>> {
+        sweeps::claim(&mut self.conn, sweep, worker, lease_ms)
+    }
+
+    fn renew_lease(&self, sweep: i64, idx: i64, worker: &str, lease_ms: i64) -> Result<bool> {
+        sweeps::renew(&self.conn, sweep, idx, worker, lease_ms)
+    }
+
+    fn finish_unit(&mut self, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
+        sweeps::finish(&self.conn, sweep, idx, worker)
+    }
+
+    fn sweep_rows(&self) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
+        sweeps::rows(&self.conn)
+    }
+
+    fn now_ms(&self) -> Result<i64> {
+        sweeps::now(&self.conn)
     }
 }
 

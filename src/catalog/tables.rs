@@ -40,7 +40,8 @@ impl TableSpec {
 
 use Kind::{Bytes, Int, Real, Text};
 
-/// Every table of schema version 8, parents first.
+/// Every table a bundle carries (schema version 9; the sweep bookkeeping of version 9 stays
+/// with its registry), parents first.
 pub const TABLES: &[TableSpec] = &[
     TableSpec {
         name: "datasets",

@@ -28,6 +28,12 @@ pub struct AlignArgs {
     pub pool: Option<String>,
     #[command(flatten)]
     pub sweep: SweepArgs,
+    /// Split the missing cells over N worker processes on this machine (`prh worker --once`),
+    /// one model pair at a time; `prh worker` on other machines that reach the same catalog and
+    /// blobs joins in. `prh status` shows the progress. With 0, only enter the sweep, print its
+    /// id and leave the work to `prh worker` processes started elsewhere.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
     #[arg(long, value_enum, default_value_t)]
     pub format: FormatArg,
 }
@@ -91,13 +97,73 @@ pub fn print_results(results: &[PairResult], format: FormatArg) -> Result<()> {
 
 pub fn run(ctx: &Ctx, a: AlignArgs) -> Result<()> {
     let mut reg = ctx.open()?;
+    let (x_sel, y_sel) = (a.x.clone(), a.y.clone());
     let mut req = a
         .sweep
         .request(a.x.parse()?, a.y.parse()?, a.all_checkpoints)?;
     req.dataset = a.dataset;
     req.pool = a.pool;
+    let metrics: Vec<&str> = req.specs.iter().map(|s| s.metric.name()).collect();
+    let label = format!(
+        "align --x {x_sel} --y {y_sel} --metric {}",
+        metrics.join(",")
+    );
+    if a.workers == Some(0) {
+        match prh::workers::plan(&mut reg, &req, &label)? {
+            Some(id) => {
+                println!("sweep {id}: run `prh worker --sweep {id}` where the work should happen")
+            }
+            None => println!("nothing to do: every cell is cached"),
+        }
+        return Ok(());
+    }
+    if let Some(n) = a.workers {
+        run_workers(ctx, &mut reg, &req, &label, n, a.sweep.quiet)?;
+    }
     let bar = Bar::new(a.sweep.quiet);
     let results = sweep::sweep(&mut reg, &req, &bar)?;
     drop(bar);
     print_results(&results, a.format)
+}
+
+/// Enters the request's missing pairs as a sweep and runs `n` local workers on it until every
+/// unit is done (workers elsewhere may take some of them).
+fn run_workers(
+    ctx: &Ctx,
+    reg: &mut prh::registry::Registry,
+    req: &sweep::SweepRequest,
+    label: &str,
+    n: usize,
+    quiet: bool,
+) -> Result<()> {
+    let Some(id) = prh::workers::plan(reg, req, label)? else {
+        return Ok(());
+    };
+    if !quiet {
+        eprintln!("sweep {id}: {n} worker(s); `prh status` shows the progress");
+    }
+    let exe = std::env::current_exe()?;
+    let root = ctx.root()?;
+    let mut children = Vec::with_capacity(n);
+    for i in 0..n {
+        let child = std::process::Command::new(&exe)
+            .arg("--registry")
+            .arg(&root)
+            .args(["worker", "--once", "--quiet", "--sweep", &id.to_string()])
+            .args(["--name", &format!("{}-{i}", prh::workers::default_name())])
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        children.push(child);
+    }
+    let mut failed = 0;
+    for mut c in children {
+        if !c.wait()?.success() {
+            failed += 1;
+        }
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {n} workers failed (their messages are above); finished units are kept: run the same command again, or `prh worker --sweep {id}`"
+    );
+    Ok(())
 }

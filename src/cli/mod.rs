@@ -20,9 +20,11 @@ mod score;
 mod serve;
 mod show;
 mod sql;
+mod status;
 mod trajectory;
 mod trend;
 mod verify;
+mod worker;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -96,6 +98,12 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Remove unreferenced blobs, stale cache rows and staging leftovers.
     Gc(gc::GcArgs),
+    /// Join sweeps split over workers (`prh align --workers N`): claim model pairs with a lease
+    /// and fill their cells, on any machine that reaches the catalog and the blobs.
+    Worker(worker::WorkerArgs),
+    /// Sweeps split over workers: units pending, running (by which worker, since when) and
+    /// done; cells per second and time left.
+    Status(status::StatusArgs),
     /// Build a demo registry from a synthetic model zoo and show what it holds.
     Demo(demo::DemoArgs),
 }
@@ -108,9 +116,13 @@ pub struct Ctx {
 impl Ctx {
     /// Opens the registry the user pointed at, or the nearest `.prh/`.
     pub fn open(&self) -> Result<Registry> {
+        Ok(Registry::open(&self.root()?)?)
+    }
+
+    /// The directory of the registry the user pointed at, or of the nearest `.prh/`.
+    pub fn root(&self) -> Result<PathBuf> {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
-        let root = registry::discover(self.registry.as_deref(), &cwd)?;
-        Ok(Registry::open(&root)?)
+        Ok(registry::discover(self.registry.as_deref(), &cwd)?)
     }
 }
 
@@ -145,6 +157,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Import(a) => import::run(&ctx, a),
         Command::Verify(a) => verify::run(&ctx, a),
         Command::Gc(a) => gc::run(&ctx, a),
+        Command::Worker(a) => worker::run(&ctx, a),
+        Command::Status(a) => status::run(&ctx, a),
         Command::Demo(a) => demo::run(a),
     };
     match result {

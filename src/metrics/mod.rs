@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 
 /// A metric family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Metric {
     MutualKnn,
     CycleKnn,
@@ -122,7 +122,7 @@ impl FromStr for Metric {
 }
 
 /// Kernel of the CKA family.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Kernel {
     Linear,
     /// exp(−‖xi − xj‖² / (2σ²)).
@@ -132,7 +132,7 @@ pub enum Kernel {
 }
 
 /// How equally similar neighbours at the k boundary are treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum TieBreak {
     /// The lower sample index wins: deterministic, and the official number whenever no row
     /// ties at the boundary.
@@ -143,7 +143,7 @@ pub enum TieBreak {
 }
 
 /// A metric with its parameters (official defaults: k = 10, cca_dim = 10, σ = 1.0).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricSpec {
     pub metric: Metric,
     /// Neighbourhood size for kNN metrics and cknna.

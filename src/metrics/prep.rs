@@ -41,7 +41,7 @@ impl Layout {
 }
 
 /// Which values one clamp threshold is taken over, as asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum ClampScope {
     /// The official rule: [`Scope::Layer`] for per-layer arrays, [`Scope::Checkpoint`] for a
     /// stacked tensor (and for checkpoints whose layout was never recorded).
@@ -98,7 +98,7 @@ impl ClampScope {
 }
 
 /// How features are prepared before a metric sees them. Part of every cache key.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Prep {
     /// Quantile q of |X| for the clamp (official: 0.95); `None` = no clamp.
     pub clamp_q: Option<f64>,

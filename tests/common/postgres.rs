@@ -104,13 +104,19 @@ impl Cluster {
                 "--no-sync",
             ],
         );
+        c.start_server();
+        c
+    }
+
+    /// Starts the server on the cluster's port (waits until it accepts connections).
+    fn start_server(&self) {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
-            c.port,
-            c.dir.path().display()
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off",
+            self.port,
+            self.dir.path().display()
         );
-        let log = c.dir.path().join("log");
-        c.run(
+        let (data, log) = (self.data(), self.dir.path().join("log"));
+        self.run(
             "pg_ctl",
             &[
                 "-D",
@@ -125,7 +131,11 @@ impl Cluster {
                 "start",
             ],
         );
-        c
+    }
+
+    /// Starts the server again after [`Cluster::stop`], on the same port.
+    pub fn resume(&self) {
+        self.start_server();
     }
 
     fn data(&self) -> PathBuf {

@@ -13,6 +13,7 @@ use super::http::{Process, request};
 pub struct Moto {
     _child: Process,
     endpoint: String,
+    venv: std::path::PathBuf,
 }
 
 impl Moto {
@@ -41,9 +42,29 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(100));
         }
         Moto {
+            venv,
             _child: child,
             endpoint: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// Deletes an object behind prh's back (boto3, which moto brings, with the test
+    /// credentials).
+    pub fn delete(&self, bucket: &str, key: &str) {
+        let code = format!(
+            "import boto3; boto3.client('s3', endpoint_url='{}').delete_object(Bucket='{bucket}', Key='{key}')",
+            self.endpoint
+        );
+        let o = Command::new(self.venv.join("bin/python"))
+            .args(["-c", &code])
+            .envs(self.env())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "delete {bucket}/{key}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     pub fn bucket(&self, name: &str) {

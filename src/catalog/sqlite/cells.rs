@@ -247,7 +247,10 @@ mod tests {
             .unwrap();
         }
         let c = SqliteCatalog::open(&path).unwrap();
-        assert_eq!(c.schema_version().unwrap(), 8);
+        assert_eq!(
+            c.schema_version().unwrap(),
+            crate::catalog::MIGRATIONS.len()
+        );
         let key = MetricKey {
             metric: "cka",
             version: 1,

@@ -93,6 +93,8 @@ fn sql_value(v: &Value) -> rusqlite::types::Value {
 /// single-file journal and reports what it holds.
 fn finish(dest: &Path, models: Option<&[String]>) -> Result<SnapshotInfo> {
     let db = Connection::open(dest)?;
+    // Sweep bookkeeping is this registry's own business.
+    db.execute_batch("DELETE FROM sweep_units; DELETE FROM sweeps;")?;
     db.pragma_update(None, "journal_mode", "DELETE")?;
     if let Some(keep) = models {
         for m in keep {

@@ -1,0 +1,169 @@
+//! Sweeps split over workers in PostgreSQL: a unit is claimed with `FOR UPDATE SKIP LOCKED`
+//! (concurrent claimants skip each other's rows instead of waiting), leases judged by the
+//! server's clock.
+
+use sqlx::{AssertSqlSafe, PgPool, Row};
+
+use crate::catalog::{CheckpointId, NewUnit, SweepRow, Unit, UnitRow};
+use crate::error::Result;
+
+/// Now, in Unix milliseconds.
+const NOW: &str = "CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT)";
+
+fn sql(s: String) -> AssertSqlSafe<String> {
+    AssertSqlSafe(s.replace("{NOW}", NOW))
+}
+
+pub(super) async fn create(
+    pool: &PgPool,
+    spec: &str,
+    label: &str,
+    units: &[NewUnit],
+) -> Result<i64> {
+    let mut tx = pool.begin().await?;
+    let id: i64 = sqlx::query_scalar(sql(
+        "INSERT INTO sweeps (spec, label, created_ms) VALUES ($1, $2, {NOW}) RETURNING id".into(),
+    ))
+    .bind(spec)
+    .bind(label)
+    .fetch_one(&mut *tx)
+    .await?;
+    let xs: Vec<i64> = units.iter().map(|u| u.x.0).collect();
+    let ys: Vec<i64> = units.iter().map(|u| u.y.0).collect();
+    let labels: Vec<String> = units.iter().map(|u| u.label.clone()).collect();
+    let cells: Vec<i64> = units.iter().map(|u| u.cells).collect();
+    sqlx::query(
+        "INSERT INTO sweep_units (sweep_id, idx, x_checkpoint, y_checkpoint, label, cells)
+         SELECT $1, t.i - 1, t.x, t.y, t.label, t.cells
+         FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::bigint[]) WITH ORDINALITY
+              AS t(x, y, label, cells, i)",
+    )
+    .bind(id)
+    .bind(xs)
+    .bind(ys)
+    .bind(labels)
+    .bind(cells)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+pub(super) async fn claim(
+    pool: &PgPool,
+    sweep: Option<i64>,
+    worker: &str,
+    lease_ms: i64,
+) -> Result<Option<Unit>> {
+    let row = sqlx::query(sql(
+        "UPDATE sweep_units u SET state = 'running', worker = $2, lease_until = {NOW} + $3,
+             started_ms = {NOW}, attempts = u.attempts + 1
+         FROM (SELECT sweep_id, idx FROM sweep_units
+               WHERE ($1::bigint IS NULL OR sweep_id = $1)
+                 AND (state = 'pending' OR (state = 'running' AND lease_until < {NOW}))
+               ORDER BY sweep_id, idx LIMIT 1 FOR UPDATE SKIP LOCKED) c
+         WHERE u.sweep_id = c.sweep_id AND u.idx = c.idx
+         RETURNING u.sweep_id, u.idx, (SELECT spec FROM sweeps s WHERE s.id = u.sweep_id),
+                   u.x_checkpoint, u.y_checkpoint, u.label, u.cells"
+            .into(),
+    ))
+    .bind(sweep)
+    .bind(worker)
+    .bind(lease_ms)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        Ok(Unit {
+            sweep: r.try_get(0)?,
+            idx: r.try_get(1)?,
+            spec: r.try_get(2)?,
+            x: CheckpointId(r.try_get(3)?),
+            y: CheckpointId(r.try_get(4)?),
+            label: r.try_get(5)?,
+            cells: r.try_get(6)?,
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn renew(
+    pool: &PgPool,
+    sweep: i64,
+    idx: i64,
+    worker: &str,
+    lease_ms: i64,
+) -> Result<bool> {
+    let n = sqlx::query(sql("UPDATE sweep_units SET lease_until = {NOW} + $4
+         WHERE sweep_id = $1 AND idx = $2 AND worker = $3 AND state = 'running'"
+        .into()))
+    .bind(sweep)
+    .bind(idx)
+    .bind(worker)
+    .bind(lease_ms)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+pub(super) async fn finish(pool: &PgPool, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
+    let n = sqlx::query(sql(
+        "UPDATE sweep_units SET state = 'done', finished_ms = {NOW}, lease_until = NULL
+         WHERE sweep_id = $1 AND idx = $2 AND worker = $3 AND state = 'running'"
+            .into(),
+    ))
+    .bind(sweep)
+    .bind(idx)
+    .bind(worker)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+pub(super) async fn rows(pool: &PgPool) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
+    let sweeps: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT id, label, created_ms FROM sweeps ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+    let units = sqlx::query(
+        "SELECT sweep_id, idx, label, cells, state, worker, lease_until, started_ms, finished_ms,
+                attempts
+         FROM sweep_units ORDER BY sweep_id, idx",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok((
+        sweeps
+            .into_iter()
+            .map(|(id, label, created_ms)| SweepRow {
+                id,
+                label,
+                created_ms,
+            })
+            .collect(),
+        units
+            .iter()
+            .map(|r| {
+                Ok(UnitRow {
+                    sweep: r.try_get(0)?,
+                    idx: r.try_get(1)?,
+                    label: r.try_get(2)?,
+                    cells: r.try_get(3)?,
+                    state: r.try_get(4)?,
+                    worker: r.try_get(5)?,
+                    lease_until: r.try_get(6)?,
+                    started_ms: r.try_get(7)?,
+                    finished_ms: r.try_get(8)?,
+                    attempts: r.try_get(9)?,
+                })
+            })
+            .collect::<Result<_>>()?,
+    ))
+}
+
+pub(super) async fn now(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar(sql("SELECT {NOW}".into()))
+        .fetch_one(pool)
+        .await?)
+}

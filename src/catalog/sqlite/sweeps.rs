@@ -1,0 +1,146 @@
+//! Sweeps split over workers in SQLite: units claimed in IMMEDIATE transactions (one writer at
+//! a time, so one claimant per unit), leases judged by SQLite's clock.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::catalog::{CheckpointId, NewUnit, SweepRow, Unit, UnitRow};
+use crate::error::Result;
+
+/// Now, in Unix milliseconds.
+const NOW: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+
+pub(super) fn create(
+    conn: &mut Connection,
+    spec: &str,
+    label: &str,
+    units: &[NewUnit],
+) -> Result<i64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        &format!("INSERT INTO sweeps (spec, label, created_ms) VALUES (?1, ?2, {NOW})"),
+        params![spec, label],
+    )?;
+    let id = tx.last_insert_rowid();
+    {
+        let mut st = tx.prepare(
+            "INSERT INTO sweep_units (sweep_id, idx, x_checkpoint, y_checkpoint, label, cells)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (i, u) in units.iter().enumerate() {
+            st.execute(params![id, i as i64, u.x, u.y, u.label, u.cells])?;
+        }
+    }
+    tx.commit()?;
+    Ok(id)
+}
+
+pub(super) fn claim(
+    conn: &mut Connection,
+    sweep: Option<i64>,
+    worker: &str,
+    lease_ms: i64,
+) -> Result<Option<Unit>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let unit = tx
+        .query_row(
+            &format!(
+                "SELECT u.sweep_id, u.idx, s.spec, u.x_checkpoint, u.y_checkpoint, u.label, u.cells
+                 FROM sweep_units u JOIN sweeps s ON s.id = u.sweep_id
+                 WHERE (?1 IS NULL OR u.sweep_id = ?1)
+                   AND (u.state = 'pending' OR (u.state = 'running' AND u.lease_until < {NOW}))
+                 ORDER BY u.sweep_id, u.idx LIMIT 1"
+            ),
+            [sweep],
+            |r| {
+                Ok(Unit {
+                    sweep: r.get(0)?,
+                    idx: r.get(1)?,
+                    spec: r.get(2)?,
+                    x: r.get::<_, CheckpointId>(3)?,
+                    y: r.get::<_, CheckpointId>(4)?,
+                    label: r.get(5)?,
+                    cells: r.get(6)?,
+                })
+            },
+        )
+        .optional()?;
+    if let Some(u) = &unit {
+        tx.execute(
+            &format!(
+                "UPDATE sweep_units SET state = 'running', worker = ?3, lease_until = {NOW} + ?4,
+                     started_ms = {NOW}, attempts = attempts + 1
+                 WHERE sweep_id = ?1 AND idx = ?2"
+            ),
+            params![u.sweep, u.idx, worker, lease_ms],
+        )?;
+    }
+    tx.commit()?;
+    Ok(unit)
+}
+
+pub(super) fn renew(
+    conn: &Connection,
+    sweep: i64,
+    idx: i64,
+    worker: &str,
+    lease_ms: i64,
+) -> Result<bool> {
+    let n = conn.execute(
+        &format!(
+            "UPDATE sweep_units SET lease_until = {NOW} + ?4
+             WHERE sweep_id = ?1 AND idx = ?2 AND worker = ?3 AND state = 'running'"
+        ),
+        params![sweep, idx, worker, lease_ms],
+    )?;
+    Ok(n > 0)
+}
+
+pub(super) fn finish(conn: &Connection, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
+    let n = conn.execute(
+        &format!(
+            "UPDATE sweep_units SET state = 'done', finished_ms = {NOW}, lease_until = NULL
+             WHERE sweep_id = ?1 AND idx = ?2 AND worker = ?3 AND state = 'running'"
+        ),
+        params![sweep, idx, worker],
+    )?;
+    Ok(n > 0)
+}
+
+pub(super) fn rows(conn: &Connection) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
+    let mut st = conn.prepare("SELECT id, label, created_ms FROM sweeps ORDER BY id")?;
+    let sweeps = st
+        .query_map([], |r| {
+            Ok(SweepRow {
+                id: r.get(0)?,
+                label: r.get(1)?,
+                created_ms: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut st = conn.prepare(
+        "SELECT sweep_id, idx, label, cells, state, worker, lease_until, started_ms, finished_ms,
+                attempts
+         FROM sweep_units ORDER BY sweep_id, idx",
+    )?;
+    let units = st
+        .query_map([], |r| {
+            Ok(UnitRow {
+                sweep: r.get(0)?,
+                idx: r.get(1)?,
+                label: r.get(2)?,
+                cells: r.get(3)?,
+                state: r.get(4)?,
+                worker: r.get(5)?,
+                lease_until: r.get(6)?,
+                started_ms: r.get(7)?,
+                finished_ms: r.get(8)?,
+                attempts: r.get(9)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok((sweeps, units))
+}
+
+pub(super) fn now(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row(&format!("SELECT {NOW}"), [], |r| r.get(0))?)
+}

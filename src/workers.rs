@@ -1,0 +1,310 @@
+//! Sweeps split over many workers. `prh align --workers N` enters the sweep's model pairs that
+//! lack cells as units in the catalog; `prh worker` processes — on this machine or any that
+//! reaches the catalog and the blobs — claim units with a lease, fill their cells through the
+//! usual sweep (which finds what is cached and stores what it computes in one transaction per
+//! pair), and mark them done. A worker renews its lease while it computes; a worker that dies
+//! stops renewing, its lease runs out, and the next claim takes the unit again. Cells are keyed
+//! by content, so a unit redone after a death computes only what was never committed.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{CheckpointId, NewUnit, Unit, UnitRow};
+use crate::error::{Error, Result};
+use crate::metrics::MetricSpec;
+use crate::metrics::prep::Prep;
+use crate::registry::Registry;
+use crate::sweep::{self, Progress, Selector, SweepRequest};
+
+/// How long a claim holds without renewal, by default.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// What a worker needs to fill a unit's cells (stored with the sweep as JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnitSpec {
+    pub dataset: Option<String>,
+    pub pool: Option<String>,
+    pub specs: Vec<MetricSpec>,
+    pub prep: Prep,
+    pub mem_budget: usize,
+}
+
+/// Enters the model pairs of `req` that lack cells as a sweep of units; `None` when every
+/// cell is cached already.
+pub fn plan(reg: &mut Registry, req: &SweepRequest, label: &str) -> Result<Option<i64>> {
+    let missing = sweep::missing_pairs(reg, req)?;
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let spec = UnitSpec {
+        dataset: req.dataset.clone(),
+        pool: req.pool.clone(),
+        specs: req.specs.clone(),
+        prep: req.prep,
+        mem_budget: req.mem_budget,
+    };
+    let units: Vec<NewUnit> = missing
+        .into_iter()
+        .map(|m| NewUnit {
+            x: m.x,
+            y: m.y,
+            label: m.label,
+            cells: m.cells as i64,
+        })
+        .collect();
+    let json = serde_json::to_string(&spec).expect("a unit spec serialises");
+    Ok(Some(reg.catalog.create_sweep(&json, label, &units)?))
+}
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkOptions {
+    /// This worker's name in the catalog (`host:pid` by default).
+    pub name: String,
+    /// Only units of this sweep.
+    pub sweep: Option<i64>,
+    /// Exit when no unit is left instead of waiting for more.
+    pub once: bool,
+    /// How long a claim holds without renewal (renewed every third of it).
+    pub lease: Duration,
+    /// How long to wait between looks for work when there is none (without --once).
+    pub poll: Duration,
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkReport {
+    pub units: usize,
+    pub cells: u64,
+}
+
+/// The default worker name: this host and process.
+pub fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Claims and computes units until none is left (`once`) or forever.
+pub fn work(reg: &mut Registry, opts: &WorkOptions, progress: &dyn Progress) -> Result<WorkReport> {
+    let lease_ms = opts.lease.as_millis() as i64;
+    let mut report = WorkReport::default();
+    loop {
+        let claimed = retrying(|| reg.catalog.claim_unit(opts.sweep, &opts.name, lease_ms))?;
+        let Some(unit) = claimed else {
+            // With --once, a unit another worker holds is still work left: if that worker
+            // dies, its lease runs out and this one takes the unit.
+            if opts.once && !retrying(|| others_running(reg, opts.sweep))? {
+                return Ok(report);
+            }
+            std::thread::sleep(if opts.once {
+                opts.poll.min(Duration::from_millis(500))
+            } else {
+                opts.poll
+            });
+            continue;
+        };
+        progress.message(&unit.label);
+        let renewer = Renewer::start(&reg.root, &unit, opts);
+        let done = retrying(|| compute(reg, &unit, progress));
+        renewer.stop();
+        done?;
+        if retrying(|| reg.catalog.finish_unit(unit.sweep, unit.idx, &opts.name))? {
+            report.units += 1;
+            report.cells += unit.cells as u64;
+        }
+    }
+}
+
+/// Waits between attempts when the catalog fails (a restarted or unreachable server): 0.5 s,
+/// doubling, about two minutes in all.
+const BACKOFF: [u64; 8] = [500, 1000, 2000, 4000, 8000, 16000, 30000, 60000];
+
+/// Runs `f`, again after each wait of [`BACKOFF`] while it fails with a catalog error (the
+/// pool reconnects on its own); other errors, and the last catalog error, are returned.
+fn retrying<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut waits = BACKOFF.iter();
+    loop {
+        match f() {
+            Err(Error::Catalog(e)) => match waits.next() {
+                Some(&ms) => {
+                    eprintln!(
+                        "worker: catalog error ({e}); trying again in {:.1} s",
+                        ms as f64 / 1000.0
+                    );
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+                None => return Err(Error::Catalog(e)),
+            },
+            other => return other,
+        }
+    }
+}
+
+/// Whether any unit (of `sweep`, or of any sweep) is held by a worker.
+fn others_running(reg: &Registry, sweep: Option<i64>) -> Result<bool> {
+    let (_, units) = reg.catalog.sweep_rows()?;
+    Ok(units
+        .iter()
+        .any(|u| u.state == "running" && sweep.is_none_or(|s| u.sweep == s)))
+}
+
+/// Fills one unit's cells: the usual sweep, restricted to its pair, without statistics.
+fn compute(reg: &mut Registry, unit: &Unit, progress: &dyn Progress) -> Result<()> {
+    let spec: UnitSpec = serde_json::from_str(&unit.spec).map_err(|e| {
+        Error::Invalid(format!(
+            "sweep {} holds a unit spec this prh cannot read ({e}); was it written by a newer prh?",
+            unit.sweep
+        ))
+    })?;
+    let name = |id: CheckpointId| -> Result<String> {
+        reg.catalog
+            .checkpoints(None)?
+            .into_iter()
+            .find(|c| c.id == id)
+            .map(|c| c.model)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "sweep {} unit {}: checkpoint {id} is no longer in the registry",
+                    unit.sweep, unit.idx
+                ))
+            })
+    };
+    let req = SweepRequest {
+        x: Selector::Names(vec![name(unit.x)?]),
+        y: Selector::Names(vec![name(unit.y)?]),
+        dataset: spec.dataset,
+        pool: spec.pool,
+        all_checkpoints: true,
+        x_checkpoint: None,
+        specs: spec.specs,
+        prep: spec.prep,
+        mem_budget: spec.mem_budget,
+        null: 0,
+        bootstrap: 0,
+        seed: 0,
+        alpha: 0.05,
+        reduce: Default::default(),
+    };
+    sweep::fill_pair(reg, &req, unit.x, unit.y, progress)
+}
+
+/// A thread renewing a unit's lease every third of it on its own catalog connection, until
+/// stopped.
+struct Renewer {
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Renewer {
+    fn start(root: &Path, unit: &Unit, opts: &WorkOptions) -> Renewer {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (root, name) = (root.to_path_buf(), opts.name.clone());
+        let (sweep, idx, lease) = (unit.sweep, unit.idx, opts.lease);
+        let thread = std::thread::spawn(move || {
+            let Ok(reg) = Registry::open(&root) else {
+                return;
+            };
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(lease / 3) {
+                // A failed renewal is retried at the next tick; the lease covers two misses.
+                let _ = reg
+                    .catalog
+                    .renew_lease(sweep, idx, &name, lease.as_millis() as i64);
+            }
+        });
+        Renewer { stop, thread }
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// One sweep as `prh status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepStatus {
+    pub sweep: i64,
+    pub label: String,
+    pub units: usize,
+    pub pending: usize,
+    pub running: usize,
+    pub done: usize,
+    pub cells: i64,
+    pub cells_done: i64,
+    /// Cells per second since the first claim (done units only); `None` before any is done.
+    pub cells_per_second: Option<f64>,
+    /// Seconds left at that rate.
+    pub eta_seconds: Option<f64>,
+    /// The running units: who holds them and since when.
+    pub running_units: Vec<RunningUnit>,
+}
+
+/// A running unit.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningUnit {
+    pub unit: i64,
+    pub pair: String,
+    pub worker: String,
+    pub running_seconds: f64,
+    /// Seconds until its lease runs out (negative: expired, the next claim takes it).
+    pub lease_seconds_left: f64,
+    pub attempts: i64,
+}
+
+/// Every sweep's progress, newest last.
+pub fn status(reg: &Registry) -> Result<Vec<SweepStatus>> {
+    let (sweeps, units) = reg.catalog.sweep_rows()?;
+    let now = reg.catalog.now_ms()?;
+    Ok(sweeps
+        .into_iter()
+        .map(|s| {
+            let mine: Vec<&UnitRow> = units.iter().filter(|u| u.sweep == s.id).collect();
+            let count = |st: &str| mine.iter().filter(|u| u.state == st).count();
+            let cells: i64 = mine.iter().map(|u| u.cells).sum();
+            let cells_done: i64 = mine
+                .iter()
+                .filter(|u| u.state == "done")
+                .map(|u| u.cells)
+                .sum();
+            let first = mine.iter().filter_map(|u| u.started_ms).min();
+            let last = mine.iter().filter_map(|u| u.finished_ms).max();
+            let rate = match (first, last) {
+                (Some(a), Some(b)) if b > a && cells_done > 0 => {
+                    Some(cells_done as f64 / ((b - a) as f64 / 1000.0))
+                }
+                _ => None,
+            };
+            SweepStatus {
+                sweep: s.id,
+                label: s.label,
+                units: mine.len(),
+                pending: count("pending"),
+                running: count("running"),
+                done: count("done"),
+                cells,
+                cells_done,
+                cells_per_second: rate,
+                eta_seconds: rate.map(|r| (cells - cells_done) as f64 / r),
+                running_units: mine
+                    .iter()
+                    .filter(|u| u.state == "running")
+                    .map(|u| RunningUnit {
+                        unit: u.idx,
+                        pair: u.label.clone(),
+                        worker: u.worker.clone().unwrap_or_default(),
+                        running_seconds: u.started_ms.map_or(0.0, |t| (now - t) as f64 / 1000.0),
+                        lease_seconds_left: u
+                            .lease_until
+                            .map_or(0.0, |t| (t - now) as f64 / 1000.0),
+                        attempts: u.attempts,
+                    })
+                    .collect(),
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,388 @@
+//! Sweeps split over workers: `prh align --workers N` gives what `prh align` gives, on SQLite
+//! and on PostgreSQL; `prh status` reports the units; a worker killed with SIGKILL mid-unit
+//! loses its lease and another worker redoes the unit, with every cell stored once.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Env;
+use common::http::Process;
+use common::postgres::Cluster;
+use serde_json::Value;
+
+const X: &str = "modality=language";
+const Y: &str = "modality=vision";
+
+/// The demo zoo in a registry made by `init` (extra `prh init` arguments).
+fn demo(envs: Vec<(String, String)>, init: &[&str]) -> Env {
+    let mut env = Env::new();
+    env.envs = envs;
+    let mut args = vec!["init"];
+    args.extend_from_slice(init);
+    env.ok(&args);
+    let reg = env.reg();
+    env.ok(&["demo", "--dir", reg.to_str().unwrap(), "--no-plots"]);
+    env
+}
+
+/// Each pair's score and best layers, in order (what a sweep reports, without how much of it
+/// was computed now).
+fn scores(v: &Value) -> Vec<(String, String, String, String, f64, Value)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["x_model"].as_str().unwrap().to_string(),
+                r["x_checkpoint"].as_str().unwrap().to_string(),
+                r["y_model"].as_str().unwrap().to_string(),
+                r["y_checkpoint"].as_str().unwrap().to_string(),
+                r["score"].as_f64().unwrap(),
+                r["best_layers"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn align_args(workers: Option<&str>) -> Vec<&str> {
+    let mut a = vec![
+        "align",
+        "--x",
+        X,
+        "--y",
+        Y,
+        "--metric",
+        "cka",
+        "--all-checkpoints",
+        "--format",
+        "json",
+        "--quiet",
+    ];
+    if let Some(n) = workers {
+        a.extend(["--workers", n]);
+    }
+    a
+}
+
+/// `align --workers 2` against `align` on two copies of the demo: the same scores, every unit
+/// done once, the status report consistent.
+fn workers_match_a_plain_sweep(a: &Env, b: &Env) {
+    let plain = a.json(&align_args(None));
+    let split = b.json(&align_args(Some("2")));
+    assert_eq!(scores(&split), scores(&plain));
+    let computed = |v: &Value| -> u64 {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["cells_computed"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(computed(&plain) > 0);
+    assert_eq!(computed(&split), 0, "the workers filled every cell first");
+    let st = b.json(&["status", "--format", "json"]);
+    let s = &st[0];
+    let pairs = plain.as_array().unwrap().len() as u64;
+    assert_eq!(s["units"], pairs, "{st}");
+    assert_eq!(s["done"], pairs, "{st}");
+    assert_eq!(s["pending"], 0);
+    assert_eq!(s["running"], 0);
+    assert_eq!(s["cells_done"].as_u64().unwrap(), computed(&plain), "{st}");
+    assert_eq!(s["cells"], s["cells_done"]);
+    assert!(s["cells_per_second"].as_f64().unwrap() > 0.0, "{st}");
+    assert_eq!(s["eta_seconds"].as_f64().unwrap(), 0.0);
+    let count = "SELECT count(*) AS n FROM cells WHERE metric = 'cka'";
+    assert_eq!(
+        b.ok(&["query", count, "--format", "csv"]),
+        a.ok(&["query", count, "--format", "csv"])
+    );
+    // Nothing left to split: a second run enters no sweep.
+    b.ok(&align_args(Some("2")));
+    assert_eq!(
+        b.json(&["status", "--format", "json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn align_with_workers_gives_the_same_scores_on_sqlite() {
+    workers_match_a_plain_sweep(&demo(vec![], &[]), &demo(vec![], &[]));
+}
+
+#[test]
+fn align_with_workers_gives_the_same_scores_on_postgres() {
+    let pg = Cluster::start();
+    let a = demo(pg.env(), &["--catalog", &pg.database("plain")]);
+    let b = demo(pg.env(), &["--catalog", &pg.database("split")]);
+    workers_match_a_plain_sweep(&a, &b);
+}
+
+/// A registry on a new database `db` of `pg` holding two language and two vision models big
+/// enough that a unit takes a while (n = 1024, 12 layers, d = 96).
+fn zoo(pg: &Cluster, db: &str) -> Env {
+    let mut env = Env::new();
+    env.envs = pg.env();
+    env.ok(&["init", "--catalog", &pg.database(db)]);
+    let shape = [1024, 12, 96];
+    let len: usize = shape.iter().product();
+    for (i, (name, modality)) in [
+        ("l1", "language"),
+        ("l2", "language"),
+        ("v1", "vision"),
+        ("v2", "vision"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = env.path(&format!("{name}.npy"));
+        common::write_npy(&p, &shape, &common::noise(len, 40 + i as u64));
+        env.ok(&[
+            "ingest",
+            p.to_str().unwrap(),
+            "--model",
+            name,
+            "--dataset",
+            "d",
+            "--modality",
+            modality,
+        ]);
+    }
+    env
+}
+
+/// Enters the zoo's language × vision mutual_knn sweep (`--workers 0`); its id.
+fn plan(env: &Env) -> i64 {
+    let planned = env.ok(&[
+        "align",
+        "--x",
+        X,
+        "--y",
+        Y,
+        "--metric",
+        "mutual_knn",
+        "--workers",
+        "0",
+    ]);
+    planned
+        .strip_prefix("sweep ")
+        .and_then(|s| s.split(':').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{planned}"))
+}
+
+/// Waits until `worker` holds a unit of the sweep; the unit's index.
+fn held_by(env: &Env, worker: &str) -> i64 {
+    let t = Instant::now();
+    loop {
+        let st = status(env);
+        let running = &st[0]["running_units"];
+        if let Some(u) = running
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["worker"] == worker)
+        {
+            return u["unit"].as_i64().unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{worker} never took a unit: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `prh status --format json` of `env`.
+fn status(env: &Env) -> Value {
+    env.json(&["status", "--format", "json"])
+}
+
+#[test]
+fn a_worker_killed_mid_unit_loses_its_lease_and_its_unit_is_redone_once() {
+    let pg = Cluster::start();
+    let env = zoo(&pg, "faults");
+    let id = plan(&env);
+    let worker = |name: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_prh"));
+        c.arg("--registry")
+            .arg(env.reg())
+            .args(["worker", "--once", "--quiet", "--lease-seconds", "2"])
+            .args(["--sweep", &id.to_string(), "--name", name])
+            .envs(pg.env())
+            .stdout(Stdio::null());
+        c
+    };
+    let mut a = Process(worker("A").spawn().unwrap());
+    // Wait until A holds a unit, then kill it without warning.
+    let held = held_by(&env, "A");
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let st = status(&env);
+    let unit = |st: &Value, idx: i64| {
+        st[0]["running_units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["unit"] == idx)
+            .cloned()
+    };
+    let dead =
+        unit(&st, held).unwrap_or_else(|| panic!("unit {held} should still be leased to A: {st}"));
+    assert_eq!(dead["worker"], "A");
+    // B waits for the lease to run out, then redoes the unit (and does the rest).
+    let t = Instant::now();
+    let out = worker("B").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = status(&env);
+    let s = &st[0];
+    assert_eq!(s["done"], s["units"], "{st}");
+    assert_eq!(s["running"], 0);
+    assert!(
+        t.elapsed()
+            >= Duration::from_millis(
+                (dead["lease_seconds_left"].as_f64().unwrap() * 1000.0).max(0.0) as u64
+            ),
+        "B took the unit before A's lease ran out"
+    );
+    // Every planned cell is stored once (the cache's key makes a second copy impossible; the
+    // count shows none was lost either).
+    let cells: i64 = pg
+        .psql("faults", "SELECT count(*) FROM cells")
+        .parse()
+        .unwrap();
+    assert_eq!(cells, s["cells"].as_i64().unwrap(), "{st}");
+    let attempts: Vec<String> = pg
+        .psql(
+            "faults",
+            &format!("SELECT idx || ':' || attempts || ':' || worker FROM sweep_units WHERE sweep_id = {id} ORDER BY idx"),
+        )
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for line in &attempts {
+        let parts: Vec<&str> = line.split(':').collect();
+        let idx: i64 = parts[0].parse().unwrap();
+        if idx == held {
+            assert_eq!(&parts[1..], ["2", "B"], "the killed unit: {attempts:?}");
+        } else {
+            assert_eq!(parts[1], "1", "{attempts:?}");
+        }
+    }
+    // The scores equal a sweep in one process on SQLite over the same files.
+    let solo = Env::new();
+    solo.ok(&["init"]);
+    for name in ["l1", "l2", "v1", "v2"] {
+        let modality = if name.starts_with('l') {
+            "language"
+        } else {
+            "vision"
+        };
+        let p = env.path(&format!("{name}.npy"));
+        solo.ok(&[
+            "ingest",
+            p.to_str().unwrap(),
+            "--model",
+            name,
+            "--dataset",
+            "d",
+            "--modality",
+            modality,
+        ]);
+    }
+    let args = [
+        "align",
+        "--x",
+        X,
+        "--y",
+        Y,
+        "--metric",
+        "mutual_knn",
+        "--format",
+        "json",
+        "--quiet",
+    ];
+    let split = env.json(&args);
+    assert_eq!(scores(&split), scores(&solo.json(&args)));
+    assert!(
+        split
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["cells_computed"] == 0)
+    );
+}
+
+#[test]
+fn a_worker_rides_out_a_postgres_restart_mid_sweep() {
+    let pg = Cluster::start();
+    let env = zoo(&pg, "restart");
+    let id = plan(&env);
+    let log = env.path("worker.log");
+    let mut w = Process(
+        Command::new(env!("CARGO_BIN_EXE_prh"))
+            .arg("--registry")
+            .arg(env.reg())
+            .args([
+                "worker",
+                "--once",
+                "--quiet",
+                "--sweep",
+                &id.to_string(),
+                "--name",
+                "W",
+            ])
+            .envs(pg.env())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    held_by(&env, "W");
+    // Down (as in a crash) until the worker has found it gone, then up again.
+    pg.stop();
+    let t = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("trying again")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the worker never met the outage"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pg.resume();
+    let t = Instant::now();
+    let status_code = loop {
+        if let Some(s) = w.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "the worker did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(status_code.success(), "{said}");
+    assert!(
+        said.contains("trying again"),
+        "the worker met the restart: {said}"
+    );
+    let st = status(&env);
+    assert_eq!(st.as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(st[0]["done"], st[0]["units"], "{st}");
+    let cells: i64 = pg
+        .psql("restart", "SELECT count(*) FROM cells")
+        .parse()
+        .unwrap();
+    assert_eq!(cells, st[0]["cells"].as_i64().unwrap(), "{st}");
+}
