@@ -8,7 +8,7 @@
 //! Run: `cargo bench --bench backends`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 #[path = "../tests/common/mod.rs"]
@@ -17,8 +17,8 @@ mod harness;
 use common::{Subject, align_language_vision};
 use harness::postgres::Cluster;
 use harness::s3::Moto;
-use prh::catalog::{Catalog, PgCatalog};
-use prh::demo::{ZooModel, ZooSpec};
+use prh::catalog::PgCatalog;
+use prh::demo::ZooModel;
 use prh::location::Locations;
 use prh::registry::{IngestRequest, Registry};
 
@@ -42,28 +42,7 @@ fn registry(root: &Path, loc: &Locations, files: &[(ZooModel, std::path::PathBuf
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut models = Vec::new();
-    for i in 0..4 {
-        for (modality, prefix) in [("language", "lm"), ("vision", "vit")] {
-            models.push(ZooModel {
-                name: format!("{prefix}{i}"),
-                modality,
-                family: prefix,
-                quality: 0.2 + 0.2 * i as f64,
-                layers: 12,
-                d: 768 + 64 * i + if modality == "vision" { 32 } else { 0 },
-                checkpoint: "final".into(),
-                step: 1,
-                score: ("acc", i as f64, true),
-            });
-        }
-    }
-    let zoo = ZooSpec {
-        n: 1024,
-        latent_dim: 16,
-        seed: 7,
-        models,
-    };
+    let zoo = common::sweep_zoo();
     let files = zoo.write_files(&dir.path().join("inputs")).unwrap();
     let pg = Cluster::start();
     let moto = Moto::start();
@@ -190,26 +169,11 @@ fn main() {
 
     // A million cached cells in PostgreSQL, stored and found again as benches/cache.rs does
     // in SQLite (one transaction per pair; one lookup per pair).
-    let (key, xs, ys, cells) = common::cache_zoo();
+    let zoo = common::CacheZoo::new();
     let mut cat = PgCatalog::create(&pg.database("bench_cache")).unwrap();
-    let t = Instant::now();
-    for x in &xs {
-        for y in &ys {
-            cat.store_cells(std::slice::from_ref(&key), x.side(), y.side(), &cells)
-                .unwrap();
-        }
-    }
-    let store = t.elapsed().as_secs_f64();
-    let n = xs.len() * ys.len() * cells.len();
-    let t = Instant::now();
-    let mut found = 0;
-    for x in &xs {
-        for y in &ys {
-            found += cat.cached_cells(&key, x.side(), y.side()).unwrap().len();
-        }
-    }
-    let lookup = t.elapsed().as_secs_f64();
-    assert_eq!(found, n, "every stored cell found again");
+    let store = zoo.store(&mut cat);
+    let lookup = zoo.find(&cat);
+    let n = zoo.n();
     drop(cat);
     pg.psql("bench_cache", "VACUUM ANALYZE cells");
     let bytes: f64 = pg
@@ -220,6 +184,6 @@ fn main() {
         "[postgres] cache: {n} cells stored in {store:.2} s ({:.0} cells/s), {:.1} bytes per cell (table + primary key), all found again in {lookup:.3} s ({:.0} µs per pair)",
         n as f64 / store,
         bytes / n as f64,
-        lookup * 1e6 / (xs.len() * ys.len()) as f64
+        lookup * 1e6 / zoo.pairs() as f64
     );
 }

@@ -10,33 +10,11 @@ use std::time::Instant;
 mod common;
 use common::{align_language_vision, subjects};
 
-use prh::demo::{ZooModel, ZooSpec};
 use prh::registry::{IngestRequest, Registry};
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let mut models = Vec::new();
-    for i in 0..4 {
-        for (modality, prefix) in [("language", "lm"), ("vision", "vit")] {
-            models.push(ZooModel {
-                name: format!("{prefix}{i}"),
-                modality,
-                family: prefix,
-                quality: 0.2 + 0.2 * i as f64,
-                layers: 12,
-                d: 768 + 64 * i + if modality == "vision" { 32 } else { 0 },
-                checkpoint: "final".into(),
-                step: 1,
-                score: ("acc", i as f64, true),
-            });
-        }
-    }
-    let zoo = ZooSpec {
-        n: 1024,
-        latent_dim: 16,
-        seed: 7,
-        models,
-    };
+    let zoo = common::sweep_zoo();
     let t = Instant::now();
     let files = zoo.write_files(&dir.path().join("inputs")).unwrap();
     let reg_path = dir.path().join("reg");

@@ -25,7 +25,7 @@ pub mod sqlite;
 pub mod tables;
 
 pub use keys::{CachedCell, CellSide, MetricKey, NewCell, metric_id, side_id, side_ids};
-pub(crate) use keys::{collision, layers_by_id, stored_ids};
+pub(crate) use keys::{collision, layers_by_id, spread, stored_ids};
 pub use memory::MemoryCatalog;
 pub use postgres::PgCatalog;
 pub use sqlite::{BUSY_TIMEOUT, MIGRATIONS, SqliteCatalog};

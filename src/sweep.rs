@@ -450,7 +450,7 @@ pub fn clamp_thresholds_cached(reg: &Registry, sets: &[&[BlobHash]], q: f64) -> 
 type Layers = Arc<Vec<Arc<Derived>>>;
 
 /// Derived data of checkpoints, evicted least-recently-used beyond a byte budget.
-struct DerivedCache {
+pub struct DerivedCache {
     budget: usize,
     used: usize,
     clock: u64,
@@ -458,8 +458,10 @@ struct DerivedCache {
 }
 
 impl DerivedCache {
-    /// An empty cache holding at most `budget` bytes of derived data.
-    fn new(budget: usize) -> Self {
+    /// An empty cache holding at most `budget` bytes of derived data. A worker keeps one
+    /// across the units of a sweep (one preparation), so a checkpoint met again is not derived
+    /// again.
+    pub fn new(budget: usize) -> Self {
         DerivedCache {
             budget,
             used: 0,
@@ -611,7 +613,8 @@ pub fn sweep(
     let (xs, ys) = resolve(reg, req)?;
     let set = pair_set(reg, req, &xs, &ys, None)?;
     let (mut tables, todo) = cached_tables(reg, &set)?;
-    let computed = compute_missing(reg, req, &set, &todo, &mut tables, progress)?;
+    let mut cache = DerivedCache::new(req.mem_budget);
+    let computed = compute_missing(reg, req, &set, &todo, &mut tables, &mut cache, progress)?;
     let mut out = report(reg, req, &set, &tables, &computed)?;
     if req.null > 0 || req.bootstrap > 0 {
         add_statistics(reg, req, &set.pairs, &set.preps, &mut out, progress)?;
@@ -620,12 +623,13 @@ pub fn sweep(
 }
 
 /// Computes and stores the missing cells of one checkpoint pair of a request (a worker's
-/// unit): nothing else is read or reported.
+/// unit), deriving through `cache` (kept by the caller across pairs of one request): nothing
+/// else is read or reported.
 pub fn fill_pair(
     reg: &mut Registry,
     req: &SweepRequest,
-    x: CheckpointId,
-    y: CheckpointId,
+    (x, y): (CheckpointId, CheckpointId),
+    cache: &mut DerivedCache,
     progress: &dyn Progress,
 ) -> Result<()> {
     let (xs, ys) = resolve(reg, req)?;
@@ -636,7 +640,7 @@ pub fn fill_pair(
         )));
     }
     let (mut tables, todo) = cached_tables(reg, &set)?;
-    compute_missing(reg, req, &set, &todo, &mut tables, progress).map(drop)
+    compute_missing(reg, req, &set, &todo, &mut tables, cache, progress).map(drop)
 }
 
 /// A checkpoint pair with cells missing from the cache.
@@ -801,6 +805,7 @@ fn compute_missing(
     set: &PairSet,
     todo: &Todo,
     tables: &mut Tables,
+    cache: &mut DerivedCache,
     progress: &dyn Progress,
 ) -> Result<HashMap<(usize, usize), usize>> {
     let (pairs, keys, preps) = (&set.pairs, &set.keys, &set.preps);
@@ -809,7 +814,6 @@ fn compute_missing(
     let mut ties_stored: HashSet<(BlobHash, String, usize)> = HashSet::new();
     if missing_total > 0 {
         progress.start(missing_total);
-        let mut cache = DerivedCache::new(req.mem_budget);
         let plan = compute_order(pairs, req.mem_budget);
         let mut last_other: Option<CheckpointId> = None;
         for &pi in &plan.order {

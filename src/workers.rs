@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::metrics::MetricSpec;
 use crate::metrics::prep::Prep;
 use crate::registry::Registry;
-use crate::sweep::{self, Progress, Selector, SweepRequest};
+use crate::sweep::{self, DerivedCache, Progress, Selector, SweepRequest};
 
 /// How long a claim holds without renewal, by default.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
@@ -93,12 +93,16 @@ pub fn default_name() -> String {
 pub fn work(reg: &mut Registry, opts: &WorkOptions, progress: &dyn Progress) -> Result<WorkReport> {
     let lease_ms = opts.lease.as_millis() as i64;
     let mut report = WorkReport::default();
+    let renewer = Renewer::start(&reg.root, opts);
+    // Derived data of the checkpoints met so far, for the sweep being worked on.
+    let mut derived: Option<(i64, DerivedCache)> = None;
     loop {
         let claimed = retrying(|| reg.catalog.claim_unit(opts.sweep, &opts.name, lease_ms))?;
         let Some(unit) = claimed else {
             // With --once, a unit another worker holds is still work left: if that worker
             // dies, its lease runs out and this one takes the unit.
             if opts.once && !retrying(|| others_running(reg, opts.sweep))? {
+                renewer.stop();
                 return Ok(report);
             }
             std::thread::sleep(if opts.once {
@@ -109,9 +113,9 @@ pub fn work(reg: &mut Registry, opts: &WorkOptions, progress: &dyn Progress) -> 
             continue;
         };
         progress.message(&unit.label);
-        let renewer = Renewer::start(&reg.root, &unit, opts);
-        let done = retrying(|| compute(reg, &unit, progress));
-        renewer.stop();
+        renewer.hold(Some((unit.sweep, unit.idx)));
+        let done = retrying(|| compute(reg, &unit, &mut derived, progress));
+        renewer.hold(None);
         done?;
         if retrying(|| reg.catalog.finish_unit(unit.sweep, unit.idx, &opts.name))? {
             report.units += 1;
@@ -153,8 +157,14 @@ fn others_running(reg: &Registry, sweep: Option<i64>) -> Result<bool> {
         .any(|u| u.state == "running" && sweep.is_none_or(|s| u.sweep == s)))
 }
 
-/// Fills one unit's cells: the usual sweep, restricted to its pair, without statistics.
-fn compute(reg: &mut Registry, unit: &Unit, progress: &dyn Progress) -> Result<()> {
+/// Fills one unit's cells: the usual sweep, restricted to its pair, without statistics,
+/// deriving through the worker's cache for this sweep.
+fn compute(
+    reg: &mut Registry,
+    unit: &Unit,
+    derived: &mut Option<(i64, DerivedCache)>,
+    progress: &dyn Progress,
+) -> Result<()> {
     let spec: UnitSpec = serde_json::from_str(&unit.spec).map_err(|e| {
         Error::Invalid(format!(
             "sweep {} holds a unit spec this prh cannot read ({e}); was it written by a newer prh?",
@@ -190,33 +200,50 @@ fn compute(reg: &mut Registry, unit: &Unit, progress: &dyn Progress) -> Result<(
         alpha: 0.05,
         reduce: Default::default(),
     };
-    sweep::fill_pair(reg, &req, unit.x, unit.y, progress)
+    if derived.as_ref().is_none_or(|(s, _)| *s != unit.sweep) {
+        *derived = Some((unit.sweep, DerivedCache::new(req.mem_budget)));
+    }
+    let cache = &mut derived.as_mut().expect("set above").1;
+    sweep::fill_pair(reg, &req, (unit.x, unit.y), cache, progress)
 }
 
-/// A thread renewing a unit's lease every third of it on its own catalog connection, until
-/// stopped.
+/// A thread renewing the lease of the unit the worker holds, every third of the lease, on a
+/// catalog connection of its own (opened once), until stopped.
 struct Renewer {
+    held: std::sync::Arc<std::sync::Mutex<Option<(i64, i64)>>>,
     stop: mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Renewer {
-    fn start(root: &Path, unit: &Unit, opts: &WorkOptions) -> Renewer {
+    fn start(root: &Path, opts: &WorkOptions) -> Renewer {
+        let held = std::sync::Arc::new(std::sync::Mutex::new(None::<(i64, i64)>));
         let (stop, stopped) = mpsc::channel::<()>();
-        let (root, name) = (root.to_path_buf(), opts.name.clone());
-        let (sweep, idx, lease) = (unit.sweep, unit.idx, opts.lease);
+        let (root, name, lease) = (root.to_path_buf(), opts.name.clone(), opts.lease);
+        let unit = held.clone();
         let thread = std::thread::spawn(move || {
-            let Ok(reg) = Registry::open(&root) else {
-                return;
-            };
+            let mut reg = None;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(lease / 3) {
-                // A failed renewal is retried at the next tick; the lease covers two misses.
-                let _ = reg
-                    .catalog
-                    .renew_lease(sweep, idx, &name, lease.as_millis() as i64);
+                let Some((sweep, idx)) = *unit.lock().unwrap_or_else(|e| e.into_inner()) else {
+                    continue;
+                };
+                if reg.is_none() {
+                    reg = Registry::open(&root).ok();
+                }
+                // A failed renewal is tried again at the next tick; the lease covers two misses.
+                if let Some(r) = &reg {
+                    let _ = r
+                        .catalog
+                        .renew_lease(sweep, idx, &name, lease.as_millis() as i64);
+                }
             }
         });
-        Renewer { stop, thread }
+        Renewer { held, stop, thread }
+    }
+
+    /// Renews `unit` from now on (`None`: nothing).
+    fn hold(&self, unit: Option<(i64, i64)>) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = unit;
     }
 
     fn stop(self) {

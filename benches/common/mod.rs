@@ -205,25 +205,102 @@ impl CacheModel {
 }
 
 /// About a million cached cells: 60 × 29 model pairs of 24 × 24 layer pairs of mutual_knn with
-/// the official preparation's prep keys (the metric key, the x and y models, one pair's cells).
-pub fn cache_zoo() -> (
-    prh::catalog::MetricKey,
-    Vec<CacheModel>,
-    Vec<CacheModel>,
-    Vec<prh::catalog::NewCell>,
-) {
-    let key = prh::catalog::MetricKey {
-        metric: "mutual_knn",
-        version: 1,
-        params: "k=10".into(),
-        symmetric: true,
-    };
-    let xs = (0..60).map(CacheModel::new).collect();
-    let ys = (0..29).map(|i| CacheModel::new(1000 + i)).collect();
-    let cells = (0..CACHE_LAYERS)
-        .flat_map(|i| {
-            (0..CACHE_LAYERS).map(move |j| (0, i, j, (i * CACHE_LAYERS + j) as f64 / 1e3, 1e-4))
-        })
-        .collect();
-    (key, xs, ys, cells)
+/// the official preparation's prep keys.
+pub struct CacheZoo {
+    pub key: prh::catalog::MetricKey,
+    pub xs: Vec<CacheModel>,
+    pub ys: Vec<CacheModel>,
+    /// One pair's cells.
+    pub cells: Vec<prh::catalog::NewCell>,
+}
+
+impl CacheZoo {
+    pub fn new() -> CacheZoo {
+        let key = prh::catalog::MetricKey {
+            metric: "mutual_knn",
+            version: 1,
+            params: "k=10".into(),
+            symmetric: true,
+        };
+        let cells = (0..CACHE_LAYERS)
+            .flat_map(|i| {
+                (0..CACHE_LAYERS).map(move |j| (0, i, j, (i * CACHE_LAYERS + j) as f64 / 1e3, 1e-4))
+            })
+            .collect();
+        CacheZoo {
+            key,
+            xs: (0..60).map(CacheModel::new).collect(),
+            ys: (0..29).map(|i| CacheModel::new(1000 + i)).collect(),
+            cells,
+        }
+    }
+
+    pub fn pairs(&self) -> usize {
+        self.xs.len() * self.ys.len()
+    }
+
+    /// Every cell of the zoo.
+    pub fn n(&self) -> usize {
+        self.pairs() * self.cells.len()
+    }
+
+    /// Stores every pair's cells (one transaction per pair, as a cold sweep does); seconds.
+    pub fn store(&self, cat: &mut dyn prh::catalog::Catalog) -> f64 {
+        let t = Instant::now();
+        for x in &self.xs {
+            for y in &self.ys {
+                cat.store_cells(
+                    std::slice::from_ref(&self.key),
+                    x.side(),
+                    y.side(),
+                    &self.cells,
+                )
+                .unwrap();
+            }
+        }
+        t.elapsed().as_secs_f64()
+    }
+
+    /// Finds every pair's cells again (one lookup per pair, what a warm sweep asks); seconds.
+    pub fn find(&self, cat: &dyn prh::catalog::Catalog) -> f64 {
+        let t = Instant::now();
+        let mut found = 0;
+        for x in &self.xs {
+            for y in &self.ys {
+                found += cat
+                    .cached_cells(&self.key, x.side(), y.side())
+                    .unwrap()
+                    .len();
+            }
+        }
+        assert_eq!(found, self.n(), "every stored cell found again");
+        t.elapsed().as_secs_f64()
+    }
+}
+
+/// The sweep benches' zoo: 4 language × 4 vision models, n = 1024, 12 layers each,
+/// d = 768–1024, with a latent signal that grows with quality.
+pub fn sweep_zoo() -> prh::demo::ZooSpec {
+    let mut models = Vec::new();
+    for i in 0..4 {
+        for (modality, prefix) in [("language", "lm"), ("vision", "vit")] {
+            models.push(prh::demo::ZooModel {
+                name: format!("{prefix}{i}"),
+                modality,
+                family: prefix,
+                quality: 0.2 + 0.2 * i as f64,
+                layers: 12,
+                d: 768 + 64 * i + if modality == "vision" { 32 } else { 0 },
+                checkpoint: "final".into(),
+                step: 1,
+                score: ("acc", i as f64, true),
+            });
+        }
+    }
+    prh::demo::ZooSpec {
+        n: 1024,
+        latent_dim: 16,
+        seed: 7,
+        models,
+    }
 }

@@ -62,6 +62,26 @@ pub(crate) fn layers_by_id(ids: &[i64]) -> HashMap<i64, Vec<usize>> {
     m
 }
 
+/// Adds the cached cells that `rows` (x side id, y side id, value, as stored) give the pair's
+/// layers (`ix`, `iy`: [`layers_by_id`] of each side); `swapped` when the rows were found with
+/// the two sides exchanged (the other stored orientation of a symmetric metric).
+pub(crate) fn spread(
+    rows: impl IntoIterator<Item = (i64, i64, f64)>,
+    swapped: bool,
+    ix: &HashMap<i64, Vec<usize>>,
+    iy: &HashMap<i64, Vec<usize>>,
+    out: &mut Vec<CachedCell>,
+) {
+    for (ka, kb, v) in rows {
+        let (kx, ky) = if swapped { (kb, ka) } else { (ka, kb) };
+        if let (Some(is), Some(js)) = (ix.get(&kx), iy.get(&ky)) {
+            for &i in is {
+                out.extend(js.iter().map(|&j| (i, j, v)));
+            }
+        }
+    }
+}
+
 /// The stored orientation of cell (i, j) of `x` × `y`: (metric id, x side id, y side id), with
 /// the sides swapped for a symmetric metric when y's blob sorts first.
 pub(crate) fn stored_ids(

@@ -27,7 +27,7 @@ use super::{
     CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry,
     MetricKey, Model, ModelId, NewCell, NewRep, NewUnit, Rep, RepFilter, RepSlot, Score,
     ScoreValue, SideEntry, SnapshotInfo, StoredBlob, SweepRow, Unit, UnitRow, collision,
-    layers_by_id, stored_ids,
+    layers_by_id, spread, stored_ids,
 };
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
@@ -644,14 +644,7 @@ impl Catalog for PgCatalog {
                 .fetch_all(self.pool())
                 .await?)
             })?;
-            for (ka, kb, v) in rows {
-                let (kx, ky) = if swapped { (kb, ka) } else { (ka, kb) };
-                if let (Some(is), Some(js)) = (ix.get(&kx), iy.get(&ky)) {
-                    for &i in is {
-                        out.extend(js.iter().map(|&j| (i, j, v)));
-                    }
-                }
-            }
+            spread(rows, swapped, &ix, &iy, &mut out);
         }
         Ok(out)
     }

@@ -7,7 +7,7 @@ use rusqlite::{Connection, params};
 
 use crate::catalog::{
     CachedCell, CellRow, CellSide, CellTable, MetricKey, NewCell, collision, layers_by_id,
-    metric_id, side_id, stored_ids,
+    metric_id, side_id, spread, stored_ids,
 };
 use crate::error::Result;
 
@@ -56,16 +56,12 @@ pub(super) fn cached(
     let mid = m.id();
     for &swapped in orientations {
         let (a, b) = if swapped { (&jy, &jx) } else { (&jx, &jy) };
-        let mut rows = st.query(params![mid, a, b])?;
-        while let Some(r) = rows.next()? {
-            let (ka, kb, v): (i64, i64, f64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            let (kx, ky) = if swapped { (kb, ka) } else { (ka, kb) };
-            if let (Some(is), Some(js)) = (ix.get(&kx), iy.get(&ky)) {
-                for &i in is {
-                    out.extend(js.iter().map(|&j| (i, j, v)));
-                }
-            }
-        }
+        let rows: Vec<(i64, i64, f64)> = st
+            .query_map(params![mid, a, b], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        spread(rows, swapped, &ix, &iy, &mut out);
     }
     Ok(out)
 }
