@@ -171,12 +171,12 @@ fn compute(
             unit.sweep
         ))
     })?;
+    let checkpoints = reg.catalog.checkpoints(None)?;
     let name = |id: CheckpointId| -> Result<String> {
-        reg.catalog
-            .checkpoints(None)?
-            .into_iter()
+        checkpoints
+            .iter()
             .find(|c| c.id == id)
-            .map(|c| c.model)
+            .map(|c| c.model.clone())
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "sweep {} unit {}: checkpoint {id} is no longer in the registry",

@@ -391,23 +391,16 @@ fn blobs_lost_from_the_bucket_or_a_store_that_is_down_never_leave_a_row_pointing
             "s3://faults/lab",
         ],
     );
-    for (i, (model, modality)) in [("lm", "language"), ("vit", "vision")]
+    let files: Vec<_> = [("lm", "language"), ("vit", "vision")]
         .into_iter()
         .enumerate()
-    {
-        let p = env.path(&format!("{model}.npy"));
-        common::write_npy(&p, &[64, 3, 16], &common::noise(64 * 3 * 16, 90 + i as u64));
-        env.ok(&[
-            "ingest",
-            p.to_str().unwrap(),
-            "--model",
-            model,
-            "--dataset",
-            "d",
-            "--modality",
-            modality,
-        ]);
-    }
+        .map(|(i, (model, modality))| {
+            let p = env.path(&format!("{model}.npy"));
+            common::write_npy(&p, &[64, 3, 16], &common::noise(64 * 3 * 16, 90 + i as u64));
+            (p, model, modality)
+        })
+        .collect();
+    common::ingest_all(&env, "d", &files);
     // A blob deleted from the bucket behind prh's back: verify names it, align refuses.
     let reps = env.json(&["ls", "reps", "--model", "vit", "--format", "json"]);
     let lost = reps[1]["hash"].as_str().unwrap().to_string();

@@ -127,9 +127,16 @@ fn zoo(pg: &Cluster, db: &str) -> Env {
     let mut env = Env::new();
     env.envs = pg.env();
     env.ok(&["init", "--catalog", &pg.database(db)]);
+    common::ingest_all(&env, "d", &zoo_files(&env));
+    env
+}
+
+/// The zoo's feature files in `env`'s directory (written on the first call): two language and
+/// two vision models, n = 1024, 12 layers, d = 96; (file, model, modality).
+fn zoo_files(env: &Env) -> Vec<(std::path::PathBuf, &'static str, &'static str)> {
     let shape = [1024, 12, 96];
     let len: usize = shape.iter().product();
-    for (i, (name, modality)) in [
+    [
         ("l1", "language"),
         ("l2", "language"),
         ("v1", "vision"),
@@ -137,21 +144,14 @@ fn zoo(pg: &Cluster, db: &str) -> Env {
     ]
     .into_iter()
     .enumerate()
-    {
+    .map(|(i, (name, modality))| {
         let p = env.path(&format!("{name}.npy"));
-        common::write_npy(&p, &shape, &common::noise(len, 40 + i as u64));
-        env.ok(&[
-            "ingest",
-            p.to_str().unwrap(),
-            "--model",
-            name,
-            "--dataset",
-            "d",
-            "--modality",
-            modality,
-        ]);
-    }
-    env
+        if !p.exists() {
+            common::write_npy(&p, &shape, &common::noise(len, 40 + i as u64));
+        }
+        (p, name, modality)
+    })
+    .collect()
 }
 
 /// Enters the zoo's language × vision mutual_knn sweep (`--workers 0`); its id.
@@ -279,24 +279,7 @@ fn a_worker_killed_mid_unit_loses_its_lease_and_its_unit_is_redone_once() {
     // The scores equal a sweep in one process on SQLite over the same files.
     let solo = Env::new();
     solo.ok(&["init"]);
-    for name in ["l1", "l2", "v1", "v2"] {
-        let modality = if name.starts_with('l') {
-            "language"
-        } else {
-            "vision"
-        };
-        let p = env.path(&format!("{name}.npy"));
-        solo.ok(&[
-            "ingest",
-            p.to_str().unwrap(),
-            "--model",
-            name,
-            "--dataset",
-            "d",
-            "--modality",
-            modality,
-        ]);
-    }
+    common::ingest_all(&solo, "d", &zoo_files(&env));
     let args = [
         "align",
         "--x",
