@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod output;
 pub mod plot;
 pub mod query;
+pub mod real_zoo;
 pub mod registry;
 pub mod rng;
 pub mod serve;

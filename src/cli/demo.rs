@@ -1,6 +1,7 @@
-//! `prh demo`: builds a demo registry from a synthetic zoo and shows prh working end to end.
+//! `prh demo`: builds a demo registry and shows prh working end to end: on a synthetic zoo
+//! (the default), or with `--real` on seven real pretrained models' features (embedded).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -12,30 +13,111 @@ use prh::catalog::RepFilter;
 use prh::demo::ZooSpec;
 use prh::metrics::{Metric, MetricSpec, Prep};
 use prh::output::{self, Format};
-use prh::registry::Registry;
+use prh::real_zoo;
+use prh::registry::{IngestReport, Registry};
 use prh::sweep::{self, Selector, SweepRequest};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Directory of the demo registry (its generated feature files go to DIR/inputs).
-    #[arg(long, default_value = "prh-demo")]
-    pub dir: PathBuf,
+    /// Directory of the demo registry (its feature files go to DIR/inputs) [default: prh-demo,
+    /// or prh-demo-real with --real].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Use the real zoo: features of 4 vision and 3 language pretrained models on 498 Tux
+    /// Paint stamps and their captions (fixtures/real_zoo, embedded in prh; made by
+    /// examples/real_zoo).
+    #[arg(long)]
+    pub real: bool,
+    /// Permutations of the null for each pair's p-value and calibrated score (0 = none)
+    /// [default: 0, or 200 with --real].
+    #[arg(long)]
+    pub null: Option<usize>,
     /// Do not write the trend and matrix plots.
     #[arg(long)]
     pub no_plots: bool,
 }
 
+/// What the end of a demo shows: language models (x) against vision models (y).
+struct Show {
+    dir: PathBuf,
+    x: Vec<String>,
+    y: Vec<String>,
+    /// The score the trend sets the language models' alignment against, and its label.
+    x_perf: &'static str,
+    /// The score the matrix orders vision models by.
+    y_perf: &'static str,
+    null: usize,
+    plots: bool,
+}
+
 pub fn run(a: DemoArgs) -> Result<()> {
+    if a.real {
+        return run_real(a);
+    }
+    let dir = a.dir.unwrap_or_else(|| PathBuf::from("prh-demo"));
     let zoo = ZooSpec::demo();
-    let mut reg = Registry::init(&a.dir)?;
+    let mut reg = Registry::init(&dir)?;
     println!(
         "demo registry: {} ({} model checkpoints, n = {} samples, dataset demo_{})",
-        a.dir.display(),
+        dir.display(),
         zoo.models.len(),
         zoo.n,
         zoo.n
     );
-    let reports = zoo.ingest_into(&mut reg, &a.dir.join("inputs"), &format!("demo_{}", zoo.n))?;
+    let reports = zoo.ingest_into(&mut reg, &dir.join("inputs"), &format!("demo_{}", zoo.n))?;
+    summarize(&reg, &reports, &dir)?;
+    let names = |modality: &str| -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for z in zoo.models.iter().filter(|z| z.modality == modality) {
+            if !v.contains(&z.name) {
+                v.push(z.name.clone());
+            }
+        }
+        v
+    };
+    show(
+        &mut reg,
+        &Show {
+            dir,
+            x: names("language"),
+            y: names("vision"),
+            x_perf: "bpb",
+            y_perf: "accuracy",
+            null: a.null.unwrap_or(0),
+            plots: !a.no_plots,
+        },
+    )
+}
+
+fn run_real(a: DemoArgs) -> Result<()> {
+    let dir = a.dir.unwrap_or_else(|| PathBuf::from("prh-demo-real"));
+    let manifest = real_zoo::Manifest::embedded()?;
+    let mut reg = Registry::init(&dir)?;
+    println!(
+        "real-zoo demo registry: {} (4 vision and 3 language pretrained models; n = {} image-caption pairs, dataset {}: {})",
+        dir.display(),
+        manifest.dataset.n,
+        manifest.dataset.name,
+        manifest.dataset.source
+    );
+    let reports = real_zoo::ingest_into(&mut reg, &dir.join("inputs"))?;
+    summarize(&reg, &reports, &dir)?;
+    show(
+        &mut reg,
+        &Show {
+            dir,
+            x: manifest.names("language")?,
+            y: manifest.names("vision")?,
+            x_perf: "category_knn10",
+            y_perf: "category_knn10",
+            null: a.null.unwrap_or(200),
+            plots: !a.no_plots,
+        },
+    )
+}
+
+/// Prints what was ingested: files and representations, the models, their scores.
+fn summarize(reg: &Registry, reports: &[IngestReport], dir: &Path) -> Result<()> {
     let new_rows: usize = reports
         .iter()
         .map(|r| r.layers.iter().filter(|l| l.new_row).count())
@@ -62,10 +144,17 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "\n{} representations stored as {} blobs under {}",
         reps.len(),
         reg.catalog.blob_hashes()?.len(),
-        a.dir.join("blobs").display()
+        dir.join("blobs").display()
     );
+    Ok(())
+}
 
-    // Align every language model with every vision model (latest checkpoints), cached.
+/// Aligns every language model with every vision model (latest checkpoints, cached), then
+/// shows the table, the trend of the language models' alignment against their performance,
+/// and the plots.
+fn show(reg: &mut Registry, s: &Show) -> Result<()> {
+    let reduce = prh::engine::Reduce::Max;
+    let spec = MetricSpec::new(Metric::MutualKnn);
     let req = SweepRequest {
         x: Selector::Modality("language".into()),
         y: Selector::Modality("vision".into()),
@@ -73,67 +162,56 @@ pub fn run(a: DemoArgs) -> Result<()> {
         pool: None,
         all_checkpoints: false,
         x_checkpoint: None,
-        specs: vec![MetricSpec::new(Metric::MutualKnn)],
+        specs: vec![spec],
         prep: Prep::OFFICIAL,
         mem_budget: 1 << 30,
-        null: 0,
+        null: s.null,
         bootstrap: 0,
         seed: 0,
         alpha: prh::stats::DEFAULT_ALPHA,
-        reduce: prh::engine::Reduce::Max,
+        reduce,
     };
     let bar = Bar::new(false);
     let t = std::time::Instant::now();
-    let results = sweep::sweep(&mut reg, &req, &bar)?;
+    let results = sweep::sweep(reg, &req, &bar)?;
     drop(bar);
     let computed: usize = results.iter().map(|r| r.cells_computed).sum();
     let cached: usize = results.iter().map(|r| r.cells_cached).sum();
     println!(
-        "\nalignment (mutual_knn, k = 10, best over layer pairs): {computed} cells computed, {cached} from the cache, {:.2} s",
+        "\nalignment (mutual_knn, k = 10, best over layer pairs{}): {computed} cells computed, {cached} from the cache, {:.2} s",
+        if s.null > 0 {
+            format!(", {} permutations", s.null)
+        } else {
+            String::new()
+        },
         t.elapsed().as_secs_f64()
     );
     print_results(&results, FormatArg::Table)?;
 
-    // Alignment vs. performance: better language models (lower bpb) should align more.
-    let names = |modality: &str| -> Vec<String> {
-        let mut v: Vec<String> = Vec::new();
-        for z in zoo.models.iter().filter(|z| z.modality == modality) {
-            if !v.contains(&z.name) {
-                v.push(z.name.clone());
-            }
-        }
-        v
-    };
-    let (xm, ym) = (names("language"), names("vision"));
-    let spec = MetricSpec::new(Metric::MutualKnn);
+    // Alignment vs. performance: under the hypothesis, better models align more.
     let kind = prh::query::OFFICIAL_PREP;
-    let xi = analysis::latest(&reg, &xm)?;
-    let yi = analysis::latest(&reg, &ym)?;
-    let x_ids: Vec<prh::catalog::CheckpointId> = xm.iter().map(|m| xi[m]).collect();
-    let y_ids: Vec<prh::catalog::CheckpointId> = ym.iter().map(|m| yi[m]).collect();
-    let pairs = analysis::cached_pairs(
-        &reg,
-        &spec,
-        kind,
-        prh::engine::Reduce::Max,
-        &x_ids,
-        &y_ids,
-        "prh align",
-    )?;
-    let req = analysis::TrendRequest {
+    let xi = analysis::latest(reg, &s.x)?;
+    let yi = analysis::latest(reg, &s.y)?;
+    let x_ids: Vec<prh::catalog::CheckpointId> = s.x.iter().map(|m| xi[m]).collect();
+    let y_ids: Vec<prh::catalog::CheckpointId> = s.y.iter().map(|m| yi[m]).collect();
+    let pairs = analysis::cached_pairs(reg, &spec, kind, reduce, &x_ids, &y_ids, "prh align")?;
+    let treq = analysis::TrendRequest {
         spec,
         prep: kind.to_string(),
-        reduce: prh::engine::Reduce::Max,
-        x: xm.clone(),
-        y: ym.clone(),
-        perf: "bpb".into(),
+        reduce,
+        x: s.x.clone(),
+        y: s.y.clone(),
+        perf: s.x_perf.into(),
         lower_is_better: None,
         per_y: false,
         bootstrap: 1000,
         seed: 0,
     };
-    let trend = analysis::trend(&reg, &req, &pairs)?;
-    println!("\ntrend: each language model's mean alignment to the vision models vs. its bpb");
+    let trend = analysis::trend(reg, &treq, &pairs)?;
+    println!(
+        "\ntrend: each language model's mean alignment to the vision models vs. its {}",
+        s.x_perf
+    );
     output::render(&trend.models, Format::Table, &mut std::io::stdout())?;
     println!(
         "pearson r = {:.3}, spearman ρ = {:.3}; {}",
@@ -141,12 +219,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
         trend.spearman_rho.unwrap_or(f64::NAN),
         trend.verdict
     );
-    if !a.no_plots {
-        let tp = a.dir.join("trend.svg");
-        let mp = a.dir.join("matrix.svg");
-        prh::plot::trend(&tp, &trend, "bpb", "mutual_knn")?;
-        let order = analysis::order_by_perf(&reg, &xm, "bpb", None)?;
-        let yorder = analysis::order_by_perf(&reg, &ym, "accuracy", None)?;
+    if s.plots {
+        let tp = s.dir.join("trend.svg");
+        let mp = s.dir.join("matrix.svg");
+        prh::plot::trend(&tp, &trend, s.x_perf, "mutual_knn")?;
+        let order = analysis::order_by_perf(reg, &s.x, s.x_perf, None)?;
+        let yorder = analysis::order_by_perf(reg, &s.y, s.y_perf, None)?;
         prh::plot::matrix(
             &mp,
             &analysis::matrix(&pairs, &order, &yorder),
@@ -155,8 +233,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
         println!("\nplots: {} and {}", tp.display(), mp.display());
     }
     println!(
-        "\nnext: prh --registry {} trend --metric mutual_knn --x modality=language --y modality=vision --perf bpb --calibrated",
-        a.dir.display()
+        "\nnext: prh --registry {} trend --metric mutual_knn --x modality=language --y modality=vision --perf {} --calibrated",
+        s.dir.display(),
+        s.x_perf
     );
     Ok(())
 }
