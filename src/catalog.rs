@@ -168,6 +168,26 @@ pub struct StoredBlob {
     pub used_by: Option<String>,
 }
 
+impl StoredBlob {
+    /// A blob as the SQL catalogs store its row: the hash as hex text, sizes as integers.
+    /// `None` for a hash that is not a valid name (`integrity_check` reports those).
+    pub(crate) fn from_sql(
+        hash: &str,
+        dtype: String,
+        (n, d, bytes): (i64, i64, i64),
+        used_by: Option<String>,
+    ) -> Option<StoredBlob> {
+        let row = BlobRow {
+            hash: hash.parse().ok()?,
+            dtype,
+            n: n as usize,
+            d: d as usize,
+            bytes: bytes as u64,
+        };
+        Some(StoredBlob { row, used_by })
+    }
+}
+
 /// Where a representation sits: checkpoint × dataset × layer × pool.
 #[derive(Debug, Clone, Copy)]
 pub struct RepSlot<'a> {

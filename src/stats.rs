@@ -455,6 +455,17 @@ mod tests {
         Arc::new(Derived::new(prep::prepare(x.view(), None, true).unwrap()))
     }
 
+    /// `range` draws of the max-over-layers mutual kNN under resampling `how`.
+    fn knn_draws(
+        how: Resampling,
+        (xs, ys): (&[Arc<Derived>], &[Arc<Derived>]),
+        seed: u64,
+        range: Range<usize>,
+    ) -> Vec<f64> {
+        let spec = MetricSpec::new(Metric::MutualKnn);
+        draws(how, &spec, Reduce::Max, (xs, ys), seed, range).unwrap()
+    }
+
     #[test]
     fn correlations_and_p_values_match_known_values() {
         let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
@@ -513,15 +524,7 @@ mod tests {
             let xs = vec![derived(random(256, 16, 100 + s))];
             let ys = vec![derived(random(256, 16, 200 + s))];
             let raw = reduce_over_layers(&spec, Reduce::Max, &xs, &ys).unwrap();
-            let null = draws(
-                Resampling::Permutation,
-                &spec,
-                Reduce::Max,
-                (&xs, &ys),
-                s,
-                0..99,
-            )
-            .unwrap();
+            let null = knn_draws(Resampling::Permutation, (&xs, &ys), s, 0..99);
             let sum = summarize(raw, &null, 1.0, DEFAULT_ALPHA);
             ps.push(sum.p_value);
             cals.push(sum.calibrated);
@@ -544,48 +547,16 @@ mod tests {
         let spec = MetricSpec::new(Metric::MutualKnn);
         let (xs, ys) = (vec![derived(x)], vec![derived(y)]);
         let raw = reduce_over_layers(&spec, Reduce::Max, &xs, &ys).unwrap();
-        let null = draws(
-            Resampling::Permutation,
-            &spec,
-            Reduce::Max,
-            (&xs, &ys),
-            0,
-            0..199,
-        )
-        .unwrap();
+        let null = knn_draws(Resampling::Permutation, (&xs, &ys), 0, 0..199);
         let s = summarize(raw, &null, 1.0, DEFAULT_ALPHA);
         assert_eq!(s.p_value, 1.0 / 200.0);
         assert!(s.calibrated > 0.2, "{s:?}");
         assert!(s.z > 10.0, "{s:?}");
         // Draws are reproducible one by one: a longer sample extends the shorter.
-        let more = draws(
-            Resampling::Permutation,
-            &spec,
-            Reduce::Max,
-            (&xs, &ys),
-            0,
-            199..250,
-        )
-        .unwrap();
-        let all = draws(
-            Resampling::Permutation,
-            &spec,
-            Reduce::Max,
-            (&xs, &ys),
-            0,
-            0..250,
-        )
-        .unwrap();
+        let more = knn_draws(Resampling::Permutation, (&xs, &ys), 0, 199..250);
+        let all = knn_draws(Resampling::Permutation, (&xs, &ys), 0, 0..250);
         assert_eq!([null, more].concat(), all);
-        let boot = draws(
-            Resampling::Bootstrap,
-            &spec,
-            Reduce::Max,
-            (&xs, &ys),
-            0,
-            0..50,
-        )
-        .unwrap();
+        let boot = knn_draws(Resampling::Bootstrap, (&xs, &ys), 0, 0..50);
         let ci = ci95(&boot);
         assert!(ci[0] < ci[1] && ci[0] > s.null_mean, "{ci:?}");
     }

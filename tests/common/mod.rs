@@ -105,6 +105,11 @@ fn walk(dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// A command line given as one string, split at whitespace (for arguments without spaces).
+pub fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// Path of a fixture file.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-use super::{Rt, WRITE_LOCK};
+use super::{Rt, WRITE_LOCK, xact_lock};
 use crate::catalog::tables::{Kind, TableRows, Value};
 use crate::catalog::{MergeCounts, MergeOptions};
 use crate::error::{Error, Result};
@@ -26,10 +26,7 @@ pub(super) fn merge(
     let deadline = opts.deadline;
     let mut tx = rt.block_on(async {
         let mut tx = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(WRITE_LOCK)
-            .execute(&mut *tx)
-            .await?;
+        xact_lock(&mut tx, WRITE_LOCK).await?;
         Ok::<_, Error>(tx)
     })?;
     let result = (|| {
