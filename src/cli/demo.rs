@@ -30,7 +30,7 @@ pub struct DemoArgs {
     pub real: bool,
     /// Permutations of the null for each pair's p-value and calibrated score (0 = none)
     /// [default: 0, or 200 with --real].
-    #[arg(long)]
+    #[arg(long, value_name = "P")]
     pub null: Option<usize>,
     /// Do not write the trend and matrix plots.
     #[arg(long)]
@@ -219,17 +219,32 @@ fn show(reg: &mut Registry, s: &Show) -> Result<()> {
         trend.spearman_rho.unwrap_or(f64::NAN),
         trend.verdict
     );
+    let order = analysis::order_by_perf(reg, &s.x, s.x_perf, None)?;
+    let yorder = analysis::order_by_perf(reg, &s.y, s.y_perf, None)?;
+    let matrix = analysis::matrix(&pairs, &order, &yorder);
+    println!(
+        "\nmatrix (mutual_knn; rows by {}, columns by {}, worst to best):",
+        s.x_perf, s.y_perf
+    );
+    let rows: Vec<serde_json::Value> = matrix
+        .rows
+        .iter()
+        .zip(&matrix.values)
+        .map(|(r, vals)| {
+            let mut o = serde_json::Map::new();
+            o.insert("model".into(), r.clone().into());
+            for (c, v) in matrix.cols.iter().zip(vals) {
+                o.insert(c.clone(), v.map(|v| format!("{v:.3}")).into());
+            }
+            o.into()
+        })
+        .collect();
+    output::render_values(&rows, Format::Table, &mut std::io::stdout())?;
     if s.plots {
         let tp = s.dir.join("trend.svg");
         let mp = s.dir.join("matrix.svg");
         prh::plot::trend(&tp, &trend, s.x_perf, "mutual_knn")?;
-        let order = analysis::order_by_perf(reg, &s.x, s.x_perf, None)?;
-        let yorder = analysis::order_by_perf(reg, &s.y, s.y_perf, None)?;
-        prh::plot::matrix(
-            &mp,
-            &analysis::matrix(&pairs, &order, &yorder),
-            "mutual_knn",
-        )?;
+        prh::plot::matrix(&mp, &matrix, "mutual_knn")?;
         println!("\nplots: {} and {}", tp.display(), mp.display());
     }
     println!(

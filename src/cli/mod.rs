@@ -104,7 +104,7 @@ enum Command {
     /// Sweeps split over workers: units pending, running (by which worker, since when) and
     /// done; cells per second and time left.
     Status(status::StatusArgs),
-    /// Build a demo registry from a synthetic model zoo and show what it holds.
+    /// Build a demo registry (a synthetic zoo, or real models with --real) and show what it holds.
     Demo(demo::DemoArgs),
 }
 
