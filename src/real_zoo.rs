@@ -76,43 +76,51 @@ pub struct RealModel {
 }
 
 /// The manifest of the zoo.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Manifest {
     pub dataset: DatasetInfo,
     /// Models by name, in the order they were extracted (vision first).
-    pub models: serde_json::Map<String, serde_json::Value>,
+    pub models: Vec<(String, RealModel)>,
     /// Whether a higher value of each score is better.
     pub higher_is_better: BTreeMap<String, bool>,
+}
+
+/// manifest.json as written: models as an object, kept in file order.
+#[derive(Deserialize)]
+struct RawManifest {
+    dataset: DatasetInfo,
+    models: serde_json::Map<String, serde_json::Value>,
+    higher_is_better: BTreeMap<String, bool>,
 }
 
 impl Manifest {
     /// The embedded manifest.
     pub fn embedded() -> Result<Manifest> {
-        let bytes = file("manifest.json")?;
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::Invalid(format!("embedded real-zoo manifest: {e}")))
-    }
-
-    /// The models, in manifest order.
-    pub fn models(&self) -> Result<Vec<(String, RealModel)>> {
-        self.models
-            .iter()
-            .map(|(name, v)| {
-                serde_json::from_value(v.clone())
-                    .map(|m| (name.clone(), m))
-                    .map_err(|e| Error::Invalid(format!("real-zoo manifest, model {name}: {e}")))
+        let bad = |what: String| Error::Invalid(format!("embedded real-zoo manifest: {what}"));
+        let raw: RawManifest =
+            serde_json::from_slice(file("manifest.json")?).map_err(|e| bad(e.to_string()))?;
+        let models = raw
+            .models
+            .into_iter()
+            .map(|(name, v)| match serde_json::from_value(v) {
+                Ok(m) => Ok((name, m)),
+                Err(e) => Err(bad(format!("model {name}: {e}"))),
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(Manifest {
+            dataset: raw.dataset,
+            models,
+            higher_is_better: raw.higher_is_better,
+        })
     }
 
     /// Names of the models of one modality, in manifest order.
-    pub fn names(&self, modality: &str) -> Result<Vec<String>> {
-        Ok(self
-            .models()?
-            .into_iter()
+    pub fn names(&self, modality: &str) -> Vec<String> {
+        self.models
+            .iter()
             .filter(|(_, m)| m.modality == modality)
-            .map(|(n, _)| n)
-            .collect())
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 }
 
@@ -125,17 +133,21 @@ pub fn file(name: &str) -> Result<&'static [u8]> {
         .ok_or_else(|| Error::Invalid(format!("the real zoo has no file {name}")))
 }
 
-/// Writes the embedded files to `dir` and ingests every model into `reg` (dataset, modality,
-/// family, scores and provenance from the manifest). Returns one report per model.
-pub fn ingest_into(reg: &mut Registry, dir: &Path) -> Result<Vec<IngestReport>> {
+/// Writes the embedded files to `dir` and ingests every model of `manifest` into `reg`
+/// (dataset, modality, family, scores and provenance from the manifest). Returns one report
+/// per model.
+pub fn ingest_into(
+    reg: &mut Registry,
+    dir: &Path,
+    manifest: &Manifest,
+) -> Result<Vec<IngestReport>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     for (name, bytes) in FILES {
         let p = dir.join(name);
         std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
     }
-    let manifest = Manifest::embedded()?;
     let mut reports = Vec::new();
-    for (name, m) in manifest.models()? {
+    for (name, m) in &manifest.models {
         let path: PathBuf = dir.join(format!("{name}.npz"));
         let mut meta: Vec<(String, String)> = m.meta.clone().into_iter().collect();
         meta.push(("package".into(), m.package.clone()));
@@ -155,7 +167,7 @@ pub fn ingest_into(reg: &mut Registry, dir: &Path) -> Result<Vec<IngestReport>> 
         reports.push(reg.ingest(&path, &req)?);
         for (score, value) in &m.scores {
             let higher = manifest.higher_is_better.get(score).copied();
-            reg.set_scores(&name, None, &[(score.clone(), *value)], higher)?;
+            reg.set_scores(name, None, &[(score.clone(), *value)], higher)?;
         }
     }
     Ok(reports)
@@ -168,13 +180,12 @@ mod tests {
     #[test]
     fn every_manifest_model_has_its_embedded_file_and_no_file_is_extra() {
         let m = Manifest::embedded().unwrap();
-        let models = m.models().unwrap();
-        assert_eq!(models.len(), FILES.len() - 1);
-        for (name, _) in &models {
+        assert_eq!(m.models.len(), FILES.len() - 1);
+        for (name, _) in &m.models {
             file(&format!("{name}.npz")).unwrap();
         }
-        assert_eq!(m.names("vision").unwrap().len(), 4);
-        assert_eq!(m.names("language").unwrap().len(), 3);
+        assert_eq!(m.names("vision").len(), 4);
+        assert_eq!(m.names("language").len(), 3);
     }
 
     #[test]

@@ -93,21 +93,24 @@ fn run_real(a: DemoArgs) -> Result<()> {
     let dir = a.dir.unwrap_or_else(|| PathBuf::from("prh-demo-real"));
     let manifest = real_zoo::Manifest::embedded()?;
     let mut reg = Registry::init(&dir)?;
+    let (x, y) = (manifest.names("language"), manifest.names("vision"));
     println!(
-        "real-zoo demo registry: {} (4 vision and 3 language pretrained models; n = {} image-caption pairs, dataset {}: {})",
+        "real-zoo demo registry: {} ({} vision and {} language pretrained models; n = {} image-caption pairs, dataset {}: {})",
         dir.display(),
+        y.len(),
+        x.len(),
         manifest.dataset.n,
         manifest.dataset.name,
         manifest.dataset.source
     );
-    let reports = real_zoo::ingest_into(&mut reg, &dir.join("inputs"))?;
+    let reports = real_zoo::ingest_into(&mut reg, &dir.join("inputs"), &manifest)?;
     summarize(&reg, &reports, &dir)?;
     show(
         &mut reg,
         &Show {
             dir,
-            x: manifest.names("language")?,
-            y: manifest.names("vision")?,
+            x,
+            y,
             x_perf: "category_knn10",
             y_perf: "category_knn10",
             null: a.null.unwrap_or(200),
