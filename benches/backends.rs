@@ -20,24 +20,11 @@ use harness::s3::Moto;
 use prh::catalog::PgCatalog;
 use prh::demo::ZooModel;
 use prh::location::Locations;
-use prh::registry::{IngestRequest, Registry};
+use prh::registry::Registry;
 
 /// A registry at `root` whose parts `loc` names, holding the zoo's files.
 fn registry(root: &Path, loc: &Locations, files: &[(ZooModel, std::path::PathBuf)]) {
-    let mut reg = Registry::init_at(root, loc).unwrap();
-    for (m, path) in files {
-        reg.ingest(
-            path,
-            &IngestRequest {
-                model: m.name.clone(),
-                dataset: "zoo".into(),
-                modality: Some(m.modality.into()),
-                pool: "avg".into(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    }
+    common::ingest_zoo(&mut Registry::init_at(root, loc).unwrap(), files);
 }
 
 fn main() {

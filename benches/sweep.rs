@@ -10,7 +10,7 @@ use std::time::Instant;
 mod common;
 use common::{align_language_vision, subjects};
 
-use prh::registry::{IngestRequest, Registry};
+use prh::registry::Registry;
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
@@ -19,19 +19,7 @@ fn main() {
     let files = zoo.write_files(&dir.path().join("inputs")).unwrap();
     let reg_path = dir.path().join("reg");
     let mut reg = Registry::init(&reg_path).unwrap();
-    for (m, path) in &files {
-        reg.ingest(
-            path,
-            &IngestRequest {
-                model: m.name.clone(),
-                dataset: "zoo".into(),
-                modality: Some(m.modality.into()),
-                pool: "avg".into(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    }
+    common::ingest_zoo(&mut reg, &files);
     drop(reg);
     println!(
         "zoo: 8 models × 12 layers, n = 1024, d = 768–1024 (generated and ingested in {:.1} s)",

@@ -684,7 +684,12 @@ fn pair_set<'a>(
     ys: &'a [CheckpointLayers],
     only: Option<(CheckpointId, CheckpointId)>,
 ) -> Result<PairSet<'a>> {
-    let preps = checkpoint_preps(reg, xs.iter().chain(ys.iter()), req.prep)?;
+    // A worker's unit (`only`) prepares its own two checkpoints, not the whole request's.
+    let wanted = |ck: &&CheckpointLayers| {
+        only.is_none_or(|(x, y)| ck.checkpoint_id == x || ck.checkpoint_id == y)
+    };
+    let members: Vec<&CheckpointLayers> = xs.iter().chain(ys.iter()).filter(wanted).collect();
+    let preps = checkpoint_preps(reg, members.iter().copied(), req.prep)?;
     Ok(PairSet {
         pairs: xs
             .iter()
@@ -693,9 +698,8 @@ fn pair_set<'a>(
             .filter(|(x, y)| only.is_none_or(|o| o == (x.checkpoint_id, y.checkpoint_id)))
             .collect(),
         keys: req.specs.iter().map(metric_key).collect(),
-        side_ids: xs
+        side_ids: members
             .iter()
-            .chain(ys.iter())
             .map(|ck| {
                 let ids = side_ids(&ck.layers, &preps[&ck.checkpoint_id].keys);
                 (ck.checkpoint_id, ids)

@@ -197,7 +197,7 @@ fn compute(
         null: 0,
         bootstrap: 0,
         seed: 0,
-        alpha: 0.05,
+        alpha: crate::stats::DEFAULT_ALPHA,
         reduce: Default::default(),
     };
     if derived.as_ref().is_none_or(|(s, _)| *s != unit.sweep) {

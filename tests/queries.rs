@@ -7,13 +7,8 @@ use common::{Env, noise, write_npy};
 
 fn demo() -> Env {
     let env = Env::new();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_prh"))
-        .args(["demo", "--dir"])
-        .arg(env.reg())
-        .arg("--no-plots")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reg = env.reg();
+    env.ok(&["demo", "--dir", reg.to_str().unwrap(), "--no-plots"]);
     env
 }
 

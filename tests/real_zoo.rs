@@ -11,13 +11,15 @@ use serde_json::Value;
 const NULL: &str = "50";
 
 fn demo(env: &Env) -> String {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_prh"))
-        .args(["demo", "--real", "--null", NULL, "--dir"])
-        .arg(env.reg())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
+    let reg = env.reg();
+    env.ok(&[
+        "demo",
+        "--real",
+        "--null",
+        NULL,
+        "--dir",
+        reg.to_str().unwrap(),
+    ])
 }
 
 fn align(env: &Env, x: &str) -> Vec<Value> {

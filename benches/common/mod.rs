@@ -278,6 +278,23 @@ impl CacheZoo {
     }
 }
 
+/// Ingests the files of a zoo (`ZooSpec::write_files`) into `reg`, on dataset `zoo`.
+pub fn ingest_zoo(reg: &mut prh::registry::Registry, files: &[(prh::demo::ZooModel, PathBuf)]) {
+    for (m, path) in files {
+        reg.ingest(
+            path,
+            &prh::registry::IngestRequest {
+                model: m.name.clone(),
+                dataset: "zoo".into(),
+                modality: Some(m.modality.into()),
+                pool: "avg".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+}
+
 /// The sweep benches' zoo: 4 language × 4 vision models, n = 1024, 12 layers each,
 /// d = 768–1024, with a latent signal that grows with quality.
 pub fn sweep_zoo() -> prh::demo::ZooSpec {
