@@ -25,20 +25,13 @@ pub fn run(cmd: &mut Command, what: &str) {
 
 /// The test virtualenv, created and filled when missing.
 pub fn venv(tmp: &Path) -> PathBuf {
-    use std::os::fd::AsRawFd;
     let dir = tmp.join("pyvenv");
     let ready = dir.join(".prh-ready");
     // One maker at a time: tests in parallel (threads and test binaries alike) wait here while
-    // the first makes it, instead of running a pip that is not there yet.
+    // the first makes it, instead of running a pip that is not there yet. The same flock prh
+    // takes on a registry directory (on `tmp/lock`); released when `_lock` is dropped.
     std::fs::create_dir_all(tmp).unwrap();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(tmp.join("pyvenv.lock"))
-        .unwrap();
-    // SAFETY: flock on a descriptor this function owns; released when `lock` is dropped.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let _lock = prh::lock::RegistryLock::exclusive(tmp).unwrap();
     // Made again when the package list changed.
     let want = PACKAGES.join("\n");
     if std::fs::read_to_string(&ready).ok().as_deref() != Some(want.as_str()) {
