@@ -269,6 +269,33 @@ pub struct SweepStatus {
     pub eta_seconds: Option<f64>,
     /// The running units: who holds them and since when.
     pub running_units: Vec<RunningUnit>,
+    /// Who finished the done units, by worker name (sorted).
+    pub workers: Vec<WorkerShare>,
+}
+
+/// The units and cells one worker finished in a sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerShare {
+    pub worker: String,
+    pub units_done: usize,
+    pub cells_done: i64,
+}
+
+/// The done units of one sweep, counted per worker.
+fn shares(units: &[&UnitRow]) -> Vec<WorkerShare> {
+    let mut by: std::collections::BTreeMap<&str, (usize, i64)> = Default::default();
+    for u in units.iter().filter(|u| u.state == "done") {
+        let e = by.entry(u.worker.as_deref().unwrap_or("")).or_default();
+        e.0 += 1;
+        e.1 += u.cells;
+    }
+    by.into_iter()
+        .map(|(w, (units_done, cells_done))| WorkerShare {
+            worker: w.to_string(),
+            units_done,
+            cells_done,
+        })
+        .collect()
 }
 
 /// A running unit.
@@ -331,6 +358,7 @@ pub fn status(reg: &Registry) -> Result<Vec<SweepStatus>> {
                         attempts: u.attempts,
                     })
                     .collect(),
+                workers: shares(&mine),
             }
         })
         .collect())

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, fixture, mutate, noise, write_npy};
+use common::{Env, fixture, mutate, noise, race, write_npy};
 use prh::rng::Rng;
 
 /// Address-space limit for every prh run here, as a hostile tester had it (4 GiB).
@@ -447,10 +447,13 @@ fn a_file_truncated_while_it_is_ingested_is_an_error_not_a_crash() {
     let mut rng = Rng::new(5);
     let started = Instant::now();
     let mut rounds = 0;
+    // Rounds in which the file was cut while the ingest had it open: the case under test
+    // (a cut before the open is a plain truncated file).
+    let mut cut_while_open = 0;
     while rounds < 12 && started.elapsed() < Duration::from_secs(60) {
         std::fs::write(&p, &full).unwrap();
         let model = format!("m{rounds}");
-        let child = Command::new(env!("CARGO_BIN_EXE_prh"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_prh"))
             .arg("--registry")
             .arg(env.reg())
             .args(ingest_args(p.to_str().unwrap(), &model))
@@ -458,13 +461,23 @@ fn a_file_truncated_while_it_is_ingested_is_an_error_not_a_crash() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.below(60) as u64));
+        let pid = child.id();
+        let opened = race::wait_for(
+            Duration::from_secs(10),
+            || child.try_wait().unwrap().is_some(),
+            || race::has_open(pid, &p),
+        );
+        std::thread::sleep(Duration::from_micros(rng.below(400) as u64));
+        let open_now = opened && race::has_open(pid, &p) && child.try_wait().unwrap().is_none();
         std::fs::OpenOptions::new()
             .write(true)
             .open(&p)
             .unwrap()
             .set_len(1000)
             .unwrap();
+        if open_now {
+            cut_while_open += 1;
+        }
         let o = child.wait_with_output().unwrap();
         assert!(
             matches!(o.status.code(), Some(0 | 1)),
@@ -475,6 +488,10 @@ fn a_file_truncated_while_it_is_ingested_is_an_error_not_a_crash() {
         assert_eq!(tmp_entries(&env), 0, "round {rounds}: tmp/ not empty");
         rounds += 1;
     }
+    assert!(
+        cut_while_open > 0,
+        "the file was never cut while the ingest had it open ({rounds} rounds)"
+    );
     intact(&env);
 }
 
@@ -562,10 +579,13 @@ fn gc_racing_ingest_never_deletes_a_blob_that_rows_name() {
     scratch.ok(&["init"]);
     let started = Instant::now();
     let mut rounds = 0;
+    // Rounds in which gc started while the ingest held the writers' lock, i.e. after it had
+    // looked at which blobs exist and before its rows were committed: the race under test.
+    let mut raced = 0;
     while rounds < 8 && started.elapsed() < Duration::from_secs(90) {
         // An orphan blob file, old enough for gc, identical to what the ingest will write.
         let p = env.path(&format!("f{rounds}.npy"));
-        write_npy(&p, &[64, 24, 256], &noise(64 * 24 * 256, 50 + rounds));
+        write_npy(&p, &[256, 24, 1024], &noise(256 * 24 * 1024, 50 + rounds));
         let model = format!("m{rounds}");
         scratch.ok(&ingest_args(p.to_str().unwrap(), &model));
         for f in blob_files(&scratch.reg()) {
@@ -584,15 +604,25 @@ fn gc_racing_ingest_never_deletes_a_blob_that_rows_name() {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(5 * rounds));
+        // Odd rounds start gc while the ingest holds the lock; even rounds at once.
+        let held = rounds % 2 == 1
+            && race::wait_for(
+                Duration::from_secs(20),
+                || ingest.try_wait().unwrap().is_some(),
+                || race::lock_is_held(&env.reg()),
+            );
         let gc = env.prh(&["gc"]);
         assert!(gc.status.success());
         assert!(ingest.wait().unwrap().success());
+        if held {
+            raced += 1;
+        }
         // Every representation's blob is on disk and sound.
         let v = env.json(&["verify", "--format", "json"]);
         assert_eq!(v["problems"], serde_json::json!([]), "round {rounds}: {v}");
         rounds += 1;
     }
+    assert!(raced > 0, "gc never ran while an ingest held the lock");
     assert_eq!(
         env.json(&["ls", "reps", "--format", "json"])
             .as_array()

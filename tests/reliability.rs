@@ -24,6 +24,11 @@ fn demo_like(env: &Env) {
     common::two_models(env, &[120, 4, 16]);
 }
 
+/// Entries in the registry's staging directory.
+fn staged(env: &Env) -> usize {
+    std::fs::read_dir(env.reg().join("tmp")).map_or(0, |d| d.count())
+}
+
 #[test]
 fn killed_ingests_leave_a_registry_that_verifies_and_resumes() {
     let env = Env::new();
@@ -32,14 +37,22 @@ fn killed_ingests_leave_a_registry_that_verifies_and_resumes() {
     write_npy(&big, &[256, 16, 2048], &noise(256 * 16 * 2048, 9));
     let mut rng = Rng::new(42);
     let started = Instant::now();
+    // Kills that landed while the ingest had a blob staged (written, not yet published or
+    // committed): the case this test is about. Every round waits for staging to begin.
+    let mut mid_write = 0;
     let mut kills = 0;
     while kills < 12 && started.elapsed() < Duration::from_secs(60) {
+        // Each round a new model, so every ingest stages its blobs (a repeated one would find
+        // them stored and stage nothing); the staging area starts empty.
+        let model = format!("k{kills}");
+        let _ = std::fs::remove_dir_all(env.reg().join("tmp"));
+        std::fs::create_dir_all(env.reg().join("tmp")).unwrap();
         let mut child = prh(&env)
             .args([
                 "ingest",
                 big.to_str().unwrap(),
                 "--model",
-                "m",
+                &model,
                 "--dataset",
                 "d",
                 "--modality",
@@ -47,9 +60,21 @@ fn killed_ingests_leave_a_registry_that_verifies_and_resumes() {
             ])
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.below(120) as u64));
+        let t = Instant::now();
+        while staged(&env) == 0 && t.elapsed() < Duration::from_secs(10) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(40) as u64));
+        let staged_at_kill = staged(&env) > 0;
+        let running = child.try_wait().unwrap().is_none();
         let _ = child.kill();
         let _ = child.wait();
+        if running && staged_at_kill {
+            mid_write += 1;
+        }
         kills += 1;
         let v = env.prh(&["verify"]);
         assert!(
@@ -59,9 +84,18 @@ fn killed_ingests_leave_a_registry_that_verifies_and_resumes() {
         );
         // Whatever the kill left, rows never name a missing blob and no half blob is visible.
         let reps = env.json(&["ls", "reps", "--format", "json"]);
-        let n = reps.as_array().unwrap().len();
+        let n = reps
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["model"] == model.as_str())
+            .count();
         assert!(n == 0 || n == 16, "all layers or none: {n}");
     }
+    assert!(
+        mid_write > 0,
+        "no kill landed while a blob was staged ({kills} kills): the test proved nothing"
+    );
     env.ok(&[
         "ingest",
         big.to_str().unwrap(),
@@ -73,7 +107,7 @@ fn killed_ingests_leave_a_registry_that_verifies_and_resumes() {
         "language",
     ]);
     assert_eq!(
-        env.json(&["ls", "reps", "--format", "json"])
+        env.json(&["ls", "reps", "--model", "m", "--format", "json"])
             .as_array()
             .unwrap()
             .len(),
@@ -83,16 +117,69 @@ fn killed_ingests_leave_a_registry_that_verifies_and_resumes() {
     assert!(env.prh(&["verify"]).status.success());
 }
 
+/// Cells in a SQLite registry's cache, read while other processes write.
+fn cells(env: &Env) -> i64 {
+    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.query_row("SELECT count(*) FROM cells", [], |r| r.get(0))
+        .unwrap()
+}
+
 #[test]
 fn four_ingests_and_two_sweeps_at_once() {
     let env = Env::new();
-    demo_like(&env);
-    let mut children = Vec::new();
-    for i in 0..4 {
-        let p = env.path(&format!("m{i}.npy"));
-        write_npy(&p, &[120, 4, 16], &noise(120 * 4 * 16, 100 + i));
-        let modality = if i % 2 == 0 { "language" } else { "vision" };
-        children.push(
+    env.ok(&["init"]);
+    // Many small model pairs (each committed on its own), so that the two sweeps commit cells
+    // all through the four ingests' run (checked below, or the test proves nothing).
+    let names: Vec<String> = (0..12).map(|i| format!("z{i}")).collect();
+    let zoo: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let p = env.path(&format!("{name}.npy"));
+            write_npy(&p, &[1024, 2, 16], &noise(1024 * 2 * 16, 300 + i as u64));
+            let modality = if i < 6 { "language" } else { "vision" };
+            (p, name.as_str(), modality)
+        })
+        .collect();
+    common::ingest_all(&env, "d", &zoo);
+    let files: Vec<_> = (0..4)
+        .map(|i| {
+            let p = env.path(&format!("m{i}.npy"));
+            write_npy(&p, &[1024, 4, 2048], &noise(1024 * 4 * 2048, 100 + i));
+            p
+        })
+        .collect();
+    let sweep = || {
+        prh(&env)
+            .args([
+                "align",
+                "--x",
+                "modality=language",
+                "--y",
+                "modality=vision",
+                "--metric",
+                "mutual_knn,cka",
+                "--quiet",
+            ])
+            .spawn()
+            .unwrap()
+    };
+    let sweeps = vec![sweep(), sweep()];
+    let t = Instant::now();
+    while cells(&env) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no sweep wrote a cell"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let at_spawn = cells(&env);
+    let mut ingests: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let modality = if i % 2 == 0 { "language" } else { "vision" };
             prh(&env)
                 .args([
                     "ingest",
@@ -105,35 +192,28 @@ fn four_ingests_and_two_sweeps_at_once() {
                     modality,
                 ])
                 .spawn()
-                .unwrap(),
-        );
+                .unwrap()
+        })
+        .collect();
+    // Proof that the writers interleaved: a sweep committed cells while an ingest was running.
+    let mut interleaved = false;
+    while ingests.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        interleaved |= cells(&env) > at_spawn;
+        std::thread::sleep(Duration::from_millis(5));
     }
-    for _ in 0..2 {
-        children.push(
-            prh(&env)
-                .args([
-                    "align",
-                    "--x",
-                    "modality=language",
-                    "--y",
-                    "modality=vision",
-                    "--metric",
-                    "mutual_knn,cka",
-                    "--quiet",
-                ])
-                .spawn()
-                .unwrap(),
-        );
-    }
-    for c in children {
+    for c in ingests.into_iter().chain(sweeps) {
         let o = c.wait_with_output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(!String::from_utf8_lossy(&o.stderr).contains("locked"));
     }
+    assert!(
+        interleaved,
+        "no sweep committed a cell while an ingest ran: nothing happened at once"
+    );
     let reps = env.json(&["ls", "reps", "--format", "json"]);
-    assert_eq!(reps.as_array().unwrap().len(), 6 * 4);
+    assert_eq!(reps.as_array().unwrap().len(), 12 * 2 + 4 * 4);
     let models = env.json(&["ls", "models", "--format", "json"]);
-    assert_eq!(models.as_array().unwrap().len(), 6);
+    assert_eq!(models.as_array().unwrap().len(), 16);
     let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
     let dup: i64 = db
         .query_row(
@@ -205,18 +285,23 @@ fn a_truncated_wal_loses_at_most_the_last_transactions_and_verify_names_the_left
     ]);
     let wal = env.reg().join("catalog.db-wal");
     let len = std::fs::metadata(&wal).unwrap().len();
-    assert!(len > 0);
-    drop(hold);
-    // Simulate a crash that lost the WAL's tail: copy the main db and a truncated WAL aside.
+    assert!(len > 0, "the held connection keeps the WAL");
+    // Simulate a crash that lost the WAL's tail: copy the registry aside while the WAL still
+    // exists (the held connection keeps it from being checkpointed away), leave out the
+    // shared-memory index (a crash loses it too), and cut the copied WAL to a third.
     let crash = Env::new();
     std::fs::create_dir_all(crash.reg()).unwrap();
     copy_dir(&env.reg(), &crash.reg());
-    let f = std::fs::OpenOptions::new()
+    drop(hold);
+    let _ = std::fs::remove_file(crash.reg().join("catalog.db-shm"));
+    let copied = crash.reg().join("catalog.db-wal");
+    assert_eq!(std::fs::metadata(&copied).unwrap().len(), len);
+    std::fs::OpenOptions::new()
         .write(true)
-        .open(crash.reg().join("catalog.db-wal"));
-    if let Ok(f) = f {
-        f.set_len(len / 3).unwrap();
-    }
+        .open(&copied)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
     let v = crash.prh(&["verify"]);
     let out = String::from_utf8_lossy(&v.stdout).to_string();
     assert!(v.status.success(), "{out}");
@@ -227,12 +312,17 @@ fn a_truncated_wal_loses_at_most_the_last_transactions_and_verify_names_the_left
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    if !names.contains(&"late") {
-        assert!(
-            out.contains("unreferenced blob files"),
-            "lost rows leave named blob files: {out}"
-        );
-    }
+    // The ingest's one transaction ends in the WAL's last frames: cut, it is lost whole, the
+    // earlier models stay, and its published blobs are named as unreferenced files.
+    assert!(
+        !names.contains(&"late"),
+        "the lost commit survived: {names:?}"
+    );
+    assert!(names.contains(&"l1") && names.contains(&"v1"), "{names:?}");
+    assert!(
+        out.contains("unreferenced blob files"),
+        "lost rows leave named blob files: {out}"
+    );
     crash.ok(&[
         "ingest",
         p.to_str().unwrap(),
@@ -574,4 +664,86 @@ fn declared_sizes_never_allocate_before_checking_the_file() {
     );
     // A pickle string claiming 2 GiB.
     assert!(prh::formats::pickle::load(b"\x80\x02X\xff\xff\xff\x7f").is_err());
+}
+
+/// `strace` (Debian's package; installed with apt-get when missing and running as root).
+fn strace() -> &'static str {
+    let found = || {
+        Command::new("strace")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !found() {
+        assert!(
+            common::postgres::is_root(),
+            "this test needs strace: run `sudo apt-get install strace`"
+        );
+        let st = Command::new("apt-get")
+            .args(["install", "-y", "-q", "strace"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .expect("apt-get runs");
+        assert!(st.success() && found(), "apt-get install strace failed");
+    }
+    "strace"
+}
+
+/// The path inside the first `<…>` of an strace line (`-y` prints a descriptor's path so).
+fn fd_path(line: &str) -> Option<&str> {
+    let start = line.find('<')? + 1;
+    Some(&line[start..start + line[start..].find('>')?])
+}
+
+/// The first two quoted arguments of an strace line.
+fn quoted(line: &str) -> Vec<&str> {
+    line.split('"').skip(1).step_by(2).take(2).collect()
+}
+
+#[test]
+fn every_blob_is_fsynced_before_it_is_renamed_into_place() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let p = env.path("f.npy");
+    write_npy(&p, &[64, 4, 32], &noise(64 * 4 * 32, 5));
+    let log = env.path("trace.txt");
+    let o = Command::new(strace())
+        .args(["-f", "-y", "-qq", "-o"])
+        .arg(&log)
+        .args(["-e", "trace=fsync,fdatasync,rename,renameat,renameat2"])
+        .arg(env!("CARGO_BIN_EXE_prh"))
+        .arg("--registry")
+        .arg(env.reg())
+        .args([
+            "ingest",
+            p.to_str().unwrap(),
+            "--model",
+            "m",
+            "--dataset",
+            "d",
+        ])
+        .args(["--modality", "language"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let trace = std::fs::read_to_string(&log).unwrap();
+    let mut synced: Vec<&str> = Vec::new();
+    let mut published = 0;
+    for line in trace.lines() {
+        if line.contains("fsync(") || line.contains("fdatasync(") {
+            synced.extend(fd_path(line));
+        } else if line.contains("rename") {
+            let args = quoted(line);
+            let (from, to) = (args[0], args[1]);
+            if to.contains("/blobs/") {
+                assert!(
+                    synced.contains(&from),
+                    "{from} renamed to {to} before it was fsynced:\n{trace}"
+                );
+                published += 1;
+            }
+        }
+    }
+    assert_eq!(published, 4, "one rename per layer's blob:\n{trace}");
 }

@@ -92,6 +92,18 @@ fn workers_match_a_plain_sweep(a: &Env, b: &Env) {
     assert_eq!(s["cells"], s["cells_done"]);
     assert!(s["cells_per_second"].as_f64().unwrap() > 0.0, "{st}");
     assert_eq!(s["eta_seconds"].as_f64().unwrap(), 0.0);
+    // Both workers took units (or the split proved nothing), and their shares add up.
+    let shares = s["workers"].as_array().unwrap();
+    assert_eq!(shares.len(), 2, "{st}");
+    assert!(
+        shares.iter().all(|w| w["units_done"].as_u64().unwrap() > 0),
+        "{st}"
+    );
+    let shared: u64 = shares
+        .iter()
+        .map(|w| w["units_done"].as_u64().unwrap())
+        .sum();
+    assert_eq!(shared, pairs, "{st}");
     let count = "SELECT count(*) AS n FROM cells WHERE metric = 'cka'";
     assert_eq!(
         b.ok(&["query", count, "--format", "csv"]),

@@ -1,5 +1,5 @@
 //! `prh status`: the sweeps split over workers — units pending, running (by whom, since when),
-//! done; cells per second and time left.
+//! done (and by whom); cells per second and time left.
 
 use anyhow::Result;
 use serde::Serialize;
@@ -59,6 +59,18 @@ pub fn run(ctx: &Ctx, a: StatusArgs) -> Result<()> {
                 running: 1,
                 done: 0,
                 cells: String::new(),
+                cells_per_second: String::new(),
+                eta: String::new(),
+            });
+        }
+        for w in &s.workers {
+            rows.push(Row {
+                sweep: s.sweep,
+                what: format!("  done by {}", w.worker),
+                pending: 0,
+                running: 0,
+                done: w.units_done,
+                cells: w.cells_done.to_string(),
                 cells_per_second: String::new(),
                 eta: String::new(),
             });

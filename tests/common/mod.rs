@@ -217,4 +217,5 @@ pub mod browser;
 pub mod http;
 pub mod postgres;
 pub mod python;
+pub mod race;
 pub mod s3;

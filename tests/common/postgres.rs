@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 /// The superuser's password of every test cluster (given to prh through PGPASSWORD only).
 pub const PASSWORD: &str = "prh-test-pw-7c1e";
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
