@@ -28,6 +28,7 @@ fn registry(root: &Path, loc: &Locations, files: &[(ZooModel, std::path::PathBuf
 }
 
 fn main() {
+    common::announce("backends");
     let dir = tempfile::tempdir().unwrap();
     let zoo = common::sweep_zoo();
     let files = zoo.write_files(&dir.path().join("inputs")).unwrap();

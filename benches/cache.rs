@@ -10,6 +10,7 @@ use common::CacheZoo;
 use prh::catalog::SqliteCatalog;
 
 fn main() {
+    common::announce("cache");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.db");
     let mut cat = SqliteCatalog::create(&path).unwrap();

@@ -8,6 +8,9 @@ use std::time::Instant;
 
 use prh::registry::{IngestRequest, Registry};
 
+mod common;
+use common::size;
+
 fn main() {
     let base = std::env::var_os("PRH_BENCH_DIR")
         .map(std::path::PathBuf::from)
@@ -17,8 +20,12 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
     let dir = tempfile::tempdir_in(&base).unwrap();
-    let (n, d) = (1024usize, 4096usize);
-    let layers = ((gib * (1u64 << 30) as f64) / (n * d * 4) as f64).round() as usize;
+    common::announce("ingest");
+    let (n, d): (usize, usize) = size((1024, 4096), (64, 64));
+    let layers = size(
+        ((gib * (1u64 << 30) as f64) / (n * d * 4) as f64).round() as usize,
+        4,
+    );
     let src = dir.path().join("feats.npy");
     write_big_npy(&src, n, layers, d);
     let bytes = std::fs::metadata(&src).unwrap().len();

@@ -5,6 +5,9 @@
 //!    derive-once path against recomputing both neighbour sets for every layer pair as the
 //!    official loop does (same Gram and kNN code), and their ratio.
 
+mod common;
+use common::size;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,13 +32,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    common::announce("metrics");
     let threads = rayon::current_num_threads();
     println!("rayon threads: {threads}");
     // 1. Gram.
-    let (n, d) = (1024, 4096);
+    let (n, d) = size((1024, 4096), (96, 48));
     let x = prepared(n, d, 1);
     let _ = derived::gram(&x); // warm up
-    let times: Vec<f64> = (0..7)
+    let times: Vec<f64> = (0..size(7, 1))
         .map(|_| {
             let t = Instant::now();
             std::hint::black_box(derived::gram(&x));
@@ -74,7 +78,7 @@ fn main() {
     }
 
     // 3. 24 x 24 layer search.
-    let (n, d, layers) = (1024, 1024, 24);
+    let (n, d, layers) = size((1024, 1024, 24), (96, 32, 3));
     let xs: Vec<Array2<f32>> = (0..layers)
         .map(|l| prepared(n, d, 100 + l as u64))
         .collect();

@@ -2,6 +2,9 @@
 //! against the time of one raw sweep of that pair (derive both sides + 144 cells).
 //! Run: `cargo bench --bench null`.
 
+mod common;
+use common::size;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +15,9 @@ use prh::{engine, stats};
 use rayon::prelude::*;
 
 fn main() {
-    let (n, d, layers) = (1024, 1024, 12);
+    common::announce("null");
+    let (n, d, layers) = size((1024, 1024, 12), (96, 32, 3));
+    let perms = size(1000, 20);
     // Two models sharing a latent, so the pair is far from its null.
     let mut r = Rng::new(1);
     let z = Array2::from_shape_fn((n, 16), |_| r.normal() as f32);
@@ -47,7 +52,7 @@ fn main() {
         prh::engine::Reduce::Max,
         (&dx, &dy),
         0,
-        0..1000,
+        0..perms,
     )
     .unwrap();
     let null_time = t.elapsed().as_secs_f64();

@@ -8,14 +8,20 @@ mod python;
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
 fn main() {
+    common::announce("python");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (venv, path) = python::develop(root, Path::new(env!("CARGO_TARGET_TMPDIR")), true);
+    // A smoke run uses the tests' debug build of the package (a release build takes minutes).
+    let release = !common::smoke();
+    let (venv, path) = python::develop(root, Path::new(env!("CARGO_TARGET_TMPDIR")), release);
     python::run(
         Command::new(venv.join("bin/python"))
             .arg(root.join("python/bench/log_vs_save.py"))
             .env("PATH", &path)
-            .env("VIRTUAL_ENV", &venv),
+            .env("VIRTUAL_ENV", &venv)
+            .env("PRH_BENCH_SMOKE", if release { "" } else { "1" }),
         "python/bench/log_vs_save.py",
     );
 }

@@ -5,6 +5,9 @@
 use std::process::Command;
 use std::time::Instant;
 
+mod common;
+use common::size;
+
 #[path = "../tests/common/mod.rs"]
 mod harness;
 
@@ -20,7 +23,8 @@ fn main() {
         .unwrap_or_else(|| dir.path().join("reg"));
     let reg = Registry::init(&root).unwrap();
     drop(reg);
-    let (nx, ny, layers) = (40usize, 25usize, 32usize);
+    common::announce("query");
+    let (nx, ny, layers): (usize, usize, usize) = size((40, 25, 32), (4, 3, 4));
     let t = Instant::now();
     let mut db = rusqlite::Connection::open(root.join("catalog.db")).unwrap();
     let tx = db.transaction().unwrap();

@@ -17,11 +17,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::size;
+
 const BIN: &str = env!("CARGO_BIN_EXE_prh");
-const MODELS: usize = 100;
 const N: usize = 64;
-const CLIENTS: usize = 50;
-const PER_CLIENT: usize = 20;
 
 fn prh(reg: &Path, args: &[&str]) {
     let o = Command::new(BIN)
@@ -64,17 +64,19 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
+    common::announce("serve");
+    let (models, clients, per_client) = (size(100, 4), size(50, 2), size(20, 2));
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("reg");
     let t = Instant::now();
     prh(&reg, &["init"]);
     prh(&reg, &["dataset", "add", "bench", "--n", &N.to_string()]);
     for (i, modality) in
-        (0..2 * MODELS).map(|i| (i, if i < MODELS { "language" } else { "vision" }))
+        (0..2 * models).map(|i| (i, if i < models { "language" } else { "vision" }))
     {
-        let name = format!("{}{:03}", &modality[..4], i % MODELS);
+        let name = format!("{}{:03}", &modality[..4], i % models);
         let f = dir.path().join(format!("{name}.npy"));
-        let q = (i % MODELS) as f32 / MODELS as f32 * 0.8;
+        let q = (i % models) as f32 / models as f32 * 0.8;
         features(&f, i as u64 + 1, q);
         let score = format!("quality={q}");
         prh(
@@ -107,8 +109,8 @@ fn main() {
         ],
     );
     println!(
-        "registry: {MODELS} × {MODELS} models, {} model pairs cached in {:.1} s",
-        MODELS * MODELS,
+        "registry: {models} × {models} models, {} model pairs cached in {:.1} s",
+        models * models,
         t.elapsed().as_secs_f64()
     );
 
@@ -123,7 +125,7 @@ fn main() {
     ];
     println!("API latency, one client alone, 20 requests each (loopback):");
     for (name, target) in &endpoints {
-        let mut all: Vec<Duration> = (0..PER_CLIENT)
+        let mut all: Vec<Duration> = (0..per_client)
             .map(|_| {
                 let t = Instant::now();
                 assert_eq!(http::get(server.addr, target).status, 200);
@@ -137,14 +139,14 @@ fn main() {
             all.last().unwrap().as_secs_f64() * 1e3
         );
     }
-    println!("API latency, {CLIENTS} concurrent clients × {PER_CLIENT} requests (loopback):");
+    println!("API latency, {clients} concurrent clients × {per_client} requests (loopback):");
     for (name, target) in &endpoints {
         let wall = Instant::now();
         let mut all: Vec<Duration> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..CLIENTS)
+            let handles: Vec<_> = (0..clients)
                 .map(|_| {
                     s.spawn(|| {
-                        (0..PER_CLIENT)
+                        (0..per_client)
                             .map(|_| {
                                 let t = Instant::now();
                                 let r = http::get(server.addr, target);
@@ -181,7 +183,7 @@ fn main() {
         b.goto(&url);
         b.wait(&format!(
             "return document.readyState === 'complete' && document.querySelectorAll('rect.cell').length === {}",
-            MODELS * MODELS
+            models * models
         ));
         let wall = t.elapsed();
         let nav = b.js(

@@ -13,6 +13,7 @@ use common::{align_language_vision, subjects};
 use prh::registry::Registry;
 
 fn main() {
+    common::announce("sweep");
     let dir = tempfile::tempdir().unwrap();
     let zoo = common::sweep_zoo();
     let t = Instant::now();

@@ -211,6 +211,36 @@ fn ties_are_reported_and_the_expected_score_is_cached_apart() {
     assert!((l - e).abs() > 1e-4, "lower index {l} vs expected {e}");
     let cycle = |extra: &[&str]| cmp("cycle_knn", extra)["value"].as_f64().unwrap();
     assert!((cycle(&[]) - cycle(&["--ties", "expected"])).abs() > 1e-4);
+    // The figures the README quotes (`cargo test --test ties -- --nocapture` prints them).
+    println!("k = 5: {ties} rows tie; mutual_knn {l:.6} (lower index) vs {e:.6} (expected)");
+    let k10 = |metric: &str, extra: &[&str]| {
+        let mut args = vec!["--k", "10"];
+        args.extend_from_slice(extra);
+        let mut c = vec![
+            "compare",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--metric",
+            metric,
+            "--format",
+            "json",
+        ];
+        c.extend_from_slice(&args);
+        env.json(&c)
+    };
+    let (c_lower, c_exp) = (
+        k10("cycle_knn", &[]),
+        k10("cycle_knn", &["--ties", "expected"]),
+    );
+    let (cl, ce) = (
+        c_lower["value"].as_f64().unwrap(),
+        c_exp["value"].as_f64().unwrap(),
+    );
+    println!(
+        "k = 10: {} rows tie; cycle_knn {cl:.6} (lower index) vs {ce:.6} (expected)",
+        c_lower["ties"]
+    );
+    assert!((cl - ce).abs() > 1e-4, "k = 10: {cl} vs {ce}");
 
     let align = |extra: &[&str]| {
         let mut args = vec![

@@ -5,6 +5,28 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+/// Whether this is a smoke run. `cargo bench` passes `--bench` to a bench binary; `cargo test`
+/// runs every bench too (`test = true` in Cargo.toml) without it. A smoke run uses tiny sizes,
+/// finishes in seconds and exercises the bench's code and assertions in CI; its figures mean
+/// nothing and are labelled so.
+pub fn smoke() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// `full` under `cargo bench`, `small` in a smoke run (see [`smoke`]).
+pub fn size<T>(full: T, small: T) -> T {
+    if smoke() { small } else { full }
+}
+
+/// Prints the line that marks a smoke run's figures as meaningless (nothing in a real run).
+pub fn announce(bench: &str) {
+    if smoke() {
+        println!(
+            "{bench}: smoke run at tiny sizes (cargo test); `cargo bench --bench {bench}` measures"
+        );
+    }
+}
+
 /// A `prh` binary under measurement and the registry it runs on.
 pub struct Subject {
     pub label: String,
@@ -168,8 +190,10 @@ pub fn cells_computed(v: &serde_json::Value) -> u64 {
         .sum()
 }
 
-/// Layers of the cache benches' zoo: 24 per model.
-pub const CACHE_LAYERS: usize = 24;
+/// Layers of the cache benches' zoo: 24 per model (4 in a smoke run).
+pub fn cache_layers() -> usize {
+    size(24, 4)
+}
 
 /// One model of the cache benches: its layers' distinct blob hashes, the prep key of its
 /// checkpoint's threshold, and their cache side ids.
@@ -181,7 +205,7 @@ pub struct CacheModel {
 
 impl CacheModel {
     fn new(seed: usize) -> CacheModel {
-        let hashes: Vec<prh::store::BlobHash> = (0..CACHE_LAYERS)
+        let hashes: Vec<prh::store::BlobHash> = (0..cache_layers())
             .map(|l| {
                 prh::store::BlobHash(
                     *blake3::hash(format!("model {seed} layer {l}").as_bytes()).as_bytes(),
@@ -190,7 +214,7 @@ impl CacheModel {
             .collect();
         let t = 1.0f32 + seed as f32 / 100.0;
         let prep = format!("clamp(q=0.95,t=0x{:08x});l2", t.to_bits());
-        let preps = vec![prep; CACHE_LAYERS];
+        let preps = vec![prep; cache_layers()];
         let ids = prh::catalog::side_ids(&hashes, &preps);
         CacheModel { hashes, preps, ids }
     }
@@ -205,7 +229,7 @@ impl CacheModel {
 }
 
 /// About a million cached cells: 60 × 29 model pairs of 24 × 24 layer pairs of mutual_knn with
-/// the official preparation's prep keys.
+/// the official preparation's prep keys (3 × 2 pairs of 4 × 4 in a smoke run).
 pub struct CacheZoo {
     pub key: prh::catalog::MetricKey,
     pub xs: Vec<CacheModel>,
@@ -222,15 +246,16 @@ impl CacheZoo {
             params: "k=10".into(),
             symmetric: true,
         };
-        let cells = (0..CACHE_LAYERS)
-            .flat_map(|i| {
-                (0..CACHE_LAYERS).map(move |j| (0, i, j, (i * CACHE_LAYERS + j) as f64 / 1e3, 1e-4))
-            })
+        let l = cache_layers();
+        let cells = (0..l)
+            .flat_map(|i| (0..l).map(move |j| (0, i, j, (i * l + j) as f64 / 1e3, 1e-4)))
             .collect();
         CacheZoo {
             key,
-            xs: (0..60).map(CacheModel::new).collect(),
-            ys: (0..29).map(|i| CacheModel::new(1000 + i)).collect(),
+            xs: (0..size(60, 3)).map(CacheModel::new).collect(),
+            ys: (0..size(29, 2))
+                .map(|i| CacheModel::new(1000 + i))
+                .collect(),
             cells,
         }
     }
@@ -296,18 +321,21 @@ pub fn ingest_zoo(reg: &mut prh::registry::Registry, files: &[(prh::demo::ZooMod
 }
 
 /// The sweep benches' zoo: 4 language × 4 vision models, n = 1024, 12 layers each,
-/// d = 768–1024, with a latent signal that grows with quality.
+/// d = 768–1024, with a latent signal that grows with quality (2 × 2 models, n = 96, 3 layers,
+/// d = 24–40 in a smoke run).
 pub fn sweep_zoo() -> prh::demo::ZooSpec {
     let mut models = Vec::new();
-    for i in 0..4 {
+    for i in 0..size(4, 2) {
         for (modality, prefix) in [("language", "lm"), ("vision", "vit")] {
             models.push(prh::demo::ZooModel {
                 name: format!("{prefix}{i}"),
                 modality,
                 family: prefix,
                 quality: 0.2 + 0.2 * i as f64,
-                layers: 12,
-                d: 768 + 64 * i + if modality == "vision" { 32 } else { 0 },
+                layers: size(12, 3),
+                d: size(768, 24)
+                    + size(64, 8) * i
+                    + if modality == "vision" { size(32, 4) } else { 0 },
                 checkpoint: "final".into(),
                 step: 1,
                 score: ("acc", i as f64, true),
@@ -315,8 +343,8 @@ pub fn sweep_zoo() -> prh::demo::ZooSpec {
         }
     }
     prh::demo::ZooSpec {
-        n: 1024,
-        latent_dim: 16,
+        n: size(1024, 96),
+        latent_dim: size(16, 4),
         seed: 7,
         models,
     }

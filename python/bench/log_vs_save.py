@@ -13,10 +13,13 @@ import numpy as np
 
 import prh
 
-x = np.random.default_rng(0).standard_normal((1024, 24, 1024), dtype=np.float32)
+# PRH_BENCH_SMOKE (set by the bench's smoke run under `cargo test`): tiny sizes, one round.
+SMOKE = bool(os.environ.get("PRH_BENCH_SMOKE"))
+shape, rounds = ((64, 2, 32), 1) if SMOKE else ((1024, 24, 1024), 5)
+x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 log_t, save_t, relog_t, durable_t = [], [], [], []
 with tempfile.TemporaryDirectory() as d:
-    for r in range(5):
+    for r in range(rounds):
         t = time.perf_counter()
         np.save(Path(d) / f"x{r}.npy", x)
         save_t.append(time.perf_counter() - t)
@@ -35,7 +38,7 @@ with tempfile.TemporaryDirectory() as d:
         reg.log(x, model="m", dataset="ds", modality="language", progress=False)
         relog_t.append(time.perf_counter() - t)
 m = statistics.median
-print(f"array {x.nbytes / 2**20:.0f} MiB, median of 5 (min–max):")
+print(f"array {x.nbytes / 2**20:.0f} MiB, median of {rounds} (min–max):")
 print(f"  np.save          {m(save_t):.3f} s ({min(save_t):.3f}–{max(save_t):.3f})")
 print(f"  np.save + fsync  {m(durable_t):.3f} s ({min(durable_t):.3f}–{max(durable_t):.3f})")
 print(f"  reg.log          {m(log_t):.3f} s ({min(log_t):.3f}–{max(log_t):.3f})  = {m(log_t) / m(save_t):.2f}× np.save, {m(log_t) / m(durable_t):.2f}× np.save + fsync")
