@@ -4,10 +4,16 @@
 //! the cost per cell of the official loop's structure run with prh's own kernels (both
 //! neighbour sets recomputed for every layer pair; 4 layer pairs timed and extrapolated — an
 //! emulation, not the official Python code). Runs the real `prh` binary.
+//! With `PRH_PLATONIC_REP=/path/to/a/checkout/of/platonic-rep`, it also times the official code
+//! itself (its `compute_score` loop and metrics, torch on the CPU, in a virtualenv made under the
+//! target directory from PyPI; benches/official/loop.py) on the first model pair, mutual_knn and
+//! unbiased_cka, against prh's cold per-cell times.
 //! Run: `cargo bench --bench paper` (about 1.4 GB of blobs in a temporary directory;
 //! `PRH_BENCH_BASELINE=/path/to/old/prh` times that binary too, on a copy, step by step;
 //! `PRH_BENCH_DIR=DIR` builds the registry in DIR/reg and keeps it, e.g. to profile a sweep).
 
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -156,8 +162,10 @@ fn main() {
             );
         }
     }
+    let mut cka_colds = Vec::new();
     for s in &subjects {
         let (secs, cells, rss) = align_language_vision(s, "unbiased_cka", &[]);
+        cka_colds.push((secs, cells));
         println!(
             "[{}] cold unbiased_cka: {secs:.1} s, {cells} cells ({:.0} cells/s), peak RSS {:.0} MiB",
             s.label,
@@ -205,4 +213,100 @@ fn main() {
         official / ours,
         official * cells as f64 / 60.0
     );
+
+    // The official code itself, when PRH_PLATONIC_REP names a checkout of platonic-rep.
+    if let Some(checkout) = std::env::var_os("PRH_PLATONIC_REP") {
+        let per_cell = [("mutual_knn", cold / cells as f64), {
+            let (secs, cells) = cka_colds[0];
+            ("unbiased_cka", secs / cells as f64)
+        }];
+        official_code(Path::new(&checkout), &work, &first_pair, &per_cell);
+    }
+}
+
+/// Times the official platonic-rep loop (its own `compute_score` and metrics, in a virtualenv
+/// with torch from PyPI made under the target directory) on the first language × vision pair,
+/// for each metric, against prh's cold per-cell time `ours` for it.
+fn official_code(checkout: &Path, work: &Path, pair: &[Vec<f32>], ours: &[(&str, f64)]) {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("official-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "-q",
+            "torch",
+            "torchaudio",
+            "numpy",
+            "scikit-learn",
+            "tqdm",
+        ]));
+    }
+    let files: Vec<_> = ["x", "y"]
+        .iter()
+        .zip(pair)
+        .map(|(name, feats)| {
+            let p = work.join(format!("official_{name}.npy"));
+            std::fs::write(&p, npy::encode_f32(&[n(), layers(), d()], feats)).unwrap();
+            p
+        })
+        .collect();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/official/loop.py");
+    for (metric, ours) in ours {
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg(checkout)
+            .args(&files)
+            .arg(metric)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+        let per = v["seconds"].as_f64().unwrap() / v["cells"].as_f64().unwrap();
+        // The same pair through prh: the official number (kNN metrics to the count, the CKA
+        // family within 1e-4) and its layers.
+        let (_, mine, _) = common::prh_measured(
+            Path::new(env!("CARGO_BIN_EXE_prh")),
+            work,
+            &[
+                "compare",
+                files[0].to_str().unwrap(),
+                files[1].to_str().unwrap(),
+                "--metric",
+                metric,
+                "--format",
+                "json",
+            ],
+        );
+        let tol = if metric.ends_with("knn") { 1e-6 } else { 1e-4 };
+        assert!(
+            (mine["value"].as_f64().unwrap() - v["best"].as_f64().unwrap()).abs() <= tol,
+            "{metric}: prh {} vs the official code {}",
+            mine["value"],
+            v["best"]
+        );
+        println!(
+            "official platonic-rep code ({}, torch {}, {} threads, CPU): {metric} {:.1} ms per cell over one model pair's {} layer pairs ({:.1} s; best {:.4} at {}) vs prh's cold sweep {:.3} ms per cell: {:.0}×",
+            checkout.display(),
+            v["torch"].as_str().unwrap_or("?"),
+            v["threads"],
+            per * 1e3,
+            v["cells"],
+            v["seconds"].as_f64().unwrap(),
+            v["best"].as_f64().unwrap(),
+            v["best_layers"],
+            ours * 1e3,
+            per / ours
+        );
+    }
+}
+
+fn run(c: &mut Command) {
+    let st = c.status().unwrap();
+    assert!(st.success(), "{c:?} failed");
 }

@@ -134,27 +134,29 @@ def test_python_and_the_cli_write_one_registry_at_once(empty, tmp_path):
     reg = prh.Registry(empty)
     reg.log(feats(), model="seed", dataset="ds", modality="vision")
     files = []
-    for i in range(8):
+    for i in range(16):
         f = tmp_path / f"cli{i}.npy"
         np.save(f, feats(seed=100 + i))
         files.append(f)
-    procs = [
-        subprocess.Popen([BIN, "--registry", str(empty), "ingest", str(f), "--model", f"cli{i}",
-                          "--dataset", "ds", "--modality", "language"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)
-        for i, f in enumerate(files)
-    ]
-    # After each Python write, how many CLI ingests had finished: a count strictly between 0
-    # and 8 means a CLI commit came before that Python commit and another after it.
-    finished = []
+    # Two CLI ingests start right before each Python write (started all at once, the CLI
+    # processes finished before the first Python write: nothing ran at once). After each
+    # Python write, how many CLI ingests had finished: a count strictly between 0 and 16
+    # means a CLI commit came before that Python commit and another after it.
+    procs, finished = [], []
     for i in range(8):
+        procs += [
+            subprocess.Popen([BIN, "--registry", str(empty), "ingest", str(f), "--model", f"cli{j}",
+                              "--dataset", "ds", "--modality", "language"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+            for j, f in list(enumerate(files))[2 * i:2 * i + 2]
+        ]
         reg.log(feats(seed=200 + i), model=f"py{i}", dataset="ds", modality="language", against="seed", progress=False)
         finished.append(sum(p.poll() is not None for p in procs))
     for p in procs:
         assert p.wait() == 0, p.stderr.read()
-    assert any(0 < f < 8 for f in finished), f"the writers did not interleave: {finished}"
+    assert any(0 < f < 16 for f in finished), f"the writers did not interleave: {finished}"
     names = set(reg.models()["name"])
-    assert names >= {f"cli{i}" for i in range(8)} | {f"py{i}" for i in range(8)}
+    assert names >= {f"cli{i}" for i in range(16)} | {f"py{i}" for i in range(8)}
     cli(empty, "verify")
 
 
