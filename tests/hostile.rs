@@ -571,6 +571,34 @@ fn blob_files(reg: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `prh ingest P --model M` on `env`, started.
+fn ingest_cmd(env: &Env, p: &Path, model: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_prh"))
+        .arg("--registry")
+        .arg(env.reg())
+        .args(ingest_args(p.to_str().unwrap(), model))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `prh gc` on `env`, started.
+fn gc_cmd(env: &Env) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_prh"))
+        .arg("--registry")
+        .arg(env.reg())
+        .arg("gc")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a gc and an ingest, asserting both succeeded.
+fn finish(mut gc: std::process::Child, mut ingest: std::process::Child) {
+    assert!(gc.wait().unwrap().success(), "gc failed");
+    assert!(ingest.wait().unwrap().success(), "ingest failed");
+}
+
 #[test]
 fn gc_racing_ingest_never_deletes_a_blob_that_rows_name() {
     let env = Env::new();
@@ -579,8 +607,9 @@ fn gc_racing_ingest_never_deletes_a_blob_that_rows_name() {
     scratch.ok(&["init"]);
     let started = Instant::now();
     let mut rounds = 0;
-    // Rounds in which gc started while the ingest held the writers' lock, i.e. after it had
-    // looked at which blobs exist and before its rows were committed: the race under test.
+    // Rounds in which gc started while the ingest was between publishing its blobs (finding
+    // the aged copies in place) and committing its rows, holding the writers' lock: the race
+    // under test.
     let mut raced = 0;
     while rounds < 8 && started.elapsed() < Duration::from_secs(90) {
         // An orphan blob file, old enough for gc, identical to what the ingest will write.
@@ -597,23 +626,35 @@ fn gc_racing_ingest_never_deletes_a_blob_that_rows_name() {
                 age(&dest);
             }
         }
-        let mut ingest = Command::new(env!("CARGO_BIN_EXE_prh"))
-            .arg("--registry")
-            .arg(env.reg())
-            .args(ingest_args(p.to_str().unwrap(), &model))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Odd rounds start gc while the ingest holds the lock; even rounds at once.
-        let held = rounds % 2 == 1
-            && race::wait_for(
+        // Odd rounds hold the ingest between publishing its blobs (the aged copies, kept as
+        // they are) and committing its rows: the test takes SQLite's write lock first, so the
+        // commit waits. gc starts then, and the write lock is let go while gc runs. Even
+        // rounds start gc at once.
+        let held = if rounds % 2 == 1 {
+            let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
+            db.execute_batch("BEGIN IMMEDIATE").unwrap();
+            let mut ingest = ingest_cmd(&env, &p, &model);
+            let locked = race::wait_for(
                 Duration::from_secs(20),
                 || ingest.try_wait().unwrap().is_some(),
-                || race::lock_is_held(&env.reg()),
+                || race::lock_is_held(&env.reg()) && tmp_entries(&env) > 0,
+            ) && race::wait_for(
+                Duration::from_secs(20),
+                || ingest.try_wait().unwrap().is_some(),
+                || tmp_entries(&env) == 0,
             );
-        let gc = env.prh(&["gc"]);
-        assert!(gc.status.success());
-        assert!(ingest.wait().unwrap().success());
+            let gc = gc_cmd(&env);
+            std::thread::sleep(Duration::from_millis(300));
+            let waiting = ingest.try_wait().unwrap().is_none();
+            db.execute_batch("COMMIT").unwrap();
+            drop(db);
+            finish(gc, ingest);
+            locked && waiting
+        } else {
+            let ingest = ingest_cmd(&env, &p, &model);
+            finish(gc_cmd(&env), ingest);
+            false
+        };
         if held {
             raced += 1;
         }
@@ -622,7 +663,10 @@ fn gc_racing_ingest_never_deletes_a_blob_that_rows_name() {
         assert_eq!(v["problems"], serde_json::json!([]), "round {rounds}: {v}");
         rounds += 1;
     }
-    assert!(raced > 0, "gc never ran while an ingest held the lock");
+    assert!(
+        raced > 0,
+        "gc never ran while an ingest was between publishing and committing"
+    );
     assert_eq!(
         env.json(&["ls", "reps", "--format", "json"])
             .as_array()

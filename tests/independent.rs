@@ -1,8 +1,9 @@
 //! prh's numbers against values computed independently of prh: `fixtures/independent/`
 //! (numpy, scipy and scikit-learn, from each metric's published definition, by `make.py`
 //! there) for every metric and option `prh compare` exposes, on single layers and through the
-//! official multi-layer pipeline; and the official code's pymp-affected lcs/edit values
-//! through the command line's `--emulate-pymp`.
+//! official multi-layer pipeline; the official code's own values for the same options where it
+//! defines the metric; and its pymp-affected lcs/edit values through the command line's
+//! `--emulate-pymp`.
 
 mod common;
 
@@ -71,6 +72,7 @@ fn every_metric_and_option_matches_an_independent_implementation() {
     let cases = exp["pairs"].as_array().unwrap();
     assert!(cases.len() >= 40, "{} cases", cases.len());
     let mut wrong = Vec::new();
+    let mut checked_official = 0;
     for case in cases {
         // The pair inputs are already row-normalised: the metrics take them as given.
         let got = compare(case, &["--no-prep"])["value"].as_f64().unwrap();
@@ -79,8 +81,17 @@ fn every_metric_and_option_matches_an_independent_implementation() {
         if (got - want).abs() > tolerance(metric) {
             wrong.push(format!("{}: prh {got}, reference {want}", label(case)));
         }
+        // The official code's own value, where it defines the metric (float64 arithmetic;
+        // its kNN ratios are float32, so within 1e-6).
+        if let Some(official) = case["official"].as_f64() {
+            checked_official += 1;
+            if (got - official).abs() > 1e-6 {
+                wrong.push(format!("{}: prh {got}, official {official}", label(case)));
+            }
+        }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(checked_official, 32, "official values in the fixture");
 }
 
 #[test]

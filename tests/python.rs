@@ -18,7 +18,8 @@ fn pytest_suite() {
     let (venv, path) = develop(root, Path::new(env!("CARGO_TARGET_TMPDIR")), false);
     run(
         Command::new(venv.join("bin/python"))
-            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+            // A hung test (a deadlock, say) fails after 300 s instead of stalling the suite.
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=300"])
             .arg(root.join("python/tests"))
             .env("PRH_BIN", env!("CARGO_BIN_EXE_prh"))
             .env("VIRTUAL_ENV", &venv)

@@ -9,6 +9,7 @@ use std::process::Command;
 const PACKAGES: &[&str] = &[
     "maturin>=1.5,<2",
     "pytest",
+    "pytest-timeout",
     "numpy",
     "polars",
     "ml_dtypes",
