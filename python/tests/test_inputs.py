@@ -98,9 +98,9 @@ def test_errors_name_what_to_do(empty, tmp_path):
 
 
 def test_the_gil_is_released_while_prh_works(empty):
-    """A thread counts while `log` works: with the GIL released it keeps a good share of the
-    rate it reaches while the main thread sleeps (measured: ~96 %); with the GIL held it gets
-    only the interpreter's switch slices (~1 %)."""
+    """A thread counts while `log` works: with the GIL released it keeps most of the rate it
+    reaches while the main thread sleeps (measured 90-98 % over 5 runs); with the GIL held it
+    runs only while `log`'s Python part does (measured 8.5 % on a build without the release)."""
     import time
 
     reg = prh.Registry(empty)
@@ -127,7 +127,7 @@ def test_the_gil_is_released_while_prh_works(empty):
     share = during_rate / idle_rate
     print(f"counting thread during log: {share:.1%} of its idle rate ({took:.2f} s call)")
     assert took > 0.05, f"log took {took:.3f} s: too short to tell"
-    assert share > 0.1, f"the counting thread ran at {share:.1%} of its idle rate during log"
+    assert share > 0.4, f"the counting thread ran at {share:.1%} of its idle rate during log"
 
 
 def test_python_and_the_cli_write_one_registry_at_once(empty, tmp_path):
