@@ -1,9 +1,7 @@
 //! The paper's language–vision sweep on one machine: 12 language × 17 vision models, 24 layers
 //! each, d = 1024, n = 1024, f16 blobs; mutual_knn (k = 10) and unbiased_cka, cold and warm,
-//! peak RSS with the default memory budget and with `--mem-mib 1024`, cells per second, and
-//! the cost per cell of the official loop's structure run with prh's own kernels (both
-//! neighbour sets recomputed for every layer pair; 4 layer pairs timed and extrapolated — an
-//! emulation, not the official Python code). Runs the real `prh` binary.
+//! peak RSS with the default memory budget and with `--mem-mib 1024`, cells per second. Runs
+//! the real `prh` binary.
 //! With `PRH_PLATONIC_REP=/path/to/a/checkout/of/platonic-rep`, it also times the official code
 //! itself (its `compute_score` loop and metrics, torch on the CPU, in a virtualenv made under the
 //! target directory from PyPI; benches/official/loop.py) on the first model pair, mutual_knn and
@@ -14,14 +12,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
 mod common;
 use common::{align_language_vision, size, subjects};
 
 use prh::formats::npy;
-use prh::metrics::{Derived, Metric, MetricSpec, Prep, prep};
 use prh::registry::{IngestRequest, Registry};
 use prh::rng::Rng;
 
@@ -175,52 +171,18 @@ fn main() {
     }
     let (cold, cells) = colds[0];
 
-    // An emulation of the official loop's structure, not the official code: prh's own kernels
-    // run per layer pair, preparing both layers and recomputing both neighbour sets (two Gram
-    // matrices) for every pair as measure_alignment.compute_score does, on 4 layer pairs,
-    // extrapolated to the zoo's cells. The official Python code (torch) is slower per cell
-    // than this; this bench does not run it.
-    let layer = |feats: &[f32], l: usize| {
-        ndarray::Array2::from_shape_fn((n(), d()), |(i, j)| feats[(i * layers() + l) * d() + j])
-    };
-    let spec = MetricSpec::new(Metric::MutualKnn);
-    let last = layers() - 1;
-    let pairs = [
-        (0, 0),
-        (last / 4, last / 2),
-        (last / 2, 3 * last / 4),
-        (last, last),
-    ];
-    let t = Instant::now();
-    for &(i, j) in &pairs {
-        let x = layer(&first_pair[0], i);
-        let y = layer(&first_pair[1], j);
-        let prepare = |m: &ndarray::Array2<f32>| {
-            let t = prep::clamp_threshold(&[m.view()], 0.95);
-            Arc::new(Derived::new(
-                prep::prepare(m.view(), t, Prep::OFFICIAL.normalize).unwrap(),
-            ))
-        };
-        let (dx, dy) = (prepare(&x), prepare(&y));
-        spec.compute(&dx, &dy).unwrap();
-    }
-    let official = t.elapsed().as_secs_f64() / pairs.len() as f64;
-    let ours = cold / cells as f64;
-    println!(
-        "per-layer-pair loop (prh's kernels in the official loop's structure, both neighbour sets recomputed per cell; 4 cells timed): {:.1} ms per cell vs prh's cold sweep {:.3} ms per cell: {:.0}× (extrapolated: {:.0} min for these {cells} cells)",
-        official * 1e3,
-        ours * 1e3,
-        official / ours,
-        official * cells as f64 / 60.0
-    );
-
     // The official code itself, when PRH_PLATONIC_REP names a checkout of platonic-rep.
-    if let Some(checkout) = std::env::var_os("PRH_PLATONIC_REP") {
-        let per_cell = [("mutual_knn", cold / cells as f64), {
-            let (secs, cells) = cka_colds[0];
-            ("unbiased_cka", secs / cells as f64)
-        }];
-        official_code(Path::new(&checkout), &work, &first_pair, &per_cell);
+    match std::env::var_os("PRH_PLATONIC_REP") {
+        Some(checkout) => {
+            let per_cell = [("mutual_knn", cold / cells as f64), {
+                let (secs, cells) = cka_colds[0];
+                ("unbiased_cka", secs / cells as f64)
+            }];
+            official_code(Path::new(&checkout), &work, &first_pair, &per_cell);
+        }
+        None => println!(
+            "(set PRH_PLATONIC_REP=/path/to/a/checkout/of/platonic-rep to time the official code on the first model pair)"
+        ),
     }
 }
 
