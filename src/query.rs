@@ -821,8 +821,10 @@ pub fn small_tables(reg: &Registry) -> Result<Vec<(&'static str, DataFrame)>> {
 }
 
 /// Runs free SQL over every table (`models`, `checkpoints`, `datasets`, `reps`, `scores`,
-/// `cells`, `alignment`) through polars' SQL context.
+/// `cells`, `alignment`) through polars' SQL context; anything but one read-only SELECT is
+/// refused first ([`crate::sqlguard`]).
 pub fn sql(reg: &Registry, query: &str) -> Result<DataFrame> {
+    crate::sqlguard::check(query)?;
     let mut ctx = SQLContext::new();
     for (name, df) in small_tables(reg)? {
         ctx.register(name, df.lazy());

@@ -19,7 +19,14 @@ fn pytest_suite() {
     run(
         Command::new(venv.join("bin/python"))
             // A hung test (a deadlock, say) fails after 300 s instead of stalling the suite.
-            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=300"])
+            .args([
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--timeout=300",
+            ])
             .arg(root.join("python/tests"))
             .env("PRH_BIN", env!("CARGO_BIN_EXE_prh"))
             .env("VIRTUAL_ENV", &venv)

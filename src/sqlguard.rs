@@ -1,9 +1,10 @@
-//! The SQL console's guard: one read-only query over the registry's tables, nothing else.
+//! The guard of prh's SQL (`prh query`, the dashboard's console, `Registry.sql` in Python):
+//! one read-only query over the registry's tables, nothing else.
 //!
-//! `prh query` runs polars SQL over frames built from the catalog, so no statement can change
-//! the registry; the server still refuses anything but a single SELECT (DELETE, INSERT,
-//! CREATE, DROP, ATTACH, PRAGMA, SET … are errors before polars sees them) and polars' table
-//! functions (`read_csv('/etc/passwd')` would read the server's files).
+//! The SQL runs in polars over frames built from the catalog, so no statement can change the
+//! registry; still, anything but a single SELECT (DELETE, INSERT, CREATE, DROP, ATTACH, PRAGMA,
+//! SET …) is an error before polars sees it — it would otherwise print nothing and look as if
+//! it ran — and so are polars' table functions (`read_csv('/etc/passwd')` would read files).
 
 use std::ops::ControlFlow;
 
@@ -26,7 +27,7 @@ pub fn check(sql: &str) -> Result<()> {
     if !matches!(statement, Statement::Query(_)) {
         let first = sql.split_whitespace().next().unwrap_or("").to_uppercase();
         return Err(Error::Invalid(format!(
-            "the SQL console is read-only: only SELECT queries run here, not {first}"
+            "prh's SQL is read-only: only SELECT queries run, not {first} (the registry changes through prh's commands)"
         )));
     }
     let refused = visit_relations(&statements, |name| {
@@ -39,7 +40,7 @@ pub fn check(sql: &str) -> Result<()> {
     });
     if let ControlFlow::Break(n) = refused {
         return Err(Error::Invalid(format!(
-            "the SQL console reads the registry's tables only, not {n}"
+            "prh's SQL reads the registry's tables only, not {n}"
         )));
     }
     Ok(())
