@@ -490,6 +490,15 @@ fn sql_that_would_write_is_refused_on_the_command_line_as_in_the_console() {
         let e = env.fails(&["query", sql]);
         assert!(e.contains("read-only"), "{sql}: {e}");
     }
+    // A runaway product is refused before anything is built, and the server stays up.
+    let cross = "SELECT count(*) FROM reps a CROSS JOIN reps b CROSS JOIN reps c CROSS JOIN reps d CROSS JOIN (SELECT * FROM reps LIMIT 65) e";
+    let e = env.fails(&["query", cross]);
+    assert!(e.contains("budget"), "{e}");
+    let s = serve(&env, &[]);
+    let r = get(s.addr, &format!("/api/sql?q={}", enc(cross)));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("budget"), "{}", r.text());
+    assert_eq!(get(s.addr, "/api/sql?q=SELECT%201").status, 200);
     let e = env.fails(&["query", "SELECT * FROM read_csv('/etc/passwd')"]);
     assert!(e.contains("registry's tables"), "{e}");
     assert!(
