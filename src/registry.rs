@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::catalog::{
-    BlobRow, Catalog, CatalogTx, CheckpointId, Dataset, DatasetId, Model, ModelId, NewRep,
-    GuardMode, PgCatalog, RepFilter, RepSlot, ScoreValue, SqliteCatalog,
+    BlobRow, Catalog, CatalogTx, CheckpointId, Dataset, DatasetId, GuardMode, Model, ModelId,
+    NewRep, PgCatalog, RepFilter, RepSlot, ScoreValue, SqliteCatalog,
 };
 use crate::error::{Error, Result};
 use crate::formats::{self, FeatureFile};

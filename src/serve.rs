@@ -246,8 +246,11 @@ pub fn serve(root: PathBuf, opts: ServeOptions, ready: impl FnOnce(SocketAddr)) 
         computing: Mutex::new(()),
         memo: memo::Memo::default(),
     });
+    // Timers too: the listener backs off with a sleep when accept fails (out of file
+    // descriptors), which panics on a runtime without them.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(|e| Error::Invalid(format!("cannot start the server runtime: {e}")))?;
     rt.block_on(async move {

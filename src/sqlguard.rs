@@ -206,8 +206,14 @@ mod tests {
         assert_eq!(est("SELECT * FROM models"), 20);
         assert_eq!(est("SELECT * FROM reps a CROSS JOIN reps b"), 1_000_000);
         assert_eq!(est("SELECT * FROM reps a, models b"), 20_000);
-        assert_eq!(est("SELECT * FROM cells c JOIN reps r ON c.x = r.y"), 1_000_000);
-        assert_eq!(est("SELECT * FROM (SELECT * FROM reps LIMIT 65) e, models"), 1300);
+        assert_eq!(
+            est("SELECT * FROM cells c JOIN reps r ON c.x = r.y"),
+            1_000_000
+        );
+        assert_eq!(
+            est("SELECT * FROM (SELECT * FROM reps LIMIT 65) e, models"),
+            1300
+        );
         let hostile = "SELECT count(*) FROM reps a CROSS JOIN reps b CROSS JOIN reps c \
                        CROSS JOIN reps d CROSS JOIN (SELECT * FROM reps LIMIT 65) e";
         assert!(est(hostile) > MAX_ROWS);
@@ -215,7 +221,10 @@ mod tests {
             est("WITH t AS (SELECT * FROM reps) SELECT * FROM t x CROSS JOIN t y"),
             1_000_000
         );
-        assert_eq!(est("SELECT * FROM models UNION ALL SELECT * FROM models"), 40);
+        assert_eq!(
+            est("SELECT * FROM models UNION ALL SELECT * FROM models"),
+            40
+        );
     }
 
     #[test]

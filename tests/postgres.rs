@@ -460,14 +460,21 @@ fn advisory_waits(pg: &Cluster, db: &str) -> i64 {
 /// Machine A runs gc while machine B's ingest has uploaded its blobs but not committed its
 /// rows (held there: the test holds the lock B's commit needs). Both registry directories
 /// point at one catalog and one blob store; gc must wait for B, and nothing is lost.
-fn gc_on_one_machine_waits_for_an_ingest_on_another(pg: &Cluster, moto: &Moto, db: &str, blobs: &str) {
+fn gc_on_one_machine_waits_for_an_ingest_on_another(
+    pg: &Cluster,
+    moto: &Moto,
+    db: &str,
+    blobs: &str,
+) {
     let url = pg.database(db);
     let a = registry(pg, moto, &["--catalog", &url, "--blobs", blobs]);
     let b = registry(pg, moto, &["--catalog", &url, "--blobs", blobs]);
     let p = b.path("b.npy");
     common::write_npy(&p, &[64, 40, 16], &common::noise(64 * 40 * 16, 41));
     let mut hold = pg.session(db);
-    hold.send(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK});"));
+    hold.send(&format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK});"
+    ));
     let t = std::time::Instant::now();
     while advisory_waits(pg, db) != 0 {
         assert!(t.elapsed().as_secs() < 20, "the lock was not taken");
@@ -486,7 +493,16 @@ fn gc_on_one_machine_waits_for_an_ingest_on_another(pg: &Cluster, moto: &Moto, d
     };
     let mut ingest = spawn(
         &b,
-        &["ingest", p.to_str().unwrap(), "--model", "b", "--dataset", "d", "--modality", "vision"],
+        &[
+            "ingest",
+            p.to_str().unwrap(),
+            "--model",
+            "b",
+            "--dataset",
+            "d",
+            "--modality",
+            "vision",
+        ],
     );
     // B has uploaded every blob and waits to commit.
     while advisory_waits(pg, db) < 1 {
@@ -497,8 +513,15 @@ fn gc_on_one_machine_waits_for_an_ingest_on_another(pg: &Cluster, moto: &Moto, d
     let mut gc = spawn(&a, &["gc"]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     // A's gc waits for B's guard (a second waiting advisory lock), across machines.
-    assert!(gc.0.try_wait().unwrap().is_none(), "gc did not wait for the ingest");
-    assert_eq!(advisory_waits(pg, db), 2, "B on its commit, A's gc on the blob guard");
+    assert!(
+        gc.0.try_wait().unwrap().is_none(),
+        "gc did not wait for the ingest"
+    );
+    assert_eq!(
+        advisory_waits(pg, db),
+        2,
+        "B on its commit, A's gc on the blob guard"
+    );
     hold.send("COMMIT;");
     drop(hold);
     assert!(ingest.0.wait().unwrap().success(), "B's ingest failed");

@@ -511,3 +511,43 @@ fn sql_that_would_write_is_refused_on_the_command_line_as_in_the_console() {
         .contains("12")
     );
 }
+
+#[test]
+fn running_out_of_file_descriptors_does_not_kill_the_server() {
+    let env = demo();
+    let s = serve(&env, &[]);
+    assert_eq!(get(s.addr, "/api/version").status, 200);
+    // Lower the running server's descriptor limit, then hold more idle connections than it.
+    let st = std::process::Command::new("prlimit")
+        .args(["--pid", &s.pid().to_string(), "--nofile=48:48"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Connect until the backlog is full too (a connect then times out instead of waiting for
+    // the kernel's SYN retries).
+    let idle: Vec<_> = (0..200)
+        .map_while(|_| {
+            std::net::TcpStream::connect_timeout(&s.addr, std::time::Duration::from_millis(300))
+                .ok()
+        })
+        .collect();
+    assert!(idle.len() > 48, "only {} connections", idle.len());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let alive = std::path::Path::new(&format!("/proc/{}", s.pid())).exists()
+        && std::fs::read_to_string(format!("/proc/{}/status", s.pid()))
+            .is_ok_and(|st| !st.contains("State:\tZ"));
+    assert!(alive, "the server died when accept failed (EMFILE)");
+    drop(idle);
+    // Once the idle connections are gone it answers again (the listener backs off and retries).
+    let t = std::time::Instant::now();
+    loop {
+        if request(s.addr, "GET", "/api/version", &[], b"").is_ok_and(|r| r.status == 200) {
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < 30,
+            "no answer after the idle connections closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

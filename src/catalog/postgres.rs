@@ -417,7 +417,10 @@ impl Catalog for PgCatalog {
         };
         let conn = self.run(async {
             let mut conn = self.pool().acquire().await?;
-            sqlx::query(sql).bind(BLOB_GUARD).execute(&mut *conn).await?;
+            sqlx::query(sql)
+                .bind(BLOB_GUARD)
+                .execute(&mut *conn)
+                .await?;
             Ok(conn)
         })?;
         Ok(super::BlobGuard::new(PgGuard {

@@ -163,6 +163,11 @@ pub struct Server {
 
 impl Server {
     /// Starts `bin serve --port 0 EXTRA…` on `registry` and waits for its address line.
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self._child.0.id()
+    }
+
     pub fn start(bin: &Path, registry: &Path, extra: &[&str]) -> Server {
         let mut child = Process(
             Command::new(bin)
