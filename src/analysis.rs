@@ -139,6 +139,22 @@ pub fn cached_pairs(
         .collect()
         .map_err(pe)?;
     let pairs = pair_scores(&out)?;
+    // A complete table without the asked-for cell: a fixed layer pair the models lack. Never
+    // a statistic over missing values.
+    if let Some(p) = pairs.iter().find(|p| !p.score.is_finite()) {
+        return Err(Error::Invalid(match reduce {
+            Reduce::Layers(i, j) => format!(
+                "--reduce layers={i},{j}: {} × {} has no such layer pair (layer indices are 0-based; `prh ls reps --model {}` lists its layers)",
+                p.x_model, p.y_model, p.x_model
+            ),
+            _ => format!(
+                "no {} score for {} × {}: its cached cells hold no finite value",
+                reduce.key(),
+                p.x_model,
+                p.y_model
+            ),
+        }));
+    }
     let have: HashSet<(CheckpointId, CheckpointId)> = pairs
         .iter()
         .map(|p| (p.x_checkpoint_id, p.y_checkpoint_id))

@@ -17,9 +17,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::sqlite::snapshot;
-use crate::catalog::{CellRow, CellTable, MIGRATIONS, MergeCounts, MergeOptions};
+use crate::catalog::{CellRow, CellTable, GuardMode, MIGRATIONS, MergeCounts, MergeOptions};
 use crate::error::{Error, Result};
-use crate::lock::RegistryLock;
 use crate::matrix;
 use crate::metrics::{Derived, Kernel, Metric, MetricSpec, Scope, prep};
 use crate::registry::Registry;
@@ -322,12 +321,12 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
     let verified = check_cells(reg, &staged, &staging.0, opts).map_err(bad)?;
     let origin = manifest.catalog.blake3.clone();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(opts.max_seconds);
-    let _lock = RegistryLock::shared(&reg.root)?;
+    let guard = reg.catalog.blob_guard(GuardMode::Writer)?;
     let mut rep = merge(
         reg, &staged, &staging.0, bundle, opts, &origin, &verified, deadline,
     )?;
     rep.cells_checked = verified.len();
-    drop(_lock);
+    drop(guard);
     rep.thresholds_computed = recompute_thresholds(reg, &staged)?;
     Ok(rep)
 }
@@ -1021,14 +1020,19 @@ pub struct GcReport {
     pub null_samples: usize,
     /// Staging leftovers of processes that are gone, or older than an hour.
     pub tmp_entries: usize,
+    /// Blobs no row names that a shared object store holds for less than an hour: kept (a
+    /// writer elsewhere may be about to name them); the next gc takes them.
+    pub young_blobs_kept: usize,
     /// Nothing was removed; the report says what would have been.
     pub dry_run: bool,
 }
 
 /// Removes blobs no representation references, blob files no catalog row names, cache rows of
 /// metric versions this prh no longer computes or of blobs that are gone, and staging leftovers
-/// of processes that are gone (or older than an hour). Holds the registry lock exclusively, so
-/// an ingest that has published its blobs but not yet committed its rows is never disturbed.
+/// of processes that are gone (or older than an hour). Holds the catalog's blob guard
+/// exclusively ([`crate::catalog::Catalog::blob_guard`]: a file lock for SQLite, an advisory
+/// lock for PostgreSQL, so every machine sharing the catalog takes part), so an ingest that has
+/// published its blobs but not yet committed its rows is never disturbed.
 pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
     let mut rep = GcReport {
         dry_run,
@@ -1036,7 +1040,7 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
     };
     // No writer is between publishing a blob and committing its rows while gc decides and
     // deletes (see `lock`).
-    let _lock = RegistryLock::exclusive(&reg.root)?;
+    let _guard = reg.catalog.blob_guard(GuardMode::Collector)?;
     let current: Vec<(&str, u32)> = crate::metrics::ALL
         .iter()
         .map(|m| (m.name(), m.version()))
@@ -1050,9 +1054,18 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
             .map(|t| t.elapsed().map(|e| e > hour).unwrap_or(false))
             .unwrap_or(false)
     };
-    // Under the exclusive lock no writer is between publishing a blob and committing its
-    // rows, so a stored blob without rows is garbage at any age.
-    let orphan_files = stray_blobs(reg, &known)?;
+    // Under the exclusive blob guard no writer (on any machine sharing the catalog) is
+    // between publishing a blob and committing its rows, so a stored blob without rows is
+    // garbage — except, in a shared object store, one written within the last hour, which a
+    // writer that does not take the guard (an older prh) may still be about to name.
+    let mut orphan_files = Vec::new();
+    for h in stray_blobs(reg, &known)? {
+        if reg.store.young(&h)? {
+            rep.young_blobs_kept += 1;
+        } else {
+            orphan_files.push(h);
+        }
+    }
     rep.cells = plan.stale_cells;
     rep.null_samples = plan.stale_draws;
     for (h, b) in &plan.unreferenced {

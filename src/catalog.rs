@@ -24,6 +24,25 @@ pub mod postgres;
 pub mod sqlite;
 pub mod tables;
 
+/// How [`Catalog::blob_guard`] is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardMode {
+    /// Shared: writers that publish blobs and then name them in rows.
+    Writer,
+    /// Exclusive: garbage collection (and the undoing of a failed write).
+    Collector,
+}
+
+/// A held blob guard; released when dropped.
+pub struct BlobGuard(#[allow(dead_code)] Box<dyn Send>);
+
+impl BlobGuard {
+    /// Wraps whatever holds a backend's guard (dropping it releases the guard).
+    pub fn new(holder: impl Send + 'static) -> Self {
+        BlobGuard(Box::new(holder))
+    }
+}
+
 pub use keys::{CachedCell, CellSide, MetricKey, NewCell, metric_id, side_id, side_ids};
 pub(crate) use keys::{collision, layers_by_id, spread, stored_ids};
 pub use memory::MemoryCatalog;
@@ -493,6 +512,13 @@ pub trait Catalog: Send {
 
     // ----- upkeep and sharing -----
 
+    /// Takes the blob guard of everything that shares this catalog (every machine, every
+    /// process), held until the returned value is dropped: writers (ingest, import) hold it
+    /// [`GuardMode::Writer`] from looking at which blobs exist until their rows are committed;
+    /// gc holds it [`GuardMode::Collector`] while it decides what is unreferenced and deletes
+    /// it. Writers run side by side; a collector waits for them and they for it. The guard is
+    /// released when its holder dies (a closed file lock, a closed database session).
+    fn blob_guard(&self, mode: GuardMode) -> Result<BlobGuard>;
     /// The catalog's own consistency check: `None` when sound, else what it found.
     fn integrity_check(&self) -> Result<Option<String>>;
     /// What garbage collection would remove, given the metric versions this prh computes.

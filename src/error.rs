@@ -44,6 +44,10 @@ pub enum Error {
     /// A metric cannot be computed on these inputs (mismatched n, too few samples, ...).
     #[error("metric {metric}: {msg}")]
     Metric { metric: String, msg: String },
+    /// A shared resource is busy (the server's one computation at a time); trying again later
+    /// can succeed.
+    #[error("{0}")]
+    Busy(String),
     /// The user interrupted a long operation; finished work has been kept.
     #[error("interrupted")]
     Interrupted,

@@ -23,6 +23,7 @@ pub mod real_zoo;
 pub mod registry;
 pub mod rng;
 pub mod serve;
+pub mod sqlguard;
 pub mod stats;
 pub mod store;
 pub mod sweep;

@@ -1,5 +1,6 @@
-//! An advisory lock on a registry directory (`flock` on `<registry>/lock`) that keeps `gc`
-//! from deleting a blob that a writer is about to name.
+//! An advisory lock on a directory (`flock` on `<dir>/lock`): the SQLite catalog's blob guard
+//! (`<directory of catalog.db>/lock`, see `Catalog::blob_guard`) that keeps `gc` from deleting
+//! a blob that a writer is about to name.
 //!
 //! Writers (ingest, import) hold it shared from the moment they look at which blobs exist until
 //! their catalog rows are committed; `gc` holds it exclusively while it decides what is

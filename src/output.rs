@@ -133,8 +133,17 @@ fn cell(v: Option<&Value>) -> String {
     }
 }
 
-/// Formats a float for tables: 6 decimals, trailing zeros trimmed.
+/// Formats a float for people: 6 decimals, trailing zeros trimmed; in scientific notation
+/// (7 significant digits) when that would show nothing or a very long number (|f| < 1e-4 or
+/// ≥ 1e15), so `1e-300` prints as `1e-300`, not as 0 or a 300-digit decimal.
 pub fn format_float(f: f64) -> String {
+    let a = f.abs();
+    if f.is_finite() && a != 0.0 && !(1e-4..1e15).contains(&a) {
+        let s = format!("{f:.6e}");
+        let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
+        let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+        return format!("{mantissa}e{exp}");
+    }
     let s = format!("{f:.6}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     if s == "-0" { "0".into() } else { s.to_string() }
@@ -150,6 +159,21 @@ fn csv_field(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn floats_print_short_at_any_magnitude() {
+        use super::format_float as f;
+        assert_eq!(f(1e-300), "1e-300");
+        assert_eq!(f(1e-320), "9.999889e-321"); // subnormal: its nearest double
+        assert_eq!(f(-2.5e300), "-2.5e300");
+        assert_eq!(f(0.123456789), "0.123457");
+        assert_eq!(f(0.0), "0");
+        assert_eq!(f(-0.0), "0");
+        assert_eq!(f(1234.5), "1234.5");
+        assert_eq!(f(0.00012), "0.00012");
+        assert_eq!(f(0.00001234), "1.234e-5");
+        assert!(f(1e-320).len() < 16 && f(1e300).len() < 16);
+    }
+
     use super::*;
 
     #[derive(Serialize)]

@@ -821,14 +821,22 @@ pub fn small_tables(reg: &Registry) -> Result<Vec<(&'static str, DataFrame)>> {
 }
 
 /// Runs free SQL over every table (`models`, `checkpoints`, `datasets`, `reps`, `scores`,
-/// `cells`, `alignment`) through polars' SQL context.
+/// `cells`, `alignment`) through polars' SQL context; anything but one read-only SELECT is
+/// refused first ([`crate::sqlguard`]).
 pub fn sql(reg: &Registry, query: &str) -> Result<DataFrame> {
+    crate::sqlguard::check(query)?;
     let mut ctx = SQLContext::new();
+    let mut sizes = std::collections::HashMap::new();
     for (name, df) in small_tables(reg)? {
+        sizes.insert(name.to_string(), df.height() as u64);
         ctx.register(name, df.lazy());
     }
     let idx = reps(reg)?;
     let cells = cells(reg, &idx, &CellFilter::default())?;
+    sizes.insert("reps".into(), idx.frame.height() as u64);
+    sizes.insert("cells".into(), cells.frame.height() as u64);
+    sizes.insert("alignment".into(), cells.frame.height() as u64);
+    crate::sqlguard::check_size(query, &sizes)?;
     ctx.register("alignment", alignment(&idx, &cells, Reduce::Max));
     ctx.register("cells", cells.table());
     ctx.register("reps", idx.frame.lazy());

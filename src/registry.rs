@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::catalog::{
-    BlobRow, Catalog, CatalogTx, CheckpointId, Dataset, DatasetId, Model, ModelId, NewRep,
-    PgCatalog, RepFilter, RepSlot, ScoreValue, SqliteCatalog,
+    BlobRow, Catalog, CatalogTx, CheckpointId, Dataset, DatasetId, GuardMode, Model, ModelId,
+    NewRep, PgCatalog, RepFilter, RepSlot, ScoreValue, SqliteCatalog,
 };
 use crate::error::{Error, Result};
 use crate::formats::{self, FeatureFile};
 use crate::location::{BlobsAt, CONFIG, CatalogAt, Locations};
-use crate::lock::RegistryLock;
 use crate::matrix::{self, DType, LayerView};
 use crate::store::{BlobHash, BlobSink, BlobStore, FsBlobStore, ObjectBlobStore, SealedBlob};
 use rayon::prelude::*;
@@ -239,8 +238,9 @@ impl Registry {
             Some(m) => self.catalog.checkpoint(&m.name, ck_name)?.is_some(),
             None => false,
         };
-        // From here to the commit, gc may not delete a blob this ingest relies on.
-        let lock = RegistryLock::shared(&self.root)?;
+        // From here to the commit, gc (on any machine sharing the catalog) may not delete a
+        // blob this ingest relies on.
+        let lock = self.catalog.blob_guard(GuardMode::Writer)?;
         let sealed = self.seal_layers(file, hash_first)?;
         if let (Some(m), Some(ds)) = (&model, &dataset) {
             self.refuse_changed_layers(file, req, m, ds, ck_name, &sealed)?;
@@ -432,12 +432,12 @@ impl Registry {
     }
 
     /// Removes blobs a failed write had published, unless a catalog row names them by now.
-    /// Holds the registry lock exclusively, so no other writer is between publish and commit.
+    /// Holds the blob guard exclusively, so no other writer is between publish and commit.
     fn discard_blobs(&self, added: &[BlobHash]) {
         if added.is_empty() {
             return;
         }
-        let Ok(_gc) = RegistryLock::exclusive(&self.root) else {
+        let Ok(_gc) = self.catalog.blob_guard(GuardMode::Collector) else {
             return; // left for `prh gc`
         };
         for h in added {

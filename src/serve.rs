@@ -10,7 +10,6 @@ mod auth;
 mod memo;
 mod pages;
 mod params;
-mod readonly;
 mod svg;
 
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +34,8 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Compute missing cells (and nulls for calibrated trends) on request.
     pub compute: bool,
+    /// Host names accepted beside the loopback names and the bound address.
+    pub allow_hosts: Vec<String>,
 }
 
 /// What every handler shares.
@@ -42,14 +43,39 @@ pub(crate) struct App {
     root: PathBuf,
     idle: Mutex<Vec<Registry>>,
     token: Option<String>,
+    /// Host names (lower case, no port) a request may name; `None` accepts any.
+    hosts: Option<Vec<String>>,
     compute: bool,
-    /// One computation at a time: sweeps write the registry.
+    /// One computation at a time: sweeps write the registry ([`App::one_computation`]).
     computing: Mutex<()>,
     /// Chart results per registry version.
     memo: memo::Memo,
 }
 
+/// How long a compute request waits for the one computation before it gets a 503.
+const COMPUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl App {
+    /// Waits (at most [`COMPUTE_WAIT`]) for the server's one computation slot.
+    fn one_computation(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.computing.try_lock() {
+                Ok(g) => return Ok(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if start.elapsed() < COMPUTE_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err(Error::Busy(format!(
+                        "the server is computing another view (waited {} s): try again later",
+                        COMPUTE_WAIT.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
     /// Runs `f` with an open registry from the pool (opening one when none is idle).
     fn with<T>(&self, f: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -89,6 +115,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
             Error::NotCached { .. } => StatusCode::CONFLICT,
+            Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Invalid(_) | Error::Metric { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -199,7 +226,10 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
 
 /// Serves the registry at `root` until Ctrl-C; `ready` gets the bound address first.
 pub fn serve(root: PathBuf, opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> Result<()> {
-    if !opts.bind.is_loopback() && opts.token.as_deref().is_none_or(str::is_empty) {
+    if let Some(t) = opts.token.as_deref() {
+        auth::check_token(t).map_err(Error::Invalid)?;
+    }
+    if !opts.bind.is_loopback() && opts.token.is_none() {
         return Err(Error::Invalid(format!(
             "binding {} exposes the registry beyond this machine: give --token (or PRH_TOKEN) so every request must carry it",
             opts.bind
@@ -210,13 +240,17 @@ pub fn serve(root: PathBuf, opts: ServeOptions, ready: impl FnOnce(SocketAddr)) 
     let app = Arc::new(App {
         root,
         idle: Mutex::new(vec![reg]),
-        token: opts.token.filter(|t| !t.is_empty()),
+        hosts: auth::accepted_hosts(opts.bind, opts.token.is_some(), &opts.allow_hosts),
+        token: opts.token,
         compute: opts.compute,
         computing: Mutex::new(()),
         memo: memo::Memo::default(),
     });
+    // Timers too: the listener backs off with a sleep when accept fails (out of file
+    // descriptors), which panics on a runtime without them.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(|e| Error::Invalid(format!("cannot start the server runtime: {e}")))?;
     rt.block_on(async move {

@@ -67,6 +67,9 @@ impl FromStr for BlobHash {
     }
 }
 
+/// How long gc leaves an unnamed blob in a shared object store alone ([`BlobStore::young`]).
+pub const ORPHAN_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Where blobs live. See the module documentation.
 pub trait BlobStore: Send + Sync {
     /// Starts a new blob: bytes written to the sink are hashed as they come; nothing is
@@ -81,6 +84,13 @@ pub trait BlobStore: Send + Sync {
     fn list(&self) -> Result<Vec<BlobHash>>;
     /// Removes a blob (garbage collection and the undoing of a failed write only).
     fn delete(&self, hash: &BlobHash) -> Result<()>;
+    /// Whether gc must keep this stored blob even when no catalog row names it, because it
+    /// was written less than [`ORPHAN_MIN_AGE`] ago: a shared store's writer elsewhere that
+    /// does not take the catalog's blob guard (an older prh) may be between uploading and
+    /// committing. The local store's writers all take the guard: never young.
+    fn young(&self, _hash: &BlobHash) -> Result<bool> {
+        Ok(false)
+    }
     /// Where a blob lives, for people: a path, or a URL.
     fn location(&self, hash: &BlobHash) -> String;
     /// Stores the file at `path`, whose bytes were already hashed to `hash` as it was written,

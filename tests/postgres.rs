@@ -443,3 +443,104 @@ fn blobs_lost_from_the_bucket_or_a_store_that_is_down_never_leave_a_row_pointing
         "0"
     );
 }
+
+/// PostgreSQL's lock that serialises prh's writing transactions (catalog/postgres.rs).
+const WRITE_LOCK: i64 = 0x7072_685f_7772_6974;
+
+/// Advisory locks some session waits for in `db`.
+fn advisory_waits(pg: &Cluster, db: &str) -> i64 {
+    pg.psql(
+        db,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+    )
+    .parse()
+    .unwrap()
+}
+
+/// Machine A runs gc while machine B's ingest has uploaded its blobs but not committed its
+/// rows (held there: the test holds the lock B's commit needs). Both registry directories
+/// point at one catalog and one blob store; gc must wait for B, and nothing is lost.
+fn gc_on_one_machine_waits_for_an_ingest_on_another(
+    pg: &Cluster,
+    moto: &Moto,
+    db: &str,
+    blobs: &str,
+) {
+    let url = pg.database(db);
+    let a = registry(pg, moto, &["--catalog", &url, "--blobs", blobs]);
+    let b = registry(pg, moto, &["--catalog", &url, "--blobs", blobs]);
+    let p = b.path("b.npy");
+    common::write_npy(&p, &[64, 40, 16], &common::noise(64 * 40 * 16, 41));
+    let mut hold = pg.session(db);
+    hold.send(&format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK});"
+    ));
+    let t = std::time::Instant::now();
+    while advisory_waits(pg, db) != 0 {
+        assert!(t.elapsed().as_secs() < 20, "the lock was not taken");
+    }
+    let spawn = |env: &Env, args: &[&str]| {
+        common::http::Process(
+            Command::new(env!("CARGO_BIN_EXE_prh"))
+                .arg("--registry")
+                .arg(env.reg())
+                .args(args)
+                .envs(env.envs.iter().map(|(k, v)| (k, v)))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut ingest = spawn(
+        &b,
+        &[
+            "ingest",
+            p.to_str().unwrap(),
+            "--model",
+            "b",
+            "--dataset",
+            "d",
+            "--modality",
+            "vision",
+        ],
+    );
+    // B has uploaded every blob and waits to commit.
+    while advisory_waits(pg, db) < 1 {
+        assert!(t.elapsed().as_secs() < 60, "B never reached its commit");
+        assert!(ingest.0.try_wait().unwrap().is_none(), "B ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut gc = spawn(&a, &["gc"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A's gc waits for B's guard (a second waiting advisory lock), across machines.
+    assert!(
+        gc.0.try_wait().unwrap().is_none(),
+        "gc did not wait for the ingest"
+    );
+    assert_eq!(
+        advisory_waits(pg, db),
+        2,
+        "B on its commit, A's gc on the blob guard"
+    );
+    hold.send("COMMIT;");
+    drop(hold);
+    assert!(ingest.0.wait().unwrap().success(), "B's ingest failed");
+    assert!(gc.0.wait().unwrap().success(), "A's gc failed");
+    for env in [&a, &b] {
+        let v = env.json(&["verify", "--format", "json"]);
+        assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+    }
+    let reps = a.json(&["ls", "reps", "--model", "b", "--format", "json"]);
+    assert_eq!(reps.as_array().unwrap().len(), 40);
+}
+
+#[test]
+fn gc_on_one_machine_never_deletes_what_another_is_committing() {
+    let pg = Cluster::start();
+    let moto = Moto::start();
+    moto.bucket("shared");
+    let shared = tempfile::tempdir().unwrap();
+    let local = format!("file://{}", shared.path().join("blobs").display());
+    gc_on_one_machine_waits_for_an_ingest_on_another(&pg, &moto, "gc_files", &local);
+    gc_on_one_machine_waits_for_an_ingest_on_another(&pg, &moto, "gc_s3", "s3://shared/zoo");
+}

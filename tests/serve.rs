@@ -376,3 +376,178 @@ fn a_token_guards_every_request_and_is_required_beyond_loopback() {
     assert_eq!(again.status, 200);
     assert!(!get(s.addr, "/api/overview").text().contains("s3cret"));
 }
+
+#[test]
+fn only_requests_naming_this_server_are_answered() {
+    let env = demo();
+    let s = serve(&env, &["--allow-host", "Lab-Box"]);
+    let own = s.addr.to_string();
+    for (host, want) in [
+        ("evil.example", 421),
+        ("evil.example:8080", 421),
+        ("127.0.0.1.evil.example", 421),
+        ("localhost:1", 200),
+        ("LOCALHOST", 200),
+        ("[::1]:9", 200),
+        ("lab-box:8080", 200),
+        (own.as_str(), 200),
+    ] {
+        let r = request(s.addr, "GET", "/api/version", &[("Host", host)], b"").unwrap();
+        assert_eq!(r.status, want, "Host: {host}: {}", r.text());
+    }
+    let r = request(s.addr, "GET", "/", &[("Host", "evil.example")], b"").unwrap();
+    assert!(r.text().contains("--allow-host"), "{}", r.text());
+}
+
+#[test]
+fn tokens_work_percent_encoded_in_links_cookies_and_any_case_bearer() {
+    let env = demo();
+    let token = "a+b&c%d#e f/ü";
+    let s = serve(&env, &["--token", token]);
+    let r = get(s.addr, &format!("/api/overview?token={}", enc(token)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cookie = r.header("set-cookie").unwrap().split(';').next().unwrap();
+    let again = request(s.addr, "GET", "/api/overview", &[("Cookie", cookie)], b"").unwrap();
+    assert_eq!(again.status, 200, "the cookie carries the token back");
+    // Unescaped, its `+` reads as a space and `&` ends it: refused.
+    assert_eq!(get(s.addr, "/api/overview?token=a+b&c%d").status, 401);
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme}  {token} ");
+        let r = request(
+            s.addr,
+            "GET",
+            "/api/overview",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{scheme}");
+    }
+    for bad in ["   ", " padded", ""] {
+        let e = env.fails(&["serve", "--port", "0", "--token", bad]);
+        assert!(e.contains("--token"), "{bad:?}: {e}");
+    }
+    let e = env.fails(&[
+        "serve", "--bind", "0.0.0.0", "--port", "0", "--token", "   ",
+    ]);
+    assert!(e.contains("white space"), "{e}");
+}
+
+#[test]
+fn compute_requests_are_bounded_and_missing_layers_are_named() {
+    let env = demo();
+    let s = serve(&env, &["--compute"]);
+    let q = format!("metric=mutual_knn&x={}&y={}&perf=bpb", enc(X), enc(Y));
+    for (p, name) in [
+        ("calibrated=1&null=18446744073709551615", "null"),
+        ("calibrated=1&null=1000000000", "null"),
+        ("calibrated=1&null=0", "null"),
+        ("k=0", "k"),
+        ("k=100000", "k"),
+    ] {
+        let r = get(s.addr, &format!("/api/trend?{q}&{p}"));
+        assert_eq!(r.status, 400, "{p}: {}", r.text());
+        assert!(
+            r.text().contains(name) && r.text().contains("range"),
+            "{p}: {}",
+            r.text()
+        );
+    }
+    // A fixed layer pair the models lack: an error naming it, never a statistic over nothing.
+    let r = get(s.addr, &format!("/api/trend?{q}&reduce=layers%3D999%2C999"));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("layers=999,999"), "{}", r.text());
+    let e = env.fails(&[
+        "trend",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        X,
+        "--y",
+        Y,
+        "--perf",
+        "bpb",
+        "--reduce",
+        "layers=999,999",
+    ]);
+    assert!(
+        e.contains("layers=999,999") && e.contains("no such layer pair"),
+        "{e}"
+    );
+    assert!(!e.contains('ρ') && !e.contains("spearman"), "{e}");
+    // The server is still up and computing.
+    assert_eq!(get(s.addr, &format!("/api/trend?{q}")).status, 200);
+}
+
+#[test]
+fn sql_that_would_write_is_refused_on_the_command_line_as_in_the_console() {
+    let env = demo();
+    for sql in [
+        "DELETE FROM models",
+        "DROP TABLE models",
+        "CREATE TABLE t AS SELECT * FROM models",
+    ] {
+        let e = env.fails(&["query", sql]);
+        assert!(e.contains("read-only"), "{sql}: {e}");
+    }
+    // A runaway product is refused before anything is built, and the server stays up.
+    let cross = "SELECT count(*) FROM reps a CROSS JOIN reps b CROSS JOIN reps c CROSS JOIN reps d CROSS JOIN (SELECT * FROM reps LIMIT 65) e";
+    let e = env.fails(&["query", cross]);
+    assert!(e.contains("budget"), "{e}");
+    let s = serve(&env, &[]);
+    let r = get(s.addr, &format!("/api/sql?q={}", enc(cross)));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("budget"), "{}", r.text());
+    assert_eq!(get(s.addr, "/api/sql?q=SELECT%201").status, 200);
+    let e = env.fails(&["query", "SELECT * FROM read_csv('/etc/passwd')"]);
+    assert!(e.contains("registry's tables"), "{e}");
+    assert!(
+        env.ok(&[
+            "query",
+            "SELECT count(*) AS n FROM models",
+            "--format",
+            "csv"
+        ])
+        .contains("12")
+    );
+}
+
+#[test]
+fn running_out_of_file_descriptors_does_not_kill_the_server() {
+    let env = demo();
+    let s = serve(&env, &[]);
+    assert_eq!(get(s.addr, "/api/version").status, 200);
+    // Lower the running server's descriptor limit, then hold more idle connections than it.
+    let st = std::process::Command::new("prlimit")
+        .args(["--pid", &s.pid().to_string(), "--nofile=48:48"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Connect until the backlog is full too (a connect then times out instead of waiting for
+    // the kernel's SYN retries).
+    let idle: Vec<_> = (0..200)
+        .map_while(|_| {
+            std::net::TcpStream::connect_timeout(&s.addr, std::time::Duration::from_millis(300))
+                .ok()
+        })
+        .collect();
+    assert!(idle.len() > 48, "only {} connections", idle.len());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let alive = std::path::Path::new(&format!("/proc/{}", s.pid())).exists()
+        && std::fs::read_to_string(format!("/proc/{}/status", s.pid()))
+            .is_ok_and(|st| !st.contains("State:\tZ"));
+    assert!(alive, "the server died when accept failed (EMFILE)");
+    drop(idle);
+    // Once the idle connections are gone it answers again (the listener backs off and retries).
+    let t = std::time::Instant::now();
+    loop {
+        if request(s.addr, "GET", "/api/version", &[], b"").is_ok_and(|r| r.status == 200) {
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < 30,
+            "no answer after the idle connections closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -381,3 +381,32 @@ fn a_worker_rides_out_a_postgres_restart_mid_sweep() {
         .unwrap();
     assert_eq!(cells, st[0]["cells"].as_i64().unwrap(), "{st}");
 }
+
+#[test]
+fn numeric_flags_are_range_checked_before_anything_is_written() {
+    let env = demo(vec![], &[]);
+    let before = env.json(&["status", "--format", "json"]);
+    let mut too_many = align_args(Some("18446744073709551615"));
+    too_many.retain(|a| *a != "--quiet");
+    let e = env.fails(&too_many);
+    assert!(e.contains("--workers") && e.contains("1024"), "{e}");
+    assert_eq!(
+        env.json(&["status", "--format", "json"]),
+        before,
+        "no sweep entered"
+    );
+    for (flag, v) in [
+        ("--lease-seconds", "1e300"),
+        ("--lease-seconds", "0.000001"),
+        ("--lease-seconds", "1e17"),
+        ("--lease-seconds", "NaN"),
+        ("--poll", "-1"),
+    ] {
+        let arg = format!("{flag}={v}");
+        let e = env.fails(&["worker", "--once", "--quiet", &arg]);
+        assert!(e.contains(flag) && e.contains("seconds from"), "{arg}: {e}");
+    }
+    // Scores print at any magnitude as a number a person reads.
+    let out = env.ok(&["score", "set", "--model", "lm-large", "tiny=1e-300"]);
+    assert!(out.trim_end().ends_with("tiny = 1e-300"), "{out}");
+}

@@ -79,6 +79,9 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
 /// Advisory lock keys: one writer at a time; one migration at a time.
 const WRITE_LOCK: i64 = 0x7072_685f_7772_6974;
 const MIGRATE_LOCK: i64 = 0x7072_685f_6d69_6772;
+/// The blob guard ([`Catalog::blob_guard`]): a session-level advisory lock, shared by writers,
+/// exclusive for gc.
+const BLOB_GUARD: i64 = 0x7072_685f_626c_6f62;
 
 /// How long connecting may take before the URL is reported unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -390,7 +393,42 @@ fn is_hash(column: &str) -> String {
     format!("({column} ~ '^[0-9a-f]{{64}}$')")
 }
 
+/// A held blob guard: the session holding the advisory lock, closed (which releases the lock)
+/// when dropped; a process that dies drops its session, and the server releases the lock.
+struct PgGuard {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    db: Arc<Db>,
+}
+
+impl Drop for PgGuard {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _in = self.db.rt.get().enter();
+            let _ = self.db.rt.block_on(conn.close());
+        }
+    }
+}
+
 impl Catalog for PgCatalog {
+    fn blob_guard(&self, mode: super::GuardMode) -> Result<super::BlobGuard> {
+        let sql = match mode {
+            super::GuardMode::Writer => "SELECT pg_advisory_lock_shared($1)",
+            super::GuardMode::Collector => "SELECT pg_advisory_lock($1)",
+        };
+        let conn = self.run(async {
+            let mut conn = self.pool().acquire().await?;
+            sqlx::query(sql)
+                .bind(BLOB_GUARD)
+                .execute(&mut *conn)
+                .await?;
+            Ok(conn)
+        })?;
+        Ok(super::BlobGuard::new(PgGuard {
+            conn: Some(conn),
+            db: self.db.clone(),
+        }))
+    }
+
     fn schema_version(&self) -> Result<usize> {
         self.run(async {
             let v: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM prh_schema")

@@ -254,6 +254,18 @@ const DATASETS: &str = "SELECT id, name, n, description,
      FROM datasets d";
 
 impl Catalog for SqliteCatalog {
+    /// A file lock on `lock` beside the catalog file (`<registry>/lock` for a registry's own
+    /// catalog): every process that opens this catalog file takes the same one.
+    fn blob_guard(&self, mode: super::GuardMode) -> Result<super::BlobGuard> {
+        let path = self.conn.path().map(Path::new).unwrap_or(Path::new(""));
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let lock = match mode {
+            super::GuardMode::Writer => crate::lock::RegistryLock::shared(dir)?,
+            super::GuardMode::Collector => crate::lock::RegistryLock::exclusive(dir)?,
+        };
+        Ok(super::BlobGuard::new(lock))
+    }
+
     fn schema_version(&self) -> Result<usize> {
         let v: i64 = self
             .conn

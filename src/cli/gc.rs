@@ -30,6 +30,12 @@ pub fn run(ctx: &Ctx, a: GcArgs) -> Result<()> {
                 r.null_samples,
                 r.tmp_entries
             );
+            if r.young_blobs_kept > 0 {
+                println!(
+                    "kept: {} unnamed blobs written to the shared store within the last hour (a writer elsewhere may still name them; a later gc removes them)",
+                    r.young_blobs_kept
+                );
+            }
             if r.dry_run {
                 for b in &r.blobs {
                     println!("  blob {b}");

@@ -47,7 +47,7 @@ pub fn run(ctx: &Ctx, cmd: ScoreCmd) -> Result<()> {
             };
             let ck = reg.set_scores(&model, checkpoint.as_deref(), &scores, dir)?;
             for (k, v) in &scores {
-                println!("{model} @ {ck}: {k} = {v}");
+                println!("{model} @ {ck}: {k} = {}", prh::output::format_float(*v));
             }
             Ok(())
         }

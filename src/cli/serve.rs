@@ -25,6 +25,13 @@ pub struct ServeArgs {
     /// command that fills what is missing.
     #[arg(long)]
     pub compute: bool,
+    /// Another host name the server answers to (repeat for more). Requests must name this
+    /// server in their `Host` header: a loopback name (localhost, 127.0.0.1, [::1]), the bound
+    /// address, or one of these; anything else is refused (a web page cannot reach the
+    /// dashboard by pointing its own name at 127.0.0.1). A server bound to every address
+    /// (0.0.0.0, ::) with a token answers any host name.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
 }
 
 pub fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
@@ -35,6 +42,7 @@ pub fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         port: a.port,
         token: a.token,
         compute: a.compute,
+        allow_hosts: a.allow_hosts,
     };
     let shown = root.display().to_string();
     serve::serve(root, opts, |addr| {

@@ -19,11 +19,11 @@ pub struct WorkerArgs {
     /// Only units of this sweep (its id, as `prh status` shows it).
     #[arg(long)]
     pub sweep: Option<i64>,
-    /// Seconds a claim holds without renewal; the worker renews every third of it, so a worker
-    /// that dies frees its unit this long after its last renewal.
+    /// Seconds a claim holds without renewal (1 to 86400); the worker renews every third of it,
+    /// so a worker that dies frees its unit this long after its last renewal.
     #[arg(long, default_value_t = DEFAULT_LEASE.as_secs_f64())]
     pub lease_seconds: f64,
-    /// Seconds between looks for work when there is none.
+    /// Seconds between looks for work when there is none (0.05 to 3600).
     #[arg(long, default_value_t = 5.0)]
     pub poll: f64,
     /// This worker's name in `prh status` (default: host:pid).
@@ -36,22 +36,29 @@ pub struct WorkerArgs {
     pub format: FormatArg,
 }
 
+/// Lease lengths a worker accepts, in seconds: shorter than a second and renewals (every third
+/// of it) race the catalog's round trips, so two workers take each other's units; longer than
+/// a day and a killed worker's unit waits that long.
+pub const LEASE_RANGE: (f64, f64) = (1.0, 86_400.0);
+/// Polling intervals a worker accepts, in seconds.
+pub const POLL_RANGE: (f64, f64) = (0.05, 3_600.0);
+
+/// `v` seconds as a duration, refused outside `range` (NaN and infinities included).
+fn seconds(v: f64, what: &str, (lo, hi): (f64, f64)) -> Result<Duration> {
+    if v.is_finite() && (lo..=hi).contains(&v) {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        anyhow::bail!("--{what} {v}: give a number of seconds from {lo} to {hi}")
+    }
+}
+
 pub fn run(ctx: &Ctx, a: WorkerArgs) -> Result<()> {
-    let positive = |v: f64, what: &str| {
-        if v.is_finite() && v > 0.0 {
-            Ok(Duration::from_secs_f64(v))
-        } else {
-            Err(anyhow::anyhow!(
-                "--{what} must be a positive number of seconds"
-            ))
-        }
-    };
     let opts = WorkOptions {
         name: a.name.unwrap_or_else(workers::default_name),
         sweep: a.sweep,
         once: a.once,
-        lease: positive(a.lease_seconds, "lease-seconds")?,
-        poll: positive(a.poll, "poll")?,
+        lease: seconds(a.lease_seconds, "lease-seconds", LEASE_RANGE)?,
+        poll: seconds(a.poll, "poll", POLL_RANGE)?,
     };
     let mut reg = ctx.open()?;
     let bar = Bar::new(a.quiet);

@@ -67,6 +67,25 @@ fn number<T: std::str::FromStr>(what: &str, v: &Option<String>, default: T) -> R
     }
 }
 
+/// [`number`] within `lo..=hi` (what one request may ask the server to compute).
+fn ranged<T>(what: &str, v: &Option<String>, default: T, lo: T, hi: T) -> Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let n = number(what, v, default)?;
+    if n < lo || n > hi {
+        return Err(Error::Invalid(format!(
+            "{what} = {n} is out of range: give {lo} to {hi}"
+        )));
+    }
+    Ok(n)
+}
+
+/// Most permutations one request may ask for (the command line takes more).
+pub(super) const MAX_NULL: usize = 10_000;
+/// Largest neighbourhood one request may ask for.
+pub(super) const MAX_K: usize = 1_000;
+
 fn given(v: &Option<String>) -> Option<String> {
     v.as_deref()
         .map(str::trim)
@@ -96,10 +115,7 @@ impl Params {
         });
         let metric: Metric = metric_name.parse()?;
         let mut spec = MetricSpec::new(metric);
-        spec.k = number("k", &self.k, 10usize)?;
-        if spec.k == 0 {
-            return Err(Error::Invalid("k must be at least 1".into()));
-        }
+        spec.k = ranged("k", &self.k, 10usize, 1, MAX_K)?;
         let reduce: Reduce = match given(&self.reduce) {
             Some(r) => r.parse()?,
             None => Reduce::Max,
@@ -163,7 +179,7 @@ impl Params {
             calibrated: flag(&self.calibrated),
             model,
             against,
-            null: number("null", &self.null, 200usize)?,
+            null: ranged("null", &self.null, 200usize, 1, MAX_NULL)?,
             seed: number("seed", &self.seed, 0u64)?,
             choices: Choices {
                 metrics,

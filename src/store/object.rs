@@ -211,6 +211,17 @@ impl BlobStore for ObjectBlobStore {
         Ok(out)
     }
 
+    fn young(&self, hash: &BlobHash) -> Result<bool> {
+        let i = &self.inner;
+        let meta =
+            i.rt.block_on(i.store.head(&i.path(hash)))
+                .map_err(|e| err(&format!("cannot read blob {hash}"), e))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Ok(now - meta.last_modified.timestamp() < super::ORPHAN_MIN_AGE.as_secs() as i64)
+    }
+
     fn delete(&self, hash: &BlobHash) -> Result<()> {
         let i = &self.inner;
         if !i.exists(hash)? {

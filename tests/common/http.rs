@@ -41,8 +41,16 @@ pub fn request(
 ) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
+    // The `Host` header names the server unless the caller gives its own.
+    let host = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map_or(addr.to_string(), |(_, v)| v.to_string());
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
+    {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
@@ -155,6 +163,11 @@ pub struct Server {
 
 impl Server {
     /// Starts `bin serve --port 0 EXTRA…` on `registry` and waits for its address line.
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self._child.0.id()
+    }
+
     pub fn start(bin: &Path, registry: &Path, extra: &[&str]) -> Server {
         let mut child = Process(
             Command::new(bin)

@@ -220,6 +220,26 @@ impl Cluster {
         String::from_utf8(o.stdout).unwrap().trim().to_string()
     }
 
+    /// An open psql session on database `db`, statements sent as they come (to hold a lock
+    /// or a transaction open while prh runs); ended when dropped.
+    pub fn session(&self, db: &str) -> Session {
+        let psql = self.bin.join("psql");
+        let exe: &Path = if psql.is_file() {
+            &psql
+        } else {
+            Path::new("psql")
+        };
+        let child = Command::new(exe)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args(["-p", &self.port.to_string(), "-U", "prh", "-d", db])
+            .env("PGPASSWORD", PASSWORD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Session(child)
+    }
+
     /// Creates an empty database; its URL.
     pub fn database(&self, db: &str) -> String {
         self.psql("postgres", &format!("CREATE DATABASE {db}"));
@@ -248,5 +268,25 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A psql process reading statements from the test ([`Cluster::session`]).
+pub struct Session(std::process::Child);
+
+impl Session {
+    /// Sends one statement (or several, `;`-terminated); psql runs it on reading it.
+    pub fn send(&mut self, sql: &str) {
+        use std::io::Write;
+        let stdin = self.0.stdin.as_mut().expect("psql's stdin");
+        writeln!(stdin, "{sql}").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
     }
 }
