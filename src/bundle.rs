@@ -1007,6 +1007,25 @@ fn owner_is_gone(name: &str) -> bool {
     r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
+/// How `gc` runs.
+#[derive(Debug, Clone, Copy)]
+pub struct GcOptions {
+    /// Report only; remove nothing.
+    pub dry_run: bool,
+    /// Unnamed blobs in a shared object store younger than this are kept
+    /// ([`crate::store::BlobStore::age`]).
+    pub min_age: std::time::Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            dry_run: false,
+            min_age: crate::store::ORPHAN_MIN_AGE,
+        }
+    }
+}
+
 /// What `gc` removed (or would remove, with `dry_run`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
@@ -1020,8 +1039,8 @@ pub struct GcReport {
     pub null_samples: usize,
     /// Staging leftovers of processes that are gone, or older than an hour.
     pub tmp_entries: usize,
-    /// Blobs no row names that a shared object store holds for less than an hour: kept (a
-    /// writer elsewhere may be about to name them); the next gc takes them.
+    /// Blobs no row names that a shared object store has held for less than `min_age`: kept
+    /// (a writer elsewhere may be about to name them); a later gc takes them.
     pub young_blobs_kept: usize,
     /// Nothing was removed; the report says what would have been.
     pub dry_run: bool,
@@ -1033,7 +1052,8 @@ pub struct GcReport {
 /// exclusively ([`crate::catalog::Catalog::blob_guard`]: a file lock for SQLite, an advisory
 /// lock for PostgreSQL, so every machine sharing the catalog takes part), so an ingest that has
 /// published its blobs but not yet committed its rows is never disturbed.
-pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
+pub fn gc(reg: &mut Registry, opts: GcOptions) -> Result<GcReport> {
+    let dry_run = opts.dry_run;
     let mut rep = GcReport {
         dry_run,
         ..Default::default()
@@ -1060,7 +1080,7 @@ pub fn gc(reg: &mut Registry, dry_run: bool) -> Result<GcReport> {
     // writer that does not take the guard (an older prh) may still be about to name.
     let mut orphan_files = Vec::new();
     for h in stray_blobs(reg, &known)? {
-        if reg.store.young(&h)? {
+        if reg.store.age(&h)?.is_some_and(|a| a < opts.min_age) {
             rep.young_blobs_kept += 1;
         } else {
             orphan_files.push(h);

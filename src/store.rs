@@ -67,7 +67,8 @@ impl FromStr for BlobHash {
     }
 }
 
-/// How long gc leaves an unnamed blob in a shared object store alone ([`BlobStore::young`]).
+/// How long gc leaves an unnamed blob in a shared object store alone by default
+/// ([`BlobStore::age`]).
 pub const ORPHAN_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Where blobs live. See the module documentation.
@@ -84,12 +85,12 @@ pub trait BlobStore: Send + Sync {
     fn list(&self) -> Result<Vec<BlobHash>>;
     /// Removes a blob (garbage collection and the undoing of a failed write only).
     fn delete(&self, hash: &BlobHash) -> Result<()>;
-    /// Whether gc must keep this stored blob even when no catalog row names it, because it
-    /// was written less than [`ORPHAN_MIN_AGE`] ago: a shared store's writer elsewhere that
-    /// does not take the catalog's blob guard (an older prh) may be between uploading and
-    /// committing. The local store's writers all take the guard: never young.
-    fn young(&self, _hash: &BlobHash) -> Result<bool> {
-        Ok(false)
+    /// How long ago a stored blob was written, where gc must ask: in a shared object store a
+    /// writer elsewhere that does not take the catalog's blob guard (an older prh) may be
+    /// between uploading a blob and naming it, so gc leaves unnamed blobs younger than its
+    /// `min_age` alone. `None` for the local store, whose writers all take the guard.
+    fn age(&self, _hash: &BlobHash) -> Result<Option<std::time::Duration>> {
+        Ok(None)
     }
     /// Where a blob lives, for people: a path, or a URL.
     fn location(&self, hash: &BlobHash) -> String;

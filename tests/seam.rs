@@ -232,7 +232,7 @@ fn verify_and_gc_work_through_both_interfaces() {
     assert_eq!(v.cells_recomputed, 6);
     assert_eq!(v.unreferenced_files, vec![h.to_hex()]);
     let blobs = reg.store.list().unwrap().len();
-    let g = prh::bundle::gc(&mut reg, false).unwrap();
+    let g = prh::bundle::gc(&mut reg, Default::default()).unwrap();
     assert_eq!(g.blobs, vec![h.to_hex()]);
     assert_eq!(g.blob_bytes, stray.len() as u64);
     assert!(!reg.store.exists(&h).unwrap());

@@ -211,7 +211,7 @@ impl BlobStore for ObjectBlobStore {
         Ok(out)
     }
 
-    fn young(&self, hash: &BlobHash) -> Result<bool> {
+    fn age(&self, hash: &BlobHash) -> Result<Option<std::time::Duration>> {
         let i = &self.inner;
         let meta =
             i.rt.block_on(i.store.head(&i.path(hash)))
@@ -219,7 +219,8 @@ impl BlobStore for ObjectBlobStore {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        Ok(now - meta.last_modified.timestamp() < super::ORPHAN_MIN_AGE.as_secs() as i64)
+        let secs = (now - meta.last_modified.timestamp()).max(0) as u64;
+        Ok(Some(std::time::Duration::from_secs(secs)))
     }
 
     fn delete(&self, hash: &BlobHash) -> Result<()> {
