@@ -119,9 +119,9 @@ fn main() {
     let endpoints = [
         ("version", "/api/version".to_string()),
         ("overview", "/api/overview".to_string()),
-        ("model page", "/model/lang042".to_string()),
+        ("model page", format!("/model/lang{:03}", models * 42 / 100)),
         ("trend", format!("/api/trend?{q}")),
-        ("matrix 100×100", format!("/api/matrix?{q}")),
+        ("matrix", format!("/api/matrix?{q}")),
     ];
     println!("API latency, one client alone, 20 requests each (loopback):");
     for (name, target) in &endpoints {
@@ -177,7 +177,7 @@ fn main() {
     let b = browser::Browser::start();
     let url = format!("http://{}/matrix?{q}", server.addr);
     b.goto(&url); // warm: the first page load also starts the browser's renderer
-    println!("matrix page, 100 × 100 models, headless Chromium:");
+    println!("matrix page, {models} × {models} models, headless Chromium:");
     for run in 1..=3 {
         let t = Instant::now();
         b.goto(&url);
@@ -191,10 +191,11 @@ fn main() {
         );
         let f = |i: usize| nav[i].as_f64().unwrap();
         println!(
-            "  run {run}: response {:.0} ms, DOM ready {:.0} ms, load event {:.0} ms; navigate → 10,000 cells in DOM {:.0} ms (WebDriver round trips included)",
+            "  run {run}: response {:.0} ms, DOM ready {:.0} ms, load event {:.0} ms; navigate → {} cells in DOM {:.0} ms (WebDriver round trips included)",
             f(0),
             f(1),
             f(2),
+            models * models,
             wall.as_secs_f64() * 1e3
         );
     }
