@@ -312,13 +312,7 @@ fn two_sweeps_at_once_both_finish_without_lock_errors() {
     let vb: Value = serde_json::from_slice(&ob.stdout).unwrap();
     assert_eq!(scores(&va), scores(&vb));
     // Both computed cells: they ran at once (one after the other, the second finds all cached).
-    let computed = |v: &Value| -> u64 {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["cells_computed"].as_u64().unwrap())
-            .sum()
-    };
+    let computed = common::cells_computed;
     assert!(
         computed(&va) > 0 && computed(&vb) > 0,
         "one sweep found everything cached: they did not overlap ({} and {} cells computed)",

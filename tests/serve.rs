@@ -457,19 +457,9 @@ fn compute_requests_are_bounded_and_missing_layers_are_named() {
     let r = get(s.addr, &format!("/api/trend?{q}&reduce=layers%3D999%2C999"));
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("layers=999,999"), "{}", r.text());
-    let e = env.fails(&[
-        "trend",
-        "--metric",
-        "mutual_knn",
-        "--x",
-        X,
-        "--y",
-        Y,
-        "--perf",
-        "bpb",
-        "--reduce",
-        "layers=999,999",
-    ]);
+    let e = env.fails(&common::words(
+        "trend --metric mutual_knn --x modality=language --y modality=vision --perf bpb --reduce layers=999,999",
+    ));
     assert!(
         e.contains("layers=999,999") && e.contains("no such layer pair"),
         "{e}"

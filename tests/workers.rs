@@ -72,13 +72,7 @@ fn workers_match_a_plain_sweep(a: &Env, b: &Env) {
     let plain = a.json(&align_args(None));
     let split = b.json(&align_args(Some("2")));
     assert_eq!(scores(&split), scores(&plain));
-    let computed = |v: &Value| -> u64 {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["cells_computed"].as_u64().unwrap())
-            .sum()
-    };
+    let computed = common::cells_computed;
     assert!(computed(&plain) > 0);
     assert_eq!(computed(&split), 0, "the workers filled every cell first");
     let st = b.json(&["status", "--format", "json"]);

@@ -105,6 +105,15 @@ fn walk(dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// Sum of `cells_computed` over an `align --format json` result.
+pub fn cells_computed(v: &serde_json::Value) -> u64 {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cells_computed"].as_u64().unwrap())
+        .sum()
+}
+
 /// A command line given as one string, split at whitespace (for arguments without spaces).
 pub fn words(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
