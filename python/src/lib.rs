@@ -3,6 +3,7 @@
 //! CLI's `--format json` shapes; `prh/__init__.py` turns them into polars DataFrames.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
@@ -70,6 +71,46 @@ fn invalid(msg: impl Into<String>) -> PrhError {
 
 type R<T> = Result<T, PrhError>;
 
+/// The process that imported the module. A process forked from it after prh did work there (a
+/// DataLoader worker, multiprocessing's "fork" start method) has none of its thread pools'
+/// threads.
+static IMPORTED_IN: OnceLock<u32> = OnceLock::new();
+
+/// Runs `f` with the GIL released: on rayon's global pool, or, in a forked child, on a pool
+/// of the child's own (the global pool's threads stayed in the parent: work handed to them
+/// would wait for ever).
+fn unlocked<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
+    py.allow_threads(move || {
+        if IMPORTED_IN
+            .get()
+            .is_none_or(|&pid| pid == std::process::id())
+        {
+            f()
+        } else {
+            child_pool().install(f)
+        }
+    })
+}
+
+/// The thread pool of a forked child (one per process id).
+fn child_pool() -> Arc<rayon::ThreadPool> {
+    static POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut held = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((p, pool)) = held.as_ref()
+        && *p == pid
+    {
+        return pool.clone();
+    }
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .build()
+            .expect("a thread pool for a forked process"),
+    );
+    *held = Some((pid, pool.clone()));
+    pool
+}
+
 /// Runs `f` on an open registry with the GIL released.
 fn with_reg<T: Send>(
     py: Python<'_>,
@@ -77,7 +118,7 @@ fn with_reg<T: Send>(
     f: impl FnOnce(&mut Registry) -> R<T> + Send,
 ) -> PyResult<T> {
     let root = PathBuf::from(root);
-    py.allow_threads(move || {
+    unlocked(py, move || {
         let mut reg = Registry::open(&root)?;
         f(&mut reg)
     })
@@ -154,7 +195,7 @@ fn init(
     catalog: Option<String>,
     blobs: Option<String>,
 ) -> PyResult<String> {
-    py.allow_threads(|| {
+    unlocked(py, || {
         let loc = prh::location::Locations { catalog, blobs };
         Registry::init_at(&path, &loc).map(|r| r.root.display().to_string())
     })
@@ -491,7 +532,7 @@ fn import_bundle(py: Python<'_>, root: &str, bundle: PathBuf) -> PyResult<String
 #[pyfunction]
 fn compare(py: Python<'_>, a: Vec<ArrayIn>, b: Vec<ArrayIn>, opts: &str) -> PyResult<f64> {
     let o = parse(opts).map_err(to_py)?;
-    py.allow_threads(move || -> R<f64> {
+    unlocked(py, move || -> R<f64> {
         let v = view(&o)?;
         let (fa, fb) = (lent_file("a", a)?, lent_file("b", b)?);
         let (la, lb) = (fa.finite_layers()?, fb.finite_layers()?);
@@ -514,6 +555,7 @@ fn compare(py: Python<'_>, a: Vec<ArrayIn>, b: Vec<ArrayIn>, opts: &str) -> PyRe
 #[pymodule]
 fn _prh(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    IMPORTED_IN.get_or_init(std::process::id);
     m.add("Error", py.get_type::<Error>())?;
     m.add("InvalidInput", py.get_type::<InvalidInput>())?;
     m.add("NotFound", py.get_type::<NotFound>())?;

@@ -183,3 +183,81 @@ def test_the_example_trains_logs_and_plots(tmp_path):
                           "--plot", str(tmp_path / "trajectory.svg")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "trajectory" in out.stdout and (tmp_path / "trajectory.svg").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "arr, needle",
+    [
+        (np.float32(1.0), "n × d"),
+        (np.zeros((8, 2, 2, 4), np.float32), "n × d"),
+        (np.zeros((64, 4), bool), "floating point"),
+        (np.zeros((64, 4), np.int32), "floating point"),
+        (np.array([[1.0, 2.0]] * 64, dtype=object), "floating point"),
+        (np.zeros((64, 4), np.complex64), "floating point"),
+        # Views that claim far more elements than their buffer holds.
+        (np.lib.stride_tricks.as_strided(np.zeros(16, np.float32), shape=(1 << 20, 1 << 20), strides=(0, 0)), "overlap"),
+        (np.lib.stride_tricks.as_strided(np.zeros(16, np.float32), shape=(64, 64), strides=(4, 4)), "overlap"),
+        (np.full((64, 4), np.inf, np.float32), "NaN or Inf"),
+        (np.zeros((0, 4), np.float32), "empty"),
+        (np.zeros((64, 0), np.float32), "empty"),
+    ],
+    ids=["0-d", "4-d", "bool", "int32", "object", "complex", "strided-huge", "strided-overlap", "inf", "no-rows", "no-columns"],
+)
+def test_hostile_arrays_are_refused_with_a_prh_error_and_nothing_written(empty, arr, needle):
+    reg = prh.Registry(empty)
+    reg.log(feats(), model="ok", dataset="ds", modality="language")
+    before = snapshot(empty)
+    with pytest.raises(prh.InvalidInput) as e:
+        reg.log(arr, model="bad", dataset="other", modality="language", progress=False)
+    assert needle in str(e.value), str(e.value)
+    assert snapshot(empty) == before
+
+
+def test_threads_log_at_once(empty):
+    reg = prh.Registry(empty)
+    errors = []
+
+    def log(i):
+        try:
+            reg.log(feats(seed=300 + i), model=f"t{i}", dataset="ds", modality="language", progress=False)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=log, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert set(reg.models()["name"]) == {f"t{i}" for i in range(6)}
+    cli(empty, "verify")
+
+
+def test_a_process_forked_after_prh_worked_can_log(empty):
+    # In a fresh interpreter (a hang there cannot hang pytest): the parent logs, forks, the
+    # child logs too (as a DataLoader worker would), the parent goes on.
+    code = f"""
+import os, sys, time, numpy as np, prh
+reg = prh.Registry({str(empty)!r})
+x = np.random.default_rng(0).standard_normal((64, 3, 16)).astype(np.float32)
+reg.log(x, model="parent", dataset="ds", modality="language", progress=False)
+pid = os.fork()
+if pid == 0:
+    prh.Registry({str(empty)!r}).log(x * 2, model="child", dataset="ds", modality="language", progress=False)
+    os._exit(0)
+t = time.time()
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    if time.time() - t > 60:
+        os.kill(pid, 9)
+        sys.exit("the forked child hung")
+    time.sleep(0.05)
+assert os.waitstatus_to_exitcode(status) == 0, status
+reg.log(x * 3, model="after", dataset="ds", modality="language", progress=False)
+print(sorted(reg.models()["name"]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "'child'" in out.stdout and "'after'" in out.stdout, out.stdout
