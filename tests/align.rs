@@ -229,12 +229,7 @@ fn killed_sweeps_keep_finished_work_and_resume() {
     big_zoo(&env);
     let total = 4 * 10 * 10 * 3;
     // Kill (SIGKILL) as soon as the first model pair's cells are committed, three times.
-    let count = || -> usize {
-        let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
-        db.busy_timeout(Duration::from_secs(10)).unwrap();
-        db.query_row("SELECT count(*) FROM cells", [], |r| r.get::<_, i64>(0))
-            .unwrap() as usize
-    };
+    let count = || common::cached_cells(&env) as usize;
     let mut partial_seen = 0;
     for _ in 0..3 {
         let before = count();
@@ -319,12 +314,8 @@ fn two_sweeps_at_once_both_finish_without_lock_errors() {
         computed(&va),
         computed(&vb)
     );
-    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
-    let n: i64 = db
-        .query_row("SELECT count(*) FROM cells", [], |r| r.get(0))
-        .unwrap();
     assert_eq!(
-        n,
+        common::cached_cells(&env),
         4 * 10 * 10 * 3,
         "every cell once: no duplicates, none lost"
     );

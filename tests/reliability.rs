@@ -117,14 +117,6 @@ fn killed_ingests_leave_a_registry_that_verifies_and_resumes() {
     assert!(env.prh(&["verify"]).status.success());
 }
 
-/// Cells in a SQLite registry's cache, read while other processes write.
-fn cells(env: &Env) -> i64 {
-    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
-    db.busy_timeout(Duration::from_secs(10)).unwrap();
-    db.query_row("SELECT count(*) FROM cells", [], |r| r.get(0))
-        .unwrap()
-}
-
 #[test]
 fn four_ingests_and_two_sweeps_at_once() {
     let env = Env::new();
@@ -167,14 +159,14 @@ fn four_ingests_and_two_sweeps_at_once() {
     };
     let sweeps = vec![sweep(), sweep()];
     let t = Instant::now();
-    while cells(&env) == 0 {
+    while common::cached_cells(&env) == 0 {
         assert!(
             t.elapsed() < Duration::from_secs(60),
             "no sweep wrote a cell"
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    let at_spawn = cells(&env);
+    let at_spawn = common::cached_cells(&env);
     let mut ingests: Vec<_> = files
         .iter()
         .enumerate()
@@ -198,7 +190,7 @@ fn four_ingests_and_two_sweeps_at_once() {
     // Proof that the writers interleaved: a sweep committed cells while an ingest was running.
     let mut interleaved = false;
     while ingests.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
-        interleaved |= cells(&env) > at_spawn;
+        interleaved |= common::cached_cells(&env) > at_spawn;
         std::thread::sleep(Duration::from_millis(5));
     }
     for c in ingests.into_iter().chain(sweeps) {

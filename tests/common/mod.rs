@@ -105,6 +105,15 @@ fn walk(dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// Cells in a SQLite registry's cache (read with a busy timeout, so it works while other
+/// processes write).
+pub fn cached_cells(env: &Env) -> i64 {
+    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.query_row("SELECT count(*) FROM cells", [], |r| r.get(0))
+        .unwrap()
+}
+
 /// Sum of `cells_computed` over an `align --format json` result.
 pub fn cells_computed(v: &serde_json::Value) -> u64 {
     v.as_array()
