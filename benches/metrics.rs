@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::Array2;
-use prh::engine;
+use prh::layers;
 use prh::metrics::{ALL, Derived, Metric, MetricSpec, derived, knn, prep};
 use prh::rng::Rng;
 use rayon::prelude::*;
@@ -110,7 +110,7 @@ fn main() {
             .map(|y| Arc::new(Derived::new(y)))
             .collect();
         gram_times.push(t.elapsed().as_secs_f64());
-        table = Some(engine::layer_table(&spec, &dx, &dy).unwrap());
+        table = Some(layers::layer_table(&spec, &dx, &dy).unwrap());
         prh_times.push(t.elapsed().as_secs_f64());
     }
     let table = table.unwrap();

@@ -11,7 +11,7 @@ use std::time::Instant;
 use ndarray::Array2;
 use prh::metrics::{Derived, Metric, MetricSpec, prep};
 use prh::rng::Rng;
-use prh::{engine, stats};
+use prh::{layers, stats};
 use rayon::prelude::*;
 
 fn main() {
@@ -43,13 +43,13 @@ fn main() {
         .into_par_iter()
         .map(|y| Arc::new(Derived::new(y)))
         .collect();
-    let table = engine::layer_table(&spec, &dx, &dy).unwrap();
+    let table = layers::layer_table(&spec, &dx, &dy).unwrap();
     let raw = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let null = stats::draws(
         stats::Resampling::Permutation,
         &spec,
-        prh::engine::Reduce::Max,
+        prh::layers::Reduce::Max,
         (&dx, &dy),
         0,
         0..perms,

@@ -8,23 +8,19 @@ use polars::prelude::*;
 use serde::Serialize;
 
 use crate::catalog::CheckpointId;
-use crate::engine::Reduce;
 use crate::error::{Error, Result};
+use crate::layers::Reduce;
 use crate::metrics::MetricSpec;
-use crate::query;
+use crate::query::{self, pe};
 use crate::registry::Registry;
 use crate::stats;
-
-fn pe(e: PolarsError) -> Error {
-    Error::Invalid(format!("query: {e}"))
-}
 
 /// What to relate.
 #[derive(Debug, Clone)]
 pub struct TrendRequest {
     /// The metric (and its parameters) whose cached alignments are related.
     pub spec: MetricSpec,
-    /// Preparation kind (see [`query::prep_kind`]); the official one by default.
+    /// Preparation kind (see [`crate::metrics::prep::kind_of_key`]); the official one by default.
     pub prep: String,
     /// How each pair's layer-pair table became its score.
     pub reduce: Reduce,
@@ -94,7 +90,7 @@ pub fn latest(reg: &Registry, models: &[String]) -> Result<HashMap<String, Check
             let ck = reg
                 .catalog
                 .latest_checkpoint(m)?
-                .ok_or_else(|| Error::Invalid(format!("model {m} has no checkpoint")))?;
+                .ok_or_else(|| Error::NotFound(format!("model {m} has no checkpoint")))?;
             Ok((m.clone(), ck.id))
         })
         .collect()
@@ -322,7 +318,7 @@ pub fn trend(reg: &Registry, req: &TrendRequest, pairs: &[PairScore]) -> Result<
     }
     if !no_score.is_empty() {
         no_score.dedup();
-        return Err(Error::Invalid(format!(
+        return Err(Error::NotFound(format!(
             "no {} score for {} (set it with `prh score set --model M {}=VALUE`)",
             req.perf,
             no_score.join(", "),
@@ -415,7 +411,7 @@ pub fn within(
             scores
                 .get(id)
                 .map(|&s| (m.clone(), *id, s))
-                .ok_or_else(|| Error::Invalid(format!("no {perf} score for {m}")))
+                .ok_or_else(|| Error::NotFound(format!("no {perf} score for {m}")))
         })
         .collect::<Result<_>>()?;
     ranked.sort_by(|a, b| {

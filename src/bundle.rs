@@ -20,7 +20,7 @@ use crate::catalog::sqlite::snapshot;
 use crate::catalog::{CellRow, CellTable, GuardMode, MIGRATIONS, MergeCounts, MergeOptions};
 use crate::error::{Error, Result};
 use crate::matrix;
-use crate::metrics::{Derived, Kernel, Metric, MetricSpec, Scope, prep};
+use crate::metrics::{Derived, MetricSpec, Scope, prep};
 use crate::registry::Registry;
 use crate::rng::Rng;
 use crate::store::{Blob, BlobHash};
@@ -143,7 +143,8 @@ pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<E
                         b.bytes
                     ),
                 },
-                e => Error::Invalid(format!(
+                e if e.kind() == crate::error::ErrorKind::Unavailable => e,
+                e => Error::Corrupt(format!(
                     "blob {} is missing ({e}); run `prh verify`",
                     b.hash
                 )),
@@ -233,7 +234,7 @@ fn append<W: Write>(
     tar.append_data(&mut h, name, &mut counted)
         .map_err(|e| Error::io(out, e))?;
     if counted.1 != size {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Conflict(format!(
             "{name}: {} bytes read, {size} expected (the file changed or was truncated); nothing exported",
             counted.1
         )));
@@ -558,7 +559,7 @@ fn check_staged(
 fn recompute_thresholds(reg: &Registry, staged: &Path) -> Result<usize> {
     let mut qs: Vec<(f64, Scope)> = Vec::new();
     for k in snapshot::preps(staged)? {
-        if let Some((q, _, scope)) = crate::query::prep_clamp(&k)
+        if let Some((q, _, scope)) = prep::clamp_of_key(&k)
             && !qs.contains(&(q, scope))
         {
             qs.push((q, scope));
@@ -684,15 +685,15 @@ fn sample<T>(mut rows: Vec<T>, k: usize, rng: &mut Rng) -> Vec<T> {
 /// Recomputes one cell from blobs found by `open`; `None` for a metric or version this prh
 /// does not compute.
 fn recompute_cell(open: &dyn Fn(&BlobHash) -> Result<Blob>, c: &CellRow) -> Result<Option<f64>> {
-    let Some(spec) = spec_from_key(&c.metric, &c.params) else {
+    let Some(spec) = MetricSpec::from_key(&c.metric, &c.params) else {
         return Ok(None);
     };
     if spec.metric.version() as i64 != c.version {
         return Ok(None);
     }
     let load = |h: &str, p: &str| -> Result<Derived> {
-        let (t, norm) =
-            prep_from_key(p).ok_or_else(|| Error::Invalid(format!("unreadable prep key {p:?}")))?;
+        let (t, norm) = prep::from_key(p)
+            .ok_or_else(|| Error::Corrupt(format!("unreadable prep key {p:?}")))?;
         let x = open(&h.parse()?)?.to_f32_verified()?;
         Ok(Derived::new(prep::prepare(x.view(), t, norm)?))
     };
@@ -825,8 +826,7 @@ fn merge(
                     opts.max_seconds
                 ),
             ),
-            Error::Invalid(m) => Error::format(bundle, m),
-            e => e,
+            e => e.prefixed(&bundle.display().to_string()),
         })?;
     Ok(ImportReport {
         merged: c,
@@ -886,55 +886,6 @@ pub fn verify(reg: &mut Registry, recompute: usize, seed: u64) -> Result<VerifyR
         recompute_cells(reg, recompute, seed, &mut rep)?;
     }
     Ok(rep)
-}
-
-/// Parses a cache row back into the metric that produced it.
-pub fn spec_from_key(metric: &str, params: &str) -> Option<MetricSpec> {
-    let m: Metric = metric.parse().ok()?;
-    let mut s = MetricSpec::new(m);
-    let mut kernel_rbf = false;
-    for kv in params.split(',').filter(|p| !p.is_empty()) {
-        let (k, v) = kv.split_once('=')?;
-        match k {
-            "k" => s.k = v.parse().ok()?,
-            "kernel" => kernel_rbf = v == "rbf",
-            "sigma" => {
-                s.kernel = Kernel::Rbf {
-                    sigma: v.parse().ok()?,
-                }
-            }
-            "cca_dim" => s.cca_dim = v.parse().ok()?,
-            "ridge" => s.ridge = v.parse().ok()?,
-            "emulate_pymp" => s.emulate_pymp = v == "1",
-            "ties" if v == "expected" => s.ties = crate::metrics::TieBreak::Expected,
-            _ => return None,
-        }
-    }
-    if !kernel_rbf {
-        s.kernel = Kernel::Linear;
-    }
-    (s.params_key() == params).then_some(s)
-}
-
-/// Parses a prep key (`clamp(q=0.95,t=0x…);l2`, `l2`, `raw`) into (threshold, normalise).
-pub fn prep_from_key(key: &str) -> Option<(Option<f32>, bool)> {
-    let mut threshold = None;
-    let mut normalize = false;
-    for part in key.split(';') {
-        if part == "l2" {
-            normalize = true;
-        } else if part == "raw" {
-        } else if let Some(inner) = part
-            .strip_prefix("clamp(")
-            .and_then(|p| p.strip_suffix(')'))
-        {
-            let t = inner.split(',').find_map(|kv| kv.strip_prefix("t=0x"))?;
-            threshold = Some(f32::from_bits(u32::from_str_radix(t, 16).ok()?));
-        } else {
-            return None;
-        }
-    }
-    Some((threshold, normalize))
 }
 
 /// Recomputes up to `count` cells: cells imported from bundles first (those that match move

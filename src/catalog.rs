@@ -562,11 +562,11 @@ impl dyn Catalog + '_ {
         self.transact(&mut |tx| {
             let f = f
                 .take()
-                .ok_or_else(|| Error::Invalid("a transaction body ran twice".into()))?;
+                .ok_or_else(|| Error::Internal("a transaction body ran twice".into()))?;
             out = Some(f(tx)?);
             Ok(())
         })?;
-        out.ok_or_else(|| Error::Invalid("a transaction body did not run".into()))
+        out.ok_or_else(|| Error::Internal("a transaction body did not run".into()))
     }
 
     /// A model's checkpoint by name.

@@ -169,7 +169,7 @@ fn blobs_at(url: &str) -> Result<BlobsAt> {
     match scheme(url).as_str() {
         "file" => Ok(BlobsAt::Dir(local_path(url, "blobs")?)),
         "s3" => Ok(BlobsAt::S3(url.to_string())),
-        "gs" | "az" | "azure" => Err(Error::Invalid(
+        "gs" | "az" | "azure" => Err(Error::Unsupported(
             "this build of prh has S3-compatible object stores only (s3://BUCKET/PREFIX); use file:///path/to/dir otherwise".into(),
         )),
         _ => Err(Error::Invalid(format!(

@@ -24,7 +24,7 @@ fn register_font() {
 }
 
 fn err<E: std::fmt::Display>(e: E) -> Error {
-    Error::Invalid(format!("plot: {e}"))
+    Error::Failed(format!("plot: {e}"))
 }
 
 /// Draws with the backend the extension names (`.svg` or `.png`).
@@ -53,7 +53,7 @@ fn render(
             draw_png(&root)?;
             root.present().map_err(err)
         }
-        _ => Err(Error::Invalid(format!(
+        _ => Err(Error::Unsupported(format!(
             "{}: plots are written as .svg or .png",
             path.display()
         ))),

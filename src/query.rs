@@ -29,39 +29,19 @@ use polars::prelude::*;
 use polars::sql::SQLContext;
 
 use crate::catalog::{Catalog, CellReader, CheckpointId, DatasetId};
-use crate::engine::Reduce;
 use crate::error::{Error, Result};
-use crate::metrics::{ClampScope, Layout, Metric, Scope};
+use crate::layers::Reduce;
+use crate::metrics::{ClampScope, Layout, Metric, Scope, prep};
 use crate::registry::Registry;
 
-/// Turns a polars error into ours.
+/// A polars failure inside prh's own pipeline (the frames are prh's, so it is a bug).
 pub(crate) fn pe(e: PolarsError) -> Error {
-    Error::Invalid(format!("query: {e}"))
+    Error::Internal(format!("polars: {e}"))
 }
 
-/// The official preparation's key without its threshold.
-pub const OFFICIAL_PREP: &str = "clamp(q=0.95);l2";
-
-/// A prep key without thresholds and scope, naming the scope choice `scope` as
-/// [`crate::metrics::Prep::kind`] does: `clamp(q=0.95,scope=layer,t=0x…);l2` →
-/// `clamp(q=0.95);l2` (for [`ClampScope::Auto`]).
-pub fn prep_kind(key: &str, scope: ClampScope) -> String {
-    let token = scope.token();
-    key.split(';')
-        .map(|part| match part.strip_prefix("clamp(") {
-            Some(inner) => {
-                let kept: Vec<&str> = inner
-                    .trim_end_matches(')')
-                    .split(',')
-                    .filter(|kv| !kv.starts_with("t=") && !kv.starts_with("scope="))
-                    .chain(token)
-                    .collect();
-                format!("clamp({})", kept.join(","))
-            }
-            None => part.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(";")
+/// A polars failure running the user's SQL: their query's fault.
+fn user_sql(e: PolarsError) -> Error {
+    Error::Invalid(format!("query: {e}"))
 }
 
 /// Which cached cells to load.
@@ -357,28 +337,6 @@ impl Cells {
     }
 }
 
-/// The clamp (q, f32 bits of t, scope) of a prep key such as `clamp(q=0.95,t=0x3f8ccccd);l2`
-/// (over the checkpoint) or `clamp(q=0.95,scope=layer,t=0x3f8ccccd);l2` (per layer).
-pub fn prep_clamp(key: &str) -> Option<(f64, u32, Scope)> {
-    let inner = key
-        .split(';')
-        .find_map(|p| p.strip_prefix("clamp("))?
-        .trim_end_matches(')');
-    let mut q = None;
-    let mut t = None;
-    let mut scope = Scope::Checkpoint;
-    for kv in inner.split(',') {
-        if let Some(v) = kv.strip_prefix("q=") {
-            q = v.parse::<f64>().ok();
-        } else if let Some(v) = kv.strip_prefix("t=0x") {
-            t = u32::from_str_radix(v, 16).ok();
-        } else if kv == "scope=layer" {
-            scope = Scope::Layer;
-        }
-    }
-    Some((q?, t?, scope))
-}
-
 /// One scan's share of the cells.
 #[derive(Default)]
 struct Part {
@@ -448,13 +406,13 @@ impl<'i> Dictionary<'i> {
             let Some(reps) = idx.by_hash.get(hash.as_bytes()) else {
                 continue;
             };
-            let kind = intern(&mut kinds, prep_kind(&prep, filter.scope));
+            let kind = intern(&mut kinds, prep::kind_of_key(&prep, filter.scope));
             sides.insert(
                 id,
                 Side {
                     hash,
                     reps,
-                    clamp: prep_clamp(&prep),
+                    clamp: prep::clamp_of_key(&prep),
                     kind,
                 },
             );
@@ -577,7 +535,7 @@ pub fn cells(reg: &Registry, idx: &RepIndex, filter: &CellFilter) -> Result<Cell
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(Error::Invalid("cell scan panicked".into())))
+                    .unwrap_or_else(|_| Err(Error::Internal("cell scan panicked".into())))
             })
             .collect()
     });
@@ -840,7 +798,10 @@ pub fn sql(reg: &Registry, query: &str) -> Result<DataFrame> {
     ctx.register("alignment", alignment(&idx, &cells, Reduce::Max));
     ctx.register("cells", cells.table());
     ctx.register("reps", idx.frame.lazy());
-    ctx.execute(query).map_err(pe)?.collect().map_err(pe)
+    ctx.execute(query)
+        .map_err(user_sql)?
+        .collect()
+        .map_err(user_sql)
 }
 
 /// The model-pair alignment frame for one metric, collected.
@@ -967,36 +928,5 @@ mod tests {
                 .finish()
                 .unwrap();
         assert!(back.equals_missing(&df), "{back} vs {df}");
-    }
-
-    #[test]
-    fn prep_kind_drops_the_threshold_and_names_the_scope_choice() {
-        let auto = ClampScope::Auto;
-        assert_eq!(
-            prep_kind("clamp(q=0.95,t=0x400a3c1e);l2", auto),
-            OFFICIAL_PREP
-        );
-        assert_eq!(
-            prep_kind("clamp(q=0.95,scope=layer,t=0x400a3c1e);l2", auto),
-            OFFICIAL_PREP
-        );
-        assert_eq!(
-            prep_kind("clamp(q=0.95,t=0x400a3c1e);l2", ClampScope::Checkpoint),
-            "clamp(q=0.95,scope=checkpoint);l2"
-        );
-        assert_eq!(prep_kind("l2", ClampScope::Layer), "l2");
-        assert_eq!(prep_kind("raw", auto), "raw");
-        for scope in [ClampScope::Auto, ClampScope::Checkpoint, ClampScope::Layer] {
-            let p = crate::metrics::Prep {
-                scope,
-                ..crate::metrics::Prep::OFFICIAL
-            };
-            assert_eq!(prep_kind(&p.key(Some(1.5), Scope::Layer), scope), p.kind());
-            assert_eq!(ClampScope::from_kind(&p.kind()), scope);
-        }
-        assert_eq!(
-            prep_clamp("clamp(q=0.95,scope=layer,t=0x3fc00000);l2"),
-            Some((0.95, 0x3fc0_0000, Scope::Layer))
-        );
     }
 }

@@ -96,7 +96,7 @@ struct RawManifest {
 impl Manifest {
     /// The embedded manifest.
     pub fn embedded() -> Result<Manifest> {
-        let bad = |what: String| Error::Invalid(format!("embedded real-zoo manifest: {what}"));
+        let bad = |what: String| Error::Internal(format!("embedded real-zoo manifest: {what}"));
         let raw: RawManifest =
             serde_json::from_slice(file("manifest.json")?).map_err(|e| bad(e.to_string()))?;
         let models = raw
@@ -130,7 +130,7 @@ pub fn file(name: &str) -> Result<&'static [u8]> {
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, b)| *b)
-        .ok_or_else(|| Error::Invalid(format!("the real zoo has no file {name}")))
+        .ok_or_else(|| Error::Internal(format!("the real zoo has no file {name}")))
 }
 
 /// Writes the embedded files to `dir` and ingests every model of `manifest` into `reg`

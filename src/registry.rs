@@ -96,7 +96,7 @@ impl Registry {
         let given = *loc != Locations::default();
         let is_registry = had != Locations::default() || root.join("catalog.db").is_file();
         if given && had != *loc && is_registry {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Conflict(format!(
                 "{} is already a registry (catalog {}, blobs {}); its parts are not moved",
                 root.display(),
                 had.catalog.as_deref().unwrap_or("catalog.db inside it"),
@@ -114,11 +114,11 @@ impl Registry {
     /// `config.json` (or `PRH_CATALOG` / `PRH_BLOBS`) names.
     pub fn open(root: &Path) -> Result<Registry> {
         if !root.join("catalog.db").is_file() && !root.join(CONFIG).is_file() {
-            return Err(Error::Invalid(format!(
-                "{} is not a prh registry (no catalog.db or config.json); create one with `prh init {}`",
-                root.display(),
+            return Err(Error::NotFound(format!(
+                "{} is not a prh registry (no catalog.db or config.json)",
                 root.display()
-            )));
+            ))
+            .hint(format!("create one with `prh init {}`", root.display())));
         }
         let (catalog, store) = parts(root, &Locations::of(root)?, false)?;
         Registry::with_parts(root, catalog, store)
@@ -172,7 +172,7 @@ impl Registry {
             if d.n == n {
                 return Ok(d);
             }
-            return Err(Error::Invalid(format!(
+            return Err(Error::Conflict(format!(
                 "dataset {name} already exists with n = {}, not {n}",
                 d.n
             )));
@@ -186,7 +186,7 @@ impl Registry {
         })?;
         self.catalog
             .dataset(name)?
-            .ok_or_else(|| Error::Invalid("dataset vanished".into()))
+            .ok_or_else(|| Error::Conflict("dataset vanished".into()))
     }
 
     /// Sets scores on a checkpoint (the model's latest when `checkpoint` is `None`).
@@ -204,7 +204,7 @@ impl Registry {
             None => self.catalog.latest_checkpoint(model)?,
         }
         .ok_or_else(|| {
-            Error::Invalid(match checkpoint {
+            Error::NotFound(match checkpoint {
                 Some(c) => format!("model {model} has no checkpoint {c}"),
                 None => format!("model {model} is not in the registry (ingest its features first)"),
             })
@@ -304,13 +304,12 @@ impl Registry {
         let model = self.catalog.model(&req.model)?;
         match (&model, &req.modality) {
             (Some(m), Some(want)) if &m.modality != want => {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "model {} is registered with modality {}, not {want}",
-                        m.name, m.modality
-                    ),
-                ));
+                return Err(Error::Conflict(format!(
+                    "{}: model {} is registered with modality {}, not {want}",
+                    path.display(),
+                    m.name,
+                    m.modality
+                )));
             }
             (None, None) => {
                 return Err(Error::Invalid(format!(
@@ -387,16 +386,14 @@ impl Registry {
             if let Some(h) = existing
                 && h != s.hash()
             {
-                return Err(Error::format(
-                    &file.path,
-                    format!(
-                        "model {} checkpoint {ck_name} layer {layer} (pool {}, dataset {}) already holds a different representation ({}); ingest it under a new --checkpoint",
-                        m.name,
-                        req.pool,
-                        ds.name,
-                        &h.to_hex()[..12]
-                    ),
-                ));
+                return Err(Error::Conflict(format!(
+                    "{}: model {} checkpoint {ck_name} layer {layer} (pool {}, dataset {}) already holds a different representation ({}); ingest it under a new --checkpoint",
+                    file.path.display(),
+                    m.name,
+                    req.pool,
+                    ds.name,
+                    &h.to_hex()[..12]
+                )));
             }
         }
         Ok(())
@@ -486,7 +483,7 @@ impl Registry {
     pub fn require_model(&self, name: &str) -> Result<Model> {
         self.catalog
             .model(name)?
-            .ok_or_else(|| Error::Invalid(format!("no model named {name} in the registry")))
+            .ok_or_else(|| Error::NotFound(format!("no model named {name} in the registry")))
     }
 }
 
@@ -535,13 +532,11 @@ fn ingest_model(
             if let Some(want) = &req.modality
                 && &modality != want
             {
-                return Err(Error::format(
-                    &file.path,
-                    format!(
-                        "model {} is registered with modality {modality}, not {want}",
-                        req.model
-                    ),
-                ));
+                return Err(Error::Conflict(format!(
+                    "{}: model {} is registered with modality {modality}, not {want}",
+                    file.path.display(),
+                    req.model
+                )));
             }
             id
         }
@@ -619,14 +614,12 @@ fn ingest_layers(
                 out.layouts_recorded += tx.fill_layout(at, layout)? as usize;
             }
             Some(h) => {
-                return Err(Error::format(
-                    &file.path,
-                    format!(
-                        "layer {} already holds a different representation ({}); ingest it under a new --checkpoint",
-                        l.layer,
-                        &h.to_hex()[..12]
-                    ),
-                ));
+                return Err(Error::Conflict(format!(
+                    "{}: layer {} already holds a different representation ({}); ingest it under a new --checkpoint",
+                    file.path.display(),
+                    l.layer,
+                    &h.to_hex()[..12]
+                )));
             }
             None => {
                 let rep = NewRep {

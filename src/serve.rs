@@ -21,7 +21,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::registry::Registry;
 
 /// How the server listens and what it may do.
@@ -67,7 +67,7 @@ impl App {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err(std::sync::TryLockError::WouldBlock) => {
-                    return Err(Error::Busy(format!(
+                    return Err(Error::Unavailable(format!(
                         "the server is computing another view (waited {} s): try again later",
                         COMPUTE_WAIT.as_secs()
                     )));
@@ -92,40 +92,64 @@ impl App {
     }
 }
 
-/// An error as the API reports it: a status, the one-line message the CLI would print and,
-/// for missing cells, the `prh align` command that fills them.
+/// An error as the API reports it: a status, the error's kind, the one-line message the CLI
+/// would print, its hint and, for missing cells, the `prh align` command that fills them.
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
+    kind: ErrorKind,
     message: String,
+    hint: Option<String>,
     command: Option<String>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        let kind = match status.as_u16() {
+            404 => ErrorKind::NotFound,
+            409 => ErrorKind::Conflict,
+            400..=499 => ErrorKind::InvalidInput,
+            503 => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        };
         ApiError {
             status,
+            kind,
             message: message.into(),
+            hint: None,
             command: None,
+        }
+    }
+}
+
+/// The HTTP status that answers an error of `kind`: the one place the server decides it.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidInput | ErrorKind::Unsupported => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Failed | ErrorKind::Corrupt | ErrorKind::Interrupted | ErrorKind::Internal => {
+            StatusCode::INTERNAL_SERVER_ERROR
         }
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::NotCached { .. } => StatusCode::CONFLICT,
-            Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Invalid(_) | Error::Metric { .. } => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let command = match &e {
-            Error::NotCached { command, .. } => Some(command.clone()),
-            _ => None,
-        };
+        let mut command = None;
+        let mut inner = &e;
+        while let Error::Hinted { error, .. } = inner {
+            inner = error;
+        }
+        if let Error::NotCached { command: c, .. } = inner {
+            command = Some(c.clone());
+        }
         ApiError {
-            status,
+            status: status_of(e.kind()),
+            kind: e.kind(),
             message: e.to_string(),
+            hint: e.hint_text(),
             command,
         }
     }
@@ -133,7 +157,12 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.message, "command": self.command});
+        let body = serde_json::json!({
+            "error": self.message,
+            "kind": self.kind.as_str(),
+            "hint": self.hint,
+            "command": self.command,
+        });
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -252,21 +281,26 @@ pub fn serve(root: PathBuf, opts: ServeOptions, ready: impl FnOnce(SocketAddr)) 
         .enable_io()
         .enable_time()
         .build()
-        .map_err(|e| Error::Invalid(format!("cannot start the server runtime: {e}")))?;
+        .map_err(|e| Error::Failed(format!("cannot start the server runtime: {e}")))?;
     rt.block_on(async move {
         let addr = SocketAddr::new(opts.bind, opts.port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            let why = format!("cannot listen on {addr}: {e}");
+            match e.kind() {
+                std::io::ErrorKind::AddrInUse => Error::Conflict(why)
+                    .hint("another process serves on that port: give --port another one"),
+                _ => Error::Failed(why),
+            }
+        })?;
         let local = listener
             .local_addr()
-            .map_err(|e| Error::Invalid(format!("cannot read the bound address: {e}")))?;
+            .map_err(|e| Error::Failed(format!("cannot read the bound address: {e}")))?;
         ready(local);
         axum::serve(listener, router(app))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await
-            .map_err(|e| Error::Invalid(format!("server stopped: {e}")))
+            .map_err(|e| Error::Failed(format!("server stopped: {e}")))
     })
 }

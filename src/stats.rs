@@ -17,9 +17,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::engine::Reduce;
 use crate::error::Result;
-use crate::metrics::{Derived, Metric, MetricSpec};
+use crate::layers::Reduce;
+use crate::metrics::{Derived, MetricSpec};
 use crate::rng::Rng;
 
 /// The seed of draw `p` of a sample seeded with `seed`.
@@ -138,14 +138,6 @@ fn reindex(layers: &[Arc<Derived>], idx: &Arc<Vec<u32>>) -> Vec<Derived> {
         .iter()
         .map(|d| Derived::reindexed(d, idx.clone()))
         .collect()
-}
-
-/// The largest value a metric can take, for calibration.
-pub fn max_attainable(spec: &MetricSpec) -> f64 {
-    match spec.metric {
-        Metric::LcsKnn => spec.k as f64,
-        _ => 1.0,
-    }
 }
 
 /// Significance level of the calibration threshold unless `--alpha` says otherwise.
@@ -443,7 +435,7 @@ pub fn pearson_ci95(x: &[f64], y: &[f64], b: usize, seed: u64) -> Option<[f64; 2
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Kernel, prep};
+    use crate::metrics::{Kernel, Metric, prep};
     use ndarray::Array2;
 
     fn random(n: usize, d: usize, seed: u64) -> Array2<f32> {

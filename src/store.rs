@@ -106,7 +106,7 @@ pub trait BlobStore: Send + Sync {
         loop {
             let k = r
                 .read(&mut buf)
-                .map_err(|e| Error::Invalid(format!("reading a blob to store: {e}")))?;
+                .map_err(|e| Error::Failed(format!("reading a blob to store: {e}")))?;
             if k == 0 {
                 break;
             }

@@ -17,8 +17,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::catalog::{CellSide, CheckpointId, DrawKey, MetricKey, NewCell, RepFilter, side_ids};
-use crate::engine::Reduce;
 use crate::error::{Error, Result};
+use crate::layers::Reduce;
 use crate::metrics::{ClampScope, Derived, Layout, MetricSpec, Prep, Scope, Ties, prep};
 use crate::registry::Registry;
 use crate::stats::{self, Resampling};
@@ -216,7 +216,7 @@ pub fn select_models(reg: &Registry, sel: &Selector) -> Result<Vec<String>> {
         Selector::Names(names) => {
             for n in names {
                 if !models.iter().any(|m| &m.name == n) {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::NotFound(format!(
                         "no model named {n} in the registry"
                     )));
                 }
@@ -225,7 +225,9 @@ pub fn select_models(reg: &Registry, sel: &Selector) -> Result<Vec<String>> {
         }
     };
     if out.is_empty() {
-        return Err(Error::Invalid(format!("selector {sel:?} matches no model")));
+        return Err(Error::NotFound(format!(
+            "selector {sel:?} matches no model"
+        )));
     }
     Ok(out)
 }
@@ -245,7 +247,7 @@ pub fn resolve_checkpoints(
             vec![
                 reg.catalog
                     .checkpoint(m, c)?
-                    .ok_or_else(|| Error::Invalid(format!("model {m} has no checkpoint {c}")))?,
+                    .ok_or_else(|| Error::NotFound(format!("model {m} has no checkpoint {c}")))?,
             ]
         } else if all_checkpoints {
             reg.catalog.checkpoints(Some(m))?
@@ -264,7 +266,7 @@ pub fn resolve_checkpoints(
                 if all_checkpoints {
                     continue;
                 }
-                return Err(Error::Invalid(format!(
+                return Err(Error::NotFound(format!(
                     "model {m} checkpoint {} has no features on dataset {dataset}{}",
                     ck.checkpoint,
                     pool.map(|p| format!(" with pool {p}")).unwrap_or_default()
@@ -302,7 +304,7 @@ pub fn resolve_checkpoints(
 pub fn choose_dataset(reg: &Registry, models: &[String], given: Option<&str>) -> Result<String> {
     if let Some(d) = given {
         if reg.catalog.dataset(d)?.is_none() {
-            return Err(Error::Invalid(format!("no dataset named {d}")));
+            return Err(Error::NotFound(format!("no dataset named {d}")));
         }
         return Ok(d.to_string());
     }
@@ -326,7 +328,7 @@ pub fn choose_dataset(reg: &Registry, models: &[String], given: Option<&str>) ->
     c.sort();
     match c.len() {
         1 => Ok(c.remove(0)),
-        0 => Err(Error::Invalid(
+        0 => Err(Error::Conflict(
             "the selected models share no dataset; ingest their features on one dataset".into(),
         )),
         _ => Err(Error::Invalid(format!(
@@ -495,9 +497,8 @@ impl DerivedCache {
             .zip(thresholds.par_iter())
             .map(|(l, &threshold)| {
                 Ok(Arc::new(Derived::new(
-                    prep::prepare(l.view(), threshold, prep.normalize).map_err(|e| {
-                        Error::Invalid(format!("{} @ {}: {e}", ck.model, ck.checkpoint))
-                    })?,
+                    prep::prepare(l.view(), threshold, prep.normalize)
+                        .map_err(|e| e.prefixed(&format!("{} @ {}", ck.model, ck.checkpoint)))?,
                 )))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -635,7 +636,7 @@ pub fn fill_pair(
     let (xs, ys) = resolve(reg, req)?;
     let set = pair_set(reg, req, &xs, &ys, Some((x, y)))?;
     if set.pairs.is_empty() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Conflict(format!(
             "checkpoints {x} × {y} are not a pair of this sweep any more (a representation was removed?)"
         )));
     }
@@ -842,8 +843,8 @@ fn compute_missing(
                     .for_each(|d| d.warm(spec));
             }
             let results = compute_cells(&req.specs, cells, &dx, &dy, progress).map_err(|e| {
-                Error::Invalid(format!(
-                    "{} @ {} × {} @ {}: {e}",
+                e.prefixed(&format!(
+                    "{} @ {} × {} @ {}",
                     x.model, x.checkpoint, y.model, y.checkpoint
                 ))
             })?;
@@ -1029,7 +1030,7 @@ fn tie_bits(
     let x = reg.store.get(hash)?.to_f32_verified()?;
     let d = Derived::new(
         prep::prepare(x.view(), cp.thresholds[l], prep.normalize)
-            .map_err(|e| Error::Invalid(format!("{} @ {}: {e}", ck.model, ck.checkpoint)))?,
+            .map_err(|e| e.prefixed(&format!("{} @ {}", ck.model, ck.checkpoint)))?,
     );
     store_ties(reg, hash, key, k, &d.ties(k), ck.n)
 }
@@ -1143,8 +1144,7 @@ fn add_statistics(
             };
             if req.null > 0 {
                 let draws = sample(Resampling::Permutation, req.null)?;
-                let s =
-                    stats::summarize(result.score, &draws, stats::max_attainable(spec), req.alpha);
+                let s = stats::summarize(result.score, &draws, spec.max_attainable(), req.alpha);
                 result.null_mean = Some(s.null_mean);
                 result.null_sd = Some(s.null_sd);
                 result.p_value = Some(s.p_value);

@@ -9,9 +9,9 @@ use serde_json::Value;
 
 use crate::analysis::{self, Matrix, PairScore, TrajectoryPoint, Trend, TrendRequest};
 use crate::catalog::CheckpointId;
-use crate::engine::Reduce;
 use crate::error::{Error, Result};
-use crate::metrics::{ClampScope, Kernel, MetricSpec, Prep, TieBreak};
+use crate::layers::Reduce;
+use crate::metrics::{ClampScope, MetricSpec, Prep};
 use crate::query;
 use crate::registry::Registry;
 use crate::sweep::{self, Progress, Selector, SweepRequest};
@@ -76,18 +76,9 @@ impl View {
     /// The `prh align` flags that compute this view's cells.
     pub fn flags(&self) -> String {
         let (spec, prep) = (&self.spec, self.prep);
-        let mut s = format!("--metric {}", spec.metric);
+        let mut s = spec.flags();
         if self.reduce != Reduce::Max {
             s.push_str(&format!(" --reduce {}", self.reduce.key()));
-        }
-        if spec.ties == TieBreak::Expected {
-            s.push_str(" --ties expected");
-        }
-        if spec.metric.uses_k() {
-            s.push_str(&format!(" --k {}", spec.k));
-        }
-        if let Kernel::Rbf { sigma } = spec.kernel {
-            s.push_str(&format!(" --kernel rbf --sigma {sigma}"));
         }
         if prep == Prep::NONE {
             s.push_str(" --no-prep");
@@ -202,7 +193,7 @@ impl View {
     ) -> Result<Vec<TrajectoryPoint>> {
         let cks = reg.catalog.checkpoints(Some(model))?;
         if cks.is_empty() {
-            return Err(Error::Invalid(format!("model {model} has no checkpoints")));
+            return Err(Error::NotFound(format!("model {model} has no checkpoints")));
         }
         let refs = sweep::select_models(reg, &against.parse()?)?;
         let x_ids: Vec<CheckpointId> = cks.iter().map(|c| c.id).collect();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CheckpointId, NewUnit, Unit, UnitRow};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::MetricSpec;
 use crate::metrics::prep::Prep;
 use crate::registry::Registry;
@@ -128,21 +128,20 @@ pub fn work(reg: &mut Registry, opts: &WorkOptions, progress: &dyn Progress) -> 
 /// doubling, about two minutes in all.
 const BACKOFF: [u64; 8] = [500, 1000, 2000, 4000, 8000, 16000, 30000, 60000];
 
-/// Runs `f`, again after each wait of [`BACKOFF`] while it fails with a catalog error (the
-/// pool reconnects on its own); other errors, and the last catalog error, are returned.
+/// Runs `f`, again after each wait of [`BACKOFF`] while it fails with a transient error
+/// ([`ErrorKind::Unavailable`]: a lost connection, a locked catalog; the pool reconnects on its
+/// own). Permanent errors (a violated constraint, a refused schema) and the last transient
+/// one are returned at once.
 fn retrying<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let mut waits = BACKOFF.iter();
     loop {
         match f() {
-            Err(Error::Catalog(e)) => match waits.next() {
+            Err(e) if e.kind() == ErrorKind::Unavailable => match waits.next() {
                 Some(&ms) => {
-                    eprintln!(
-                        "worker: catalog error ({e}); trying again in {:.1} s",
-                        ms as f64 / 1000.0
-                    );
+                    eprintln!("worker: {e}; trying again in {:.1} s", ms as f64 / 1000.0);
                     std::thread::sleep(Duration::from_millis(ms));
                 }
-                None => return Err(Error::Catalog(e)),
+                None => return Err(e),
             },
             other => return other,
         }
@@ -166,7 +165,7 @@ fn compute(
     progress: &dyn Progress,
 ) -> Result<()> {
     let spec: UnitSpec = serde_json::from_str(&unit.spec).map_err(|e| {
-        Error::Invalid(format!(
+        Error::Unsupported(format!(
             "sweep {} holds a unit spec this prh cannot read ({e}); was it written by a newer prh?",
             unit.sweep
         ))
@@ -178,7 +177,7 @@ fn compute(
             .find(|c| c.id == id)
             .map(|c| c.model.clone())
             .ok_or_else(|| {
-                Error::Invalid(format!(
+                Error::NotFound(format!(
                     "sweep {} unit {}: checkpoint {id} is no longer in the registry",
                     unit.sweep, unit.idx
                 ))
@@ -362,4 +361,31 @@ pub fn status(reg: &Registry) -> Result<Vec<SweepStatus>> {
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        let mut calls = 0;
+        let r: Result<()> = retrying(|| {
+            calls += 1;
+            Err(Error::Conflict("catalog: UNIQUE constraint failed".into()))
+        });
+        assert_eq!(r.unwrap_err().kind(), ErrorKind::Conflict);
+        assert_eq!(calls, 1, "a permanent failure was retried");
+
+        let mut calls = 0;
+        let r = retrying(|| {
+            calls += 1;
+            if calls < 2 {
+                Err(Error::Unavailable("catalog: connection reset".into()))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(r.unwrap(), 2, "a transient failure was not retried");
+    }
 }

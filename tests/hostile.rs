@@ -1,6 +1,6 @@
 //! The hostile-input suite: files, names, bundles and races built to break prh, each run of the
 //! real binary under a memory limit (`prlimit --as`) and a time limit (`timeout`). Every case
-//! must end in exit 1 with one line naming the problem, or succeed, with the registry intact:
+//! must end in exit 2 (or 1) with one line naming the problem, or succeed, with the registry intact:
 //! `verify` passes and `tmp/` holds nothing.
 
 mod common;
@@ -35,13 +35,14 @@ fn limited(env: &Env, mem: u64, secs: u64, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Asserts a refused run: exit 1, exactly one line on stderr containing `want`.
+/// Asserts a refused run: a documented exit code of a classified error (2 for invalid input, 1
+/// for a system failure, 6 for corrupt data, ...; never 70, a bug), exactly one line on stderr
+/// containing `want`.
 fn refused(o: &Output, want: &str) -> String {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "expected exit 1 ({want}); status {:?}, stderr: {err}",
+    assert!(
+        matches!(o.status.code(), Some(1..=6)),
+        "expected a classified failure ({want}); status {:?}, stderr: {err}",
         o.status
     );
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
@@ -283,7 +284,7 @@ fn a_zip_member_that_inflates_beyond_its_array_header_is_refused_in_bounded_memo
         z.finish().unwrap();
     }
     assert!(std::fs::metadata(&p).unwrap().len() < 16 << 20);
-    // 1 GiB of address space: inflating the member whole would abort, not exit 1.
+    // 1 GiB of address space: inflating the member whole would abort, not exit 2.
     refused(
         &limited(&env, 1 << 30, 120, &ingest_args(p.to_str().unwrap(), "m")),
         "trailing data",
@@ -480,7 +481,7 @@ fn a_file_truncated_while_it_is_ingested_is_an_error_not_a_crash() {
         }
         let o = child.wait_with_output().unwrap();
         assert!(
-            matches!(o.status.code(), Some(0 | 1)),
+            matches!(o.status.code(), Some(0 | 2)),
             "round {rounds}: killed by a signal? {:?} {}",
             o.status,
             String::from_utf8_lossy(&o.stderr)
@@ -912,7 +913,7 @@ fn poisoned_thresholds_and_cells_in_a_bundle_are_never_served() {
     assert_eq!(r["cells_new"], 0, "{r}");
     assert!(r["cells_quarantined"].as_u64().unwrap() > 0, "{r}");
     let v = t.prh(&["verify", "--recompute", "100000"]);
-    assert_eq!(v.status.code(), Some(1));
+    assert_eq!(v.status.code(), Some(6));
     assert!(
         String::from_utf8_lossy(&v.stdout).contains("imported cell cka"),
         "{}",
@@ -1053,7 +1054,7 @@ fn kill_9_during_import_and_export_leaves_sound_registries() {
 // ----- the mutation suite -----
 
 /// Runs `count` mutations of one reader's fixture through `prh ingest`, two processes at a time,
-/// each under the memory and time limits. Every run ends in exit 0 or exit 1 with one line;
+/// each under the memory and time limits. Every run ends in exit 0 or exit 2 (or 1) with one line;
 /// the registry then verifies, and holds exactly the checkpoints of the accepted files.
 fn mutation_suite(fixture_name: &str, count: usize, seed: u64) {
     let env = Env::new();
@@ -1096,7 +1097,7 @@ fn mutation_suite(fixture_name: &str, count: usize, seed: u64) {
                         Some(0) => {
                             accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
-                        Some(1) => assert_eq!(
+                        Some(1 | 2) => assert_eq!(
                             err.trim_end().lines().count(),
                             1,
                             "case {i} ({}): {err}",
@@ -1160,9 +1161,9 @@ fn verify_reports_a_blob_row_with_no_valid_hash_instead_of_failing() {
     )
     .unwrap();
     drop(db);
-    // Reported (exit 1, the report on stdout), not a failure to run.
+    // Reported (exit 6, corrupt data; the report on stdout), not a failure to run.
     let o = env.prh(&["verify", "--format", "json"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(6));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let problems = v["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 1, "{v}");

@@ -298,7 +298,7 @@ fn registry_discovery_walks_up_and_names_init_when_missing() {
             .unwrap()
     };
     let o = run(env.dir.path(), &["ls", "models"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stderr).contains("prh init"));
     assert!(run(env.dir.path(), &["init"]).status.success());
     assert!(env.dir.path().join(".prh/catalog.db").is_file());
@@ -444,7 +444,7 @@ fn provenance_is_stored_listed_queried_and_carried_by_bundles() {
             "--meta",
             bad,
         ]);
-        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(o.status.code(), Some(2));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(want), "{bad}: {err}");
     }
@@ -463,7 +463,7 @@ fn provenance_is_stored_listed_queried_and_carried_by_bundles() {
     let conflicting = env.path("c.prh");
     env.ok(&["export", conflicting.to_str().unwrap()]);
     let o = other.prh(&["import", conflicting.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(4));
     assert!(
         String::from_utf8_lossy(&o.stderr)
             .contains("meta precision of m1 @ step-2: f16 here, f32 in the bundle"),

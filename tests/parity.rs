@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
-use prh::engine;
 use prh::formats;
+use prh::layers;
 use prh::metrics::{Derived, Kernel, Layout, Metric, MetricSpec, Prep};
 use serde_json::Value;
 
@@ -89,10 +89,10 @@ fn full_pipeline_matches_clamp_tables_and_best_layers() {
     let exp = expected();
     let p = &exp["pipeline"];
     let (dx, tx) =
-        engine::derive_checkpoint(&layers("pipeline_x.npy"), Prep::OFFICIAL, Layout::Stacked)
+        layers::derive_checkpoint(&layers("pipeline_x.npy"), Prep::OFFICIAL, Layout::Stacked)
             .unwrap();
     let (dy, ty) =
-        engine::derive_checkpoint(&layers("pipeline_y.npy"), Prep::OFFICIAL, Layout::Stacked)
+        layers::derive_checkpoint(&layers("pipeline_y.npy"), Prep::OFFICIAL, Layout::Stacked)
             .unwrap();
     assert_eq!(tx[0].unwrap() as f64, p["clamp_x"].as_f64().unwrap());
     assert_eq!(ty[0].unwrap() as f64, p["clamp_y"].as_f64().unwrap());
@@ -102,7 +102,7 @@ fn full_pipeline_matches_clamp_tables_and_best_layers() {
         if let Some(k) = e["topk"].as_u64() {
             spec.k = k as usize;
         }
-        let t = engine::layer_table(&spec, &dx, &dy).unwrap();
+        let t = layers::layer_table(&spec, &dx, &dy).unwrap();
         let tol = tolerance(metric);
         let want_table = e["table"].as_array().unwrap();
         assert_eq!(t.table.len(), want_table.len());
@@ -159,8 +159,8 @@ fn per_layer_arrays_are_clamped_each_at_its_own_threshold_as_the_official_code()
         assert_eq!((layout_x, layout_y), (Layout::Layers, Layout::Layers));
         let widths: Vec<usize> = lx.iter().map(|l| l.ncols()).collect();
         assert_eq!(widths, [16, 48, 96]);
-        let (dx, tx) = engine::derive_checkpoint(&lx, Prep::OFFICIAL, layout_x).unwrap();
-        let (dy, _) = engine::derive_checkpoint(&ly, Prep::OFFICIAL, layout_y).unwrap();
+        let (dx, tx) = layers::derive_checkpoint(&lx, Prep::OFFICIAL, layout_x).unwrap();
+        let (dy, _) = layers::derive_checkpoint(&ly, Prep::OFFICIAL, layout_y).unwrap();
         assert!(tx[0] != tx[2], "each layer has its own threshold: {tx:?}");
         for metric in ["mutual_knn", "cycle_knn", "cka", "unbiased_cka", "cknna"] {
             let e = &exp["metrics"][metric];
@@ -170,7 +170,7 @@ fn per_layer_arrays_are_clamped_each_at_its_own_threshold_as_the_official_code()
             }
             // The official compute_alignment(x, y) calls compute_score(y, x): the metric sees
             // (y layer, x layer), which matters for the asymmetric cycle_knn only.
-            let mut t = engine::layer_table(&spec, &dy, &dx).unwrap();
+            let mut t = layers::layer_table(&spec, &dy, &dx).unwrap();
             t.best_layers.reverse();
             let want = e["value"].as_f64().unwrap();
             assert!(
@@ -194,12 +194,12 @@ fn per_layer_arrays_are_clamped_each_at_its_own_threshold_as_the_official_code()
     };
     let (lx, _) = varwidth("x_layers.npz");
     let (ly, _) = varwidth("y_layers.npz");
-    let (dx, tx) = engine::derive_checkpoint(&lx, checkpoint, Layout::Layers).unwrap();
-    let (dy, _) = engine::derive_checkpoint(&ly, checkpoint, Layout::Layers).unwrap();
+    let (dx, tx) = layers::derive_checkpoint(&lx, checkpoint, Layout::Layers).unwrap();
+    let (dy, _) = layers::derive_checkpoint(&ly, checkpoint, Layout::Layers).unwrap();
     assert!(tx.iter().all(|t| *t == tx[0]));
     for (metric, official, stacked) in [("mutual_knn", 0.5475, 0.554), ("cka", 0.8526, 0.8546)] {
         let spec = MetricSpec::new(metric.parse().unwrap());
-        let got = engine::layer_table(&spec, &dx, &dy).unwrap().best;
+        let got = layers::layer_table(&spec, &dx, &dy).unwrap().best;
         assert!(
             (got - stacked).abs() < 5e-4,
             "{metric} over the checkpoint: {got}"

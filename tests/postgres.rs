@@ -406,7 +406,7 @@ fn blobs_lost_from_the_bucket_or_a_store_that_is_down_never_leave_a_row_pointing
     let lost = reps[1]["hash"].as_str().unwrap().to_string();
     moto.delete("faults", &format!("lab/blobs/{}/{lost}", &lost[..2]));
     let o = env.prh(&["verify"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(6));
     let said = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(
         said.contains(&lost[..12]),

@@ -114,7 +114,7 @@ fn every_reduction_comes_from_the_same_cached_cells() {
         ])
     };
     let e = reduce("layers=5,0");
-    assert_eq!(e.status.code(), Some(1));
+    assert_eq!(e.status.code(), Some(2));
     let msg = String::from_utf8_lossy(&e.stderr);
     assert!(msg.contains("5 × 4 layers"), "{msg}");
     let e = reduce("median");

@@ -243,7 +243,7 @@ fn corruption_is_named_by_verify_and_reads_fail_loudly() {
     std::fs::write(blob(&h1), &bytes).unwrap();
     std::fs::remove_file(blob(&h2)).unwrap();
     let v = env.prh(&["verify"]);
-    assert_eq!(v.status.code(), Some(1));
+    assert_eq!(v.status.code(), Some(6));
     let out = String::from_utf8_lossy(&v.stdout);
     assert!(out.contains(&h1) && out.contains("altered"), "{out}");
     assert!(out.contains(&h2), "{out}");

@@ -49,13 +49,13 @@ fn blobs_in_s3_keep_the_contract_and_serve_a_whole_registry() {
     let moto = Moto::start();
     moto.bucket("prh-contract");
     moto.bucket("prh-team");
-    // SAFETY: the only test in this binary, before it starts any thread of its own.
-    for (k, v) in moto.env() {
-        unsafe { std::env::set_var(k, v) };
-    }
     let staging = tempfile::tempdir().unwrap();
-    let store =
-        ObjectBlobStore::open_s3("s3://prh-contract/some/prefix", staging.path().into()).unwrap();
+    let store = ObjectBlobStore::open_s3_with(
+        "s3://prh-contract/some/prefix",
+        staging.path().into(),
+        &moto.env(),
+    )
+    .unwrap();
     prh::store::conformance::check(&store);
     assert_eq!(
         std::fs::read_dir(staging.path()).unwrap().count(),
@@ -133,7 +133,9 @@ fn blobs_in_s3_keep_the_contract_and_serve_a_whole_registry() {
         scores(prh(&env, &local, &moto, &align))
     );
     // The bucket holds exactly the catalog's blobs, under the prefix.
-    let s3 = ObjectBlobStore::open_s3("s3://prh-team/lab/zoo", staging.path().into()).unwrap();
+    let s3 =
+        ObjectBlobStore::open_s3_with("s3://prh-team/lab/zoo", staging.path().into(), &moto.env())
+            .unwrap();
     let reps: serde_json::Value = serde_json::from_str(&prh(
         &env,
         &team,

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use prh::catalog::{Catalog, MemoryCatalog, RepFilter};
 use prh::demo::ZooSpec;
-use prh::engine::Reduce;
+use prh::layers::Reduce;
 use prh::metrics::{Metric, MetricSpec, Prep};
 use prh::registry::{IngestRequest, Registry};
 use prh::store::MemoryBlobStore;

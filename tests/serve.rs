@@ -541,3 +541,50 @@ fn running_out_of_file_descriptors_does_not_kill_the_server() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+#[test]
+fn every_metric_option_reaches_the_dashboard() {
+    // Before the one parser, the dashboard read `metric` and `k` only: kernel, sigma, cca_dim,
+    // ridge and ties were dropped, and the page showed the default metric's numbers.
+    let env = Env::new();
+    env.ok(&["init"]);
+    common::two_models(&env, &[48, 2, 16]);
+    let s = serve(&env, &["--compute"]);
+    for (metric, query, flags) in [
+        ("cka", "kernel=rbf&sigma=2.5", "--kernel rbf --sigma 2.5"),
+        ("svcca", "cca_dim=4", "--cca-dim 4"),
+        ("linear_r2", "ridge=0.25", "--ridge 0.25"),
+        ("mutual_knn", "ties=expected&k=5", "--ties expected --k 5"),
+    ] {
+        let api = get(
+            s.addr,
+            &format!("/api/matrix?metric={metric}&{query}&x=l1&y=v1"),
+        );
+        assert_eq!(api.status, 200, "{metric} {query}: {}", api.text());
+        let mut args = vec!["matrix", "--metric", metric, "--x", "l1", "--y", "v1"];
+        args.extend(flags.split(' '));
+        args.extend(["--compute", "--format", "json"]);
+        let cli = env.json(&args);
+        assert_eq!(api.json(), cli, "{metric} {query}");
+        let default = env.json(&[
+            "matrix",
+            "--metric",
+            metric,
+            "--x",
+            "l1",
+            "--y",
+            "v1",
+            "--compute",
+            "--format",
+            "json",
+        ]);
+        assert_ne!(default, cli, "{flags} changed nothing");
+    }
+    let bad = get(s.addr, "/api/matrix?metric=cka&kernel=poly&x=l1&y=v1");
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(
+        bad.text().contains("kernel must be linear or rbf"),
+        "{}",
+        bad.text()
+    );
+}

@@ -28,7 +28,18 @@ import numpy as np
 import polars as pl
 
 from . import _prh
-from ._prh import Conflict, Error, InvalidInput, NotCached, NotFound
+from ._prh import (
+    BackendError,
+    Conflict,
+    Corrupt,
+    Error,
+    InternalError,
+    InvalidInput,
+    NotCached,
+    NotFound,
+    Unavailable,
+    Unsupported,
+)
 
 __all__ = [
     "Registry",
@@ -40,6 +51,11 @@ __all__ = [
     "NotFound",
     "Conflict",
     "NotCached",
+    "Unsupported",
+    "Unavailable",
+    "BackendError",
+    "Corrupt",
+    "InternalError",
 ]
 __version__ = _prh.__version__
 
@@ -140,6 +156,17 @@ def _opts(**kw: Any) -> str:
     return json.dumps({k: v for k, v in kw.items() if v is not None})
 
 
+def _metric_params(params: dict) -> dict:
+    """Metric options beyond ``k`` (kernel, sigma, cca_dim, ridge, ties, emulate_pymp: the
+    names of ``prh align``'s flags), checked by name; values are checked by prh."""
+    unknown = sorted(set(params) - set(_prh.METRIC_OPTIONS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown option(s) {', '.join(unknown)}; metric options: {', '.join(_prh.METRIC_OPTIONS)}"
+        )
+    return params
+
+
 class Trend:
     """Alignment vs. performance over models (``prh trend --format json``).
 
@@ -199,6 +226,7 @@ class Registry:
         bootstrap: int = 0,
         seed: int = 0,
         progress: Progress = None,
+        **params: Any,
     ) -> pl.DataFrame:
         """Store one checkpoint's features and align it against reference models.
 
@@ -211,7 +239,8 @@ class Registry:
         meta: provenance (precision, batch size, revision…), stored with the checkpoint.
         against: reference models (names, "modality=vision", "family=…" or "all"); when given,
             every missing layer-pair cell is computed and cached.
-        metric, k, reduce, null, bootstrap, seed: as ``prh align``.
+        metric, k, reduce, null, bootstrap, seed: as ``prh align``; other metric options by
+            name (kernel="rbf", sigma=2.0, cca_dim, ridge, ties="expected", emulate_pymp).
         progress: a callback (done_cells, total_cells), False for none; by default a tqdm bar
             when tqdm is installed.
 
@@ -225,6 +254,7 @@ class Registry:
             family=family, pool=pool, scores=scores, meta=meta,
             against=None if against is None else _selector(against),
             metric=metric, k=k, reduce=reduce, null=null, bootstrap=bootstrap, seed=seed,
+            **_metric_params(params),
         )
         out = json.loads(
             _prh.ingest(self.root, opts, arrays=_arrays(feats), progress=_progress(progress, model))
@@ -271,16 +301,19 @@ class Registry:
         seed: int = 0,
         all_checkpoints: bool = False,
         progress: Progress = None,
+        **params: Any,
     ) -> pl.DataFrame:
         """Align every x model with every y model through the cache (``prh align``).
 
         x, y: names (a list or "a,b"), "modality=…", "family=…" or "all". ``null`` permutations
         add null_mean, p_value, z, tau and the calibrated score; ``bootstrap`` adds ci95.
-        Returns one row per model pair, the ``prh align --format json`` fields.
+        Other metric options by name, as ``prh align``'s flags: kernel="rbf", sigma=2.0,
+        cca_dim=5, ridge=0.2, ties="expected", emulate_pymp=True. Returns one row per model pair, the ``prh align --format json`` fields.
         """
         opts = _opts(
             x=_selector(x), y=_selector(y), metric=metric, k=k, reduce=reduce, null=null,
             bootstrap=bootstrap, seed=seed, all_checkpoints=all_checkpoints,
+            **_metric_params(params),
         )
         return _frame(json.loads(_prh.align(self.root, opts, progress=_progress(progress, "align"))))
 
@@ -301,6 +334,7 @@ class Registry:
         seed: int = 0,
         compute: bool = False,
         plot: Union[str, Path, None] = None,
+        **params: Any,
     ) -> Trend:
         """Alignment vs. performance (``prh trend``): each x model's mean alignment with the y
         models against its score ``perf``, with Pearson r, Spearman ρ, p-values, the fitted line
@@ -311,6 +345,7 @@ class Registry:
                 "trend", x=_selector(x), y=_selector(y), perf=perf, metric=metric, k=k,
                 reduce=reduce, lower_is_better=lower_is_better, per_y=per_y, seed=seed,
                 compute=compute, plot=None if plot is None else str(plot),
+                **_metric_params(params),
             )
         )
 
@@ -326,6 +361,7 @@ class Registry:
         lower_is_better: bool = False,
         compute: bool = False,
         plot: Union[str, Path, None] = None,
+        **params: Any,
     ) -> pl.DataFrame:
         """The model × model table (``prh matrix``): one row per x model with one column per
         y model, ordered worst to best by ``perf`` when given; ``plot`` draws the heatmap."""
@@ -333,7 +369,7 @@ class Registry:
             self._chart(
                 "matrix", x=_selector(x), y=_selector(y), metric=metric, k=k, reduce=reduce,
                 perf=perf, lower_is_better=lower_is_better, compute=compute,
-                plot=None if plot is None else str(plot),
+                plot=None if plot is None else str(plot), **_metric_params(params),
             )
         )
 
@@ -347,6 +383,7 @@ class Registry:
         reduce: str = "max",
         compute: bool = False,
         plot: Union[str, Path, None] = None,
+        **params: Any,
     ) -> pl.DataFrame:
         """One model's alignment across its checkpoints (``prh trajectory``): checkpoint, step,
         against, score, reduce; ``plot`` draws one line per reference model (.svg or .png)."""
@@ -354,6 +391,7 @@ class Registry:
             self._chart(
                 "trajectory", model=model, against=_selector(against), metric=metric, k=k,
                 reduce=reduce, compute=compute, plot=None if plot is None else str(plot),
+                **_metric_params(params),
             )
         )
 
@@ -405,11 +443,22 @@ def init(
 
 
 def compare(
-    a: Any, b: Any, *, metric: str = "mutual_knn", k: int = 10, reduce: str = "max", prep: bool = True
+    a: Any,
+    b: Any,
+    *,
+    metric: str = "mutual_knn",
+    k: int = 10,
+    reduce: str = "max",
+    prep: bool = True,
+    **params: Any,
 ) -> float:
     """One alignment score between two feature sets of the same n samples (``prh compare``),
     no registry: each an array or list of arrays as in ``Registry.log``; the best layer pair's
     score by default (``reduce``: max, mean, last or layers=I,J)."""
     return _prh.compare(
-        _arrays(a), _arrays(b), json.dumps({"metric": metric, "k": k, "reduce": reduce, "prep": prep})
+        _arrays(a),
+        _arrays(b),
+        json.dumps(
+            {"metric": metric, "k": k, "reduce": reduce, "prep": prep, **_metric_params(params)}
+        ),
     )

@@ -11,57 +11,96 @@ use pyo3::prelude::*;
 use serde_json::{Value, json};
 
 use prh::catalog::RepFilter;
-use prh::engine::{self, Reduce};
 use prh::error::Error as PrhError;
 use prh::formats::{self, Buffer, TensorSpec};
+use prh::layers::{self, Reduce};
 use prh::matrix::DType;
-use prh::metrics::{Metric, MetricSpec, Prep, TieBreak};
+use prh::metrics::{MetricSpec, Prep};
 use prh::registry::{self, IngestRequest, Registry};
 use prh::sweep::{self, Progress, Selector, SweepRequest};
 use prh::views::{TrendQuery, View};
 
+// The exceptions live in module `prh` (the package re-exports them), so an error raised in a
+// multiprocessing or DataLoader worker pickles and reaches the parent as what it is.
 create_exception!(
-    _prh,
+    prh,
     Error,
     PyException,
     "Any error prh reports (the base class)."
 );
 create_exception!(
-    _prh,
+    prh,
     InvalidInput,
     Error,
-    "Bad input: a malformed array or file, NaN/Inf, wrong shapes, n differing from the dataset, an unknown metric or model."
+    "Bad input: a malformed array or file, NaN/Inf, wrong shapes, an unknown metric, an out-of-range option (the message names the value)."
 );
 create_exception!(
-    _prh,
+    prh,
     NotFound,
     Error,
-    "No registry where one was looked for."
+    "A named model, checkpoint, dataset, representation or registry does not exist."
 );
 create_exception!(
-    _prh,
+    prh,
     Conflict,
     Error,
-    "The request conflicts with what the registry holds."
+    "The request conflicts with what the registry holds (a name taken, a dataset of another n)."
 );
 create_exception!(
-    _prh,
+    prh,
     NotCached,
     Conflict,
     "Cached alignments a query needs are missing; the message names the `prh align` command (or pass compute=True)."
 );
+create_exception!(
+    prh,
+    Unsupported,
+    Error,
+    "A well-formed request prh does not do (a URL scheme, a newer catalog schema)."
+);
+create_exception!(
+    prh,
+    Unavailable,
+    Error,
+    "A backend is busy or unreachable for now (a locked catalog, a lost connection); trying again can succeed."
+);
+create_exception!(
+    prh,
+    BackendError,
+    Error,
+    "A backend or the operating system failed in a way retrying will not fix (disk, permissions, database)."
+);
+create_exception!(
+    prh,
+    Corrupt,
+    Error,
+    "Stored data does not match its hash or cannot be parsed; `prh verify` names it."
+);
+create_exception!(
+    prh,
+    InternalError,
+    Error,
+    "A bug in prh; please report it with the message."
+);
 
-/// The Python exception for a prh error, with the CLI's one-line message.
+/// The Python exception for a prh error: the one place a kind becomes a class. The message is
+/// the CLI's, with its hint line.
 fn to_py(e: PrhError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        PrhError::Format { .. } | PrhError::Invalid(_) | PrhError::Metric { .. } => {
-            InvalidInput::new_err(msg)
-        }
-        PrhError::NoRegistry => NotFound::new_err(msg),
-        PrhError::NotCached { .. } => NotCached::new_err(msg),
-        PrhError::Interrupted => PyKeyboardInterrupt::new_err(msg),
-        _ => Error::new_err(msg),
+    use prh::error::ErrorKind as K;
+    let msg = e.report();
+    let not_cached = matches!(&e, PrhError::NotCached { .. })
+        || matches!(&e, PrhError::Hinted { error, .. } if matches!(**error, PrhError::NotCached { .. }));
+    match e.kind() {
+        K::InvalidInput => InvalidInput::new_err(msg),
+        K::NotFound => NotFound::new_err(msg),
+        K::Conflict if not_cached => NotCached::new_err(msg),
+        K::Conflict => Conflict::new_err(msg),
+        K::Unsupported => Unsupported::new_err(msg),
+        K::Unavailable => Unavailable::new_err(msg),
+        K::Failed => BackendError::new_err(msg),
+        K::Corrupt => Corrupt::new_err(msg),
+        K::Interrupted => PyKeyboardInterrupt::new_err(msg),
+        K::Internal => InternalError::new_err(msg),
     }
 }
 
@@ -152,12 +191,13 @@ fn need<'a>(o: &'a Value, key: &str) -> R<&'a str> {
 
 /// The metric, its parameters, preparation and layer aggregate from options.
 fn view(o: &Value) -> R<View> {
-    let metric: Metric = s(o, "metric").unwrap_or("mutual_knn").parse()?;
-    let mut spec = MetricSpec::new(metric);
-    spec.k = u(o, "k", 10)? as usize;
-    if s(o, "ties") == Some("expected") {
-        spec.ties = TieBreak::Expected;
-    }
+    let spec = MetricSpec::from_options(s(o, "metric").unwrap_or("mutual_knn"), &|name| {
+        o.get(name).and_then(|v| match v {
+            Value::Null => None,
+            Value::String(t) => Some(t.clone()),
+            v => Some(v.to_string()),
+        })
+    })?;
     let reduce: Reduce = s(o, "reduce").unwrap_or("max").parse()?;
     let prep = if o.get("prep") == Some(&Value::Bool(false)) {
         Prep::NONE
@@ -544,9 +584,9 @@ fn compare(py: Python<'_>, a: Vec<ArrayIn>, b: Vec<ArrayIn>, opts: &str) -> PyRe
             )));
         }
         v.spec.validate(la[0].nrows())?;
-        let (da, _) = engine::derive_checkpoint(&la, v.prep, fa.layout)?;
-        let (db, _) = engine::derive_checkpoint(&lb, v.prep, fb.layout)?;
-        let t = engine::layer_table(&v.spec, &da, &db)?;
+        let (da, _) = layers::derive_checkpoint(&la, v.prep, fa.layout)?;
+        let (db, _) = layers::derive_checkpoint(&lb, v.prep, fb.layout)?;
+        let t = layers::layer_table(&v.spec, &da, &db)?;
         Ok(v.reduce.apply(&t.table)?.0)
     })
     .map_err(to_py)
@@ -556,11 +596,18 @@ fn compare(py: Python<'_>, a: Vec<ArrayIn>, b: Vec<ArrayIn>, opts: &str) -> PyRe
 fn _prh(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     IMPORTED_IN.get_or_init(std::process::id);
+    let options: Vec<&str> = prh::metrics::spec::OPTIONS.iter().map(|o| o.name).collect();
+    m.add("METRIC_OPTIONS", options)?;
     m.add("Error", py.get_type::<Error>())?;
     m.add("InvalidInput", py.get_type::<InvalidInput>())?;
     m.add("NotFound", py.get_type::<NotFound>())?;
     m.add("Conflict", py.get_type::<Conflict>())?;
     m.add("NotCached", py.get_type::<NotCached>())?;
+    m.add("Unsupported", py.get_type::<Unsupported>())?;
+    m.add("Unavailable", py.get_type::<Unavailable>())?;
+    m.add("BackendError", py.get_type::<BackendError>())?;
+    m.add("Corrupt", py.get_type::<Corrupt>())?;
+    m.add("InternalError", py.get_type::<InternalError>())?;
     m.add_function(wrap_pyfunction!(discover, m)?)?;
     m.add_function(wrap_pyfunction!(init, m)?)?;
     m.add_function(wrap_pyfunction!(ingest, m)?)?;

@@ -97,6 +97,75 @@ def test_errors_name_what_to_do(empty, tmp_path):
         reg.align(x="a", y="b", metric="no_such_metric")
 
 
+def test_each_error_kind_has_its_class_and_survives_pickling(empty, tmp_path):
+    """The Python side of the error-kind table (tests/errors.rs has the exit codes and HTTP
+    statuses): each kind raised the way a user meets it, as its own class."""
+    import pickle
+
+    reg = prh.Registry(empty)
+    reg.log(feats(), model="a", dataset="ds", modality="language")
+    reg.log(feats(seed=1), model="b", dataset="ds", modality="vision")
+    cases = [
+        (prh.NotFound, "no model named no-such-model", lambda: reg.align(x="no-such-model", y="b", metric="cka")),
+        (prh.InvalidInput, "unknown metric", lambda: reg.align(x="a", y="b", metric="no_such_metric")),
+        (prh.Conflict, "registered with modality language, not vision", lambda: reg.log(feats(), model="a", checkpoint="2", dataset="ds", modality="vision")),
+        (prh.NotCached, "no complete cached alignment", lambda: reg.matrix(metric="cka", x="a", y="b")),
+        (prh.Unsupported, "S3-compatible object stores only", lambda: prh.init(str(tmp_path / "g"), blobs="gs://b/p")),
+        (prh.BackendError, "Not a directory", lambda: prh.init(str(tmp_path / "file" / "reg"))),
+    ]
+    (tmp_path / "file").write_text("x")
+    for cls, words, call in cases:
+        with pytest.raises(cls, match=words) as e:
+            call()
+        err = e.value
+        assert type(err).__module__ == "prh", type(err)
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is cls and str(back) == str(err), (cls, back)
+    # NotCached carries its hint line: the command that fills the cells.
+    with pytest.raises(prh.NotCached) as e:
+        reg.matrix(metric="cka", x="a", y="b")
+    assert "\nhint: fill them with `prh align --metric cka --x a --y b`" in str(e.value)
+
+
+def test_an_error_in_a_worker_process_reaches_the_parent_as_its_class(empty):
+    """A multiprocessing worker's prh error pickles back to the parent as prh.NotFound (it was
+    lost before: the classes lived in the unimportable module `_prh`)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        with pytest.raises(prh.NotFound, match="no model named ghost"):
+            pool.apply(_align_ghost, (str(empty),))
+
+
+def test_every_metric_option_reaches_python(empty):
+    """kernel, sigma, cca_dim, ridge and ties are parsed by the CLI's parser: the same numbers
+    as `prh align` with those flags, and an unknown option is refused by name."""
+    reg = prh.Registry(empty)
+    reg.log(feats(), model="a", dataset="ds", modality="language")
+    reg.log(feats(seed=1), model="b", dataset="ds", modality="vision")
+    cases = [
+        ("cka", {"kernel": "rbf", "sigma": 2.5}, ["--kernel", "rbf", "--sigma", "2.5"]),
+        ("svcca", {"cca_dim": 4}, ["--cca-dim", "4"]),
+        ("linear_r2", {"ridge": 0.25}, ["--ridge", "0.25"]),
+        ("mutual_knn", {"ties": "expected", "k": 5}, ["--ties", "expected", "--k", "5"]),
+    ]
+    for metric, params, flags in cases:
+        got = reg.align(x="a", y="b", metric=metric, **params)
+        want = cli_json(empty, "align", "--x", "a", "--y", "b", "--metric", metric, *flags)
+        assert got["score"][0] == want[0]["score"], (metric, params)
+        default = reg.align(x="a", y="b", metric=metric)
+        assert default["score"][0] != got["score"][0], f"{params} changed nothing"
+    with pytest.raises(prh.InvalidInput, match="unknown option.*sigmaa"):
+        reg.align(x="a", y="b", metric="cka", kernel="rbf", sigmaa=2.0)
+    with pytest.raises(prh.InvalidInput, match="kernel must be linear or rbf"):
+        reg.align(x="a", y="b", metric="cka", kernel="poly")
+
+
+def _align_ghost(path):
+    prh.Registry(path).align(x="ghost", y="ghost", metric="cka")
+
+
 def test_the_gil_is_released_while_prh_works(empty):
     """A thread counts while `log` works: with the GIL released it keeps most of the rate it
     reaches while the main thread sleeps (measured 90-98 % over 5 runs); with the GIL held it

@@ -131,7 +131,7 @@ pub fn metric_id(metric: &str, version: i64, params: &str) -> i64 {
 
 /// The collision error: an id taken by another key.
 pub(crate) fn collision(what: &str) -> crate::Error {
-    crate::Error::Invalid(format!(
+    crate::Error::Internal(format!(
         "the cache id of {what} is already taken by another key (a 64-bit hash collision); nothing stored — please report it"
     ))
 }

@@ -619,13 +619,13 @@ impl Catalog for MemoryCatalog {
     }
 
     fn export_snapshot(&self, _dest: &Path, _models: Option<&[String]>) -> Result<SnapshotInfo> {
-        Err(Error::Invalid(
+        Err(Error::Unsupported(
             "an in-memory catalog does not write bundles (they hold an SQLite catalog)".into(),
         ))
     }
 
     fn merge_snapshot(&mut self, _snapshot: &Path, _opts: MergeOptions) -> Result<MergeCounts> {
-        Err(Error::Invalid(
+        Err(Error::Unsupported(
             "an in-memory catalog does not import bundles (they hold an SQLite catalog)".into(),
         ))
     }
@@ -732,7 +732,7 @@ impl Catalog for MemoryCatalog {
     fn now_ms(&self) -> Result<i64> {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|e| Error::Invalid(format!("the clock is before 1970: {e}")))?;
+            .map_err(|e| Error::Failed(format!("the clock is before 1970: {e}")))?;
         Ok(t.as_millis() as i64)
     }
 }
@@ -819,7 +819,7 @@ impl CatalogTx for Tx<'_> {
 
     fn insert_dataset(&mut self, name: &str, n: usize, desc: Option<&str>) -> Result<DatasetId> {
         if self.0.datasets.iter().any(|d| d.name == name) {
-            return Err(Error::Catalog(format!("dataset {name} exists")));
+            return Err(Error::Conflict(format!("catalog: dataset {name} exists")));
         }
         let id = DatasetId(self.0.id());
         self.0.datasets.push(DatasetRow {
@@ -847,7 +847,7 @@ impl CatalogTx for Tx<'_> {
 
     fn insert_model(&mut self, name: &str, modality: &str, fam: Option<&str>) -> Result<ModelId> {
         if self.0.models.iter().any(|m| m.name == name) {
-            return Err(Error::Catalog(format!("model {name} exists")));
+            return Err(Error::Conflict(format!("catalog: model {name} exists")));
         }
         let id = ModelId(self.0.id());
         self.0.models.push(ModelRow {
@@ -927,8 +927,8 @@ impl CatalogTx for Tx<'_> {
     fn insert_rep(&mut self, at: RepSlot, rep: NewRep) -> Result<()> {
         let hash = rep.blob;
         if !self.0.blobs.contains_key(&hash) {
-            return Err(Error::Catalog(format!(
-                "representation names blob {hash}, which has no row"
+            return Err(Error::Conflict(format!(
+                "catalog: representation names blob {hash}, which has no row"
             )));
         }
         self.0.reps.push(RepRow {

@@ -87,8 +87,38 @@ const BLOB_GUARD: i64 = 0x7072_685f_626c_6f62;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl From<sqlx::Error> for Error {
+    /// PostgreSQL's error with its kind: a lost or refused connection, an exhausted pool, a
+    /// server shutting down, a serialization failure or deadlock is [`Error::Unavailable`]
+    /// (retrying can succeed); a violated constraint a conflict; the rest a permanent catalog
+    /// failure.
     fn from(e: sqlx::Error) -> Self {
-        Error::Catalog(e.to_string())
+        let msg = format!("catalog: {e}");
+        match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Error::Unavailable(msg),
+            sqlx::Error::Database(d) => {
+                let code = d.code().unwrap_or_default();
+                // 08: connection exception; 40001/40P01: serialization failure/deadlock;
+                // 53: insufficient resources; 57P01-57P03: the server is shutting down or
+                // starting; 23: integrity constraint violation.
+                if code.starts_with("08")
+                    || code == "40001"
+                    || code == "40P01"
+                    || code.starts_with("53")
+                    || matches!(&*code, "57P01" | "57P02" | "57P03")
+                {
+                    Error::Unavailable(msg)
+                } else if code.starts_with("23") {
+                    Error::Conflict(msg)
+                } else {
+                    Error::Catalog(e.to_string())
+                }
+            }
+            _ => Error::Catalog(e.to_string()),
+        }
     }
 }
 
@@ -103,7 +133,7 @@ impl Rt {
             .thread_name("prh-postgres")
             .enable_all()
             .build()
-            .map_err(|e| Error::Catalog(format!("cannot start the PostgreSQL client: {e}")))?;
+            .map_err(|e| Error::Failed(format!("cannot start the PostgreSQL client: {e}")))?;
         Ok(Rt(Some(rt)))
     }
 
@@ -181,21 +211,35 @@ impl PgCatalog {
 
     fn connect(url: &str, create: bool) -> Result<Self> {
         let shown = shown_url(url);
-        let fail = |e: String| Error::Catalog(format!("{shown}: {e}"));
-        let opts = PgConnectOptions::from_str(url).map_err(|e| fail(one_line(e)))?;
+        let fail = |e: Error| e.prefixed(&shown);
+        let opts = PgConnectOptions::from_str(url).map_err(|e| {
+            fail(Error::Invalid(format!(
+                "not a PostgreSQL URL: {}",
+                one_line(e)
+            )))
+        })?;
         let rt = Arc::new(Rt::new()?);
         let pool = rt.block_on(async {
             let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&opts))
                 .await
-                .map_err(|_| fail(format!("no answer in {} s", CONNECT_TIMEOUT.as_secs())))?
-                .map_err(|e| fail(one_line(e)))?;
+                .map_err(|_| {
+                    fail(Error::Unavailable(format!(
+                        "no answer in {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    )))
+                })?
+                .map_err(|e| {
+                    let line = one_line(&e);
+                    fail(match Error::from(e).kind() {
+                        crate::error::ErrorKind::Unavailable => {
+                            Error::Unavailable(format!("cannot connect: {line}"))
+                        }
+                        _ => Error::Catalog(line),
+                    })
+                })?;
             let migrated = migrate(&mut conn, create).await;
             let _ = conn.close().await;
-            migrated.map_err(|e| match e {
-                Error::Catalog(m) => fail(m),
-                Error::Invalid(m) => Error::Invalid(format!("{shown}: {m}")),
-                e => e,
-            })?;
+            migrated.map_err(fail)?;
             Ok::<_, Error>(
                 PgPoolOptions::new()
                     .max_connections(8)
@@ -327,7 +371,7 @@ async fn migrate(conn: &mut PgConnection, create: bool) -> Result<()> {
         0
     };
     if version > MIGRATIONS.len() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Unsupported(format!(
             "catalog schema version {version} is newer than this prh understands ({}); upgrade prh",
             MIGRATIONS.len()
         )));

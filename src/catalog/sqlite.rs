@@ -64,8 +64,21 @@ impl FromSql for BlobHash {
 }
 
 impl From<rusqlite::Error> for Error {
+    /// SQLite's error with its kind: busy or locked is [`Error::Unavailable`] (another
+    /// process holds the catalog; retrying can succeed), a violated constraint a conflict, a
+    /// damaged file corrupt, the rest a permanent catalog failure.
     fn from(e: rusqlite::Error) -> Self {
-        Error::Catalog(e.to_string())
+        use rusqlite::ErrorCode as C;
+        let msg = format!("catalog: {e}");
+        match e.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => Error::Unavailable(msg),
+            // A trigger's RAISE is a refusal of the schema's, not another writer's row.
+            Some(C::ConstraintViolation) if !matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER) => {
+                Error::Conflict(msg)
+            }
+            Some(C::DatabaseCorrupt | C::NotADatabase) => Error::Corrupt(msg),
+            _ => Error::Catalog(e.to_string()),
+        }
     }
 }
 
@@ -183,7 +196,7 @@ impl SqliteCatalog {
     fn migrate(&mut self) -> Result<()> {
         let current = self.schema_version()?;
         if current > MIGRATIONS.len() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Unsupported(format!(
                 "catalog schema version {current} is newer than this prh understands ({}); upgrade prh",
                 MIGRATIONS.len()
             )));
@@ -675,7 +688,7 @@ impl SqliteCatalog {
             .path()
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
-            .ok_or_else(|| Error::Catalog("the catalog has no file to open readers on".into()))
+            .ok_or_else(|| Error::Internal("the catalog has no file to open readers on".into()))
     }
 }
 

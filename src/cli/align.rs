@@ -102,9 +102,9 @@ pub fn run(ctx: &Ctx, a: AlignArgs) -> Result<()> {
     // Checked before anything is written: a sweep entered for workers that never start would
     // wait in the catalog.
     if let Some(n) = a.workers.filter(|&n| n > MAX_WORKERS) {
-        anyhow::bail!(
+        anyhow::bail!(prh::Error::Invalid(format!(
             "--workers {n}: at most {MAX_WORKERS} local worker processes; for more, enter the sweep with --workers 0 and start `prh worker` where the work should happen"
-        );
+        )));
     }
     let mut reg = ctx.open()?;
     let (x_sel, y_sel) = (a.x.clone(), a.y.clone());

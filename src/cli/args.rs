@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use serde_json::Value;
 
-use prh::engine::Reduce;
-use prh::metrics::{ClampScope, Kernel, Metric, MetricSpec, Prep, TieBreak};
+use prh::Error;
+use prh::layers::Reduce;
+use prh::metrics::{ClampScope, MetricSpec, Prep};
 use prh::output::{self, Format};
 use prh::query;
 use prh::sweep::{Selector, SweepRequest};
@@ -92,23 +93,22 @@ impl MetricArgs {
     pub fn specs(&self) -> Result<Vec<MetricSpec>> {
         self.metrics
             .iter()
-            .map(|m| {
-                let metric: Metric = m.trim().parse()?;
-                let mut s = MetricSpec::new(metric);
-                s.k = self.k;
-                s.cca_dim = self.cca_dim;
-                s.ridge = self.ridge;
-                s.emulate_pymp = self.emulate_pymp;
-                if let TiesArg::Expected = self.ties {
-                    s.ties = TieBreak::Expected;
-                }
-                s.kernel = match self.kernel {
-                    KernelArg::Linear => Kernel::Linear,
-                    KernelArg::Rbf => Kernel::Rbf { sigma: self.sigma },
-                };
-                Ok(s)
-            })
+            .map(|m| Ok(MetricSpec::from_options(m, &|name| self.option(name))?))
             .collect()
+    }
+
+    /// The value of metric option `name` (see [`prh::metrics::spec::OPTIONS`]) as given.
+    fn option(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "k" => self.k.to_string(),
+            "kernel" => self.kernel.to_possible_value()?.get_name().to_string(),
+            "sigma" => self.sigma.to_string(),
+            "cca_dim" => self.cca_dim.to_string(),
+            "ridge" => self.ridge.to_string(),
+            "ties" => self.ties.to_possible_value()?.get_name().to_string(),
+            "emulate_pymp" => self.emulate_pymp.to_string(),
+            _ => return None,
+        })
     }
 
     /// The preparation asked for.
@@ -117,7 +117,10 @@ impl MetricArgs {
             return Ok(Prep::NONE);
         }
         if !(self.clamp_q > 0.0 && self.clamp_q <= 1.0) {
-            bail!("--clamp-q must be in (0, 1], got {}", self.clamp_q);
+            bail!(Error::Invalid(format!(
+                "--clamp-q must be in (0, 1], got {}",
+                self.clamp_q
+            )));
         }
         Ok(Prep {
             clamp_q: (self.clamp_q < 1.0).then_some(self.clamp_q),
@@ -271,7 +274,7 @@ impl OutArgs {
                 let path = self
                     .out
                     .as_ref()
-                    .context("--format parquet needs --out FILE")?;
+                    .ok_or_else(|| super::invalid("--format parquet needs --out FILE"))?;
                 let mut df = prh::frame::from_rows(rows)?;
                 query::write_parquet(&mut df, path)?;
             }

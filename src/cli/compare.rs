@@ -6,8 +6,8 @@ use anyhow::{Context, Result, bail};
 use ndarray::Array2;
 
 use super::args::{FormatArg, MetricArgs, StatsArgs};
-use prh::engine::{self, LayerTable};
 use prh::formats;
+use prh::layers::{self, LayerTable};
 use prh::metrics::Layout;
 use prh::output::{self, Format};
 use prh::stats::{self, Resampling};
@@ -41,25 +41,25 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let (la, layout_a) = read_layers(&a.a)?;
     let (lb, layout_b) = read_layers(&a.b)?;
     if la[0].nrows() != lb[0].nrows() {
-        bail!(
+        bail!(prh::Error::Invalid(format!(
             "{} has n = {} samples but {} has n = {}; alignment needs features of the same samples in the same order",
             a.a.display(),
             la[0].nrows(),
             a.b.display(),
             lb[0].nrows()
-        );
+        )));
     }
     let n = la[0].nrows();
     for s in &specs {
         s.validate(n)?;
     }
-    let (da, _) = engine::derive_checkpoint(&la, prep, layout_a)
+    let (da, _) = layers::derive_checkpoint(&la, prep, layout_a)
         .with_context(|| a.a.display().to_string())?;
-    let (db, _) = engine::derive_checkpoint(&lb, prep, layout_b).with_context(|| b_name(&a))?;
+    let (db, _) = layers::derive_checkpoint(&lb, prep, layout_b).with_context(|| b_name(&a))?;
     let multi = la.len() > 1 || lb.len() > 1;
     let mut results = Vec::new();
     for s in &specs {
-        let t: LayerTable = engine::layer_table(s, &da, &db)?;
+        let t: LayerTable = layers::layer_table(s, &da, &db)?;
         let reduce = a.metric.reduce;
         let (value, layers) = reduce.apply(&t.table)?;
         let mut obj = serde_json::Map::new();
@@ -80,7 +80,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         let sample = |how, count| stats::draws(how, s, reduce, (&da, &db), a.stats.seed, 0..count);
         if a.stats.null > 0 {
             let draws = sample(Resampling::Permutation, a.stats.null)?;
-            let sum = stats::summarize(value, &draws, stats::max_attainable(s), a.stats.alpha);
+            let sum = stats::summarize(value, &draws, s.max_attainable(), a.stats.alpha);
             obj.insert("null_mean".into(), sum.null_mean.into());
             obj.insert("null_sd".into(), sum.null_sd.into());
             obj.insert("p_value".into(), sum.p_value.into());

@@ -156,7 +156,7 @@ fn summarize(reg: &Registry, reports: &[IngestReport], dir: &Path) -> Result<()>
 /// shows the table, the trend of the language models' alignment against their performance,
 /// and the plots.
 fn show(reg: &mut Registry, s: &Show) -> Result<()> {
-    let reduce = prh::engine::Reduce::Max;
+    let reduce = prh::layers::Reduce::Max;
     let spec = MetricSpec::new(Metric::MutualKnn);
     let req = SweepRequest {
         x: Selector::Modality("language".into()),
@@ -192,7 +192,7 @@ fn show(reg: &mut Registry, s: &Show) -> Result<()> {
     print_results(&results, FormatArg::Table)?;
 
     // Alignment vs. performance: under the hypothesis, better models align more.
-    let kind = prh::query::OFFICIAL_PREP;
+    let kind = prh::metrics::prep::OFFICIAL_KIND;
     let xi = analysis::latest(reg, &s.x)?;
     let yi = analysis::latest(reg, &s.y)?;
     let x_ids: Vec<prh::catalog::CheckpointId> = s.x.iter().map(|m| xi[m]).collect();

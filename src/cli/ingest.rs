@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::args::FormatArg;
 use super::{Ctx, parse_scores};
@@ -67,7 +67,7 @@ impl IngestArgs {
                 .map(|s| {
                     s.split_once('=')
                         .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-                        .with_context(|| format!("meta {s:?} is not KEY=VALUE"))
+                        .ok_or_else(|| super::invalid(format!("meta {s:?} is not KEY=VALUE")))
                 })
                 .collect::<Result<_>>()?,
         })

@@ -1,5 +1,6 @@
 //! Command-line interface: one module per command, each with its args struct and a `run`.
-//! Errors become one line `error: …` on stderr with exit code 1; usage errors exit with 2.
+//! Errors become one line `error: …` (and a `hint: …` line) on stderr, with an exit code
+//! per error kind ([`exit_code`]); usage errors exit with 2.
 
 mod align;
 mod args;
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use prh::error::{ErrorKind, io_kind};
 use prh::registry::{self, Registry};
 
 /// prh — a registry for representational alignment research.
@@ -44,7 +46,12 @@ use prh::registry::{self, Registry};
 /// The registry is found from --registry, else $PRH_REGISTRY, else the nearest .prh/
 /// directory in this directory or its parents (`prh init` creates one).
 ///
-/// Exit codes: 0 success, 1 error (the message says what and where), 2 bad usage.
+/// Exit codes (the message says what and where; a `hint:` line, what to run next):
+///   0 success · 1 a backend or the system failed (disk, permissions, database) ·
+///   2 bad usage or invalid input · 3 not found · 4 conflicts with the registry ·
+///   5 unsupported · 6 corrupt data (`prh verify` names it) · 70 internal error (a bug) ·
+///   75 temporarily unavailable (a locked catalog, a lost connection: try again) ·
+///   130 interrupted (finished work kept).
 #[derive(Parser)]
 #[command(name = "prh", version, about, long_about, max_term_width = 100)]
 pub struct Cli {
@@ -172,10 +179,48 @@ pub fn main() -> std::process::ExitCode {
                     msg.push_str(&c);
                 }
             }
+            let prh_error = e.chain().find_map(|c| c.downcast_ref::<prh::Error>());
+            if let Some(h) = prh_error.and_then(prh::Error::hint_text) {
+                msg.push_str("\nhint: ");
+                msg.push_str(&h);
+            }
             let _ = writeln!(std::io::stderr(), "error: {msg}");
-            std::process::ExitCode::from(1)
+            std::process::ExitCode::from(exit_code(kind_of(&e)))
         }
     }
+}
+
+/// The kind of a command's failure: the first prh error in its chain, else an OS error's.
+fn kind_of(e: &anyhow::Error) -> Option<ErrorKind> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<prh::Error>()
+            .map(prh::Error::kind)
+            .or_else(|| {
+                c.downcast_ref::<std::io::Error>()
+                    .map(|io| io_kind(io.kind()))
+            })
+    })
+}
+
+/// The exit code of a failure of `kind`: the one place the CLI decides it (documented in
+/// `prh --help` and the README). `None` is a failure prh did not classify.
+pub fn exit_code(kind: Option<ErrorKind>) -> u8 {
+    match kind {
+        None | Some(ErrorKind::Failed) => 1,
+        Some(ErrorKind::InvalidInput) => 2,
+        Some(ErrorKind::NotFound) => 3,
+        Some(ErrorKind::Conflict) => 4,
+        Some(ErrorKind::Unsupported) => 5,
+        Some(ErrorKind::Corrupt) => 6,
+        Some(ErrorKind::Internal) => 70,
+        Some(ErrorKind::Unavailable) => 75,
+        Some(ErrorKind::Interrupted) => 130,
+    }
+}
+
+/// An invalid-input error (exit code 2) for a problem the CLI finds in its arguments.
+pub fn invalid(msg: impl Into<String>) -> anyhow::Error {
+    prh::Error::Invalid(msg.into()).into()
 }
 
 /// Parses `name=value` score arguments.
@@ -185,11 +230,11 @@ pub fn parse_scores(items: &[String]) -> Result<Vec<(String, f64)>> {
         .map(|s| {
             let (k, v) = s
                 .split_once('=')
-                .with_context(|| format!("score {s:?} is not NAME=VALUE"))?;
+                .ok_or_else(|| invalid(format!("score {s:?} is not NAME=VALUE")))?;
             let v: f64 = v
                 .trim()
                 .parse()
-                .with_context(|| format!("score {s:?}: {v:?} is not a number"))?;
+                .map_err(|_| invalid(format!("score {s:?}: {v:?} is not a number")))?;
             Ok((k.trim().to_string(), v))
         })
         .collect()

@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use super::args::MetricArgs;
 use super::progress::Bar;
-use prh::engine::Reduce;
+use prh::Error;
+use prh::layers::Reduce;
 use prh::registry::Registry;
 use prh::sweep::{self, Selector};
 use prh::views::{NullSpec, View};
@@ -23,7 +24,9 @@ pub(super) fn to_rows<T: Serialize>(items: &[T]) -> Vec<Value> {
 pub(super) fn one_view(m: &MetricArgs) -> Result<View> {
     let specs = m.specs()?;
     if specs.len() != 1 {
-        bail!("give exactly one --metric for this query");
+        bail!(Error::Invalid(
+            "give exactly one --metric for this query".into()
+        ));
     }
     Ok(View {
         spec: specs[0],

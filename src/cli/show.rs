@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::Ctx;
 use super::args::FormatArg;
+use prh::Error;
 use prh::catalog::RepFilter;
 use prh::output;
 use prh::store::BlobHash;
@@ -39,10 +40,10 @@ struct Shown {
 pub fn run(ctx: &Ctx, a: ShowArgs) -> Result<()> {
     let reg = ctx.open()?;
     if a.hash.len() < 4 || !a.hash.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!(
+        bail!(Error::Invalid(format!(
             "{:?} is not a hash prefix (give at least 4 hex digits)",
             a.hash
-        );
+        )));
     }
     let reps = reg.catalog.reps(&RepFilter {
         hash_prefix: Some(a.hash.clone()),
@@ -51,12 +52,15 @@ pub fn run(ctx: &Ctx, a: ShowArgs) -> Result<()> {
     let mut hashes: Vec<BlobHash> = reps.iter().map(|r| r.hash).collect();
     hashes.dedup();
     match hashes.len() {
-        0 => bail!("no representation has a hash starting with {}", a.hash),
+        0 => bail!(Error::NotFound(format!(
+            "no representation has a hash starting with {}",
+            a.hash
+        ))),
         1 => {}
-        k => bail!(
+        k => bail!(Error::Invalid(format!(
             "{} is ambiguous: {k} blobs start with it; give more digits",
             a.hash
-        ),
+        ))),
     }
     let mut meta = reg.catalog.checkpoint_meta()?;
     let rows: Vec<Shown> = reps

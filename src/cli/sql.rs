@@ -1,6 +1,6 @@
 //! `prh query`: free SQL over the catalog tables, run by polars.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::Ctx;
 use super::args::{OutArgs, QueryFormat};
@@ -23,7 +23,7 @@ pub fn run(ctx: &Ctx, a: QueryArgs) -> Result<()> {
             .out
             .out
             .as_ref()
-            .context("--format parquet needs --out FILE")?;
+            .ok_or_else(|| super::invalid("--format parquet needs --out FILE"))?;
         query::write_parquet(&mut df, path)?;
         return Ok(());
     }

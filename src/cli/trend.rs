@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::Ctx;
 use super::args::{MetricArgs, OutArgs, QueryFormat, StatsArgs, ViewArgs};
@@ -70,7 +70,7 @@ pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
     }
     let ysel =
         a.y.clone()
-            .context("give --y (models to align against) or --within")?;
+            .ok_or_else(|| super::invalid("give --y (models to align against) or --within"))?;
     let q = TrendQuery {
         x: &a.x,
         y: &ysel,

@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 
 use super::Ctx;
 use super::args::FormatArg;
+use prh::Error;
 use prh::bundle;
 
 #[derive(clap::Args)]
@@ -47,7 +48,10 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
         }
     }
     if !r.problems.is_empty() {
-        bail!("verify found {} problem(s)", r.problems.len());
+        bail!(Error::Corrupt(format!(
+            "verify found {} problem(s)",
+            r.problems.len()
+        )));
     }
     Ok(())
 }

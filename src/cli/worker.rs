@@ -48,7 +48,9 @@ fn seconds(v: f64, what: &str, (lo, hi): (f64, f64)) -> Result<Duration> {
     if v.is_finite() && (lo..=hi).contains(&v) {
         Ok(Duration::from_secs_f64(v))
     } else {
-        anyhow::bail!("--{what} {v}: give a number of seconds from {lo} to {hi}")
+        anyhow::bail!(prh::Error::Invalid(format!(
+            "--{what} {v}: give a number of seconds from {lo} to {hi}"
+        )))
     }
 }
 

@@ -14,6 +14,7 @@ pub mod extra;
 pub mod kernel;
 pub mod knn;
 pub mod prep;
+pub mod spec;
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,6 +22,7 @@ use std::str::FromStr;
 pub use derived::Derived;
 pub use derived::{TieRow, Ties};
 pub use prep::{ClampScope, Layout, Prep, Scope};
+pub use spec::{Kernel, MetricSpec, TieBreak};
 
 use rayon::prelude::*;
 
@@ -121,167 +123,7 @@ impl FromStr for Metric {
     }
 }
 
-/// Kernel of the CKA family.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum Kernel {
-    Linear,
-    /// exp(−‖xi − xj‖² / (2σ²)).
-    Rbf {
-        sigma: f64,
-    },
-}
-
-/// How equally similar neighbours at the k boundary are treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum TieBreak {
-    /// The lower sample index wins: deterministic, and the official number whenever no row
-    /// ties at the boundary.
-    #[default]
-    LowerIndex,
-    /// The exact expectation over uniformly random tie-breaking (mutual_knn, cycle_knn).
-    Expected,
-}
-
-/// A metric with its parameters (official defaults: k = 10, cca_dim = 10, σ = 1.0).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct MetricSpec {
-    pub metric: Metric,
-    /// Neighbourhood size for kNN metrics and cknna.
-    pub k: usize,
-    /// Kernel for cka / unbiased_cka.
-    pub kernel: Kernel,
-    /// Subspace size for svcca.
-    pub cca_dim: usize,
-    /// Ridge strength for linear_r2 (relative to the mean kernel diagonal).
-    pub ridge: f64,
-    /// Reproduce the official lcs_knn / edit_distance_knn as they run with `pymp` installed
-    /// (only the first ⌈n/4⌉ rows are counted; see [`knn::rows_counted`]).
-    pub emulate_pymp: bool,
-    /// Treatment of ties at the k boundary.
-    pub ties: TieBreak,
-}
-
 impl MetricSpec {
-    /// A metric with the official default parameters.
-    pub fn new(metric: Metric) -> Self {
-        MetricSpec {
-            metric,
-            k: 10,
-            kernel: Kernel::Linear,
-            cca_dim: 10,
-            ridge: 0.1,
-            emulate_pymp: false,
-            ties: TieBreak::LowerIndex,
-        }
-    }
-
-    /// Canonical parameter text: only the parameters the metric uses, in a fixed order, so
-    /// equal computations have equal keys (e.g. `k=10`, `kernel=rbf,sigma=1`).
-    pub fn params_key(&self) -> String {
-        let mut p: Vec<String> = Vec::new();
-        if self.metric.uses_k() {
-            p.push(format!("k={}", self.k));
-        }
-        match self.metric {
-            Metric::Cka | Metric::UnbiasedCka => match self.kernel {
-                Kernel::Linear => p.push("kernel=linear".into()),
-                Kernel::Rbf { sigma } => p.push(format!("kernel=rbf,sigma={sigma}")),
-            },
-            Metric::Svcca => p.push(format!("cca_dim={}", self.cca_dim)),
-            Metric::LinearR2 => p.push(format!("ridge={}", self.ridge)),
-            Metric::LcsKnn | Metric::EditDistanceKnn if self.emulate_pymp => {
-                p.push("emulate_pymp=1".into())
-            }
-            _ => {}
-        }
-        if self.ties == TieBreak::Expected && self.metric.uses_k() {
-            p.push("ties=expected".into());
-        }
-        p.join(",")
-    }
-
-    /// Parameters as a JSON object for output.
-    pub fn params_json(&self) -> serde_json::Value {
-        let mut m = serde_json::Map::new();
-        if self.metric.uses_k() {
-            m.insert("k".into(), self.k.into());
-        }
-        match self.metric {
-            Metric::Cka | Metric::UnbiasedCka => match self.kernel {
-                Kernel::Linear => {
-                    m.insert("kernel".into(), "linear".into());
-                }
-                Kernel::Rbf { sigma } => {
-                    m.insert("kernel".into(), "rbf".into());
-                    m.insert("sigma".into(), sigma.into());
-                }
-            },
-            Metric::Svcca => {
-                m.insert("cca_dim".into(), self.cca_dim.into());
-            }
-            Metric::LinearR2 => {
-                m.insert("ridge".into(), self.ridge.into());
-            }
-            Metric::LcsKnn | Metric::EditDistanceKnn if self.emulate_pymp => {
-                m.insert("emulate_pymp".into(), true.into());
-            }
-            _ => {}
-        }
-        if self.ties == TieBreak::Expected && self.metric.uses_k() {
-            m.insert("ties".into(), "expected".into());
-        }
-        serde_json::Value::Object(m)
-    }
-
-    /// Checks the parameters against n before any work is done.
-    pub fn validate(&self, n: usize) -> Result<()> {
-        let name = self.metric.name();
-        if self.metric.uses_k() {
-            if self.k == 0 {
-                return Err(Error::metric(name, "k must be at least 1"));
-            }
-            if self.k >= n {
-                return Err(Error::metric(
-                    name,
-                    format!(
-                        "n = {n} samples is too few for k = {} (needs n ≥ k + 1)",
-                        self.k
-                    ),
-                ));
-            }
-        }
-        if self.ties == TieBreak::Expected
-            && !matches!(self.metric, Metric::MutualKnn | Metric::CycleKnn)
-        {
-            return Err(Error::metric(
-                name,
-                "--ties expected is defined for mutual_knn and cycle_knn (set metrics with an exact expectation); the others also depend on the order inside ties",
-            ));
-        }
-        if self.metric == Metric::Cknna && self.k < 2 {
-            return Err(Error::metric(name, "cknna needs k ≥ 2"));
-        }
-        if matches!(
-            self.metric,
-            Metric::Cka | Metric::UnbiasedCka | Metric::Cknna
-        ) && n < 4
-        {
-            return Err(Error::metric(name, "needs at least 4 samples"));
-        }
-        if let Kernel::Rbf { sigma } = self.kernel
-            && !(sigma > 0.0 && sigma.is_finite())
-        {
-            return Err(Error::metric(name, "rbf sigma must be a positive number"));
-        }
-        if self.metric == Metric::Svcca && self.cca_dim == 0 {
-            return Err(Error::metric(name, "cca_dim must be at least 1"));
-        }
-        if self.metric == Metric::LinearR2 && (self.ridge.is_nan() || self.ridge <= 0.0) {
-            return Err(Error::metric(name, "ridge must be positive"));
-        }
-        Ok(())
-    }
-
     /// Rows where either side's k-th and (k+1)-th neighbours tie (kNN metrics and cknna;
     /// `None` for the others): where the official number depends on the platform's sort.
     pub fn tied_rows(&self, a: &Derived, b: &Derived) -> Option<usize> {

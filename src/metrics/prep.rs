@@ -255,6 +255,76 @@ pub fn prepare(x: ArrayView2<f32>, threshold: Option<f32>, normalize: bool) -> R
     Ok(out)
 }
 
+// ----- prep keys read back: the inverse of [`Prep::key`] and [`Prep::kind`], beside them -----
+
+/// The official preparation's kind ([`Prep::OFFICIAL`]`.kind()`, a key without its threshold).
+pub const OFFICIAL_KIND: &str = "clamp(q=0.95);l2";
+
+/// A prep key without thresholds and scope, naming the scope choice `scope` as
+/// [`Prep::kind`] does: `clamp(q=0.95,scope=layer,t=0x…);l2` →
+/// `clamp(q=0.95);l2` (for [`ClampScope::Auto`]).
+pub fn kind_of_key(key: &str, scope: ClampScope) -> String {
+    let token = scope.token();
+    key.split(';')
+        .map(|part| match part.strip_prefix("clamp(") {
+            Some(inner) => {
+                let kept: Vec<&str> = inner
+                    .trim_end_matches(')')
+                    .split(',')
+                    .filter(|kv| !kv.starts_with("t=") && !kv.starts_with("scope="))
+                    .chain(token)
+                    .collect();
+                format!("clamp({})", kept.join(","))
+            }
+            None => part.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// The clamp (q, f32 bits of t, scope) of a prep key such as `clamp(q=0.95,t=0x3f8ccccd);l2`
+/// (over the checkpoint) or `clamp(q=0.95,scope=layer,t=0x3f8ccccd);l2` (per layer).
+pub fn clamp_of_key(key: &str) -> Option<(f64, u32, Scope)> {
+    let inner = key
+        .split(';')
+        .find_map(|p| p.strip_prefix("clamp("))?
+        .trim_end_matches(')');
+    let mut q = None;
+    let mut t = None;
+    let mut scope = Scope::Checkpoint;
+    for kv in inner.split(',') {
+        if let Some(v) = kv.strip_prefix("q=") {
+            q = v.parse::<f64>().ok();
+        } else if let Some(v) = kv.strip_prefix("t=0x") {
+            t = u32::from_str_radix(v, 16).ok();
+        } else if kv == "scope=layer" {
+            scope = Scope::Layer;
+        }
+    }
+    Some((q?, t?, scope))
+}
+
+/// Parses a prep key (`clamp(q=0.95,t=0x…);l2`, `l2`, `raw`) into (threshold, normalise).
+pub fn from_key(key: &str) -> Option<(Option<f32>, bool)> {
+    let mut threshold = None;
+    let mut normalize = false;
+    for part in key.split(';') {
+        if part == "l2" {
+            normalize = true;
+        } else if part == "raw" {
+        } else if let Some(inner) = part
+            .strip_prefix("clamp(")
+            .and_then(|p| p.strip_suffix(')'))
+        {
+            let t = inner.split(',').find_map(|kv| kv.strip_prefix("t=0x"))?;
+            threshold = Some(f32::from_bits(u32::from_str_radix(t, 16).ok()?));
+        } else {
+            return None;
+        }
+    }
+    Some((threshold, normalize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +355,81 @@ mod tests {
                 .to_string()
                 .contains("row 0")
         );
+    }
+
+    #[test]
+    fn prep_kind_drops_the_threshold_and_names_the_scope_choice() {
+        let auto = ClampScope::Auto;
+        assert_eq!(
+            kind_of_key("clamp(q=0.95,t=0x400a3c1e);l2", auto),
+            OFFICIAL_KIND
+        );
+        assert_eq!(
+            kind_of_key("clamp(q=0.95,scope=layer,t=0x400a3c1e);l2", auto),
+            OFFICIAL_KIND
+        );
+        assert_eq!(
+            kind_of_key("clamp(q=0.95,t=0x400a3c1e);l2", ClampScope::Checkpoint),
+            "clamp(q=0.95,scope=checkpoint);l2"
+        );
+        assert_eq!(kind_of_key("l2", ClampScope::Layer), "l2");
+        assert_eq!(kind_of_key("raw", auto), "raw");
+        for scope in [ClampScope::Auto, ClampScope::Checkpoint, ClampScope::Layer] {
+            let p = Prep {
+                scope,
+                ..Prep::OFFICIAL
+            };
+            assert_eq!(
+                kind_of_key(&p.key(Some(1.5), Scope::Layer), scope),
+                p.kind()
+            );
+            assert_eq!(ClampScope::from_kind(&p.kind()), scope);
+        }
+        assert_eq!(
+            clamp_of_key("clamp(q=0.95,scope=layer,t=0x3fc00000);l2"),
+            Some((0.95, 0x3fc0_0000, Scope::Layer))
+        );
+    }
+
+    #[test]
+    fn every_prep_key_reads_back_as_what_wrote_it() {
+        assert_eq!(Prep::OFFICIAL.kind(), OFFICIAL_KIND);
+        let preps = [
+            Prep::OFFICIAL,
+            Prep::NONE,
+            Prep {
+                clamp_q: Some(0.9),
+                scope: ClampScope::Layer,
+                normalize: true,
+            },
+            Prep {
+                clamp_q: None,
+                scope: ClampScope::Auto,
+                normalize: true,
+            },
+            Prep {
+                clamp_q: Some(0.99),
+                scope: ClampScope::Checkpoint,
+                normalize: false,
+            },
+        ];
+        for p in preps {
+            for scope in [Scope::Checkpoint, Scope::Layer] {
+                for t in [Some(1.5f32), Some(0.123_456_79), None] {
+                    let key = p.key(t, scope);
+                    let threshold = t.filter(|_| p.clamp_q.is_some());
+                    assert_eq!(from_key(&key), Some((threshold, p.normalize)), "{key}");
+                    let clamp = p
+                        .clamp_q
+                        .zip(threshold)
+                        .map(|(q, t)| (q, t.to_bits(), scope));
+                    assert_eq!(clamp_of_key(&key), clamp, "{key}");
+                    if p.clamp_q.is_none() || t.is_some() {
+                        assert_eq!(kind_of_key(&key, p.scope), p.kind(), "{key}");
+                    }
+                }
+            }
+        }
+        assert_eq!(from_key("clamp(q=0.95);l2;gzip"), None);
     }
 }

@@ -62,7 +62,7 @@ pub(super) fn model_of(reg: &Registry, name: &str) -> Result<ModelPage> {
     let model = reg
         .catalog
         .model(name)?
-        .ok_or_else(|| Error::Invalid(format!("no model named {name:?}")))?;
+        .ok_or_else(|| Error::NotFound(format!("no model named {name:?}")))?;
     Ok(ModelPage {
         checkpoints: reg.catalog.checkpoints(Some(name))?,
         reps: reg.catalog.reps(&RepFilter {
@@ -138,9 +138,8 @@ pub(super) fn trend_of(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Tr
 
 fn trend_now(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Trends> {
     let perf = r.perf.as_deref().ok_or_else(|| {
-        Error::Invalid(
-            "no performance score: the x models have none; set one with `prh score set`".into(),
-        )
+        Error::NotFound("no performance score: the x models have none".into())
+            .hint("set one with `prh score set`")
     })?;
     let q = TrendQuery {
         x: &r.x,
@@ -153,7 +152,7 @@ fn trend_now(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Trends> {
     };
     if r.calibrated {
         if !app.compute {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Conflict(format!(
                 "calibrated scores need a permutation null, which this server computes only when started with --compute (then once, and cached); on the command line: `prh trend {} --x {} --y {} --perf {perf} --calibrated --null {}`",
                 r.view.flags(),
                 r.x,
@@ -200,7 +199,7 @@ pub(super) fn trajectory_of(
     let model = r
         .model
         .clone()
-        .ok_or_else(|| Error::Invalid("the registry has no models".into()))?;
+        .ok_or_else(|| Error::NotFound("the registry has no models".into()))?;
     app.memo.get(reg, format!("trajectory {r:?}"), |reg| {
         let sel = (Selector::Names(vec![model.clone()]), r.against.parse()?);
         fill_if_allowed(app, reg, r, sel, true)?;
@@ -240,10 +239,7 @@ pub(super) async fn models(State(app): State<Arc<App>>) -> Answer {
 }
 
 pub(super) async fn model(State(app): State<Arc<App>>, Path(name): Path<String>) -> Answer {
-    let page = blocking(&app, move |_, reg| {
-        model_of(reg, &name).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
-    })
-    .await?;
+    let page = blocking(&app, move |_, reg| Ok(model_of(reg, &name)?)).await?;
     to_json(page)
 }
 

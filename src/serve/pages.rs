@@ -175,7 +175,7 @@ pub(super) async fn overview(State(app): State<Arc<App>>) -> Response {
 
 pub(super) async fn model(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
     let body = blocking(&app, move |_, reg| {
-        let m = api::model_of(reg, &name).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+        let m = api::model_of(reg, &name)?;
         let mut s = format!(
             r#"<h1 id="model-name" data-model="{0}">{0}</h1><p>modality <b id="modality">{1}</b> · family <b>{2}</b>{3}</p>"#,
             esc(&m.model.name),

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-use crate::engine::Reduce;
 use crate::error::{Error, Result};
-use crate::metrics::{Metric, MetricSpec, Prep};
+use crate::layers::Reduce;
+use crate::metrics::{MetricSpec, Prep};
 use crate::registry::Registry;
 use crate::views::View;
 
@@ -16,6 +16,12 @@ use crate::views::View;
 pub(super) struct Params {
     pub metric: Option<String>,
     pub k: Option<String>,
+    pub kernel: Option<String>,
+    pub sigma: Option<String>,
+    pub cca_dim: Option<String>,
+    pub ridge: Option<String>,
+    pub ties: Option<String>,
+    pub emulate_pymp: Option<String>,
     pub reduce: Option<String>,
     pub x: Option<String>,
     pub y: Option<String>,
@@ -94,6 +100,20 @@ fn given(v: &Option<String>) -> Option<String> {
 }
 
 impl Params {
+    /// The metric option `name` (see [`crate::metrics::spec::OPTIONS`]) as the query gave it.
+    fn option(&self, name: &str) -> Option<&Option<String>> {
+        Some(match name {
+            "k" => &self.k,
+            "kernel" => &self.kernel,
+            "sigma" => &self.sigma,
+            "cca_dim" => &self.cca_dim,
+            "ridge" => &self.ridge,
+            "ties" => &self.ties,
+            "emulate_pymp" => &self.emulate_pymp,
+            _ => return None,
+        })
+    }
+
     /// Fills what is missing from the registry: the first cached metric (mutual_knn when
     /// cached), the first two modalities as x and y, the first score of the x models.
     pub fn resolve(&self, reg: &Registry) -> Result<Resolved> {
@@ -113,9 +133,8 @@ impl Params {
                 cached.iter().next().cloned().unwrap_or_default()
             }
         });
-        let metric: Metric = metric_name.parse()?;
-        let mut spec = MetricSpec::new(metric);
-        spec.k = ranged("k", &self.k, 10usize, 1, MAX_K)?;
+        let spec = MetricSpec::from_options(&metric_name, &|name| given(self.option(name)?))?;
+        ranged("k", &self.k, 10usize, 1, MAX_K)?;
         let reduce: Reduce = match given(&self.reduce) {
             Some(r) => r.parse()?,
             None => Reduce::Max,

@@ -70,7 +70,7 @@ impl BlobStore for MemoryBlobStore {
             .unwrap_or_else(|p| p.into_inner())
             .remove(hash)
             .map(drop)
-            .ok_or_else(|| Error::Invalid(format!("blob {hash} is not stored")))
+            .ok_or_else(|| Error::NotFound(format!("blob {hash} is not stored")))
     }
 
     fn location(&self, hash: &BlobHash) -> String {

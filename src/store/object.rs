@@ -52,12 +52,36 @@ fn err(what: &str, e: impl std::fmt::Display) -> Error {
     if let (Some(code), Some(text)) = (tag("Code"), tag("Message")) {
         msg = format!("{} ({code}: {text})", msg.trim_end_matches(':'));
     }
-    Error::Storage(format!("{what}: {msg}"))
+    let msg = format!("{what}: {msg}");
+    // The client has already retried with backoff; what is left is the server being down or
+    // unreachable (transient), or a refusal that will not change (a missing bucket, a denied
+    // key, a bad configuration).
+    const REFUSALS: [&str; 6] = [
+        "NoSuchBucket",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "configure",
+        "runtime",
+    ];
+    if REFUSALS.iter().any(|r| msg.contains(r)) {
+        Error::Storage(msg)
+    } else {
+        Error::Unavailable(format!("blob store: {msg}"))
+    }
 }
 
 impl ObjectBlobStore {
-    /// Opens `s3://BUCKET[/PREFIX]`, staging uploads in `staging`. Nothing is contacted yet.
+    /// Opens `s3://BUCKET[/PREFIX]`, staging uploads in `staging`, configured from the
+    /// environment (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, ...). Nothing is contacted yet.
     pub fn open_s3(url: &str, staging: PathBuf) -> Result<Self> {
+        Self::open_s3_with(url, staging, &[])
+    }
+
+    /// [`ObjectBlobStore::open_s3`] with `config` (environment-variable names and values, as
+    /// `AWS_ENDPOINT`) taking precedence over the environment: for a process that serves
+    /// several stores, or tests that must not touch the process environment.
+    pub fn open_s3_with(url: &str, staging: PathBuf, config: &[(&str, String)]) -> Result<Self> {
         let rest = url
             .strip_prefix("s3://")
             .ok_or_else(|| Error::Invalid(format!("not an s3:// URL: {url:?}")))?;
@@ -67,7 +91,15 @@ impl ObjectBlobStore {
                 "blobs URL {url:?} names no bucket: give s3://BUCKET/PREFIX"
             )));
         }
-        let store = AmazonS3Builder::from_env()
+        let mut builder = AmazonS3Builder::from_env();
+        for (k, v) in config {
+            let key = k
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|e| Error::Invalid(format!("S3 configuration {k}: {e}")))?;
+            builder = builder.with_config(key, v);
+        }
+        let store = builder
             .with_bucket_name(bucket)
             .build()
             .map_err(|e| err("cannot configure the S3 client", e))?;
@@ -226,7 +258,7 @@ impl BlobStore for ObjectBlobStore {
     fn delete(&self, hash: &BlobHash) -> Result<()> {
         let i = &self.inner;
         if !i.exists(hash)? {
-            return Err(Error::Invalid(format!("blob {hash} is not stored")));
+            return Err(Error::NotFound(format!("blob {hash} is not stored")));
         }
         i.rt.block_on(i.store.delete(&i.path(hash)))
             .map_err(|e| err(&format!("cannot delete blob {hash}"), e))

@@ -56,14 +56,29 @@ impl Env {
         String::from_utf8(o.stdout).unwrap()
     }
 
-    /// Runs prh, asserts failure with exit code 1, returns stderr.
+    /// Runs prh, asserts it failed with one of the documented exit codes of a classified
+    /// error (never 70, an internal error), returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.prh(args);
+        let code = o.status.code();
+        assert!(
+            matches!(code, Some(1..=6 | 75 | 130)),
+            "prh {args:?} should fail with a documented exit code, got {code:?}; stdout: {}; stderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stderr).unwrap()
+    }
+
+    /// Runs prh, asserts it failed with exit code `code`, returns stderr.
+    pub fn fails_with(&self, code: i32, args: &[&str]) -> String {
         let o = self.prh(args);
         assert_eq!(
             o.status.code(),
-            Some(1),
-            "prh {args:?} should fail; stdout: {}",
-            String::from_utf8_lossy(&o.stdout)
+            Some(code),
+            "prh {args:?}: stdout: {}; stderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
         );
         String::from_utf8(o.stderr).unwrap()
     }

@@ -117,7 +117,7 @@ async fn load(tx: &mut PgConnection, t: &TableRows) -> Result<()> {
         let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
         for (i, (col, kind)) in spec.columns.iter().enumerate() {
             let bad = || {
-                Error::Invalid(format!(
+                Error::Corrupt(format!(
                     "the bundle's {}.{col} holds a value of the wrong type",
                     spec.name
                 ))
@@ -222,7 +222,7 @@ async fn refuse_conflicts(tx: &mut PgConnection) -> Result<()> {
         return Ok(());
     }
     let shown: Vec<&str> = conflicts.iter().take(10).map(String::as_str).collect();
-    Err(Error::Invalid(format!(
+    Err(Error::Conflict(format!(
         "{} conflict(s) with this registry, nothing imported: {}{}",
         conflicts.len(),
         shown.join("; "),
@@ -367,7 +367,7 @@ async fn merge_cache(
     .await
     .map_err(interrupted)?;
     if clash > 0 {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Internal(format!(
             "{clash} of its cache key ids are taken here by other keys (a 64-bit hash collision); nothing imported — please report it"
         )));
     }

@@ -103,7 +103,7 @@ fn finish(dest: &Path, models: Option<&[String]>) -> Result<SnapshotInfo> {
                     r.get(0)
                 })?;
             if found == 0 {
-                return Err(Error::Invalid(format!("no model named {m} to export")));
+                return Err(Error::NotFound(format!("no model named {m} to export")));
             }
         }
         db.execute_batch("CREATE TEMP TABLE keep (name TEXT PRIMARY KEY)")?;

@@ -191,7 +191,7 @@ fn refuse_conflicts(tx: &rusqlite::Transaction) -> std::result::Result<(), Failu
              WHERE s.value != bs.value")?;
     if !conflicts.is_empty() {
         let shown: Vec<&str> = conflicts.iter().take(10).map(String::as_str).collect();
-        return Err(Failure::Other(Error::Invalid(format!(
+        return Err(Failure::Other(Error::Conflict(format!(
             "{} conflict(s) with this registry, nothing imported: {}{}",
             conflicts.len(),
             shown.join("; "),
@@ -317,7 +317,7 @@ fn merge_cache(
         |r| r.get(0),
     )?;
     if clash > 0 {
-        return Err(Failure::Other(Error::Invalid(format!(
+        return Err(Failure::Other(Error::Internal(format!(
             "{clash} of its cache key ids are taken here by other keys (a 64-bit hash collision); nothing imported — please report it"
         ))));
     }

@@ -95,7 +95,7 @@ impl Reduce {
     pub fn apply(&self, table: &[Vec<f64>]) -> Result<(f64, Option<[usize; 2]>)> {
         let (lx, ly) = (table.len(), table.first().map_or(0, |r| r.len()));
         if lx == 0 || ly == 0 {
-            return Err(Error::Invalid("no layer pairs to aggregate".into()));
+            return Err(Error::Internal("no layer pairs to aggregate".into()));
         }
         if let Some([i, j]) = self.single(lx, ly)? {
             return Ok((table[i][j], Some([i, j])));
@@ -177,4 +177,25 @@ pub fn layer_table(
         .collect::<Result<Vec<f64>>>()?;
     let table = values.chunks(ys.len()).map(|r| r.to_vec()).collect();
     Ok(LayerTable::from_table(table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reduce_key_reads_back_as_what_wrote_it() {
+        for r in [
+            Reduce::Max,
+            Reduce::Mean,
+            Reduce::Last,
+            Reduce::Layers(0, 0),
+            Reduce::Layers(3, 11),
+        ] {
+            assert_eq!(r.key().parse::<Reduce>().unwrap(), r, "{}", r.key());
+        }
+        for bad in ["min", "layers=1", "layers=a,b", "layers=1,2,3", ""] {
+            assert!(bad.parse::<Reduce>().is_err(), "{bad}");
+        }
+    }
 }
