@@ -1,14 +1,16 @@
-//! The catalog: every row of metadata and every cached number (DESIGN.md §1), behind one
+//! The catalog: every row of metadata and every cached number (docs/design.md §1), behind one
 //! interface.
 //!
 //! [`Catalog`] is what the rest of prh asks of a catalog, in its own terms (datasets, models,
 //! checkpoints, representations, scores, cached cells), never in a database's. Writes that must
 //! land together go through [`Catalog::transact`] and the row operations of [`CatalogTx`]; the
 //! rules (what conflicts, what a re-ingest may change) live with the callers, once, and every
-//! backend only stores. Implementations: [`SqliteCatalog`] (the default, `catalog.db`) and
-//! [`MemoryCatalog`] (nothing on disk; it exercises the seam in the tests). A dialect
-//! difference (upserts, returning ids, snapshots, attaching a bundle) stays inside its
-//! implementation.
+//! backend only stores. Implementations: [`SqliteCatalog`] (the default, `catalog.db`),
+//! [`PgCatalog`] (PostgreSQL, shared by many machines) and [`MemoryCatalog`] (nothing on disk;
+//! it exercises the seam in the tests). A dialect difference (upserts, returning ids,
+//! snapshots, attaching a bundle) stays inside its implementation; the conformance suite
+//! (`tests/conformance.rs`) runs the same contract on all three. Backend errors are classified
+//! by kind where they are converted (docs/design.md §9).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -21,6 +23,7 @@ use crate::store::BlobHash;
 mod keys;
 pub mod memory;
 pub mod postgres;
+pub mod snapshot;
 pub mod sqlite;
 pub mod tables;
 
@@ -466,7 +469,7 @@ pub trait Catalog: Send {
     /// writer waits for another process's transaction rather than failing.
     fn transact(&mut self, f: &mut dyn FnMut(&mut dyn CatalogTx) -> Result<()>) -> Result<()>;
 
-    // ----- the cell cache (DESIGN.md §5) -----
+    // ----- the cell cache (docs/design.md §6) -----
 
     /// The cached cells of the pair `x` × `y` for one metric, as (x layer, y layer, value), in
     /// one round trip.

@@ -74,11 +74,18 @@ impl std::fmt::Display for ErrorKind {
 pub enum Error {
     /// A feature file that cannot be read as a float matrix (bad header, truncated, wrong rank, ...).
     #[error("{}: {msg}", path.display())]
-    Format { path: PathBuf, msg: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// An operating-system error on a named path; its kind follows the OS error's.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The path the operation was on.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -110,8 +117,11 @@ pub enum Error {
     /// Model pairs a query needs have no complete cached alignment; `command` fills them.
     #[error("{pairs} model pair(s) have no complete cached alignment for {what}")]
     NotCached {
+        /// Model pairs with missing cells.
         pairs: usize,
+        /// The metric and options the query asked for.
         what: String,
+        /// The `prh align …` command that fills them.
         command: String,
     },
     /// A command needs a registry and none was found.
@@ -121,13 +131,23 @@ pub enum Error {
     NoRegistry,
     /// A blob whose bytes do not match its name, or that cannot be parsed.
     #[error("blob {hash} is corrupt: {msg}")]
-    CorruptBlob { hash: String, msg: String },
+    CorruptBlob {
+        /// The blob's name.
+        hash: String,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// Stored data other than one blob is damaged (a bundle, a registry that fails `verify`).
     #[error("{0}")]
     Corrupt(String),
     /// A metric cannot be computed on these inputs (mismatched n, too few samples, ...).
     #[error("metric {metric}: {msg}")]
-    Metric { metric: String, msg: String },
+    Metric {
+        /// The metric's name.
+        metric: String,
+        /// Why it cannot be computed.
+        msg: String,
+    },
     /// The user interrupted a long operation; finished work has been kept.
     #[error("interrupted")]
     Interrupted,
@@ -136,7 +156,12 @@ pub enum Error {
     Internal(String),
     /// Another error with what to do about it.
     #[error("{error}")]
-    Hinted { error: Box<Error>, hint: String },
+    Hinted {
+        /// The error.
+        error: Box<Error>,
+        /// What to run next.
+        hint: String,
+    },
 }
 
 /// Library result type.

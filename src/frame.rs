@@ -3,7 +3,7 @@
 //! Every printer (table, CSV, JSON) works on JSON objects, one per row; queries answer with
 //! polars DataFrames. These two functions are the bridge, written here rather than through
 //! polars' JSON reader and writer: those features pull polars' streaming engine and its cloud
-//! client (tokio, hyper, rustls, object_store) into the build, which prh never uses.
+//! client into the build, a large part of polars that prh does not need.
 
 use crate::error::Result;
 use polars::prelude::*;

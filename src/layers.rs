@@ -1,5 +1,5 @@
 //! Layer-pair search: every (layer_x, layer_y) score of two models, and the model-pair score as
-//! an aggregate of that table (DESIGN.md §4): by default the max over layer pairs with the
+//! an aggregate of that table (docs/design.md §4): by default the max over layer pairs with the
 //! argmax layers, as the official code; or the mean, the last-layer pair, or a fixed pair.
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Element types, strided 2-D views over raw little-endian bytes, and the canonical encoding
-//! that defines a representation's identity (DESIGN.md §2).
+//! that defines a representation's identity (docs/design.md §2).
 
 use half::{bf16, f16};
 use ndarray::Array2;

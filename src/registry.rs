@@ -1,6 +1,6 @@
 //! A registry: a directory (its lock, `tmp/` staging, and by default `catalog.db` and `blobs/`;
 //! `config.json` when the parts live elsewhere, see [`crate::location`]) over a [`Catalog`] and a
-//! [`BlobStore`] (DESIGN.md §1), and the operations that change it: creating datasets,
+//! [`BlobStore`] (docs/design.md §1), and the operations that change it: creating datasets,
 //! ingesting feature files, setting scores.
 
 use std::fs;
@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::formats::{self, FeatureFile};
 use crate::location::{BlobsAt, CONFIG, CatalogAt, Locations};
 use crate::matrix::{self, DType, LayerView};
+use crate::names::{validate_meta_value, validate_name, validate_scores};
 use crate::store::{BlobHash, BlobSink, BlobStore, FsBlobStore, ObjectBlobStore, SealedBlob};
 use rayon::prelude::*;
 
@@ -663,39 +664,6 @@ fn upsert_score(
     Ok(true)
 }
 
-/// Longest name accepted (model, checkpoint, dataset, modality, family, pool, score), in
-/// characters.
-pub const MAX_NAME_CHARS: usize = 256;
-
-/// Checks a name a user gave (or a bundle carries): 1 to [`MAX_NAME_CHARS`] characters, no
-/// control characters (newlines, ANSI escapes) and no invisible bidirectional or zero-width
-/// marks, so that every listing prints it as it is.
-pub fn validate_name(what: &str, s: &str) -> Result<()> {
-    let bad = |why: &str| {
-        let shown: String = s.chars().take(40).collect();
-        Err(Error::Invalid(format!(
-            "invalid {what} name {shown:?}{}: {why}",
-            if s.chars().count() > 40 { "…" } else { "" }
-        )))
-    };
-    if s.trim().is_empty() {
-        return bad("it is empty");
-    }
-    if s.chars().count() > MAX_NAME_CHARS {
-        return bad(&format!("longer than {MAX_NAME_CHARS} characters"));
-    }
-    if s.chars().any(|c| {
-        c.is_control()
-            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-    }) {
-        return bad("control or invisible characters are not allowed");
-    }
-    if s != s.trim() {
-        return bad("leading or trailing spaces");
-    }
-    Ok(())
-}
-
 impl IngestRequest {
     /// Checks every name and score before any byte is written.
     pub fn validate(&self) -> Result<()> {
@@ -718,33 +686,6 @@ impl IngestRequest {
         }
         Ok(())
     }
-}
-
-/// Longest provenance value accepted, in characters.
-pub const MAX_META_CHARS: usize = 4096;
-
-/// A provenance value: at most [`MAX_META_CHARS`] characters, printable (no control
-/// characters, so listings show it as it is).
-pub fn validate_meta_value(key: &str, v: &str) -> Result<()> {
-    if v.chars().count() > MAX_META_CHARS || v.chars().any(|c| c.is_control()) {
-        return Err(Error::Invalid(format!(
-            "invalid value for meta {key}: at most {MAX_META_CHARS} printable characters, no control characters"
-        )));
-    }
-    Ok(())
-}
-
-/// Scores must have valid names and finite values.
-pub fn validate_scores(scores: &[(String, f64)]) -> Result<()> {
-    for (name, v) in scores {
-        validate_name("score", name)?;
-        if !v.is_finite() {
-            return Err(Error::Invalid(format!(
-                "score {name} = {v} is not a finite number"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// What to ingest a file as.

@@ -27,6 +27,7 @@ use crate::registry::Registry;
 /// How the server listens and what it may do.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// The address to listen on (loopback unless a token guards the server).
     pub bind: IpAddr,
     /// 0 picks a free port (printed when the server is up).
     pub port: u16,

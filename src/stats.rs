@@ -148,6 +148,7 @@ pub const DEFAULT_ALPHA: f64 = 0.05;
 pub struct NullSummary {
     /// Number of permutations.
     pub permutations: usize,
+    /// Mean of the null draws.
     pub null_mean: f64,
     /// Sample standard deviation of the null draws.
     pub null_sd: f64,

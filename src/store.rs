@@ -1,4 +1,4 @@
-//! Content-addressed, immutable blob storage (DESIGN.md §1–2), behind one interface.
+//! Content-addressed, immutable blob storage (docs/design.md §1–2), behind one interface.
 //!
 //! A blob is the canonical encoding of one matrix: the 32-byte header of
 //! [`crate::matrix::canonical_header`] followed by the row-major little-endian elements.

@@ -1,7 +1,7 @@
 //! `prh align` and `prh log`: official numbers through the registry, the cache, resumption after
 //! a kill, and concurrent processes.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

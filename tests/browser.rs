@@ -7,7 +7,7 @@
 //! installed with `apt-get install chromium chromium-driver` (Debian's packages; see
 //! tests/common/browser.rs).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! `prh compare`: one-shot alignment of two files, official numbers, clear errors.
 
-mod common;
+use crate::common;
 
 use common::{Env, fixture, noise, write_npy};
 use serde_json::Value;

@@ -1,6 +1,6 @@
-//! Every container of the same features yields the same representations (DESIGN.md §3).
+//! Every container of the same features yields the same representations (docs/design.md §3).
 
-mod common;
+use crate::common;
 
 use common::{Env, fixture};
 use serde_json::Value;

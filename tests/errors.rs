@@ -2,7 +2,7 @@
 //! command line and its status in `prh serve` (the Python classes are in
 //! python/tests/test_api.py). The table in the README is this file.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! must end in exit 2 (or 1) with one line naming the problem, or succeed, with the registry intact:
 //! `verify` passes and `tmp/` holds nothing.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

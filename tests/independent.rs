@@ -5,7 +5,7 @@
 //! defines the metric; and its pymp-affected lcs/edit values through the command line's
 //! `--emulate-pymp`.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! `prh ingest` end to end: idempotence, discovery, listings, and every bad input refused with
 //! one clear error naming the file, the registry left exactly as it was.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 

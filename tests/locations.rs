@@ -1,7 +1,7 @@
 //! A registry whose catalog and blobs live elsewhere (`prh init --catalog --blobs`), found by
 //! every later command through its config.json, and overridden by PRH_CATALOG / PRH_BLOBS.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

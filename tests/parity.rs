@@ -1,5 +1,5 @@
 //! Parity with the official platonic-rep metrics.py on `fixtures/reference/` (values produced
-//! by the official code; see fixtures/reference/README.md). Tolerances as DESIGN.md §4.
+//! by the official code; see fixtures/reference/README.md). Tolerances as docs/design.md §4 says.
 
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 //! local blobs and PostgreSQL + S3; bundles move registries between backends; bad URLs and
 //! foreign databases are refused with one line and nothing written.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -281,10 +281,12 @@ fn init_with(env: &Env, url: &str, password: &str) -> (Option<i32>, String) {
 #[test]
 fn bad_catalogs_are_refused_in_one_line_and_nothing_is_written() {
     let pg = Cluster::start();
-    let check = |url: &str, password: &str, expect: &str| {
+    // Each refusal with its kind's exit code: 1 failed, 2 invalid input, 3 not found, 75
+    // unavailable (a server that may come back).
+    let check = |url: &str, password: &str, code: i32, expect: &str| {
         let env = Env::new();
-        let (code, err) = init_with(&env, url, password);
-        assert_eq!(code, Some(1), "{url}: {err}");
+        let (got, err) = init_with(&env, url, password);
+        assert_eq!(got, Some(code), "{url}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         assert!(err.contains(expect), "{url}: {err}");
         assert!(err.contains(url), "names the URL: {err}");
@@ -298,15 +300,15 @@ fn bad_catalogs_are_refused_in_one_line_and_nothing_is_written() {
         );
     };
     let good = pg.database("good");
-    check(&good, "wrong-pw", "password authentication failed");
-    check(&pg.url("missing"), PASSWORD, "does not exist");
+    check(&good, "wrong-pw", 1, "password authentication failed");
+    check(&pg.url("missing"), PASSWORD, 3, "does not exist");
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
         format!("postgres://prh@127.0.0.1:{port}/good")
     };
-    check(&closed, PASSWORD, "");
+    check(&closed, PASSWORD, 75, "cannot connect");
     // A role that may connect but not create tables.
     pg.database("locked");
     pg.psql(
@@ -314,7 +316,7 @@ fn bad_catalogs_are_refused_in_one_line_and_nothing_is_written() {
         &format!("CREATE ROLE reader LOGIN PASSWORD '{PASSWORD}'"),
     );
     let locked = format!("postgres://reader@127.0.0.1:{}/locked", pg.port);
-    check(&locked, PASSWORD, "permission denied");
+    check(&locked, PASSWORD, 1, "permission denied");
     assert_eq!(
         pg.psql(
             "locked",
@@ -328,7 +330,7 @@ fn bad_catalogs_are_refused_in_one_line_and_nothing_is_written() {
         "other",
         "CREATE TABLE notes (t text); INSERT INTO notes VALUES ('keep me')",
     );
-    check(&other, PASSWORD, "not a prh catalog");
+    check(&other, PASSWORD, 2, "not a prh catalog");
     assert_eq!(pg.psql("other", "SELECT t FROM notes"), "keep me");
     assert_eq!(
         pg.psql(

@@ -5,7 +5,7 @@
 //! and the package built into it (tests/common/python.rs). The tests drive the real `prh`
 //! binary beside the package (PRH_BIN).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Queries on the demo zoo (known quality order): trend signs, matrix shape and order,
 //! trajectory order, SQL answers, plots and output formats.
 
-mod common;
+use crate::common;
 
 use common::{Env, noise, write_npy};
 

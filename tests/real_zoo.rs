@@ -3,7 +3,7 @@
 //! permutation null, a caption-shuffled copy of a language model falls to chance, and
 //! provenance and true layer widths survive ingest.
 
-mod common;
+use crate::common;
 
 use common::{Env, words};
 use serde_json::Value;

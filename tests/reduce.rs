@@ -1,7 +1,7 @@
 //! `--reduce max|mean|last|layers=I,J`: the model-pair score as an aggregate of the layer-pair
 //! table, from the same cached cells, in every output, with nulls recomputing the aggregate.
 
-mod common;
+use crate::common;
 
 use common::{Env, fixture, pipeline_env};
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! The reliability suite: real processes on real registries. Crashes, concurrency,
 //! corruption, hostile bundles, export/import round trips, malformed input files.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! virtualenv) on loopback, talked to over HTTP by the object_store client. The blob-store
 //! contract, then a registry whose blobs live in a bucket used end to end through the CLI.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

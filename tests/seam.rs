@@ -242,4 +242,4 @@ fn verify_and_gc_work_through_both_interfaces() {
     assert!(again.iter().all(|r| r.cells_computed == 0));
 }
 
-mod common;
+use crate::common;

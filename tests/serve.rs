@@ -1,7 +1,7 @@
 //! `prh serve` through its HTTP API: the real binary on loopback, a demo registry, and the
 //! CLI's `--format json` as the reference for every number.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! kNN ties at the k boundary: the count reported with every kNN score, and `--ties expected`,
 //! checked against brute-force enumeration of every tie-breaking outcome.
 
-mod common;
+use crate::common;
 
 use common::{Env, ingest_all, write_npy};
 use ndarray::Array2;
@@ -211,7 +211,7 @@ fn ties_are_reported_and_the_expected_score_is_cached_apart() {
     assert!((l - e).abs() > 1e-4, "lower index {l} vs expected {e}");
     let cycle = |extra: &[&str]| cmp("cycle_knn", extra)["value"].as_f64().unwrap();
     assert!((cycle(&[]) - cycle(&["--ties", "expected"])).abs() > 1e-4);
-    // The figures the README quotes (`cargo test --test ties -- --nocapture` prints them).
+    // The figures the README quotes (`cargo test --test integration ties:: -- --nocapture` prints them; the reference doc quotes them).
     println!("k = 5: {ties} rows tie; mutual_knn {l:.6} (lower index) vs {e:.6} (expected)");
     let k10 = |metric: &str, extra: &[&str]| {
         let mut args = vec!["--k", "10"];

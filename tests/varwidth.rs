@@ -2,7 +2,7 @@
 //! scope (per layer for per-layer arrays, as the official code), `--clamp-scope` overrides it,
 //! the prep key records it, queries serve the cells of the scope asked for, bundles carry it.
 
-mod common;
+use crate::common;
 
 use common::{Env, fixture, ingest_all};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! and on PostgreSQL; `prh status` reports the units; a worker killed with SIGKILL mid-unit
 //! loses its lease and another worker redoes the unit, with every cell stored once.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -332,7 +332,7 @@ fn ingest_request(o: &Value) -> R<IngestRequest> {
         num_params: o.get("num_params").and_then(Value::as_i64),
         meta,
     };
-    registry::validate_scores(&req.scores)?;
+    prh::names::validate_scores(&req.scores)?;
     Ok(req)
 }
 

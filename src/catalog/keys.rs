@@ -1,4 +1,4 @@
-//! Cache keys (DESIGN.md §5), the same in every backend.
+//! Cache keys (docs/design.md §6), the same in every backend.
 //!
 //! A cell's key is (hash_x, prep_x, hash_y, prep_y, metric, version, params); a row names it
 //! by three 64-bit ids derived from that content ([`side_id`], [`metric_id`]), kept in two
@@ -15,9 +15,13 @@ use crate::store::BlobHash;
 /// Symmetric metrics store one orientation of each cell (`hash_x <= hash_y`).
 #[derive(Debug, Clone)]
 pub struct MetricKey {
+    /// The metric's name.
     pub metric: &'static str,
+    /// Its implementation version.
     pub version: u32,
+    /// Canonical parameters ([`crate::metrics::MetricSpec::params_key`]).
     pub params: String,
+    /// Whether one orientation serves both.
     pub symmetric: bool,
 }
 
@@ -32,8 +36,11 @@ impl MetricKey {
 /// id ([`side_ids`] of the two, formed once per checkpoint by the caller, not once per lookup).
 #[derive(Debug, Clone, Copy)]
 pub struct CellSide<'a> {
+    /// Each layer's blob.
     pub hashes: &'a [BlobHash],
+    /// Each layer's preparation key.
     pub preps: &'a [String],
+    /// Each layer's side id ([`side_ids`]).
     pub ids: &'a [i64],
 }
 

@@ -524,6 +524,13 @@ impl Catalog for MemoryCatalog {
     }
 
     fn put_draws(&self, key: &DrawKey, vals: &[u8]) -> Result<()> {
+        // The schema's CHECK, as the SQL catalogs enforce it.
+        if !matches!(key.kind, "permutation" | "bootstrap") {
+            return Err(Error::Internal(format!(
+                "catalog: draws of kind {:?} (permutation or bootstrap)",
+                key.kind
+            )));
+        }
         let mut s = self.state();
         let e = s
             .draws

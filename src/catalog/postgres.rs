@@ -103,7 +103,8 @@ impl From<sqlx::Error> for Error {
                 let code = d.code().unwrap_or_default();
                 // 08: connection exception; 40001/40P01: serialization failure/deadlock;
                 // 53: insufficient resources; 57P01-57P03: the server is shutting down or
-                // starting; 23: integrity constraint violation.
+                // starting; 23505/23503: a unique or foreign key clash (a conflict); 23514/
+                // 23502: a CHECK or NOT NULL violation (prh wrote what its schema forbids).
                 if code.starts_with("08")
                     || code == "40001"
                     || code == "40P01"
@@ -111,8 +112,13 @@ impl From<sqlx::Error> for Error {
                     || matches!(&*code, "57P01" | "57P02" | "57P03")
                 {
                     Error::Unavailable(msg)
-                } else if code.starts_with("23") {
+                } else if code == "23505" || code == "23503" {
                     Error::Conflict(msg)
+                } else if code == "23514" || code == "23502" {
+                    Error::Internal(msg)
+                } else if code == "3D000" {
+                    // The database named in the URL does not exist.
+                    Error::NotFound(msg)
                 } else {
                     Error::Catalog(e.to_string())
                 }
@@ -234,6 +240,7 @@ impl PgCatalog {
                         crate::error::ErrorKind::Unavailable => {
                             Error::Unavailable(format!("cannot connect: {line}"))
                         }
+                        crate::error::ErrorKind::NotFound => Error::NotFound(line),
                         _ => Error::Catalog(line),
                     })
                 })?;
@@ -1020,11 +1027,11 @@ impl Catalog for PgCatalog {
 
     fn export_snapshot(&self, dest: &Path, models: Option<&[String]>) -> Result<SnapshotInfo> {
         let tables = self.read_tables()?;
-        super::sqlite::snapshot::write(dest, &tables, models)
+        super::snapshot::write(dest, &tables, models)
     }
 
     fn merge_snapshot(&mut self, snapshot: &Path, opts: MergeOptions) -> Result<MergeCounts> {
-        let tables = super::sqlite::snapshot::read_tables(snapshot)?;
+        let tables = super::snapshot::read_tables(snapshot)?;
         let rt = self.db.rt.clone();
         let _in = rt.get().enter();
         merge::merge(&rt, self.pool(), &tables, opts)

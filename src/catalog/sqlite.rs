@@ -22,8 +22,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
 
-mod cells;
-pub mod snapshot;
+pub(crate) mod cells;
 mod sweeps;
 mod upkeep;
 
@@ -65,17 +64,29 @@ impl FromSql for BlobHash {
 
 impl From<rusqlite::Error> for Error {
     /// SQLite's error with its kind: busy or locked is [`Error::Unavailable`] (another
-    /// process holds the catalog; retrying can succeed), a violated constraint a conflict, a
-    /// damaged file corrupt, the rest a permanent catalog failure.
+    /// process holds the catalog; retrying can succeed), a row that clashes with another (unique,
+    /// primary or foreign key) a conflict, a CHECK or NOT NULL violation a bug (prh wrote a value
+    /// its own schema forbids), a damaged file corrupt, the rest (a trigger's refusal, a full
+    /// disk) a permanent catalog failure.
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode as C;
+        use rusqlite::ffi;
         let msg = format!("catalog: {e}");
+        let extended = match &e {
+            rusqlite::Error::SqliteFailure(f, _) => f.extended_code,
+            _ => 0,
+        };
         match e.sqlite_error_code() {
             Some(C::DatabaseBusy | C::DatabaseLocked) => Error::Unavailable(msg),
-            // A trigger's RAISE is a refusal of the schema's, not another writer's row.
-            Some(C::ConstraintViolation) if !matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER) => {
-                Error::Conflict(msg)
-            }
+            Some(C::ConstraintViolation) => match extended {
+                ffi::SQLITE_CONSTRAINT_UNIQUE
+                | ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                | ffi::SQLITE_CONSTRAINT_FOREIGNKEY => Error::Conflict(msg),
+                ffi::SQLITE_CONSTRAINT_CHECK | ffi::SQLITE_CONSTRAINT_NOTNULL => {
+                    Error::Internal(msg)
+                }
+                _ => Error::Catalog(e.to_string()),
+            },
             Some(C::DatabaseCorrupt | C::NotADatabase) => Error::Corrupt(msg),
             _ => Error::Catalog(e.to_string()),
         }
@@ -127,7 +138,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connection to `catalog.db`.
 pub struct SqliteCatalog {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
 impl SqliteCatalog {
@@ -644,7 +655,7 @@ impl Catalog for SqliteCatalog {
     }
 
     fn export_snapshot(&self, dest: &Path, models: Option<&[String]>) -> Result<SnapshotInfo> {
-        snapshot::export(&self.conn, dest, models)
+        super::snapshot::export(&self.conn, dest, models)
     }
 
     fn merge_snapshot(&mut self, snapshot: &Path, opts: MergeOptions) -> Result<MergeCounts> {

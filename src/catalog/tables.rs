@@ -1,5 +1,5 @@
 //! A catalog's tables as plain rows, the same for every backend: how a bundle's snapshot (an
-//! SQLite file, DESIGN.md §7) is written from, and merged into, a catalog that is not SQLite.
+//! SQLite file, docs/design.md §10) is written from, and merged into, a catalog that is not SQLite.
 //!
 //! [`TABLES`] lists every table of the current schema with the columns prh writes, parents
 //! before children; each backend reads its own tables into [`TableRows`] and writes them back.

@@ -1,5 +1,5 @@
 //! Data derived once per prepared representation and shared by every pair it meets
-//! (DESIGN.md §5): the Gram matrix, ordered k-nearest-neighbour lists, kernel statistics for the
+//! (docs/design.md §7): the Gram matrix, ordered k-nearest-neighbour lists, kernel statistics for the
 //! CKA family, top singular vectors for SVCCA, RDM ranks for RSA. Each piece is computed on
 //! first use and memoised, so a layer pair then costs O(n·k) for kNN metrics and O(n²) for
 //! kernel metrics.
@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 /// excluded, most similar first; ties broken by lower index.
 #[derive(Debug, Clone)]
 pub struct Knn {
+    /// Neighbours per row.
     pub k: usize,
     /// n × k, row-major, ordered.
     pub ordered: Vec<u32>,
@@ -43,6 +44,7 @@ impl Knn {
 /// its neighbour set is `sure` plus `picks` members drawn uniformly from `group`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TieRow {
+    /// The row (sample index).
     pub row: u32,
     /// Neighbours strictly more similar than the k-th, sorted by index.
     pub sure: Vec<u32>,
@@ -65,9 +67,10 @@ impl TieRow {
     }
 }
 
-/// The rows of a representation with a tie at the k boundary (DESIGN.md §4, ties), by row.
+/// The rows of a representation with a tie at the k boundary (docs/design.md §4, ties), by row.
 #[derive(Debug, Clone, Default)]
 pub struct Ties {
+    /// The tied rows, by row.
     pub rows: Vec<TieRow>,
 }
 
@@ -109,8 +112,11 @@ impl Ties {
 pub struct KernelStats {
     /// The n × n kernel, row-major.
     pub mat: Arc<Vec<f32>>,
+    /// Each row's sum.
     pub row_sums: Vec<f64>,
+    /// The sum of all entries.
     pub total: f64,
+    /// The diagonal.
     pub diag: Vec<f64>,
     /// ⟨K, K⟩_F, which every CKA cell of this kernel needs.
     pub self_dot: f64,
@@ -397,7 +403,7 @@ impl Derived {
             .collect();
         let total = row_sums.iter().sum();
         let diag = (0..n).map(|i| mat[i * n + i] as f64).collect();
-        let self_dot = super::kernel::frobenius(&mat, &mat);
+        let self_dot = super::dot::frobenius(&mat, &mat);
         let v = Arc::new(KernelStats {
             mat,
             row_sums,

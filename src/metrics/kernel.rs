@@ -1,19 +1,10 @@
-//! The CKA family: HSIC-based similarity of kernel matrices (DESIGN.md §4).
+//! The CKA family: HSIC-based similarity of kernel matrices (docs/design.md §4).
 
 use rayon::prelude::*;
 
 use super::derived::{KernelStats, Knn};
-
-/// ⟨K, L⟩_F accumulated in f64. Chunks are summed in parallel, their sums in order, so the
-/// result is the same bits for any number of threads.
-pub fn frobenius(a: &[f32], b: &[f32]) -> f64 {
-    let parts: Vec<f64> = a
-        .par_chunks(4096)
-        .zip(b.par_chunks(4096))
-        .map(|(x, y)| dot_f64(x, y))
-        .collect();
-    parts.iter().sum()
-}
+use super::dot::dot_f64;
+pub use super::dot::frobenius;
 
 /// Entries per step of [`dot_block`]: 2,048 (8 KiB of f32, 16 KiB of f64) per vector, so a
 /// block of 24 + 24 vectors' step stays in cache while every pair of the block uses it.
@@ -56,20 +47,6 @@ pub fn dot_block<T: Copy + Into<f64> + Sync>(ks: &[&[T]], ls: &[&[T]]) -> Vec<Ve
         total.iter_mut().zip(p).for_each(|(x, y)| *x += y);
     }
     total.chunks(b.max(1)).map(|r| r.to_vec()).collect()
-}
-
-/// Σ x_i y_i in f64 with four independent accumulators (so the loop vectorises).
-fn dot_f64<T: Copy + Into<f64>>(x: &[T], y: &[T]) -> f64 {
-    let mut acc = [0f64; 4];
-    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (p, q) in xc.zip(yc) {
-        for t in 0..4 {
-            acc[t] += p[t].into() * q[t].into();
-        }
-    }
-    let tail: f64 = xr.iter().zip(yr).map(|(&p, &q)| p.into() * q.into()).sum();
-    acc[0] + acc[1] + acc[2] + acc[3] + tail
 }
 
 /// Biased HSIC tr(K H L H) = ⟨K, L⟩ − (2/n) r_K·r_L + s_K s_L / n², given ⟨K, L⟩.

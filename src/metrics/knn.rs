@@ -1,4 +1,4 @@
-//! Neighbourhood metrics on ordered k-nearest-neighbour lists (official meanings, DESIGN.md §4).
+//! Neighbourhood metrics on ordered k-nearest-neighbour lists (official meanings, docs/design.md §4).
 
 use super::derived::{Knn, Ties};
 

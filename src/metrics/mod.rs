@@ -1,5 +1,5 @@
 //! Alignment metrics: the eight of the official platonic-rep `metrics.py` with the same
-//! numbers, plus Procrustes, RSA, Jaccard kNN and linear R² (DESIGN.md §4).
+//! numbers, plus Procrustes, RSA, Jaccard kNN and linear R² (docs/design.md §4).
 //!
 //! Every metric is a pure function of two [`Derived`] representations (prepared features and
 //! their memoised derived data). [`MetricSpec`] names a metric with its parameters; its
@@ -10,6 +10,7 @@
 //! rows tied at the k boundary, and [`TieBreak::Expected`] averages over random tie-breaking.
 
 pub mod derived;
+pub mod dot;
 pub mod extra;
 pub mod kernel;
 pub mod knn;
@@ -31,17 +32,29 @@ use crate::error::{Error, Result};
 /// A metric family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Metric {
+    /// mutual_knn: mean fraction of shared k nearest neighbours (official).
     MutualKnn,
+    /// cycle_knn: fraction of samples reached back through a neighbour (official).
     CycleKnn,
+    /// lcs_knn: mean longest common subsequence of the ordered neighbour lists (official).
     LcsKnn,
+    /// edit_distance_knn: 1 − mean edit distance of the neighbour lists / k (official).
     EditDistanceKnn,
+    /// jaccard_knn: mean Jaccard index of the neighbour sets.
     JaccardKnn,
+    /// cka: centred kernel alignment, biased HSIC (official).
     Cka,
+    /// unbiased_cka: CKA with the unbiased HSIC estimator (official).
     UnbiasedCka,
+    /// cknna: CKA restricted to mutual k-nearest-neighbour pairs (official).
     Cknna,
+    /// svcca: mean canonical correlation of the top singular subspaces (official).
     Svcca,
+    /// procrustes: orthogonal Procrustes similarity.
     Procrustes,
+    /// rsa: Spearman correlation of the two cosine-distance RDMs.
     Rsa,
+    /// linear_r2: held-out R² of a ridge regression from X to Y.
     LinearR2,
 }
 

@@ -1,4 +1,4 @@
-//! Feature preparation as the official pipeline does it (DESIGN.md §4): clamp every value to
+//! Feature preparation as the official pipeline does it (docs/design.md §4): clamp every value to
 //! ±t, where t is the element at 0-based index ⌊q·N⌋ of the N absolute values sorted
 //! ascending, then L2-normalise each row.
 //!
@@ -45,9 +45,12 @@ impl Layout {
 pub enum ClampScope {
     /// The official rule: [`Scope::Layer`] for per-layer arrays, [`Scope::Checkpoint`] for a
     /// stacked tensor (and for checkpoints whose layout was never recorded).
+    /// The official rule: by the layout the features were given in.
     #[default]
     Auto,
+    /// One threshold over all layers of the checkpoint.
     Checkpoint,
+    /// One threshold per layer.
     Layer,
 }
 

@@ -13,9 +13,11 @@ use super::{ALL, Metric};
 /// Kernel of the CKA family.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Kernel {
+    /// K = XXᵀ.
     Linear,
     /// exp(−‖xi − xj‖² / (2σ²)).
     Rbf {
+        /// The width σ.
         sigma: f64,
     },
 }
@@ -34,6 +36,7 @@ pub enum TieBreak {
 /// A metric with its parameters (official defaults: k = 10, cca_dim = 10, σ = 1.0).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricSpec {
+    /// The metric.
     pub metric: Metric,
     /// Neighbourhood size for kNN metrics and cknna.
     pub k: usize,
@@ -300,8 +303,11 @@ impl MetricSpec {
 /// A metric option a user can give: its name (the CLI flag with `--` and `-` for `_`, the
 /// dashboard's query parameter, Python's keyword), its default, and what it sets.
 pub struct OptionDoc {
+    /// The option's name (`cca_dim`; the CLI flag is `--cca-dim`).
     pub name: &'static str,
+    /// The official default.
     pub default: &'static str,
+    /// What it sets.
     pub help: &'static str,
 }
 

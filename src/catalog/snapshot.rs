@@ -1,20 +1,23 @@
-//! A bundle's `catalog.db` (DESIGN.md §7): an SQLite catalog whatever the registry's backend,
+//! A bundle's `catalog.db` (docs/design.md §10): an SQLite catalog whatever the registry's backend,
 //! written by `export` and, on import, checked by [`check`] before anything of it is read.
+//! Every backend uses it (the SQLite one to export, PostgreSQL to write and read bundles), so it
+//! lives beside them; with `catalog/sqlite/` it is the only code that names rusqlite.
 
 use std::path::Path;
 
 use rusqlite::Connection;
 
-use super::{MIGRATIONS, SqliteCatalog, cells};
+use super::sqlite::cells::{self, register_functions};
+use super::sqlite::{MIGRATIONS, SqliteCatalog};
 use crate::catalog::tables::{Kind, TABLES, TableRows, Value};
 use crate::catalog::{CellRow, CellTable, SnapshotInfo};
 use crate::error::{Error, Result};
-use crate::registry::validate_name;
+use crate::names::validate_name;
 use crate::store::BlobHash;
 
 /// Writes a consistent snapshot of the catalog on `conn` to `dest` (`VACUUM INTO`, consistent
 /// while others write), keeping only `models` and what they need when given.
-pub(super) fn export(
+pub(crate) fn export(
     conn: &Connection,
     dest: &Path,
     models: Option<&[String]>,
@@ -240,7 +243,7 @@ fn check_schema(staged: &Path) -> std::result::Result<(), String> {
     }
     let expected = {
         let mem = Connection::open_in_memory().map_err(sql)?;
-        super::register_functions(&mem).map_err(sql)?;
+        register_functions(&mem).map_err(sql)?;
         for (_, m) in &MIGRATIONS[..version as usize] {
             mem.execute_batch(m).map_err(sql)?;
         }
@@ -354,7 +357,7 @@ fn check_rows(staged: &Path) -> std::result::Result<(), String> {
             let (rusqlite::types::Value::Text(k), rusqlite::types::Value::Text(v)) = (k, v) else {
                 return Err("a meta entry is not text".into());
             };
-            crate::registry::validate_meta_value(&k, &v).map_err(|e| e.to_string())?;
+            crate::names::validate_meta_value(&k, &v).map_err(|e| e.to_string())?;
         }
     }
     for (what, q) in bad_rows {

@@ -1,0 +1,237 @@
+//! Computing the missing cells, one model pair at a time, committing as it goes, and the
+//! report of every pair.
+
+use super::*;
+
+/// Computes what is missing, one model pair at a time, committing as it goes; fills `tables`
+/// and returns how many cells were computed per (pair, metric).
+pub(super) fn compute_missing(
+    reg: &mut Registry,
+    req: &SweepRequest,
+    set: &PairSet,
+    todo: &Todo,
+    tables: &mut Tables,
+    cache: &mut DerivedCache,
+    progress: &dyn Progress,
+) -> Result<HashMap<(usize, usize), usize>> {
+    let (pairs, keys, preps) = (&set.pairs, &set.keys, &set.preps);
+    let missing_total: u64 = todo.iter().map(|t| t.len() as u64).sum();
+    let mut computed: HashMap<(usize, usize), usize> = HashMap::new();
+    let mut ties_stored: HashSet<(BlobHash, String, usize)> = HashSet::new();
+    if missing_total > 0 {
+        progress.start(missing_total);
+        let plan = compute_order(pairs, req.mem_budget);
+        let mut last_other: Option<CheckpointId> = None;
+        for &pi in &plan.order {
+            let (x, y) = pairs[pi];
+            let cells = &todo[pi];
+            if cells.is_empty() {
+                continue;
+            }
+            let other = plan.other(pairs[pi]);
+            if let Some(prev) = last_other.filter(|&p| p != other && !plan.held.contains(&p)) {
+                cache.forget(prev);
+            }
+            last_other = Some(other);
+            progress.message(&format!("{} × {}", x.model, y.model));
+            let (px, py) = (&preps[&x.checkpoint_id], &preps[&y.checkpoint_id]);
+            let dx = cache.get(reg, x, &px.thresholds, req.prep)?;
+            let dy = cache.get(reg, y, &py.thresholds, req.prep)?;
+            // Derive what the metrics need on every layer in parallel first.
+            for spec in &req.specs {
+                dx.par_iter()
+                    .chain(dy.par_iter())
+                    .for_each(|d| d.warm(spec));
+            }
+            let results = compute_cells(&req.specs, cells, &dx, &dy, progress).map_err(|e| {
+                e.prefixed(&format!(
+                    "{} @ {} × {} @ {}",
+                    x.model, x.checkpoint, y.model, y.checkpoint
+                ))
+            })?;
+            reg.catalog
+                .store_cells(keys, side(x, set), side(y, set), &results)?;
+            // Each layer's tied rows, while its neighbour lists are at hand.
+            for spec in req.specs.iter().filter(|s| s.metric.uses_k()) {
+                for (ck, p, d) in [(x, px, &dx), (y, py, &dy)] {
+                    for (l, h) in ck.layers.iter().enumerate() {
+                        if ties_stored.insert((*h, p.keys[l].clone(), spec.k)) {
+                            store_ties(reg, h, &p.keys[l], spec.k, &d[l].ties(spec.k), ck.n)?;
+                        }
+                    }
+                }
+            }
+            let ny = y.layers.len();
+            for (si, i, j, v, _) in results {
+                tables[pi][si][i * ny + j] = Some(v);
+                *computed.entry((pi, si)).or_default() += 1;
+            }
+        }
+    }
+
+    Ok(computed)
+}
+
+/// Reports every pair from the (now complete) cell values.
+pub(super) fn report(
+    reg: &Registry,
+    req: &SweepRequest,
+    set: &PairSet,
+    tables: &Tables,
+    computed: &HashMap<(usize, usize), usize>,
+) -> Result<Vec<PairResult>> {
+    let (pairs, preps) = (&set.pairs, &set.preps);
+    let mut out: Vec<PairResult> = Vec::new();
+    for (si, spec) in req.specs.iter().enumerate() {
+        for (pi, (x, y)) in pairs.iter().enumerate() {
+            let table: Vec<Vec<f64>> = tables[pi][si]
+                .chunks(y.layers.len())
+                .map(|row| {
+                    row.iter()
+                        .map(|v| v.expect("every cell is cached or computed"))
+                        .collect()
+                })
+                .collect();
+            let (score, layers) = req.reduce.apply(&table)?;
+            let ties = if spec.metric.uses_k() {
+                // The tied rows of the pair the score comes from (the last pair for the mean).
+                let [i, j] = layers.unwrap_or([x.layers.len() - 1, y.layers.len() - 1]);
+                let bx = tie_bits(reg, x, i, &preps[&x.checkpoint_id], req.prep, spec.k)?;
+                let by = tie_bits(reg, y, j, &preps[&y.checkpoint_id], req.prep, spec.k)?;
+                Some(
+                    bx.iter()
+                        .zip(&by)
+                        .map(|(a, b)| (a | b).count_ones() as usize)
+                        .sum(),
+                )
+            } else {
+                None
+            };
+            let total = x.layers.len() * y.layers.len();
+            let comp = computed.get(&(pi, si)).copied().unwrap_or(0);
+            out.push(PairResult {
+                x_model: x.model.clone(),
+                y_model: y.model.clone(),
+                x_checkpoint: x.checkpoint.clone(),
+                y_checkpoint: y.checkpoint.clone(),
+                metric: spec.metric.name().to_string(),
+                reduce: req.reduce.key(),
+                score,
+                best_layers: layers.map(|[i, j]| [x.layer_ids[i], y.layer_ids[j]]),
+                ties,
+                cells_computed: comp,
+                cells_cached: total - comp,
+                null_mean: None,
+                null_sd: None,
+                p_value: None,
+                z: None,
+                tau: None,
+                calibrated: None,
+                chance_adjusted: None,
+                ci95: None,
+                table,
+                x_checkpoint_id: x.checkpoint_id,
+                y_checkpoint_id: y.checkpoint_id,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Computes the missing cells of one model pair: the CKA family a block at a time (every
+/// layer's kernel read once per block; a cell's seconds are its share of the block), the
+/// other metrics cell by cell in parallel.
+pub(super) fn compute_cells(
+    specs: &[MetricSpec],
+    cells: &[(usize, usize, usize)],
+    dx: &[Arc<Derived>],
+    dy: &[Arc<Derived>],
+    progress: &dyn Progress,
+) -> Result<Vec<NewCell>> {
+    let mut out = Vec::with_capacity(cells.len());
+    let mut single = Vec::new();
+    for (si, spec) in specs.iter().enumerate() {
+        let mine: Vec<(usize, usize)> = cells
+            .iter()
+            .filter(|c| c.0 == si)
+            .map(|c| (c.1, c.2))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        if !spec.blocks() {
+            single.extend(mine.into_iter().map(|(i, j)| (si, i, j)));
+            continue;
+        }
+        let mut rows: Vec<usize> = mine.iter().map(|c| c.0).collect();
+        let mut cols: Vec<usize> = mine.iter().map(|c| c.1).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        cols.sort_unstable();
+        cols.dedup();
+        let t = Instant::now();
+        let xs: Vec<&Derived> = rows.iter().map(|&i| &*dx[i]).collect();
+        let ys: Vec<&Derived> = cols.iter().map(|&j| &*dy[j]).collect();
+        let block = spec.compute_block(&xs, &ys).expect("blocks() said so")?;
+        let secs = t.elapsed().as_secs_f64() / (rows.len() * cols.len()) as f64;
+        progress.advance(mine.len() as u64);
+        for (i, j) in mine {
+            let (r, c) = (
+                rows.binary_search(&i).expect("listed"),
+                cols.binary_search(&j).expect("listed"),
+            );
+            out.push((si, i, j, block[r][c], secs));
+        }
+    }
+    let rest = single
+        .par_iter()
+        .map(|&(si, i, j)| {
+            let t = Instant::now();
+            let v = specs[si].compute(&dx[i], &dy[j]);
+            progress.advance(1);
+            v.map(|v| (si, i, j, v, t.elapsed().as_secs_f64()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    out.extend(rest);
+    Ok(out)
+}
+
+/// Stores a layer's tied rows at k as a bitset (bit i % 8 of byte i / 8 = row i).
+pub(super) fn store_ties(
+    reg: &Registry,
+    hash: &BlobHash,
+    prep_key: &str,
+    k: usize,
+    ties: &Ties,
+    n: usize,
+) -> Result<Vec<u8>> {
+    let mut bits = vec![0u8; n.div_ceil(8)];
+    for r in &ties.rows {
+        bits[r.row as usize / 8] |= 1 << (r.row % 8);
+    }
+    reg.catalog.put_knn_ties(hash, prep_key, k, &bits)?;
+    Ok(bits)
+}
+
+/// Layer `l` of a checkpoint's tied rows at k, from `knn_ties`, or computed from its blob (a
+/// cache filled before ties were recorded, or imported from a bundle) and stored.
+pub(super) fn tie_bits(
+    reg: &Registry,
+    ck: &CheckpointLayers,
+    l: usize,
+    cp: &CheckpointPrep,
+    prep: Prep,
+    k: usize,
+) -> Result<Vec<u8>> {
+    let (hash, key) = (&ck.layers[l], &cp.keys[l]);
+    let stored = reg.catalog.knn_ties(hash, key, k)?;
+    if let Some(bits) = stored.filter(|b| b.len() == ck.n.div_ceil(8)) {
+        return Ok(bits);
+    }
+    let x = reg.store.get(hash)?.to_f32_verified()?;
+    let d = Derived::new(
+        prep::prepare(x.view(), cp.thresholds[l], prep.normalize)
+            .map_err(|e| e.prefixed(&format!("{} @ {}", ck.model, ck.checkpoint)))?,
+    );
+    store_ties(reg, hash, key, k, &d.ties(k), ck.n)
+}

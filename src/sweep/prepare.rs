@@ -1,0 +1,191 @@
+//! Each checkpoint's layers loaded, prepared (clamp thresholds cached by layer set) and
+//! derived once, kept in a memory-bounded LRU while the pairs that need it are scored.
+
+use super::*;
+
+/// Loads layers as f32 (in parallel), verifying every blob's hash.
+pub fn load_layers(reg: &Registry, layers: &[BlobHash]) -> Result<Vec<Array2<f32>>> {
+    let store = &reg.store;
+    layers
+        .par_iter()
+        .map(|h| store.get(h)?.to_f32_verified())
+        .collect()
+}
+
+/// The layout of a layer set from its layers' recorded layouts: the common one, or `None`
+/// when any is unrecorded or they differ (then the set is clamped over the checkpoint).
+pub fn set_layout<'a>(mut layouts: impl Iterator<Item = Option<&'a str>>) -> Option<Layout> {
+    let first = layouts.next()?.and_then(Layout::from_name)?;
+    layouts
+        .all(|l| l.and_then(Layout::from_name) == Some(first))
+        .then_some(first)
+}
+
+/// A checkpoint's preparation: each layer's cache key and clamp threshold, and the key of the
+/// whole layer set (for null and bootstrap samples, which belong to all layers together).
+#[derive(Debug, Clone)]
+pub struct CheckpointPrep {
+    pub keys: Vec<String>,
+    pub thresholds: Vec<Option<f32>>,
+    pub set_key: String,
+}
+
+/// The preparation of a checkpoint at the scope `prep` resolves to for its layout; thresholds
+/// are computed once and cached in `clamp_thresholds`.
+pub fn checkpoint_prep(
+    reg: &Registry,
+    ck: &CheckpointLayers,
+    prep: Prep,
+) -> Result<CheckpointPrep> {
+    let scope = prep.scope.resolve(ck.layout, ck.layers.len());
+    let layers = ck.layers.len();
+    let Some(q) = prep.clamp_q.filter(|&q| q < 1.0) else {
+        let key = prep.key(None, scope);
+        return Ok(CheckpointPrep {
+            keys: vec![key.clone(); layers],
+            thresholds: vec![None; layers],
+            set_key: key,
+        });
+    };
+    match scope {
+        Scope::Checkpoint => {
+            let t = clamp_threshold_cached(reg, &ck.layers, q)?;
+            let key = prep.key(Some(t), scope);
+            Ok(CheckpointPrep {
+                keys: vec![key.clone(); layers],
+                thresholds: vec![Some(t); layers],
+                set_key: key,
+            })
+        }
+        Scope::Layer => {
+            let singles: Vec<&[BlobHash]> = ck.layers.iter().map(std::slice::from_ref).collect();
+            let thresholds = clamp_thresholds_cached(reg, &singles, q)?;
+            Ok(CheckpointPrep {
+                keys: thresholds
+                    .iter()
+                    .map(|&t| prep.key(Some(t), scope))
+                    .collect(),
+                thresholds: thresholds.into_iter().map(Some).collect(),
+                // Each layer's threshold follows from its hash, which the sample's key names.
+                set_key: Prep {
+                    scope: ClampScope::Layer,
+                    ..prep
+                }
+                .kind(),
+            })
+        }
+    }
+}
+
+/// The key of a checkpoint's layer set in `clamp_thresholds`: BLAKE3 of its layer hashes in
+/// layer order.
+pub fn layers_key(layers: &[BlobHash]) -> String {
+    let mut h = blake3::Hasher::new();
+    for l in layers {
+        h.update(&l.0);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The clamp threshold at `q` over these layers together, from `clamp_thresholds` (keyed by
+/// BLAKE3 of the ordered layer hashes) or computed from the blobs and stored there.
+pub fn clamp_threshold_cached(reg: &Registry, layers: &[BlobHash], q: f64) -> Result<f32> {
+    Ok(clamp_thresholds_cached(reg, &[layers], q)?[0])
+}
+
+/// [`clamp_threshold_cached`] of several layer sets: one catalog lookup for all of them, then
+/// the missing ones computed and stored.
+pub fn clamp_thresholds_cached(reg: &Registry, sets: &[&[BlobHash]], q: f64) -> Result<Vec<f32>> {
+    let keys: Vec<String> = sets.iter().map(|s| layers_key(s)).collect();
+    let cached = reg.catalog.clamp_thresholds_at(&keys, q)?;
+    sets.iter()
+        .zip(keys.iter().zip(cached))
+        .map(|(layers, (key, cached))| {
+            if let Some(t) = cached {
+                return Ok(t as f32);
+            }
+            let loaded = load_layers(reg, layers)?;
+            let views: Vec<_> = loaded.iter().map(|l| l.view()).collect();
+            let t = prep::clamp_threshold(&views, q).unwrap_or(f32::INFINITY);
+            reg.catalog.put_clamp_threshold(key, q, t as f64)?;
+            Ok(t)
+        })
+        .collect()
+}
+
+/// The derived data of one checkpoint's layers, shared.
+pub(super) type Layers = Arc<Vec<Arc<Derived>>>;
+
+/// Derived data of checkpoints, evicted least-recently-used beyond a byte budget.
+pub struct DerivedCache {
+    pub(super) budget: usize,
+    pub(super) used: usize,
+    pub(super) clock: u64,
+    pub(super) entries: HashMap<CheckpointId, (Layers, usize, u64)>,
+}
+
+impl DerivedCache {
+    /// An empty cache holding at most `budget` bytes of derived data. A worker keeps one
+    /// across the units of a sweep (one preparation), so a checkpoint met again is not derived
+    /// again.
+    pub fn new(budget: usize) -> Self {
+        DerivedCache {
+            budget,
+            used: 0,
+            clock: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// Drops a checkpoint's derived data (the sweep is done with it).
+    pub(super) fn forget(&mut self, checkpoint_id: CheckpointId) {
+        if let Some(e) = self.entries.remove(&checkpoint_id) {
+            self.used -= e.1;
+        }
+    }
+
+    pub(super) fn get(
+        &mut self,
+        reg: &Registry,
+        ck: &CheckpointLayers,
+        thresholds: &[Option<f32>],
+        prep: Prep,
+    ) -> Result<Layers> {
+        self.clock += 1;
+        if let Some(e) = self.entries.get_mut(&ck.checkpoint_id) {
+            e.2 = self.clock;
+            return Ok(e.0.clone());
+        }
+        let layers = load_layers(reg, &ck.layers)?;
+        let derived = layers
+            .into_par_iter()
+            .zip(thresholds.par_iter())
+            .map(|(l, &threshold)| {
+                Ok(Arc::new(Derived::new(
+                    prep::prepare(l.view(), threshold, prep.normalize)
+                        .map_err(|e| e.prefixed(&format!("{} @ {}", ck.model, ck.checkpoint)))?,
+                )))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let size = derived_bytes(ck);
+        while self.used + size > self.budget && !self.entries.is_empty() {
+            let (&oldest, _) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.2)
+                .expect("non-empty");
+            let e = self.entries.remove(&oldest).expect("present");
+            self.used -= e.1;
+        }
+        let arc = Arc::new(derived);
+        self.entries
+            .insert(ck.checkpoint_id, (arc.clone(), size, self.clock));
+        self.used += size;
+        Ok(arc)
+    }
+}
+
+/// Bytes of a checkpoint's derived data, roughly: features, Gram matrices, neighbour lists.
+pub(super) fn derived_bytes(ck: &CheckpointLayers) -> usize {
+    ck.f32_bytes + ck.layers.len() * ck.n * ck.n * 4 * 2
+}
