@@ -464,6 +464,10 @@ pub struct Matrix {
     pub rows: Vec<String>,
     pub cols: Vec<String>,
     pub values: Vec<Vec<Option<f64>>>,
+    /// The score the rows are ordered by (worst to best), when ordered.
+    pub row_order: Option<String>,
+    /// The score the columns are ordered by: each side by a score its own models have.
+    pub col_order: Option<String>,
 }
 
 /// Arranges pair scores as a matrix; rows and columns in the given orders.
@@ -483,10 +487,36 @@ pub fn matrix(pairs: &[PairScore], rows: &[String], cols: &[String]) -> Matrix {
             .collect(),
         rows: rows.to_vec(),
         cols: cols.to_vec(),
+        row_order: None,
+        col_order: None,
     }
 }
 
 /// Orders models from worst to best by a score (ties and missing scores by name).
+/// The score to order `models` by: `preferred` when any of their latest checkpoints has it,
+/// else the score most of them have (the first by name on a tie); `None` when they have none.
+/// So a language × vision table orders the language rows by bpb and the vision columns by
+/// their own accuracy, not alphabetically.
+pub fn own_score(reg: &Registry, models: &[String], preferred: &str) -> Result<Option<String>> {
+    let ids: HashSet<CheckpointId> = latest(reg, models)?.into_values().collect();
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for s in reg.catalog.scores(None)? {
+        if ids.contains(&s.checkpoint_id) {
+            *count.entry(s.name).or_default() += 1;
+        }
+    }
+    if count.contains_key(preferred) {
+        return Ok(Some(preferred.to_string()));
+    }
+    let mut best: Option<(String, usize)> = None;
+    for (name, n) in count {
+        if best.as_ref().is_none_or(|(_, b)| n > *b) {
+            best = Some((name, n));
+        }
+    }
+    Ok(best.map(|(name, _)| name))
+}
+
 pub fn order_by_perf(
     reg: &Registry,
     models: &[String],

@@ -146,8 +146,9 @@ impl View {
         )
     }
 
-    /// The model × model table of the x and y selections at their latest checkpoints, rows
-    /// and columns ordered by `perf` (worst to best) when given.
+    /// The model × model table of the x and y selections at their latest checkpoints; with
+    /// `perf`, rows and columns each ordered worst to best by a score of their own models
+    /// (`perf` where they have it).
     pub fn matrix(
         &self,
         reg: &Registry,
@@ -157,13 +158,26 @@ impl View {
     ) -> Result<Matrix> {
         let mut xm = sweep::select_models(reg, &x.parse()?)?;
         let mut ym = sweep::select_models(reg, &y.parse()?)?;
+        let mut order = [None, None];
         if let Some(p) = perf {
-            xm = analysis::order_by_perf(reg, &xm, p, lower_is_better)?;
-            ym = analysis::order_by_perf(reg, &ym, p, lower_is_better)?;
+            // Each side by a score its own models have: `perf` where they have it (with the
+            // direction given), else theirs (with its stored direction).
+            for (side, models) in [&mut xm, &mut ym].into_iter().enumerate() {
+                if let Some(own) = analysis::own_score(reg, models, p)? {
+                    let lower = if own == p { lower_is_better } else { None };
+                    *models = analysis::order_by_perf(reg, models, &own, lower)?;
+                    order[side] = Some(own);
+                }
+            }
         }
         let (x_ids, y_ids) = (latest_ids(reg, &xm)?, latest_ids(reg, &ym)?);
         let pairs = self.pairs(reg, &x_ids, &y_ids, &format!("--x {x} --y {y}"))?;
-        Ok(analysis::matrix(&pairs, &xm, &ym))
+        let [row_order, col_order] = order;
+        Ok(Matrix {
+            row_order,
+            col_order,
+            ..analysis::matrix(&pairs, &xm, &ym)
+        })
     }
 
     /// The rows `prh matrix --format json` prints: one object per row model with its
@@ -205,6 +219,23 @@ impl View {
             p.x_step = steps.get(&p.x_checkpoint_id).copied().flatten();
         }
         Ok(analysis::trajectory(&pairs))
+    }
+
+    /// Alignment within performance bins of one selection (`prh trend --within`): the `x`
+    /// models ranked by `perf` into `bins` bins, each bin's mean alignment among its members.
+    pub fn within(
+        &self,
+        reg: &Registry,
+        x: &str,
+        perf: &str,
+        lower_is_better: Option<bool>,
+        bins: usize,
+    ) -> Result<Vec<analysis::Bin>> {
+        let xm = sweep::select_models(reg, &x.parse()?)?;
+        let x_ids = latest_ids(reg, &xm)?;
+        let pairs = self.pairs(reg, &x_ids, &x_ids, &format!("--x {x} --y {x}"))?;
+        let models: Vec<(String, CheckpointId)> = xm.into_iter().zip(x_ids).collect();
+        analysis::within(reg, &pairs, &models, perf, lower_is_better, bins)
     }
 
     /// The trend request for `t` (model lists resolved).

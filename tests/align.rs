@@ -243,11 +243,7 @@ fn killed_sweeps_keep_finished_work_and_resume() {
         }
         let _ = child.kill();
         let _ = child.wait();
-        let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
-        let ok: String = db
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(ok, "ok");
+        assert_eq!(common::open(&env).catalog.integrity_check().unwrap(), None);
         let n = count();
         assert!(n <= total);
         // Whole model pairs only: cells are committed 3 metrics x 10 x 10 at a time.

@@ -206,15 +206,16 @@ fn four_ingests_and_two_sweeps_at_once() {
     assert_eq!(reps.as_array().unwrap().len(), 12 * 2 + 4 * 4);
     let models = env.json(&["ls", "models", "--format", "json"]);
     assert_eq!(models.as_array().unwrap().len(), 16);
-    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
-    let dup: i64 = db
-        .query_row(
-            "SELECT count(*) FROM (SELECT checkpoint_id, layer FROM representations GROUP BY checkpoint_id, dataset_id, layer, pool HAVING count(*) > 1)",
-            [],
-            |r| r.get(0),
-        )
+    // No slot (checkpoint, dataset, layer, pool) holds two representations.
+    let reps = common::open(&env)
+        .catalog
+        .reps(&prh::catalog::RepFilter::default())
         .unwrap();
-    assert_eq!(dup, 0);
+    let slots: std::collections::HashSet<_> = reps
+        .iter()
+        .map(|r| (&r.model, &r.checkpoint, &r.dataset, r.layer, &r.pool))
+        .collect();
+    assert_eq!(slots.len(), reps.len(), "a slot holds two representations");
     assert!(env.prh(&["verify", "--recompute", "10"]).status.success());
 }
 

@@ -588,3 +588,65 @@ fn every_metric_option_reaches_the_dashboard() {
         bad.text()
     );
 }
+
+#[test]
+fn the_matrix_orders_each_side_by_its_own_score_and_has_a_legend() {
+    // Before: "ordered by bpb" ordered only the rows; the vision columns (no bpb) stayed
+    // alphabetical, and the heatmap had no colour scale.
+    let env = demo();
+    let s = serve(&env, &[]);
+    let page = get(
+        s.addr,
+        &format!(
+            "/matrix?metric=mutual_knn&x={}&y={}&perf=bpb",
+            enc(X),
+            enc(Y)
+        ),
+    );
+    assert_eq!(page.status, 200, "{}", page.text());
+    let html = page.text();
+    assert!(
+        html.contains("rows ordered by bpb, columns by accuracy (worst to best)"),
+        "{html}"
+    );
+    // The columns in order of the vision models' accuracy, worst first.
+    let scores = env.json(&["ls", "scores", "--format", "json"]);
+    let mut acc: Vec<(f64, String)> = scores
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == "accuracy")
+        .map(|r| {
+            (
+                r["value"].as_f64().unwrap(),
+                r["model"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    acc.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let want: Vec<String> = acc.into_iter().map(|(_, m)| m).collect();
+    let first_row = html
+        .split("data-row=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let cols: Vec<&str> = html
+        .split(&format!("data-row=\"{first_row}\" data-col=\""))
+        .skip(1)
+        .map(|p| p.split('"').next().unwrap())
+        .collect();
+    assert_eq!(cols, want, "columns not ordered by accuracy");
+    let mut alphabetical = want.clone();
+    alphabetical.sort();
+    assert_ne!(
+        want, alphabetical,
+        "the demo's accuracy order is alphabetical: no proof"
+    );
+    // A colour legend with the lowest and highest value shown.
+    assert!(
+        html.contains(r#"data-legend="low""#) && html.contains(r#"data-legend="high""#),
+        "no legend"
+    );
+}

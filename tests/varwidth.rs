@@ -100,14 +100,15 @@ fn per_layer_features_get_the_official_numbers_and_queries_agree() {
     }
 
     // The keys record the scope and each layer's own threshold: 3 x keys, 4 y keys.
-    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
-    let keys: Vec<String> = db
-        .prepare("SELECT DISTINCT prep FROM cell_sides")
+    let mut keys: Vec<String> = common::open(&env)
+        .catalog
+        .cell_sides()
         .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .into_iter()
+        .map(|s| s.prep)
+        .collect();
+    keys.sort();
+    keys.dedup();
     assert_eq!(keys.len(), 7, "{keys:?}");
     assert!(
         keys.iter()
@@ -223,20 +224,30 @@ fn one_content_two_layouts_two_scopes_and_a_bundle_carries_layouts() {
     let m = px_matrix(&env);
     assert_eq!(m[0]["py"].as_f64().unwrap(), by_y("py"));
     assert_eq!(m[0]["pyz"].as_f64().unwrap(), by_y("pyz"));
-    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
-    let (one, per_layer): (i64, i64) = db
-        .query_row(
-            "SELECT count(DISTINCT sy.prep) FILTER (WHERE sy.prep NOT LIKE '%scope=layer%'),
-                    count(DISTINCT sy.prep) FILTER (WHERE sy.prep LIKE '%scope=layer%')
-             FROM cells c JOIN cell_sides sy ON sy.id = c.y
-             WHERE c.m IN (SELECT id FROM cell_metrics WHERE metric = 'mutual_knn')
-               AND sy.hash IN (SELECT blob_hash FROM representations r JOIN checkpoints c ON c.id = r.checkpoint_id
-                               JOIN models m ON m.id = c.model_id WHERE m.name = 'py')",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!((one, per_layer), (1, 4));
+    // The y-side prep keys of py's mutual_knn cells: one over the checkpoint, four per layer.
+    let reg = common::open(&env);
+    let py: std::collections::HashSet<String> = reg
+        .catalog
+        .reps(&prh::catalog::RepFilter {
+            model: Some("py".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|r| r.hash.to_hex())
+        .collect();
+    let mut preps: Vec<String> = reg
+        .catalog
+        .cell_rows(prh::catalog::CellTable::Served)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.metric == "mutual_knn" && py.contains(&c.hash_y))
+        .map(|c| c.prep_y)
+        .collect();
+    preps.sort();
+    preps.dedup();
+    let per_layer = preps.iter().filter(|p| p.contains("scope=layer")).count();
+    assert_eq!((preps.len() - per_layer, per_layer), (1, 4), "{preps:?}");
 
     // A bundle carries the layouts; the importer recomputes every threshold from the blobs and
     // serves the same numbers for both scopes.

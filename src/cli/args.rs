@@ -24,9 +24,8 @@ pub enum KernelArg {
 /// Metric parameters shared by every command that computes alignment.
 #[derive(clap::Args, Clone)]
 pub struct MetricArgs {
-    /// Metric(s): mutual_knn, cycle_knn, lcs_knn, edit_distance_knn, jaccard_knn, cka,
-    /// unbiased_cka, cknna, svcca, procrustes, rsa, linear_r2. Repeat or comma-separate.
-    #[arg(long = "metric", required = true, value_delimiter = ',')]
+    /// Metric(s); repeat or comma-separate.
+    #[arg(long = "metric", required = true, value_delimiter = ',', value_parser = metric_names())]
     pub metrics: Vec<String>,
     /// Neighbourhood size for the kNN metrics and cknna.
     #[arg(long, default_value_t = 10)]
@@ -69,6 +68,11 @@ pub struct MetricArgs {
     /// recompute the same aggregate per permutation.
     #[arg(long, default_value = "max", value_parser = parse_reduce)]
     pub reduce: Reduce,
+}
+
+/// The metric names `--metric` takes, from the metrics module (so `--help` lists every one).
+fn metric_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(prh::metrics::ALL.iter().map(|m| m.name()))
 }
 
 fn parse_reduce(s: &str) -> std::result::Result<Reduce, String> {

@@ -8,14 +8,14 @@ use anyhow::Result;
 use super::align::print_results;
 use super::args::FormatArg;
 use super::progress::Bar;
-use prh::analysis;
 use prh::catalog::RepFilter;
 use prh::demo::ZooSpec;
+use prh::layers::Reduce;
 use prh::metrics::{Metric, MetricSpec, Prep};
 use prh::output::{self, Format};
 use prh::real_zoo;
 use prh::registry::{IngestReport, Registry};
-use prh::sweep::{self, Selector, SweepRequest};
+use prh::views::{NullSpec, TrendQuery, View};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -44,8 +44,6 @@ struct Show {
     y: Vec<String>,
     /// The score the trend sets the language models' alignment against, and its label.
     x_perf: &'static str,
-    /// The score the matrix orders vision models by.
-    y_perf: &'static str,
     null: usize,
     plots: bool,
 }
@@ -82,7 +80,6 @@ pub fn run(a: DemoArgs) -> Result<()> {
             x: names("language"),
             y: names("vision"),
             x_perf: "bpb",
-            y_perf: "accuracy",
             null: a.null.unwrap_or(0),
             plots: !a.no_plots,
         },
@@ -112,7 +109,6 @@ fn run_real(a: DemoArgs) -> Result<()> {
             x,
             y,
             x_perf: "category_knn10",
-            y_perf: "category_knn10",
             null: a.null.unwrap_or(200),
             plots: !a.no_plots,
         },
@@ -154,29 +150,22 @@ fn summarize(reg: &Registry, reports: &[IngestReport], dir: &Path) -> Result<()>
 
 /// Aligns every language model with every vision model (latest checkpoints, cached), then
 /// shows the table, the trend of the language models' alignment against their performance,
-/// and the plots.
+/// and the plots: through [`View`], as `prh align`, `prh trend`, `prh matrix` and the dashboard.
 fn show(reg: &mut Registry, s: &Show) -> Result<()> {
-    let reduce = prh::layers::Reduce::Max;
-    let spec = MetricSpec::new(Metric::MutualKnn);
-    let req = SweepRequest {
-        x: Selector::Modality("language".into()),
-        y: Selector::Modality("vision".into()),
-        dataset: None,
-        pool: None,
-        all_checkpoints: false,
-        x_checkpoint: None,
-        specs: vec![spec],
+    let view = View {
+        spec: MetricSpec::new(Metric::MutualKnn),
         prep: Prep::OFFICIAL,
-        mem_budget: 1 << 30,
-        null: s.null,
-        bootstrap: 0,
+        reduce: Reduce::Max,
+    };
+    let (x, y) = (s.x.join(","), s.y.join(","));
+    let null = (s.null > 0).then_some(NullSpec {
+        permutations: s.null,
         seed: 0,
         alpha: prh::stats::DEFAULT_ALPHA,
-        reduce,
-    };
+    });
     let bar = Bar::new(false);
     let t = std::time::Instant::now();
-    let results = sweep::sweep(reg, &req, &bar)?;
+    let results = view.fill(reg, (x.parse()?, y.parse()?), false, null, &bar)?;
     drop(bar);
     let computed: usize = results.iter().map(|r| r.cells_computed).sum();
     let cached: usize = results.iter().map(|r| r.cells_cached).sum();
@@ -192,25 +181,18 @@ fn show(reg: &mut Registry, s: &Show) -> Result<()> {
     print_results(&results, FormatArg::Table)?;
 
     // Alignment vs. performance: under the hypothesis, better models align more.
-    let kind = prh::metrics::prep::OFFICIAL_KIND;
-    let xi = analysis::latest(reg, &s.x)?;
-    let yi = analysis::latest(reg, &s.y)?;
-    let x_ids: Vec<prh::catalog::CheckpointId> = s.x.iter().map(|m| xi[m]).collect();
-    let y_ids: Vec<prh::catalog::CheckpointId> = s.y.iter().map(|m| yi[m]).collect();
-    let pairs = analysis::cached_pairs(reg, &spec, kind, reduce, &x_ids, &y_ids, "prh align")?;
-    let treq = analysis::TrendRequest {
-        spec,
-        prep: kind.to_string(),
-        reduce,
-        x: s.x.clone(),
-        y: s.y.clone(),
-        perf: s.x_perf.into(),
-        lower_is_better: None,
-        per_y: false,
-        bootstrap: 1000,
-        seed: 0,
-    };
-    let trend = analysis::trend(reg, &treq, &pairs)?;
+    let trend = view.trend(
+        reg,
+        &TrendQuery {
+            x: &x,
+            y: &y,
+            perf: s.x_perf,
+            lower_is_better: None,
+            per_y: false,
+            bootstrap: 1000,
+            seed: 0,
+        },
+    )?;
     println!(
         "\ntrend: each language model's mean alignment to the vision models vs. its {}",
         s.x_perf
@@ -222,12 +204,12 @@ fn show(reg: &mut Registry, s: &Show) -> Result<()> {
         trend.spearman_rho.unwrap_or(f64::NAN),
         trend.verdict
     );
-    let order = analysis::order_by_perf(reg, &s.x, s.x_perf, None)?;
-    let yorder = analysis::order_by_perf(reg, &s.y, s.y_perf, None)?;
-    let matrix = analysis::matrix(&pairs, &order, &yorder);
+    // Each side ordered by its own score (the vision models have no bpb).
+    let matrix = view.matrix(reg, (&x, &y), Some(s.x_perf), None)?;
     println!(
         "\nmatrix (mutual_knn; rows by {}, columns by {}, worst to best):",
-        s.x_perf, s.y_perf
+        matrix.row_order.as_deref().unwrap_or("name"),
+        matrix.col_order.as_deref().unwrap_or("name")
     );
     let rows: Vec<serde_json::Value> = matrix
         .rows

@@ -10,10 +10,9 @@ use super::args::{MetricArgs, OutArgs, QueryFormat, StatsArgs, ViewArgs};
 use super::pairs::{compute, one_view, to_rows, with_reduce};
 use super::progress::Bar;
 use prh::analysis;
-use prh::catalog::CheckpointId;
 use prh::output::{self, Format};
-use prh::sweep;
-use prh::views::{self, NullSpec, TrendQuery};
+
+use prh::views::{NullSpec, TrendQuery};
 
 #[derive(clap::Args)]
 pub struct TrendArgs {
@@ -61,11 +60,7 @@ pub fn run(ctx: &Ctx, a: TrendArgs) -> Result<()> {
         if a.view.compute {
             compute(&mut reg, &view, (a.x.parse()?, a.x.parse()?), false, None)?;
         }
-        let xm = sweep::select_models(&reg, &a.x.parse()?)?;
-        let x_ids = views::latest_ids(&reg, &xm)?;
-        let pairs = view.pairs(&reg, &x_ids, &x_ids, &format!("--x {} --y {}", a.x, a.x))?;
-        let models: Vec<(String, CheckpointId)> = xm.into_iter().zip(x_ids).collect();
-        let bins = analysis::within(&reg, &pairs, &models, &a.perf, lower, a.bins)?;
+        let bins = view.within(&reg, &a.x, &a.perf, lower, a.bins)?;
         return a.view.out.rows(&with_reduce(to_rows(&bins), view.reduce));
     }
     let ysel =

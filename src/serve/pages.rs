@@ -420,10 +420,11 @@ fn matrix_body(
         ))
     };
     Ok(format!(
-        r#"<p>{} rows × {} columns, ordered by {} (worst to best). Click a cell for its layer × layer table.</p>{}"#,
+        r#"<p>{} rows × {} columns; rows ordered by {}, columns by {} (worst to best). Click a cell for its layer × layer table.</p>{}"#,
         m.rows.len(),
         m.cols.len(),
-        esc(r.perf.as_deref().unwrap_or("name")),
+        esc(m.row_order.as_deref().unwrap_or("name")),
+        esc(m.col_order.as_deref().unwrap_or("name")),
         svg::heatmap(&m.rows, &m.cols, &m.values, None, &href)
     ))
 }

@@ -272,6 +272,7 @@ pub(super) fn heatmap(
         rows.len(),
         cols.len()
     );
+    legend(&mut s, lo, hi);
     let small = cell < 20.0;
     if !small {
         for (j, c) in cols.iter().enumerate() {
@@ -325,6 +326,30 @@ pub(super) fn heatmap(
     }
     s.push_str("</svg>");
     s
+}
+
+/// The colour scale of a heatmap, top left: a bar from the lowest to the highest value shown,
+/// with both values.
+fn legend(s: &mut String, lo: f64, hi: f64) {
+    let (x0, w, steps) = (6.0, 110.0, 22);
+    s.push_str(r#"<g class="legend">"#);
+    for i in 0..steps {
+        let t = i as f64 / (steps - 1) as f64;
+        let _ = write!(
+            s,
+            r#"<rect x="{:.1}" y="8" width="{:.1}" height="10" fill="{}"/>"#,
+            x0 + w * i as f64 / steps as f64,
+            w / steps as f64 + 0.3,
+            color(t)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text class="tick" x="{x0}" y="32" data-legend="low">{}</text><text class="tick" x="{}" y="32" text-anchor="end" data-legend="high">{}</text></g>"#,
+        num(lo),
+        x0 + w,
+        num(hi)
+    );
 }
 
 /// A viridis-like colour for t in [0, 1].

@@ -120,13 +120,15 @@ fn walk(dir: &Path, out: &mut Vec<String>) {
     }
 }
 
-/// Cells in a SQLite registry's cache (read with a busy timeout, so it works while other
-/// processes write).
+/// Cells in the registry's cache, read through prh (its catalog waits while other processes
+/// write).
 pub fn cached_cells(env: &Env) -> i64 {
-    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
-    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    db.query_row("SELECT count(*) FROM cells", [], |r| r.get(0))
-        .unwrap()
+    open(env).catalog.cell_counts().unwrap().0 as i64
+}
+
+/// The registry of `env`, opened through prh's library (for assertions on its catalog).
+pub fn open(env: &Env) -> prh::registry::Registry {
+    prh::registry::Registry::open(&env.reg()).unwrap()
 }
 
 /// Sum of `cells_computed` over an `align --format json` result.
