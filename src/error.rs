@@ -151,6 +151,9 @@ pub enum Error {
     /// The user interrupted a long operation; finished work has been kept.
     #[error("interrupted")]
     Interrupted,
+    /// A deadline stopped an operation (what it was and what was kept).
+    #[error("{0}")]
+    TimedOut(String),
     /// A broken invariant inside prh.
     #[error("internal error (a bug in prh, please report it): {0}")]
     Internal(String),
@@ -214,6 +217,7 @@ impl Error {
             Error::Unsupported(m) => Error::Unsupported(p(m)),
             Error::Corrupt(m) => Error::Corrupt(p(m)),
             Error::Internal(m) => Error::Internal(p(m)),
+            Error::TimedOut(m) => Error::TimedOut(p(m)),
             Error::Metric { metric, msg } => Error::Metric {
                 metric,
                 msg: p(msg),
@@ -243,7 +247,7 @@ impl Error {
             Error::Conflict(_) | Error::NotCached { .. } => K::Conflict,
             Error::Unsupported(_) => K::Unsupported,
             Error::CorruptBlob { .. } | Error::Corrupt(_) => K::Corrupt,
-            Error::Interrupted => K::Interrupted,
+            Error::Interrupted | Error::TimedOut(_) => K::Interrupted,
             Error::Internal(_) => K::Internal,
             Error::Hinted { error, .. } => error.kind(),
         }

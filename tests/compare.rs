@@ -198,15 +198,19 @@ fn bad_inputs_are_clear_errors_never_nan() {
     ]);
     assert!(e.contains("NaN or Inf") && e.contains("nan.npy"), "{e}");
     // Unknown metric.
-    let e = env.fails(&[
-        "compare",
-        a.to_str().unwrap(),
-        b.to_str().unwrap(),
-        "--metric",
-        "cosine",
-    ]);
+    let e = env.fails_with(
+        2,
+        &[
+            "compare",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--metric",
+            "cosine",
+        ],
+    );
+    // A usage error (exit 2) listing the metrics there are.
     assert!(
-        e.contains("unknown metric") && e.contains("mutual_knn"),
+        e.contains("invalid value 'cosine'") && e.contains("mutual_knn"),
         "{e}"
     );
 }

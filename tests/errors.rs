@@ -113,13 +113,26 @@ fn each_error_kind_has_its_exit_code() {
     std::fs::write(env.path("file"), b"x").unwrap();
     exits_at(&env.path("file/reg"), 1, "file", &["init"]);
     // 6 corrupt: a blob altered on disk; verify reports it, and a computation refuses it.
-    let reps = env.json(&["ls", "reps", "--model", "l1", "--format", "json"]);
-    let h = reps[0]["hash"].as_str().unwrap().to_string();
-    let blob = env.reg().join("blobs").join(&h[..2]).join(&h);
-    let mut bytes = std::fs::read(&blob).unwrap();
-    let at = bytes.len() - 3;
-    bytes[at] ^= 0x10;
-    std::fs::write(&blob, &bytes).unwrap();
+    // 130 interrupted: an import stopped at its deadline (0 s), rolled back.
+    let bundle = env.path("b.prh");
+    env.ok(&["export", bundle.to_str().unwrap()]);
+    let other = Env::new();
+    other.ok(&["init"]);
+    let err = exits(
+        &other,
+        130,
+        "import took longer than 0 s and was rolled back",
+        &["import", bundle.to_str().unwrap(), "--max-seconds", "0"],
+    );
+    assert!(err.contains("hint: give a larger --max-seconds"), "{err}");
+    assert!(
+        other
+            .json(&["ls", "models", "--format", "json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    common::damage_blob(&env, "l1");
     exits(&env, 6, "verify found 1 problem(s)", &["verify"]);
     exits(
         &env,
@@ -158,13 +171,7 @@ fn each_error_kind_has_its_http_status() {
 
     // A damaged blob met by a computing server: corrupt data is the server's failure (500),
     // not the request's.
-    let reps = env.json(&["ls", "reps", "--model", "l1", "--format", "json"]);
-    let h = reps[0]["hash"].as_str().unwrap().to_string();
-    let blob = env.reg().join("blobs").join(&h[..2]).join(&h);
-    let mut bytes = std::fs::read(&blob).unwrap();
-    let at = bytes.len() - 3;
-    bytes[at] ^= 0x10;
-    std::fs::write(&blob, &bytes).unwrap();
+    common::damage_blob(&env, "l1");
     let s = Server::start(
         Path::new(env!("CARGO_BIN_EXE_prh")),
         &env.reg(),

@@ -34,6 +34,7 @@ from ._prh import (
     Corrupt,
     Error,
     InternalError,
+    Interrupted,
     InvalidInput,
     NotCached,
     NotFound,
@@ -55,6 +56,7 @@ __all__ = [
     "Unavailable",
     "BackendError",
     "Corrupt",
+    "Interrupted",
     "InternalError",
 ]
 __version__ = _prh.__version__

@@ -35,6 +35,10 @@ class BackendError(Error):
 class Corrupt(Error):
     """Stored data does not match its hash or cannot be parsed; `prh verify` names it."""
 
+class Interrupted(Error):
+    """A deadline stopped the operation; nothing of it was committed (Ctrl-C raises
+    KeyboardInterrupt)."""
+
 class InternalError(Error):
     """A bug in prh; please report it with the message."""
 

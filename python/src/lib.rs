@@ -78,6 +78,12 @@ create_exception!(
 );
 create_exception!(
     prh,
+    Interrupted,
+    Error,
+    "A deadline stopped the operation; nothing of it was committed. (Ctrl-C raises KeyboardInterrupt.)"
+);
+create_exception!(
+    prh,
     InternalError,
     Error,
     "A bug in prh; please report it with the message."
@@ -99,7 +105,8 @@ fn to_py(e: PrhError) -> PyErr {
         K::Unavailable => Unavailable::new_err(msg),
         K::Failed => BackendError::new_err(msg),
         K::Corrupt => Corrupt::new_err(msg),
-        K::Interrupted => PyKeyboardInterrupt::new_err(msg),
+        K::Interrupted if matches!(e, PrhError::Interrupted) => PyKeyboardInterrupt::new_err(msg),
+        K::Interrupted => Interrupted::new_err(msg),
         K::Internal => InternalError::new_err(msg),
     }
 }
@@ -607,6 +614,7 @@ fn _prh(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Unavailable", py.get_type::<Unavailable>())?;
     m.add("BackendError", py.get_type::<BackendError>())?;
     m.add("Corrupt", py.get_type::<Corrupt>())?;
+    m.add("Interrupted", py.get_type::<Interrupted>())?;
     m.add("InternalError", py.get_type::<InternalError>())?;
     m.add_function(wrap_pyfunction!(discover, m)?)?;
     m.add_function(wrap_pyfunction!(init, m)?)?;

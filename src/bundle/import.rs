@@ -542,13 +542,12 @@ pub(super) fn merge(
         .catalog
         .merge_snapshot(staged, merge)
         .map_err(|e| match e {
-            Error::Interrupted => Error::format(
-                bundle,
-                format!(
-                    "import took longer than {} s and was rolled back; nothing imported",
-                    opts.max_seconds
-                ),
-            ),
+            Error::Interrupted => Error::TimedOut(format!(
+                "{}: import took longer than {} s and was rolled back; nothing imported",
+                bundle.display(),
+                opts.max_seconds
+            ))
+            .hint("give a larger --max-seconds"),
             e => e.prefixed(&bundle.display().to_string()),
         })?;
     Ok(ImportReport {

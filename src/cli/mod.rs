@@ -254,3 +254,27 @@ mod tests {
         super::Cli::command().debug_assert();
     }
 }
+
+#[cfg(test)]
+mod exit_codes {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_error_kind_has_its_own_documented_exit_code() {
+        // Words of the help as one line (clap wraps it at the terminal's width).
+        let help = Cli::command().render_long_help().to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut seen = std::collections::HashSet::new();
+        for kind in ErrorKind::ALL {
+            let code = exit_code(Some(kind));
+            assert!(seen.insert(code), "{kind} shares exit code {code}");
+            assert!(code != 0, "{kind}");
+            assert!(
+                help.contains(&format!("{code} ")),
+                "{code} ({kind}) not in --help"
+            );
+        }
+        assert_eq!(exit_code(None), 1);
+    }
+}

@@ -81,9 +81,14 @@ where
     Column::new(name.into(), v)
 }
 
+/// One value per row of `rows`.
+fn of<R, T>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
+    rows.iter().map(f).collect()
+}
+
 /// Loads the `reps` frame and a hash → representations index.
 pub fn reps(reg: &Registry) -> Result<RepIndex> {
-    // Ordered by model, step (none first), checkpoint, layer; each layer set's size counted.
+    // Ordered by model, step (none first), checkpoint, layer.
     let mut rows = reg.catalog.reps(&crate::catalog::RepFilter::default())?;
     rows.sort_by(|a, b| {
         (&a.model, a.step, a.checkpoint_id, a.layer).cmp(&(
@@ -93,102 +98,31 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
             b.layer,
         ))
     });
-    let mut set_sizes: HashMap<(CheckpointId, DatasetId, &str), i64> = HashMap::new();
-    for r in &rows {
-        *set_sizes
-            .entry((r.checkpoint_id, r.dataset_id, r.pool.as_str()))
-            .or_default() += 1;
-    }
-    let mut hash = Vec::new();
-    let mut model = Vec::new();
-    let mut modality = Vec::new();
-    let mut family: Vec<Option<String>> = Vec::new();
-    let mut ck = Vec::new();
-    let mut ck_id = Vec::new();
-    let mut step: Vec<Option<i64>> = Vec::new();
-    let mut dataset = Vec::new();
-    let mut layer = Vec::new();
-    let mut pool = Vec::new();
-    let mut n = Vec::new();
-    let mut d = Vec::new();
-    let mut layers = Vec::new();
-    let mut layout: Vec<Option<String>> = Vec::new();
-    let mut meta: Vec<String> = Vec::new();
-    let ck_meta = reg.catalog.checkpoint_meta()?;
-    let mut by_hash: HashMap<Box<[u8]>, Vec<(u32, i64)>, HexHash> = HashMap::default();
-    for r in &rows {
-        let hex = r.hash.to_hex();
-        by_hash
-            .entry(hex.as_bytes().into())
-            .or_default()
-            .push((hash.len() as u32, r.dataset_id.0));
-        layers.push(set_sizes[&(r.checkpoint_id, r.dataset_id, r.pool.as_str())]);
-        hash.push(hex);
-        model.push(r.model.clone());
-        modality.push(r.modality.clone());
-        family.push(r.family.clone());
-        ck.push(r.checkpoint.clone());
-        ck_id.push(r.checkpoint_id.0);
-        step.push(r.step);
-        dataset.push(r.dataset.clone());
-        layer.push(r.layer);
-        pool.push(r.pool.clone());
-        n.push(r.n as i64);
-        d.push(r.d as i64);
-        layout.push(r.layout.clone());
-        meta.push(
-            ck_meta
-                .get(&r.checkpoint_id)
-                .map(|m| serde_json::to_string(m).expect("strings serialise"))
-                .unwrap_or_else(|| "{}".into()),
-        );
-    }
-    let rep: Vec<u32> = (0..hash.len() as u32).collect();
-    // Layer sets: distinct (checkpoint, dataset, pool), numbered in order.
-    let mut set_ids: HashMap<(i64, String, String), u32> = HashMap::new();
-    let mut set_of = Vec::with_capacity(hash.len());
-    let (
-        mut s_id,
-        mut s_model,
-        mut s_modality,
-        mut s_ck,
-        mut s_ck_id,
-        mut s_step,
-        mut s_pool,
-        mut s_layers,
-    ) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    // Each set's layer hashes in layer order (rows come ordered by layer), for its clamp key.
+    // Layer sets: distinct (checkpoint, dataset, pool), numbered in order of first appearance,
+    // each with its first row and its layers' hashes in layer order (for its clamp key).
+    let mut set_ids: HashMap<(CheckpointId, DatasetId, &str), u32> = HashMap::new();
+    let mut first_row: Vec<usize> = Vec::new();
     let mut set_layers: Vec<Vec<crate::store::BlobHash>> = Vec::new();
-    for i in 0..hash.len() {
-        let key = (ck_id[i], dataset[i].clone(), pool[i].clone());
-        let next = set_ids.len() as u32;
-        let id = *set_ids.entry(key).or_insert_with(|| {
-            s_id.push(next);
-            s_model.push(model[i].clone());
-            s_modality.push(modality[i].clone());
-            s_ck.push(ck[i].clone());
-            s_ck_id.push(ck_id[i]);
-            s_step.push(step[i]);
-            s_pool.push(pool[i].clone());
-            s_layers.push(layers[i]);
-            next
-        });
-        set_of.push(id);
-        if set_layers.len() <= id as usize {
+    let mut set_of: Vec<u32> = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        let next = first_row.len() as u32;
+        let id = *set_ids
+            .entry((r.checkpoint_id, r.dataset_id, r.pool.as_str()))
+            .or_insert(next);
+        if id == next {
+            first_row.push(i);
             set_layers.push(Vec::new());
         }
-        if let Ok(h) = hash[i].parse() {
-            set_layers[id as usize].push(h);
-        }
+        set_layers[id as usize].push(r.hash);
+        set_of.push(id);
+    }
+    let set_size: Vec<i64> = set_layers.iter().map(|l| l.len() as i64).collect();
+    let mut by_hash: HashMap<Box<[u8]>, Vec<(u32, i64)>, HexHash> = HashMap::default();
+    for (i, r) in rows.iter().enumerate() {
+        by_hash
+            .entry(r.hash.to_hex().as_bytes().into())
+            .or_default()
+            .push((i as u32, r.dataset_id.0));
     }
     // The sweep keys a checkpoint's threshold by BLAKE3 of its ordered layer hashes.
     let mut thresholds: HashMap<String, Vec<(f64, u32)>> = HashMap::new();
@@ -205,17 +139,10 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
             .unwrap_or_default()
     };
     let set_clamp: Vec<Vec<(f64, u32)>> = set_layers.iter().map(|h| cached(h)).collect();
-    let rep_clamp: Vec<Vec<(f64, u32)>> = hash
-        .iter()
-        .map(|h| {
-            h.parse()
-                .map(|h| cached(std::slice::from_ref(&h)))
-                .unwrap_or_default()
-        })
-        .collect();
+    let rep_clamp = of(&rows, |r| cached(std::slice::from_ref(&r.hash)));
     let mut set_members: Vec<Vec<Option<&str>>> = vec![Vec::new(); set_layers.len()];
-    for (i, &s) in set_of.iter().enumerate() {
-        set_members[s as usize].push(layout[i].as_deref());
+    for (r, &s) in rows.iter().zip(&set_of) {
+        set_members[s as usize].push(r.layout.as_deref());
     }
     let set_layout: Vec<(Option<Layout>, usize)> = set_members
         .into_iter()
@@ -224,35 +151,43 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
             (crate::sweep::set_layout(m.into_iter()), n)
         })
         .collect();
+    let firsts: Vec<&crate::catalog::Rep> = first_row.iter().map(|&i| &rows[i]).collect();
     let sets = DataFrame::new_infer_height(vec![
-        column("set", s_id),
-        column("model", s_model),
-        column("modality", s_modality),
-        column("checkpoint", s_ck),
-        column("checkpoint_id", s_ck_id),
-        column("step", s_step),
-        column("pool", s_pool),
-        column("layers", s_layers),
+        column("set", (0..firsts.len() as u32).collect::<Vec<_>>()),
+        column("model", of(&firsts, |r| r.model.clone())),
+        column("modality", of(&firsts, |r| r.modality.clone())),
+        column("checkpoint", of(&firsts, |r| r.checkpoint.clone())),
+        column("checkpoint_id", of(&firsts, |r| r.checkpoint_id.0)),
+        column("step", of(&firsts, |r| r.step)),
+        column("pool", of(&firsts, |r| r.pool.clone())),
+        column("layers", set_size.clone()),
     ])
     .map_err(pe)?;
-    let layer_of = layer.clone();
+    let ck_meta = reg.catalog.checkpoint_meta()?;
+    let meta = |r: &crate::catalog::Rep| {
+        ck_meta
+            .get(&r.checkpoint_id)
+            .map(|m| serde_json::to_string(m).expect("strings serialise"))
+            .unwrap_or_else(|| "{}".into())
+    };
+    let layer_of = of(&rows, |r| r.layer);
     let frame = DataFrame::new_infer_height(vec![
-        column("rep", rep),
-        column("hash", hash),
-        column("model", model),
-        column("modality", modality),
-        column("family", family),
-        column("checkpoint", ck),
-        column("checkpoint_id", ck_id),
-        column("step", step),
-        column("dataset", dataset),
-        column("layer", layer),
-        column("pool", pool),
-        column("n", n),
-        column("d", d),
-        column("layers", layers),
-        column("layout", layout),
-        column("meta", meta),
+        column("rep", (0..rows.len() as u32).collect::<Vec<_>>()),
+        column("hash", of(&rows, |r| r.hash.to_hex())),
+        column("model", of(&rows, |r| r.model.clone())),
+        column("modality", of(&rows, |r| r.modality.clone())),
+        column("family", of(&rows, |r| r.family.clone())),
+        column("checkpoint", of(&rows, |r| r.checkpoint.clone())),
+        column("checkpoint_id", of(&rows, |r| r.checkpoint_id.0)),
+        column("step", of(&rows, |r| r.step)),
+        column("dataset", of(&rows, |r| r.dataset.clone())),
+        column("layer", layer_of.clone()),
+        column("pool", of(&rows, |r| r.pool.clone())),
+        column("n", of(&rows, |r| r.n as i64)),
+        column("d", of(&rows, |r| r.d as i64)),
+        column("layers", of(&set_of, |&s| set_size[s as usize])),
+        column("layout", of(&rows, |r| r.layout.clone())),
+        column("meta", of(&rows, meta)),
     ])
     .map_err(pe)?;
     Ok(RepIndex {

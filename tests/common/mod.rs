@@ -126,6 +126,19 @@ pub fn cached_cells(env: &Env) -> i64 {
     open(env).catalog.cell_counts().unwrap().0 as i64
 }
 
+/// Flips one bit near the end of the blob of `model`'s first layer, behind prh's back (a disk
+/// fault); returns the blob's hash.
+pub fn damage_blob(env: &Env, model: &str) -> String {
+    let reps = env.json(&["ls", "reps", "--model", model, "--format", "json"]);
+    let h = reps[0]["hash"].as_str().unwrap().to_string();
+    let blob = env.reg().join("blobs").join(&h[..2]).join(&h);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x10;
+    std::fs::write(&blob, &bytes).unwrap();
+    h
+}
+
 /// The registry of `env`, opened through prh's library (for assertions on its catalog).
 pub fn open(env: &Env) -> prh::registry::Registry {
     prh::registry::Registry::open(&env.reg()).unwrap()

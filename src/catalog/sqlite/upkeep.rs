@@ -104,6 +104,11 @@ pub(super) fn merge(
         .map_err(Failure::Sql)
         .and_then(|tx| {
             let counts = merge_attached(&tx, &mut opts)?;
+            // A merge that ended past the deadline is rolled back too (the watchdog may not
+            // have fired yet), as PostgreSQL's statement timeout does.
+            if std::time::Instant::now() >= deadline {
+                return Err(Failure::Other(Error::Interrupted));
+            }
             tx.commit().map_err(Failure::Sql)?;
             Ok(counts)
         });
