@@ -1,7 +1,17 @@
 //! The rules for names and provenance values a user gives (or a bundle carries): the one place
 //! ingest, scores, datasets and bundle imports check them. A leaf module, below the catalog.
 
+use unicode_normalization::UnicodeNormalization;
+
 use crate::error::{Error, Result};
+
+/// A name as prh stores it and looks it up: Unicode NFC. "café" typed with a combining accent
+/// (e + U+0301: macOS file names, some keyboards and input methods) and with the precomposed é
+/// name one model, one dataset, one score. Every name a user gives passes through here on its
+/// way in (ingest, datasets, scores, selectors, lookups by name).
+pub fn nfc(s: &str) -> String {
+    s.nfc().collect()
+}
 
 /// Longest name accepted (model, checkpoint, dataset, modality, family, pool, score), in
 /// characters.

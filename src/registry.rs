@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::formats::{self, FeatureFile};
 use crate::location::{BlobsAt, CONFIG, CatalogAt, Locations};
 use crate::matrix::{self, DType, LayerView};
-use crate::names::{validate_meta_value, validate_name, validate_scores};
+use crate::names::{nfc, validate_meta_value, validate_name, validate_scores};
 use crate::store::{BlobHash, BlobSink, BlobStore, FsBlobStore, ObjectBlobStore, SealedBlob};
 use rayon::prelude::*;
 
@@ -150,6 +150,7 @@ impl Registry {
         ids: Option<Vec<String>>,
         description: Option<&str>,
     ) -> Result<Dataset> {
+        let name = &nfc(name);
         validate_name("dataset", name)?;
         let n = match (n, &ids) {
             (Some(n), Some(ids)) if ids.len() != n => {
@@ -200,6 +201,10 @@ impl Registry {
         scores: &[(String, f64)],
         higher_is_better: Option<bool>,
     ) -> Result<String> {
+        let (model, checkpoint) = (&nfc(model), checkpoint.map(nfc));
+        let checkpoint = checkpoint.as_deref();
+        let scores: Vec<(String, f64)> = scores.iter().map(|(n, v)| (nfc(n), *v)).collect();
+        let scores = &scores[..];
         let ck = match checkpoint {
             Some(c) => self.catalog.checkpoint(model, c)?,
             None => self.catalog.latest_checkpoint(model)?,
@@ -231,6 +236,7 @@ impl Registry {
     /// before writing, seal every layer into a temporary blob, refuse a checkpoint whose
     /// layers already hold different matrices, then publish the blobs and commit the rows.
     pub fn ingest_file(&mut self, file: &FeatureFile, req: &IngestRequest) -> Result<IngestReport> {
+        let req = &req.normalized();
         let (model, dataset) = self.check_ingest(file, req)?;
         let ck_name = req.checkpoint.as_deref().unwrap_or(DEFAULT_CHECKPOINT);
         // When this checkpoint already exists (a re-ingest), hash first and write only the
@@ -482,6 +488,7 @@ impl Registry {
 
     /// The model row, or an error naming the model.
     pub fn require_model(&self, name: &str) -> Result<Model> {
+        let name = &nfc(name);
         self.catalog
             .model(name)?
             .ok_or_else(|| Error::NotFound(format!("no model named {name} in the registry")))
@@ -665,6 +672,23 @@ fn upsert_score(
 }
 
 impl IngestRequest {
+    /// The request with every name in NFC ([`nfc`]).
+    pub fn normalized(&self) -> IngestRequest {
+        let opt = |s: &Option<String>| s.as_deref().map(nfc);
+        IngestRequest {
+            model: nfc(&self.model),
+            dataset: nfc(&self.dataset),
+            modality: opt(&self.modality),
+            family: opt(&self.family),
+            pool: nfc(&self.pool),
+            checkpoint: opt(&self.checkpoint),
+            step: self.step,
+            scores: self.scores.iter().map(|(n, v)| (nfc(n), *v)).collect(),
+            num_params: self.num_params,
+            meta: self.meta.iter().map(|(k, v)| (nfc(k), v.clone())).collect(),
+        }
+    }
+
     /// Checks every name and score before any byte is written.
     pub fn validate(&self) -> Result<()> {
         validate_name("model", &self.model)?;

@@ -205,6 +205,7 @@ impl View {
         model: &str,
         against: &str,
     ) -> Result<Vec<TrajectoryPoint>> {
+        let model = &crate::names::nfc(model);
         let cks = reg.catalog.checkpoints(Some(model))?;
         if cks.is_empty() {
             return Err(Error::NotFound(format!("model {model} has no checkpoints")));

@@ -471,3 +471,108 @@ fn provenance_is_stored_listed_queried_and_carried_by_bundles() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn a_name_typed_with_a_combining_accent_is_the_same_name() {
+    // "café" precomposed (NFC) and as e + U+0301 (NFD: macOS file names, some keyboards) were
+    // two models that print alike; every name is NFC now, on the way in and on lookup.
+    let env = Env::new();
+    env.ok(&["init"]);
+    let (nfc, nfd) = ("caf\u{e9}", "cafe\u{301}");
+    let file = |name: &str, seed: u64| {
+        let p = env.path(name);
+        write_npy(&p, &[32, 2, 8], &noise(32 * 2 * 8, seed));
+        p.to_str().unwrap().to_string()
+    };
+    let (a, b, v) = (file("a.npy", 1), file("b.npy", 2), file("v.npy", 3));
+    env.ok(&[
+        "ingest",
+        &a,
+        "--model",
+        nfd,
+        "--dataset",
+        "d\u{e9}j\u{e0}",
+        "--modality",
+        "language",
+        "--checkpoint",
+        "s1",
+        "--step",
+        "1",
+    ]);
+    // The precomposed spelling finds that model (no --modality needed) and dataset.
+    env.ok(&[
+        "ingest",
+        &b,
+        "--model",
+        nfc,
+        "--dataset",
+        "de\u{301}ja\u{300}",
+        "--checkpoint",
+        "s2",
+        "--step",
+        "2",
+    ]);
+    env.ok(&[
+        "ingest",
+        &v,
+        "--model",
+        "vit",
+        "--dataset",
+        "d\u{e9}j\u{e0}",
+        "--modality",
+        "vision",
+    ]);
+    let models = env.json(&["ls", "models", "--format", "json"]);
+    let names: Vec<&str> = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [nfc, "vit"], "stored once, as NFC");
+    assert_eq!(
+        env.json(&["ls", "datasets", "--format", "json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    for name in [nfc, nfd] {
+        let reps = env.json(&["ls", "reps", "--model", name, "--format", "json"]);
+        assert_eq!(reps.as_array().unwrap().len(), 4, "{name:?}");
+        env.ok(&["score", "set", "--model", name, "acc\u{e9}=0.5"]);
+        env.ok(&["align", "--metric", "cka", "--x", name, "--y", "vit", "-q"]);
+        let t = env.json(&[
+            "trajectory",
+            "--metric",
+            "cka",
+            "--model",
+            name,
+            "--against",
+            "vit",
+            "--compute",
+            "--format",
+            "json",
+        ]);
+        assert_eq!(t.as_array().unwrap().len(), 2, "{name:?}: {t}");
+    }
+    let scores = env.json(&["ls", "scores", "--format", "json"]);
+    assert_eq!(
+        scores.as_array().unwrap().len(),
+        1,
+        "one score, set twice: {scores}"
+    );
+    // The dashboard's model page by either spelling.
+    let s = crate::common::http::Server::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_prh")),
+        &env.reg(),
+        &[],
+    );
+    for name in [nfc, nfd] {
+        let r = crate::common::http::get(
+            s.addr,
+            &format!("/api/model/{}", crate::common::http::enc(name)),
+        );
+        assert_eq!(r.status, 200, "{name:?}: {}", r.text());
+    }
+}

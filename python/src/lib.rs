@@ -527,6 +527,7 @@ fn query(py: Python<'_>, root: &str, sql: String) -> PyResult<String> {
 #[pyfunction]
 #[pyo3(signature = (root, what, model=None))]
 fn listing(py: Python<'_>, root: &str, what: &str, model: Option<String>) -> PyResult<String> {
+    let model = model.as_deref().map(prh::names::nfc);
     let what = what.to_string();
     with_reg(py, root, move |reg| match what.as_str() {
         "models" => {

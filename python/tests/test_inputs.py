@@ -330,3 +330,17 @@ print(sorted(reg.models()["name"]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "'child'" in out.stdout and "'after'" in out.stdout, out.stdout
+
+
+def test_names_are_one_whatever_the_unicode_spelling(empty):
+    """'café' with a combining accent (as macOS file names and some keyboards give it) and
+    precomposed is one model, from Python as from the CLI."""
+    reg = prh.Registry(empty)
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    reg.log(feats(), model=nfd, checkpoint="s1", step=1, dataset="ds", modality="language")
+    reg.log(feats(seed=1), model=nfc, checkpoint="s2", step=2, dataset="ds")
+    reg.log(feats(seed=2), model="vit", dataset="ds", modality="vision")
+    assert list(reg.models()["name"]) == [nfc, "vit"]
+    for name in (nfc, nfd):
+        assert reg.reps(model=name).height == 6
+        assert reg.align(x=name, y="vit", metric="cka").height == 1

@@ -40,6 +40,10 @@ pub fn run(ctx: &Ctx, a: LsArgs) -> Result<()> {
     let reg = ctx.open()?;
     let out = &mut std::io::stdout();
     let f = a.format.into();
+    let a = LsArgs {
+        model: a.model.as_deref().map(prh::names::nfc),
+        ..a
+    };
     match a.what {
         What::Models => {
             let mut rows = reg.catalog.models()?;

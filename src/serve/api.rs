@@ -59,6 +59,7 @@ pub(super) struct ModelPage {
 }
 
 pub(super) fn model_of(reg: &Registry, name: &str) -> Result<ModelPage> {
+    let name = &crate::names::nfc(name);
     let model = reg
         .catalog
         .model(name)?

@@ -5,28 +5,30 @@ use super::*;
 
 /// Resolves a selector to model names (sorted), erroring on unknown names.
 pub fn select_models(reg: &Registry, sel: &Selector) -> Result<Vec<String>> {
+    use crate::names::nfc;
     let models = reg.catalog.models()?;
     let out: Vec<String> = match sel {
         Selector::All => models.iter().map(|m| m.name.clone()).collect(),
         Selector::Modality(m) => models
             .iter()
-            .filter(|x| &x.modality == m)
+            .filter(|x| x.modality == nfc(m))
             .map(|x| x.name.clone())
             .collect(),
         Selector::Family(f) => models
             .iter()
-            .filter(|x| x.family.as_deref() == Some(f.as_str()))
+            .filter(|x| x.family.as_deref() == Some(nfc(f).as_str()))
             .map(|x| x.name.clone())
             .collect(),
         Selector::Names(names) => {
-            for n in names {
+            let names: Vec<String> = names.iter().map(|n| nfc(n)).collect();
+            for n in &names {
                 if !models.iter().any(|m| &m.name == n) {
                     return Err(Error::NotFound(format!(
                         "no model named {n} in the registry"
                     )));
                 }
             }
-            names.clone()
+            names
         }
     };
     if out.is_empty() {
@@ -108,10 +110,11 @@ pub fn resolve_checkpoints(
 /// The dataset to sweep: the one given, or the only one the selected models share.
 pub fn choose_dataset(reg: &Registry, models: &[String], given: Option<&str>) -> Result<String> {
     if let Some(d) = given {
-        if reg.catalog.dataset(d)?.is_none() {
+        let d = crate::names::nfc(d);
+        if reg.catalog.dataset(&d)?.is_none() {
             return Err(Error::NotFound(format!("no dataset named {d}")));
         }
-        return Ok(d.to_string());
+        return Ok(d);
     }
     let mut common: Option<HashSet<String>> = None;
     for m in models {
