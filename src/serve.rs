@@ -37,6 +37,8 @@ pub struct ServeOptions {
     pub compute: bool,
     /// Host names accepted beside the loopback names and the bound address.
     pub allow_hosts: Vec<String>,
+    /// How long a compute request waits for the one computation before it gets a 503.
+    pub compute_wait: std::time::Duration,
 }
 
 /// What every handler shares.
@@ -47,31 +49,31 @@ pub(crate) struct App {
     /// Host names (lower case, no port) a request may name; `None` accepts any.
     hosts: Option<Vec<String>>,
     compute: bool,
+    /// How long a compute request waits for the one computation slot.
+    compute_wait: std::time::Duration,
     /// One computation at a time: sweeps write the registry ([`App::one_computation`]).
     computing: Mutex<()>,
     /// Chart results per registry version.
     memo: memo::Memo,
 }
 
-/// How long a compute request waits for the one computation before it gets a 503.
-const COMPUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 impl App {
-    /// Waits (at most [`COMPUTE_WAIT`]) for the server's one computation slot.
+    /// Waits (at most `compute_wait`) for the server's one computation slot.
     fn one_computation(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
         let start = std::time::Instant::now();
         loop {
             match self.computing.try_lock() {
                 Ok(g) => return Ok(g),
                 Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) if start.elapsed() < COMPUTE_WAIT => {
+                Err(std::sync::TryLockError::WouldBlock) if start.elapsed() < self.compute_wait => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err(std::sync::TryLockError::WouldBlock) => {
                     return Err(Error::Unavailable(format!(
-                        "the server is computing another view (waited {} s): try again later",
-                        COMPUTE_WAIT.as_secs()
-                    )));
+                        "the server is computing another view (waited {} s)",
+                        self.compute_wait.as_secs()
+                    ))
+                    .hint("try again later; the computation in progress is cached when it ends"));
                 }
             }
         }
@@ -164,7 +166,14 @@ impl IntoResponse for ApiError {
             "hint": self.hint,
             "command": self.command,
         });
-        (self.status, axum::Json(body)).into_response()
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        r
     }
 }
 
@@ -273,6 +282,7 @@ pub fn serve(root: PathBuf, opts: ServeOptions, ready: impl FnOnce(SocketAddr)) 
         hosts: auth::accepted_hosts(opts.bind, opts.token.is_some(), &opts.allow_hosts),
         token: opts.token,
         compute: opts.compute,
+        compute_wait: opts.compute_wait,
         computing: Mutex::new(()),
         memo: memo::Memo::default(),
     });

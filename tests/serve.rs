@@ -650,3 +650,54 @@ fn the_matrix_orders_each_side_by_its_own_score_and_has_a_legend() {
         "no legend"
     );
 }
+
+#[test]
+fn a_second_computation_is_answered_503_while_one_runs_and_reads_go_on() {
+    // The server computes one view at a time; a compute request that finds the slot taken
+    // waits --compute-wait seconds, then is told to come back (503, kind unavailable,
+    // Retry-After) — this path had no test before. Reads are answered meanwhile.
+    let env = demo();
+    let s = serve(&env, &["--compute", "--compute-wait", "0"]);
+    let addr = s.addr;
+    // A long computation: the calibrated trend with 10,000 permutations of 36 model pairs.
+    let long = std::thread::spawn(move || {
+        let _ = request(
+            addr,
+            "GET",
+            &format!(
+                "/api/trend?calibrated=on&null=10000&x={}&y={}",
+                enc(X),
+                enc(Y)
+            ),
+            &[],
+            b"",
+        );
+    });
+    let start = std::time::Instant::now();
+    let mut busy = None;
+    while start.elapsed() < std::time::Duration::from_secs(60) && !long.is_finished() {
+        let r = get(addr, "/api/matrix?metric=cka");
+        if r.status == 503 {
+            busy = Some(r);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let busy = busy.expect("no 503 while the long computation ran");
+    assert_eq!(busy.json()["kind"], "unavailable", "{}", busy.text());
+    assert_eq!(busy.header("retry-after"), Some("5"));
+    assert!(
+        busy.json()["hint"]
+            .as_str()
+            .unwrap()
+            .contains("try again later")
+    );
+    // Reads go on while it computes.
+    assert_eq!(get(addr, "/api/overview").status, 200);
+    assert!(
+        !long.is_finished(),
+        "the long computation ended: the proof above is void"
+    );
+    drop(s);
+    let _ = long.join();
+}

@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// (0.0.0.0, ::) with a token answers any host name.
     #[arg(long = "allow-host", value_name = "NAME")]
     pub allow_hosts: Vec<String>,
+    /// With --compute: how long a request that needs a computation waits while another one
+    /// runs (the server computes one view at a time) before it is answered 503, try again.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub compute_wait: u64,
 }
 
 pub fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
@@ -43,6 +47,7 @@ pub fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         token: a.token,
         compute: a.compute,
         allow_hosts: a.allow_hosts,
+        compute_wait: std::time::Duration::from_secs(a.compute_wait),
     };
     let shown = root.display().to_string();
     serve::serve(root, opts, |addr| {
