@@ -7,6 +7,7 @@
 
 mod api;
 mod auth;
+mod guard;
 mod memo;
 mod pages;
 mod params;
@@ -39,6 +40,8 @@ pub struct ServeOptions {
     pub allow_hosts: Vec<String>,
     /// How long a compute request waits for the one computation before it gets a 503.
     pub compute_wait: std::time::Duration,
+    /// How long a new connection may take to send its first request head.
+    pub header_timeout: std::time::Duration,
 }
 
 /// What every handler shares.
@@ -307,11 +310,14 @@ pub fn serve(root: PathBuf, opts: ServeOptions, ready: impl FnOnce(SocketAddr)) 
             .local_addr()
             .map_err(|e| Error::Failed(format!("cannot read the bound address: {e}")))?;
         ready(local);
-        axum::serve(listener, router(app))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .map_err(|e| Error::Failed(format!("server stopped: {e}")))
+        axum::serve(
+            guard::Guarded::new(listener, opts.header_timeout),
+            router(app),
+        )
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("server stopped: {e}")))
     })
 }

@@ -701,3 +701,49 @@ fn a_second_computation_is_answered_503_while_one_runs_and_reads_go_on() {
     drop(s);
     let _ = long.join();
 }
+
+#[test]
+fn a_client_that_trickles_its_header_is_closed_and_others_are_served() {
+    // Slow loris: 40 connections each send a header line every 200 ms and never the blank line
+    // that ends the head. Before --header-timeout (axum sets no timer, so hyper's own header
+    // timeout never ran), they stayed open for as long as the client kept trickling.
+    use std::io::{Read, Write};
+    let env = Env::new();
+    env.ok(&["init"]);
+    let s = serve(&env, &["--header-timeout", "1"]);
+    let started = std::time::Instant::now();
+    let mut slow: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| {
+            let mut c =
+                std::net::TcpStream::connect_timeout(&s.addr, std::time::Duration::from_secs(5))
+                    .unwrap();
+            c.write_all(b"GET /api/overview HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    // Trickle for 3 s: the server must cut every one of them after about 1 s.
+    let mut cut_after = vec![None; slow.len()];
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        for (i, c) in slow.iter_mut().enumerate() {
+            if cut_after[i].is_none() && c.write_all(b"X-Slow: 1\r\n").is_err() {
+                cut_after[i] = Some(started.elapsed());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Every one is closed by the server (end of stream or reset), none still open.
+    for (i, c) in slow.iter_mut().enumerate() {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut b = [0u8; 64];
+        match c.read(&mut b) {
+            Ok(0) => {}
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("connection {i} still open after 3 s of trickling: {e}"),
+        }
+    }
+    // A well-behaved client is served all along.
+    assert_eq!(get(s.addr, "/api/overview").status, 200);
+}

@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// runs (the server computes one view at a time) before it is answered 503, try again.
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub compute_wait: u64,
+    /// A new connection must send its first request head within this many seconds (a client
+    /// that trickles its header is closed); at most 1024 connections are open at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub header_timeout: u64,
 }
 
 pub fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
@@ -48,6 +52,7 @@ pub fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         compute: a.compute,
         allow_hosts: a.allow_hosts,
         compute_wait: std::time::Duration::from_secs(a.compute_wait),
+        header_timeout: std::time::Duration::from_secs(a.header_timeout),
     };
     let shown = root.display().to_string();
     serve::serve(root, opts, |addr| {
