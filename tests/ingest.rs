@@ -522,14 +522,11 @@ fn a_name_typed_with_a_combining_accent_is_the_same_name() {
         "--modality",
         "vision",
     ]);
-    let models = env.json(&["ls", "models", "--format", "json"]);
-    let names: Vec<&str> = models
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, [nfc, "vit"], "stored once, as NFC");
+    assert_eq!(
+        common::model_names(&env),
+        [nfc, "vit"],
+        "stored once, as NFC"
+    );
     assert_eq!(
         env.json(&["ls", "datasets", "--format", "json"])
             .as_array()

@@ -139,6 +139,17 @@ pub fn damage_blob(env: &Env, model: &str) -> String {
     h
 }
 
+/// The model names `prh ls models` lists, in its order.
+pub fn model_names(env: &Env) -> Vec<String> {
+    let models = env.json(&["ls", "models", "--format", "json"]);
+    models
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The registry of `env`, opened through prh's library (for assertions on its catalog).
 pub fn open(env: &Env) -> prh::registry::Registry {
     prh::registry::Registry::open(&env.reg()).unwrap()
