@@ -737,3 +737,69 @@ fn every_blob_is_fsynced_before_it_is_renamed_into_place() {
     }
     assert_eq!(published, 4, "one rename per layer's blob:\n{trace}");
 }
+
+#[test]
+fn two_imports_at_once_both_land_and_the_registry_verifies() {
+    // A "not yet tried" case of the shared-registry issue: two bundles imported into one
+    // registry by two processes at the same time.
+    let make = |model: &str, seed: u64| {
+        let src = Env::new();
+        src.ok(&["init"]);
+        let p = src.path("f.npy");
+        write_npy(&p, &[48, 3, 16], &noise(48 * 3 * 16, seed));
+        src.ok(&[
+            "ingest",
+            p.to_str().unwrap(),
+            "--model",
+            model,
+            "--dataset",
+            "d",
+            "--modality",
+            "language",
+        ]);
+        let b = src.path("b.prh");
+        src.ok(&["export", b.to_str().unwrap()]);
+        (src, b)
+    };
+    let ((_a, ba), (_b, bb)) = (make("alpha", 1), make("beta", 2));
+    let mut overlapped = 0;
+    for round in 0..5 {
+        let env = Env::new();
+        env.ok(&["init"]);
+        let spawn = |b: &std::path::Path| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_prh"))
+                .arg("--registry")
+                .arg(env.reg())
+                .args(["import", b.to_str().unwrap()])
+                .output()
+        };
+        let timed = |b: &std::path::Path| {
+            let t0 = std::time::Instant::now();
+            let o = spawn(b).unwrap();
+            (o, t0, std::time::Instant::now())
+        };
+        let ((oa, a0, a1), (ob, b0, b1)) = std::thread::scope(|s| {
+            let ta = s.spawn(|| timed(&ba));
+            let tb = s.spawn(|| timed(&bb));
+            (ta.join().unwrap(), tb.join().unwrap())
+        });
+        // The two processes were alive at the same time (else this proves nothing).
+        if a0 < b1 && b0 < a1 {
+            overlapped += 1;
+        }
+        for o in [&oa, &ob] {
+            assert!(
+                o.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        assert_eq!(
+            common::model_names(&env),
+            ["alpha", "beta"],
+            "round {round}"
+        );
+        assert!(env.prh(&["verify"]).status.success(), "round {round}");
+    }
+    assert!(overlapped > 0, "no round ran the two imports at once");
+}
