@@ -673,15 +673,31 @@ fn a_second_computation_is_answered_503_while_one_runs_and_reads_go_on() {
             b"",
         );
     });
-    let start = std::time::Instant::now();
+    // Probe with a metric not cached yet each time: a probe that wins the slot before the long
+    // request computes its own metric (and caches it), so the next probe uses another one.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let mut busy = None;
-    while start.elapsed() < std::time::Duration::from_secs(60) && !long.is_finished() {
-        let r = get(addr, "/api/matrix?metric=cka");
+    for metric in [
+        "cka",
+        "unbiased_cka",
+        "cknna",
+        "svcca",
+        "jaccard_knn",
+        "cycle_knn",
+        "lcs_knn",
+        "edit_distance_knn",
+        "rsa",
+        "procrustes",
+    ] {
+        if long.is_finished() {
+            break;
+        }
+        let r = get(addr, &format!("/api/matrix?metric={metric}"));
         if r.status == 503 {
             busy = Some(r);
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(300));
     }
     let busy = busy.expect("no 503 while the long computation ran");
     assert_eq!(busy.json()["kind"], "unavailable", "{}", busy.text());
