@@ -235,6 +235,14 @@ impl Error {
         }
     }
 
+    /// The error beneath any hints attached to it.
+    pub fn innermost(&self) -> &Error {
+        match self {
+            Error::Hinted { error, .. } => error.innermost(),
+            e => e,
+        }
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         use ErrorKind as K;

@@ -143,14 +143,10 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        let mut command = None;
-        let mut inner = &e;
-        while let Error::Hinted { error, .. } = inner {
-            inner = error;
-        }
-        if let Error::NotCached { command: c, .. } = inner {
-            command = Some(c.clone());
-        }
+        let command = match e.innermost() {
+            Error::NotCached { command, .. } => Some(command.clone()),
+            _ => None,
+        };
         ApiError {
             status: status_of(e.kind()),
             kind: e.kind(),

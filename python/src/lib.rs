@@ -94,18 +94,20 @@ create_exception!(
 fn to_py(e: PrhError) -> PyErr {
     use prh::error::ErrorKind as K;
     let msg = e.report();
-    let not_cached = matches!(&e, PrhError::NotCached { .. })
-        || matches!(&e, PrhError::Hinted { error, .. } if matches!(**error, PrhError::NotCached { .. }));
     match e.kind() {
         K::InvalidInput => InvalidInput::new_err(msg),
         K::NotFound => NotFound::new_err(msg),
-        K::Conflict if not_cached => NotCached::new_err(msg),
+        K::Conflict if matches!(e.innermost(), PrhError::NotCached { .. }) => {
+            NotCached::new_err(msg)
+        }
         K::Conflict => Conflict::new_err(msg),
         K::Unsupported => Unsupported::new_err(msg),
         K::Unavailable => Unavailable::new_err(msg),
         K::Failed => BackendError::new_err(msg),
         K::Corrupt => Corrupt::new_err(msg),
-        K::Interrupted if matches!(e, PrhError::Interrupted) => PyKeyboardInterrupt::new_err(msg),
+        K::Interrupted if matches!(e.innermost(), PrhError::Interrupted) => {
+            PyKeyboardInterrupt::new_err(msg)
+        }
         K::Interrupted => Interrupted::new_err(msg),
         K::Internal => InternalError::new_err(msg),
     }

@@ -78,7 +78,11 @@ fn ranged<T>(what: &str, v: &Option<String>, default: T, lo: T, hi: T) -> Result
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
-    let n = number(what, v, default)?;
+    within(what, number(what, v, default)?, lo, hi)
+}
+
+/// `n` when it lies in `lo..=hi`.
+fn within<T: PartialOrd + std::fmt::Display + Copy>(what: &str, n: T, lo: T, hi: T) -> Result<T> {
     if n < lo || n > hi {
         return Err(Error::Invalid(format!(
             "{what} = {n} is out of range: give {lo} to {hi}"
@@ -134,7 +138,8 @@ impl Params {
             }
         });
         let spec = MetricSpec::from_options(&metric_name, &|name| given(self.option(name)?))?;
-        ranged("k", &self.k, 10usize, 1, MAX_K)?;
+        // k as the one parser read it, within what one request may ask for.
+        within("k", spec.k, 1, MAX_K)?;
         let reduce: Reduce = match given(&self.reduce) {
             Some(r) => r.parse()?,
             None => Reduce::Max,

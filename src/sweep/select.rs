@@ -9,16 +9,22 @@ pub fn select_models(reg: &Registry, sel: &Selector) -> Result<Vec<String>> {
     let models = reg.catalog.models()?;
     let out: Vec<String> = match sel {
         Selector::All => models.iter().map(|m| m.name.clone()).collect(),
-        Selector::Modality(m) => models
-            .iter()
-            .filter(|x| x.modality == nfc(m))
-            .map(|x| x.name.clone())
-            .collect(),
-        Selector::Family(f) => models
-            .iter()
-            .filter(|x| x.family.as_deref() == Some(nfc(f).as_str()))
-            .map(|x| x.name.clone())
-            .collect(),
+        Selector::Modality(m) => {
+            let m = nfc(m);
+            models
+                .iter()
+                .filter(|x| x.modality == m)
+                .map(|x| x.name.clone())
+                .collect()
+        }
+        Selector::Family(f) => {
+            let f = nfc(f);
+            models
+                .iter()
+                .filter(|x| x.family.as_deref() == Some(f.as_str()))
+                .map(|x| x.name.clone())
+                .collect()
+        }
         Selector::Names(names) => {
             let names: Vec<String> = names.iter().map(|n| nfc(n)).collect();
             for n in &names {
