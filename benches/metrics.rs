@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use ndarray::Array2;
 use prh::layers;
-use prh::metrics::{ALL, Derived, Metric, MetricSpec, derived, knn, prep};
+use prh::metrics::{ALL, Derived, Metric, MetricSpec, derived, graph, knn, prep};
 use prh::rng::Rng;
 use rayon::prelude::*;
 
@@ -90,7 +90,7 @@ fn main() {
     let g = derived::gram(&xs[0]);
     let tg = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let _ = derived::knn_from_gram(&g, n, 10);
+    let _ = graph::knn_from_gram(&xs[0], &g, 10, None);
     let tk = t.elapsed().as_secs_f64();
     println!("\none gram n={n} d={d}: {tg:.4} s; one kNN selection (k=10): {tk:.4} s");
     // Each path 3 times, medians reported (this machine is noisy).
@@ -128,8 +128,8 @@ fn main() {
         best = pairs
             .par_iter()
             .map(|&(i, j)| {
-                let ka = derived::knn_from_gram(&derived::gram(&xs[i]), n, 10);
-                let kb = derived::knn_from_gram(&derived::gram(&ys[j]), n, 10);
+                let ka = graph::knn_from_gram(&xs[i], &derived::gram(&xs[i]), 10, None).0;
+                let kb = graph::knn_from_gram(&ys[j], &derived::gram(&ys[j]), 10, None).0;
                 knn::mutual_knn(&ka, &kb, n)
             })
             .reduce(|| f64::NEG_INFINITY, f64::max);

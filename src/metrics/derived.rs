@@ -11,6 +11,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::Array2;
 use rayon::prelude::*;
 
+use super::graph;
 use crate::error::{Error, Result};
 
 /// Ordered neighbour lists: row i holds i's k nearest neighbours by inner product, self
@@ -23,9 +24,30 @@ pub struct Knn {
     pub ordered: Vec<u32>,
     /// The same lists sorted by index, for O(log k) membership tests.
     pub sorted: Vec<u32>,
+    /// The canonical similarity of each neighbour in `ordered` (docs/design.md §9).
+    pub sims: Vec<f64>,
 }
 
 impl Knn {
+    /// Lists from ordered neighbours and their similarities (n × k each, row-major).
+    pub fn new(k: usize, ordered: Vec<u32>, sims: Vec<f64>) -> Self {
+        let mut sorted = ordered.clone();
+        sorted
+            .par_chunks_mut(k.max(1))
+            .for_each(|c| c.sort_unstable());
+        Knn {
+            k,
+            ordered,
+            sorted,
+            sims,
+        }
+    }
+
+    /// Row i's similarities, in the order of [`Knn::row`].
+    pub fn row_sims(&self, i: usize) -> &[f64] {
+        &self.sims[i * self.k..(i + 1) * self.k]
+    }
+
     /// Row i, ordered by similarity.
     pub fn row(&self, i: usize) -> &[u32] {
         &self.ordered[i * self.k..(i + 1) * self.k]
@@ -110,8 +132,9 @@ impl Ties {
 /// Sums of a kernel matrix used by both HSIC estimators.
 #[derive(Debug, Clone)]
 pub struct KernelStats {
-    /// The n × n kernel, row-major.
-    pub mat: Arc<Vec<f32>>,
+    /// The n × n kernel, row-major; `None` for the linear kernel in feature space
+    /// ([`Derived::linear_features`]), where no n × n matrix exists.
+    pub mat: Option<Arc<Vec<f32>>>,
     /// Each row's sum.
     pub row_sums: Vec<f64>,
     /// The sum of all entries.
@@ -124,6 +147,9 @@ pub struct KernelStats {
 
 /// Top singular vectors for SVCCA, or why they could not be computed.
 pub type SvdBasis = Result<Array2<f64>, String>;
+
+/// Neighbour lists with their ties, for one k.
+type Graph = (Arc<Knn>, Arc<Ties>);
 
 /// Where a representation's rows come from.
 enum Source {
@@ -144,9 +170,10 @@ pub struct Derived {
     n: usize,
     source: Source,
     x: OnceLock<Arc<Array2<f32>>>,
+    dense: bool,
+    budget: usize,
     gram: OnceLock<Arc<Vec<f32>>>,
-    knn: Mutex<HashMap<usize, Arc<Knn>>>,
-    ties: Mutex<HashMap<usize, Arc<Ties>>>,
+    knn: Mutex<HashMap<usize, Graph>>,
     kernels: Mutex<HashMap<u64, Arc<KernelStats>>>,
     svd: Mutex<HashMap<usize, Arc<SvdBasis>>>,
     rdm_ranks: Mutex<Option<Arc<Vec<f64>>>>,
@@ -154,14 +181,15 @@ pub struct Derived {
 }
 
 impl Derived {
-    fn with_source(n: usize, source: Source) -> Self {
+    fn with_source(n: usize, dense: bool, budget: usize, source: Source) -> Self {
         Derived {
             n,
             source,
+            dense,
+            budget,
             x: OnceLock::new(),
             gram: OnceLock::new(),
             knn: Mutex::new(HashMap::new()),
-            ties: Mutex::new(HashMap::new()),
             kernels: Mutex::new(HashMap::new()),
             svd: Mutex::new(HashMap::new()),
             rdm_ranks: Mutex::new(None),
@@ -171,10 +199,49 @@ impl Derived {
 
     /// Derives from prepared features: computes the Gram matrix now, everything else lazily.
     pub fn new(x: Array2<f32>) -> Self {
-        let d = Derived::with_source(x.nrows(), Source::Features);
+        let d = Derived::with_source(x.nrows(), true, usize::MAX, Source::Features);
         let _ = d.gram.set(Arc::new(gram(&x)));
         let _ = d.x.set(Arc::new(x));
         d
+    }
+
+    /// Derives from prepared features within a memory budget: with the n × n Gram matrix
+    /// ([`Derived::new`]) when [`dense_fits`], else without any n × n matrix (the large-n
+    /// path: tiled neighbour search, kernel metrics in feature space). Both give the same
+    /// neighbours, ties and scores (docs/design.md §9).
+    pub fn within(x: Array2<f32>, budget: usize) -> Self {
+        if dense_fits(x.nrows(), budget) {
+            return Derived::new(x);
+        }
+        let d = Derived::with_source(x.nrows(), false, budget, Source::Features);
+        let _ = d.x.set(Arc::new(x));
+        d
+    }
+
+    /// True when this representation holds n × n matrices (the dense path).
+    pub fn dense(&self) -> bool {
+        self.dense
+    }
+
+    /// Refuses, in one line, a metric that needs n × n matrices on the large-n path.
+    pub fn require_dense(&self, metric: &str) -> Result<()> {
+        if self.dense {
+            return Ok(());
+        }
+        let n = self.n as f64;
+        let max = ((self.budget as f64) / 32.0).sqrt().floor();
+        Err(Error::Unsupported(format!(
+            "{metric} at n = {} needs n × n matrices ({:.1} GiB for two), more than the memory \
+             budget of {} MiB allows (n ≤ {max}); it has no exact bounded-memory form",
+            self.n,
+            8.0 * n * n / f64::from(1u32 << 30),
+            self.budget >> 20,
+        ))
+        .hint(format!(
+            "raise --mem-mib to at least {}, or use a metric that runs at any n: the kNN \
+             metrics, cknna, linear cka / unbiased_cka, svcca, procrustes",
+            (32.0 * n * n / f64::from(1u32 << 20)).ceil()
+        )))
     }
 
     /// The representation whose row i is row `idx[i]` of `base`: a permutation of the samples
@@ -195,6 +262,8 @@ impl Derived {
         let inverse = is_perm.then(|| Arc::new(seen));
         Derived::with_source(
             n,
+            base.dense,
+            base.budget,
             Source::Reindexed {
                 base: base.clone(),
                 idx,
@@ -211,16 +280,22 @@ impl Derived {
             self.knn(spec.k);
         }
         match spec.metric {
+            Metric::Cka | Metric::UnbiasedCka
+                if !self.dense && spec.kernel == super::Kernel::Linear =>
+            {
+                self.linear_features();
+            }
+            Metric::Cka | Metric::UnbiasedCka if !self.dense => {}
             Metric::Cka | Metric::UnbiasedCka => {
                 self.kernel(spec.kernel);
             }
             Metric::Svcca => {
                 self.svcca_basis(spec.cca_dim);
             }
-            Metric::Rsa => {
+            Metric::Rsa if self.dense => {
                 self.rdm_ranks();
             }
-            Metric::Procrustes => {
+            Metric::Procrustes if self.dense || self.x().ncols() <= self.n => {
                 self.procrustes_basis();
             }
             _ => {}
@@ -249,7 +324,9 @@ impl Derived {
     /// The Gram matrix X Xᵀ (n × n, row-major, f32).
     pub fn gram(&self) -> &[f32] {
         self.gram.get_or_init(|| match &self.source {
-            Source::Features => unreachable!("the Gram matrix is set at construction"),
+            Source::Features => {
+                unreachable!("the Gram matrix is set at construction, or never (large n)")
+            }
             Source::Reindexed { base, idx, .. } => {
                 Arc::new(gather_square(base.gram(), base.n, idx))
             }
@@ -270,85 +347,40 @@ impl Derived {
 
     /// The k-nearest-neighbour lists (memoised per k).
     pub fn knn(&self, k: usize) -> Arc<Knn> {
+        self.graph(k).0
+    }
+
+    /// The rows whose k-th and (k+1)-th neighbours tie (memoised per k, found with the lists).
+    pub fn ties(&self, k: usize) -> Arc<Ties> {
+        self.graph(k).1
+    }
+
+    /// The neighbour lists and ties for k: relabelled from the base's for a permuted copy,
+    /// else from the Gram matrix (dense) or tiles of rows (large n), with the same result.
+    fn graph(&self, k: usize) -> Graph {
         if let Some(v) = self.knn.lock().expect("lock").get(&k) {
             return v.clone();
         }
-        let v = Arc::new(match self.permutation() {
+        let (knn, ties) = match self.permutation() {
             Some((base, idx, inv)) => {
-                let b = base.knn(k);
-                let mut ordered = vec![0u32; self.n * k];
-                for (i, row) in ordered.chunks_mut(k.max(1)).enumerate() {
-                    for (o, &j) in row.iter_mut().zip(b.row(idx[i] as usize)) {
-                        *o = inv[j as usize];
-                    }
-                }
-                let mut sorted = ordered.clone();
-                sorted.chunks_mut(k.max(1)).for_each(|c| c.sort_unstable());
-                Knn { k, ordered, sorted }
+                let (b, bt) = base.graph(k);
+                relabel(&b, &bt, idx, inv)
             }
-            None => match &self.source {
-                Source::Reindexed { idx, .. } => {
-                    knn_from_gram_grouped(self.gram(), self.n(), k, Some(idx))
+            None => {
+                let groups = match &self.source {
+                    Source::Reindexed { idx, .. } => Some(idx.as_slice()),
+                    Source::Features => None,
+                };
+                if self.dense {
+                    graph::knn_from_gram(self.x(), self.gram(), k, groups)
+                } else {
+                    let tile = graph::tile_rows(self.n, TILE_BYTES);
+                    graph::knn_tiled(self.x(), k, groups, tile, &|_| {})
                 }
-                Source::Features => knn_from_gram(self.gram(), self.n(), k),
-            },
-        });
-        self.knn.lock().expect("lock").insert(k, v.clone());
-        v
-    }
-
-    /// The rows whose k-th and (k+1)-th neighbours tie (memoised per k): one pass over the
-    /// Gram matrix against each row's k-th similarity.
-    pub fn ties(&self, k: usize) -> Arc<Ties> {
-        if let Some(v) = self.ties.lock().expect("lock").get(&k) {
-            return v.clone();
-        }
-        let knn = self.knn(k);
-        let (g, n) = (self.gram(), self.n);
-        let groups = match &self.source {
-            Source::Reindexed {
-                idx, inverse: None, ..
-            } => Some(idx.as_slice()),
-            _ => None,
+            }
         };
-        let rows: Vec<TieRow> = (0..n)
-            .into_par_iter()
-            .filter_map(|i| {
-                let row = &g[i * n..(i + 1) * n];
-                let v = row[*knn.row(i).last()? as usize];
-                if groups.is_none() {
-                    // Values at least the k-th best, self excluded: more than k only when
-                    // the k-th ties with a value left out. One branch-free pass decides.
-                    let kv = total_key(v);
-                    let at_least = row
-                        .iter()
-                        .fold(0usize, |c, &x| c + usize::from(total_key(x) >= kv))
-                        - usize::from(total_key(row[i]) >= kv);
-                    if at_least <= k {
-                        return None;
-                    }
-                }
-                let (mut sure, mut group) = (Vec::new(), Vec::new());
-                for (j, &x) in row.iter().enumerate() {
-                    if same_sample(i, j, groups) {
-                        continue;
-                    }
-                    match x.total_cmp(&v) {
-                        std::cmp::Ordering::Greater => sure.push(j as u32),
-                        std::cmp::Ordering::Equal => group.push(j as u32),
-                        std::cmp::Ordering::Less => {}
-                    }
-                }
-                (sure.len() + group.len() > k).then(|| TieRow {
-                    row: i as u32,
-                    picks: k - sure.len(),
-                    sure,
-                    group,
-                })
-            })
-            .collect();
-        let v = Arc::new(Ties { rows });
-        self.ties.lock().expect("lock").insert(k, v.clone());
+        let v = (Arc::new(knn), Arc::new(ties));
+        self.knn.lock().expect("lock").insert(k, v.clone());
         v
     }
 
@@ -368,12 +400,74 @@ impl Derived {
         })
     }
 
+    /// Linear-kernel statistics computed in feature space, without the n × n kernel:
+    /// row sums K1 = X(Xᵀ1), total ‖Xᵀ1‖², diagonal ‖x_i‖², ⟨K, K⟩ = ‖XᵀX‖²_F. With
+    /// ⟨K, L⟩ = ‖XᵀY‖²_F ([`cross_frobenius`]) these are every term of both HSIC estimators,
+    /// in O(n·d²) time and O(d²) memory.
+    pub fn linear_features(&self) -> Arc<KernelStats> {
+        const KEY: u64 = 2; // the RBF keys are odd, the linear Gram form's is 0
+        if let Some(v) = self.kernels.lock().expect("lock").get(&KEY) {
+            return v.clone();
+        }
+        let v = Arc::new(match self.permutation() {
+            Some((base, idx, _)) => {
+                let b = base.linear_features();
+                let pick = |v: &[f64]| idx.iter().map(|&i| v[i as usize]).collect();
+                KernelStats {
+                    mat: None,
+                    row_sums: pick(&b.row_sums),
+                    total: b.total,
+                    diag: pick(&b.diag),
+                    self_dot: b.self_dot,
+                }
+            }
+            None => {
+                let x = self.x();
+                let d = x.ncols();
+                let mut s = vec![0f64; d];
+                for row in x.rows() {
+                    for (a, &v) in s.iter_mut().zip(row.iter()) {
+                        *a += f64::from(v);
+                    }
+                }
+                let (row_sums, diag): (Vec<f64>, Vec<f64>) = x
+                    .axis_iter(ndarray::Axis(0))
+                    .into_par_iter()
+                    .map(|r| {
+                        let r = r.as_slice().expect("standard layout");
+                        let rs = r
+                            .iter()
+                            .zip(&s)
+                            .map(|(&v, &m)| f64::from(v) * m)
+                            .sum::<f64>();
+                        (rs, super::dot::dot_f64(r, r))
+                    })
+                    .unzip();
+                KernelStats {
+                    mat: None,
+                    row_sums,
+                    total: s.iter().map(|v| v * v).sum(),
+                    diag,
+                    self_dot: cross_frobenius(x, x),
+                }
+            }
+        });
+        self.kernels.lock().expect("lock").insert(KEY, v.clone());
+        v
+    }
+
     /// RBF-kernel statistics for σ: K = exp(−‖xi − xj‖² / (2σ²)).
     pub fn rbf_kernel(&self, sigma: f64) -> Arc<KernelStats> {
         let key = sigma.to_bits() | 1; // never 0, which is the linear kernel's key
         if let Some((base, idx, _)) = self.permutation() {
             let b = base.rbf_kernel(sigma);
-            return self.kernel_memo(key, || Arc::new(gather_square(&b.mat, base.n, idx)));
+            return self.kernel_memo(key, || {
+                Arc::new(gather_square(
+                    b.mat.as_deref().expect("an RBF kernel is dense"),
+                    base.n,
+                    idx,
+                ))
+            });
         }
         self.kernel_memo(key, || {
             let n = self.n();
@@ -405,7 +499,7 @@ impl Derived {
         let diag = (0..n).map(|i| mat[i * n + i] as f64).collect();
         let self_dot = super::dot::frobenius(&mat, &mat);
         let v = Arc::new(KernelStats {
-            mat,
+            mat: Some(mat),
             row_sums,
             total,
             diag,
@@ -555,6 +649,73 @@ impl Derived {
     }
 }
 
+/// ‖XᵀY‖²_F in f64 (= ⟨XXᵀ, YYᵀ⟩_F): the d_x × d_y cross-product accumulated over blocks
+/// of rows, so memory is O(d_x·d_y) whatever n. A fixed block size and faer's GEMM (which
+/// never splits the summed dimension across threads) give the same bits on any thread count.
+pub fn cross_frobenius(x: &Array2<f32>, y: &Array2<f32>) -> f64 {
+    const ROWS: usize = 1024;
+    let (n, dx, dy) = (x.nrows(), x.ncols(), y.ncols());
+    let mut acc = faer::Mat::<f64>::zeros(dx, dy);
+    for r0 in (0..n).step_by(ROWS) {
+        let r1 = (r0 + ROWS).min(n);
+        let a = faer::Mat::<f64>::from_fn(r1 - r0, dx, |i, j| f64::from(x[[r0 + i, j]]));
+        let b = faer::Mat::<f64>::from_fn(r1 - r0, dy, |i, j| f64::from(y[[r0 + i, j]]));
+        faer::linalg::matmul::matmul(
+            acc.as_mut(),
+            Accum::Add,
+            a.transpose(),
+            b.as_ref(),
+            1.0f64,
+            Par::rayon(0),
+        );
+    }
+    let mut total = 0.0;
+    for j in 0..dy {
+        for i in 0..dx {
+            total += acc[(i, j)] * acc[(i, j)];
+        }
+    }
+    total
+}
+
+/// Bytes of one tile of similarities in the large-n neighbour search.
+const TILE_BYTES: usize = 64 << 20;
+
+/// True when a representation of n samples may hold its n × n matrices within `budget`
+/// bytes: the Gram matrix and one kernel (8n² bytes) in at most a quarter of it, so a
+/// sweep holds several representations at once.
+pub fn dense_fits(n: usize, budget: usize) -> bool {
+    (n as u128) * (n as u128) * 8 <= (budget as u128) / 4
+}
+
+/// Lists and ties of a permuted copy (row i is base row idx[i]) from the base's: O(n·k).
+fn relabel(b: &Knn, bt: &Ties, idx: &[u32], inv: &[u32]) -> (Knn, Ties) {
+    let (n, k) = (idx.len(), b.k);
+    let mut ordered = Vec::with_capacity(n * k);
+    let mut sims = Vec::with_capacity(n * k);
+    for &src in idx {
+        ordered.extend(b.row(src as usize).iter().map(|&j| inv[j as usize]));
+        sims.extend_from_slice(b.row_sims(src as usize));
+    }
+    let map = |v: &[u32]| {
+        let mut out: Vec<u32> = v.iter().map(|&j| inv[j as usize]).collect();
+        out.sort_unstable();
+        out
+    };
+    let mut rows: Vec<TieRow> = bt
+        .rows
+        .iter()
+        .map(|t| TieRow {
+            row: inv[t.row as usize],
+            sure: map(&t.sure),
+            group: map(&t.group),
+            picks: t.picks,
+        })
+        .collect();
+    rows.sort_unstable_by_key(|t| t.row);
+    (Knn::new(k, ordered, sims), Ties { rows })
+}
+
 /// X Xᵀ in f32 with faer (parallel GEMM over the lower triangle, then mirrored).
 pub fn gram(x: &Array2<f32>) -> Vec<f32> {
     let (n, d) = x.dim();
@@ -609,106 +770,6 @@ fn mirror_lower(m: &mut [f32], n: usize) {
     }
 }
 
-/// Ordered k-nearest-neighbour lists from a Gram matrix: one scan per row keeping the k best
-/// in a small sorted buffer (most candidates cost one comparison); partial selection
-/// (`select_nth_unstable`) for large k. Rows are processed in parallel.
-pub fn knn_from_gram(g: &[f32], n: usize, k: usize) -> Knn {
-    knn_from_gram_grouped(g, n, k, None)
-}
-
-/// [`knn_from_gram`] where rows with the same `groups` label are copies of one sample (a
-/// bootstrap resample) and are never each other's neighbours, as self is not.
-pub fn knn_from_gram_grouped(g: &[f32], n: usize, k: usize, groups: Option<&[u32]>) -> Knn {
-    let mut ordered = vec![0u32; n * k];
-    ordered.par_chunks_mut(k.max(1)).enumerate().for_each_init(
-        Vec::new,
-        |buf: &mut Vec<(f32, u32)>, (i, out)| {
-            let row = &g[i * n..(i + 1) * n];
-            if k <= 64 {
-                top_k_scan(row, i, k, groups, buf);
-                for (o, &(_, j)) in out.iter_mut().zip(buf.iter()) {
-                    *o = j;
-                }
-            } else {
-                let mut idx: Vec<u32> = (0..n as u32)
-                    .filter(|&j| !same_sample(i, j as usize, groups))
-                    .collect();
-                let cmp =
-                    |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-                if k < idx.len() {
-                    idx.select_nth_unstable_by(k, cmp);
-                }
-                let top = &mut idx[..k];
-                top.sort_unstable_by(cmp);
-                out.copy_from_slice(top);
-            }
-        },
-    );
-    let mut sorted = ordered.clone();
-    sorted
-        .par_chunks_mut(k.max(1))
-        .for_each(|c| c.sort_unstable());
-    Knn { k, ordered, sorted }
-}
-
-/// True when rows i and j are the same sample (the same row, or copies in a resample).
-#[inline]
-fn same_sample(i: usize, j: usize, groups: Option<&[u32]>) -> bool {
-    i == j || groups.is_some_and(|g| g[i] == g[j])
-}
-
-/// `f32::total_cmp` as an integer: a > b in the total order iff total_key(a) > total_key(b).
-/// Comparisons of these vectorise; `total_cmp`'s do not.
-#[inline]
-fn total_key(v: f32) -> i32 {
-    let b = v.to_bits() as i32;
-    b ^ (((b >> 31) as u32) >> 1) as i32
-}
-
-/// The k largest entries of `row` (excluding index `skip`), most similar first, ties by lower
-/// index, into `buf` as (value, index). Once the buffer is full, each block of 16 values is
-/// first tested branch-free against the k-th best (most blocks hold no candidate), and only a
-/// block that does is scanned value by value.
-fn top_k_scan(
-    row: &[f32],
-    skip: usize,
-    k: usize,
-    groups: Option<&[u32]>,
-    buf: &mut Vec<(f32, u32)>,
-) {
-    const BLOCK: usize = 16;
-    buf.clear();
-    if k == 0 {
-        return;
-    }
-    for (c, block) in row.chunks(BLOCK).enumerate() {
-        if buf.len() == k {
-            let kth = total_key(buf[k - 1].0);
-            if !block
-                .iter()
-                .fold(false, |any, &v| any | (total_key(v) > kth))
-            {
-                continue;
-            }
-        }
-        for (o, &v) in block.iter().enumerate() {
-            let j = c * BLOCK + o;
-            if same_sample(skip, j, groups) {
-                continue;
-            }
-            if buf.len() == k {
-                // Scanning in index order: an equal value never beats an earlier index.
-                if total_key(v) <= total_key(buf[k - 1].0) {
-                    continue;
-                }
-                buf.pop();
-            }
-            let pos = buf.partition_point(|&(b, _)| total_key(b) >= total_key(v));
-            buf.insert(pos, (v, j as u32));
-        }
-    }
-}
-
 fn svcca_basis(x: &Array2<f32>, c: usize) -> Result<Array2<f64>, String> {
     let (n, d) = x.dim();
     if c > n.min(d) {
@@ -757,40 +818,6 @@ mod tests {
     use ndarray::array;
 
     #[test]
-    fn block_scan_equals_a_full_sort_with_ties_zeros_and_groups() {
-        let mut rng = crate::rng::Rng::new(5);
-        for trial in 0..40 {
-            let n = 1 + trial * 7 % 150;
-            // Few distinct values (many ties), both zeros, and the odd large one.
-            let row: Vec<f32> = (0..n)
-                .map(|_| match (rng.normal() * 3.0) as i64 {
-                    0 => 0.0,
-                    1 => -0.0,
-                    v => v as f32 / 4.0,
-                })
-                .collect();
-            let groups: Vec<u32> = (0..n as u32).map(|j| j / 3).collect();
-            for k in [1, 5, 10, 17, 64] {
-                for g in [None, Some(groups.as_slice())] {
-                    let skip = trial % n;
-                    let mut want: Vec<(f32, u32)> = (0..n)
-                        .filter(|&j| !same_sample(skip, j, g))
-                        .map(|j| (row[j], j as u32))
-                        .collect();
-                    want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                    want.truncate(k);
-                    let mut got = Vec::new();
-                    top_k_scan(&row, skip, k, g, &mut got);
-                    let bits = |v: &[(f32, u32)]| -> Vec<(u32, u32)> {
-                        v.iter().map(|&(x, j)| (x.to_bits(), j)).collect()
-                    };
-                    assert_eq!(bits(&got), bits(&want), "n {n} k {k} skip {skip}");
-                }
-            }
-        }
-    }
-
-    #[test]
     fn gram_matches_naive_and_knn_breaks_ties_by_index() {
         let x = array![[1.0f32, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]];
         let g = gram(&x);
@@ -800,7 +827,7 @@ mod tests {
                 assert!((g[i * 4 + j] - want).abs() < 1e-6);
             }
         }
-        let knn = knn_from_gram(&g, 4, 2);
+        let knn = graph::knn_from_gram(&x, &g, 2, None).0;
         // Row 2: neighbours by inner product 0.7 (3), then ties 0 (0) and 0 (1): lower index.
         assert_eq!(knn.row(2), &[3, 0]);
         assert_eq!(knn.row(0), &[1, 3]);

@@ -77,7 +77,10 @@ pub fn hsic_unbiased(kl: f64, k: &KernelStats, l: &KernelStats) -> f64 {
 /// independent features when d is large relative to n (0.84 on the reference's random pair),
 /// the unbiased one is ≈ 0 there.
 pub fn cka(k: &KernelStats, l: &KernelStats, unbiased: bool) -> f64 {
-    cka_from_dot(frobenius(&k.mat, &l.mat), k, l, unbiased)
+    let (Some(km), Some(lm)) = (&k.mat, &l.mat) else {
+        panic!("cka of kernels in feature space needs cka_from_dot with ‖XᵀY‖²");
+    };
+    cka_from_dot(frobenius(km, lm), k, l, unbiased)
 }
 
 /// [`cka`] given ⟨K, L⟩_F (from [`frobenius`] or [`dot_block`]).
@@ -90,29 +93,29 @@ pub fn cka_from_dot(kl: f64, k: &KernelStats, l: &KernelStats, unbiased: bool) -
 }
 
 /// Unbiased HSIC of the masked kernels M∘K and M∘L, where M_ij = 1 when j is among i's
-/// neighbours in both `na` and `nb` (self excluded), as the official `cknna` computes it.
-pub fn cknna_similarity(k: &[f32], l: &[f32], na: &Knn, nb: &Knn, n: usize) -> f64 {
-    // Entries of the mask, row by row: j in both neighbour sets of i.
-    let in_mask = |i: usize, j: u32| na.contains(i, j) && nb.contains(i, j);
+/// neighbours in both `na` and `nb` (self excluded), as the official `cknna` computes it. The
+/// kernel values are the neighbours' canonical similarities carried by the lists (symmetric,
+/// so K_ji = K_ij), so no n × n matrix is read: O(n·k²).
+pub fn cknna_similarity(na: &Knn, nb: &Knn, n: usize) -> f64 {
     let mut sum_k = 0.0;
     let mut sum_l = 0.0;
     let mut trace_term = 0.0; // Σ_ij K'_ij L'_ji
     let mut col_k = vec![0f64; n]; // Σ_i K'_il
     let mut row_l = vec![0f64; n]; // Σ_j L'_lj
-    for i in 0..n {
-        for &j in na.set(i) {
-            if !nb.contains(i, j) {
+    for (i, row_l_i) in row_l.iter_mut().enumerate() {
+        let (brow, bsims) = (nb.row(i), nb.row_sims(i));
+        for (&j, &kv) in na.row(i).iter().zip(na.row_sims(i)) {
+            let Some(p) = brow.iter().position(|&q| q == j) else {
                 continue;
-            }
+            };
+            let lv = bsims[p];
             let j_us = j as usize;
-            let kv = k[i * n + j_us] as f64;
-            let lv = l[i * n + j_us] as f64;
             sum_k += kv;
             sum_l += lv;
             col_k[j_us] += kv;
-            row_l[i] += lv;
-            if in_mask(j_us, i as u32) {
-                trace_term += kv * l[j_us * n + i] as f64;
+            *row_l_i += lv;
+            if na.contains(j_us, i as u32) && nb.contains(j_us, i as u32) {
+                trace_term += kv * lv;
             }
         }
     }
@@ -124,9 +127,9 @@ pub fn cknna_similarity(k: &[f32], l: &[f32], na: &Knn, nb: &Knn, n: usize) -> f
 
 /// `cknna` = sim(K, L) / (√(sim(K, K) · sim(L, L)) + 1e-6), sim as [`cknna_similarity`]
 /// (Huh et al. 2024). At most 1; ≈ 0 on independent features.
-pub fn cknna(ka: &[f32], kb: &[f32], na: &Knn, nb: &Knn, n: usize) -> f64 {
-    let kl = cknna_similarity(ka, kb, na, nb, n);
-    let kk = cknna_similarity(ka, ka, na, na, n);
-    let ll = cknna_similarity(kb, kb, nb, nb, n);
+pub fn cknna(na: &Knn, nb: &Knn, n: usize) -> f64 {
+    let kl = cknna_similarity(na, nb, n);
+    let kk = cknna_similarity(na, na, n);
+    let ll = cknna_similarity(nb, nb, n);
     kl / ((kk * ll).sqrt() + 1e-6)
 }

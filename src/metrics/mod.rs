@@ -12,6 +12,7 @@
 pub mod derived;
 pub mod dot;
 pub mod extra;
+pub mod graph;
 pub mod kernel;
 pub mod knn;
 pub mod prep;
@@ -178,6 +179,19 @@ impl MetricSpec {
             derived::check_pair(name, &xs[0], y)?;
         }
         self.validate(xs[0].n())?;
+        let feature_form = xs
+            .iter()
+            .any(|x| ys.iter().any(|y| self.in_feature_space(x, y)));
+        if feature_form {
+            // No kernel to share across the block: pair by pair, in parallel.
+            return xs
+                .iter()
+                .map(|x| ys.par_iter().map(|y| self.compute(x, y)).collect())
+                .collect();
+        }
+        for r in xs.iter().map(|x| &**x).chain(ys.iter().map(|y| &**y)) {
+            r.require_dense(name)?;
+        }
         if self.metric == Metric::Rsa {
             let rx: Vec<_> = xs.par_iter().map(|x| x.rdm_ranks()).collect();
             let ry: Vec<_> = ys.par_iter().map(|y| y.rdm_ranks()).collect();
@@ -190,8 +204,14 @@ impl MetricSpec {
         }
         let kx: Vec<_> = xs.par_iter().map(|x| x.kernel(self.kernel)).collect();
         let ky: Vec<_> = ys.par_iter().map(|y| y.kernel(self.kernel)).collect();
-        let rx: Vec<&[f32]> = kx.iter().map(|s| s.mat.as_slice()).collect();
-        let ry: Vec<&[f32]> = ky.iter().map(|s| s.mat.as_slice()).collect();
+        let rx: Vec<&[f32]> = kx
+            .iter()
+            .map(|s| s.mat.as_deref().expect("dense kernel").as_slice())
+            .collect();
+        let ry: Vec<&[f32]> = ky
+            .iter()
+            .map(|s| s.mat.as_deref().expect("dense kernel").as_slice())
+            .collect();
         let dots = kernel::dot_block(&rx, &ry);
         let unbiased = self.metric == Metric::UnbiasedCka;
         let mut out = Vec::with_capacity(xs.len());
@@ -206,6 +226,18 @@ impl MetricSpec {
             out.push(r);
         }
         Ok(out)
+    }
+
+    /// True when the CKA family's linear kernel is computed in feature space for this pair
+    /// (d_x·d_y below n², or either side on the large-n path): a choice of arithmetic, not of
+    /// meaning, that depends on the shapes (docs/design.md §9).
+    fn in_feature_space(&self, a: &Derived, b: &Derived) -> bool {
+        matches!(self.metric, Metric::Cka | Metric::UnbiasedCka)
+            && self.kernel == Kernel::Linear
+            && (!a.dense()
+                || !b.dense()
+                || (a.x().ncols() as u128) * (b.x().ncols() as u128)
+                    < (a.n() as u128) * (a.n() as u128))
     }
 
     /// Computes the metric for one pair of derived representations.
@@ -236,11 +268,18 @@ impl MetricSpec {
             Metric::EditDistanceKnn => {
                 knn::edit_distance_knn(&a.knn(self.k), &b.knn(self.k), n, self.emulate_pymp)
             }
+            Metric::Cka | Metric::UnbiasedCka if self.in_feature_space(a, b) => {
+                let kl = derived::cross_frobenius(a.x(), b.x());
+                let (ka, kb) = (a.linear_features(), b.linear_features());
+                kernel::cka_from_dot(kl, &ka, &kb, self.metric == Metric::UnbiasedCka)
+            }
             Metric::Cka | Metric::UnbiasedCka => {
+                a.require_dense(name)?;
+                b.require_dense(name)?;
                 let (ka, kb) = (a.kernel(self.kernel), b.kernel(self.kernel));
                 kernel::cka(&ka, &kb, self.metric == Metric::UnbiasedCka)
             }
-            Metric::Cknna => kernel::cknna(a.gram(), b.gram(), &a.knn(self.k), &b.knn(self.k), n),
+            Metric::Cknna => kernel::cknna(&a.knn(self.k), &b.knn(self.k), n),
             Metric::Svcca => {
                 let ua = a.svcca_basis(self.cca_dim);
                 let ub = b.svcca_basis(self.cca_dim);
@@ -254,9 +293,22 @@ impl MetricSpec {
                     .map_err(|m| Error::metric(name, m.clone()))?;
                 extra::svcca(ua, ub).map_err(|m| Error::metric(name, m))?
             }
-            Metric::Procrustes => extra::procrustes(a, b).map_err(|m| Error::metric(name, m))?,
-            Metric::Rsa => extra::rsa(a, b),
+            Metric::Procrustes => {
+                for r in [a, b] {
+                    if r.x().ncols() > n {
+                        r.require_dense(name)?;
+                    }
+                }
+                extra::procrustes(a, b).map_err(|m| Error::metric(name, m))?
+            }
+            Metric::Rsa => {
+                a.require_dense(name)?;
+                b.require_dense(name)?;
+                extra::rsa(a, b)
+            }
             Metric::LinearR2 => {
+                a.require_dense(name)?;
+                b.require_dense(name)?;
                 extra::linear_r2(a, b, self.ridge).map_err(|m| Error::metric(name, m))?
             }
         };

@@ -1,0 +1,164 @@
+//! The large-n path (no n × n matrix: tiled neighbour search, kernels in feature space) gives
+//! the same numbers as the dense path wherever both run (docs/design.md §9).
+
+use std::sync::Arc;
+
+use half::f16;
+use ndarray::Array2;
+use prh::metrics::{Derived, Kernel, Metric, MetricSpec, TieBreak, prep};
+use prh::rng::Rng;
+
+/// A budget under which no n × n matrix is allowed for these sizes.
+const SMALL: usize = 1 << 20;
+
+fn gaussian(n: usize, d: usize, seed: u64) -> Array2<f32> {
+    let mut r = Rng::new(seed);
+    Array2::from_shape_fn((n, d), |_| r.normal() as f32)
+}
+
+/// Width-8 features of small integers: after normalisation many rows coincide in direction,
+/// so neighbours tie at the k boundary often.
+fn tied(n: usize, seed: u64) -> Array2<f32> {
+    let mut r = Rng::new(seed);
+    let mut x = Array2::from_shape_fn((n, 8), |_| [0.0, 0.0, 1.0, 2.0][r.below(4)]);
+    for mut row in x.rows_mut() {
+        row[r.below(8)] += 1.0;
+    }
+    x
+}
+
+/// f16-stored features, widened as ingest widens them.
+fn half_rounded(x: &Array2<f32>) -> Array2<f32> {
+    x.mapv(|v| f16::from_f32(v).to_f32())
+}
+
+fn both(raw: &Array2<f32>) -> (Arc<Derived>, Arc<Derived>) {
+    let x = prep::prepare(raw.view(), prep::clamp_threshold(&[raw.view()], 0.95), true).unwrap();
+    let dense = Derived::new(x.clone());
+    let large = Derived::within(x, SMALL);
+    assert!(dense.dense() && !large.dense());
+    (Arc::new(dense), Arc::new(large))
+}
+
+fn specs() -> Vec<MetricSpec> {
+    let mut out = Vec::new();
+    for m in [
+        Metric::MutualKnn,
+        Metric::CycleKnn,
+        Metric::LcsKnn,
+        Metric::EditDistanceKnn,
+        Metric::JaccardKnn,
+        Metric::Cknna,
+        Metric::Cka,
+        Metric::UnbiasedCka,
+        Metric::Svcca,
+        Metric::Procrustes,
+    ] {
+        for k in [1, 10, 31] {
+            let mut s = MetricSpec::new(m);
+            s.k = k;
+            s.cca_dim = 6; // the width-8 inputs have 8 columns
+            if m == Metric::Cknna && k < 2 {
+                continue;
+            }
+            out.push(s);
+            if matches!(m, Metric::MutualKnn | Metric::CycleKnn) {
+                s.ties = TieBreak::Expected;
+                out.push(s);
+            }
+            if !m.uses_k() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Every metric, and every tie count, on the two paths: the same bits.
+fn same_on_both_paths(x: &Array2<f32>, y: &Array2<f32>, what: &str) -> usize {
+    let ((xd, xl), (yd, yl)) = (both(x), both(y));
+    let mut tied_rows = 0;
+    for s in specs() {
+        let dense = s.compute(&xd, &yd).unwrap();
+        let large = s.compute(&xl, &yl).unwrap();
+        assert_eq!(
+            dense.to_bits(),
+            large.to_bits(),
+            "{what}: {} ({}): dense {dense} vs large-n {large}",
+            s.metric,
+            s.params_key()
+        );
+        let (td, tl) = (s.tied_rows(&xd, &yd), s.tied_rows(&xl, &yl));
+        assert_eq!(td, tl, "{what}: {} tie count", s.metric);
+        tied_rows += td.unwrap_or(0);
+    }
+    // A permuted y (the null) and a resample with repeats (the bootstrap) on both paths.
+    let n = x.nrows();
+    let mut r = Rng::new(n as u64);
+    let perm: Vec<u32> = r.permutation(n).into_iter().map(|i| i as u32).collect();
+    let boot: Vec<u32> = (0..n).map(|_| r.below(n) as u32).collect();
+    for idx in [perm, boot] {
+        let idx = Arc::new(idx);
+        let (pd, pl) = (
+            Derived::reindexed(&yd, idx.clone()),
+            Derived::reindexed(&yl, idx.clone()),
+        );
+        let (xd2, xl2) = (
+            Derived::reindexed(&xd, idx.clone()),
+            Derived::reindexed(&xl, idx),
+        );
+        for m in [Metric::MutualKnn, Metric::Cknna, Metric::UnbiasedCka] {
+            let s = MetricSpec::new(m);
+            let dense = s.compute(&xd2, &pd).unwrap();
+            let large = s.compute(&xl2, &pl).unwrap();
+            assert_eq!(dense.to_bits(), large.to_bits(), "{what}: reindexed {m}");
+        }
+    }
+    tied_rows
+}
+
+#[test]
+fn the_large_n_path_equals_the_dense_path_on_every_metric() {
+    for (i, &n) in [257usize, 1024, 4096].iter().enumerate() {
+        let s = 10 * i as u64;
+        let (x, y) = (gaussian(n, 48, s), gaussian(n, 24, s + 1));
+        // y partly follows x, so scores are far from chance and rankings matter.
+        let y = &y + &x.slice(ndarray::s![.., ..24]).mapv(|v| 0.8 * v);
+        same_on_both_paths(&x, &y, &format!("gaussian n={n}"));
+        same_on_both_paths(&half_rounded(&x), &half_rounded(&y), &format!("f16 n={n}"));
+        let ties = same_on_both_paths(&tied(n, s + 2), &tied(n, s + 3), &format!("ties n={n}"));
+        assert!(
+            ties > n / 4,
+            "the width-8 inputs must tie ({ties} tied rows)"
+        );
+    }
+}
+
+#[test]
+fn metrics_without_a_bounded_memory_form_are_refused_in_one_line() {
+    let (_, x) = both(&gaussian(600, 16, 1));
+    let (_, y) = both(&gaussian(600, 16, 2));
+    let mut rbf = MetricSpec::new(Metric::Cka);
+    rbf.kernel = Kernel::Rbf { sigma: 1.0 };
+    for s in [
+        rbf,
+        MetricSpec::new(Metric::Rsa),
+        MetricSpec::new(Metric::LinearR2),
+    ] {
+        let e = s.compute(&x, &y).unwrap_err();
+        let line = e.to_string();
+        assert_eq!(e.kind(), prh::error::ErrorKind::Unsupported, "{line}");
+        assert!(!line.contains('\n'), "{line}");
+        for part in [s.metric.name(), "n = 600", "GiB", "1 MiB"] {
+            assert!(line.contains(part), "{part:?} missing from {line:?}");
+        }
+        assert!(e.hint_text().unwrap().contains("--mem-mib"));
+        // The block form refuses the same way.
+        let e = s
+            .compute_block(std::slice::from_ref(&x), std::slice::from_ref(&y))
+            .map(|r| r.unwrap_err().to_string());
+        if let Some(block) = e {
+            assert_eq!(block, line);
+        }
+    }
+}
