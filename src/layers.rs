@@ -146,11 +146,10 @@ pub fn derive_checkpoint(layers: &[Array2<f32>], prep: Prep, layout: Layout) -> 
         .par_iter()
         .zip(thresholds.par_iter())
         .map(|(l, &t)| {
-            Ok(Arc::new(Derived::new(prep::prepare(
-                l.view(),
-                t,
-                prep.normalize,
-            )?)))
+            Ok(Arc::new(Derived::within(
+                prep::prepare(l.view(), t, prep.normalize)?,
+                crate::metrics::derived::DEFAULT_BUDGET,
+            )))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((derived, thresholds))

@@ -115,7 +115,7 @@ impl View {
             x_checkpoint: None,
             specs: vec![self.spec],
             prep: self.prep,
-            mem_budget: 4096 << 20,
+            mem_budget: crate::metrics::derived::DEFAULT_BUDGET,
             null: null.permutations,
             bootstrap: 0,
             seed: null.seed,

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::common;
+
 use half::f16;
 use ndarray::Array2;
 use prh::metrics::{Derived, Kernel, Metric, MetricSpec, TieBreak, prep};
@@ -161,4 +163,123 @@ fn metrics_without_a_bounded_memory_form_are_refused_in_one_line() {
             assert_eq!(block, line);
         }
     }
+}
+
+/// A registry with two models (2 layers, n × 2 × 16, the second partly following the first).
+fn registry(n: usize) -> common::Env {
+    let env = common::Env::new();
+    let x = common::noise(n * 2 * 16, 1);
+    let y: Vec<f32> = common::noise(n * 2 * 16, 2)
+        .iter()
+        .zip(&x)
+        .map(|(v, u)| v + u)
+        .collect();
+    env.ok(&["init"]);
+    let (px, py) = (env.path("x.npy"), env.path("y.npy"));
+    common::write_npy(&px, &[n, 2, 16], &x);
+    common::write_npy(&py, &[n, 2, 16], &y);
+    common::ingest_all(&env, "d", &[(px, "x", "language"), (py, "y", "vision")]);
+    env
+}
+
+const METRICS: &str = "mutual_knn,cycle_knn,cknna,cka,unbiased_cka,procrustes";
+
+#[test]
+fn align_gives_the_same_scores_whatever_the_memory_budget() {
+    let n = 2048; // a Gram matrix of 16 MiB: over what --mem-mib 16 allows
+    let (a, b) = (registry(n), registry(n));
+    let args = ["align", "--x", "x", "--y", "y", "--metric", METRICS];
+    let dense = a.json(&[&args[..], &["--format", "json", "--quiet"]].concat());
+    let large = b.json(
+        &[
+            &args[..],
+            &["--mem-mib", "16", "--format", "json", "--quiet"],
+        ]
+        .concat(),
+    );
+    assert_eq!(dense.as_array().unwrap().len(), 6);
+    for (d, l) in dense
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(large.as_array().unwrap())
+    {
+        assert_eq!(d["metric"], l["metric"]);
+        assert_eq!(d["score"], l["score"], "{}", d["metric"]);
+        assert_eq!(d["layers"], l["layers"], "{}", d["metric"]);
+    }
+    // rsa needs two n × n matrices: refused in one line under the small budget, not crashed.
+    let err = b.fails_with(
+        5,
+        &[
+            "align",
+            "--x",
+            "x",
+            "--y",
+            "y",
+            "--metric",
+            "rsa",
+            "--mem-mib",
+            "16",
+        ],
+    );
+    assert!(
+        err.contains("rsa at n = 2048") && err.contains("16 MiB"),
+        "{err}"
+    );
+}
+
+/// Peak address space allowed to `prh align` below: far less than one n × n Gram matrix.
+const CAP_BYTES: u64 = 3 << 30;
+
+/// `prh align --x x --y y <extra>` under the address-space cap.
+fn capped(env: &common::Env, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new("prlimit")
+        .arg(format!("--as={CAP_BYTES}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_prh"))
+        .arg("--registry")
+        .arg(env.reg())
+        .args(["align", "--x", "x", "--y", "y", "--quiet"])
+        .args(extra)
+        .output()
+        .expect("prlimit (util-linux) runs")
+}
+
+#[test]
+fn a_run_whose_gram_matrix_exceeds_the_address_space_cap_completes() {
+    let n = 40_000; // one f32 Gram matrix: 6.4 GB, twice the cap
+    let env = registry(n);
+    let out = capped(
+        &env,
+        &[
+            "--metric",
+            "mutual_knn,cknna,unbiased_cka",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let chance = 10.0 / (n - 1) as f64;
+    let mk = v[0]["score"].as_f64().unwrap();
+    assert!(
+        mk > 20.0 * chance,
+        "the related models align far above chance: {v}"
+    );
+    // rbf cka at this n: one line (and its hint), exit 5 (unsupported), no abort.
+    let out = capped(&env, &["--metric", "cka", "--kernel", "rbf"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| !l.starts_with("hint:")).count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("cka at n = 40000"), "{err}");
 }

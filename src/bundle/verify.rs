@@ -28,7 +28,10 @@ pub(super) fn recompute_cell(
         let (t, norm) = prep::from_key(p)
             .ok_or_else(|| Error::Corrupt(format!("unreadable prep key {p:?}")))?;
         let x = open(&h.parse()?)?.to_f32_verified()?;
-        Ok(Derived::new(prep::prepare(x.view(), t, norm)?))
+        Ok(Derived::within(
+            prep::prepare(x.view(), t, norm)?,
+            crate::metrics::derived::DEFAULT_BUDGET,
+        ))
     };
     let a = load(&c.hash_x, &c.prep_x)?;
     let b = load(&c.hash_y, &c.prep_y)?;

@@ -174,7 +174,7 @@ pub struct SweepArgs {
     #[command(flatten)]
     pub stats: StatsArgs,
     /// Memory for derived data held at once, in MiB.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = prh::metrics::derived::DEFAULT_BUDGET >> 20)]
     pub mem_mib: usize,
     /// No progress bar.
     #[arg(long, short)]

@@ -678,8 +678,11 @@ pub fn cross_frobenius(x: &Array2<f32>, y: &Array2<f32>) -> f64 {
     total
 }
 
+/// The memory budget for derived data when none is given (`--mem-mib`'s default).
+pub const DEFAULT_BUDGET: usize = 4096 << 20;
+
 /// Bytes of one tile of similarities in the large-n neighbour search.
-const TILE_BYTES: usize = 64 << 20;
+pub const TILE_BYTES: usize = 64 << 20;
 
 /// True when a representation of n samples may hold its n × n matrices within `budget`
 /// bytes: the Gram matrix and one kernel (8n² bytes) in at most a quarter of it, so a

@@ -96,8 +96,11 @@ pub(super) fn report(
             let ties = if spec.metric.uses_k() {
                 // The tied rows of the pair the score comes from (the last pair for the mean).
                 let [i, j] = layers.unwrap_or([x.layers.len() - 1, y.layers.len() - 1]);
-                let bx = tie_bits(reg, x, i, &preps[&x.checkpoint_id], req.prep, spec.k)?;
-                let by = tie_bits(reg, y, j, &preps[&y.checkpoint_id], req.prep, spec.k)?;
+                let tb = |c: &CheckpointLayers, l| {
+                    let cp = &preps[&c.checkpoint_id];
+                    tie_bits(reg, c, l, cp, req.prep, spec.k, req.mem_budget)
+                };
+                let (bx, by) = (tb(x, i)?, tb(y, j)?);
                 Some(
                     bx.iter()
                         .zip(&by)
@@ -222,6 +225,7 @@ pub(super) fn tie_bits(
     cp: &CheckpointPrep,
     prep: Prep,
     k: usize,
+    budget: usize,
 ) -> Result<Vec<u8>> {
     let (hash, key) = (&ck.layers[l], &cp.keys[l]);
     let stored = reg.catalog.knn_ties(hash, key, k)?;
@@ -229,9 +233,10 @@ pub(super) fn tie_bits(
         return Ok(bits);
     }
     let x = reg.store.get(hash)?.to_f32_verified()?;
-    let d = Derived::new(
+    let d = Derived::within(
         prep::prepare(x.view(), cp.thresholds[l], prep.normalize)
             .map_err(|e| e.prefixed(&format!("{} @ {}", ck.model, ck.checkpoint)))?,
+        budget,
     );
     store_ties(reg, hash, key, k, &d.ties(k), ck.n)
 }

@@ -329,7 +329,7 @@ mod tests {
                     continue;
                 }
                 count += 1;
-                let size = derived_bytes(c);
+                let size = derived_bytes(c, budget);
                 while lru.iter().map(|e| e.1).sum::<usize>() + size > budget && !lru.is_empty() {
                     lru.remove(0);
                 }
@@ -347,7 +347,7 @@ mod tests {
             .iter()
             .flat_map(|x| ys.iter().map(move |y| (x, y)))
             .collect();
-        let one = derived_bytes(&xs[0]);
+        let one = derived_bytes(&xs[0], usize::MAX);
         // Room for the 3 x checkpoints and one y: x-major re-derives every y for every x.
         let budget = 4 * one;
         assert_eq!(derivations(&pairs, None, budget), 3 + 3 * 5);

@@ -40,7 +40,7 @@ pub(super) fn compute_order(
             let id = pick(p);
             if let std::collections::hash_map::Entry::Vacant(e) = bytes.entry(id) {
                 let ck = if id == p.0.checkpoint_id { p.0 } else { p.1 };
-                e.insert(derived_bytes(ck));
+                e.insert(derived_bytes(ck, budget));
                 ids.push(id);
             }
         }

@@ -2,6 +2,7 @@
 //! derived once, kept in a memory-bounded LRU while the pairs that need it are scored.
 
 use super::*;
+use crate::metrics::derived::{TILE_BYTES, dense_fits};
 
 /// Loads layers as f32 (in parallel), verifying every blob's hash.
 pub fn load_layers(reg: &Registry, layers: &[BlobHash]) -> Result<Vec<Array2<f32>>> {
@@ -161,13 +162,14 @@ impl DerivedCache {
             .into_par_iter()
             .zip(thresholds.par_iter())
             .map(|(l, &threshold)| {
-                Ok(Arc::new(Derived::new(
+                Ok(Arc::new(Derived::within(
                     prep::prepare(l.view(), threshold, prep.normalize)
                         .map_err(|e| e.prefixed(&format!("{} @ {}", ck.model, ck.checkpoint)))?,
+                    self.budget,
                 )))
             })
             .collect::<Result<Vec<_>>>()?;
-        let size = derived_bytes(ck);
+        let size = derived_bytes(ck, self.budget);
         while self.used + size > self.budget && !self.entries.is_empty() {
             let (&oldest, _) = self
                 .entries
@@ -185,7 +187,12 @@ impl DerivedCache {
     }
 }
 
-/// Bytes of a checkpoint's derived data, roughly: features, Gram matrices, neighbour lists.
-pub(super) fn derived_bytes(ck: &CheckpointLayers) -> usize {
-    ck.f32_bytes + ck.layers.len() * ck.n * ck.n * 4 * 2
+/// Bytes of a checkpoint's derived data under `budget`, roughly: features, and Gram matrices
+/// (dense path) or neighbour lists and one tile of similarities (large-n path).
+pub(super) fn derived_bytes(ck: &CheckpointLayers, budget: usize) -> usize {
+    if dense_fits(ck.n, budget) {
+        ck.f32_bytes + ck.layers.len() * ck.n * ck.n * 4 * 2
+    } else {
+        2 * ck.f32_bytes + ck.layers.len() * ck.n * 256 + TILE_BYTES
+    }
 }
