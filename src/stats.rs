@@ -433,6 +433,23 @@ pub fn pearson_ci95(x: &[f64], y: &[f64], b: usize, seed: u64) -> Option<[f64; 2
     (draws.len() >= b / 2).then(|| ci95(&draws))
 }
 
+/// Benjamini–Hochberg q-values of `ps`, in their order: q_(i) = min over j ≥ i of p_(j)·m/j for
+/// the p-values sorted ascending (ranks j from 1), capped at 1. Calling every pair with
+/// q ≤ α aligned controls the false-discovery rate at α over the family (independent or
+/// positively dependent tests).
+pub fn bh_q_values(ps: &[f64]) -> Vec<f64> {
+    let m = ps.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| ps[a].total_cmp(&ps[b]).then(a.cmp(&b)));
+    let mut q = vec![0.0; m];
+    let mut running = 1.0f64;
+    for (rank, &i) in order.iter().enumerate().rev() {
+        running = running.min(ps[i] * m as f64 / (rank + 1) as f64);
+        q[i] = running;
+    }
+    q
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,6 +474,23 @@ mod tests {
     ) -> Vec<f64> {
         let spec = MetricSpec::new(Metric::MutualKnn);
         draws(how, &spec, Reduce::Max, (xs, ys), seed, range).unwrap()
+    }
+
+    #[test]
+    fn q_values_match_a_hand_computation() {
+        // Sorted p: 0.001 0.008 0.039 0.041 0.042 0.06 0.074 0.205 (m = 8), given shuffled.
+        // p·m/rank: 0.008 0.032 0.104 0.082 0.0672 0.08 0.08457 0.205; then the running
+        // minimum from the largest rank down.
+        let ps = [0.042, 0.001, 0.205, 0.039, 0.06, 0.008, 0.074, 0.041];
+        let want = [0.0672, 0.008, 0.205, 0.0672, 0.08, 0.032, 0.0845714, 0.0672];
+        for (q, w) in bh_q_values(&ps).iter().zip(want) {
+            assert!((q - w).abs() < 1e-6, "{q} vs {w}");
+        }
+        // Capped at 1, equal p-values share a q-value, and one test is its own q.
+        assert_eq!(bh_q_values(&[0.9, 0.9, 0.9]), vec![0.9, 0.9, 0.9]);
+        assert_eq!(bh_q_values(&[0.7, 0.95]), vec![0.95, 0.95]);
+        assert_eq!(bh_q_values(&[0.3]), vec![0.3]);
+        assert!(bh_q_values(&[]).is_empty());
     }
 
     #[test]

@@ -56,6 +56,8 @@ struct Row<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     p_value: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    q_value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     z: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     calibrated: Option<f64>,
@@ -84,6 +86,7 @@ pub fn print_results(results: &[PairResult], format: FormatArg) -> Result<()> {
                     cells_computed: r.cells_computed,
                     cells_cached: r.cells_cached,
                     p_value: r.p_value,
+                    q_value: r.q_value,
                     z: r.z,
                     calibrated: r.calibrated,
                     ci95: r.ci95.map(|c| format!("{:.4}..{:.4}", c[0], c[1])),

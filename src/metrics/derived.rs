@@ -24,7 +24,7 @@ pub struct Knn {
     pub ordered: Vec<u32>,
     /// The same lists sorted by index, for O(log k) membership tests.
     pub sorted: Vec<u32>,
-    /// The canonical similarity of each neighbour in `ordered` (docs/design.md §9).
+    /// The canonical similarity of each neighbour in `ordered` (docs/design.md §13).
     pub sims: Vec<f64>,
 }
 
@@ -208,7 +208,7 @@ impl Derived {
     /// Derives from prepared features within a memory budget: with the n × n Gram matrix
     /// ([`Derived::new`]) when [`dense_fits`], else without any n × n matrix (the large-n
     /// path: tiled neighbour search, kernel metrics in feature space). Both give the same
-    /// neighbours, ties and scores (docs/design.md §9).
+    /// neighbours, ties and scores (docs/design.md §13).
     pub fn within(x: Array2<f32>, budget: usize) -> Self {
         if dense_fits(x.nrows(), budget) {
             return Derived::new(x);
@@ -374,8 +374,7 @@ impl Derived {
                 if self.dense {
                     graph::knn_from_gram(self.x(), self.gram(), k, groups)
                 } else {
-                    let tile = graph::tile_rows(self.n, TILE_BYTES);
-                    graph::knn_tiled(self.x(), k, groups, tile, &|_| {})
+                    graph::knn_tiled(self.x(), k, groups, &|_| {})
                 }
             }
         };
@@ -681,8 +680,9 @@ pub fn cross_frobenius(x: &Array2<f32>, y: &Array2<f32>) -> f64 {
 /// The memory budget for derived data when none is given (`--mem-mib`'s default).
 pub const DEFAULT_BUDGET: usize = 4096 << 20;
 
-/// Bytes of one tile of similarities in the large-n neighbour search.
-pub const TILE_BYTES: usize = 64 << 20;
+/// Bytes the large-n neighbour search holds beyond features and lists (blocks of
+/// similarities and proposals, per thread), for planning.
+pub const SEARCH_BYTES: usize = 64 << 20;
 
 /// True when a representation of n samples may hold its n × n matrices within `budget`
 /// bytes: the Gram matrix and one kernel (8n² bytes) in at most a quarter of it, so a

@@ -1,4 +1,4 @@
-//! Exact k-nearest-neighbour graphs, certified against any GEMM (docs/design.md §9).
+//! Exact k-nearest-neighbour graphs, certified against any GEMM (docs/design.md §13).
 //!
 //! A neighbour's similarity is defined once, independently of how it is computed at scale:
 //! the *canonical* similarity of rows i and j is [`dot_f64`]`(x_i, x_j)` (f32 products exact
@@ -30,50 +30,6 @@ pub(crate) fn same_sample(i: usize, j: usize, groups: Option<&[u32]>) -> bool {
 pub(crate) fn total_key(v: f32) -> i32 {
     let b = v.to_bits() as i32;
     b ^ (((b >> 31) as u32) >> 1) as i32
-}
-
-/// The k largest entries of `row` (excluding index `skip`), most similar first, ties by lower
-/// index, into `buf` as (value, index). Once the buffer is full, each block of 16 values is
-/// first tested branch-free against the k-th best (most blocks hold no candidate), and only a
-/// block that does is scanned value by value.
-pub(crate) fn top_k_scan(
-    row: &[f32],
-    skip: usize,
-    k: usize,
-    groups: Option<&[u32]>,
-    buf: &mut Vec<(f32, u32)>,
-) {
-    const BLOCK: usize = 16;
-    buf.clear();
-    if k == 0 {
-        return;
-    }
-    for (c, block) in row.chunks(BLOCK).enumerate() {
-        if buf.len() == k {
-            let kth = total_key(buf[k - 1].0);
-            if !block
-                .iter()
-                .fold(false, |any, &v| any | (total_key(v) > kth))
-            {
-                continue;
-            }
-        }
-        for (o, &v) in block.iter().enumerate() {
-            let j = c * BLOCK + o;
-            if same_sample(skip, j, groups) {
-                continue;
-            }
-            if buf.len() == k {
-                // Scanning in index order: an equal value never beats an earlier index.
-                if total_key(v) <= total_key(buf[k - 1].0) {
-                    continue;
-                }
-                buf.pop();
-            }
-            let pos = buf.partition_point(|&(b, _)| total_key(b) >= total_key(v));
-            buf.insert(pos, (v, j as u32));
-        }
-    }
 }
 
 /// Rows of prepared features, with what the certificate needs.
@@ -135,55 +91,86 @@ pub struct RowNeighbours {
 /// Scratch buffers reused across the rows one thread refines.
 #[derive(Default)]
 pub struct Scratch {
-    approx: Vec<(f32, u32)>,
+    proposal: Proposal,
     cand: Vec<(f64, u32)>,
 }
 
-/// Row i's exact k nearest neighbours from `approx`, f32 similarities of row i to every row
-/// computed by any summation order (see the module note). `groups`: rows with one label are
-/// copies of one sample and never each other's neighbours.
-pub fn refine_row(
-    rows: &Rows,
-    approx: &[f32],
-    i: usize,
+/// One row's candidates as f32 similarities stream in, block after block of columns: every
+/// value not below the running floor (the running k-th best minus the margin) is kept, and the
+/// floor rises as better values arrive. The running k-th never exceeds the final one, so
+/// nothing that reaches the final floor is ever dropped.
+#[derive(Default)]
+pub struct Proposal {
+    buf: Vec<(f32, u32)>,
+    floor: i32,
+    margin: f64,
     k: usize,
-    groups: Option<&[u32]>,
-    s: &mut Scratch,
-) -> RowNeighbours {
-    top_k_scan(approx, i, k, groups, &mut s.approx);
-    s.cand.clear();
-    if let Some(&(t, _)) = s.approx.get(k.saturating_sub(1)).filter(|_| k > 0) {
-        let margin = 2.0 * rows.gamma * rows.norms[i] * rows.max_norm;
-        // The smallest f32 that is still a candidate, rounded down so no candidate is lost.
-        let floor = t as f64 - margin;
-        let mut low = floor as f32;
-        if low as f64 > floor {
-            low = low.next_down();
-        }
-        let lk = total_key(low);
-        const BLOCK: usize = 16;
-        for (c, block) in approx.chunks(BLOCK).enumerate() {
-            if !block
+}
+
+impl Proposal {
+    /// Starts row i (margin from [`Rows`], for k neighbours).
+    pub fn start(&mut self, rows: &Rows, i: usize, k: usize) {
+        self.buf.clear();
+        self.floor = i32::MIN;
+        self.margin = 2.0 * rows.gamma * rows.norms[i] * rows.max_norm;
+        self.k = k;
+    }
+
+    /// Feeds row i's similarities to columns `col0..col0 + block.len()`.
+    pub fn feed(&mut self, block: &[f32], col0: usize, i: usize, groups: Option<&[u32]>) {
+        const LANES: usize = 16;
+        for (c, chunk) in block.chunks(LANES).enumerate() {
+            let floor = self.floor;
+            if !chunk
                 .iter()
-                .fold(false, |any, &v| any | (total_key(v) >= lk))
+                .fold(false, |any, &v| any | (total_key(v) >= floor))
             {
                 continue;
             }
-            for (o, &v) in block.iter().enumerate() {
-                let j = c * BLOCK + o;
-                if total_key(v) >= lk && !same_sample(i, j, groups) {
-                    s.cand.push((rows.sim(i, j), j as u32));
+            for (o, &v) in chunk.iter().enumerate() {
+                let j = col0 + c * LANES + o;
+                if total_key(v) >= self.floor && !same_sample(i, j, groups) {
+                    self.buf.push((v, j as u32));
                 }
             }
-        }
-    } else {
-        // Fewer than k others: all of them.
-        for j in 0..approx.len() {
-            if !same_sample(i, j, groups) {
-                s.cand.push((rows.sim(i, j), j as u32));
+            if self.buf.len() >= 4 * self.k + 64 {
+                self.prune();
             }
         }
     }
+
+    /// Raises the floor to the k-th best so far minus the margin and drops what is below.
+    fn prune(&mut self) {
+        let k = self.k;
+        if k == 0 || self.buf.len() < k {
+            return;
+        }
+        let (_, kth, _) = self
+            .buf
+            .select_nth_unstable_by(k - 1, |a, b| total_key(b.0).cmp(&total_key(a.0)));
+        let t = kth.0 as f64 - self.margin;
+        let mut low = t as f32;
+        if low as f64 > t {
+            low = low.next_down();
+        }
+        self.floor = self.floor.max(total_key(low));
+        let floor = self.floor;
+        self.buf.retain(|p| total_key(p.0) >= floor);
+    }
+}
+
+/// Row i's exact neighbours from its proposal: the candidates rescored canonically, ordered,
+/// and the tie at the k boundary read off.
+fn finish(rows: &Rows, i: usize, s: &mut Scratch) -> RowNeighbours {
+    let k = s.proposal.k;
+    s.proposal.prune();
+    s.cand.clear();
+    s.cand.extend(
+        s.proposal
+            .buf
+            .iter()
+            .map(|&(_, j)| (rows.sim(i, j as usize), j)),
+    );
     s.cand
         .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let take = k.min(s.cand.len());
@@ -205,6 +192,22 @@ pub fn refine_row(
     RowNeighbours { top, tie }
 }
 
+/// Row i's exact k nearest neighbours from `approx`, f32 similarities of row i to every row
+/// computed by any summation order (see the module note). `groups`: rows with one label are
+/// copies of one sample and never each other's neighbours.
+pub fn refine_row(
+    rows: &Rows,
+    approx: &[f32],
+    i: usize,
+    k: usize,
+    groups: Option<&[u32]>,
+    s: &mut Scratch,
+) -> RowNeighbours {
+    s.proposal.start(rows, i, k);
+    s.proposal.feed(approx, 0, i, groups);
+    finish(rows, i, s)
+}
+
 /// Assembles per-row results (in row order) into lists and ties.
 pub fn assemble(k: usize, per_row: Vec<RowNeighbours>) -> (Knn, Ties) {
     let n = per_row.len();
@@ -221,52 +224,66 @@ pub fn assemble(k: usize, per_row: Vec<RowNeighbours>) -> (Knn, Ties) {
     (Knn::new(k, ordered, sims), Ties { rows })
 }
 
-/// Rows per tile so that one tile of f32 similarities (rows × n) takes about `bytes`.
-pub fn tile_rows(n: usize, bytes: usize) -> usize {
-    (bytes / (4 * n.max(1))).clamp(16, n.max(16))
-}
+/// Rows per task of the tiled search, and columns per block: one block of similarities
+/// (64 × 4,096 f32, 1 MiB) stays in cache while its rows' proposals read it.
+const TILE_ROWS: usize = 64;
+const TILE_COLS: usize = 4096;
 
-/// The exact k-nearest-neighbour graph of `x` without an n × n matrix: tiles of `tile` rows
-/// against all rows (one GEMM each), each row refined by [`refine_row`]. Peak memory is the
-/// features plus one tile (tile × n × 4 bytes). `progress` is called with rows done.
+/// The exact k-nearest-neighbour graph of `x` without an n × n matrix: each task takes 64 rows
+/// and walks all rows in blocks of 4,096 (one single-threaded GEMM per block, tasks in
+/// parallel), feeding every row's [`Proposal`]; then each row is finished canonically. Memory
+/// beyond the features and the result: 1 MiB of similarities and the proposals per thread.
+/// `progress` is called with the number of rows done so far.
 pub fn knn_tiled(
     x: &Array2<f32>,
     k: usize,
     groups: Option<&[u32]>,
-    tile: usize,
     progress: &(dyn Fn(usize) + Sync),
 ) -> (Knn, Ties) {
     let xs = x.as_standard_layout();
     let (n, d) = x.dim();
     let rows = Rows::new(xs.as_slice().expect("standard layout"), n, d);
     let a = MatRef::from_row_major_slice(rows.x, n, d);
-    let tile = tile.clamp(1, n.max(1));
-    let mut buf = vec![0f32; tile * n];
-    let mut out = Vec::with_capacity(n);
-    let mut r0 = 0;
-    while r0 < n {
-        let r1 = (r0 + tile).min(n);
-        let s = &mut buf[..(r1 - r0) * n];
-        faer::linalg::matmul::matmul(
-            MatMut::from_row_major_slice_mut(s, r1 - r0, n),
-            Accum::Replace,
-            a.subrows(r0, r1 - r0),
-            a.transpose(),
-            1.0f32,
-            Par::rayon(0),
-        );
-        let part: Vec<RowNeighbours> = s
-            .par_chunks(n)
-            .enumerate()
-            .map_init(Scratch::default, |sc, (o, approx)| {
-                refine_row(&rows, approx, r0 + o, k, groups, sc)
-            })
-            .collect();
-        out.extend(part);
-        progress(r1);
-        r0 = r1;
-    }
-    assemble(k, out)
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let tiles: Vec<Vec<RowNeighbours>> = (0..n.div_ceil(TILE_ROWS))
+        .into_par_iter()
+        .map_init(
+            || (vec![0f32; TILE_ROWS * TILE_COLS], Vec::<Scratch>::new()),
+            |(buf, scratch), t| {
+                let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(n));
+                scratch.resize_with(r1 - r0, Scratch::default);
+                for (o, sc) in scratch.iter_mut().enumerate() {
+                    sc.proposal.start(&rows, r0 + o, k);
+                }
+                for c0 in (0..n).step_by(TILE_COLS) {
+                    let c1 = (c0 + TILE_COLS).min(n);
+                    let w = c1 - c0;
+                    let block = &mut buf[..(r1 - r0) * w];
+                    faer::linalg::matmul::matmul(
+                        MatMut::from_row_major_slice_mut(block, r1 - r0, w),
+                        Accum::Replace,
+                        a.subrows(r0, r1 - r0),
+                        a.subrows(c0, w).transpose(),
+                        1.0f32,
+                        Par::Seq,
+                    );
+                    for (o, sc) in scratch.iter_mut().enumerate() {
+                        sc.proposal
+                            .feed(&block[o * w..(o + 1) * w], c0, r0 + o, groups);
+                    }
+                }
+                let out: Vec<RowNeighbours> = scratch
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(o, sc)| finish(&rows, r0 + o, sc))
+                    .collect();
+                let so_far = done.fetch_add(r1 - r0, std::sync::atomic::Ordering::Relaxed);
+                progress(so_far + r1 - r0);
+                out
+            },
+        )
+        .collect();
+    assemble(k, tiles.into_iter().flatten().collect())
 }
 
 /// The same graph from a dense n × n f32 Gram matrix of `x`.
@@ -325,14 +342,24 @@ mod tests {
                         (canon[j] + e) as f32
                     })
                     .collect();
-                let mut naive: Vec<(f32, u32)> = Vec::new();
-                top_k_scan(&approx, i, k, None, &mut naive);
-                flipped += usize::from(
-                    naive.iter().map(|p| p.1).collect::<Vec<_>>()
-                        != want.iter().map(|p| p.1).collect::<Vec<_>>(),
-                );
+                let mut naive: Vec<u32> = (0..n as u32).filter(|&j| j as usize != i).collect();
+                naive.sort_by(|&a, &b| {
+                    approx[b as usize]
+                        .total_cmp(&approx[a as usize])
+                        .then(a.cmp(&b))
+                });
+                naive.truncate(k);
+                flipped += usize::from(naive != want.iter().map(|p| p.1).collect::<Vec<_>>());
                 let got = refine_row(&rows, &approx, i, k, None, &mut Scratch::default());
                 assert_eq!(got.top, want, "row {i}, trial {trial}");
+                // Streamed in blocks of 37 columns (the floor rising and pruning on the way):
+                // the same neighbours.
+                let mut sc = Scratch::default();
+                sc.proposal.start(&rows, i, k);
+                for (b, block) in approx.chunks(37).enumerate() {
+                    sc.proposal.feed(block, b * 37, i, None);
+                }
+                assert_eq!(finish(&rows, i, &mut sc).top, want, "row {i}, blocks");
             }
         }
         // Without the refinement the f32 proposal alone is often wrong on these rows.
@@ -340,39 +367,5 @@ mod tests {
             flipped > 20,
             "only {flipped} proposals differed: the test is too easy"
         );
-    }
-
-    #[test]
-    fn block_scan_equals_a_full_sort_with_ties_zeros_and_groups() {
-        let mut rng = crate::rng::Rng::new(5);
-        for trial in 0..40 {
-            let n = 1 + trial * 7 % 150;
-            // Few distinct values (many ties), both zeros, and the odd large one.
-            let row: Vec<f32> = (0..n)
-                .map(|_| match (rng.normal() * 3.0) as i64 {
-                    0 => 0.0,
-                    1 => -0.0,
-                    v => v as f32 / 4.0,
-                })
-                .collect();
-            let groups: Vec<u32> = (0..n as u32).map(|j| j / 3).collect();
-            for k in [1, 5, 10, 17, 64] {
-                for g in [None, Some(groups.as_slice())] {
-                    let skip = trial % n;
-                    let mut want: Vec<(f32, u32)> = (0..n)
-                        .filter(|&j| !same_sample(skip, j, g))
-                        .map(|j| (row[j], j as u32))
-                        .collect();
-                    want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                    want.truncate(k);
-                    let mut got = Vec::new();
-                    top_k_scan(&row, skip, k, g, &mut got);
-                    let bits = |v: &[(f32, u32)]| -> Vec<(u32, u32)> {
-                        v.iter().map(|&(x, j)| (x.to_bits(), j)).collect()
-                    };
-                    assert_eq!(bits(&got), bits(&want), "n {n} k {k} skip {skip}");
-                }
-            }
-        }
     }
 }

@@ -230,7 +230,7 @@ impl MetricSpec {
 
     /// True when the CKA family's linear kernel is computed in feature space for this pair
     /// (d_x·d_y below n², or either side on the large-n path): a choice of arithmetic, not of
-    /// meaning, that depends on the shapes (docs/design.md §9).
+    /// meaning, that depends on the shapes (docs/design.md §13).
     fn in_feature_space(&self, a: &Derived, b: &Derived) -> bool {
         matches!(self.metric, Metric::Cka | Metric::UnbiasedCka)
             && self.kernel == Kernel::Linear

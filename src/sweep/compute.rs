@@ -38,6 +38,17 @@ pub(super) fn compute_missing(
             let dx = cache.get(reg, x, &px.thresholds, req.prep)?;
             let dy = cache.get(reg, y, &py.thresholds, req.prep)?;
             // Derive what the metrics need on every layer in parallel first.
+            if req.specs.iter().any(|s| s.metric.uses_k())
+                && dx.iter().chain(dy.iter()).any(|d| !d.dense())
+            {
+                progress.message(&format!(
+                    "{} × {}: exact kNN graphs of {} layers at n = {} (large-n path)",
+                    x.model,
+                    y.model,
+                    dx.len() + dy.len(),
+                    x.n
+                ));
+            }
             for spec in &req.specs {
                 dx.par_iter()
                     .chain(dy.par_iter())
@@ -127,6 +138,7 @@ pub(super) fn report(
                 null_mean: None,
                 null_sd: None,
                 p_value: None,
+                q_value: None,
                 z: None,
                 tau: None,
                 calibrated: None,

@@ -150,6 +150,10 @@ pub struct PairResult {
     pub null_sd: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p_value: Option<f64>,
+    /// Benjamini–Hochberg q-value of `p_value` among the sweep's pairs for this metric: the
+    /// smallest false-discovery rate at which this pair would be called aligned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub q_value: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub z: Option<f64>,
     /// The calibration threshold τ at level α (see [`stats::summarize`]).
@@ -227,7 +231,7 @@ pub fn sweep(
     let computed = compute_missing(reg, req, &set, &todo, &mut tables, &mut cache, progress)?;
     let mut out = report(reg, req, &set, &tables, &computed)?;
     if req.null > 0 || req.bootstrap > 0 {
-        add_statistics(reg, req, &set.pairs, &set.preps, &mut out, progress)?;
+        add_statistics(reg, req, &set, &mut out, &mut cache, progress)?;
     }
     Ok(out)
 }

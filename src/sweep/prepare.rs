@@ -2,7 +2,7 @@
 //! derived once, kept in a memory-bounded LRU while the pairs that need it are scored.
 
 use super::*;
-use crate::metrics::derived::{TILE_BYTES, dense_fits};
+use crate::metrics::derived::{SEARCH_BYTES, dense_fits};
 
 /// Loads layers as f32 (in parallel), verifying every blob's hash.
 pub fn load_layers(reg: &Registry, layers: &[BlobHash]) -> Result<Vec<Array2<f32>>> {
@@ -193,6 +193,6 @@ pub(super) fn derived_bytes(ck: &CheckpointLayers, budget: usize) -> usize {
     if dense_fits(ck.n, budget) {
         ck.f32_bytes + ck.layers.len() * ck.n * ck.n * 4 * 2
     } else {
-        2 * ck.f32_bytes + ck.layers.len() * ck.n * 256 + TILE_BYTES
+        2 * ck.f32_bytes + ck.layers.len() * ck.n * 256 + SEARCH_BYTES
     }
 }

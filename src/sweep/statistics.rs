@@ -59,12 +59,14 @@ pub(super) fn cached_draws(
 pub(super) fn add_statistics(
     reg: &Registry,
     req: &SweepRequest,
-    pairs: &[(&CheckpointLayers, &CheckpointLayers)],
-    preps: &HashMap<CheckpointId, CheckpointPrep>,
+    set: &PairSet,
     out: &mut [PairResult],
+    cache: &mut DerivedCache,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let mut cache = DerivedCache::new(req.mem_budget);
+    // The sweep's own derived data: a representation's neighbour lists, kernels and bases
+    // computed for the cells serve the null and the bootstrap too.
+    let (pairs, preps) = (&set.pairs, &set.preps);
     progress.start((pairs.len() * req.specs.len() * (req.null + req.bootstrap)) as u64);
     for (si, spec) in req.specs.iter().enumerate() {
         for (pi, (x, y)) in pairs.iter().enumerate() {
@@ -122,6 +124,17 @@ pub(super) fn add_statistics(
             }
             if req.bootstrap > 0 {
                 result.ci95 = Some(stats::ci95(&sample(Resampling::Bootstrap, req.bootstrap)?));
+            }
+        }
+        // The metric's pairs are one family for false-discovery control.
+        let family = &mut out[si * pairs.len()..(si + 1) * pairs.len()];
+        if let Some(ps) = family
+            .iter()
+            .map(|r| r.p_value)
+            .collect::<Option<Vec<f64>>>()
+        {
+            for (r, q) in family.iter_mut().zip(stats::bh_q_values(&ps)) {
+                r.q_value = Some(q);
             }
         }
     }

@@ -1,10 +1,14 @@
-//! Exact k-nearest-neighbour graph of one representation at large n (docs/design.md §9):
+//! Large n (docs/design.md §13). 1. The exact k-nearest-neighbour graph of one representation:
 //! prh's tiled, certified search (no n × n matrix) against its dense path at the largest n
 //! that path is given here, and — under `cargo bench` — against faiss-cpu's exact
 //! `IndexFlatIP` on the same normalised rows with the same thread count (PyPI `faiss-cpu` in a
 //! virtualenv made under the target directory; benches/peers/faiss_knn.py), neighbours
 //! compared row by row. Peak RSS of the tiled search is measured from a reset high-water mark.
-//! Run: `cargo bench --bench knn` (n = 100,000, d = 256, k = 10; about 10 minutes on 2 cores).
+//! 2. A sweep through the real `prh` binary at that n: two models of 4 layers, mutual_knn,
+//! cknna and unbiased_cka cold, then mutual_knn with a 1,000-permutation null, then all warm;
+//! time and peak RSS of each.
+//! Run: `cargo bench --bench large_n` (n = 100,000, d = 256, k = 10; about 15 minutes on 2
+//! cores, 1.6 GB of temporary files).
 
 use std::path::Path;
 use std::process::Command;
@@ -15,7 +19,7 @@ use common::{announce, size, smoke};
 
 use ndarray::{Array2, s};
 use prh::formats::npy;
-use prh::metrics::{Derived, derived, graph, prep};
+use prh::metrics::{Derived, graph, prep};
 use prh::rng::Rng;
 
 /// Features with structure (a 32-dimensional latent through a random projection, plus noise),
@@ -54,7 +58,7 @@ fn reset_peak() {
 }
 
 fn main() {
-    announce("knn");
+    announce("large_n");
     let (n, d, k) = (size(100_000, 3_000), size(256, 32), 10);
     let threads = rayon::current_num_threads();
     let x = features(n, d);
@@ -64,8 +68,7 @@ fn main() {
     reset_peak();
     let before = peak_mib();
     let t = Instant::now();
-    let tile = graph::tile_rows(n, derived::TILE_BYTES);
-    let (knn, ties) = graph::knn_tiled(&x, k, None, tile, &|_| {});
+    let (knn, ties) = graph::knn_tiled(&x, k, None, &|_| {});
     let tiled = t.elapsed().as_secs_f64();
     let peak = peak_mib();
     let gflops = 2.0 * (n as f64).powi(2) * d as f64 / tiled / 1e9;
@@ -89,13 +92,7 @@ fn main() {
     let dense_s = t.elapsed().as_secs_f64();
     let dense_peak = peak_mib();
     let t = Instant::now();
-    let (tk, _) = graph::knn_tiled(
-        &xd,
-        k,
-        None,
-        graph::tile_rows(nd, derived::TILE_BYTES),
-        &|_| {},
-    );
+    let (tk, _) = graph::knn_tiled(&xd, k, None, &|_| {});
     let tiled_s = t.elapsed().as_secs_f64();
     assert_eq!(
         dk.ordered, tk.ordered,
@@ -106,6 +103,8 @@ fn main() {
         "  at n={nd}: dense path (Gram + selection) {dense_s:.2} s, peak RSS {dense_peak:.0} MiB; tiled {tiled_s:.2} s; identical lists and similarities"
     );
     drop(dense);
+
+    sweep(n, d);
 
     // 3. faiss-cpu, exact, same rows, same threads (cargo bench only: it needs PyPI).
     if smoke() {
@@ -155,4 +154,97 @@ fn main() {
         v["faiss"].as_str().unwrap_or("?"),
         tiled / faiss_s
     );
+}
+
+/// Part 2: `prh init`, two 4-layer models ingested, then the sweeps, each timed with its peak
+/// RSS (the process's own, from wait4).
+fn sweep(n: usize, d: usize) {
+    let layers = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("reg");
+    let bin = Path::new(env!("CARGO_BIN_EXE_prh"));
+    let run = |args: &[&str]| {
+        let out = Command::new(bin)
+            .arg("--registry")
+            .arg(&reg)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["init"]);
+    // Model y follows model x through a shared latent, layer by layer, plus its own noise.
+    let mut r = Rng::new(7);
+    let latent: Vec<f32> = (0..n * 16).map(|_| r.normal() as f32).collect();
+    for (name, modality, seed) in [("x", "language", 1u64), ("y", "vision", 2)] {
+        let mut r = Rng::new(seed);
+        let proj: Vec<f32> = (0..layers * 16 * d).map(|_| r.normal() as f32).collect();
+        let mut data = vec![0f32; n * layers * d];
+        for i in 0..n {
+            for l in 0..layers {
+                let out = &mut data[(i * layers + l) * d..(i * layers + l + 1) * d];
+                for (j, o) in out.iter_mut().enumerate() {
+                    let s: f32 = (0..16)
+                        .map(|t| latent[i * 16 + t] * proj[(l * 16 + t) * d + j])
+                        .sum();
+                    *o = s + 3.0 * r.normal() as f32;
+                }
+            }
+        }
+        let p = dir.path().join(format!("{name}.npy"));
+        std::fs::write(&p, npy::encode_f32(&[n, layers, d], &data)).unwrap();
+        drop(data);
+        run(&[
+            "ingest",
+            p.to_str().unwrap(),
+            "--model",
+            name,
+            "--dataset",
+            "d",
+            "--modality",
+            modality,
+        ]);
+        std::fs::remove_file(&p).unwrap();
+    }
+    let align = |metric: &str, extra: &[&str]| {
+        let mut args = vec![
+            "align", "--x", "x", "--y", "y", "--metric", metric, "--format", "json", "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let (secs, v, rss) = common::prh_measured(bin, &reg, &args);
+        (secs, v, rss as f64 / 1024.0)
+    };
+    let null = size(1000, 50).to_string();
+    let runs: [(&str, &[&str]); 4] = [
+        ("mutual_knn", &[]),
+        ("cknna", &[]),
+        ("unbiased_cka", &[]),
+        ("mutual_knn", &["--null", &null]),
+    ];
+    let mut total = 0.0;
+    for (metric, extra) in runs {
+        let (secs, v, rss) = align(metric, extra);
+        total += secs;
+        println!(
+            "sweep n={n} d={d}, {layers} × {layers} layers, {metric} {} cold: {secs:.1} s, peak RSS {rss:.0} MiB, score {:.4}{}",
+            extra.join(" "),
+            v[0]["score"].as_f64().unwrap(),
+            v[0]["p_value"].as_f64().map_or(String::new(), |p| format!(
+                ", p = {p:.4}, calibrated {:.4}",
+                v[0]["calibrated"].as_f64().unwrap()
+            ))
+        );
+    }
+    println!("  the whole, cold: {total:.1} s");
+    let (mut warm, mut peak) = (0.0, 0.0f64);
+    for (metric, extra) in runs {
+        let (secs, _, rss) = align(metric, extra);
+        warm += secs;
+        peak = peak.max(rss);
+    }
+    println!("  the same four runs warm: {warm:.2} s in all, peak RSS {peak:.0} MiB");
 }
