@@ -508,6 +508,13 @@ pub trait Catalog: Send {
     fn knn_ties(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<Option<Vec<u8>>>;
     /// Records a blob's tied rows (a first record stays).
     fn put_knn_ties(&self, hash: &BlobHash, prep: &str, k: usize, rows: &[u8]) -> Result<()>;
+    /// The (blob, prep key, k) of every stored kNN graph.
+    fn knn_graph_keys(&self) -> Result<Vec<(BlobHash, String, usize)>>;
+    /// The stored kNN graph of a blob prepared as `prep`, for k (`metrics::graph::encode`).
+    fn knn_graph(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<Option<Vec<u8>>>;
+    /// Records a blob's kNN graph for k, replacing one stored before (a damaged record is
+    /// recomputed and written again; two writers write the same bytes).
+    fn put_knn_graph(&self, hash: &BlobHash, prep: &str, k: usize, graph: &[u8]) -> Result<()>;
     /// A cached sample of draws (little-endian f64s).
     fn draws(&self, key: &DrawKey) -> Result<Option<Vec<u8>>>;
     /// Records a sample of draws; a longer one already stored stays.

@@ -152,7 +152,12 @@ fn metrics_without_a_bounded_memory_form_are_refused_in_one_line() {
         let line = e.to_string();
         assert_eq!(e.kind(), prh::error::ErrorKind::Unsupported, "{line}");
         assert!(!line.contains('\n'), "{line}");
-        for part in [s.metric.name(), "n = 600", "GiB", "1 MiB"] {
+        for part in [
+            s.metric.name(),
+            "n = 600",
+            "(3 MiB for two)",
+            "budget of 1 MiB",
+        ] {
             assert!(line.contains(part), "{part:?} missing from {line:?}");
         }
         assert!(e.hint_text().unwrap().contains("--mem-mib"));
@@ -283,4 +288,109 @@ fn a_run_whose_gram_matrix_exceeds_the_address_space_cap_completes() {
         "{err}"
     );
     assert!(err.contains("cka at n = 40000"), "{err}");
+}
+
+fn knn_graphs(env: &common::Env) -> usize {
+    common::open(env).catalog.knn_graph_keys().unwrap().len()
+}
+
+#[test]
+fn knn_graphs_are_stored_once_reused_by_other_metrics_verified_and_left_out_of_bundles() {
+    let n = 2048;
+    let (fresh, env) = (registry(n), registry(n));
+    let small = ["--mem-mib", "16", "--format", "json", "--quiet"];
+    let align = |env: &common::Env, metric: &str| {
+        env.json(
+            &[
+                &["align", "--x", "x", "--y", "y", "--metric", metric][..],
+                &small,
+            ]
+            .concat(),
+        )
+    };
+    // The first kNN metric computes the 4 graphs (2 layers × 2 models) and stores them.
+    let first = align(&env, "mutual_knn");
+    assert_eq!(first[0]["graphs_computed"], 4, "{first}");
+    assert_eq!(knn_graphs(&env), 4);
+    // A second metric computes none and gives what a registry without stored graphs gives.
+    let second = align(&env, "cknna");
+    assert_eq!(second[0]["graphs_computed"], 0, "{second}");
+    assert_eq!(second[0]["score"], align(&fresh, "cknna")[0]["score"]);
+    // A null run reads them too (its scores equal the fresh registry's).
+    let null = ["--null", "20"];
+    let with_null = |env: &common::Env| {
+        env.json(
+            &[
+                &["align", "--x", "x", "--y", "y", "--metric", "cycle_knn"][..],
+                &null,
+                &small,
+            ]
+            .concat(),
+        )
+    };
+    assert_eq!(
+        with_null(&env)[0]["null_mean"],
+        with_null(&fresh)[0]["null_mean"]
+    );
+    // Dense runs store none and say nothing of graphs.
+    let dense = env.json(&[
+        "align",
+        "--x",
+        "x",
+        "--y",
+        "y",
+        "--metric",
+        "jaccard_knn",
+        "--format",
+        "json",
+        "--quiet",
+    ]);
+    assert!(dense[0].get("graphs_computed").is_none(), "{dense}");
+
+    // verify reads every graph back; a damaged one is reported, then recomputed and replaced.
+    let v = env.json(&["verify", "--format", "json"]);
+    assert_eq!(v["graphs_checked"], 4, "{v}");
+    let reg = common::open(&env);
+    let (h, prep, k) = reg.catalog.knn_graph_keys().unwrap().remove(0);
+    let mut bytes = reg.catalog.knn_graph(&h, &prep, k).unwrap().unwrap();
+    bytes[100] ^= 0x10;
+    reg.catalog.put_knn_graph(&h, &prep, k, &bytes).unwrap();
+    drop(reg);
+    let out = env.prh(&["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(6), "{text}");
+    assert!(
+        text.contains("kNN graph of blob") && text.contains("damaged"),
+        "{text}"
+    );
+    let again = align(&env, "lcs_knn");
+    assert_eq!(again[0]["graphs_computed"], 1, "{again}");
+    let o = env.prh(&["verify"]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // A bundle carries no graphs; the importer computes its own.
+    let bundle = env.path("b.prh");
+    env.ok(&["export", bundle.to_str().unwrap()]);
+    let other = common::Env::new();
+    other.ok(&["init"]);
+    other.ok(&["import", bundle.to_str().unwrap()]);
+    assert_eq!(knn_graphs(&other), 0);
+    // The same registry before any sweep exports to within 200 KB of it; its 4 graphs are
+    // 4 × 2048 × 10 × 12 bytes = 983,040 bytes.
+    let plain = registry(n);
+    let base = plain.path("b.prh");
+    plain.ok(&["export", base.to_str().unwrap()]);
+    let (with, without) = (
+        std::fs::metadata(&bundle).unwrap().len(),
+        std::fs::metadata(&base).unwrap().len(),
+    );
+    assert!(
+        with < without + 200_000,
+        "bundle {with} bytes vs {without} without graphs"
+    );
 }

@@ -48,6 +48,8 @@ pub(super) fn same_value(cached: f64, got: f64) -> bool {
 pub struct VerifyReport {
     /// Blobs re-hashed and their headers compared with the catalog.
     pub blobs_checked: usize,
+    /// Stored kNN graphs (large-n path) read back whole: checksum, shape, indices.
+    pub graphs_checked: usize,
     /// Cached cells recomputed from their blobs.
     pub cells_recomputed: usize,
     /// Imported cells that recomputed equal and are now served.
@@ -85,6 +87,17 @@ pub fn verify(reg: &mut Registry, recompute: usize, seed: u64) -> Result<VerifyR
                 }
             }
         }
+    }
+    let sizes: HashMap<BlobHash, usize> = rows.iter().map(|b| (b.row.hash, b.row.n)).collect();
+    for (h, prep, k) in reg.catalog.knn_graph_keys()? {
+        let bytes = reg.catalog.knn_graph(&h, &prep, k)?.unwrap_or_default();
+        let n = sizes.get(&h).copied().unwrap_or(0);
+        if crate::metrics::graph::decode(&bytes, n, k).is_none() {
+            rep.problems.push(format!(
+                "kNN graph of blob {h} ({prep}, k = {k}): damaged (derived data: the next sweep that needs it recomputes and replaces it)"
+            ));
+        }
+        rep.graphs_checked += 1;
     }
     let known = rows.iter().map(|b| b.row.hash).collect();
     rep.unreferenced_files = stray_blobs(reg, &known)?

@@ -81,6 +81,7 @@ struct State {
     sides: BTreeMap<i64, SideEntry>,
     thresholds: BTreeMap<(String, u64), f64>,
     ties: HashMap<(String, String, usize), Vec<u8>>,
+    graphs: HashMap<(String, String, usize), Vec<u8>>,
     /// Draws by key, with their metric and version.
     draws: HashMap<String, (String, u32, Vec<u8>)>,
     sweeps: Vec<(SweepRow, String)>,
@@ -519,6 +520,29 @@ impl Catalog for MemoryCatalog {
         Ok(())
     }
 
+    fn knn_graph_keys(&self) -> Result<Vec<(BlobHash, String, usize)>> {
+        self.state()
+            .graphs
+            .keys()
+            .map(|(h, p, k)| Ok((h.parse()?, p.clone(), *k)))
+            .collect()
+    }
+
+    fn knn_graph(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .state()
+            .graphs
+            .get(&(hash.to_hex(), prep.to_string(), k))
+            .cloned())
+    }
+
+    fn put_knn_graph(&self, hash: &BlobHash, prep: &str, k: usize, graph: &[u8]) -> Result<()> {
+        self.state()
+            .graphs
+            .insert((hash.to_hex(), prep.to_string(), k), graph.to_vec());
+        Ok(())
+    }
+
     fn draws(&self, key: &DrawKey) -> Result<Option<Vec<u8>>> {
         Ok(self.state().draws.get(&draw_key(key)).map(|d| d.2.clone()))
     }
@@ -622,6 +646,7 @@ impl Catalog for MemoryCatalog {
             .retain(|_, (m, v, _)| current.iter().any(|(n, cv)| n == m && cv == v));
         let reps: Vec<String> = s.reps.iter().map(|r| r.hash.to_hex()).collect();
         s.ties.retain(|(h, _, _), _| reps.contains(h));
+        s.graphs.retain(|(h, _, _), _| reps.contains(h));
         Ok(())
     }
 

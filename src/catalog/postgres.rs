@@ -74,6 +74,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_sweeps",
         include_str!("../../migrations/postgres/0009_sweeps.sql"),
     ),
+    (
+        "0010_knn_graphs",
+        include_str!("../../migrations/postgres/0010_knn_graphs.sql"),
+    ),
 ];
 
 /// Advisory lock keys: one writer at a time; one migration at a time.
@@ -901,6 +905,46 @@ impl Catalog for PgCatalog {
         })
     }
 
+    fn knn_graph_keys(&self) -> Result<Vec<(BlobHash, String, usize)>> {
+        let rows: Vec<(String, String, i64)> = self.run(async {
+            Ok(sqlx::query_as("SELECT hash, prep, k FROM knn_graphs")
+                .fetch_all(self.pool())
+                .await?)
+        })?;
+        rows.into_iter()
+            .map(|(h, p, k)| Ok((h.parse()?, p, k as usize)))
+            .collect()
+    }
+
+    fn knn_graph(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<Option<Vec<u8>>> {
+        self.run(async {
+            Ok(sqlx::query_scalar(
+                "SELECT graph FROM knn_graphs WHERE hash = $1 AND prep = $2 AND k = $3",
+            )
+            .bind(hash.to_hex())
+            .bind(prep)
+            .bind(k as i64)
+            .fetch_optional(self.pool())
+            .await?)
+        })
+    }
+
+    fn put_knn_graph(&self, hash: &BlobHash, prep: &str, k: usize, graph: &[u8]) -> Result<()> {
+        self.run(async {
+            sqlx::query(
+                "INSERT INTO knn_graphs (hash, prep, k, graph) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (hash, prep, k) DO UPDATE SET graph = EXCLUDED.graph",
+            )
+            .bind(hash.to_hex())
+            .bind(prep)
+            .bind(k as i64)
+            .bind(graph)
+            .execute(self.pool())
+            .await?;
+            Ok(())
+        })
+    }
+
     fn draws(&self, k: &DrawKey) -> Result<Option<Vec<u8>>> {
         self.run(async {
             Ok(sqlx::query_scalar(
@@ -1012,6 +1056,7 @@ impl Catalog for PgCatalog {
                 .await?;
             sqlx::raw_sql(
                 "DELETE FROM knn_ties WHERE hash NOT IN (SELECT blob_hash FROM representations);
+                 DELETE FROM knn_graphs WHERE hash NOT IN (SELECT blob_hash FROM representations);
                  DELETE FROM imported_cells AS i WHERE
                      EXISTS (SELECT 1 FROM cells c WHERE c.m = i.m AND c.x = i.x AND c.y = i.y)
                      OR i.x IN (SELECT id FROM cell_sides WHERE hash NOT IN (SELECT blob_hash FROM representations))

@@ -96,8 +96,13 @@ fn sql_value(v: &Value) -> rusqlite::types::Value {
 /// single-file journal and reports what it holds.
 fn finish(dest: &Path, models: Option<&[String]>) -> Result<SnapshotInfo> {
     let db = Connection::open(dest)?;
-    // Sweep bookkeeping is this registry's own business.
-    db.execute_batch("DELETE FROM sweep_units; DELETE FROM sweeps;")?;
+    // Sweep bookkeeping is this registry's own business, and kNN graphs are derived data the
+    // importer recomputes (docs/design.md §13): neither travels.
+    let graphs: i64 = db.query_row("SELECT count(*) FROM knn_graphs", [], |r| r.get(0))?;
+    db.execute_batch("DELETE FROM sweep_units; DELETE FROM sweeps; DELETE FROM knn_graphs;")?;
+    if graphs > 0 && models.is_none() {
+        db.execute_batch("VACUUM")?; // the graphs' pages would otherwise travel as free pages
+    }
     db.pragma_update(None, "journal_mode", "DELETE")?;
     if let Some(keep) = models {
         for m in keep {

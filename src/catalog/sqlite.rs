@@ -131,6 +131,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_sweeps",
         include_str!("../../migrations/sqlite/0009_sweeps.sql"),
     ),
+    (
+        "0010_knn_graphs",
+        include_str!("../../migrations/sqlite/0010_knn_graphs.sql"),
+    ),
 ];
 
 /// How long a writer waits for another process's lock before failing.
@@ -595,6 +599,42 @@ impl Catalog for SqliteCatalog {
         self.conn.execute(
             "INSERT OR IGNORE INTO knn_ties (hash, prep, k, rows) VALUES (?1, ?2, ?3, ?4)",
             params![hash.to_hex(), prep, k as i64, rows],
+        )?;
+        Ok(())
+    }
+
+    fn knn_graph_keys(&self) -> Result<Vec<(BlobHash, String, usize)>> {
+        let mut st = self.conn.prepare("SELECT hash, prep, k FROM knn_graphs")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (h, p, k) = r?;
+            out.push((h.parse()?, p, k as usize));
+        }
+        Ok(out)
+    }
+
+    fn knn_graph(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT graph FROM knn_graphs WHERE hash = ?1 AND prep = ?2 AND k = ?3",
+                params![hash.to_hex(), prep, k as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn put_knn_graph(&self, hash: &BlobHash, prep: &str, k: usize, graph: &[u8]) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO knn_graphs (hash, prep, k, graph) VALUES (?1, ?2, ?3, ?4)",
+            params![hash.to_hex(), prep, k as i64, graph],
         )?;
         Ok(())
     }

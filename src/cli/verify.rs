@@ -27,8 +27,9 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> Result<()> {
         FormatArg::Json => println!("{}", serde_json::to_string_pretty(&r)?),
         _ => {
             println!(
-                "checked {} blobs, recomputed {} cells ({} imported cells now trusted): {} problem(s){}",
+                "checked {} blobs and {} kNN graphs, recomputed {} cells ({} imported cells now trusted): {} problem(s){}",
                 r.blobs_checked,
+                r.graphs_checked,
                 r.cells_recomputed,
                 r.cells_promoted,
                 r.problems.len(),

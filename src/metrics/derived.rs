@@ -149,7 +149,7 @@ pub struct KernelStats {
 pub type SvdBasis = Result<Array2<f64>, String>;
 
 /// Neighbour lists with their ties, for one k.
-type Graph = (Arc<Knn>, Arc<Ties>);
+pub type Graph = (Arc<Knn>, Arc<Ties>);
 
 /// Where a representation's rows come from.
 enum Source {
@@ -230,11 +230,16 @@ impl Derived {
         }
         let n = self.n as f64;
         let max = ((self.budget as f64) / 32.0).sqrt().floor();
+        let need = 8.0 * n * n;
+        let need = if need >= f64::from(1u32 << 30) {
+            format!("{:.1} GiB", need / f64::from(1u32 << 30))
+        } else {
+            format!("{:.0} MiB", (need / f64::from(1u32 << 20)).ceil())
+        };
         Err(Error::Unsupported(format!(
-            "{metric} at n = {} needs n × n matrices ({:.1} GiB for two), more than the memory \
+            "{metric} at n = {} needs n × n matrices ({need} for two), more than the memory \
              budget of {} MiB allows (n ≤ {max}); it has no exact bounded-memory form",
             self.n,
-            8.0 * n * n / f64::from(1u32 << 30),
             self.budget >> 20,
         ))
         .hint(format!(
@@ -355,9 +360,23 @@ impl Derived {
         self.graph(k).1
     }
 
+    /// True when the neighbour lists for k are at hand (computed or set).
+    pub fn has_graph(&self, k: usize) -> bool {
+        self.knn.lock().expect("lock").contains_key(&k)
+    }
+
+    /// Sets the neighbour lists and ties for k (a stored graph read back), unless already set.
+    pub fn set_graph(&self, k: usize, knn: Knn, ties: Ties) {
+        self.knn
+            .lock()
+            .expect("lock")
+            .entry(k)
+            .or_insert_with(|| (Arc::new(knn), Arc::new(ties)));
+    }
+
     /// The neighbour lists and ties for k: relabelled from the base's for a permuted copy,
     /// else from the Gram matrix (dense) or tiles of rows (large n), with the same result.
-    fn graph(&self, k: usize) -> Graph {
+    pub fn graph(&self, k: usize) -> Graph {
         if let Some(v) = self.knn.lock().expect("lock").get(&k) {
             return v.clone();
         }

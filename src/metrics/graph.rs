@@ -305,6 +305,97 @@ pub fn knn_from_gram(x: &Array2<f32>, g: &[f32], k: usize, groups: Option<&[u32]
     assemble(k, per_row)
 }
 
+/// The stored form of a graph: magic, n, k, the ordered lists (u32), their similarities
+/// (f64), the tied rows, and a BLAKE3 checksum of all that; little-endian throughout.
+pub fn encode(knn: &Knn, ties: &Ties) -> Vec<u8> {
+    let n = knn.ordered.len() / knn.k.max(1);
+    let mut out = Vec::with_capacity(24 + knn.ordered.len() * 12 + 32);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    out.extend_from_slice(&(knn.k as u64).to_le_bytes());
+    knn.ordered
+        .iter()
+        .for_each(|j| out.extend_from_slice(&j.to_le_bytes()));
+    knn.sims
+        .iter()
+        .for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
+    out.extend_from_slice(&(ties.rows.len() as u64).to_le_bytes());
+    let put = |v: u32, out: &mut Vec<u8>| out.extend_from_slice(&v.to_le_bytes());
+    for t in &ties.rows {
+        put(t.row, &mut out);
+        put(t.picks as u32, &mut out);
+        put(t.sure.len() as u32, &mut out);
+        t.sure.iter().for_each(|&j| put(j, &mut out));
+        put(t.group.len() as u32, &mut out);
+        t.group.iter().for_each(|&j| put(j, &mut out));
+    }
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out
+}
+
+const MAGIC: &[u8; 8] = b"PRHKNN1\0";
+
+/// Reads [`encode`]'s form back, for n samples and k; `None` when it is damaged (checksum,
+/// sizes, an index out of range) or of another n or k.
+pub fn decode(bytes: &[u8], n: usize, k: usize) -> Option<(Knn, Ties)> {
+    let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    if blake3::hash(body).as_bytes() != sum {
+        return None;
+    }
+    let mut r = Reader { b: body };
+    if r.take(8)? != MAGIC || r.u64()? != n as u64 || r.u64()? != k as u64 {
+        return None;
+    }
+    let ordered: Vec<u32> = (0..n * k).map(|_| r.u32()).collect::<Option<_>>()?;
+    let sims: Vec<f64> = (0..n * k)
+        .map(|_| {
+            r.take(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+        })
+        .collect::<Option<_>>()?;
+    let count = r.u64()? as usize;
+    let mut rows = Vec::with_capacity(count.min(n));
+    for _ in 0..count {
+        let (row, picks) = (r.u32()?, r.u32()? as usize);
+        let sl = r.u32()? as usize;
+        let sure: Vec<u32> = (0..sl).map(|_| r.u32()).collect::<Option<_>>()?;
+        let gl = r.u32()? as usize;
+        let group: Vec<u32> = (0..gl).map(|_| r.u32()).collect::<Option<_>>()?;
+        rows.push(TieRow {
+            row,
+            sure,
+            group,
+            picks,
+        });
+    }
+    let in_range = |v: &[u32]| v.iter().all(|&j| (j as usize) < n);
+    let ok = r.b.is_empty()
+        && in_range(&ordered)
+        && rows
+            .iter()
+            .all(|t| (t.row as usize) < n && in_range(&t.sure) && in_range(&t.group));
+    ok.then(|| (Knn::new(k, ordered, sims), Ties { rows }))
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        let (head, tail) = self.b.split_at_checked(len)?;
+        self.b = tail;
+        Some(head)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,5 +458,31 @@ mod tests {
             flipped > 20,
             "only {flipped} proposals differed: the test is too easy"
         );
+    }
+
+    #[test]
+    fn a_stored_graph_reads_back_and_damage_is_refused() {
+        let mut r = crate::rng::Rng::new(3);
+        // Width-3 small integers: many tied rows to carry.
+        let x = ndarray::Array2::from_shape_fn((120, 3), |_| [0.0f32, 1.0, 2.0][r.below(3)] + 0.5);
+        let (knn, ties) = knn_tiled(&x, 5, None, &|_| {});
+        assert!(!ties.rows.is_empty());
+        let bytes = encode(&knn, &ties);
+        let (k2, t2) = decode(&bytes, 120, 5).expect("reads back");
+        assert_eq!(
+            (k2.ordered, k2.sims),
+            (knn.ordered.clone(), knn.sims.clone())
+        );
+        assert_eq!(t2.rows, ties.rows);
+        assert!(decode(&bytes, 121, 5).is_none() && decode(&bytes, 120, 4).is_none());
+        for at in [0, 30, bytes.len() / 2, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 1;
+            assert!(
+                decode(&bad, 120, 5).is_none(),
+                "a flipped byte at {at} went unnoticed"
+            );
+        }
+        assert!(decode(&bytes[..bytes.len() - 1], 120, 5).is_none());
     }
 }

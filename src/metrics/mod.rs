@@ -97,12 +97,19 @@ impl Metric {
     /// Version of what the metric returns; bumped whenever that changes, so old cache rows
     /// are never reused for new numbers.
     pub fn version(self) -> u32 {
-        1
+        match self {
+            // 2: cached in both orientations (version 1 stored one and served it both ways).
+            Metric::CycleKnn | Metric::Cknna => 2,
+            _ => 1,
+        }
     }
 
     /// True when swapping X and Y gives the same number (the cache stores one orientation).
+    /// cycle_knn is not (it asks whether i is an X-neighbour of a Y-neighbour of i), nor is
+    /// cknna (the official unbiased HSIC pairs K's column sums with L's row sums, and the
+    /// masked kernels are not symmetric), nor linear_r2 (a regression from X to Y).
     pub fn symmetric(self) -> bool {
-        !matches!(self, Metric::LinearR2)
+        !matches!(self, Metric::LinearR2 | Metric::CycleKnn | Metric::Cknna)
     }
 
     /// True for metrics that take the neighbourhood size k.
@@ -460,6 +467,30 @@ mod tests {
             .compute(&a, &b)
             .unwrap();
         assert!(ucka.abs() < 0.05, "unbiased_cka {ucka}");
+    }
+
+    #[test]
+    fn metrics_called_symmetric_are() {
+        // Related features (so no metric is trivially near 0) with ties at the k boundary.
+        let x = random(200, 6, 7).mapv(|v| (v * 2.0).round() + 0.5);
+        let y = &x + &random(200, 6, 8).mapv(|v| (v * 2.0).round());
+        let (a, b) = (derived(&x), derived(&y));
+        for &m in ALL {
+            let mut s = MetricSpec::new(m);
+            s.cca_dim = 4;
+            let (ab, ba) = (s.compute(&a, &b).unwrap(), s.compute(&b, &a).unwrap());
+            if m.symmetric() {
+                assert!(
+                    (ab - ba).abs() < 1e-12,
+                    "{m} is called symmetric: {ab} vs {ba}"
+                );
+            } else {
+                assert!(
+                    (ab - ba).abs() > 1e-9,
+                    "{m} is called asymmetric: {ab} both ways"
+                );
+            }
+        }
     }
 
     #[test]

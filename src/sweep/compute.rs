@@ -3,8 +3,15 @@
 
 use super::*;
 
+/// What a sweep computed: cells per (pair, metric) and kNN graphs per pair.
+#[derive(Default)]
+pub(super) struct Computed {
+    pub cells: HashMap<(usize, usize), usize>,
+    pub graphs: HashMap<usize, usize>,
+}
+
 /// Computes what is missing, one model pair at a time, committing as it goes; fills `tables`
-/// and returns how many cells were computed per (pair, metric).
+/// and returns what it computed.
 pub(super) fn compute_missing(
     reg: &mut Registry,
     req: &SweepRequest,
@@ -13,10 +20,11 @@ pub(super) fn compute_missing(
     tables: &mut Tables,
     cache: &mut DerivedCache,
     progress: &dyn Progress,
-) -> Result<HashMap<(usize, usize), usize>> {
+) -> Result<Computed> {
     let (pairs, keys, preps) = (&set.pairs, &set.keys, &set.preps);
     let missing_total: u64 = todo.iter().map(|t| t.len() as u64).sum();
     let mut computed: HashMap<(usize, usize), usize> = HashMap::new();
+    let mut graphs: HashMap<usize, usize> = HashMap::new();
     let mut ties_stored: HashSet<(BlobHash, String, usize)> = HashSet::new();
     if missing_total > 0 {
         progress.start(missing_total);
@@ -37,22 +45,32 @@ pub(super) fn compute_missing(
             let (px, py) = (&preps[&x.checkpoint_id], &preps[&y.checkpoint_id]);
             let dx = cache.get(reg, x, &px.thresholds, req.prep)?;
             let dy = cache.get(reg, y, &py.thresholds, req.prep)?;
-            // Derive what the metrics need on every layer in parallel first.
-            if req.specs.iter().any(|s| s.metric.uses_k())
-                && dx.iter().chain(dy.iter()).any(|d| !d.dense())
-            {
-                progress.message(&format!(
-                    "{} × {}: exact kNN graphs of {} layers at n = {} (large-n path)",
-                    x.model,
-                    y.model,
-                    dx.len() + dy.len(),
-                    x.n
-                ));
+            // kNN graphs stored by an earlier run (large-n path); then derive what the metrics
+            // need on every layer in parallel, and store the graphs computed.
+            let mut to_store = Vec::new();
+            for k in knn_ks(&req.specs) {
+                let mx = load_graphs(reg, x, px, &dx, k)?;
+                let my = load_graphs(reg, y, py, &dy, k)?;
+                *graphs.entry(pi).or_default() += mx.len() + my.len();
+                if !mx.is_empty() || !my.is_empty() {
+                    progress.message(&format!(
+                        "{} × {}: exact kNN graphs of {} layers at n = {} (large-n path)",
+                        x.model,
+                        y.model,
+                        mx.len() + my.len(),
+                        x.n
+                    ));
+                }
+                to_store.push((k, mx, my));
             }
             for spec in &req.specs {
                 dx.par_iter()
                     .chain(dy.par_iter())
                     .for_each(|d| d.warm(spec));
+            }
+            for (k, mx, my) in &to_store {
+                store_graphs(reg, x, px, &dx, *k, mx)?;
+                store_graphs(reg, y, py, &dy, *k, my)?;
             }
             let results = compute_cells(&req.specs, cells, &dx, &dy, progress).map_err(|e| {
                 e.prefixed(&format!(
@@ -80,7 +98,22 @@ pub(super) fn compute_missing(
         }
     }
 
-    Ok(computed)
+    Ok(Computed {
+        cells: computed,
+        graphs,
+    })
+}
+
+/// The distinct k of the kNN metrics among `specs`.
+pub(super) fn knn_ks(specs: &[MetricSpec]) -> Vec<usize> {
+    let mut ks: Vec<usize> = specs
+        .iter()
+        .filter(|s| s.metric.uses_k())
+        .map(|s| s.k)
+        .collect();
+    ks.sort_unstable();
+    ks.dedup();
+    ks
 }
 
 /// Reports every pair from the (now complete) cell values.
@@ -89,7 +122,7 @@ pub(super) fn report(
     req: &SweepRequest,
     set: &PairSet,
     tables: &Tables,
-    computed: &HashMap<(usize, usize), usize>,
+    computed: &Computed,
 ) -> Result<Vec<PairResult>> {
     let (pairs, preps) = (&set.pairs, &set.preps);
     let mut out: Vec<PairResult> = Vec::new();
@@ -122,7 +155,11 @@ pub(super) fn report(
                 None
             };
             let total = x.layers.len() * y.layers.len();
-            let comp = computed.get(&(pi, si)).copied().unwrap_or(0);
+            let comp = computed.cells.get(&(pi, si)).copied().unwrap_or(0);
+            // Only where the large-n path ran (the dense path stores no graphs).
+            let graphs_computed = (spec.metric.uses_k()
+                && !crate::metrics::derived::dense_fits(x.n, req.mem_budget))
+            .then(|| computed.graphs.get(&pi).copied().unwrap_or(0));
             out.push(PairResult {
                 x_model: x.model.clone(),
                 y_model: y.model.clone(),
@@ -135,6 +172,7 @@ pub(super) fn report(
                 ties,
                 cells_computed: comp,
                 cells_cached: total - comp,
+                graphs_computed,
                 null_mean: None,
                 null_sd: None,
                 p_value: None,

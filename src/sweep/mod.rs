@@ -143,6 +143,10 @@ pub struct PairResult {
     pub ties: Option<usize>,
     pub cells_computed: usize,
     pub cells_cached: usize,
+    /// kNN metrics on the large-n path: how many of the pair's layers' kNN graphs this run
+    /// computed (the others were read back from the catalog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graphs_computed: Option<usize>,
     /// Mean of the permutation null (with `--null`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub null_mean: Option<f64>,

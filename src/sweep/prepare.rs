@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::metrics::derived::{SEARCH_BYTES, dense_fits};
+use crate::metrics::graph;
 
 /// Loads layers as f32 (in parallel), verifying every blob's hash.
 pub fn load_layers(reg: &Registry, layers: &[BlobHash]) -> Result<Vec<Array2<f32>>> {
@@ -116,6 +117,47 @@ pub fn clamp_thresholds_cached(reg: &Registry, sets: &[&[BlobHash]], q: f64) -> 
 
 /// The derived data of one checkpoint's layers, shared.
 pub(super) type Layers = Arc<Vec<Arc<Derived>>>;
+
+/// Attaches the stored kNN graphs for k of a checkpoint's large-n layers (docs/design.md §13)
+/// to their derived data; returns the layers that still have none (to compute, then
+/// [`store_graphs`]). A damaged record is ignored here and replaced when stored again.
+pub(super) fn load_graphs(
+    reg: &Registry,
+    ck: &CheckpointLayers,
+    cp: &CheckpointPrep,
+    layers: &Layers,
+    k: usize,
+) -> Result<Vec<usize>> {
+    let mut missing = Vec::new();
+    for (l, d) in layers.iter().enumerate() {
+        if d.dense() || d.has_graph(k) {
+            continue;
+        }
+        let stored = reg.catalog.knn_graph(&ck.layers[l], &cp.keys[l], k)?;
+        match stored.and_then(|b| graph::decode(&b, ck.n, k)) {
+            Some((knn, ties)) => d.set_graph(k, knn, ties),
+            None => missing.push(l),
+        }
+    }
+    Ok(missing)
+}
+
+/// Stores the kNN graphs for k of the given layers (computing any not computed yet).
+pub(super) fn store_graphs(
+    reg: &Registry,
+    ck: &CheckpointLayers,
+    cp: &CheckpointPrep,
+    layers: &Layers,
+    k: usize,
+    which: &[usize],
+) -> Result<()> {
+    for &l in which {
+        let (knn, ties) = layers[l].graph(k);
+        reg.catalog
+            .put_knn_graph(&ck.layers[l], &cp.keys[l], k, &graph::encode(&knn, &ties))?;
+    }
+    Ok(())
+}
 
 /// Derived data of checkpoints, evicted least-recently-used beyond a byte budget.
 pub struct DerivedCache {
