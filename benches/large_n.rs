@@ -245,7 +245,7 @@ fn sweep(n: usize, d: usize) {
         warm += secs;
         peak = peak.max(rss);
     }
-    let peak = if peak > 0.0 {
+    let peak = if peak > 5.0 {
         format!("peak RSS {peak:.0} MiB")
     } else {
         "each too short for the 20 ms RSS sampling".to_string()
