@@ -215,7 +215,8 @@ fn sweep(n: usize, d: usize) {
             "align", "--x", "x", "--y", "y", "--metric", metric, "--format", "json", "--quiet",
         ];
         args.extend_from_slice(extra);
-        prh_peak(bin, &reg, &args)
+        let (secs, v, kib) = common::prh_measured(bin, &reg, &args);
+        (secs, v, kib as f64 / 1024.0)
     };
     let null = size(1000, 50).to_string();
     let runs: [(&str, &[&str]); 4] = [
@@ -251,49 +252,4 @@ fn sweep(n: usize, d: usize) {
         "each too short for the 20 ms RSS sampling".to_string()
     };
     println!("  the same four runs warm: {warm:.2} s in all, {peak}");
-}
-
-/// Runs `prh --registry REG ARGS...`, asserting success: seconds, JSON output and the peak RSS
-/// in MiB of the prh process itself, polled from its /proc/PID/status VmHWM every 20 ms (wait4's
-/// ru_maxrss would include this bench process's own high-water mark, which a spawned child
-/// inherits up to its exec).
-fn prh_peak(bin: &Path, reg: &Path, args: &[&str]) -> (f64, serde_json::Value, f64) {
-    let t = Instant::now();
-    let child = Command::new(bin)
-        .arg("--registry")
-        .arg(reg)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = format!("/proc/{}/status", child.id());
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let poll = std::thread::spawn(move || {
-        let mut peak = 0.0f64;
-        loop {
-            let kb = std::fs::read_to_string(&status).ok().and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            });
-            peak = peak.max(kb.unwrap_or(0.0) / 1024.0);
-            if rx
-                .recv_timeout(std::time::Duration::from_millis(20))
-                .is_ok()
-            {
-                return peak;
-            }
-        }
-    });
-    let out = child.wait_with_output().unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    tx.send(()).unwrap();
-    let peak = poll.join().unwrap();
-    assert!(
-        out.status.success(),
-        "prh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (secs, serde_json::from_slice(&out.stdout).unwrap(), peak)
 }

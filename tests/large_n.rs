@@ -190,19 +190,18 @@ fn registry(n: usize) -> common::Env {
 
 const METRICS: &str = "mutual_knn,cycle_knn,cknna,cka,unbiased_cka,procrustes";
 
+/// `prh align --x x --y y --metric METRIC EXTRA… --format json --quiet` on `env`.
+fn align(env: &common::Env, metric: &str, extra: &[&str]) -> serde_json::Value {
+    let head = ["align", "--x", "x", "--y", "y", "--metric", metric];
+    env.json(&[&head[..], extra, &["--format", "json", "--quiet"]].concat())
+}
+
 #[test]
 fn align_gives_the_same_scores_whatever_the_memory_budget() {
     let n = 2048; // a Gram matrix of 16 MiB: over what --mem-mib 16 allows
     let (a, b) = (registry(n), registry(n));
-    let args = ["align", "--x", "x", "--y", "y", "--metric", METRICS];
-    let dense = a.json(&[&args[..], &["--format", "json", "--quiet"]].concat());
-    let large = b.json(
-        &[
-            &args[..],
-            &["--mem-mib", "16", "--format", "json", "--quiet"],
-        ]
-        .concat(),
-    );
+    let dense = align(&a, METRICS, &[]);
+    let large = align(&b, METRICS, &["--mem-mib", "16"]);
     assert_eq!(dense.as_array().unwrap().len(), 6);
     for (d, l) in dense
         .as_array()
@@ -212,7 +211,7 @@ fn align_gives_the_same_scores_whatever_the_memory_budget() {
     {
         assert_eq!(d["metric"], l["metric"]);
         assert_eq!(d["score"], l["score"], "{}", d["metric"]);
-        assert_eq!(d["layers"], l["layers"], "{}", d["metric"]);
+        assert_eq!(d["best_layers"], l["best_layers"], "{}", d["metric"]);
     }
     // rsa needs two n × n matrices: refused in one line under the small budget, not crashed.
     let err = b.fails_with(
@@ -298,53 +297,26 @@ fn knn_graphs(env: &common::Env) -> usize {
 fn knn_graphs_are_stored_once_reused_by_other_metrics_verified_and_left_out_of_bundles() {
     let n = 2048;
     let (fresh, env) = (registry(n), registry(n));
-    let small = ["--mem-mib", "16", "--format", "json", "--quiet"];
-    let align = |env: &common::Env, metric: &str| {
-        env.json(
-            &[
-                &["align", "--x", "x", "--y", "y", "--metric", metric][..],
-                &small,
-            ]
-            .concat(),
-        )
-    };
+    let small = ["--mem-mib", "16"];
     // The first kNN metric computes the 4 graphs (2 layers × 2 models) and stores them.
-    let first = align(&env, "mutual_knn");
+    let first = align(&env, "mutual_knn", &small);
     assert_eq!(first[0]["graphs_computed"], 4, "{first}");
     assert_eq!(knn_graphs(&env), 4);
     // A second metric computes none and gives what a registry without stored graphs gives.
-    let second = align(&env, "cknna");
+    let second = align(&env, "cknna", &small);
     assert_eq!(second[0]["graphs_computed"], 0, "{second}");
-    assert_eq!(second[0]["score"], align(&fresh, "cknna")[0]["score"]);
-    // A null run reads them too (its scores equal the fresh registry's).
-    let null = ["--null", "20"];
-    let with_null = |env: &common::Env| {
-        env.json(
-            &[
-                &["align", "--x", "x", "--y", "y", "--metric", "cycle_knn"][..],
-                &null,
-                &small,
-            ]
-            .concat(),
-        )
-    };
     assert_eq!(
-        with_null(&env)[0]["null_mean"],
-        with_null(&fresh)[0]["null_mean"]
+        second[0]["score"],
+        align(&fresh, "cknna", &small)[0]["score"]
+    );
+    // A null run reads them too (its scores equal the fresh registry's).
+    let null = ["--null", "20", "--mem-mib", "16"];
+    assert_eq!(
+        align(&env, "cycle_knn", &null)[0]["null_mean"],
+        align(&fresh, "cycle_knn", &null)[0]["null_mean"]
     );
     // Dense runs store none and say nothing of graphs.
-    let dense = env.json(&[
-        "align",
-        "--x",
-        "x",
-        "--y",
-        "y",
-        "--metric",
-        "jaccard_knn",
-        "--format",
-        "json",
-        "--quiet",
-    ]);
+    let dense = align(&env, "jaccard_knn", &[]);
     assert!(dense[0].get("graphs_computed").is_none(), "{dense}");
 
     // verify reads every graph back; a damaged one is reported, then recomputed and replaced.
@@ -363,7 +335,7 @@ fn knn_graphs_are_stored_once_reused_by_other_metrics_verified_and_left_out_of_b
         text.contains("kNN graph of blob") && text.contains("damaged"),
         "{text}"
     );
-    let again = align(&env, "lcs_knn");
+    let again = align(&env, "lcs_knn", &small);
     assert_eq!(again[0]["graphs_computed"], 1, "{again}");
     let o = env.prh(&["verify"]);
     assert!(

@@ -118,12 +118,13 @@ fn baseline_copy(base: &Path, reg: &Path, copy: &Path) {
 }
 
 /// Runs `bin --registry REG ARGS...`, asserting success: seconds, JSON output and the process's
-/// own peak RSS in KiB (from `wait4`, so each run is measured apart from the others).
-#[allow(clippy::zombie_processes)] // reaped by wait4 below, which std cannot see
+/// own peak RSS in KiB, polled from its /proc/PID/status VmHWM every 20 ms (from 5 ms after the
+/// spawn, once it runs prh). Not `wait4`'s ru_maxrss: that includes the high-water mark of the
+/// image before exec, i.e. of this bench process, which a spawned child shares until then. A
+/// run shorter than 5 ms reports 0.
 pub fn prh_measured(bin: &Path, reg: &Path, args: &[&str]) -> (f64, serde_json::Value, i64) {
-    use std::io::Read;
     let t = Instant::now();
-    let mut child = Command::new(bin)
+    let child = Command::new(bin)
         .arg("--registry")
         .arg(reg)
         .args(args)
@@ -131,34 +132,32 @@ pub fn prh_measured(bin: &Path, reg: &Path, args: &[&str]) -> (f64, serde_json::
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        err.read_to_string(&mut s).unwrap();
-        s
+    let status = format!("/proc/{}/status", child.id());
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let poll = std::thread::spawn(move || {
+        let mut peak = 0i64;
+        let mut wait = std::time::Duration::from_millis(5);
+        while stopped.recv_timeout(wait).is_err() {
+            wait = std::time::Duration::from_millis(20);
+            let kb = std::fs::read_to_string(&status).ok().and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+            });
+            peak = peak.max(kb.unwrap_or(0));
+        }
+        peak
     });
-    let mut stdout = Vec::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    let (mut status, pid) = (0i32, child.id() as libc::pid_t);
-    // SAFETY: wait4 reaps our own child and fills the zeroed rusage we pass; `child` is never
-    // waited for again.
-    let rss = unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::wait4(pid, &mut status, 0, &mut u), pid);
-        u.ru_maxrss
-    };
+    let out = child.wait_with_output().unwrap();
     let secs = t.elapsed().as_secs_f64();
-    let stderr = err.join().unwrap();
+    stop.send(()).unwrap();
+    let rss = poll.join().unwrap();
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "prh {args:?}: {stderr}"
+        out.status.success(),
+        "prh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    (secs, serde_json::from_slice(&stdout).unwrap(), rss)
+    (secs, serde_json::from_slice(&out.stdout).unwrap(), rss)
 }
 
 /// `prh align` of every language model with every vision model for one metric (plus `extra`
