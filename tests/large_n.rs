@@ -366,3 +366,49 @@ fn knn_graphs_are_stored_once_reused_by_other_metrics_verified_and_left_out_of_b
         "bundle {with} bytes vs {without} without graphs"
     );
 }
+
+/// Progress messages of a sweep, recorded.
+#[derive(Default)]
+struct Messages(std::sync::Mutex<Vec<String>>);
+
+impl prh::sweep::Progress for Messages {
+    fn message(&self, msg: &str) {
+        self.0.lock().unwrap().push(msg.to_string());
+    }
+}
+
+#[test]
+fn the_graph_search_reports_its_progress_and_eta() {
+    let env = registry(2048);
+    let mut reg = common::open(&env);
+    let req = prh::sweep::SweepRequest {
+        x: prh::sweep::Selector::Names(vec!["x".into()]),
+        y: prh::sweep::Selector::Names(vec!["y".into()]),
+        dataset: None,
+        pool: None,
+        all_checkpoints: false,
+        x_checkpoint: None,
+        specs: vec![MetricSpec::new(Metric::MutualKnn)],
+        prep: prh::metrics::Prep::OFFICIAL,
+        mem_budget: 16 << 20,
+        null: 0,
+        bootstrap: 0,
+        seed: 0,
+        alpha: prh::stats::DEFAULT_ALPHA,
+        reduce: prh::layers::Reduce::Max,
+    };
+    let seen = Messages::default();
+    prh::sweep::sweep(&mut reg, &req, &seen).unwrap();
+    let seen = seen.0.into_inner().unwrap();
+    for g in 1..=4 {
+        let done = format!("x × y: kNN graph {g}/4 (n = 2048): 100%, ETA 0 s");
+        assert!(seen.contains(&done), "no {done:?} in {seen:?}");
+    }
+    // Read back the second time: no search, no graph progress.
+    let again = Messages::default();
+    let mut req = req;
+    req.specs = vec![MetricSpec::new(Metric::Cknna)];
+    prh::sweep::sweep(&mut reg, &req, &again).unwrap();
+    let again = again.0.into_inner().unwrap();
+    assert!(!again.iter().any(|m| m.contains("kNN graph")), "{again:?}");
+}

@@ -377,6 +377,12 @@ impl Derived {
     /// The neighbour lists and ties for k: relabelled from the base's for a permuted copy,
     /// else from the Gram matrix (dense) or tiles of rows (large n), with the same result.
     pub fn graph(&self, k: usize) -> Graph {
+        self.graph_with(k, &|_| {})
+    }
+
+    /// [`Derived::graph`], reporting the rows searched so far to `progress` when the large-n
+    /// search runs.
+    pub fn graph_with(&self, k: usize, progress: &(dyn Fn(usize) + Sync)) -> Graph {
         if let Some(v) = self.knn.lock().expect("lock").get(&k) {
             return v.clone();
         }
@@ -393,7 +399,7 @@ impl Derived {
                 if self.dense {
                     graph::knn_from_gram(self.x(), self.gram(), k, groups)
                 } else {
-                    graph::knn_tiled(self.x(), k, groups, &|_| {})
+                    graph::knn_tiled(self.x(), k, groups, progress)
                 }
             }
         };

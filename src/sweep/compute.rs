@@ -52,14 +52,29 @@ pub(super) fn compute_missing(
                 let mx = load_graphs(reg, x, px, &dx, k)?;
                 let my = load_graphs(reg, y, py, &dy, k)?;
                 *graphs.entry(pi).or_default() += mx.len() + my.len();
-                if !mx.is_empty() || !my.is_empty() {
-                    progress.message(&format!(
-                        "{} × {}: exact kNN graphs of {} layers at n = {} (large-n path)",
-                        x.model,
-                        y.model,
-                        mx.len() + my.len(),
-                        x.n
-                    ));
+                // One graph at a time (each uses every core), its progress and ETA shown.
+                let todo: Vec<&Arc<Derived>> = mx
+                    .iter()
+                    .map(|&l| &dx[l])
+                    .chain(my.iter().map(|&l| &dy[l]))
+                    .collect();
+                for (g, d) in todo.iter().enumerate() {
+                    let (start, label) = (Instant::now(), format!("{} × {}", x.model, y.model));
+                    let last = std::sync::atomic::AtomicUsize::new(0);
+                    d.graph_with(k, &|rows| {
+                        // At most every 1 % of the rows.
+                        let pct = rows * 100 / x.n.max(1);
+                        if last.swap(pct, std::sync::atomic::Ordering::Relaxed) != pct {
+                            let eta = start.elapsed().as_secs_f64() * (x.n - rows) as f64
+                                / rows.max(1) as f64;
+                            progress.message(&format!(
+                                "{label}: kNN graph {}/{} (n = {}): {pct}%, ETA {eta:.0} s",
+                                g + 1,
+                                todo.len(),
+                                x.n
+                            ));
+                        }
+                    });
                 }
                 to_store.push((k, mx, my));
             }
