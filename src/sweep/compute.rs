@@ -45,20 +45,21 @@ pub(super) fn compute_missing(
             let (px, py) = (&preps[&x.checkpoint_id], &preps[&y.checkpoint_id]);
             let dx = cache.get(reg, x, &px.thresholds, req.prep)?;
             let dy = cache.get(reg, y, &py.thresholds, req.prep)?;
-            // kNN graphs stored by an earlier run (large-n path); then derive what the metrics
-            // need on every layer in parallel, and store the graphs computed.
-            let mut to_store = Vec::new();
+            // kNN graphs stored by an earlier run (large-n path), the missing ones searched and
+            // stored; then derive what else the metrics need on every layer in parallel.
             for k in knn_ks(&req.specs) {
                 let mx = load_graphs(reg, x, px, &dx, k)?;
                 let my = load_graphs(reg, y, py, &dy, k)?;
                 *graphs.entry(pi).or_default() += mx.len() + my.len();
-                // One graph at a time (each uses every core), its progress and ETA shown.
-                let todo: Vec<&Arc<Derived>> = mx
+                // One graph at a time (each uses every core), its progress and ETA shown, each
+                // stored as soon as it is found (an interrupted sweep keeps the finished ones).
+                let todo: Vec<(&CheckpointLayers, &CheckpointPrep, &Layers, usize)> = mx
                     .iter()
-                    .map(|&l| &dx[l])
-                    .chain(my.iter().map(|&l| &dy[l]))
+                    .map(|&l| (x, px, &dx, l))
+                    .chain(my.iter().map(|&l| (y, py, &dy, l)))
                     .collect();
-                for (g, d) in todo.iter().enumerate() {
+                for (g, &(ck, cp, layers, l)) in todo.iter().enumerate() {
+                    let d = &layers[l];
                     let (start, label) = (Instant::now(), format!("{} × {}", x.model, y.model));
                     let last = std::sync::atomic::AtomicUsize::new(0);
                     d.graph_with(k, &|rows| {
@@ -75,17 +76,13 @@ pub(super) fn compute_missing(
                             ));
                         }
                     });
+                    store_graphs(reg, ck, cp, layers, k, &[l])?;
                 }
-                to_store.push((k, mx, my));
             }
             for spec in &req.specs {
                 dx.par_iter()
                     .chain(dy.par_iter())
                     .for_each(|d| d.warm(spec));
-            }
-            for (k, mx, my) in &to_store {
-                store_graphs(reg, x, px, &dx, *k, mx)?;
-                store_graphs(reg, y, py, &dy, *k, my)?;
             }
             let results = compute_cells(&req.specs, cells, &dx, &dy, progress).map_err(|e| {
                 e.prefixed(&format!(
