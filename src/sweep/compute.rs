@@ -48,36 +48,8 @@ pub(super) fn compute_missing(
             // kNN graphs stored by an earlier run (large-n path), the missing ones searched and
             // stored; then derive what else the metrics need on every layer in parallel.
             for k in knn_ks(&req.specs) {
-                let mx = load_graphs(reg, x, px, &dx, k)?;
-                let my = load_graphs(reg, y, py, &dy, k)?;
-                *graphs.entry(pi).or_default() += mx.len() + my.len();
-                // One graph at a time (each uses every core), its progress and ETA shown, each
-                // stored as soon as it is found (an interrupted sweep keeps the finished ones).
-                let todo: Vec<(&CheckpointLayers, &CheckpointPrep, &Layers, usize)> = mx
-                    .iter()
-                    .map(|&l| (x, px, &dx, l))
-                    .chain(my.iter().map(|&l| (y, py, &dy, l)))
-                    .collect();
-                for (g, &(ck, cp, layers, l)) in todo.iter().enumerate() {
-                    let d = &layers[l];
-                    let (start, label) = (Instant::now(), format!("{} × {}", x.model, y.model));
-                    let last = std::sync::atomic::AtomicUsize::new(0);
-                    d.graph_with(k, &|rows| {
-                        // At most every 1 % of the rows.
-                        let pct = rows * 100 / x.n.max(1);
-                        if last.swap(pct, std::sync::atomic::Ordering::Relaxed) != pct {
-                            let eta = start.elapsed().as_secs_f64() * (x.n - rows) as f64
-                                / rows.max(1) as f64;
-                            progress.message(&format!(
-                                "{label}: kNN graph {}/{} (n = {}): {pct}%, ETA {eta:.0} s",
-                                g + 1,
-                                todo.len(),
-                                x.n
-                            ));
-                        }
-                    });
-                    store_graphs(reg, ck, cp, layers, k, &[l])?;
-                }
+                let sides = [(x, px, &dx), (y, py, &dy)];
+                *graphs.entry(pi).or_default() += ensure_graphs(reg, &sides, k, progress)?;
             }
             for spec in &req.specs {
                 dx.par_iter()

@@ -118,45 +118,54 @@ pub fn clamp_thresholds_cached(reg: &Registry, sets: &[&[BlobHash]], q: f64) -> 
 /// The derived data of one checkpoint's layers, shared.
 pub(super) type Layers = Arc<Vec<Arc<Derived>>>;
 
-/// Attaches the stored kNN graphs for k of a checkpoint's large-n layers (docs/design.md §13)
-/// to their derived data; returns the layers that still have none (to compute, then
-/// [`store_graphs`]). A damaged record is ignored here and replaced when stored again.
-pub(super) fn load_graphs(
+/// Makes sure every large-n layer of `sides` has its kNN graph for k (docs/design.md §13):
+/// read back when stored (a damaged record is ignored and replaced), else searched one at a
+/// time (each search uses every core) with its progress and ETA on `progress`, and stored as
+/// soon as it is found, so an interrupted sweep keeps the finished ones. Returns how many were
+/// searched.
+pub(super) fn ensure_graphs(
     reg: &Registry,
-    ck: &CheckpointLayers,
-    cp: &CheckpointPrep,
-    layers: &Layers,
+    sides: &[(&CheckpointLayers, &CheckpointPrep, &Layers)],
     k: usize,
-) -> Result<Vec<usize>> {
-    let mut missing = Vec::new();
-    for (l, d) in layers.iter().enumerate() {
-        if d.dense() || d.has_graph(k) {
-            continue;
-        }
-        let stored = reg.catalog.knn_graph(&ck.layers[l], &cp.keys[l], k)?;
-        match stored.and_then(|b| graph::decode(&b, ck.n, k)) {
-            Some((knn, ties)) => d.set_graph(k, knn, ties),
-            None => missing.push(l),
+    progress: &dyn Progress,
+) -> Result<usize> {
+    let mut todo = Vec::new();
+    for &(ck, cp, layers) in sides {
+        for (l, d) in layers.iter().enumerate() {
+            if d.dense() || d.has_graph(k) {
+                continue;
+            }
+            let stored = reg.catalog.knn_graph(&ck.layers[l], &cp.keys[l], k)?;
+            match stored.and_then(|b| graph::decode(&b, ck.n, k)) {
+                Some((knn, ties)) => d.set_graph(k, knn, ties),
+                None => todo.push((ck, cp, &layers[l], l)),
+            }
         }
     }
-    Ok(missing)
-}
-
-/// Stores the kNN graphs for k of the given layers (computing any not computed yet).
-pub(super) fn store_graphs(
-    reg: &Registry,
-    ck: &CheckpointLayers,
-    cp: &CheckpointPrep,
-    layers: &Layers,
-    k: usize,
-    which: &[usize],
-) -> Result<()> {
-    for &l in which {
-        let (knn, ties) = layers[l].graph(k);
+    let label = sides
+        .iter()
+        .map(|s| s.0.model.as_str())
+        .collect::<Vec<_>>()
+        .join(" × ");
+    for (g, &(ck, cp, d, l)) in todo.iter().enumerate() {
+        let (start, last) = (Instant::now(), std::sync::atomic::AtomicUsize::new(0));
+        let (knn, ties) = d.graph_with(k, &|rows| {
+            // At most every 1 % of the rows.
+            let pct = rows * 100 / ck.n.max(1);
+            if last.swap(pct, std::sync::atomic::Ordering::Relaxed) != pct {
+                let eta = start.elapsed().as_secs_f64() * (ck.n - rows) as f64 / rows.max(1) as f64;
+                progress.message(&format!(
+                    "{label}: kNN graph {}/{} (n = {}): {pct}%, ETA {eta:.0} s",
+                    g + 1,
+                    todo.len(),
+                    ck.n
+                ));
+            }
+        });
         reg.catalog
             .put_knn_graph(&ck.layers[l], &cp.keys[l], k, &graph::encode(&knn, &ties))?;
     }
-    Ok(())
+    Ok(todo.len())
 }
 
 /// Derived data of checkpoints, evicted least-recently-used beyond a byte budget.

@@ -89,12 +89,10 @@ pub(super) fn add_statistics(
                     cache.get(reg, x, &prep_x.thresholds, req.prep)?,
                     cache.get(reg, y, &prep_y.thresholds, req.prep)?,
                 );
-                // The kNN graphs an earlier run stored; any still missing computed and stored.
+                // The kNN graphs an earlier run stored; any still missing searched and stored.
                 if spec.metric.uses_k() {
-                    for (ck, cp, d) in [(*x, prep_x, &l.0), (*y, prep_y, &l.1)] {
-                        let missing = load_graphs(reg, ck, cp, d, spec.k)?;
-                        store_graphs(reg, ck, cp, d, spec.k, &missing)?;
-                    }
+                    let sides = [(*x, prep_x, &l.0), (*y, prep_y, &l.1)];
+                    ensure_graphs(reg, &sides, spec.k, progress)?;
                 }
                 loaded = Some(l.clone());
                 Ok(l)
