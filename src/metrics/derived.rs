@@ -284,23 +284,23 @@ impl Derived {
         if spec.metric.uses_k() {
             self.knn(spec.k);
         }
+        if !self.dense && spec.needs_square(self) {
+            return; // refused when computed
+        }
         match spec.metric {
-            Metric::Cka | Metric::UnbiasedCka
-                if !self.dense && spec.kernel == super::Kernel::Linear =>
-            {
+            Metric::Cka | Metric::UnbiasedCka if !self.dense => {
                 self.linear_features();
             }
-            Metric::Cka | Metric::UnbiasedCka if !self.dense => {}
             Metric::Cka | Metric::UnbiasedCka => {
                 self.kernel(spec.kernel);
             }
             Metric::Svcca => {
                 self.svcca_basis(spec.cca_dim);
             }
-            Metric::Rsa if self.dense => {
+            Metric::Rsa => {
                 self.rdm_ranks();
             }
-            Metric::Procrustes if self.dense || self.x().ncols() <= self.n => {
+            Metric::Procrustes => {
                 self.procrustes_basis();
             }
             _ => {}

@@ -197,7 +197,7 @@ impl MetricSpec {
                 .collect();
         }
         for r in xs.iter().map(|x| &**x).chain(ys.iter().map(|y| &**y)) {
-            r.require_dense(name)?;
+            self.refuse_square(r)?;
         }
         if self.metric == Metric::Rsa {
             let rx: Vec<_> = xs.par_iter().map(|x| x.rdm_ranks()).collect();
@@ -235,6 +235,25 @@ impl MetricSpec {
         Ok(out)
     }
 
+    /// True when this metric needs `r`'s n × n matrices, having no exact bounded-memory form:
+    /// rbf cka, rsa, linear_r2, and procrustes of features wider than n (docs/design.md §13).
+    pub fn needs_square(&self, r: &Derived) -> bool {
+        match self.metric {
+            Metric::Rsa | Metric::LinearR2 => true,
+            Metric::Cka | Metric::UnbiasedCka => self.kernel != Kernel::Linear,
+            Metric::Procrustes => r.x().ncols() > r.n(),
+            _ => false,
+        }
+    }
+
+    /// Refuses, in one line, a metric that needs `r`'s n × n matrices on the large-n path.
+    fn refuse_square(&self, r: &Derived) -> Result<()> {
+        if self.needs_square(r) {
+            r.require_dense(self.metric.name())?;
+        }
+        Ok(())
+    }
+
     /// True when the CKA family's linear kernel is computed in feature space for this pair
     /// (d_x·d_y below n², or either side on the large-n path): a choice of arithmetic, not of
     /// meaning, that depends on the shapes (docs/design.md §13).
@@ -253,6 +272,8 @@ impl MetricSpec {
         derived::check_pair(name, a, b)?;
         let n = a.n();
         self.validate(n)?;
+        self.refuse_square(a)?;
+        self.refuse_square(b)?;
         let v = match self.metric {
             Metric::MutualKnn if self.ties == TieBreak::Expected => knn::mutual_knn_expected(
                 &a.knn(self.k),
@@ -281,8 +302,6 @@ impl MetricSpec {
                 kernel::cka_from_dot(kl, &ka, &kb, self.metric == Metric::UnbiasedCka)
             }
             Metric::Cka | Metric::UnbiasedCka => {
-                a.require_dense(name)?;
-                b.require_dense(name)?;
                 let (ka, kb) = (a.kernel(self.kernel), b.kernel(self.kernel));
                 kernel::cka(&ka, &kb, self.metric == Metric::UnbiasedCka)
             }
@@ -300,22 +319,9 @@ impl MetricSpec {
                     .map_err(|m| Error::metric(name, m.clone()))?;
                 extra::svcca(ua, ub).map_err(|m| Error::metric(name, m))?
             }
-            Metric::Procrustes => {
-                for r in [a, b] {
-                    if r.x().ncols() > n {
-                        r.require_dense(name)?;
-                    }
-                }
-                extra::procrustes(a, b).map_err(|m| Error::metric(name, m))?
-            }
-            Metric::Rsa => {
-                a.require_dense(name)?;
-                b.require_dense(name)?;
-                extra::rsa(a, b)
-            }
+            Metric::Procrustes => extra::procrustes(a, b).map_err(|m| Error::metric(name, m))?,
+            Metric::Rsa => extra::rsa(a, b),
             Metric::LinearR2 => {
-                a.require_dense(name)?;
-                b.require_dense(name)?;
                 extra::linear_r2(a, b, self.ridge).map_err(|m| Error::metric(name, m))?
             }
         };
