@@ -460,6 +460,68 @@ mod tests {
         );
     }
 
+    /// Against a full sort of the canonical similarities: lists, ties (sure, group, picks),
+    /// self and copies of one sample (`groups`) excluded, on rows of few distinct values
+    /// (exact ties), zeros of both signs and all-zero rows.
+    #[test]
+    fn a_refined_row_equals_a_full_canonical_sort_with_ties_zeros_and_groups() {
+        let mut r = crate::rng::Rng::new(5);
+        let (mut tied, mut grouped) = (0, 0);
+        for trial in 0..40 {
+            let (n, d) = (2 + trial * 7 % 150, 3);
+            let x: Vec<f32> = (0..n * d)
+                .map(|_| match (r.normal() * 2.0) as i64 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    v => v as f32 / 4.0,
+                })
+                .collect();
+            let rows = Rows::new(&x, n, d);
+            let labels: Vec<u32> = (0..n as u32).map(|j| j / 3).collect();
+            let i = trial % n;
+            // Any f32 rounding of the canonical values is a proposal within the bound.
+            let approx: Vec<f32> = (0..n).map(|j| rows.sim(i, j) as f32).collect();
+            for k in [1, 5, 10, 17] {
+                for groups in [None, Some(labels.as_slice())] {
+                    let mut want: Vec<(f64, u32)> = (0..n)
+                        .filter(|&j| !same_sample(i, j, groups))
+                        .map(|j| (rows.sim(i, j), j as u32))
+                        .collect();
+                    if want.len() <= k {
+                        continue;
+                    }
+                    want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                    let got = refine_row(&rows, &approx, i, k, groups, &mut Scratch::default());
+                    let what = format!("trial {trial}, n {n}, k {k}, groups {}", groups.is_some());
+                    assert_eq!(got.top, want[..k], "{what}");
+                    let kth = want[k - 1].0;
+                    let ids = |keep: &dyn Fn(f64) -> bool| {
+                        let mut v: Vec<u32> =
+                            want.iter().filter(|c| keep(c.0)).map(|c| c.1).collect();
+                        v.sort_unstable();
+                        v
+                    };
+                    match got.tie {
+                        None => assert!(want[k].0 != kth, "{what}: a tie went unreported"),
+                        Some(t) => {
+                            let sure = ids(&|s| s > kth);
+                            assert_eq!(t.row, i as u32);
+                            assert_eq!(t.picks, k - sure.len(), "{what}");
+                            assert_eq!(t.sure, sure, "{what}");
+                            assert_eq!(t.group, ids(&|s| s == kth), "{what}");
+                            tied += 1;
+                        }
+                    }
+                    grouped += usize::from(groups.is_some());
+                }
+            }
+        }
+        assert!(
+            tied > 20 && grouped > 20,
+            "{tied} tied, {grouped} grouped cases"
+        );
+    }
+
     #[test]
     fn a_stored_graph_reads_back_and_damage_is_refused() {
         let mut r = crate::rng::Rng::new(3);
