@@ -247,18 +247,13 @@ pub fn display(p: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_consistent() {
-        super::Cli::command().debug_assert();
+        Cli::command().debug_assert();
     }
-}
-
-#[cfg(test)]
-mod exit_codes {
-    use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn every_error_kind_has_its_own_documented_exit_code() {
