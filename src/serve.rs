@@ -15,6 +15,7 @@ mod svg;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -61,10 +62,12 @@ pub(crate) struct App {
 }
 
 impl App {
-    /// Waits (at most `compute_wait`) for the server's one computation slot.
-    fn one_computation(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+    /// Waits (at most `compute_wait`) for the server's one computation slot, while the
+    /// client of `job` waits for it.
+    fn one_computation(&self, job: &Job) -> Result<std::sync::MutexGuard<'_, ()>> {
         let start = std::time::Instant::now();
         loop {
+            crate::sweep::go_on(job)?;
             match self.computing.try_lock() {
                 Ok(g) => return Ok(g),
                 Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
@@ -176,16 +179,53 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A request's work on the blocking pool: the server's state, and whether the client still
+/// waits for the answer. As the sweep's [`Progress`](crate::sweep::Progress) it stops the
+/// computation of a client that left (its finished cells and draws are kept), which would
+/// otherwise hold the one computation slot to its end.
+pub(crate) struct Job {
+    app: Arc<App>,
+    left: Arc<AtomicBool>,
+}
+
+impl std::ops::Deref for Job {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.app
+    }
+}
+
+impl crate::sweep::Progress for Job {
+    fn cancelled(&self) -> bool {
+        self.left.load(Ordering::Relaxed)
+    }
+}
+
+/// Marks the job's client gone when the handler's future is dropped before the answer: hyper
+/// drops it when the connection closes.
+struct Waiting(Arc<AtomicBool>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Runs `f` on the blocking pool with a registry; a panic becomes a 500, not a dead server.
 async fn blocking<T: Send + 'static>(
     app: &Arc<App>,
-    f: impl FnOnce(&App, &mut Registry) -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&Job, &mut Registry) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || {
+    let left = Arc::new(AtomicBool::new(false));
+    let waiting = Waiting(left.clone());
+    let job = Job {
+        app: app.clone(),
+        left,
+    };
+    let out = tokio::task::spawn_blocking(move || {
         let mut out = None;
-        let r = app.with(|reg| {
-            out = Some(f(&app, reg));
+        let r = job.app.with(|reg| {
+            out = Some(f(&job, reg));
             Ok(())
         });
         match (r, out) {
@@ -197,8 +237,10 @@ async fn blocking<T: Send + 'static>(
             )),
         }
     })
-    .await
-    .map_err(|e| {
+    .await;
+    // Answered: the flag is set, but nothing reads it any more.
+    drop(waiting);
+    out.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("request failed: {e}"),

@@ -719,6 +719,105 @@ fn a_second_computation_is_answered_503_while_one_runs_and_reads_go_on() {
 }
 
 #[test]
+fn a_computation_whose_client_left_stops_and_frees_the_slot() {
+    // A client that asks for a long computation and leaves: before, the computation ran to its
+    // end (52 s for this one with a warm build, on 2 cores), holding the server's one
+    // computation slot; every other compute request got 503 meanwhile. Now the handler's
+    // dropped future marks the job abandoned and the sweep stops at its next cell, graph or
+    // block of draws, keeping the draws it took.
+    use std::io::Write;
+    let env = demo();
+    let s = serve(&env, &["--compute", "--compute-wait", "0"]);
+    let addr = s.addr;
+    let path = format!(
+        "/api/trend?calibrated=on&null=10000&metric=mutual_knn&x={}&y={}",
+        enc(X),
+        enc(Y)
+    );
+    let ask = || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        c.set_nonblocking(true).unwrap();
+        c
+    };
+    let mut leaving = ask();
+    // Wait until the computation holds the slot: a view not cached yet is then refused at
+    // once. A probe that wins the slot first computes its metric (and caches it), so each 200
+    // moves the probe on to a metric not cached yet; the long request, refused meanwhile
+    // (it has an answer), is asked again.
+    let mut uncached = [
+        "cka",
+        "unbiased_cka",
+        "cknna",
+        "svcca",
+        "jaccard_knn",
+        "cycle_knn",
+    ]
+    .into_iter()
+    .peekable();
+    let mut probe = || {
+        let metric = *uncached.peek().expect("a metric not cached yet");
+        let status = get(addr, &format!("/api/matrix?metric={metric}")).status;
+        if status == 200 {
+            uncached.next();
+        }
+        status
+    };
+    let started = std::time::Instant::now();
+    while probe() != 503 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the long computation never took the slot"
+        );
+        if leaving.peek(&mut [0u8]).is_ok() {
+            leaving = ask();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(probe(), 503, "the long computation ended by itself");
+    drop(leaving);
+    let left = std::time::Instant::now();
+    // The slot is free again within a few seconds: an uncached matrix is computed (200).
+    loop {
+        let status = probe();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            left.elapsed() < std::time::Duration::from_secs(10),
+            "the slot is still held {} s after the client left",
+            left.elapsed().as_secs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    eprintln!(
+        "slot free {} ms after the client left",
+        left.elapsed().as_millis()
+    );
+    // The draws taken before it stopped were kept (the same request later extends them), and
+    // it did stop: fewer than the 36 pairs × 10,000 draws asked for.
+    drop(s);
+    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
+    let (samples, draws): (i64, i64) = db
+        .query_row(
+            "SELECT count(*), coalesce(sum(length(vals)), 0) / 8 FROM null_samples",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        samples > 0 && draws < 36 * 10_000,
+        "{samples} samples, {draws} draws kept"
+    );
+}
+
+#[test]
 fn a_client_that_trickles_its_header_is_closed_and_others_are_served() {
     // Slow loris: 40 connections each send a header line every 200 ms and never the blank line
     // that ends the head. Before --header-timeout (axum sets no timer, so hyper's own header

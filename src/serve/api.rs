@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::params::{Params, Resolved};
-use super::{ApiError, App, blocking};
+use super::{ApiError, App, Job, blocking};
 use crate::analysis::Trend;
 use crate::catalog::{Checkpoint, Dataset, Model, Rep, RepFilter, Score};
 use crate::error::{Error, Result};
 use crate::registry::Registry;
-use crate::sweep::{Selector, Silent};
+use crate::sweep::Selector;
 use crate::views::{LayerTable, NullSpec, TrendQuery};
 
 /// What the overview page shows.
@@ -101,7 +101,7 @@ pub(super) fn version_of(reg: &Registry) -> Result<String> {
 
 /// Computes what a view needs when the server may compute; one computation at a time.
 fn fill_if_allowed(
-    app: &App,
+    app: &Job,
     reg: &mut Registry,
     r: &Resolved,
     sel: (Selector, Selector),
@@ -110,8 +110,8 @@ fn fill_if_allowed(
     if !app.compute {
         return Ok(());
     }
-    let _one = app.one_computation()?;
-    r.view.fill(reg, sel, all, None, &Silent)?;
+    let _one = app.one_computation(app)?;
+    r.view.fill(reg, sel, all, None, app)?;
     Ok(())
 }
 
@@ -132,12 +132,12 @@ impl Trends {
     }
 }
 
-pub(super) fn trend_of(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Trends> {
+pub(super) fn trend_of(app: &Job, reg: &mut Registry, r: &Resolved) -> Result<Trends> {
     app.memo
         .get(reg, format!("trend {r:?}"), |reg| trend_now(app, reg, r))
 }
 
-fn trend_now(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Trends> {
+fn trend_now(app: &Job, reg: &mut Registry, r: &Resolved) -> Result<Trends> {
     let perf = r.perf.as_deref().ok_or_else(|| {
         Error::NotFound("no performance score: the x models have none".into())
             .hint("set one with `prh score set`")
@@ -161,13 +161,13 @@ fn trend_now(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Trends> {
                 r.null
             )));
         }
-        let _one = app.one_computation()?;
+        let _one = app.one_computation(app)?;
         let null = NullSpec {
             permutations: r.null,
             seed: r.seed,
             alpha: crate::stats::DEFAULT_ALPHA,
         };
-        let (raw, cal) = r.view.calibrated_trend(reg, &q, null, &Silent)?;
+        let (raw, cal) = r.view.calibrated_trend(reg, &q, null, app)?;
         return Ok(Trends {
             raw,
             calibrated: Some(cal),
@@ -181,7 +181,7 @@ fn trend_now(app: &App, reg: &mut Registry, r: &Resolved) -> Result<Trends> {
 }
 
 pub(super) fn matrix_of(
-    app: &App,
+    app: &Job,
     reg: &mut Registry,
     r: &Resolved,
 ) -> Result<crate::analysis::Matrix> {
@@ -193,7 +193,7 @@ pub(super) fn matrix_of(
 }
 
 pub(super) fn trajectory_of(
-    app: &App,
+    app: &Job,
     reg: &mut Registry,
     r: &Resolved,
 ) -> Result<Vec<crate::analysis::TrajectoryPoint>> {
@@ -208,7 +208,7 @@ pub(super) fn trajectory_of(
     })
 }
 
-pub(super) fn layers_of(app: &App, reg: &mut Registry, r: &Resolved) -> Result<LayerTable> {
+pub(super) fn layers_of(app: &Job, reg: &mut Registry, r: &Resolved) -> Result<LayerTable> {
     let (x, y) = (r.x.clone(), r.y.clone());
     app.memo.get(reg, format!("layers {r:?}"), |reg| {
         let sel = (

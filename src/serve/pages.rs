@@ -12,7 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 use super::api::{self, Overview};
 use super::params::{Params, Resolved, encode};
 use super::svg::{self, Point, esc, num};
-use super::{ApiError, App, blocking};
+use super::{ApiError, App, Job, blocking};
 
 const NAV: &[(&str, &str)] = &[
     ("/", "Overview"),
@@ -299,7 +299,7 @@ async fn chart(
     p: Params,
     title: &'static str,
     path: &'static str,
-    render: fn(&App, &mut crate::registry::Registry, &Resolved) -> crate::error::Result<String>,
+    render: fn(&Job, &mut crate::registry::Registry, &Resolved) -> crate::error::Result<String>,
     controls: fn(&Resolved) -> String,
 ) -> Response {
     let body = blocking(&app, move |app, reg| {
@@ -341,7 +341,7 @@ fn trend_controls(r: &Resolved) -> String {
 }
 
 fn trend_body(
-    app: &App,
+    app: &Job,
     reg: &mut crate::registry::Registry,
     r: &Resolved,
 ) -> crate::error::Result<String> {
@@ -401,7 +401,7 @@ fn matrix_controls(r: &Resolved) -> String {
 }
 
 fn matrix_body(
-    app: &App,
+    app: &Job,
     reg: &mut crate::registry::Registry,
     r: &Resolved,
 ) -> crate::error::Result<String> {
@@ -442,7 +442,7 @@ fn pair_controls(r: &Resolved) -> String {
 }
 
 fn pair_body(
-    app: &App,
+    app: &Job,
     reg: &mut crate::registry::Registry,
     r: &Resolved,
 ) -> crate::error::Result<String> {
@@ -493,7 +493,7 @@ fn trajectory_controls(r: &Resolved) -> String {
 }
 
 fn trajectory_body(
-    app: &App,
+    app: &Job,
     reg: &mut crate::registry::Registry,
     r: &Resolved,
 ) -> crate::error::Result<String> {

@@ -36,6 +36,7 @@ pub(super) fn compute_missing(
             if cells.is_empty() {
                 continue;
             }
+            go_on(progress)?;
             let other = plan.other(pairs[pi]);
             if let Some(prev) = last_other.filter(|&p| p != other && !plan.held.contains(&p)) {
                 cache.forget(prev);
@@ -206,6 +207,7 @@ pub(super) fn compute_cells(
         rows.dedup();
         cols.sort_unstable();
         cols.dedup();
+        go_on(progress)?;
         let t = Instant::now();
         let xs: Vec<&Derived> = rows.iter().map(|&i| &*dx[i]).collect();
         let ys: Vec<&Derived> = cols.iter().map(|&j| &*dy[j]).collect();
@@ -223,6 +225,7 @@ pub(super) fn compute_cells(
     let rest = single
         .par_iter()
         .map(|&(si, i, j)| {
+            go_on(progress)?;
             let t = Instant::now();
             let v = specs[si].compute(&dx[i], &dy[j]);
             progress.advance(1);

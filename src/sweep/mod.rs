@@ -185,6 +185,19 @@ pub trait Progress: Sync {
     fn start(&self, _total_cells: u64) {}
     fn advance(&self, _cells: u64) {}
     fn message(&self, _msg: &str) {}
+    /// Whether whoever asked for the work has stopped waiting for it (a dashboard client
+    /// that left). Long work asks between cells, graphs and blocks of draws ([`go_on`]).
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// `Err(Interrupted)` once the work is no longer wanted; what was finished before is stored.
+pub(crate) fn go_on(progress: &dyn Progress) -> Result<()> {
+    if progress.cancelled() {
+        return Err(Error::Interrupted);
+    }
+    Ok(())
 }
 
 /// No progress output.

@@ -148,6 +148,7 @@ pub(super) fn ensure_graphs(
         .collect::<Vec<_>>()
         .join(" × ");
     for (g, &(ck, cp, d, l)) in todo.iter().enumerate() {
+        go_on(progress)?;
         let (start, last) = (Instant::now(), std::sync::atomic::AtomicUsize::new(0));
         let (knn, ties) = d.graph_with(k, &|rows| {
             // At most every 1 % of the rows.

@@ -15,7 +15,8 @@ pub(super) fn pair_key(x: &CheckpointLayers, y: &CheckpointLayers) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// A cached sample of null or bootstrap draws, extended to `want` draws when shorter.
+/// A cached sample of null or bootstrap draws, extended to `want` draws when shorter, in
+/// blocks: work no longer wanted ([`go_on`]) stops between blocks and keeps the draws taken.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn cached_draws(
     reg: &Registry,
@@ -27,7 +28,8 @@ pub(super) fn cached_draws(
     py: &str,
     seed: u64,
     want: usize,
-    compute: impl FnOnce(&Registry, std::ops::Range<usize>) -> Result<Vec<f64>>,
+    progress: &dyn Progress,
+    mut compute: impl FnMut(&Registry, std::ops::Range<usize>) -> Result<Vec<f64>>,
 ) -> Result<Vec<f64>> {
     let draw_key = DrawKey {
         pair_key: key,
@@ -45,11 +47,25 @@ pub(super) fn cached_draws(
         .chunks_exact(8)
         .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect();
-    if vals.len() < want {
-        let more = compute(reg, vals.len()..want)?;
-        vals.extend(more);
-        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-        reg.catalog.put_draws(&draw_key, &bytes)?;
+    let had = vals.len();
+    if had < want {
+        // Blocks large enough to keep every core busy, small enough to stop soon.
+        let block = 64.max(8 * rayon::current_num_threads());
+        let mut stopped = Ok(());
+        while vals.len() < want {
+            stopped = go_on(progress);
+            if stopped.is_err() {
+                break;
+            }
+            let end = want.min(vals.len() + block);
+            let more = compute(reg, vals.len()..end)?;
+            vals.extend(more);
+        }
+        if vals.len() > had {
+            let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+            reg.catalog.put_draws(&draw_key, &bytes)?;
+        }
+        stopped?;
     }
     vals.truncate(want);
     Ok(vals)
@@ -108,6 +124,7 @@ pub(super) fn add_statistics(
                     py,
                     req.seed,
                     want,
+                    progress,
                     |reg, range| {
                         let (dx, dy) = load(reg)?;
                         let v = stats::draws(how, spec, req.reduce, (&dx, &dy), req.seed, range)?;
