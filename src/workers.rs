@@ -120,6 +120,13 @@ pub fn work(reg: &mut Registry, opts: &WorkOptions, progress: &dyn Progress) -> 
         if retrying(|| reg.catalog.finish_unit(unit.sweep, unit.idx, &opts.name))? {
             report.units += 1;
             report.cells += unit.cells as u64;
+        } else {
+            // Stopped or cut off past the lease: another worker took the unit over. The cells
+            // stored here are the same cells (the cache's key), so nothing is lost or doubled.
+            eprintln!(
+                "worker {}: lost unit {} of sweep {} (its lease ran out and another worker took it over); its cells are stored, the unit is theirs",
+                opts.name, unit.idx, unit.sweep
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Sweeps split over workers: `prh align --workers N` gives what `prh align` gives, on SQLite
 //! and on PostgreSQL; `prh status` reports the units; a worker killed with SIGKILL mid-unit
-//! loses its lease and another worker redoes the unit, with every cell stored once.
+//! loses its lease and another worker redoes the unit, with every cell stored once; one stopped
+//! (SIGSTOP) past its lease leaves the unit to its successor when it resumes.
 
 use crate::common;
 
@@ -265,14 +266,7 @@ fn a_worker_killed_mid_unit_loses_its_lease_and_its_unit_is_redone_once() {
         .parse()
         .unwrap();
     assert_eq!(cells, s["cells"].as_i64().unwrap(), "{st}");
-    let attempts: Vec<String> = pg
-        .psql(
-            "faults",
-            &format!("SELECT idx || ':' || attempts || ':' || worker FROM sweep_units WHERE sweep_id = {id} ORDER BY idx"),
-        )
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let attempts = attempts(&pg, "faults", id);
     for line in &attempts {
         let parts: Vec<&str> = line.split(':').collect();
         let idx: i64 = parts[0].parse().unwrap();
@@ -282,10 +276,15 @@ fn a_worker_killed_mid_unit_loses_its_lease_and_its_unit_is_redone_once() {
             assert_eq!(parts[1], "1", "{attempts:?}");
         }
     }
-    // The scores equal a sweep in one process on SQLite over the same files.
+    same_scores_as_one_process(&env);
+}
+
+/// The zoo sweep's scores in `env` (all cached) equal a sweep in one process on SQLite over
+/// the same files.
+fn same_scores_as_one_process(env: &Env) {
     let solo = Env::new();
     solo.ok(&["init"]);
-    common::ingest_all(&solo, "d", &zoo_files(&env));
+    common::ingest_all(&solo, "d", &zoo_files(env));
     let args = [
         "align",
         "--x",
@@ -307,6 +306,100 @@ fn a_worker_killed_mid_unit_loses_its_lease_and_its_unit_is_redone_once() {
             .iter()
             .all(|r| r["cells_computed"] == 0)
     );
+}
+
+/// Each unit's `idx:attempts:worker` of sweep `id`, in order.
+fn attempts(pg: &Cluster, db: &str, id: i64) -> Vec<String> {
+    pg.psql(
+        db,
+        &format!("SELECT idx || ':' || attempts || ':' || worker FROM sweep_units WHERE sweep_id = {id} ORDER BY idx"),
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn a_worker_stopped_past_its_lease_and_resumed_leaves_the_unit_to_its_successor() {
+    // SIGSTOP (a suspended job, a frozen VM) outlives the lease: another worker takes the
+    // unit over and finishes it. When the stopped one resumes, it completes the computation it
+    // was in, but the unit is no longer its own: its cells are already stored (a duplicate
+    // write changes nothing), its finish does not count, and it says so.
+    let pg = Cluster::start();
+    let env = zoo(&pg, "stopped");
+    let id = plan(&env);
+    let log = env.path("a.log");
+    let worker = |name: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_prh"));
+        c.arg("--registry")
+            .arg(env.reg())
+            .args(["worker", "--once", "--quiet", "--lease-seconds", "2"])
+            .args(["--sweep", &id.to_string(), "--name", name])
+            .envs(pg.env())
+            .stdout(Stdio::null());
+        c
+    };
+    let mut a = Process(
+        worker("A")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let held = held_by(&env, "A");
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &a.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let out = worker("B").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = status(&env);
+    assert_eq!(st[0]["done"], st[0]["units"], "B finished the sweep: {st}");
+    signal("-CONT");
+    let t = Instant::now();
+    let code = loop {
+        if let Some(c) = a.0.try_wait().unwrap() {
+            break c;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "A did not end after it resumed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(code.success(), "A: {said}");
+    assert!(
+        said.contains(&format!("lost unit {held} of sweep {id}")),
+        "A says it lost the unit: {said}"
+    );
+    // Every unit is done by B, the taken one on its second attempt; A is credited with none.
+    for line in attempts(&pg, "stopped", id) {
+        let parts: Vec<&str> = line.split(':').collect();
+        let want = if parts[0] == held.to_string() {
+            "2"
+        } else {
+            "1"
+        };
+        assert_eq!(&parts[1..], [want, "B"], "unit {line}");
+    }
+    let st = status(&env);
+    let shares = st[0]["workers"].as_array().unwrap();
+    assert_eq!(shares.len(), 1, "{st}");
+    assert_eq!(shares[0]["worker"], "B");
+    let cells: i64 = pg
+        .psql("stopped", "SELECT count(*) FROM cells")
+        .parse()
+        .unwrap();
+    assert_eq!(cells, st[0]["cells"].as_i64().unwrap(), "{st}");
+    same_scores_as_one_process(&env);
 }
 
 #[test]
