@@ -97,25 +97,30 @@ impl From<sqlx::Error> for Error {
     /// failure.
     fn from(e: sqlx::Error) -> Self {
         let msg = format!("catalog: {e}");
+        // Each transaction is all or nothing, so a lost one can be run again.
+        let lost = |msg: String| {
+            Error::Unavailable(format!("catalog unavailable: {msg}")).hint(
+                "the PostgreSQL server could not be reached or went away (a restart, a network cut): the write in progress was rolled back, earlier ones are kept; run the command again once it answers",
+            )
+        };
         match &e {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => Error::Unavailable(msg),
+            | sqlx::Error::WorkerCrashed => lost(msg),
             sqlx::Error::Database(d) => {
                 let code = d.code().unwrap_or_default();
                 // 08: connection exception; 40001/40P01: serialization failure/deadlock;
                 // 53: insufficient resources; 57P01-57P03: the server is shutting down or
                 // starting; 23505/23503: a unique or foreign key clash (a conflict); 23514/
                 // 23502: a CHECK or NOT NULL violation (prh wrote what its schema forbids).
-                if code.starts_with("08")
-                    || code == "40001"
-                    || code == "40P01"
-                    || code.starts_with("53")
-                    || matches!(&*code, "57P01" | "57P02" | "57P03")
-                {
-                    Error::Unavailable(msg)
+                if code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03") {
+                    lost(msg)
+                } else if code == "40001" || code == "40P01" || code.starts_with("53") {
+                    Error::Unavailable(msg).hint(
+                        "the server was busy (out of resources) or another writer clashed with this one; nothing of this write was kept: run the command again",
+                    )
                 } else if code == "23505" || code == "23503" {
                     Error::Conflict(msg)
                 } else if code == "23514" || code == "23502" {
