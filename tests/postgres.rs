@@ -655,3 +655,131 @@ fn postgres_restarted_during_an_ingest_or_an_import_loses_nothing_and_leaves_not
     let v = env.json(&["verify", "--format", "json"]);
     assert_eq!(v["problems"], serde_json::json!([]), "{v}");
 }
+
+#[test]
+fn a_read_only_role_reads_everything_and_is_told_plainly_that_it_cannot_write() {
+    // A lab gives most people a role that may only read the shared catalog. Everything that
+    // reads (listings, cached sweeps, trends, queries, verify) must work with it; a write must
+    // be refused in one line that names the cause, with nothing written.
+    let pg = Cluster::start();
+    let url = pg.database("ro");
+    let mut owner = Env::new();
+    owner.envs = pg.env();
+    let blobs = owner.path("shared-blobs");
+    let blobs_url = format!("file://{}", blobs.display());
+    owner.ok(&["init", "--catalog", &url, "--blobs", &blobs_url]);
+    let reg = owner.reg();
+    owner.ok(&["demo", "--dir", reg.to_str().unwrap(), "--no-plots"]);
+    pg.psql(
+        "ro",
+        "CREATE ROLE reader LOGIN PASSWORD 'reader-pw'; \
+         GRANT CONNECT ON DATABASE ro TO reader; GRANT USAGE ON SCHEMA public TO reader; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader;",
+    );
+    let mut reader = Env::new();
+    reader.envs = vec![("PGPASSWORD".into(), "reader-pw".into())];
+    let reader_url = url.replace("postgres://prh@", "postgres://reader@");
+    reader.ok(&["init", "--catalog", &reader_url, "--blobs", &blobs_url]);
+    for args in [
+        vec!["ls", "models", "--format", "json"],
+        vec!["ls", "reps", "--format", "json"],
+        vec![
+            "matrix",
+            "--metric",
+            "mutual_knn",
+            "--x",
+            X,
+            "--y",
+            Y,
+            "--format",
+            "json",
+        ],
+        vec![
+            "trend",
+            "--metric",
+            "mutual_knn",
+            "--x",
+            X,
+            "--y",
+            Y,
+            "--perf",
+            "bpb",
+            "--format",
+            "json",
+        ],
+        vec![
+            "align",
+            "--metric",
+            "mutual_knn",
+            "--x",
+            X,
+            "--y",
+            Y,
+            "--format",
+            "json",
+            "--quiet",
+        ],
+        vec!["query", "SELECT count(*) AS n FROM reps", "--format", "csv"],
+        vec!["status", "--format", "json"],
+    ] {
+        assert_eq!(
+            reader.ok(&args),
+            owner.ok(&args),
+            "the reader sees what the owner sees: {args:?}"
+        );
+    }
+    let v = reader.json(&["verify", "--format", "json"]);
+    assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+    // Writes: an ingest, a score, a sweep that must compute.
+    let p = reader.path("w.npy");
+    // Into the demo's dataset: nothing about the dataset is new, so only the new model and
+    // its layers would be written (after uploading their blobs).
+    common::write_npy(&p, &[256, 4, 16], &common::noise(256 * 4 * 16, 3));
+    let other = Env::new();
+    other.ok(&["init"]);
+    other.ok(&[
+        "ingest",
+        p.to_str().unwrap(),
+        "--model",
+        "w",
+        "--dataset",
+        "demo_256",
+        "--modality",
+        "vision",
+    ]);
+    let bundle = other.path("w.prh");
+    other.ok(&["export", bundle.to_str().unwrap()]);
+    let before = owner.ok(&["ls", "reps", "--format", "json"]);
+    let stored = common::files_under(&blobs);
+    for args in [
+        vec![
+            "ingest",
+            p.to_str().unwrap(),
+            "--model",
+            "w",
+            "--dataset",
+            "demo_256",
+            "--modality",
+            "vision",
+        ],
+        vec!["import", bundle.to_str().unwrap()],
+        vec!["score", "set", "--model", "lm-base", "bpb=0.5"],
+        vec!["align", "--x", X, "--y", Y, "--metric", "cka", "--quiet"],
+    ] {
+        let said = reader.fails_with(1, &args);
+        assert!(
+            said.contains("permission denied for table") && said.contains("lacks the privilege"),
+            "{args:?}: {said}"
+        );
+        let lines: Vec<&str> = said.lines().collect();
+        assert_eq!(lines.len(), 2, "one line and a hint: {said}");
+        assert!(lines[1].starts_with("hint: ") && lines[1].contains("INSERT"));
+    }
+    assert_eq!(owner.ok(&["ls", "reps", "--format", "json"]), before);
+    // The refused ingest and import uploaded nothing to the shared store.
+    assert_eq!(
+        common::files_under(&blobs),
+        stored,
+        "the refused ingest wrote blobs"
+    );
+}

@@ -90,6 +90,15 @@ const BLOB_GUARD: i64 = 0x7072_685f_626c_6f62;
 /// How long connecting may take before the URL is reported unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A statement the catalog role has no privilege for (SQLSTATE 42501): a permanent failure
+/// that says which privileges prh needs.
+fn denied(what: &str) -> Error {
+    Error::Catalog(format!(
+        "{what} (the role this registry connects as lacks the privilege)"
+    ))
+    .hint("reading needs SELECT on prh's tables; writing (ingest, import, score set, a sweep that computes, gc) also INSERT, UPDATE and DELETE: ask the catalog's owner to grant them, or connect as a role that has them")
+}
+
 impl From<sqlx::Error> for Error {
     /// PostgreSQL's error with its kind: a lost or refused connection, an exhausted pool, a
     /// server shutting down, a serialization failure or deadlock is [`Error::Unavailable`]
@@ -125,6 +134,8 @@ impl From<sqlx::Error> for Error {
                     Error::Conflict(msg)
                 } else if code == "23514" || code == "23502" {
                     Error::Internal(msg)
+                } else if code == "42501" {
+                    denied(d.message())
                 } else if code == "3D000" {
                     // The database named in the URL does not exist.
                     Error::NotFound(msg)
