@@ -46,6 +46,29 @@ impl ErrorKind {
         ErrorKind::Internal,
     ];
 
+    /// The exit code of a prh command failing with this kind: the one place it is decided
+    /// (the CLI exits with it; a server reading a child prh's failure maps it back).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Failed => 1,
+            ErrorKind::InvalidInput => 2,
+            ErrorKind::NotFound => 3,
+            ErrorKind::Conflict => 4,
+            ErrorKind::Unsupported => 5,
+            ErrorKind::Corrupt => 6,
+            ErrorKind::Internal => 70,
+            ErrorKind::Unavailable => 75,
+            ErrorKind::Interrupted => 130,
+        }
+    }
+
+    /// The kind whose exit code is `code`.
+    pub fn from_exit_code(code: i32) -> Option<ErrorKind> {
+        Self::ALL
+            .into_iter()
+            .find(|k| i32::from(k.exit_code()) == code)
+    }
+
     /// The kind's name in JSON answers (`"not_found"`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -200,6 +223,21 @@ impl Error {
         Error::Hinted {
             error: Box::new(self),
             hint: hint.into(),
+        }
+    }
+
+    /// An error of `kind` saying `msg` (a failure another prh process reported).
+    pub fn of_kind(kind: ErrorKind, msg: String) -> Self {
+        match kind {
+            ErrorKind::InvalidInput => Error::Invalid(msg),
+            ErrorKind::NotFound => Error::NotFound(msg),
+            ErrorKind::Conflict => Error::Conflict(msg),
+            ErrorKind::Unsupported => Error::Unsupported(msg),
+            ErrorKind::Unavailable => Error::Unavailable(msg),
+            ErrorKind::Failed => Error::Failed(msg),
+            ErrorKind::Corrupt => Error::Corrupt(msg),
+            ErrorKind::Interrupted => Error::TimedOut(msg),
+            ErrorKind::Internal => Error::Internal(msg),
         }
     }
 

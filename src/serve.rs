@@ -11,7 +11,10 @@ mod guard;
 mod memo;
 mod pages;
 mod params;
+mod sqlbox;
 mod svg;
+
+pub use sqlbox::SqlBudget;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -43,6 +46,8 @@ pub struct ServeOptions {
     pub compute_wait: std::time::Duration,
     /// How long a new connection may take to send its first request head.
     pub header_timeout: std::time::Duration,
+    /// What one SQL console query may spend.
+    pub sql: SqlBudget,
 }
 
 /// What every handler shares.
@@ -59,6 +64,8 @@ pub(crate) struct App {
     computing: Mutex<()>,
     /// Chart results per registry version.
     memo: memo::Memo,
+    /// What one SQL console query may spend.
+    sql: SqlBudget,
 }
 
 impl App {
@@ -324,6 +331,7 @@ pub fn serve(root: PathBuf, opts: ServeOptions, ready: impl FnOnce(SocketAddr)) 
         token: opts.token,
         compute: opts.compute,
         compute_wait: opts.compute_wait,
+        sql: opts.sql,
         computing: Mutex::new(()),
         memo: memo::Memo::default(),
     });

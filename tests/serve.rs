@@ -502,6 +502,79 @@ fn sql_that_would_write_is_refused_on_the_command_line_as_in_the_console() {
     );
 }
 
+/// A keyed self-join of the demo's 90 layers `ways` times: 90^ways rows that the row estimate
+/// (joins without a condition only) lets through.
+fn keyed_join(ways: usize) -> String {
+    let mut q = "SELECT count(*) AS n FROM reps t0".to_string();
+    for i in 1..ways {
+        q.push_str(&format!(" JOIN reps t{i} ON t0.n = t{i}.n"));
+    }
+    q
+}
+
+#[test]
+fn a_console_query_past_the_sql_budget_is_stopped_and_the_server_goes_on() {
+    // The row estimate catches joins without a condition; a keyed join that explodes got
+    // through, and the server built it in its own memory: with the server's address space
+    // capped at 4 GiB (so as not to take the machine with it), the 5-way join below aborted
+    // the server before (the request failed, nothing answered after). Now each console query
+    // runs in a child prh under --sql-mib and --sql-seconds.
+    let env = demo();
+    let s = serve(&env, &["--sql-seconds", "2", "--sql-mib", "1024"]);
+    let capped = std::process::Command::new("prlimit")
+        .args(["--pid", &s.pid().to_string(), "--as=4294967296"])
+        .status()
+        .unwrap();
+    assert!(capped.success());
+    let small = "SELECT count(*) AS n FROM reps";
+    let r = get(s.addr, &format!("/api/sql?q={}", enc(small)));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["rows"], serde_json::json!([[90]]));
+    let big = keyed_join(5);
+    for path in ["/api/sql", "/api/sql.csv"] {
+        let t = std::time::Instant::now();
+        let r = get(s.addr, &format!("{path}?q={}", enc(&big)));
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert_eq!(r.json()["kind"], "invalid_input");
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("more memory than the SQL budget of 1024 MiB"),
+            "{}",
+            r.text()
+        );
+        assert!(r.json()["hint"].as_str().unwrap().contains("--sql-mib"));
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
+        // The server goes on, and so does the console.
+        assert_eq!(get(s.addr, "/api/overview").status, 200);
+        let r = get(s.addr, &format!("/api/sql?q={}", enc(small)));
+        assert_eq!(r.json()["rows"], serde_json::json!([[90]]), "{}", r.text());
+    }
+    // The console's own errors still come back with their kind and hint.
+    let r = get(s.addr, "/api/sql?q=DELETE%20FROM%20models");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("read-only"), "{}", r.text());
+    let r = get(s.addr, "/api/sql?q=SELECT%20nope%20FROM%20models");
+    assert_eq!(r.status, 400, "{}", r.text());
+    drop(s);
+    // Time: the 4-way join fits 4 GiB but takes seconds (65,610,000 rows).
+    let s = serve(&env, &["--sql-seconds", "1", "--sql-mib", "4096"]);
+    let t = std::time::Instant::now();
+    let r = get(s.addr, &format!("/api/sql?q={}", enc(&keyed_join(4))));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("longer than the SQL budget of 1 s"),
+        "{}",
+        r.text()
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(get(s.addr, "/api/overview").status, 200);
+    // prh query on the command line has no budget: the same query answers there.
+    let n = env.ok(&["query", &keyed_join(3), "--format", "csv"]);
+    assert!(n.contains("729000"), "{n}");
+}
+
 #[test]
 fn running_out_of_file_descriptors_does_not_kill_the_server() {
     let env = demo();

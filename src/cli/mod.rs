@@ -202,20 +202,10 @@ fn kind_of(e: &anyhow::Error) -> Option<ErrorKind> {
     })
 }
 
-/// The exit code of a failure of `kind`: the one place the CLI decides it (documented in
-/// `prh --help` and the README). `None` is a failure prh did not classify.
+/// The exit code of a failure of `kind` ([`ErrorKind::exit_code`], documented in `prh --help`
+/// and the README). `None` is a failure prh did not classify.
 pub fn exit_code(kind: Option<ErrorKind>) -> u8 {
-    match kind {
-        None | Some(ErrorKind::Failed) => 1,
-        Some(ErrorKind::InvalidInput) => 2,
-        Some(ErrorKind::NotFound) => 3,
-        Some(ErrorKind::Conflict) => 4,
-        Some(ErrorKind::Unsupported) => 5,
-        Some(ErrorKind::Corrupt) => 6,
-        Some(ErrorKind::Internal) => 70,
-        Some(ErrorKind::Unavailable) => 75,
-        Some(ErrorKind::Interrupted) => 130,
-    }
+    kind.map_or(1, ErrorKind::exit_code)
 }
 
 /// An invalid-input error (exit code 2) for a problem the CLI finds in its arguments.

@@ -40,6 +40,15 @@ pub struct ServeArgs {
     /// that trickles its header is closed); at most 1024 connections are open at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub header_timeout: u64,
+    /// A query of the SQL console (/sql, /api/sql) may run this many seconds; longer ones are
+    /// stopped and answered 400 (`prh query` on the command line has no such limit).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub sql_seconds: u64,
+    /// A query of the SQL console may use this much memory (MiB of address space of the
+    /// process that runs it: the tables, the result, code and threads); one that needs more is
+    /// stopped and answered 400.
+    #[arg(long, value_name = "MIB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(256..=1048576))]
+    pub sql_mib: u64,
 }
 
 pub fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
@@ -53,6 +62,10 @@ pub fn run(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         allow_hosts: a.allow_hosts,
         compute_wait: std::time::Duration::from_secs(a.compute_wait),
         header_timeout: std::time::Duration::from_secs(a.header_timeout),
+        sql: serve::SqlBudget {
+            seconds: a.sql_seconds,
+            mib: a.sql_mib,
+        },
     };
     let shown = root.display().to_string();
     serve::serve(root, opts, |addr| {

@@ -301,14 +301,15 @@ pub(super) struct SqlParams {
 /// Rows per page at most: a huge result is never sent at once.
 pub(super) const MAX_PAGE: usize = 1000;
 
-fn run_sql(reg: &Registry, q: &str) -> Result<polars::prelude::DataFrame> {
-    crate::query::sql(reg, q)
+/// A console query, in a child process under the server's SQL budget.
+fn run_sql(job: &Job, q: &str) -> Result<polars::prelude::DataFrame> {
+    super::sqlbox::run(&job.root, q, job.sql, job)
 }
 
 pub(super) async fn sql(State(app): State<Arc<App>>, Query(p): Query<SqlParams>) -> Answer {
     let limit = p.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let page = blocking(&app, move |_, reg| {
-        let df = run_sql(reg, &p.q)?;
+    let page = blocking(&app, move |job, _| {
+        let df = run_sql(job, &p.q)?;
         let total = df.height();
         let offset = p.offset.min(total);
         let part = df.slice(offset as i64, limit);
@@ -330,8 +331,8 @@ pub(super) async fn sql_csv(
     State(app): State<Arc<App>>,
     Query(p): Query<SqlParams>,
 ) -> Result<Response, ApiError> {
-    let body = blocking(&app, move |_, reg| {
-        let df = run_sql(reg, &p.q)?;
+    let body = blocking(&app, move |job, _| {
+        let df = run_sql(job, &p.q)?;
         let mut out = Vec::new();
         crate::output::render_values(
             &crate::frame::to_rows(&df),
