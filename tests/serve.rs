@@ -891,6 +891,49 @@ fn a_computation_whose_client_left_stops_and_frees_the_slot() {
 }
 
 #[test]
+fn idle_connections_cannot_keep_a_client_out() {
+    // 1,100 connections that never send a byte hold every one of the server's 1,024 places
+    // (the header deadline is 600 s here, so it does not free them). Before, every new
+    // connection was then closed unanswered; now the longest-idle one is closed to make room.
+    // A keep-alive connection idle after its answer is closed after the header timeout too.
+    use std::io::{Read, Write};
+    let env = Env::new();
+    env.ok(&["init"]);
+    let s = serve(&env, &["--header-timeout", "600"]);
+    let idle: Vec<std::net::TcpStream> = (0..1100)
+        .map(|_| std::net::TcpStream::connect(s.addr).unwrap())
+        .collect();
+    // Let the server accept them all (the backlog drains into the cap).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for i in 0..20 {
+        let r = request(s.addr, "GET", "/api/overview", &[], b"")
+            .unwrap_or_else(|e| panic!("request {i} with every place idle: {e}"));
+        assert_eq!(r.status, 200);
+    }
+    drop(idle);
+    drop(s);
+    let s = serve(&env, &["--header-timeout", "1"]);
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut got = [0u8; 12];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"HTTP/1.1 200");
+    // Kept alive, then idle: closed after about 1 s (end of stream), not held.
+    let t = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let end = c.read_to_end(&mut rest);
+    assert!(end.is_ok(), "{end:?}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(4),
+        "the idle keep-alive connection was held {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
 fn a_client_that_trickles_its_header_is_closed_and_others_are_served() {
     // Slow loris: 40 connections each send a header line every 200 ms and never the blank line
     // that ends the head. Before --header-timeout (axum sets no timer, so hyper's own header
