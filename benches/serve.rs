@@ -2,6 +2,11 @@
 //! (10,000 cached model pairs), then
 //! - API latency: 50 concurrent clients on loopback, 20 requests each per endpoint (1,000
 //!   requests), p50 / p99 / max per endpoint;
+//! - load beside a hostile client: 20 concurrent clients over the dashboard's pages and APIs
+//!   (1,000 requests), alone and then while a hostile client runs beside them (100 slow-loris
+//!   connections, a flood of 10,000 idle connections against a server whose descriptor limit is
+//!   lowered to 2,048, and an exploding console query over and over): requests per second,
+//!   p50 / p99, failures, the server's RSS before and after;
 //! - the 100 × 100 matrix page in headless Chromium: navigation start to load event, and to
 //!   the 10,000 heatmap cells in the DOM (target: under 1 s).
 //!
@@ -174,6 +179,8 @@ fn main() {
         );
     }
 
+    hostile_load(&server, models, q);
+
     let b = browser::Browser::start();
     let url = format!("http://{}/matrix?{q}", server.addr);
     b.goto(&url); // warm: the first page load also starts the browser's renderer
@@ -200,4 +207,190 @@ fn main() {
         );
     }
     assert!(b.errors().is_empty());
+}
+
+/// The server's resident and peak memory (MiB) from /proc.
+fn rss(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `clients` threads, each sending `per_client` requests round-robin over `targets` (a new
+/// connection each, as the tests' client does); the sorted latencies of the answered ones, how
+/// many were not answered 200, and the wall time.
+fn mixed_load(
+    addr: std::net::SocketAddr,
+    targets: &[String],
+    clients: usize,
+    per_client: usize,
+) -> (Vec<Duration>, usize, Duration) {
+    let wall = Instant::now();
+    let results: Vec<Result<Duration, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                s.spawn(move || {
+                    (0..per_client)
+                        .map(|i| {
+                            let target = &targets[(c + i) % targets.len()];
+                            let t = Instant::now();
+                            match http::request(addr, "GET", target, &[], b"") {
+                                Ok(r) if r.status == 200 => Ok(t.elapsed()),
+                                Ok(r) => Err(format!("{target}: {}", r.status)),
+                                Err(e) => Err(format!("{target}: {e}")),
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut ok: Vec<Duration> = results.iter().filter_map(|r| r.clone().ok()).collect();
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    if let Some(first) = failed.first() {
+        println!("    first failure: {first}");
+    }
+    ok.sort();
+    (ok, failed.len(), wall.elapsed())
+}
+
+/// The dashboard under 20 concurrent clients, alone and beside a hostile client.
+fn hostile_load(server: &http::Server, models: usize, q: &str) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (clients, per_client) = (size(20, 2), size(50, 3));
+    let (loris, flood) = (size(100, 4), size(10_000, 64));
+    let sql = |q: &str| format!("/api/sql?q={}", http::enc(q));
+    let targets = vec![
+        "/".to_string(),
+        format!("/trend?{q}"),
+        format!("/model/lang{:03}", models / 2),
+        "/api/version".to_string(),
+        "/api/overview".to_string(),
+        format!("/api/trend?{q}"),
+        format!("/api/matrix?{q}"),
+        sql("SELECT model, count(*) AS n FROM reps GROUP BY model ORDER BY model LIMIT 5"),
+    ];
+    let pid = server.pid();
+    let addr = server.addr;
+    let report = |label: &str, (ok, failed, wall): (Vec<Duration>, usize, Duration)| {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (now, peak) = rss(pid);
+        println!(
+            "  {label:<28} {:6.1} req/s  p50 {:6.1} ms  p99 {:7.1} ms  max {:7.1} ms  {} answered, {failed} not  (RSS {now:.0} MiB, peak {peak:.0} MiB)",
+            (ok.len() + failed) as f64 / wall.as_secs_f64(),
+            ms(percentile(&ok, 0.50)),
+            ms(percentile(&ok, 0.99)),
+            ms(*ok.last().unwrap()),
+            ok.len(),
+        );
+        failed
+    };
+    let (before, _) = rss(pid);
+    println!(
+        "load over {} pages and APIs, {clients} concurrent clients × {per_client} requests (RSS before: {before:.0} MiB):",
+        targets.len()
+    );
+    let alone = report("alone", mixed_load(addr, &targets, clients, per_client));
+    // The hostile client: its descriptors and the server's.
+    let limited = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=2048:2048"])
+        .status()
+        .unwrap();
+    assert!(limited.success());
+    let stop = AtomicBool::new(false);
+    let (cut, held, bombs) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
+    // A keyed self-join of the 2 × models layers with more than 10^10 rows.
+    let ways = (10.0 / ((2 * models) as f64).log10()).ceil() as usize + 1;
+    let bomb = {
+        let mut q = "SELECT count(*) AS n FROM reps t0".to_string();
+        for i in 1..ways {
+            q.push_str(&format!(" JOIN reps t{i} ON t0.n = t{i}.n"));
+        }
+        sql(&q)
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let beside = std::thread::scope(|s| {
+        // Slow loris: a header line every 100 ms, never the end; reconnect when cut.
+        s.spawn(|| {
+            let connect =
+                || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok();
+            let mut conns: Vec<_> = (0..loris).filter_map(|_| connect()).collect();
+            for c in &mut conns {
+                let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+            }
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                for c in &mut conns {
+                    if c.write_all(b"X-Slow: 1\r\n").is_err() {
+                        cut.fetch_add(1, Ordering::Relaxed);
+                        if let Some(n) = connect() {
+                            *c = n;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        // A flood of idle connections, held until the end.
+        s.spawn(|| {
+            let mut conns = Vec::new();
+            while conns.len() < flood && !stop.load(Ordering::Relaxed) && Instant::now() < deadline
+            {
+                if let Ok(c) =
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                {
+                    conns.push(c);
+                    held.store(conns.len(), Ordering::Relaxed);
+                }
+            }
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        // The exploding console query, again and again.
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok(r) = http::request(addr, "GET", &bomb, &[], b"") {
+                    assert_eq!(r.status, 400, "{}", r.text());
+                    bombs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        // Let the flood build up before the clients start.
+        std::thread::sleep(Duration::from_secs(size(3, 1)));
+        let r = mixed_load(addr, &targets, clients, per_client);
+        stop.store(true, Ordering::Relaxed);
+        r
+    });
+    let failed = report("beside the hostile client", beside);
+    println!(
+        "    hostile: {} slow-loris connections cut and reopened, {} idle connections opened, {} exploding queries refused (400)",
+        cut.load(Ordering::Relaxed),
+        held.load(Ordering::Relaxed),
+        bombs.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        http::get(addr, "/api/overview").status,
+        200,
+        "the server is gone"
+    );
+    let (after, peak) = rss(pid);
+    println!("  RSS after: {after:.0} MiB (peak {peak:.0} MiB)");
+    assert_eq!(alone, 0, "requests failed without the hostile client");
+    assert_eq!(failed, 0, "requests failed beside the hostile client");
 }
