@@ -1180,3 +1180,60 @@ fn verify_reports_a_blob_row_with_no_valid_hash_instead_of_failing() {
     assert_eq!(g["blobs"].as_array().unwrap().len(), 0, "{g}");
     env.ok(&["ls", "reps"]);
 }
+
+#[test]
+fn names_in_a_bundle_are_put_into_nfc_on_import() {
+    // A bundle written before prh normalised names (or by a hand-edited catalog) may spell a
+    // name decomposed. Imported as it was, the model could not be named at all: every lookup
+    // puts the typed name into NFC first ("no model café"). Import now stores names in NFC,
+    // and refuses a bundle whose two names are one name in NFC.
+    let (src, bundle) = aligned_source();
+    let genuine = scores(&src, "mutual_knn").0;
+    let old = src.path("old.prh");
+    edit_bundle(
+        &bundle,
+        &old,
+        "UPDATE models SET name = 'cafe' || char(769) WHERE name = 'l1';
+         UPDATE datasets SET name = 'de' || char(769) || 'ja' || char(768);",
+    );
+    let dst = Env::new();
+    dst.ok(&["init"]);
+    dst.ok(&["import", old.to_str().unwrap()]);
+    let models = dst.json(&["ls", "models", "--format", "json"]);
+    let names: Vec<&str> = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"caf\u{e9}"), "{names:?}");
+    let datasets = dst.ok(&["ls", "datasets", "--format", "json"]);
+    assert!(datasets.contains("d\u{e9}j\u{e0}"), "{datasets}");
+    for typed in ["caf\u{e9}", "cafe\u{301}"] {
+        let v = dst.json(&[
+            "align",
+            "--metric",
+            "mutual_knn",
+            "--x",
+            typed,
+            "--y",
+            "v1",
+            "--format",
+            "json",
+        ]);
+        assert_eq!(v[0]["score"].as_f64().unwrap(), genuine, "{typed}: {v}");
+    }
+    // Two spellings of one name in one bundle: refused, naming it, with nothing imported.
+    let twice = src.path("twice.prh");
+    edit_bundle(
+        &bundle,
+        &twice,
+        "UPDATE models SET name = 'cafe' || char(769) WHERE name = 'l1';
+         UPDATE models SET name = 'caf' || char(233) WHERE name = 'v1';",
+    );
+    let fresh = Env::new();
+    fresh.ok(&["init"]);
+    let e = fresh.fails_with(2, &["import", twice.to_str().unwrap()]);
+    assert!(e.contains("caf\u{e9}") && e.contains("Unicode"), "{e}");
+    assert_eq!(fresh.ok(&["ls", "models", "--format", "json"]).trim(), "[]");
+}

@@ -284,6 +284,7 @@ pub(super) fn check_staged(
 ) -> Result<()> {
     let bad = |m: String| Error::format(bundle, m);
     snapshot::check(staged).map_err(|m| bad(format!("catalog.db: {m}")))?;
+    snapshot::names_to_nfc(staged).map_err(|m| bad(format!("catalog.db: {m}")))?;
     {
         for (h, bytes) in snapshot::blobs(staged)? {
             let in_bundle = declared.get(&h).copied();

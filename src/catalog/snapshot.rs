@@ -173,6 +173,63 @@ pub fn check(staged: &Path) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The name columns a bundle's catalog holds, as (what, table, column).
+const NAME_COLUMNS: [(&str, &str, &str); 7] = [
+    ("dataset", "datasets", "name"),
+    ("model", "models", "name"),
+    ("modality", "models", "modality"),
+    ("family", "models", "family"),
+    ("checkpoint", "checkpoints", "name"),
+    ("score", "scores", "name"),
+    ("meta key", "checkpoint_meta", "key"),
+];
+
+/// Puts a checked snapshot's names into NFC, as prh stores every name a user gives (a bundle
+/// written before prh normalised names may spell one decomposed, and no lookup would find it).
+/// Two names that are one in NFC are refused, naming it. Returns how many names changed.
+pub fn names_to_nfc(staged: &Path) -> std::result::Result<usize, String> {
+    use rusqlite::functions::FunctionFlags;
+    let sql = |e: rusqlite::Error| e.to_string();
+    let mut db = Connection::open(staged).map_err(sql)?;
+    db.create_scalar_function(
+        "prh_nfc",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| Ok(crate::names::nfc(&ctx.get::<String>(0)?)),
+    )
+    .map_err(sql)?;
+    let tx = db.transaction().map_err(sql)?;
+    let mut changed = 0;
+    for (what, table, col) in NAME_COLUMNS {
+        let stmt = format!(
+            "UPDATE {table} SET {col} = prh_nfc({col}) WHERE {col} IS NOT NULL AND {col} <> prh_nfc({col})"
+        );
+        changed += match tx.execute(&stmt, []) {
+            Ok(n) => n,
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                let clash: String = tx
+                    .query_row(
+                        &format!(
+                            "SELECT prh_nfc({col}) FROM {table} WHERE {col} IS NOT NULL
+                             GROUP BY prh_nfc({col}) HAVING count(DISTINCT {col}) > 1 LIMIT 1"
+                        ),
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(sql)?;
+                return Err(format!(
+                    "two {what} names are the same name in two Unicode spellings ({clash}, composed and decomposed); prh keeps one spelling (NFC) of each name, so rename one in the registry that wrote the bundle"
+                ));
+            }
+            Err(e) => return Err(sql(e)),
+        };
+    }
+    tx.commit().map_err(sql)?;
+    Ok(changed)
+}
+
 /// The blob rows of a checked snapshot: (hash as written, bytes).
 pub fn blobs(staged: &Path) -> Result<Vec<(String, u64)>> {
     let db = Connection::open(staged)?;
