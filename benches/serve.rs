@@ -371,8 +371,11 @@ fn hostile_load(server: &http::Server, models: usize, q: &str) {
                 }
             }
         });
-        // Let the flood build up before the clients start.
-        std::thread::sleep(Duration::from_secs(size(3, 1)));
+        // Let the flood build up (half of it) before the clients start.
+        let t = Instant::now();
+        while held.load(Ordering::Relaxed) < flood / 2 && t.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let r = mixed_load(addr, &targets, clients, per_client);
         stop.store(true, Ordering::Relaxed);
         r
