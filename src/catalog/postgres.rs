@@ -96,7 +96,7 @@ fn denied(what: &str) -> Error {
     Error::Catalog(format!(
         "{what} (the role this registry connects as lacks the privilege)"
     ))
-    .hint("reading needs SELECT on prh's tables; writing (ingest, import, score set, a sweep that computes, gc) also INSERT, UPDATE and DELETE: ask the catalog's owner to grant them, or connect as a role that has them")
+    .hint("prh needs SELECT on its tables to read; INSERT, UPDATE and DELETE to write (ingest, import, score set, a sweep that computes, gc); CREATE on the schema to set a catalog up (`prh init`): ask the catalog's owner to grant them, or connect as a role that has them")
 }
 
 impl From<sqlx::Error> for Error {
