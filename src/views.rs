@@ -11,7 +11,7 @@ use crate::analysis::{self, Matrix, PairScore, TrajectoryPoint, Trend, TrendRequ
 use crate::catalog::CheckpointId;
 use crate::error::{Error, Result};
 use crate::layers::Reduce;
-use crate::metrics::{ClampScope, MetricSpec, Prep};
+use crate::metrics::{ClampRule, ClampScope, MetricSpec, Prep};
 use crate::query;
 use crate::registry::Registry;
 use crate::sweep::{self, Progress, Selector, SweepRequest};
@@ -87,6 +87,9 @@ impl View {
             ClampScope::Auto => {}
             ClampScope::Checkpoint => s.push_str(" --clamp-scope checkpoint"),
             ClampScope::Layer => s.push_str(" --clamp-scope layer"),
+        }
+        if prep.rule != ClampRule::Exact && prep.clamp_q.is_some() {
+            s.push_str(&format!(" --clamp-rule {}", prep.rule.name()));
         }
         s
     }

@@ -36,14 +36,16 @@ fn align_reproduces_the_official_pipeline_and_second_run_is_all_cached() {
             "y_checkpoint",
             "metric",
             "reduce",
+            "prep",
             "score",
             "best_layers",
             "cells_computed",
             "cells_cached",
         ];
         assert_eq!(r["reduce"], "max");
+        assert_eq!(r["prep"], "clamp(q=0.95);l2");
         if metric != "cka" && metric != "unbiased_cka" {
-            want.insert(8, "ties");
+            want.insert(9, "ties");
             // Continuous heavy-tailed features: no two neighbours equally similar.
             assert_eq!(r["ties"], 0, "{metric}");
         }
@@ -104,6 +106,81 @@ fn cache_keys_separate_params_prep_and_metric_versions() {
         .query_row("SELECT count(*) FROM cells", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows, 80, "old rows are kept (until gc), new ones added");
+}
+
+#[test]
+fn cells_of_one_clamp_convention_are_never_served_for_the_other() {
+    // platonic-rep's two clamp conventions (fixtures/conventions): each sweep computes its own
+    // cells, says which convention they are under, and queries keep them apart.
+    let env = pipeline_env();
+    let exp: Value =
+        serde_json::from_slice(&std::fs::read(fixture("conventions/expected.json")).unwrap())
+            .unwrap();
+    let official = |rule: &str, metric: &str| {
+        exp["cases"]["pipeline"]["scores"][rule][metric]["value"]
+            .as_f64()
+            .unwrap()
+    };
+    for metric in ["mutual_knn", "cka"] {
+        let exact = align(&env, &["--metric", metric]);
+        let mean = align(&env, &["--metric", metric, "--clamp-rule", "sample-mean"]);
+        for (v, rule, prep) in [
+            (&exact, "exact", "clamp(q=0.95);l2"),
+            (&mean, "sample-mean", "clamp(q=0.95,rule=sample-mean);l2"),
+        ] {
+            assert_eq!(v[0]["cells_computed"], 20, "{metric} {rule}: {v}");
+            assert_eq!(v[0]["prep"], prep);
+            let got = v[0]["score"].as_f64().unwrap();
+            assert!(
+                (got - official(rule, metric)).abs() <= 1e-4,
+                "{metric} {rule}: {got}"
+            );
+            let again = if rule == "exact" {
+                align(&env, &["--metric", metric])
+            } else {
+                align(&env, &["--metric", metric, "--clamp-rule", rule])
+            };
+            assert_eq!(again[0]["cells_computed"], 0);
+            assert_eq!(again[0]["score"], v[0]["score"]);
+        }
+    }
+    // mutual_knn: 0.164000 exact, 0.164667 sample-mean; the matrix and the query table agree.
+    let matrix = |extra: &[&str]| {
+        let mut args = vec![
+            "matrix",
+            "--metric",
+            "mutual_knn",
+            "--x",
+            "x",
+            "--y",
+            "y",
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        env.json(&args)[0]["y"].as_f64().unwrap()
+    };
+    assert!((matrix(&[]) - official("exact", "mutual_knn")).abs() <= 1e-6);
+    let m = matrix(&["--clamp-rule", "sample-mean"]);
+    assert!(
+        (m - official("sample-mean", "mutual_knn")).abs() <= 1e-6,
+        "{m}"
+    );
+    let preps = env.ok(&[
+        "query",
+        "SELECT DISTINCT prep FROM alignment WHERE metric = 'mutual_knn' ORDER BY prep",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(
+        preps.lines().collect::<Vec<_>>(),
+        [
+            "prep",
+            "clamp(q=0.95);l2",
+            // Quoted: CSV, and the kind holds a comma.
+            "\"clamp(q=0.95,rule=sample-mean);l2\""
+        ]
+    );
 }
 
 #[test]

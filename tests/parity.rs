@@ -210,3 +210,90 @@ fn per_layer_arrays_are_clamped_each_at_its_own_threshold_as_the_official_code()
         );
     }
 }
+
+/// The features of a `fixtures/` file as prh reads them: its layers and their layout.
+fn fixture_layers(rel: &str) -> (Vec<Array2<f32>>, Layout) {
+    let f = formats::open(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(rel),
+    )
+    .unwrap();
+    let layers = (0..f.layers.len()).map(|i| f.layer(i).to_f32()).collect();
+    (layers, f.layout)
+}
+
+#[test]
+fn both_clamp_conventions_of_platonic_rep_give_its_numbers() {
+    // platonic-rep's remove_outliers(exact=True) (compute_alignment, platonic.Alignment) and
+    // exact=False (measure_alignment.py's command line without --precise), by the official
+    // code on the stacked pipeline pair, the variable-width pair and the real zoo's 12 pairs
+    // (fixtures/conventions). The two differ by far more than the tolerance, so each rule is
+    // shown to be the one that gives its numbers.
+    use prh::metrics::ClampRule;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/conventions/expected.json");
+    let exp: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let mut checked = 0;
+    let mut apart = 0.0f64;
+    for (case, v) in exp["cases"].as_object().unwrap() {
+        let (lx, layout_x) = fixture_layers(v["x"].as_str().unwrap());
+        let (ly, layout_y) = fixture_layers(v["y"].as_str().unwrap());
+        for (rule, name) in [
+            (ClampRule::Exact, "exact"),
+            (ClampRule::SampleMean, "sample-mean"),
+        ] {
+            let prep = Prep {
+                rule,
+                ..Prep::OFFICIAL
+            };
+            let (dx, tx) = layers::derive_checkpoint(&lx, prep, layout_x).unwrap();
+            let (dy, ty) = layers::derive_checkpoint(&ly, prep, layout_y).unwrap();
+            if let Some(t) = v["thresholds"].get(name) {
+                // One threshold per tensor (stacked) or per list entry (per-layer arrays).
+                for (ours, theirs) in [(&tx, &t[0]), (&ty, &t[1])] {
+                    let theirs: Vec<f64> = match theirs.as_array() {
+                        Some(a) => a.iter().map(|x| x.as_f64().unwrap()).collect(),
+                        None => vec![theirs.as_f64().unwrap(); ours.len()],
+                    };
+                    for (o, t) in ours.iter().zip(&theirs) {
+                        let o = o.unwrap() as f64;
+                        assert!(
+                            (o - t).abs() <= 1e-6 * t,
+                            "{case} {name}: threshold {o} vs {t}"
+                        );
+                    }
+                }
+            }
+            for (metric, e) in v["scores"][name].as_object().unwrap() {
+                let mut spec = MetricSpec::new(metric.parse().unwrap());
+                spec.k = exp["topk"].as_u64().unwrap() as usize;
+                // compute_alignment(x, y) calls compute_score(y, x).
+                let mut t = layers::layer_table(&spec, &dy, &dx).unwrap();
+                t.best_layers.reverse();
+                let want = e["value"].as_f64().unwrap();
+                assert!(
+                    (t.best - want).abs() <= 1e-4,
+                    "{case} {name} {metric}: prh {}, official {want}",
+                    t.best
+                );
+                let best: Vec<usize> = e["best_layers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as usize)
+                    .collect();
+                assert_eq!(t.best_layers.to_vec(), best, "{case} {name} {metric}");
+                let other = if name == "exact" {
+                    "sample-mean"
+                } else {
+                    "exact"
+                };
+                let theirs = v["scores"][other][metric]["value"].as_f64().unwrap();
+                apart = apart.max((want - theirs).abs());
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * (5 + 5 + 12));
+    assert!(apart > 1e-2, "the conventions differ by at most {apart}");
+}

@@ -303,6 +303,7 @@ class Registry:
         seed: int = 0,
         all_checkpoints: bool = False,
         progress: Progress = None,
+        clamp_rule: str = "exact",
         **params: Any,
     ) -> pl.DataFrame:
         """Align every x model with every y model through the cache (``prh align``).
@@ -310,12 +311,15 @@ class Registry:
         x, y: names (a list or "a,b"), "modality=…", "family=…" or "all". ``null`` permutations
         add null_mean, p_value, z, tau and the calibrated score; ``bootstrap`` adds ci95.
         Other metric options by name, as ``prh align``'s flags: kernel="rbf", sigma=2.0,
-        cca_dim=5, ridge=0.2, ties="expected", emulate_pymp=True. Returns one row per model pair, the ``prh align --format json`` fields.
+        cca_dim=5, ridge=0.2, ties="expected", emulate_pymp=True. ``clamp_rule``: "exact"
+        (platonic-rep's compute_alignment and platonic.Alignment) or "sample-mean" (its
+        measure_alignment.py run without --precise); each row's ``prep`` names the one used.
+        Returns one row per model pair, the ``prh align --format json`` fields.
         """
         opts = _opts(
             x=_selector(x), y=_selector(y), metric=metric, k=k, reduce=reduce, null=null,
             bootstrap=bootstrap, seed=seed, all_checkpoints=all_checkpoints,
-            **_metric_params(params),
+            clamp_rule=clamp_rule, **_metric_params(params),
         )
         return _frame(json.loads(_prh.align(self.root, opts, progress=_progress(progress, "align"))))
 
@@ -336,6 +340,7 @@ class Registry:
         seed: int = 0,
         compute: bool = False,
         plot: Union[str, Path, None] = None,
+        clamp_rule: str = "exact",
         **params: Any,
     ) -> Trend:
         """Alignment vs. performance (``prh trend``): each x model's mean alignment with the y
@@ -347,7 +352,7 @@ class Registry:
                 "trend", x=_selector(x), y=_selector(y), perf=perf, metric=metric, k=k,
                 reduce=reduce, lower_is_better=lower_is_better, per_y=per_y, seed=seed,
                 compute=compute, plot=None if plot is None else str(plot),
-                **_metric_params(params),
+                clamp_rule=clamp_rule, **_metric_params(params),
             )
         )
 
@@ -363,6 +368,7 @@ class Registry:
         lower_is_better: bool = False,
         compute: bool = False,
         plot: Union[str, Path, None] = None,
+        clamp_rule: str = "exact",
         **params: Any,
     ) -> pl.DataFrame:
         """The model × model table (``prh matrix``): one row per x model with one column per
@@ -371,7 +377,8 @@ class Registry:
             self._chart(
                 "matrix", x=_selector(x), y=_selector(y), metric=metric, k=k, reduce=reduce,
                 perf=perf, lower_is_better=lower_is_better, compute=compute,
-                plot=None if plot is None else str(plot), **_metric_params(params),
+                plot=None if plot is None else str(plot), clamp_rule=clamp_rule,
+                **_metric_params(params),
             )
         )
 
@@ -452,6 +459,7 @@ def compare(
     k: int = 10,
     reduce: str = "max",
     prep: bool = True,
+    clamp_rule: str = "exact",
     **params: Any,
 ) -> float:
     """One alignment score between two feature sets of the same n samples (``prh compare``),
@@ -461,6 +469,9 @@ def compare(
         _arrays(a),
         _arrays(b),
         json.dumps(
-            {"metric": metric, "k": k, "reduce": reduce, "prep": prep, **_metric_params(params)}
+            {
+                "metric": metric, "k": k, "reduce": reduce, "prep": prep,
+                "clamp_rule": clamp_rule, **_metric_params(params),
+            }
         ),
     )

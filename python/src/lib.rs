@@ -15,7 +15,7 @@ use prh::error::Error as PrhError;
 use prh::formats::{self, Buffer, TensorSpec};
 use prh::layers::{self, Reduce};
 use prh::matrix::DType;
-use prh::metrics::{MetricSpec, Prep};
+use prh::metrics::{ClampRule, MetricSpec, Prep};
 use prh::registry::{self, IngestRequest, Registry};
 use prh::sweep::{self, Progress, Selector, SweepRequest};
 use prh::views::{TrendQuery, View};
@@ -208,10 +208,22 @@ fn view(o: &Value) -> R<View> {
         })
     })?;
     let reduce: Reduce = s(o, "reduce").unwrap_or("max").parse()?;
+    let rule = match s(o, "clamp_rule").unwrap_or("exact") {
+        "exact" => ClampRule::Exact,
+        "sample-mean" => ClampRule::SampleMean,
+        other => {
+            return Err(invalid(format!(
+                "clamp_rule must be \"exact\" or \"sample-mean\", got {other:?}"
+            )));
+        }
+    };
     let prep = if o.get("prep") == Some(&Value::Bool(false)) {
         Prep::NONE
     } else {
-        Prep::OFFICIAL
+        Prep {
+            rule,
+            ..Prep::OFFICIAL
+        }
     };
     Ok(View { spec, prep, reduce })
 }

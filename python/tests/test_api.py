@@ -99,3 +99,28 @@ def test_help_tells_what_to_pass():
     for word in ["feats", "n × L × d", "against", "InvalidInput", "progress"]:
         assert word in doc, word
     assert issubclass(prh.NotCached, prh.Conflict) and issubclass(prh.Conflict, prh.Error)
+
+
+def test_clamp_rule_picks_platonic_reps_convention_and_says_so(demo):
+    # The two conventions of platonic-rep's remove_outliers: different cells, labelled, and the
+    # same numbers as the CLI.
+    reg = prh.Registry(demo)
+    pair = dict(x="lm-xxl", y="vit-g", metric="mutual_knn")
+    exact = rows(reg.align(**pair))[0]
+    mean = rows(reg.align(**pair, clamp_rule="sample-mean"))[0]
+    assert exact["prep"] == "clamp(q=0.95);l2"
+    assert mean["prep"] == "clamp(q=0.95,rule=sample-mean);l2"
+    assert mean["cells_computed"] > 0
+    cli_rows = cli_json(
+        demo, "align", "--metric", "mutual_knn", "--x", "lm-xxl", "--y", "vit-g",
+        "--clamp-rule", "sample-mean", "-q",
+    )
+    assert mean["score"] == cli_rows[0]["score"] and cli_rows[0]["cells_computed"] == 0
+    m = rows(reg.matrix(x="lm-xxl", y="vit-g", metric="mutual_knn", clamp_rule="sample-mean"))
+    assert m[0]["vit-g"] == mean["score"]
+    assert prh.compare(
+        np.ones((8, 4), np.float32) + np.eye(8, 4, dtype=np.float32), np.eye(8, 4, dtype=np.float32) + 1,
+        clamp_rule="sample-mean", k=2,
+    ) >= 0
+    with pytest.raises(prh.InvalidInput, match="clamp_rule"):
+        reg.align(**pair, clamp_rule="median")

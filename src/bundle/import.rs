@@ -315,12 +315,12 @@ pub(super) fn check_staged(
 /// its cells name, so that its cells can be attributed to their checkpoints by queries.
 /// Returns how many thresholds were computed.
 pub(super) fn recompute_thresholds(reg: &Registry, staged: &Path) -> Result<usize> {
-    let mut qs: Vec<(f64, Scope)> = Vec::new();
+    let mut qs: Vec<(f64, Scope, prep::ClampRule)> = Vec::new();
     for k in snapshot::preps(staged)? {
-        if let Some((q, _, scope)) = prep::clamp_of_key(&k)
-            && !qs.contains(&(q, scope))
+        if let Some((q, _, scope, rule)) = prep::clamp_of_key(&k)
+            && !qs.contains(&(q, scope, rule))
         {
-            qs.push((q, scope));
+            qs.push((q, scope, rule));
         }
     }
     if qs.is_empty() {
@@ -329,15 +329,16 @@ pub(super) fn recompute_thresholds(reg: &Registry, staged: &Path) -> Result<usiz
     let sets = snapshot::layer_sets(staged)?;
     let mut computed = 0;
     for layers in &sets {
-        for &(q, scope) in &qs {
+        for &(q, scope, rule) in &qs {
             match scope {
                 Scope::Checkpoint => {
-                    crate::sweep::clamp_threshold_cached(reg, layers, q)?;
+                    crate::sweep::clamp_threshold_cached(reg, layers, q, rule)?;
                     computed += 1;
                 }
                 Scope::Layer => {
                     for h in layers {
-                        crate::sweep::clamp_threshold_cached(reg, std::slice::from_ref(h), q)?;
+                        let one = std::slice::from_ref(h);
+                        crate::sweep::clamp_threshold_cached(reg, one, q, rule)?;
                         computed += 1;
                     }
                 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use prh::Error;
 use prh::layers::Reduce;
-use prh::metrics::{ClampScope, MetricSpec, Prep};
+use prh::metrics::{ClampRule, ClampScope, MetricSpec, Prep};
 use prh::output::{self, Format};
 use prh::query;
 use prh::sweep::{Selector, SweepRequest};
@@ -63,6 +63,12 @@ pub struct MetricArgs {
     /// layer force one scope.
     #[arg(long, value_enum, default_value = "auto", conflicts_with_all = ["no_prep"])]
     pub clamp_scope: ScopeArg,
+    /// How each clamp threshold is taken, by platonic-rep's two conventions: exact (the
+    /// default of its compute_alignment and platonic.Alignment: the element at index ⌊q·N⌋ of
+    /// |X| sorted) or sample-mean (what its measure_alignment.py runs without --precise: the
+    /// mean over samples of each sample's q-quantile of |x_i|). Cells of the two never mix.
+    #[arg(long, value_enum, default_value = "exact", conflicts_with_all = ["no_prep"])]
+    pub clamp_rule: RuleArg,
     /// How a model pair's layer-pair scores become one score: max (the official choice, with
     /// its layers), mean, last (last layer with last layer) or layers=I,J (0-based). Nulls
     /// recompute the same aggregate per permutation.
@@ -83,6 +89,12 @@ fn parse_reduce(s: &str) -> std::result::Result<Reduce, String> {
 pub enum TiesArg {
     Lower,
     Expected,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RuleArg {
+    Exact,
+    SampleMean,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -132,6 +144,10 @@ impl MetricArgs {
                 ScopeArg::Auto => ClampScope::Auto,
                 ScopeArg::Checkpoint => ClampScope::Checkpoint,
                 ScopeArg::Layer => ClampScope::Layer,
+            },
+            rule: match self.clamp_rule {
+                RuleArg::Exact => ClampRule::Exact,
+                RuleArg::SampleMean => ClampRule::SampleMean,
             },
             normalize: true,
         })

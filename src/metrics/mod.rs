@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 pub use derived::Derived;
 pub use derived::{TieRow, Ties};
-pub use prep::{ClampScope, Layout, Prep, Scope};
+pub use prep::{ClampRule, ClampScope, Layout, Prep, Scope};
 pub use spec::{Kernel, MetricSpec, TieBreak};
 
 use rayon::prelude::*;

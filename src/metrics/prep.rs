@@ -9,6 +9,7 @@
 //! recorded at ingest; [`ClampScope`] overrides it.
 
 use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -100,6 +101,64 @@ impl ClampScope {
     }
 }
 
+/// How a clamp threshold is taken from the values in its scope: platonic-rep's two
+/// conventions (`metrics.remove_outliers(exact=...)`), which its two entry points disagree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum ClampRule {
+    /// `exact=True`, the default of `compute_alignment` and `platonic.Alignment.score`: the
+    /// element at index ⌊q·N⌋ of the N values |X| sorted ascending.
+    #[default]
+    Exact,
+    /// `exact=False`, what `measure_alignment.py` runs unless given `--precise`: the mean over
+    /// samples of each sample's q-quantile of its |values| (linear interpolation, as
+    /// `torch.quantile`).
+    SampleMean,
+}
+
+impl ClampRule {
+    /// Its name on the command line and in outputs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClampRule::Exact => "exact",
+            ClampRule::SampleMean => "sample-mean",
+        }
+    }
+
+    /// The token prep keys and kinds carry for it (none for the default, so keys made before
+    /// the rule existed still name exact thresholds).
+    pub fn token(self) -> Option<&'static str> {
+        match self {
+            ClampRule::Exact => None,
+            ClampRule::SampleMean => Some("rule=sample-mean"),
+        }
+    }
+
+    /// What its thresholds' entries in `clamp_thresholds` start with (before the layer set's
+    /// key): nothing for exact, as before the rule existed.
+    pub fn table_prefix(self) -> &'static str {
+        match self {
+            ClampRule::Exact => "",
+            ClampRule::SampleMean => "sample-mean:",
+        }
+    }
+
+    /// The rule and layer-set key of an entry of `clamp_thresholds`.
+    pub fn of_table_key(key: &str) -> (ClampRule, &str) {
+        match key.strip_prefix("sample-mean:") {
+            Some(k) => (ClampRule::SampleMean, k),
+            None => (ClampRule::Exact, key),
+        }
+    }
+
+    /// The threshold of these layers taken together (the layers of one scope) at q.
+    pub fn threshold(self, layers: &[ArrayView2<f32>], q: f64) -> Option<f32> {
+        match self {
+            ClampRule::Exact => clamp_threshold(layers, q),
+            ClampRule::SampleMean => sample_mean_threshold(layers, q),
+        }
+    }
+}
+
 /// How features are prepared before a metric sees them. Part of every cache key.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Prep {
@@ -107,6 +166,9 @@ pub struct Prep {
     pub clamp_q: Option<f64>,
     /// Which values each clamp threshold is taken over.
     pub scope: ClampScope,
+    /// How each threshold is taken from them.
+    #[serde(default)]
+    pub rule: ClampRule,
     /// L2-normalise rows (official: yes).
     pub normalize: bool,
 }
@@ -122,27 +184,35 @@ impl Prep {
     pub const OFFICIAL: Prep = Prep {
         clamp_q: Some(0.95),
         scope: ClampScope::Auto,
+        rule: ClampRule::Exact,
         normalize: true,
     };
     /// Rows used as given.
     pub const NONE: Prep = Prep {
         clamp_q: None,
         scope: ClampScope::Auto,
+        rule: ClampRule::Exact,
         normalize: false,
     };
 
     /// Canonical text for cache keys, including the threshold actually used (its f32 bits in
     /// hex, so the key is exact) and, for a per-layer threshold, the scope:
     /// `clamp(q=0.95,t=0x400a3c1e);l2` (over the checkpoint) or
-    /// `clamp(q=0.95,scope=layer,t=0x3f8ccccd);l2` (this layer's own).
+    /// `clamp(q=0.95,scope=layer,t=0x3f8ccccd);l2` (this layer's own); a threshold taken by
+    /// the sample-mean rule says so: `clamp(q=0.95,rule=sample-mean,t=…);l2`.
     pub fn key(&self, threshold: Option<f32>, scope: Scope) -> String {
         let mut parts = Vec::new();
         if let (Some(q), Some(t)) = (self.clamp_q, threshold) {
+            let rule = self
+                .rule
+                .token()
+                .map(|r| format!("{r},"))
+                .unwrap_or_default();
             let scope = match scope {
                 Scope::Checkpoint => "",
                 Scope::Layer => "scope=layer,",
             };
-            parts.push(format!("clamp(q={q},{scope}t=0x{:08x})", t.to_bits()));
+            parts.push(format!("clamp(q={q},{rule}{scope}t=0x{:08x})", t.to_bits()));
         }
         self.join(parts)
     }
@@ -165,10 +235,11 @@ impl Prep {
     pub fn kind(&self) -> String {
         let mut parts = Vec::new();
         if let Some(q) = self.clamp_q {
-            match self.scope.token() {
-                Some(tok) => parts.push(format!("clamp(q={q},{tok})")),
-                None => parts.push(format!("clamp(q={q})")),
-            }
+            let tokens: Vec<String> = std::iter::once(format!("q={q}"))
+                .chain(self.rule.token().map(String::from))
+                .chain(self.scope.token().map(String::from))
+                .collect();
+            parts.push(format!("clamp({})", tokens.join(",")));
         }
         self.join(parts)
     }
@@ -179,10 +250,10 @@ impl Prep {
             return vec![None; layers.len()];
         };
         match scope {
-            Scope::Checkpoint => vec![clamp_threshold(layers, q); layers.len()],
+            Scope::Checkpoint => vec![self.rule.threshold(layers, q); layers.len()],
             Scope::Layer => layers
                 .iter()
-                .map(|l| clamp_threshold(std::slice::from_ref(l), q))
+                .map(|l| self.rule.threshold(std::slice::from_ref(l), q))
                 .collect(),
         }
     }
@@ -230,6 +301,41 @@ pub fn clamp_threshold(layers: &[ArrayView2<f32>], q: f64) -> Option<f32> {
     let k = idx - seen;
     let (_, nth, _) = vals.select_nth_unstable(k);
     Some(f32::from_bits(*nth))
+}
+
+/// The clamp threshold of these layers together by the sample-mean rule: for each sample
+/// (row), the q-quantile of its |values| over all the layers, interpolated linearly between the
+/// two nearest ranks in f32 as `torch.quantile` does; then the mean over samples. `None` when
+/// q ≥ 1 or there are no values.
+pub fn sample_mean_threshold(layers: &[ArrayView2<f32>], q: f64) -> Option<f32> {
+    let n = layers.first()?.nrows();
+    let m: usize = layers.iter().map(|l| l.ncols()).sum();
+    if q >= 1.0 || n == 0 || m == 0 {
+        return None;
+    }
+    let q = q as f32;
+    let rank = q * (m - 1) as f32;
+    let (below, weight) = (rank as usize, rank - (rank as usize) as f32);
+    let above = (rank.ceil() as usize).min(m - 1);
+    let quantiles: Vec<f64> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let mut row: Vec<f32> = layers
+                .iter()
+                .flat_map(|l| l.row(i).iter().map(|v| v.abs()).collect::<Vec<_>>())
+                .collect();
+            row.sort_unstable_by(f32::total_cmp);
+            let (lo, hi) = (row[below], row[above]);
+            // torch's lerp, in f32.
+            let v = if weight < 0.5 {
+                lo + weight * (hi - lo)
+            } else {
+                hi - (hi - lo) * (1.0 - weight)
+            };
+            v as f64
+        })
+        .collect();
+    Some((quantiles.iter().sum::<f64>() / n as f64) as f32)
 }
 
 /// Applies the clamp (when `threshold` is given) and row normalisation to one layer.
@@ -285,9 +391,13 @@ pub fn kind_of_key(key: &str, scope: ClampScope) -> String {
         .join(";")
 }
 
-/// The clamp (q, f32 bits of t, scope) of a prep key such as `clamp(q=0.95,t=0x3f8ccccd);l2`
-/// (over the checkpoint) or `clamp(q=0.95,scope=layer,t=0x3f8ccccd);l2` (per layer).
-pub fn clamp_of_key(key: &str) -> Option<(f64, u32, Scope)> {
+/// The clamp of a prep key: q, the f32 bits of t, the scope and the rule.
+pub type KeyClamp = (f64, u32, Scope, ClampRule);
+
+/// The clamp of a prep key such as `clamp(q=0.95,t=0x3f8ccccd);l2` (over the checkpoint),
+/// `clamp(q=0.95,scope=layer,t=0x3f8ccccd);l2` (per layer) or
+/// `clamp(q=0.95,rule=sample-mean,t=…);l2` (the sample-mean rule).
+pub fn clamp_of_key(key: &str) -> Option<KeyClamp> {
     let inner = key
         .split(';')
         .find_map(|p| p.strip_prefix("clamp("))?
@@ -295,6 +405,7 @@ pub fn clamp_of_key(key: &str) -> Option<(f64, u32, Scope)> {
     let mut q = None;
     let mut t = None;
     let mut scope = Scope::Checkpoint;
+    let mut rule = ClampRule::Exact;
     for kv in inner.split(',') {
         if let Some(v) = kv.strip_prefix("q=") {
             q = v.parse::<f64>().ok();
@@ -302,9 +413,11 @@ pub fn clamp_of_key(key: &str) -> Option<(f64, u32, Scope)> {
             t = u32::from_str_radix(v, 16).ok();
         } else if kv == "scope=layer" {
             scope = Scope::Layer;
+        } else if kv == "rule=sample-mean" {
+            rule = ClampRule::SampleMean;
         }
     }
-    Some((q?, t?, scope))
+    Some((q?, t?, scope, rule))
 }
 
 /// Parses a prep key (`clamp(q=0.95,t=0x…);l2`, `l2`, `raw`) into (threshold, normalise).
@@ -390,7 +503,11 @@ mod tests {
         }
         assert_eq!(
             clamp_of_key("clamp(q=0.95,scope=layer,t=0x3fc00000);l2"),
-            Some((0.95, 0x3fc0_0000, Scope::Layer))
+            Some((0.95, 0x3fc0_0000, Scope::Layer, ClampRule::Exact))
+        );
+        assert_eq!(
+            clamp_of_key("clamp(q=0.95,rule=sample-mean,scope=layer,t=0x3fc00000);l2"),
+            Some((0.95, 0x3fc0_0000, Scope::Layer, ClampRule::SampleMean))
         );
     }
 
@@ -403,17 +520,30 @@ mod tests {
             Prep {
                 clamp_q: Some(0.9),
                 scope: ClampScope::Layer,
+                rule: ClampRule::Exact,
                 normalize: true,
             },
             Prep {
                 clamp_q: None,
                 scope: ClampScope::Auto,
+                rule: ClampRule::SampleMean,
                 normalize: true,
             },
             Prep {
                 clamp_q: Some(0.99),
                 scope: ClampScope::Checkpoint,
+                rule: ClampRule::Exact,
                 normalize: false,
+            },
+            Prep {
+                clamp_q: Some(0.95),
+                scope: ClampScope::Layer,
+                rule: ClampRule::SampleMean,
+                normalize: true,
+            },
+            Prep {
+                rule: ClampRule::SampleMean,
+                ..Prep::OFFICIAL
             },
         ];
         for p in preps {
@@ -425,7 +555,7 @@ mod tests {
                     let clamp = p
                         .clamp_q
                         .zip(threshold)
-                        .map(|(q, t)| (q, t.to_bits(), scope));
+                        .map(|(q, t)| (q, t.to_bits(), scope, p.rule));
                     assert_eq!(clamp_of_key(&key), clamp, "{key}");
                     if p.clamp_q.is_none() || t.is_some() {
                         assert_eq!(kind_of_key(&key, p.scope), p.kind(), "{key}");

@@ -49,7 +49,7 @@ pub(super) struct Part {
 pub(super) struct Side<'i> {
     pub(super) hash: String,
     pub(super) reps: &'i [(u32, i64)],
-    pub(super) clamp: Option<(f64, u32, Scope)>,
+    pub(super) clamp: Option<prep::KeyClamp>,
     pub(super) kind: usize,
 }
 

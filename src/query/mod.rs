@@ -31,7 +31,7 @@ use polars::sql::SQLContext;
 use crate::catalog::{Catalog, CellReader, CheckpointId, DatasetId};
 use crate::error::{Error, Result};
 use crate::layers::Reduce;
-use crate::metrics::{ClampScope, Layout, Metric, Scope, prep};
+use crate::metrics::{ClampRule, ClampScope, Layout, Metric, Scope, prep};
 use crate::registry::Registry;
 
 /// A polars failure inside prh's own pipeline (the frames are prh's, so it is a bug).

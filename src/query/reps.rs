@@ -40,26 +40,21 @@ pub struct RepIndex {
     pub(super) by_hash: HashMap<Box<[u8]>, Vec<(u32, i64)>, HexHash>,
     pub(super) set_of: Vec<u32>,
     pub(super) layer_of: Vec<i64>,
-    /// Per layer set, its cached clamp thresholds as (q, f32 bits of t): a cell computed with
-    /// another set's threshold (a blob shared by checkpoints whose other layers differ) is not
-    /// this set's.
-    pub(super) set_clamp: Vec<Vec<(f64, u32)>>,
+    /// Per layer set, its cached clamp thresholds as (q, f32 bits of t, rule): a cell computed
+    /// with another set's threshold (a blob shared by checkpoints whose other layers differ) is
+    /// not this set's.
+    pub(super) set_clamp: Vec<Vec<(f64, u32, ClampRule)>>,
     /// Per layer set, its recorded layout and layer count (which decide its clamp scope).
     pub(super) set_layout: Vec<(Option<Layout>, usize)>,
     /// Per representation, its layer's own cached clamp thresholds (for per-layer scope).
-    pub(super) rep_clamp: Vec<Vec<(f64, u32)>>,
+    pub(super) rep_clamp: Vec<Vec<(f64, u32, ClampRule)>>,
 }
 
 impl RepIndex {
     /// Whether a cell side prepared with `clamp` (q, threshold bits, scope) belongs to
     /// representation `rep` when sets are clamped at `scope`.
-    pub(super) fn owns(
-        &self,
-        rep: u32,
-        clamp: Option<(f64, u32, Scope)>,
-        scope: ClampScope,
-    ) -> bool {
-        let Some((q, t, cell_scope)) = clamp else {
+    pub(super) fn owns(&self, rep: u32, clamp: Option<prep::KeyClamp>, scope: ClampScope) -> bool {
+        let Some((q, t, cell_scope, rule)) = clamp else {
             return true;
         };
         let set = self.set_of[rep as usize] as usize;
@@ -68,8 +63,8 @@ impl RepIndex {
             return false;
         }
         match cell_scope {
-            Scope::Checkpoint => self.set_clamp[set].contains(&(q, t)),
-            Scope::Layer => self.rep_clamp[rep as usize].contains(&(q, t)),
+            Scope::Checkpoint => self.set_clamp[set].contains(&(q, t, rule)),
+            Scope::Layer => self.rep_clamp[rep as usize].contains(&(q, t, rule)),
         }
     }
 }
@@ -125,12 +120,13 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
             .push((i as u32, r.dataset_id.0));
     }
     // The sweep keys a checkpoint's threshold by BLAKE3 of its ordered layer hashes.
-    let mut thresholds: HashMap<String, Vec<(f64, u32)>> = HashMap::new();
+    let mut thresholds: HashMap<String, Vec<(f64, u32, ClampRule)>> = HashMap::new();
     for (k, q, t) in reg.catalog.clamp_thresholds()? {
+        let (rule, set) = ClampRule::of_table_key(&k);
         thresholds
-            .entry(k)
+            .entry(set.to_string())
             .or_default()
-            .push((q, (t as f32).to_bits()));
+            .push((q, (t as f32).to_bits(), rule));
     }
     let cached = |hashes: &[crate::store::BlobHash]| {
         thresholds
@@ -138,7 +134,7 @@ pub fn reps(reg: &Registry) -> Result<RepIndex> {
             .cloned()
             .unwrap_or_default()
     };
-    let set_clamp: Vec<Vec<(f64, u32)>> = set_layers.iter().map(|h| cached(h)).collect();
+    let set_clamp: Vec<Vec<(f64, u32, ClampRule)>> = set_layers.iter().map(|h| cached(h)).collect();
     let rep_clamp = of(&rows, |r| cached(std::slice::from_ref(&r.hash)));
     let mut set_members: Vec<Vec<Option<&str>>> = vec![Vec::new(); set_layers.len()];
     for (r, &s) in rows.iter().zip(&set_of) {

@@ -152,6 +152,7 @@ pub(super) fn report(
                 y_checkpoint: y.checkpoint.clone(),
                 metric: spec.metric.name().to_string(),
                 reduce: req.reduce.key(),
+                prep: req.prep.kind(),
                 score,
                 best_layers: layers.map(|[i, j]| [x.layer_ids[i], y.layer_ids[j]]),
                 ties,

@@ -132,6 +132,9 @@ pub struct PairResult {
     pub metric: String,
     /// The aggregate over layer pairs: `max`, `mean`, `last` or `layers=I,J`.
     pub reduce: String,
+    /// The feature preparation the cells were computed under, as queries name it
+    /// (`clamp(q=0.95);l2`, `clamp(q=0.95,rule=sample-mean);l2`, `raw` …).
+    pub prep: String,
     /// The layer-pair table aggregated by `reduce`.
     pub score: f64,
     /// [x_layer, y_layer] the score comes from (the argmax for `max`; none for `mean`).

@@ -51,7 +51,7 @@ pub fn checkpoint_prep(
     };
     match scope {
         Scope::Checkpoint => {
-            let t = clamp_threshold_cached(reg, &ck.layers, q)?;
+            let t = clamp_threshold_cached(reg, &ck.layers, q, prep.rule)?;
             let key = prep.key(Some(t), scope);
             Ok(CheckpointPrep {
                 keys: vec![key.clone(); layers],
@@ -61,7 +61,7 @@ pub fn checkpoint_prep(
         }
         Scope::Layer => {
             let singles: Vec<&[BlobHash]> = ck.layers.iter().map(std::slice::from_ref).collect();
-            let thresholds = clamp_thresholds_cached(reg, &singles, q)?;
+            let thresholds = clamp_thresholds_cached(reg, &singles, q, prep.rule)?;
             Ok(CheckpointPrep {
                 keys: thresholds
                     .iter()
@@ -89,16 +89,30 @@ pub fn layers_key(layers: &[BlobHash]) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// The clamp threshold at `q` over these layers together, from `clamp_thresholds` (keyed by
-/// BLAKE3 of the ordered layer hashes) or computed from the blobs and stored there.
-pub fn clamp_threshold_cached(reg: &Registry, layers: &[BlobHash], q: f64) -> Result<f32> {
-    Ok(clamp_thresholds_cached(reg, &[layers], q)?[0])
+/// The clamp threshold at `q` by `rule` over these layers together, from `clamp_thresholds`
+/// (keyed by BLAKE3 of the ordered layer hashes, after the rule's prefix) or computed from the
+/// blobs and stored there.
+pub fn clamp_threshold_cached(
+    reg: &Registry,
+    layers: &[BlobHash],
+    q: f64,
+    rule: prep::ClampRule,
+) -> Result<f32> {
+    Ok(clamp_thresholds_cached(reg, &[layers], q, rule)?[0])
 }
 
 /// [`clamp_threshold_cached`] of several layer sets: one catalog lookup for all of them, then
 /// the missing ones computed and stored.
-pub fn clamp_thresholds_cached(reg: &Registry, sets: &[&[BlobHash]], q: f64) -> Result<Vec<f32>> {
-    let keys: Vec<String> = sets.iter().map(|s| layers_key(s)).collect();
+pub fn clamp_thresholds_cached(
+    reg: &Registry,
+    sets: &[&[BlobHash]],
+    q: f64,
+    rule: prep::ClampRule,
+) -> Result<Vec<f32>> {
+    let keys: Vec<String> = sets
+        .iter()
+        .map(|s| format!("{}{}", rule.table_prefix(), layers_key(s)))
+        .collect();
     let cached = reg.catalog.clamp_thresholds_at(&keys, q)?;
     sets.iter()
         .zip(keys.iter().zip(cached))
@@ -108,7 +122,7 @@ pub fn clamp_thresholds_cached(reg: &Registry, sets: &[&[BlobHash]], q: f64) -> 
             }
             let loaded = load_layers(reg, layers)?;
             let views: Vec<_> = loaded.iter().map(|l| l.view()).collect();
-            let t = prep::clamp_threshold(&views, q).unwrap_or(f32::INFINITY);
+            let t = rule.threshold(&views, q).unwrap_or(f32::INFINITY);
             reg.catalog.put_clamp_threshold(key, q, t as f64)?;
             Ok(t)
         })
