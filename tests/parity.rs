@@ -145,6 +145,30 @@ fn varwidth(name: &str) -> (Vec<Array2<f32>>, prh::metrics::Layout) {
     (layers, f.layout)
 }
 
+/// The best score and its [x, y] layers as the official `compute_alignment(x, y)` finds them:
+/// it calls `compute_score(y, x)`, so the metric sees (y layer, x layer), which matters for the
+/// asymmetric cycle_knn only.
+fn as_compute_alignment(
+    spec: &MetricSpec,
+    dx: &[std::sync::Arc<Derived>],
+    dy: &[std::sync::Arc<Derived>],
+) -> (f64, Vec<usize>) {
+    let mut t = layers::layer_table(spec, dy, dx).unwrap();
+    t.best_layers.reverse();
+    (t.best, t.best_layers.to_vec())
+}
+
+/// An official entry's value and best layers ([x, y]).
+fn official(e: &Value) -> (f64, Vec<usize>) {
+    let layers = e["best_layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    (e["value"].as_f64().unwrap(), layers)
+}
+
 #[test]
 fn per_layer_arrays_are_clamped_each_at_its_own_threshold_as_the_official_code() {
     use prh::metrics::{ClampScope, Layout};
@@ -168,23 +192,13 @@ fn per_layer_arrays_are_clamped_each_at_its_own_threshold_as_the_official_code()
             if let Some(k) = e["topk"].as_u64() {
                 spec.k = k as usize;
             }
-            // The official compute_alignment(x, y) calls compute_score(y, x): the metric sees
-            // (y layer, x layer), which matters for the asymmetric cycle_knn only.
-            let mut t = layers::layer_table(&spec, &dy, &dx).unwrap();
-            t.best_layers.reverse();
-            let want = e["value"].as_f64().unwrap();
+            let (got, got_layers) = as_compute_alignment(&spec, &dx, &dy);
+            let (want, best) = official(e);
             assert!(
-                (t.best - want).abs() <= tolerance(metric),
-                "{fx} × {fy} {metric}: got {}, official {want}",
-                t.best
+                (got - want).abs() <= tolerance(metric),
+                "{fx} × {fy} {metric}: got {got}, official {want}"
             );
-            let best: Vec<usize> = e["best_layers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as usize)
-                .collect();
-            assert_eq!(t.best_layers.to_vec(), best, "{metric}");
+            assert_eq!(got_layers, best, "{metric}");
         }
     }
     // Forcing one threshold over the checkpoint gives the (different) stacked-tensor numbers.
@@ -267,22 +281,13 @@ fn both_clamp_conventions_of_platonic_rep_give_its_numbers() {
             for (metric, e) in v["scores"][name].as_object().unwrap() {
                 let mut spec = MetricSpec::new(metric.parse().unwrap());
                 spec.k = exp["topk"].as_u64().unwrap() as usize;
-                // compute_alignment(x, y) calls compute_score(y, x).
-                let mut t = layers::layer_table(&spec, &dy, &dx).unwrap();
-                t.best_layers.reverse();
-                let want = e["value"].as_f64().unwrap();
+                let (got, got_layers) = as_compute_alignment(&spec, &dx, &dy);
+                let (want, best) = official(e);
                 assert!(
-                    (t.best - want).abs() <= 1e-4,
-                    "{case} {name} {metric}: prh {}, official {want}",
-                    t.best
+                    (got - want).abs() <= 1e-4,
+                    "{case} {name} {metric}: prh {got}, official {want}"
                 );
-                let best: Vec<usize> = e["best_layers"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() as usize)
-                    .collect();
-                assert_eq!(t.best_layers.to_vec(), best, "{case} {name} {metric}");
+                assert_eq!(got_layers, best, "{case} {name} {metric}");
                 let other = if name == "exact" {
                     "sample-mean"
                 } else {

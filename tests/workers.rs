@@ -203,6 +203,18 @@ fn held_by(env: &Env, worker: &str) -> i64 {
     }
 }
 
+/// The exit status of `p`, which must end within `limit`.
+fn ends_within(p: &mut Process, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            return s;
+        }
+        assert!(t.elapsed() < limit, "{what} did not end within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `prh status --format json` of `env`.
 fn status(env: &Env) -> Value {
     env.json(&["status", "--format", "json"])
@@ -363,17 +375,7 @@ fn a_worker_stopped_past_its_lease_and_resumed_leaves_the_unit_to_its_successor(
     let st = status(&env);
     assert_eq!(st[0]["done"], st[0]["units"], "B finished the sweep: {st}");
     signal("-CONT");
-    let t = Instant::now();
-    let code = loop {
-        if let Some(c) = a.0.try_wait().unwrap() {
-            break c;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "A did not end after it resumed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = ends_within(&mut a, Duration::from_secs(120), "A after it resumed");
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(code.success(), "A: {said}");
     assert!(
@@ -442,17 +444,7 @@ fn a_worker_rides_out_a_postgres_restart_mid_sweep() {
         std::thread::sleep(Duration::from_millis(50));
     }
     pg.resume();
-    let t = Instant::now();
-    let status_code = loop {
-        if let Some(s) = w.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(180),
-            "the worker did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status_code = ends_within(&mut w, Duration::from_secs(180), "the worker");
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(status_code.success(), "{said}");
     assert!(
