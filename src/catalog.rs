@@ -558,6 +558,9 @@ pub trait Catalog: Send {
     fn renew_lease(&self, sweep: i64, idx: i64, worker: &str, lease_ms: i64) -> Result<bool>;
     /// Marks a unit `worker` holds done; false when it no longer held it.
     fn finish_unit(&mut self, sweep: i64, idx: i64, worker: &str) -> Result<bool>;
+    /// Gives a unit `worker` holds back unfinished, for any worker to claim at once (a worker
+    /// told to stop); false when it no longer held it.
+    fn release_unit(&mut self, sweep: i64, idx: i64, worker: &str) -> Result<bool>;
     /// Every sweep and unit, oldest first.
     fn sweep_rows(&self) -> Result<(Vec<SweepRow>, Vec<UnitRow>)>;
     /// The catalog's clock, in Unix milliseconds (leases are judged by it).

@@ -19,6 +19,9 @@ use crate::metrics::prep::Prep;
 use crate::registry::Registry;
 use crate::sweep::{self, DerivedCache, Progress, Selector, SweepRequest};
 
+mod stop;
+pub use stop::stop_on_signals;
+
 /// How long a claim holds without renewal, by default.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
@@ -72,6 +75,9 @@ pub struct WorkOptions {
     pub lease: Duration,
     /// How long to wait between looks for work when there is none (without --once).
     pub poll: Duration,
+    /// Once told to stop ([`stop_on_signals`]), how long the unit in hand may take to finish
+    /// before it is given back for another worker.
+    pub grace: Duration,
 }
 
 /// What a worker did.
@@ -81,12 +87,51 @@ pub struct WorkReport {
     pub cells: u64,
 }
 
-/// The default worker name: this host and process.
+/// The default worker name: this host and process, and the scheduler's array index when there
+/// is one (`node7:4242:slurm-1234_3` for task 3 of Slurm array job 1234, `pod:1:k8s-index-3`
+/// for an Indexed Job's completion index 3), so `prh status` shows which task holds what.
 pub fn default_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
-    format!("{host}:{}", std::process::id())
+    let task = array_task(|k| std::env::var(k).ok());
+    format!("{host}:{}{task}", std::process::id())
+}
+
+/// The scheduler's array index as a name suffix, from the environment `var` reads.
+fn array_task(var: impl Fn(&str) -> Option<String>) -> String {
+    let var = |k: &str| var(k).filter(|v| !v.is_empty());
+    match (
+        var("SLURM_ARRAY_JOB_ID"),
+        var("SLURM_ARRAY_TASK_ID"),
+        var("JOB_COMPLETION_INDEX"),
+    ) {
+        (Some(job), Some(task), _) => format!(":slurm-{job}_{task}"),
+        (_, _, Some(index)) => format!(":k8s-index-{index}"),
+        _ => String::new(),
+    }
+}
+
+/// The sweep's progress, and whether to stop computing: once a stop was asked for and the
+/// grace has run out (or the caller's own progress says so).
+struct Draining<'a> {
+    inner: &'a dyn Progress,
+    grace: Duration,
+}
+
+impl Progress for Draining<'_> {
+    fn start(&self, total: u64) {
+        self.inner.start(total);
+    }
+    fn advance(&self, cells: u64) {
+        self.inner.advance(cells);
+    }
+    fn message(&self, msg: &str) {
+        self.inner.message(msg);
+    }
+    fn cancelled(&self) -> bool {
+        stop::grace_over(self.grace) || self.inner.cancelled()
+    }
 }
 
 /// Claims and computes units until none is left (`once`) or forever.
@@ -94,9 +139,18 @@ pub fn work(reg: &mut Registry, opts: &WorkOptions, progress: &dyn Progress) -> 
     let lease_ms = opts.lease.as_millis() as i64;
     let mut report = WorkReport::default();
     let renewer = Renewer::start(&reg.root, opts);
+    let draining = Draining {
+        inner: progress,
+        grace: opts.grace,
+    };
     // Derived data of the checkpoints met so far, for the sweep being worked on.
     let mut derived: Option<(i64, DerivedCache)> = None;
     loop {
+        if stop::requested() {
+            eprintln!("worker {}: stopping as asked (a signal)", opts.name);
+            renewer.stop();
+            return Ok(report);
+        }
         let claimed = retrying(|| reg.catalog.claim_unit(opts.sweep, &opts.name, lease_ms))?;
         let Some(unit) = claimed else {
             // With --once, a unit another worker holds is still work left: if that worker
@@ -105,17 +159,41 @@ pub fn work(reg: &mut Registry, opts: &WorkOptions, progress: &dyn Progress) -> 
                 renewer.stop();
                 return Ok(report);
             }
-            std::thread::sleep(if opts.once {
+            let wait = if opts.once {
                 opts.poll.min(Duration::from_millis(500))
             } else {
                 opts.poll
-            });
+            };
+            // In short steps, so that a stop is seen at once.
+            let until = std::time::Instant::now() + wait;
+            while std::time::Instant::now() < until && !stop::requested() {
+                std::thread::sleep(Duration::from_millis(50).min(wait));
+            }
             continue;
         };
         progress.message(&unit.label);
         renewer.hold(Some((unit.sweep, unit.idx)));
-        let done = retrying(|| compute(reg, &unit, &mut derived, progress));
+        let done = retrying(|| compute(reg, &unit, &mut derived, &draining));
         renewer.hold(None);
+        if stop::requested() && matches!(&done, Err(e) if e.kind() == ErrorKind::Interrupted) {
+            // The grace ran out: the unit goes back to the catalog now, not when the lease ends.
+            let given_back =
+                retrying(|| reg.catalog.release_unit(unit.sweep, unit.idx, &opts.name))?;
+            eprintln!(
+                "worker {}: stopping as asked (a signal): unit {} of sweep {} {} after {:.0} s of grace",
+                opts.name,
+                unit.idx,
+                unit.sweep,
+                if given_back {
+                    "given back for another worker"
+                } else {
+                    "was already another worker's"
+                },
+                opts.grace.as_secs_f64()
+            );
+            renewer.stop();
+            return Ok(report);
+        }
         done?;
         if retrying(|| reg.catalog.finish_unit(unit.sweep, unit.idx, &opts.name))? {
             report.units += 1;
@@ -373,6 +451,22 @@ pub fn status(reg: &Registry) -> Result<Vec<SweepStatus>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_name_carries_the_schedulers_array_index() {
+        fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+            move |k| pairs.iter().find(|p| p.0 == k).map(|p| p.1.to_string())
+        }
+        let slurm = &[("SLURM_ARRAY_JOB_ID", "1234"), ("SLURM_ARRAY_TASK_ID", "3")];
+        assert_eq!(array_task(env(slurm)), ":slurm-1234_3");
+        assert_eq!(
+            array_task(env(&[("JOB_COMPLETION_INDEX", "7")])),
+            ":k8s-index-7"
+        );
+        // A Slurm job that is not an array, and empty values: no suffix.
+        assert_eq!(array_task(env(&[("SLURM_ARRAY_JOB_ID", "1234")])), "");
+        assert_eq!(array_task(env(&[("JOB_COMPLETION_INDEX", "")])), "");
+    }
 
     #[test]
     fn only_transient_failures_are_retried() {

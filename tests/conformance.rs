@@ -163,7 +163,15 @@ fn units(cat: &mut dyn Catalog) {
     let sweep = cat
         .create_sweep("{}", "conformance", &[unit("a"), unit("b")])
         .unwrap();
+    // A unit given back (a worker told to stop) is claimable at once, by anyone; only its
+    // holder can give it back.
+    let first = cat.claim_unit(Some(sweep), "w0", 60_000).unwrap().unwrap();
+    assert!(!cat.release_unit(sweep, first.idx, "w9").unwrap());
+    assert!(cat.release_unit(sweep, first.idx, "w0").unwrap());
+    assert!(!cat.release_unit(sweep, first.idx, "w0").unwrap());
+    assert!(!cat.finish_unit(sweep, first.idx, "w0").unwrap());
     let a = cat.claim_unit(Some(sweep), "w1", 60_000).unwrap().unwrap();
+    assert_eq!(a.idx, first.idx, "the released unit is claimed first");
     let b = cat.claim_unit(Some(sweep), "w2", 60_000).unwrap().unwrap();
     assert_ne!(a.idx, b.idx, "one unit went to two workers");
     assert!(cat.claim_unit(Some(sweep), "w3", 60_000).unwrap().is_none());
@@ -183,6 +191,11 @@ fn units(cat: &mut dyn Catalog) {
     assert!(mine.iter().all(|u| u.state == "done"), "{mine:?}");
     let redone = mine.iter().find(|u| u.idx == b.idx).unwrap();
     assert_eq!((redone.attempts, redone.worker.as_deref()), (2, Some("w4")));
+    let released = mine.iter().find(|u| u.idx == a.idx).unwrap();
+    assert_eq!(
+        (released.attempts, released.worker.as_deref()),
+        (2, Some("w1"))
+    );
 }
 
 fn side_data(cat: &mut dyn Catalog) {

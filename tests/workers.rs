@@ -405,6 +405,82 @@ fn a_worker_stopped_past_its_lease_and_resumed_leaves_the_unit_to_its_successor(
 }
 
 #[test]
+fn a_worker_told_to_stop_gives_its_unit_back_at_once_or_finishes_it_within_its_grace() {
+    // SIGTERM is how Slurm preempts a job or ends it at its time limit, and how Kubernetes
+    // ends a pod. Before, it killed the worker at once and its unit stayed leased to a dead
+    // worker until the lease ran out (here 600 s). Now the worker claims nothing more, lets the
+    // unit in hand finish within --grace, else gives it back at once, and exits 0.
+    let pg = Cluster::start();
+    let env = zoo(&pg, "drain");
+    let id = plan(&env);
+    let start = |name: &str, grace: &str| {
+        let log = env.path(&format!("{name}.log"));
+        let p = Process(
+            Command::new(env!("CARGO_BIN_EXE_prh"))
+                .arg("--registry")
+                .arg(env.reg())
+                .args(["worker", "--once", "--quiet", "--lease-seconds", "600"])
+                .args(["--grace", grace, "--sweep", &id.to_string(), "--name", name])
+                .envs(pg.env())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        (p, log)
+    };
+    let term = |p: &Process| {
+        let ok = Command::new("kill")
+            .args(["-TERM", &p.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let unit_row = |idx: i64| {
+        pg.psql(
+            "drain",
+            &format!("SELECT state || ':' || attempts || ':' || worker FROM sweep_units WHERE sweep_id = {id} AND idx = {idx}"),
+        )
+    };
+    // No grace: the unit in hand goes back at once.
+    let (mut a, a_log) = start("A", "0");
+    let held = held_by(&env, "A");
+    term(&a);
+    let code = ends_within(&mut a, Duration::from_secs(20), "A after SIGTERM");
+    let said = std::fs::read_to_string(&a_log).unwrap();
+    assert!(code.success(), "A: {code:?} {said}");
+    assert!(
+        said.contains(&format!("unit {held} of sweep {id} given back")),
+        "{said}"
+    );
+    assert_eq!(unit_row(held), "pending:1:A");
+    assert_eq!(status(&env)[0]["running"], 0);
+    // A long grace: the unit in hand is finished, nothing more is claimed.
+    let (mut b, b_log) = start("B", "600");
+    let held = held_by(&env, "B");
+    term(&b);
+    let code = ends_within(&mut b, Duration::from_secs(120), "B after SIGTERM");
+    let said = std::fs::read_to_string(&b_log).unwrap();
+    assert!(code.success(), "B: {code:?} {said}");
+    assert!(said.contains("stopping as asked"), "{said}");
+    assert_eq!(
+        unit_row(held),
+        "done:2:B",
+        "the unit A gave back, finished by B"
+    );
+    let st = status(&env);
+    assert_eq!(
+        (st[0]["done"].as_i64(), st[0]["pending"].as_i64()),
+        (Some(1), Some(3)),
+        "{st}"
+    );
+    // The rest by another worker: the same numbers as one process.
+    let (mut c, _) = start("C", "20");
+    assert!(ends_within(&mut c, Duration::from_secs(300), "C").success());
+    same_scores_as_one_process(&env);
+}
+
+#[test]
 fn a_worker_rides_out_a_postgres_restart_mid_sweep() {
     let pg = Cluster::start();
     let env = zoo(&pg, "restart");

@@ -753,6 +753,16 @@ impl Catalog for MemoryCatalog {
             .is_some())
     }
 
+    fn release_unit(&mut self, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
+        let mut s = self.state();
+        Ok(held(&mut s.units, sweep, idx, worker)
+            .map(|u| {
+                u.state = "pending".into();
+                u.lease_until = None;
+            })
+            .is_some())
+    }
+
     fn sweep_rows(&self) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
         let s = self.state();
         Ok((

@@ -1119,6 +1119,10 @@ impl Catalog for PgCatalog {
         self.run(sweeps::finish(self.pool(), sweep, idx, worker))
     }
 
+    fn release_unit(&mut self, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
+        self.run(sweeps::release(self.pool(), sweep, idx, worker))
+    }
+
     fn sweep_rows(&self) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
         self.run(sweeps::rows(self.pool()))
     }

@@ -723,6 +723,10 @@ impl Catalog for SqliteCatalog {
         sweeps::finish(&self.conn, sweep, idx, worker)
     }
 
+    fn release_unit(&mut self, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
+        sweeps::release(&self.conn, sweep, idx, worker)
+    }
+
     fn sweep_rows(&self) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
         sweeps::rows(&self.conn)
     }

@@ -124,7 +124,9 @@ pub fn run(ctx: &Ctx, a: AlignArgs) -> Result<()> {
     if a.workers == Some(0) {
         match prh::workers::plan(&mut reg, &req, &label)? {
             Some(id) => {
-                println!("sweep {id}: run `prh worker --sweep {id}` where the work should happen")
+                println!(
+                    "sweep {id}: submit `prh worker --sweep {id} --once` where the work should happen (each task of a Slurm array or a Kubernetes Job, any machine whose registry shares this catalog); it exits 0 when no unit is left, gives its unit back on SIGTERM, and `prh status` shows the progress"
+                )
             }
             None => println!("nothing to do: every cell is cached"),
         }

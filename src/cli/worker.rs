@@ -26,7 +26,15 @@ pub struct WorkerArgs {
     /// Seconds between looks for work when there is none (0.05 to 3600).
     #[arg(long, default_value_t = 5.0)]
     pub poll: f64,
-    /// This worker's name in `prh status` (default: host:pid).
+    /// Seconds the unit in hand may take to finish after SIGTERM or SIGINT (0 to 3600) before
+    /// it is given back for another worker; the worker then exits 0. Schedulers send SIGTERM
+    /// to preempt or at the time limit and SIGKILL some time after (Slurm's KillWait and
+    /// Kubernetes' grace period: 30 s by default), so keep it below that. A second signal ends
+    /// the grace at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 20.0)]
+    pub grace: f64,
+    /// This worker's name in `prh status` (default: host:pid, and the Slurm array job and task,
+    /// or the Kubernetes completion index, when the scheduler sets them).
     #[arg(long)]
     pub name: Option<String>,
     /// No progress bar.
@@ -42,6 +50,8 @@ pub struct WorkerArgs {
 pub const LEASE_RANGE: (f64, f64) = (1.0, 86_400.0);
 /// Polling intervals a worker accepts, in seconds.
 pub const POLL_RANGE: (f64, f64) = (0.05, 3_600.0);
+/// Grace periods a worker accepts, in seconds.
+pub const GRACE_RANGE: (f64, f64) = (0.0, 3_600.0);
 
 /// `v` seconds as a duration, refused outside `range` (NaN and infinities included).
 fn seconds(v: f64, what: &str, (lo, hi): (f64, f64)) -> Result<Duration> {
@@ -61,7 +71,9 @@ pub fn run(ctx: &Ctx, a: WorkerArgs) -> Result<()> {
         once: a.once,
         lease: seconds(a.lease_seconds, "lease-seconds", LEASE_RANGE)?,
         poll: seconds(a.poll, "poll", POLL_RANGE)?,
+        grace: seconds(a.grace, "grace", GRACE_RANGE)?,
     };
+    workers::stop_on_signals();
     let mut reg = ctx.open()?;
     let bar = Bar::new(a.quiet);
     let report = workers::work(&mut reg, &opts, &bar)?;

@@ -121,6 +121,20 @@ pub(super) async fn finish(pool: &PgPool, sweep: i64, idx: i64, worker: &str) ->
     Ok(n > 0)
 }
 
+pub(super) async fn release(pool: &PgPool, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
+    let n = sqlx::query(
+        "UPDATE sweep_units SET state = 'pending', lease_until = NULL
+         WHERE sweep_id = $1 AND idx = $2 AND worker = $3 AND state = 'running'",
+    )
+    .bind(sweep)
+    .bind(idx)
+    .bind(worker)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
 pub(super) async fn rows(pool: &PgPool) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
     let sweeps: Vec<(i64, String, i64)> =
         sqlx::query_as("SELECT id, label, created_ms FROM sweeps ORDER BY id")

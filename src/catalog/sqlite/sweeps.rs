@@ -106,6 +106,15 @@ pub(super) fn finish(conn: &Connection, sweep: i64, idx: i64, worker: &str) -> R
     Ok(n > 0)
 }
 
+pub(super) fn release(conn: &Connection, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
+    let n = conn.execute(
+        "UPDATE sweep_units SET state = 'pending', lease_until = NULL
+         WHERE sweep_id = ?1 AND idx = ?2 AND worker = ?3 AND state = 'running'",
+        params![sweep, idx, worker],
+    )?;
+    Ok(n > 0)
+}
+
 pub(super) fn rows(conn: &Connection) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
     let mut st = conn.prepare("SELECT id, label, created_ms FROM sweeps ORDER BY id")?;
     let sweeps = st
