@@ -29,6 +29,7 @@ mod reliability;
 mod s3;
 mod seam;
 mod serve;
+mod slurm;
 mod ties;
 mod varwidth;
 mod workers;

@@ -130,7 +130,7 @@ fn align_with_workers_gives_the_same_scores_on_postgres() {
 
 /// A registry on a new database `db` of `pg` holding two language and two vision models big
 /// enough that a unit takes a while (n = 1024, 12 layers, d = 96).
-fn zoo(pg: &Cluster, db: &str) -> Env {
+pub(crate) fn zoo(pg: &Cluster, db: &str) -> Env {
     let mut env = Env::new();
     env.envs = pg.env();
     env.ok(&["init", "--catalog", &pg.database(db)]);
@@ -162,7 +162,7 @@ fn zoo_files(env: &Env) -> Vec<(std::path::PathBuf, &'static str, &'static str)>
 }
 
 /// Enters the zoo's language × vision mutual_knn sweep (`--workers 0`); its id.
-fn plan(env: &Env) -> i64 {
+pub(crate) fn plan(env: &Env) -> i64 {
     let planned = env.ok(&[
         "align",
         "--x",
@@ -216,7 +216,7 @@ fn ends_within(p: &mut Process, limit: Duration, what: &str) -> std::process::Ex
 }
 
 /// `prh status --format json` of `env`.
-fn status(env: &Env) -> Value {
+pub(crate) fn status(env: &Env) -> Value {
     env.json(&["status", "--format", "json"])
 }
 
@@ -293,7 +293,7 @@ fn a_worker_killed_mid_unit_loses_its_lease_and_its_unit_is_redone_once() {
 
 /// The zoo sweep's scores in `env` (all cached) equal a sweep in one process on SQLite over
 /// the same files.
-fn same_scores_as_one_process(env: &Env) {
+pub(crate) fn same_scores_as_one_process(env: &Env) {
     let solo = Env::new();
     solo.ok(&["init"]);
     common::ingest_all(&solo, "d", &zoo_files(env));

@@ -286,3 +286,4 @@ pub mod postgres;
 pub mod python;
 pub mod race;
 pub mod s3;
+pub mod slurm;
