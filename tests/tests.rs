@@ -17,6 +17,7 @@ mod errors;
 mod hostile;
 mod independent;
 mod ingest;
+mod kubernetes;
 mod large_n;
 mod locations;
 mod parity;
