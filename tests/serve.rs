@@ -792,6 +792,65 @@ fn a_second_computation_is_answered_503_while_one_runs_and_reads_go_on() {
 }
 
 #[test]
+fn the_dashboard_shows_either_clamp_convention_and_says_which() {
+    // platonic-rep's two clamp conventions (--clamp-rule): a page or API call names one with
+    // clamp_rule=, serves that convention's cells only, and says what fills the missing ones.
+    let env = demo();
+    let s = serve(&env, &[]);
+    let q = format!(
+        "metric=mutual_knn&x={}&y={}&perf=bpb&clamp_rule=sample-mean",
+        enc(X),
+        enc(Y)
+    );
+    let missing = get(s.addr, &format!("/api/matrix?{q}"));
+    assert_eq!(missing.status, 409, "{}", missing.text());
+    let command = missing.json()["command"].as_str().unwrap().to_string();
+    assert!(command.contains("--clamp-rule sample-mean"), "{command}");
+    let words: Vec<&str> = command.split_whitespace().skip(1).collect();
+    env.ok(&words);
+    let cli = env.json(&[
+        "matrix",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        X,
+        "--y",
+        Y,
+        "--clamp-rule",
+        "sample-mean",
+        "--perf",
+        "bpb",
+        "--format",
+        "json",
+    ]);
+    let api = get(s.addr, &format!("/api/matrix?{q}"));
+    assert_eq!(api.status, 200, "{}", api.text());
+    assert_eq!(api.json(), cli);
+    let exact = get(
+        s.addr,
+        &format!(
+            "/api/matrix?metric=mutual_knn&x={}&y={}&perf=bpb",
+            enc(X),
+            enc(Y)
+        ),
+    );
+    assert_ne!(
+        exact.json(),
+        cli,
+        "the demo's exact cells are other numbers"
+    );
+    let page = get(s.addr, &format!("/matrix?{q}"));
+    assert!(
+        page.text()
+            .contains("<option selected>sample-mean</option>"),
+        "the page says which convention it shows"
+    );
+    let bad = get(s.addr, &format!("/api/matrix?{q}x"));
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("clamp_rule"), "{}", bad.text());
+}
+
+#[test]
 fn a_computation_whose_client_left_stops_and_frees_the_slot() {
     // A client that asks for a long computation and leaves: before, the computation ran to its
     // end (52 s for this one with a warm build, on 2 cores), holding the server's one

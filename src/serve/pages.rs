@@ -254,7 +254,7 @@ fn form(action: &str, r: &Resolved, extra: &str) -> String {
         .map(|s| format!(r#"<option value="{}">"#, esc(s)))
         .collect();
     format!(
-        r#"<form class="controls" method="get" action="{action}">{}<label>k <input name="k" type="number" min="1" value="{}"></label><label>reduce <input name="reduce" value="{}" size="6"></label>{extra}<button type="submit">Show</button><datalist id="selectors">{list}</datalist></form>"#,
+        r#"<form class="controls" method="get" action="{action}">{}<label>k <input name="k" type="number" min="1" value="{}"></label><label>reduce <input name="reduce" value="{}" size="6"></label>{}{extra}<button type="submit">Show</button><datalist id="selectors">{list}</datalist></form>"#,
         select(
             "metric",
             "metric",
@@ -263,6 +263,12 @@ fn form(action: &str, r: &Resolved, extra: &str) -> String {
         ),
         r.view.spec.k,
         esc(&r.view.reduce.key()),
+        select(
+            "clamp_rule",
+            "clamp",
+            &["exact".to_string(), "sample-mean".to_string()],
+            Some(r.view.prep.rule.name())
+        ),
     )
 }
 

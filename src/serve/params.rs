@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::layers::Reduce;
-use crate::metrics::{MetricSpec, Prep};
+use crate::metrics::{ClampRule, MetricSpec, Prep};
 use crate::registry::Registry;
 use crate::views::View;
 
@@ -32,6 +32,8 @@ pub(super) struct Params {
     pub against: Option<String>,
     pub null: Option<String>,
     pub seed: Option<String>,
+    /// platonic-rep's clamp convention: `exact` (default) or `sample-mean`.
+    pub clamp_rule: Option<String>,
 }
 
 /// The parameters with defaults filled in.
@@ -193,7 +195,18 @@ impl Params {
         Ok(Resolved {
             view: View {
                 spec,
-                prep: Prep::OFFICIAL,
+                prep: Prep {
+                    rule: match given(&self.clamp_rule).as_deref() {
+                        None | Some("exact") => ClampRule::Exact,
+                        Some("sample-mean") => ClampRule::SampleMean,
+                        Some(other) => {
+                            return Err(Error::Invalid(format!(
+                                "clamp_rule must be exact or sample-mean, got {other:?}"
+                            )));
+                        }
+                    },
+                    ..Prep::OFFICIAL
+                },
                 reduce,
             },
             x,
