@@ -315,6 +315,18 @@ fn knn_graphs_are_stored_once_reused_by_other_metrics_verified_and_left_out_of_b
         align(&env, "cycle_knn", &null)[0]["null_mean"],
         align(&fresh, "cycle_knn", &null)[0]["null_mean"]
     );
+    // A smaller k reads the stored graphs for k = 10 (the first k of each list, ties read off
+    // exactly): none searched, the scores of a registry that searched for k = 4.
+    let k4 = ["--mem-mib", "16", "--k", "4"];
+    let smaller = align(&env, "mutual_knn", &k4);
+    assert_eq!(smaller[0]["graphs_computed"], 0, "{smaller}");
+    let searched = align(&registry(n), "mutual_knn", &k4);
+    assert_eq!(searched[0]["graphs_computed"], 4, "{searched}");
+    assert_eq!(
+        (&smaller[0]["score"], &smaller[0]["ties"]),
+        (&searched[0]["score"], &searched[0]["ties"])
+    );
+    assert_eq!(knn_graphs(&env), 4, "nothing stored for k = 4");
     // Dense runs store none and say nothing of graphs.
     let dense = align(&env, "jaccard_knn", &[]);
     assert!(dense[0].get("graphs_computed").is_none(), "{dense}");

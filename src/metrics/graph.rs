@@ -224,6 +224,54 @@ pub fn assemble(k: usize, per_row: Vec<RowNeighbours>) -> (Knn, Ties) {
     (Knn::new(k, ordered, sims), Ties { rows })
 }
 
+/// The graph for `k2` ≤ k read off the graph for k (docs/design.md §13), equal to a search for
+/// `k2`: the first `k2` of each ordered list with their similarities, and the ties at `k2`.
+/// The samples as similar as the `k2`-th form a run of the list; when the run reaches the
+/// list's end, the tie stored at k (all samples of that similarity) or its absence (none
+/// beyond) completes it.
+pub fn truncate(knn: &Knn, ties: &Ties, k2: usize) -> (Knn, Ties) {
+    let k = knn.k;
+    assert!(0 < k2 && k2 <= k, "k = {k2} from a graph for {k}");
+    let n = knn.ordered.len() / k.max(1);
+    let mut ordered = Vec::with_capacity(n * k2);
+    let mut sims = Vec::with_capacity(n * k2);
+    let mut rows = Vec::new();
+    let sorted = |v: &[u32]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v
+    };
+    for i in 0..n {
+        let (o, s) = (
+            &knn.ordered[i * k..(i + 1) * k],
+            &knn.sims[i * k..(i + 1) * k],
+        );
+        ordered.extend_from_slice(&o[..k2]);
+        sims.extend_from_slice(&s[..k2]);
+        if k2 == k {
+            rows.extend(ties.row(i).cloned());
+            continue;
+        }
+        let v = s[k2 - 1];
+        if s[k2] != v {
+            continue;
+        }
+        let first = s.iter().position(|&x| x == v).expect("k2 - 1 is one");
+        let last = s.iter().rposition(|&x| x == v).expect("k2 - 1 is one");
+        let group = match ties.row(i) {
+            Some(t) if last == k - 1 => t.group.clone(),
+            _ => sorted(&o[first..=last]),
+        };
+        rows.push(TieRow {
+            row: i as u32,
+            sure: sorted(&o[..first]),
+            group,
+            picks: k2 - first,
+        });
+    }
+    (Knn::new(k2, ordered, sims), Ties { rows })
+}
+
 /// Rows per task of the tiled search, and columns per block: one block of similarities
 /// (64 × 4,096 f32, 1 MiB) stays in cache while its rows' proposals read it.
 const TILE_ROWS: usize = 64;
@@ -520,6 +568,28 @@ mod tests {
             tied > 20 && grouped > 20,
             "{tied} tied, {grouped} grouped cases"
         );
+    }
+
+    #[test]
+    fn a_graph_for_k_gives_every_smaller_k_exactly() {
+        let mut r = crate::rng::Rng::new(5);
+        // Small integers: ties at every rank, runs reaching the list's end and beyond it.
+        for (n, d, levels) in [(90, 2, 2), (120, 3, 3), (64, 4, 5)] {
+            let x = ndarray::Array2::from_shape_fn((n, d), |_| r.below(levels) as f32 + 0.5);
+            let (knn, ties) = knn_tiled(&x, 12, None, &|_| {});
+            let mut tied = 0;
+            for k2 in 1..=12 {
+                let (a, at) = truncate(&knn, &ties, k2);
+                let (b, bt) = knn_tiled(&x, k2, None, &|_| {});
+                assert_eq!((&a.ordered, &a.sims), (&b.ordered, &b.sims), "n {n} k {k2}");
+                assert_eq!(at.rows, bt.rows, "n {n} k {k2}");
+                tied += bt.rows.len();
+            }
+            assert!(
+                tied > 100,
+                "{tied} tied rows: the data did not tie enough to test"
+            );
+        }
     }
 
     #[test]

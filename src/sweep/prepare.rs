@@ -144,13 +144,35 @@ pub(super) fn ensure_graphs(
     progress: &dyn Progress,
 ) -> Result<usize> {
     let mut todo = Vec::new();
+    // The stored graphs' keys, read once when a graph for k is missing: one for a larger k
+    // serves k too ([`graph::truncate`]).
+    let mut keys: Option<Vec<(BlobHash, String, usize)>> = None;
     for &(ck, cp, layers) in sides {
         for (l, d) in layers.iter().enumerate() {
             if d.dense() || d.has_graph(k) {
                 continue;
             }
-            let stored = reg.catalog.knn_graph(&ck.layers[l], &cp.keys[l], k)?;
-            match stored.and_then(|b| graph::decode(&b, ck.n, k)) {
+            let (h, prep) = (&ck.layers[l], &cp.keys[l]);
+            let stored = reg.catalog.knn_graph(h, prep, k)?;
+            if let Some((knn, ties)) = stored.and_then(|b| graph::decode(&b, ck.n, k)) {
+                d.set_graph(k, knn, ties);
+                continue;
+            }
+            if keys.is_none() {
+                keys = Some(reg.catalog.knn_graph_keys()?);
+            }
+            let mut larger: Vec<usize> = keys
+                .iter()
+                .flatten()
+                .filter(|(kh, kp, kk)| kh == h && kp == prep && *kk > k)
+                .map(|e| e.2)
+                .collect();
+            larger.sort_unstable();
+            let read = larger.into_iter().find_map(|big| {
+                let bytes = reg.catalog.knn_graph(h, prep, big).ok()??;
+                graph::decode(&bytes, ck.n, big).map(|(knn, ties)| graph::truncate(&knn, &ties, k))
+            });
+            match read {
                 Some((knn, ties)) => d.set_graph(k, knn, ties),
                 None => todo.push((ck, cp, &layers[l], l)),
             }
