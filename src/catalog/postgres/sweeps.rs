@@ -86,6 +86,28 @@ pub(super) async fn claim(
     .transpose()
 }
 
+/// Sets `set` on unit (sweep, idx) if `worker` holds it (running); whether it did. `$4` in
+/// `set` is `extra`.
+async fn update_held(
+    pool: &PgPool,
+    set: &str,
+    (sweep, idx, worker): (i64, i64, &str),
+    extra: Option<i64>,
+) -> Result<bool> {
+    let q = sqlx::query(sql(format!(
+        "UPDATE sweep_units SET {set}
+         WHERE sweep_id = $1 AND idx = $2 AND worker = $3 AND state = 'running'"
+    )))
+    .bind(sweep)
+    .bind(idx)
+    .bind(worker);
+    let q = match extra {
+        Some(v) => q.bind(v),
+        None => q,
+    };
+    Ok(q.execute(pool).await?.rows_affected() > 0)
+}
+
 pub(super) async fn renew(
     pool: &PgPool,
     sweep: i64,
@@ -93,46 +115,19 @@ pub(super) async fn renew(
     worker: &str,
     lease_ms: i64,
 ) -> Result<bool> {
-    let n = sqlx::query(sql("UPDATE sweep_units SET lease_until = {NOW} + $4
-         WHERE sweep_id = $1 AND idx = $2 AND worker = $3 AND state = 'running'"
-        .into()))
-    .bind(sweep)
-    .bind(idx)
-    .bind(worker)
-    .bind(lease_ms)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(n > 0)
+    let set = "lease_until = {NOW} + $4";
+    update_held(pool, set, (sweep, idx, worker), Some(lease_ms)).await
 }
 
 pub(super) async fn finish(pool: &PgPool, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
-    let n = sqlx::query(sql(
-        "UPDATE sweep_units SET state = 'done', finished_ms = {NOW}, lease_until = NULL
-         WHERE sweep_id = $1 AND idx = $2 AND worker = $3 AND state = 'running'"
-            .into(),
-    ))
-    .bind(sweep)
-    .bind(idx)
-    .bind(worker)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(n > 0)
+    let set = "state = 'done', finished_ms = {NOW}, lease_until = NULL";
+    update_held(pool, set, (sweep, idx, worker), None).await
 }
 
+/// Back to pending for any worker to claim at once (its holder was told to stop).
 pub(super) async fn release(pool: &PgPool, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
-    let n = sqlx::query(
-        "UPDATE sweep_units SET state = 'pending', lease_until = NULL
-         WHERE sweep_id = $1 AND idx = $2 AND worker = $3 AND state = 'running'",
-    )
-    .bind(sweep)
-    .bind(idx)
-    .bind(worker)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(n > 0)
+    let set = "state = 'pending', lease_until = NULL";
+    update_held(pool, set, (sweep, idx, worker), None).await
 }
 
 pub(super) async fn rows(pool: &PgPool) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {

@@ -78,6 +78,25 @@ pub(super) fn claim(
     Ok(unit)
 }
 
+/// Sets `set` on unit (sweep, idx) if `worker` holds it (running); whether it did. `?4` in
+/// `set` is `extra`.
+fn update_held(
+    conn: &Connection,
+    set: &str,
+    (sweep, idx, worker): (i64, i64, &str),
+    extra: Option<i64>,
+) -> Result<bool> {
+    let stmt = format!(
+        "UPDATE sweep_units SET {set}
+         WHERE sweep_id = ?1 AND idx = ?2 AND worker = ?3 AND state = 'running'"
+    );
+    let n = match extra {
+        Some(v) => conn.execute(&stmt, params![sweep, idx, worker, v])?,
+        None => conn.execute(&stmt, params![sweep, idx, worker])?,
+    };
+    Ok(n > 0)
+}
+
 pub(super) fn renew(
     conn: &Connection,
     sweep: i64,
@@ -85,34 +104,19 @@ pub(super) fn renew(
     worker: &str,
     lease_ms: i64,
 ) -> Result<bool> {
-    let n = conn.execute(
-        &format!(
-            "UPDATE sweep_units SET lease_until = {NOW} + ?4
-             WHERE sweep_id = ?1 AND idx = ?2 AND worker = ?3 AND state = 'running'"
-        ),
-        params![sweep, idx, worker, lease_ms],
-    )?;
-    Ok(n > 0)
+    let set = format!("lease_until = {NOW} + ?4");
+    update_held(conn, &set, (sweep, idx, worker), Some(lease_ms))
 }
 
 pub(super) fn finish(conn: &Connection, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
-    let n = conn.execute(
-        &format!(
-            "UPDATE sweep_units SET state = 'done', finished_ms = {NOW}, lease_until = NULL
-             WHERE sweep_id = ?1 AND idx = ?2 AND worker = ?3 AND state = 'running'"
-        ),
-        params![sweep, idx, worker],
-    )?;
-    Ok(n > 0)
+    let set = format!("state = 'done', finished_ms = {NOW}, lease_until = NULL");
+    update_held(conn, &set, (sweep, idx, worker), None)
 }
 
+/// Back to pending for any worker to claim at once (its holder was told to stop).
 pub(super) fn release(conn: &Connection, sweep: i64, idx: i64, worker: &str) -> Result<bool> {
-    let n = conn.execute(
-        "UPDATE sweep_units SET state = 'pending', lease_until = NULL
-         WHERE sweep_id = ?1 AND idx = ?2 AND worker = ?3 AND state = 'running'",
-        params![sweep, idx, worker],
-    )?;
-    Ok(n > 0)
+    let set = "state = 'pending', lease_until = NULL";
+    update_held(conn, set, (sweep, idx, worker), None)
 }
 
 pub(super) fn rows(conn: &Connection) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
