@@ -60,7 +60,7 @@ pub(crate) struct App {
     compute: bool,
     /// How long a compute request waits for the one computation slot.
     compute_wait: std::time::Duration,
-    /// One computation at a time: sweeps write the registry ([`App::one_computation`]).
+    /// One computation at a time: sweeps write the registry ([`Job::one_computation`]).
     computing: Mutex<()>,
     /// Chart results per registry version.
     memo: memo::Memo,
@@ -69,29 +69,6 @@ pub(crate) struct App {
 }
 
 impl App {
-    /// Waits (at most `compute_wait`) for the server's one computation slot, while the
-    /// client of `job` waits for it.
-    fn one_computation(&self, job: &Job) -> Result<std::sync::MutexGuard<'_, ()>> {
-        let start = std::time::Instant::now();
-        loop {
-            crate::sweep::go_on(job)?;
-            match self.computing.try_lock() {
-                Ok(g) => return Ok(g),
-                Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) if start.elapsed() < self.compute_wait => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    return Err(Error::Unavailable(format!(
-                        "the server is computing another view (waited {} s)",
-                        self.compute_wait.as_secs()
-                    ))
-                    .hint("try again later; the computation in progress is cached when it ends"));
-                }
-            }
-        }
-    }
-
     /// Runs `f` with an open registry from the pool (opening one when none is idle).
     fn with<T>(&self, f: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -199,6 +176,31 @@ impl std::ops::Deref for Job {
     type Target = App;
     fn deref(&self) -> &App {
         &self.app
+    }
+}
+
+impl Job {
+    /// Waits (at most `compute_wait`) for the server's one computation slot, while the client
+    /// still waits for the answer.
+    fn one_computation(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        let start = std::time::Instant::now();
+        loop {
+            crate::sweep::go_on(self)?;
+            match self.computing.try_lock() {
+                Ok(g) => return Ok(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if start.elapsed() < self.compute_wait => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err(Error::Unavailable(format!(
+                        "the server is computing another view (waited {} s)",
+                        self.compute_wait.as_secs()
+                    ))
+                    .hint("try again later; the computation in progress is cached when it ends"));
+                }
+            }
+        }
     }
 }
 

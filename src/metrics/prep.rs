@@ -144,7 +144,7 @@ impl ClampRule {
 
     /// The rule and layer-set key of an entry of `clamp_thresholds`.
     pub fn of_table_key(key: &str) -> (ClampRule, &str) {
-        match key.strip_prefix("sample-mean:") {
+        match key.strip_prefix(ClampRule::SampleMean.table_prefix()) {
             Some(k) => (ClampRule::SampleMean, k),
             None => (ClampRule::Exact, key),
         }
@@ -322,10 +322,19 @@ pub fn sample_mean_threshold(layers: &[ArrayView2<f32>], q: f64) -> Option<f32> 
         .map(|i| {
             let mut row: Vec<f32> = layers
                 .iter()
-                .flat_map(|l| l.row(i).iter().map(|v| v.abs()).collect::<Vec<_>>())
+                .flat_map(|l| l.row(i).into_iter().map(|v| v.abs()))
                 .collect();
-            row.sort_unstable_by(f32::total_cmp);
-            let (lo, hi) = (row[below], row[above]);
+            // The two order statistics, without sorting the row.
+            let (rest, hi, _) = row.select_nth_unstable_by(above, f32::total_cmp);
+            let hi = *hi;
+            let lo = if below == above {
+                hi
+            } else {
+                rest.iter()
+                    .copied()
+                    .max_by(f32::total_cmp)
+                    .expect("below < above")
+            };
             // torch's lerp, in f32.
             let v = if weight < 0.5 {
                 lo + weight * (hi - lo)

@@ -110,7 +110,7 @@ fn fill_if_allowed(
     if !app.compute {
         return Ok(());
     }
-    let _one = app.one_computation(app)?;
+    let _one = app.one_computation()?;
     r.view.fill(reg, sel, all, None, app)?;
     Ok(())
 }
@@ -161,7 +161,7 @@ fn trend_now(app: &Job, reg: &mut Registry, r: &Resolved) -> Result<Trends> {
                 r.null
             )));
         }
-        let _one = app.one_computation(app)?;
+        let _one = app.one_computation()?;
         let null = NullSpec {
             permutations: r.null,
             seed: r.seed,

@@ -61,9 +61,7 @@ impl Guarded {
         }
         false
     }
-}
 
-impl Guarded {
     /// Wraps `inner`; each connection must send its first request head within `header_timeout`.
     pub fn new(inner: TcpListener, header_timeout: Duration) -> Self {
         Guarded {
@@ -99,14 +97,13 @@ impl axum::serve::Listener for Guarded {
                 drop(io);
                 continue;
             };
-            let idle = Arc::new(Idle::default());
             let mut conn = Conn {
                 io,
                 _permit: permit,
                 header_timeout: self.header_timeout,
                 deadline: None,
                 tail: [0; 3],
-                idle: idle.clone(),
+                idle: Arc::default(),
                 queue: self.idle.clone(),
             };
             conn.await_head();

@@ -24,15 +24,6 @@ pub struct SqlBudget {
     pub mib: u64,
 }
 
-impl Default for SqlBudget {
-    fn default() -> Self {
-        SqlBudget {
-            seconds: 10,
-            mib: 2048,
-        }
-    }
-}
-
 /// Threads of the child: each reserves address space (a stack, a malloc arena), which would
 /// count against the budget on a many-core machine.
 const CHILD_THREADS: &str = "2";
@@ -117,11 +108,11 @@ pub(super) fn run(root: &Path, q: &str, budget: SqlBudget, job: &Job) -> Result<
             budget.mib
         )));
     }
-    use std::os::unix::process::ExitStatusExt;
-    let kind = match (status.code(), status.signal()) {
-        (Some(c), _) => ErrorKind::from_exit_code(c).unwrap_or(ErrorKind::Internal),
-        _ => ErrorKind::Internal,
-    };
+    // A child killed by a signal other than the budget's is a bug.
+    let kind = status
+        .code()
+        .and_then(ErrorKind::from_exit_code)
+        .unwrap_or(ErrorKind::Internal);
     let mut msg = None;
     let mut hint = None;
     for line in said.lines() {

@@ -168,12 +168,22 @@ pub(super) fn ensure_graphs(
                 .map(|e| e.2)
                 .collect();
             larger.sort_unstable();
-            let read = larger.into_iter().find_map(|big| {
-                let bytes = reg.catalog.knn_graph(h, prep, big).ok()??;
-                graph::decode(&bytes, ck.n, big).map(|(knn, ties)| graph::truncate(&knn, &ties, k))
-            });
+            let mut read = None;
+            for big in larger {
+                // A damaged record is passed over, as the one for k is.
+                read = reg
+                    .catalog
+                    .knn_graph(h, prep, big)?
+                    .and_then(|b| graph::decode(&b, ck.n, big));
+                if read.is_some() {
+                    break;
+                }
+            }
             match read {
-                Some((knn, ties)) => d.set_graph(k, knn, ties),
+                Some((knn, ties)) => {
+                    let (knn, ties) = graph::truncate(&knn, &ties, k);
+                    d.set_graph(k, knn, ties);
+                }
                 None => todo.push((ck, cp, &layers[l], l)),
             }
         }
