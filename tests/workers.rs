@@ -203,6 +203,26 @@ fn held_by(env: &Env, worker: &str) -> i64 {
     }
 }
 
+/// `prh worker --once` on sweep `id` of the zoo in `env`, named `name`, with `extra` flags.
+fn worker_cmd(env: &Env, pg: &Cluster, id: i64, name: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_prh"));
+    c.arg("--registry")
+        .arg(env.reg())
+        .args([
+            "worker",
+            "--once",
+            "--quiet",
+            "--sweep",
+            &id.to_string(),
+            "--name",
+            name,
+        ])
+        .args(extra)
+        .envs(pg.env())
+        .stdout(Stdio::null());
+    c
+}
+
 /// The exit status of `p`, which must end within `limit`.
 fn ends_within(p: &mut Process, limit: Duration, what: &str) -> std::process::ExitStatus {
     let t = Instant::now();
@@ -225,16 +245,7 @@ fn a_worker_killed_mid_unit_loses_its_lease_and_its_unit_is_redone_once() {
     let pg = Cluster::start();
     let env = zoo(&pg, "faults");
     let id = plan(&env);
-    let worker = |name: &str| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_prh"));
-        c.arg("--registry")
-            .arg(env.reg())
-            .args(["worker", "--once", "--quiet", "--lease-seconds", "2"])
-            .args(["--sweep", &id.to_string(), "--name", name])
-            .envs(pg.env())
-            .stdout(Stdio::null());
-        c
-    };
+    let worker = |name: &str| worker_cmd(&env, &pg, id, name, &["--lease-seconds", "2"]);
     let mut a = Process(worker("A").spawn().unwrap());
     // Wait until A holds a unit, then kill it without warning.
     let held = held_by(&env, "A");
@@ -341,16 +352,7 @@ fn a_worker_stopped_past_its_lease_and_resumed_leaves_the_unit_to_its_successor(
     let env = zoo(&pg, "stopped");
     let id = plan(&env);
     let log = env.path("a.log");
-    let worker = |name: &str| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_prh"));
-        c.arg("--registry")
-            .arg(env.reg())
-            .args(["worker", "--once", "--quiet", "--lease-seconds", "2"])
-            .args(["--sweep", &id.to_string(), "--name", name])
-            .envs(pg.env())
-            .stdout(Stdio::null());
-        c
-    };
+    let worker = |name: &str| worker_cmd(&env, &pg, id, name, &["--lease-seconds", "2"]);
     let mut a = Process(
         worker("A")
             .stderr(std::fs::File::create(&log).unwrap())
@@ -416,16 +418,16 @@ fn a_worker_told_to_stop_gives_its_unit_back_at_once_or_finishes_it_within_its_g
     let start = |name: &str, grace: &str| {
         let log = env.path(&format!("{name}.log"));
         let p = Process(
-            Command::new(env!("CARGO_BIN_EXE_prh"))
-                .arg("--registry")
-                .arg(env.reg())
-                .args(["worker", "--once", "--quiet", "--lease-seconds", "600"])
-                .args(["--grace", grace, "--sweep", &id.to_string(), "--name", name])
-                .envs(pg.env())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
+            worker_cmd(
+                &env,
+                &pg,
+                id,
+                name,
+                &["--lease-seconds", "600", "--grace", grace],
+            )
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
         );
         (p, log)
     };
@@ -487,20 +489,7 @@ fn a_worker_rides_out_a_postgres_restart_mid_sweep() {
     let id = plan(&env);
     let log = env.path("worker.log");
     let mut w = Process(
-        Command::new(env!("CARGO_BIN_EXE_prh"))
-            .arg("--registry")
-            .arg(env.reg())
-            .args([
-                "worker",
-                "--once",
-                "--quiet",
-                "--sweep",
-                &id.to_string(),
-                "--name",
-                "W",
-            ])
-            .envs(pg.env())
-            .stdout(Stdio::null())
+        worker_cmd(&env, &pg, id, "W", &[])
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
