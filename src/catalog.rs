@@ -541,6 +541,12 @@ pub trait Catalog: Send {
     fn export_snapshot(&self, dest: &Path, models: Option<&[String]>) -> Result<SnapshotInfo>;
     /// Merges a checked bundle snapshot in one transaction, refusing conflicts.
     fn merge_snapshot(&mut self, snapshot: &Path, opts: MergeOptions) -> Result<MergeCounts>;
+    /// Writes a consistent SQLite copy of the whole catalog to `dest` for a process that
+    /// computes on it without writing here (a shard, crate::shard). By default a bundle's
+    /// snapshot (without sweeps and kNN graphs); the SQLite catalog copies everything.
+    fn working_copy(&self, dest: &Path) -> Result<()> {
+        self.export_snapshot(dest, None).map(drop)
+    }
 
     // ----- sweeps split over workers (src/workers.rs) -----
 

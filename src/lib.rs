@@ -40,6 +40,7 @@ pub mod real_zoo;
 pub mod registry;
 pub mod rng;
 pub mod serve;
+pub mod shard;
 pub mod sqlguard;
 pub mod stats;
 #[allow(missing_docs)] // fields and variants still undocumented (docs/design.md §12)

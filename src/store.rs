@@ -25,8 +25,10 @@ use crate::matrix::{self, DType, HEADER_LEN};
 
 mod memory;
 mod object;
+mod overlay;
 pub use memory::MemoryBlobStore;
 pub use object::ObjectBlobStore;
+pub use overlay::OverlayBlobStore;
 
 /// BLAKE3 hash of a blob's bytes: the identity of a representation.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -800,7 +800,7 @@ fn read_bundle(path: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Rewrites a bundle with its catalog edited by `sql`, the manifest updated to match.
-fn edit_bundle(src: &Path, dst: &Path, sql: &str) {
+pub(crate) fn edit_bundle(src: &Path, dst: &Path, sql: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut entries = read_bundle(src);
     let db_path = dir.path().join("c.db");

@@ -32,7 +32,7 @@ fn a_slurm_array_of_workers_fills_a_sweep_and_a_cancelled_task_gives_its_unit_ba
     // Four array tasks fill the zoo's sweep: every unit done once, by tasks named after their
     // array index, with the numbers of one process.
     let id = plan(&env);
-    let job = cluster.sbatch(&["--array=0-3"], &script, &envs(id, "20"));
+    let job = cluster.sbatch(&["--array=0-3"], &script, &[], &envs(id, "20"));
     cluster.wait(job, Duration::from_secs(600));
     let st = status(&env);
     let s = &st[0];
@@ -61,7 +61,7 @@ fn a_slurm_array_of_workers_fills_a_sweep_and_a_cancelled_task_gives_its_unit_ba
         .and_then(|s| s.split(':').next())
         .and_then(|s| s.parse::<i64>().ok())
         .unwrap_or_else(|| panic!("{planned}"));
-    let job = cluster.sbatch(&["--array=0-0"], &script, &envs(id, "0"));
+    let job = cluster.sbatch(&["--array=0-0"], &script, &[], &envs(id, "0"));
     let t = Instant::now();
     let held = loop {
         let st = status(&env);

@@ -30,6 +30,7 @@ mod reliability;
 mod s3;
 mod seam;
 mod serve;
+mod shards;
 mod slurm;
 mod ties;
 mod varwidth;

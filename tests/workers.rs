@@ -17,7 +17,7 @@ const X: &str = "modality=language";
 const Y: &str = "modality=vision";
 
 /// The demo zoo in a registry made by `init` (extra `prh init` arguments).
-fn demo(envs: Vec<(String, String)>, init: &[&str]) -> Env {
+pub(crate) fn demo(envs: Vec<(String, String)>, init: &[&str]) -> Env {
     let mut env = Env::new();
     env.envs = envs;
     let mut args = vec!["init"];

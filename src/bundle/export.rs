@@ -16,26 +16,52 @@ pub struct ExportReport {
 
 /// Writes a bundle of the registry (or of some models) to `out`.
 pub fn export(reg: &Registry, out: &Path, models: Option<&[String]>) -> Result<ExportReport> {
+    write(reg, out, models, &|_| Ok(false), None)
+}
+
+/// Writes a shard's bundle (crate::shard): the catalog of `models` and what they need, without
+/// the blobs `leave_out` names (the ones the registry it is for holds), sealed by `prove`
+/// (given the catalog's hash).
+pub(crate) fn export_shard(
+    reg: &Registry,
+    out: &Path,
+    models: &[String],
+    leave_out: &dyn Fn(&BlobHash) -> Result<bool>,
+    prove: &dyn Fn(&str) -> ShardProof,
+) -> Result<ExportReport> {
+    write(reg, out, Some(models), leave_out, Some(prove))
+}
+
+fn write(
+    reg: &Registry,
+    out: &Path,
+    models: Option<&[String]>,
+    leave_out: &dyn Fn(&BlobHash) -> Result<bool>,
+    prove: Option<&dyn Fn(&str) -> ShardProof>,
+) -> Result<ExportReport> {
     let staging = Staging::new(reg, "export")?;
     let snap = staging.0.join("catalog.db");
     let info = reg.catalog.export_snapshot(&snap, models)?;
-    let blobs = info
-        .blobs
-        .iter()
-        .map(|(h, bytes)| BlobEntry {
-            hash: h.to_hex(),
-            bytes: *bytes,
-        })
-        .collect();
+    let mut blobs = Vec::with_capacity(info.blobs.len());
+    for (h, bytes) in &info.blobs {
+        if !leave_out(h)? {
+            blobs.push(BlobEntry {
+                hash: h.to_hex(),
+                bytes: *bytes,
+            });
+        }
+    }
     let cat_bytes = fs::read(&snap).map_err(|e| Error::io(&snap, e))?;
+    let cat_hash = blake3::hash(&cat_bytes).to_hex().to_string();
     let manifest = Manifest {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
         prh_version: env!("CARGO_PKG_VERSION").into(),
         schema_version: info.schema_version,
+        shard: prove.map(|p| p(&cat_hash)),
         catalog: FileEntry {
             bytes: cat_bytes.len() as u64,
-            blake3: blake3::hash(&cat_bytes).to_hex().to_string(),
+            blake3: cat_hash,
         },
         blobs,
     };

@@ -12,6 +12,20 @@ pub struct ImportReport {
     pub cells_checked: usize,
     /// Clamp thresholds computed here from the imported blobs (layer sets × q).
     pub thresholds_computed: usize,
+    /// A shard's bundle: which shard, and whether this registry sealed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardOrigin>,
+}
+
+/// The shard a bundle says it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardOrigin {
+    /// `I/N`.
+    pub shard: String,
+    /// The sweep's digest (equal across the shards of one sweep).
+    pub sweep: String,
+    /// Sealed by this registry's key: its cells are served as they are.
+    pub own: bool,
 }
 
 /// Where a bundle entry may go: `manifest.json`, `catalog.db` or `blobs/ab/<hash>`.
@@ -67,6 +81,20 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
     // before anything runs on it; then it is brought to our schema and its rows checked.
     let staged = staging.0.join("catalog.db");
     check_staged(reg, bundle, &staged, &declared)?;
+    // A shard this registry sealed brings cells prh computed from this registry's blobs:
+    // served as they are, with nothing recomputed.
+    let own = match proof::provenance(reg, bundle, &manifest)? {
+        proof::Provenance::OwnShard(p) => Some(p),
+        proof::Provenance::Foreign => None,
+    };
+    let opts = &match own {
+        Some(_) => ImportOptions {
+            trust_cells: true,
+            check_cells: 0,
+            ..opts.clone()
+        },
+        None => opts.clone(),
+    };
     // A sample of the bundle's cached cells is recomputed here: one wrong number refuses the
     // whole bundle. The sampled cells are trusted; the rest wait in `imported_cells` (or, with
     // --trust-cells, are served as they are).
@@ -78,6 +106,11 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
         reg, &staged, &staging.0, bundle, opts, &origin, &verified, deadline,
     )?;
     rep.cells_checked = verified.len();
+    rep.shard = manifest.shard.map(|p| ShardOrigin {
+        shard: format!("{}/{}", p.index, p.of),
+        sweep: p.sweep,
+        own: own.is_some(),
+    });
     drop(guard);
     rep.thresholds_computed = recompute_thresholds(reg, &staged)?;
     Ok(rep)

@@ -5,7 +5,9 @@
 //!
 //! Bundle format (tar, entries in this order):
 //! - `manifest.json`: `{"format": "prh-bundle", "format_version": 1, "prh_version", "schema_version",
-//!   "catalog": {"bytes", "blake3"}, "blobs": [{"hash", "bytes"}, ...]}`
+//!   "catalog": {"bytes", "blake3"}, "blobs": [{"hash", "bytes"}, ...]}`, and in a shard's
+//!   bundle `"shard": {"registry", "sweep", "index", "of", "seal"}` ([`proof`]); a shard's
+//!   bundle leaves out the blobs the registry it was computed from holds.
 //! - `catalog.db`: the SQLite catalog snapshot (`VACUUM INTO`, consistent while others write)
 //! - `blobs/<hash[0:2]>/<hash>`: every blob the snapshot references, byte for byte.
 
@@ -41,6 +43,9 @@ pub struct Manifest {
     pub schema_version: usize,
     pub catalog: FileEntry,
     pub blobs: Vec<BlobEntry>,
+    /// Present in a shard's bundle only: which shard of which registry's sweep, sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardProof>,
 }
 
 /// Size and hash of the catalog snapshot.
@@ -84,9 +89,11 @@ impl Drop for Staging {
 mod export;
 mod gc;
 mod import;
+pub mod proof;
 mod verify;
 
 pub use export::*;
 pub use gc::*;
 pub use import::*;
+pub use proof::ShardProof;
 pub use verify::*;

@@ -702,6 +702,12 @@ impl Catalog for SqliteCatalog {
         upkeep::merge(&mut self.conn, snapshot, opts)
     }
 
+    fn working_copy(&self, dest: &Path) -> Result<()> {
+        self.conn
+            .execute("VACUUM INTO ?1", [dest.to_string_lossy().as_ref()])?;
+        Ok(())
+    }
+
     fn create_sweep(&mut self, spec: &str, label: &str, units: &[NewUnit]) -> Result<i64> {
         sweeps::create(&mut self.conn, spec, label, units)
     }

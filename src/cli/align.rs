@@ -32,8 +32,22 @@ pub struct AlignArgs {
     /// one model pair at a time; `prh worker` on other machines that reach the same catalog and
     /// blobs joins in. `prh status` shows the progress. With 0, only enter the sweep, print its
     /// id and leave the work to `prh worker` processes started elsewhere.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "shard")]
     pub workers: Option<usize>,
+    /// Compute shard I of N of the sweep (I from 0, e.g. $SLURM_ARRAY_TASK_ID/64) into the
+    /// bundle --out, writing nothing to the registry (it is only read: a shared file system is
+    /// enough, no database server). Pairs are split by their cell counts, the same way in every
+    /// shard. `prh import part-*.prh` merges the parts, and serves their cells as they are
+    /// because this registry's key (shard.key, made by the first shard) sealed them.
+    #[arg(long, value_name = "I/N", requires = "out")]
+    pub shard: Option<prh::shard::Shard>,
+    /// The bundle a shard writes (never overwritten).
+    #[arg(long, value_name = "FILE", requires = "shard")]
+    pub out: Option<std::path::PathBuf>,
+    /// Where a shard keeps its working copy of the catalog while it runs (default: the system's
+    /// temporary directory; node-local disk is best).
+    #[arg(long, value_name = "DIR", requires = "shard")]
+    pub scratch: Option<std::path::PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub format: FormatArg,
 }
@@ -121,6 +135,27 @@ pub fn run(ctx: &Ctx, a: AlignArgs) -> Result<()> {
         "align --x {x_sel} --y {y_sel} --metric {}",
         metrics.join(",")
     );
+    if let (Some(shard), Some(out)) = (a.shard, &a.out) {
+        let bar = Bar::new(a.sweep.quiet);
+        let r = prh::shard::run(reg, &req, shard, out, a.scratch.as_deref(), &bar)?;
+        drop(bar);
+        match a.format {
+            FormatArg::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+            _ => println!(
+                "shard {} of sweep {}: {} of {} pairs, {} cells ({} computed now, the rest cached) → {} ({} bytes); merge the parts with `prh import {}`",
+                r.shard,
+                r.sweep,
+                r.pairs_here,
+                r.pairs,
+                r.cells_here,
+                r.cells_computed,
+                r.path.display(),
+                r.bytes,
+                out.with_file_name("*.prh").display()
+            ),
+        }
+        return Ok(());
+    }
     if a.workers == Some(0) {
         match prh::workers::plan(&mut reg, &req, &label)? {
             Some(id) => {

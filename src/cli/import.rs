@@ -10,8 +10,10 @@ use prh::bundle;
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
-    /// Bundle written by `prh export`.
-    pub bundle: PathBuf,
+    /// Bundles written by `prh export` or by shards (`prh align … --shard I/N --out F`),
+    /// merged one after another, each all or nothing.
+    #[arg(required = true, value_name = "BUNDLE")]
+    pub bundles: Vec<PathBuf>,
     /// Serve the bundle's cached cells (and null samples) as they are. Without it they are
     /// held apart (`imported_cells`) until `prh verify --recompute N` recomputes them, and
     /// sweeps compute their own.
@@ -39,23 +41,59 @@ pub fn run(ctx: &Ctx, a: ImportArgs) -> Result<()> {
         seed: a.seed,
         max_seconds: a.max_seconds,
     };
-    let r = bundle::import(&mut reg, &a.bundle, &opts)?;
-    match a.format {
-        FormatArg::Json => println!("{}", serde_json::to_string_pretty(&r)?),
-        _ => println!(
-            "imported {}: {} new blobs ({} already here), {} datasets, {} models, {} checkpoints, {} representations, {} scores, {} cached cells served ({} recomputed and equal), {} held until `prh verify --recompute` checks them",
-            a.bundle.display(),
-            r.merged.blobs_new,
-            r.merged.blobs_present,
-            r.merged.datasets_new,
-            r.merged.models_new,
-            r.merged.checkpoints_new,
-            r.merged.representations_new,
-            r.merged.scores_new,
-            r.merged.cells_new,
-            r.cells_checked,
-            r.merged.cells_quarantined
-        ),
+    let mut reports = Vec::with_capacity(a.bundles.len());
+    for path in &a.bundles {
+        let r = bundle::import(&mut reg, path, &opts).map_err(|e| {
+            let done = reports.len();
+            anyhow::Error::new(e).context(if done == 0 {
+                format!("{}: nothing imported from it", path.display())
+            } else {
+                format!(
+                    "{}: nothing imported from it; the {done} bundle(s) before it are imported",
+                    path.display()
+                )
+            })
+        })?;
+        if !matches!(a.format, FormatArg::Json) {
+            println!("{}", describe(path, &r));
+        }
+        reports.push(r);
+    }
+    if matches!(a.format, FormatArg::Json) {
+        // One bundle: its report; several: an array of them, in order.
+        match reports.as_slice() {
+            [one] => println!("{}", serde_json::to_string_pretty(one)?),
+            all => println!("{}", serde_json::to_string_pretty(all)?),
+        }
     }
     Ok(())
+}
+
+/// One line on what importing `path` did.
+fn describe(path: &std::path::Path, r: &bundle::ImportReport) -> String {
+    let shard = match &r.shard {
+        Some(s) if s.own => format!(
+            " (shard {} of sweep {}, sealed by this registry: its cells served as they are)",
+            s.shard, s.sweep
+        ),
+        Some(s) => format!(
+            " (shard {} of another registry's sweep {}: treated as any foreign bundle)",
+            s.shard, s.sweep
+        ),
+        None => String::new(),
+    };
+    format!(
+        "imported {}{shard}: {} new blobs ({} already here), {} datasets, {} models, {} checkpoints, {} representations, {} scores, {} cached cells served ({} recomputed and equal), {} held until `prh verify --recompute` checks them",
+        path.display(),
+        r.merged.blobs_new,
+        r.merged.blobs_present,
+        r.merged.datasets_new,
+        r.merged.models_new,
+        r.merged.checkpoints_new,
+        r.merged.representations_new,
+        r.merged.scores_new,
+        r.merged.cells_new,
+        r.cells_checked,
+        r.merged.cells_quarantined
+    )
 }

@@ -277,35 +277,51 @@ pub fn fill_pair(
     compute_missing(reg, req, &set, &todo, &mut tables, cache, progress).map(drop)
 }
 
-/// A checkpoint pair with cells missing from the cache.
+/// A checkpoint pair of a sweep and how many of its cells the cache lacks.
 #[derive(Debug, Clone)]
-pub struct MissingPair {
+pub struct SweepPair {
     pub x: CheckpointId,
     pub y: CheckpointId,
     /// `x model @ checkpoint × y model @ checkpoint`.
     pub label: String,
+    pub x_model: String,
+    pub y_model: String,
     /// Cells missing (layer pairs × metrics).
     pub cells: usize,
+    /// Cells in all (layer pairs × metrics).
+    pub total: usize,
 }
 
 /// The checkpoint pairs of a request whose cells are not all cached, in sweep order.
-pub fn missing_pairs(reg: &Registry, req: &SweepRequest) -> Result<Vec<MissingPair>> {
+pub fn missing_pairs(reg: &Registry, req: &SweepRequest) -> Result<Vec<SweepPair>> {
+    let mut pairs = sweep_pairs(reg, req)?;
+    pairs.retain(|p| p.cells > 0);
+    Ok(pairs)
+}
+
+/// Every checkpoint pair of a request, in sweep order.
+pub fn sweep_pairs(reg: &Registry, req: &SweepRequest) -> Result<Vec<SweepPair>> {
     let (xs, ys) = resolve(reg, req)?;
     let set = pair_set(reg, req, &xs, &ys, None)?;
     let (_, todo) = cached_tables(reg, &set)?;
+    let per_pair = |x: &CheckpointLayers, y: &CheckpointLayers| {
+        x.layers.len() * y.layers.len() * set.keys.len()
+    };
     Ok(set
         .pairs
         .iter()
         .zip(&todo)
-        .filter(|(_, t)| !t.is_empty())
-        .map(|((x, y), t)| MissingPair {
+        .map(|((x, y), t)| SweepPair {
             x: x.checkpoint_id,
             y: y.checkpoint_id,
             label: format!(
                 "{} @ {} × {} @ {}",
                 x.model, x.checkpoint, y.model, y.checkpoint
             ),
+            x_model: x.model.clone(),
+            y_model: y.model.clone(),
             cells: t.len(),
+            total: per_pair(x, y),
         })
         .collect())
 }

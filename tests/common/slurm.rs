@@ -187,8 +187,14 @@ impl Slurm {
         std::fs::read_to_string(self.path(name)).unwrap_or_default()
     }
 
-    /// Submits `script` with `args` (before the script); the job id.
-    pub fn sbatch(&self, args: &[&str], script: &Path, envs: &[(String, String)]) -> u64 {
+    /// Submits `script` with sbatch's `args` and the script's own `script_args`; the job id.
+    pub fn sbatch(
+        &self,
+        args: &[&str],
+        script: &Path,
+        script_args: &[&str],
+        envs: &[(String, String)],
+    ) -> u64 {
         let out = self
             .command("sbatch")
             .arg("--parsable")
@@ -198,6 +204,7 @@ impl Slurm {
             ))
             .args(args)
             .arg(script)
+            .args(script_args)
             .envs(envs.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
