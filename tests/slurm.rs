@@ -1,9 +1,11 @@
-//! `prh worker` as the task of a Slurm job array, on a real one-node cluster
-//! (tests/common/slurm.rs) against a throwaway PostgreSQL, with the sbatch script users get
-//! (examples/slurm/prh-worker.sbatch).
+//! prh on a real one-node Slurm cluster (tests/common/slurm.rs), with the sbatch scripts users
+//! get: `prh worker` as the task of a job array against a throwaway PostgreSQL
+//! (examples/slurm/prh-worker.sbatch), and shards of a sweep over a registry that the tasks
+//! only read, merged by `prh import` (examples/slurm/prh-shard.sbatch).
 
 use crate::common;
-use crate::workers::{plan, same_scores_as_one_process, status, zoo};
+use crate::shards::{SWEEP, scores};
+use crate::workers::{demo, plan, same_scores_as_one_process, status, zoo};
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -113,4 +115,111 @@ fn a_slurm_array_of_workers_fills_a_sweep_and_a_cancelled_task_gives_its_unit_ba
     );
     let said: String = cluster.output(job).into_iter().map(|o| o.1).collect();
     assert!(said.contains("given back for another worker"), "{said}");
+}
+
+#[test]
+fn a_slurm_array_of_shards_adds_up_to_one_process_and_a_time_limit_stops_a_worker_cleanly() {
+    if let Some(why) = slurm::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let cluster = Slurm::start();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm");
+    let prh = env!("CARGO_BIN_EXE_prh").to_string();
+
+    // A worker that waits for more work once its sweep is done (no --once), under a time limit
+    // of one minute: Slurm's SIGTERM at the limit stops it cleanly (exit 0, nothing leased)
+    // before the SIGKILL KillWait seconds later. It runs while the shards below do.
+    let w = demo(vec![], &[]);
+    let planned = w.ok(&[
+        "align",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--metric",
+        "cka",
+        "--all-checkpoints",
+        "--workers",
+        "0",
+    ]);
+    let sweep = planned
+        .strip_prefix("sweep ")
+        .and_then(|s| s.split(':').next())
+        .unwrap_or_else(|| panic!("{planned}"))
+        .to_string();
+    let waiting = cluster.path("waiting-worker.sbatch");
+    std::fs::write(
+        &waiting,
+        "#!/bin/sh\nexec \"$PRH\" worker --sweep \"$PRH_SWEEP\" --quiet --poll 1\n",
+    )
+    .unwrap();
+    let timed = cluster.sbatch(
+        &["--time=1"],
+        &waiting,
+        &[],
+        &[
+            ("PRH".into(), prh.clone()),
+            ("PRH_REGISTRY".into(), w.reg().display().to_string()),
+            ("PRH_SWEEP".into(), sweep),
+        ],
+    );
+    let started = Instant::now();
+
+    // Four array tasks each compute a shard of a registry they only read.
+    let env = demo(vec![], &[]);
+    let solo = demo(vec![], &[]);
+    let (want, computed_solo) = scores(&solo);
+    let parts = env.path("parts");
+    let job = cluster.sbatch(
+        &["--array=0-3"],
+        &examples.join("prh-shard.sbatch"),
+        &SWEEP[1..SWEEP.len() - 1],
+        &[
+            ("PRH".into(), prh),
+            ("PRH_REGISTRY".into(), env.reg().display().to_string()),
+            ("PRH_SHARDS".into(), "4".into()),
+            ("PRH_PARTS".into(), parts.display().to_string()),
+        ],
+    );
+    cluster.wait(job, Duration::from_secs(300));
+    let mut import = vec!["import".to_string()];
+    for i in 0..4 {
+        let part = parts.join(format!("part-{i}.prh"));
+        assert!(
+            part.is_file(),
+            "no {}: {:?}",
+            part.display(),
+            cluster.output(job)
+        );
+        import.push(part.display().to_string());
+    }
+    import.extend(["--format".into(), "json".into()]);
+    let imported: serde_json::Value =
+        serde_json::from_str(&env.ok(&import.iter().map(String::as_str).collect::<Vec<_>>()))
+            .unwrap();
+    let served: u64 = imported
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|r| assert_eq!(r["shard"]["own"], true, "{r}"))
+        .map(|r| r["cells_new"].as_u64().unwrap())
+        .sum();
+    assert_eq!(served, computed_solo);
+    let (got, computed_after) = scores(&env);
+    assert_eq!(computed_after, 0);
+    assert_eq!(got, want);
+
+    cluster.wait(timed, Duration::from_secs(200));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(55),
+        "the time-limited worker ended after {waited:?}, before its limit: {:?}",
+        cluster.output(timed)
+    );
+    let said: String = cluster.output(timed).into_iter().map(|o| o.1).collect();
+    assert!(said.contains("stopping as asked"), "{said}");
+    let st = status(&w);
+    assert_eq!(st[0]["done"], st[0]["units"], "{st}");
+    assert_eq!(st[0]["running"], 0, "{st}");
 }
