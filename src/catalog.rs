@@ -353,6 +353,14 @@ pub struct NewUnit {
     pub label: String,
     /// Missing cells (layer pairs × metrics) when the sweep was planned.
     pub cells: i64,
+    /// Only these x layers (stored layer indices, inclusive) against every y layer; `None`:
+    /// the whole pair.
+    pub x_layers: Option<(i64, i64)>,
+}
+
+/// A unit's block of x layers from its two columns (both set, or neither).
+pub(crate) fn block(from: Option<i64>, to: Option<i64>) -> Option<(i64, i64)> {
+    from.zip(to)
 }
 
 /// A unit a worker has claimed, with its sweep's spec (JSON).
@@ -365,6 +373,8 @@ pub struct Unit {
     pub y: CheckpointId,
     pub label: String,
     pub cells: i64,
+    /// See [`NewUnit::x_layers`].
+    pub x_layers: Option<(i64, i64)>,
 }
 
 /// A unit as `prh status` sees it (times in Unix milliseconds of the catalog's clock).

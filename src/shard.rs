@@ -155,7 +155,7 @@ pub fn run(
     let mut cache = DerivedCache::new(req.mem_budget);
     for p in mine.iter().filter(|p| p.cells > 0) {
         progress.message(&p.label);
-        sweep::fill_pair(&mut work, req, (p.x, p.y), &mut cache, progress)?;
+        sweep::fill_pair(&mut work, req, (p.x, p.y), None, &mut cache, progress)?;
     }
 
     let mut models: Vec<String> = mine

@@ -36,8 +36,14 @@ pub struct UnitSpec {
 }
 
 /// Enters the model pairs of `req` that lack cells as a sweep of units; `None` when every
-/// cell is cached already.
-pub fn plan(reg: &mut Registry, req: &SweepRequest, label: &str) -> Result<Option<i64>> {
+/// cell is cached already. A pair missing more than `unit_cells` cells (0: no limit) is
+/// entered as several units, blocks of its x layers, so that many workers share it.
+pub fn plan(
+    reg: &mut Registry,
+    req: &SweepRequest,
+    label: &str,
+    unit_cells: usize,
+) -> Result<Option<i64>> {
     let missing = sweep::missing_pairs(reg, req)?;
     if missing.is_empty() {
         return Ok(None);
@@ -49,17 +55,50 @@ pub fn plan(reg: &mut Registry, req: &SweepRequest, label: &str) -> Result<Optio
         prep: req.prep,
         mem_budget: req.mem_budget,
     };
-    let units: Vec<NewUnit> = missing
-        .into_iter()
-        .map(|m| NewUnit {
-            x: m.x,
-            y: m.y,
-            label: m.label,
-            cells: m.cells as i64,
-        })
-        .collect();
+    let mut units = Vec::new();
+    for m in &missing {
+        for (x_layers, cells) in blocks(m, unit_cells) {
+            units.push(NewUnit {
+                x: m.x,
+                y: m.y,
+                label: match x_layers {
+                    Some((a, b)) => format!("{}, x layers {a}–{b}", m.label),
+                    None => m.label.clone(),
+                },
+                cells: cells as i64,
+                x_layers,
+            });
+        }
+    }
     let json = serde_json::to_string(&spec).expect("a unit spec serialises");
     Ok(Some(reg.catalog.create_sweep(&json, label, &units)?))
+}
+
+/// A pair's units and their missing cells: the whole pair when it misses at most `unit_cells`
+/// (or `unit_cells` is 0), else contiguous blocks of its x layers (stored indices, inclusive)
+/// each missing at most `unit_cells` cells (at least one layer each), layers missing nothing
+/// left out at a block's ends.
+fn blocks(p: &sweep::SweepPair, unit_cells: usize) -> Vec<(Option<(i64, i64)>, usize)> {
+    if unit_cells == 0 || p.cells <= unit_cells {
+        return vec![(None, p.cells)];
+    }
+    let mut out = Vec::new();
+    let mut open: Option<(i64, i64, usize)> = None;
+    for (&id, &miss) in p.x_layer_ids.iter().zip(&p.missing_by_x) {
+        if miss == 0 {
+            continue;
+        }
+        open = match open {
+            Some((a, b, c)) if c + miss > unit_cells => {
+                out.push((Some((a, b)), c));
+                Some((id, id, miss))
+            }
+            Some((a, _, c)) => Some((a, id, c + miss)),
+            None => Some((id, id, miss)),
+        };
+    }
+    out.extend(open.map(|(a, b, c)| (Some((a, b)), c)));
+    out
 }
 
 /// How a worker runs.
@@ -288,7 +327,7 @@ fn compute(
         *derived = Some((unit.sweep, DerivedCache::new(req.mem_budget)));
     }
     let cache = &mut derived.as_mut().expect("set above").1;
-    sweep::fill_pair(reg, &req, (unit.x, unit.y), cache, progress)
+    sweep::fill_pair(reg, &req, (unit.x, unit.y), unit.x_layers, cache, progress)
 }
 
 /// A thread renewing the lease of the unit the worker holds, every third of the lease, on a
@@ -466,6 +505,46 @@ mod tests {
         // A Slurm job that is not an array, and empty values: no suffix.
         assert_eq!(array_task(env(&[("SLURM_ARRAY_JOB_ID", "1234")])), "");
         assert_eq!(array_task(env(&[("JOB_COMPLETION_INDEX", "")])), "");
+    }
+
+    #[test]
+    fn a_heavy_pair_is_split_into_blocks_of_x_layers() {
+        let pair = |missing_by_x: Vec<usize>| sweep::SweepPair {
+            x: CheckpointId(1),
+            y: CheckpointId(2),
+            label: "a × b".into(),
+            x_model: "a".into(),
+            y_model: "b".into(),
+            cells: missing_by_x.iter().sum(),
+            total: 0,
+            x_layer_ids: (10..10 + missing_by_x.len() as i64).collect(),
+            missing_by_x,
+        };
+        // Fits, or no limit: one unit of the whole pair.
+        assert_eq!(blocks(&pair(vec![4; 6]), 24), vec![(None, 24)]);
+        assert_eq!(blocks(&pair(vec![4; 6]), 0), vec![(None, 24)]);
+        // 6 layers × 4 cells under a limit of 10: blocks of two layers.
+        assert_eq!(
+            blocks(&pair(vec![4; 6]), 10),
+            vec![
+                (Some((10, 11)), 8),
+                (Some((12, 13)), 8),
+                (Some((14, 15)), 8)
+            ]
+        );
+        // Layers missing nothing are left out at the ends; one layer over the limit is a
+        // block of its own; every missing cell is in exactly one block.
+        let p = pair(vec![0, 3, 12, 0, 2, 2, 0]);
+        let b = blocks(&p, 5);
+        assert_eq!(
+            b,
+            vec![
+                (Some((11, 11)), 3),
+                (Some((12, 12)), 12),
+                (Some((14, 15)), 4)
+            ]
+        );
+        assert_eq!(b.iter().map(|u| u.1).sum::<usize>(), p.cells);
     }
 
     #[test]

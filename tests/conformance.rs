@@ -154,18 +154,24 @@ fn cells(cat: &mut dyn Catalog) {
 
 fn units(cat: &mut dyn Catalog) {
     let ck = cat.checkpoints(Some("vit")).unwrap()[0].id;
-    let unit = |label: &str| NewUnit {
+    let unit = |label: &str, x_layers| NewUnit {
         x: ck,
         y: ck,
         label: label.into(),
         cells: 4,
+        x_layers,
     };
     let sweep = cat
-        .create_sweep("{}", "conformance", &[unit("a"), unit("b")])
+        .create_sweep(
+            "{}",
+            "conformance",
+            &[unit("a", None), unit("b", Some((3, 7)))],
+        )
         .unwrap();
     // A unit given back (a worker told to stop) is claimable at once, by anyone; only its
     // holder can give it back.
     let first = cat.claim_unit(Some(sweep), "w0", 60_000).unwrap().unwrap();
+    assert_eq!((first.label.as_str(), first.x_layers), ("a", None));
     assert!(!cat.release_unit(sweep, first.idx, "w9").unwrap());
     assert!(cat.release_unit(sweep, first.idx, "w0").unwrap());
     assert!(!cat.release_unit(sweep, first.idx, "w0").unwrap());
@@ -174,6 +180,7 @@ fn units(cat: &mut dyn Catalog) {
     assert_eq!(a.idx, first.idx, "the released unit is claimed first");
     let b = cat.claim_unit(Some(sweep), "w2", 60_000).unwrap().unwrap();
     assert_ne!(a.idx, b.idx, "one unit went to two workers");
+    assert_eq!(b.x_layers, Some((3, 7)), "a unit's block of x layers");
     assert!(cat.claim_unit(Some(sweep), "w3", 60_000).unwrap().is_none());
     assert!(!cat.renew_lease(sweep, a.idx, "w2", 60_000).unwrap());
     assert!(cat.renew_lease(sweep, a.idx, "w1", 60_000).unwrap());

@@ -68,10 +68,15 @@ fn align_args(workers: Option<&str>) -> Vec<&str> {
 }
 
 /// `align --workers 2` against `align` on two copies of the demo: the same scores, every unit
-/// done once, the status report consistent.
-fn workers_match_a_plain_sweep(a: &Env, b: &Env) {
+/// done once, the status report consistent. With `blocks`, `--unit-cells` splits each pair
+/// (the demo's: 6 × 6 layers, 36 cells) into that many units of x layers.
+fn workers_match_a_plain_sweep(a: &Env, b: &Env, blocks: Option<(&str, u64)>) {
     let plain = a.json(&align_args(None));
-    let split = b.json(&align_args(Some("2")));
+    let mut args = align_args(Some("2"));
+    if let Some((cells, _)) = blocks {
+        args.extend(["--unit-cells", cells]);
+    }
+    let split = b.json(&args);
     assert_eq!(scores(&split), scores(&plain));
     let computed = common::cells_computed;
     assert!(computed(&plain) > 0);
@@ -79,8 +84,9 @@ fn workers_match_a_plain_sweep(a: &Env, b: &Env) {
     let st = b.json(&["status", "--format", "json"]);
     let s = &st[0];
     let pairs = plain.as_array().unwrap().len() as u64;
-    assert_eq!(s["units"], pairs, "{st}");
-    assert_eq!(s["done"], pairs, "{st}");
+    let units = pairs * blocks.map_or(1, |b| b.1);
+    assert_eq!(s["units"], units, "{st}");
+    assert_eq!(s["done"], units, "{st}");
     assert_eq!(s["pending"], 0);
     assert_eq!(s["running"], 0);
     assert_eq!(s["cells_done"].as_u64().unwrap(), computed(&plain), "{st}");
@@ -98,7 +104,7 @@ fn workers_match_a_plain_sweep(a: &Env, b: &Env) {
         .iter()
         .map(|w| w["units_done"].as_u64().unwrap())
         .sum();
-    assert_eq!(shared, pairs, "{st}");
+    assert_eq!(shared, units, "{st}");
     let count = "SELECT count(*) AS n FROM cells WHERE metric = 'cka'";
     assert_eq!(
         b.ok(&["query", count, "--format", "csv"]),
@@ -117,7 +123,7 @@ fn workers_match_a_plain_sweep(a: &Env, b: &Env) {
 
 #[test]
 fn align_with_workers_gives_the_same_scores_on_sqlite() {
-    workers_match_a_plain_sweep(&demo(vec![], &[]), &demo(vec![], &[]));
+    workers_match_a_plain_sweep(&demo(vec![], &[]), &demo(vec![], &[]), None);
 }
 
 #[test]
@@ -125,7 +131,69 @@ fn align_with_workers_gives_the_same_scores_on_postgres() {
     let pg = Cluster::start();
     let a = demo(pg.env(), &["--catalog", &pg.database("plain")]);
     let b = demo(pg.env(), &["--catalog", &pg.database("split")]);
-    workers_match_a_plain_sweep(&a, &b);
+    // Each pair split into three units of two x layers, so that workers share pairs.
+    workers_match_a_plain_sweep(&a, &b, Some(("12", 3)));
+}
+
+#[test]
+fn a_unit_of_a_block_of_x_layers_computes_those_layers_and_no_others() {
+    use prh::sweep::{self, DerivedCache, Selector, Silent, SweepRequest};
+    let env = demo(vec![], &[]);
+    let mut reg = prh::registry::Registry::open(&env.reg()).unwrap();
+    let req = SweepRequest {
+        x: Selector::Names(vec!["lm-base".into()]),
+        y: Selector::Names(vec!["vit-b".into()]),
+        dataset: None,
+        pool: None,
+        all_checkpoints: false,
+        x_checkpoint: None,
+        specs: vec![prh::metrics::MetricSpec::from_key("cka", "kernel=linear").unwrap()],
+        prep: Default::default(),
+        mem_budget: 1 << 30,
+        null: 0,
+        bootstrap: 0,
+        seed: 0,
+        alpha: 0.05,
+        reduce: Default::default(),
+    };
+    let pair = sweep::sweep_pairs(&reg, &req).unwrap().remove(0);
+    let ids = pair.x_layer_ids.clone();
+    assert_eq!((ids.len(), pair.missing_by_x.clone()), (6, vec![6; 6]));
+    let (lo, hi) = (ids[1], ids[2]);
+    let mut cache = DerivedCache::new(req.mem_budget);
+    sweep::fill_pair(
+        &mut reg,
+        &req,
+        (pair.x, pair.y),
+        Some((lo, hi)),
+        &mut cache,
+        &Silent,
+    )
+    .unwrap();
+    let after = sweep::sweep_pairs(&reg, &req).unwrap().remove(0);
+    assert_eq!(after.missing_by_x, vec![6, 0, 0, 6, 6, 6]);
+    // The block's cells are the cells a whole-pair sweep gives.
+    drop(reg);
+    let table = |env: &Env| {
+        env.ok(&[
+            "query",
+            "SELECT x.layer AS xl, y.layer AS yl, c.value FROM cells c JOIN reps x ON x.rep = c.x_rep JOIN reps y ON y.rep = c.y_rep WHERE c.metric = 'cka' AND x.model = 'lm-base' AND y.model = 'vit-b' ORDER BY 1, 2",
+            "--format",
+            "csv",
+        ])
+    };
+    let blocked = table(&env);
+    let whole = demo(vec![], &[]);
+    whole.ok(&[
+        "align", "--x", "lm-base", "--y", "vit-b", "--metric", "cka", "--quiet",
+    ]);
+    let all: Vec<String> = table(&whole).lines().map(str::to_string).collect();
+    let got: Vec<String> = blocked.lines().map(str::to_string).collect();
+    assert_eq!(got.len(), 1 + 12, "{blocked}");
+    assert!(
+        got.iter().all(|l| all.contains(l)),
+        "{blocked}\nvs\n{all:?}"
+    );
 }
 
 /// A registry on a new database `db` of `pg` holding two language and two vision models big

@@ -86,8 +86,8 @@ struct State {
     draws: HashMap<String, (String, u32, Vec<u8>)>,
     sweeps: Vec<(SweepRow, String)>,
     units: Vec<UnitRow>,
-    /// Each unit's (sweep, x, y), in `units` order.
-    unit_pairs: Vec<(i64, CheckpointId, CheckpointId)>,
+    /// Each unit's (sweep, x, y, x layers), in `units` order.
+    unit_pairs: Vec<(i64, CheckpointId, CheckpointId, Option<(i64, i64)>)>,
 }
 
 impl State {
@@ -688,7 +688,8 @@ impl Catalog for MemoryCatalog {
                 attempts: 0,
             });
         }
-        s.unit_pairs.extend(units.iter().map(|u| (id, u.x, u.y)));
+        s.unit_pairs
+            .extend(units.iter().map(|u| (id, u.x, u.y, u.x_layers)));
         Ok(id)
     }
 
@@ -721,7 +722,7 @@ impl Catalog for MemoryCatalog {
             .find(|(r, _)| r.id == sweep)
             .map(|(_, spec)| spec.clone())
             .unwrap_or_default();
-        let (_, x, y) = s.unit_pairs[i];
+        let (_, x, y, x_layers) = s.unit_pairs[i];
         Ok(Some(Unit {
             sweep,
             idx,
@@ -730,6 +731,7 @@ impl Catalog for MemoryCatalog {
             y,
             label,
             cells,
+            x_layers,
         }))
     }
 

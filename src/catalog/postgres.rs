@@ -78,6 +78,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0010_knn_graphs",
         include_str!("../../migrations/postgres/0010_knn_graphs.sql"),
     ),
+    (
+        "0011_unit_blocks",
+        include_str!("../../migrations/postgres/0011_unit_blocks.sql"),
+    ),
 ];
 
 /// Advisory lock keys: one writer at a time; one migration at a time.

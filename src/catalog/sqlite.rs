@@ -135,6 +135,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0010_knn_graphs",
         include_str!("../../migrations/sqlite/0010_knn_graphs.sql"),
     ),
+    (
+        "0011_unit_blocks",
+        include_str!("../../migrations/sqlite/0011_unit_blocks.sql"),
+    ),
 ];
 
 /// How long a writer waits for another process's lock before failing.

@@ -34,6 +34,16 @@ pub struct AlignArgs {
     /// id and leave the work to `prh worker` processes started elsewhere.
     #[arg(long, value_name = "N", conflicts_with = "shard")]
     pub workers: Option<usize>,
+    /// With --workers: a model pair missing more cells than this is entered as several units,
+    /// blocks of its x layers against every y layer, so that several workers share one heavy
+    /// pair (0: one unit per pair).
+    #[arg(
+        long,
+        value_name = "CELLS",
+        default_value_t = 4096,
+        requires = "workers"
+    )]
+    pub unit_cells: usize,
     /// Compute shard I of N of the sweep (I from 0, e.g. $SLURM_ARRAY_TASK_ID/64) into the
     /// bundle --out, writing nothing to the registry (it is only read: a shared file system is
     /// enough, no database server). Pairs are split by their cell counts, the same way in every
@@ -157,7 +167,7 @@ pub fn run(ctx: &Ctx, a: AlignArgs) -> Result<()> {
         return Ok(());
     }
     if a.workers == Some(0) {
-        match prh::workers::plan(&mut reg, &req, &label)? {
+        match prh::workers::plan(&mut reg, &req, &label, a.unit_cells)? {
             Some(id) => {
                 println!(
                     "sweep {id}: submit `prh worker --sweep {id} --once` where the work should happen (each task of a Slurm array or a Kubernetes Job, any machine whose registry shares this catalog); it exits 0 when no unit is left, gives its unit back on SIGTERM, and `prh status` shows the progress"
@@ -168,7 +178,14 @@ pub fn run(ctx: &Ctx, a: AlignArgs) -> Result<()> {
         return Ok(());
     }
     if let Some(n) = a.workers {
-        run_workers(ctx, &mut reg, &req, &label, n, a.sweep.quiet)?;
+        run_workers(
+            ctx,
+            &mut reg,
+            &req,
+            (&label, a.unit_cells),
+            n,
+            a.sweep.quiet,
+        )?;
     }
     let bar = Bar::new(a.sweep.quiet);
     let results = sweep::sweep(&mut reg, &req, &bar)?;
@@ -182,11 +199,11 @@ fn run_workers(
     ctx: &Ctx,
     reg: &mut prh::registry::Registry,
     req: &sweep::SweepRequest,
-    label: &str,
+    (label, unit_cells): (&str, usize),
     n: usize,
     quiet: bool,
 ) -> Result<()> {
-    let Some(id) = prh::workers::plan(reg, req, label)? else {
+    let Some(id) = prh::workers::plan(reg, req, label, unit_cells)? else {
         return Ok(());
     };
     if !quiet {

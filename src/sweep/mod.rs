@@ -257,12 +257,14 @@ pub fn sweep(
 }
 
 /// Computes and stores the missing cells of one checkpoint pair of a request (a worker's
-/// unit), deriving through `cache` (kept by the caller across pairs of one request): nothing
-/// else is read or reported.
+/// unit), or of the block of its x layers with stored indices in `x_layers` (inclusive)
+/// against every y layer, deriving through `cache` (kept by the caller across pairs of one
+/// request): nothing else is read or reported.
 pub fn fill_pair(
     reg: &mut Registry,
     req: &SweepRequest,
     (x, y): (CheckpointId, CheckpointId),
+    x_layers: Option<(i64, i64)>,
     cache: &mut DerivedCache,
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -273,8 +275,33 @@ pub fn fill_pair(
             "checkpoints {x} × {y} are not a pair of this sweep any more (a representation was removed?)"
         )));
     }
-    let (mut tables, todo) = cached_tables(reg, &set)?;
-    compute_missing(reg, req, &set, &todo, &mut tables, cache, progress).map(drop)
+    let Some(block) = x_layers else {
+        let (mut tables, todo) = cached_tables(reg, &set)?;
+        return compute_missing(reg, req, &set, &todo, &mut tables, cache, progress).map(drop);
+    };
+    // The block as a checkpoint of its own layers, prepared as the whole checkpoint is (its
+    // clamp threshold is the whole checkpoint's), so its cells are the pair's cells.
+    let (bx, bprep, bids) = x_block(&set, block);
+    let mut sub = PairSet {
+        pairs: vec![(&bx, set.pairs[0].1)],
+        keys: req.specs.iter().map(metric_key).collect(),
+        preps: set.preps.clone(),
+        side_ids: set.side_ids.clone(),
+    };
+    sub.preps.insert(x, bprep);
+    sub.side_ids.insert(x, bids);
+    if bx.layers.is_empty() {
+        return Err(Error::Conflict(format!(
+            "checkpoint {x} has no layers {}..={} any more (a representation was removed?)",
+            block.0, block.1
+        )));
+    }
+    // The cache holds derived data by checkpoint: not the block's layers.
+    cache.forget(x);
+    let (mut tables, todo) = cached_tables(reg, &sub)?;
+    let done = compute_missing(reg, req, &sub, &todo, &mut tables, cache, progress).map(drop);
+    cache.forget(x);
+    done
 }
 
 /// A checkpoint pair of a sweep and how many of its cells the cache lacks.
@@ -290,6 +317,9 @@ pub struct SweepPair {
     pub cells: usize,
     /// Cells in all (layer pairs × metrics).
     pub total: usize,
+    /// The x checkpoint's stored layer indices, in order, and the cells missing for each.
+    pub x_layer_ids: Vec<i64>,
+    pub missing_by_x: Vec<usize>,
 }
 
 /// The checkpoint pairs of a request whose cells are not all cached, in sweep order.
@@ -312,6 +342,14 @@ pub fn sweep_pairs(reg: &Registry, req: &SweepRequest) -> Result<Vec<SweepPair>>
         .iter()
         .zip(&todo)
         .map(|((x, y), t)| SweepPair {
+            x_layer_ids: x.layer_ids.clone(),
+            missing_by_x: {
+                let mut by = vec![0; x.layers.len()];
+                for &(_, i, _) in t {
+                    by[i] += 1;
+                }
+                by
+            },
             x: x.checkpoint_id,
             y: y.checkpoint_id,
             label: format!(

@@ -177,6 +177,34 @@ pub(super) struct PairSet<'a> {
     pub(super) side_ids: HashMap<CheckpointId, Vec<i64>>,
 }
 
+/// The x checkpoint of a one-pair set cut to its layers whose stored index lies in `block`
+/// (inclusive), with their preparation (the whole checkpoint's thresholds) and side ids.
+pub(super) fn x_block(
+    set: &PairSet,
+    (lo, hi): (i64, i64),
+) -> (CheckpointLayers, CheckpointPrep, Vec<i64>) {
+    let x = set.pairs[0].0;
+    let keep: Vec<usize> = (0..x.layers.len())
+        .filter(|&l| (lo..=hi).contains(&x.layer_ids[l]))
+        .collect();
+    fn pick<T: Clone>(keep: &[usize], v: &[T]) -> Vec<T> {
+        keep.iter().map(|&l| v[l].clone()).collect()
+    }
+    let prep = &set.preps[&x.checkpoint_id];
+    let cut = CheckpointLayers {
+        layers: pick(&keep, &x.layers),
+        layer_ids: pick(&keep, &x.layer_ids),
+        f32_bytes: x.f32_bytes / x.layers.len().max(1) * keep.len(),
+        ..x.clone()
+    };
+    let cut_prep = CheckpointPrep {
+        keys: pick(&keep, &prep.keys),
+        thresholds: pick(&keep, &prep.thresholds),
+        set_key: prep.set_key.clone(),
+    };
+    (cut, cut_prep, pick(&keep, &set.side_ids[&x.checkpoint_id]))
+}
+
 /// Per pair and metric, the layer × layer values (row-major; `None` until known).
 pub(super) type Tables = Vec<Vec<Vec<Option<f64>>>>;
 /// Per pair, its missing cells as (metric, x layer, y layer).

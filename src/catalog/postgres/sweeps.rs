@@ -4,7 +4,7 @@
 
 use sqlx::{AssertSqlSafe, PgPool, Row};
 
-use crate::catalog::{CheckpointId, NewUnit, SweepRow, Unit, UnitRow};
+use crate::catalog::{CheckpointId, NewUnit, SweepRow, Unit, UnitRow, block};
 use crate::error::Result;
 
 /// Now, in Unix milliseconds.
@@ -32,17 +32,23 @@ pub(super) async fn create(
     let ys: Vec<i64> = units.iter().map(|u| u.y.0).collect();
     let labels: Vec<String> = units.iter().map(|u| u.label.clone()).collect();
     let cells: Vec<i64> = units.iter().map(|u| u.cells).collect();
+    let from: Vec<Option<i64>> = units.iter().map(|u| u.x_layers.map(|b| b.0)).collect();
+    let to: Vec<Option<i64>> = units.iter().map(|u| u.x_layers.map(|b| b.1)).collect();
     sqlx::query(
-        "INSERT INTO sweep_units (sweep_id, idx, x_checkpoint, y_checkpoint, label, cells)
-         SELECT $1, t.i - 1, t.x, t.y, t.label, t.cells
-         FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::bigint[]) WITH ORDINALITY
-              AS t(x, y, label, cells, i)",
+        "INSERT INTO sweep_units (sweep_id, idx, x_checkpoint, y_checkpoint, label, cells,
+             x_from, x_to)
+         SELECT $1, t.i - 1, t.x, t.y, t.label, t.cells, t.x_from, t.x_to
+         FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[],
+                     $7::bigint[]) WITH ORDINALITY
+              AS t(x, y, label, cells, x_from, x_to, i)",
     )
     .bind(id)
     .bind(xs)
     .bind(ys)
     .bind(labels)
     .bind(cells)
+    .bind(from)
+    .bind(to)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -64,7 +70,7 @@ pub(super) async fn claim(
                ORDER BY sweep_id, idx LIMIT 1 FOR UPDATE SKIP LOCKED) c
          WHERE u.sweep_id = c.sweep_id AND u.idx = c.idx
          RETURNING u.sweep_id, u.idx, (SELECT spec FROM sweeps s WHERE s.id = u.sweep_id),
-                   u.x_checkpoint, u.y_checkpoint, u.label, u.cells"
+                   u.x_checkpoint, u.y_checkpoint, u.label, u.cells, u.x_from, u.x_to"
             .into(),
     ))
     .bind(sweep)
@@ -81,6 +87,7 @@ pub(super) async fn claim(
             y: CheckpointId(r.try_get(4)?),
             label: r.try_get(5)?,
             cells: r.try_get(6)?,
+            x_layers: block(r.try_get(7)?, r.try_get(8)?),
         })
     })
     .transpose()

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::catalog::{CheckpointId, NewUnit, SweepRow, Unit, UnitRow};
+use crate::catalog::{CheckpointId, NewUnit, SweepRow, Unit, UnitRow, block};
 use crate::error::Result;
 
 /// Now, in Unix milliseconds.
@@ -23,11 +23,13 @@ pub(super) fn create(
     let id = tx.last_insert_rowid();
     {
         let mut st = tx.prepare(
-            "INSERT INTO sweep_units (sweep_id, idx, x_checkpoint, y_checkpoint, label, cells)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO sweep_units (sweep_id, idx, x_checkpoint, y_checkpoint, label, cells,
+                 x_from, x_to)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for (i, u) in units.iter().enumerate() {
-            st.execute(params![id, i as i64, u.x, u.y, u.label, u.cells])?;
+            let (from, to) = (u.x_layers.map(|b| b.0), u.x_layers.map(|b| b.1));
+            st.execute(params![id, i as i64, u.x, u.y, u.label, u.cells, from, to])?;
         }
     }
     tx.commit()?;
@@ -44,7 +46,8 @@ pub(super) fn claim(
     let unit = tx
         .query_row(
             &format!(
-                "SELECT u.sweep_id, u.idx, s.spec, u.x_checkpoint, u.y_checkpoint, u.label, u.cells
+                "SELECT u.sweep_id, u.idx, s.spec, u.x_checkpoint, u.y_checkpoint, u.label, u.cells,
+                        u.x_from, u.x_to
                  FROM sweep_units u JOIN sweeps s ON s.id = u.sweep_id
                  WHERE (?1 IS NULL OR u.sweep_id = ?1)
                    AND (u.state = 'pending' OR (u.state = 'running' AND u.lease_until < {NOW}))
@@ -60,6 +63,7 @@ pub(super) fn claim(
                     y: r.get::<_, CheckpointId>(4)?,
                     label: r.get(5)?,
                     cells: r.get(6)?,
+                    x_layers: block(r.get(7)?, r.get(8)?),
                 })
             },
         )
