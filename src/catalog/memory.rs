@@ -86,8 +86,16 @@ struct State {
     draws: HashMap<String, (String, u32, Vec<u8>)>,
     sweeps: Vec<(SweepRow, String)>,
     units: Vec<UnitRow>,
-    /// Each unit's (sweep, x, y, x layers), in `units` order.
-    unit_pairs: Vec<(i64, CheckpointId, CheckpointId, Option<(i64, i64)>)>,
+    /// What each unit computes, in `units` order.
+    unit_pairs: Vec<UnitWork>,
+}
+
+/// A unit's pair and block of x layers.
+#[derive(Clone, Copy)]
+struct UnitWork {
+    x: CheckpointId,
+    y: CheckpointId,
+    x_layers: Option<(i64, i64)>,
 }
 
 impl State {
@@ -688,8 +696,11 @@ impl Catalog for MemoryCatalog {
                 attempts: 0,
             });
         }
-        s.unit_pairs
-            .extend(units.iter().map(|u| (id, u.x, u.y, u.x_layers)));
+        s.unit_pairs.extend(units.iter().map(|u| UnitWork {
+            x: u.x,
+            y: u.y,
+            x_layers: u.x_layers,
+        }));
         Ok(id)
     }
 
@@ -722,7 +733,7 @@ impl Catalog for MemoryCatalog {
             .find(|(r, _)| r.id == sweep)
             .map(|(_, spec)| spec.clone())
             .unwrap_or_default();
-        let (_, x, y, x_layers) = s.unit_pairs[i];
+        let UnitWork { x, y, x_layers } = s.unit_pairs[i];
         Ok(Some(Unit {
             sweep,
             idx,
