@@ -25,7 +25,6 @@ pub(super) fn compute_missing(
     let missing_total: u64 = todo.iter().map(|t| t.len() as u64).sum();
     let mut computed: HashMap<(usize, usize), usize> = HashMap::new();
     let mut graphs: HashMap<usize, usize> = HashMap::new();
-    let mut ties_stored: HashSet<(BlobHash, String, usize)> = HashSet::new();
     if missing_total > 0 {
         progress.start(missing_total);
         let plan = compute_order(pairs, req.mem_budget);
@@ -69,8 +68,10 @@ pub(super) fn compute_missing(
             for spec in req.specs.iter().filter(|s| s.metric.uses_k()) {
                 for (ck, p, d) in [(x, px, &dx), (y, py, &dy)] {
                     for (l, h) in ck.layers.iter().enumerate() {
-                        if ties_stored.insert((*h, p.keys[l].clone(), spec.k)) {
+                        let key = (*h, p.keys[l].clone(), spec.k);
+                        if !cache.ties_stored.contains(&key) {
                             store_ties(reg, h, &p.keys[l], spec.k, &d[l].ties(spec.k), ck.n)?;
+                            cache.ties_stored.insert(key);
                         }
                     }
                 }

@@ -221,6 +221,9 @@ pub struct DerivedCache {
     pub(super) used: usize,
     pub(super) clock: u64,
     pub(super) entries: HashMap<CheckpointId, (Layers, usize, u64)>,
+    /// Layers whose tied rows at k are stored (blob, prep key, k): a worker stores each once
+    /// per sweep, not once per unit.
+    pub(super) ties_stored: HashSet<(BlobHash, String, usize)>,
 }
 
 impl DerivedCache {
@@ -233,6 +236,7 @@ impl DerivedCache {
             used: 0,
             clock: 0,
             entries: HashMap::new(),
+            ties_stored: HashSet::new(),
         }
     }
 

@@ -61,18 +61,30 @@ pub(super) async fn claim(
     worker: &str,
     lease_ms: i64,
 ) -> Result<Option<Unit>> {
-    let row = sqlx::query(sql(
-        "UPDATE sweep_units u SET state = 'running', worker = $2, lease_until = {NOW} + $3,
-             started_ms = {NOW}, attempts = u.attempts + 1
-         FROM (SELECT sweep_id, idx FROM sweep_units
-               WHERE ($1::bigint IS NULL OR sweep_id = $1)
-                 AND (state = 'pending' OR (state = 'running' AND lease_until < {NOW}))
-               ORDER BY sweep_id, idx LIMIT 1 FOR UPDATE SKIP LOCKED) c
+    // The first open unit: the first pending one or the first whose lease ran out, each found
+    // by a walk of the (state, sweep_id, idx) index that stops at its first unlocked row (an OR
+    // of the two would scan every open unit at each claim: quadratic in a sweep's size).
+    let scope = if sweep.is_some() {
+        "sweep_id = $1"
+    } else {
+        "$1::bigint IS NULL"
+    };
+    let row = sqlx::query(sql(format!(
+        "WITH pending AS (SELECT sweep_id, idx FROM sweep_units
+                          WHERE state = 'pending' AND {scope}
+                          ORDER BY sweep_id, idx LIMIT 1 FOR UPDATE SKIP LOCKED),
+              expired AS (SELECT sweep_id, idx FROM sweep_units
+                          WHERE state = 'running' AND {scope} AND lease_until < {{NOW}}
+                          ORDER BY sweep_id, idx LIMIT 1 FOR UPDATE SKIP LOCKED),
+              c AS (SELECT * FROM pending UNION ALL SELECT * FROM expired
+                    ORDER BY sweep_id, idx LIMIT 1)
+         UPDATE sweep_units u SET state = 'running', worker = $2, lease_until = {{NOW}} + $3,
+             started_ms = {{NOW}}, attempts = u.attempts + 1
+         FROM c
          WHERE u.sweep_id = c.sweep_id AND u.idx = c.idx
          RETURNING u.sweep_id, u.idx, (SELECT spec FROM sweeps s WHERE s.id = u.sweep_id),
                    u.x_checkpoint, u.y_checkpoint, u.label, u.cells, u.x_from, u.x_to"
-            .into(),
-    ))
+    )))
     .bind(sweep)
     .bind(worker)
     .bind(lease_ms)

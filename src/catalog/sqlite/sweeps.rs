@@ -43,15 +43,31 @@ pub(super) fn claim(
     lease_ms: i64,
 ) -> Result<Option<Unit>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // The first open unit: the first pending one or the first whose lease ran out, each found
+    // by a walk of the (state, sweep_id, idx) index that stops at its first row (an OR of the
+    // two would scan every open unit at each claim: quadratic in a sweep's size).
+    let scope = if sweep.is_some() {
+        "sweep_id = ?1"
+    } else {
+        "?1 IS NULL"
+    };
     let unit = tx
         .query_row(
             &format!(
                 "SELECT u.sweep_id, u.idx, s.spec, u.x_checkpoint, u.y_checkpoint, u.label, u.cells,
                         u.x_from, u.x_to
                  FROM sweep_units u JOIN sweeps s ON s.id = u.sweep_id
-                 WHERE (?1 IS NULL OR u.sweep_id = ?1)
-                   AND (u.state = 'pending' OR (u.state = 'running' AND u.lease_until < {NOW}))
-                 ORDER BY u.sweep_id, u.idx LIMIT 1"
+                 WHERE (u.sweep_id, u.idx) = (
+                     SELECT sweep_id, idx FROM (
+                         SELECT * FROM (SELECT sweep_id, idx FROM sweep_units
+                                        WHERE state = 'pending' AND {scope}
+                                        ORDER BY sweep_id, idx LIMIT 1)
+                         UNION ALL
+                         SELECT * FROM (SELECT sweep_id, idx FROM sweep_units
+                                        WHERE state = 'running' AND {scope}
+                                          AND lease_until < {NOW}
+                                        ORDER BY sweep_id, idx LIMIT 1))
+                     ORDER BY sweep_id, idx LIMIT 1)"
             ),
             [sweep],
             |r| {
