@@ -81,6 +81,14 @@ fn main() {
     claims(&pg, dir.path());
 }
 
+/// Now, in Unix milliseconds.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// Server transactions of database `db` so far.
 fn transactions(pg: &Cluster, db: &str) -> i64 {
     // Statistics reach the view when the backends end (prh has exited).
@@ -117,6 +125,7 @@ fn on_slurm(pg: &Cluster, dir: &Path, files: &[(ZooModel, PathBuf)]) {
             .unwrap_or_else(|| panic!("{said}"))
             .to_string();
         let before = transactions(pg, &db);
+        let submitted = unix_ms();
         let t = Instant::now();
         let mut envs = pg.env();
         envs.extend([
@@ -133,6 +142,17 @@ fn on_slurm(pg: &Cluster, dir: &Path, files: &[(ZooModel, PathBuf)]) {
         cluster.wait(job, Duration::from_secs(3600));
         let secs = t.elapsed().as_secs_f64();
         let trips = transactions(pg, &db) - before;
+        // When units were claimed and finished (the catalog's clock, this machine's).
+        let times = pg.psql(
+            &db,
+            "SELECT min(started_ms) || ' ' || max(finished_ms) || ' ' || sum(finished_ms - started_ms) FROM sweep_units",
+        );
+        let t: Vec<i64> = times.split(' ').map(|v| v.parse().unwrap()).collect();
+        let (first, span, busy) = (
+            (t[0] - submitted) as f64 / 1e3,
+            (t[1] - t[0]) as f64 / 1e3,
+            t[2] as f64 / 1e3,
+        );
         let st: Value =
             serde_json::from_str(&prh(&s.reg, &["status", "--format", "json"])).unwrap();
         let st = &st[0];
@@ -145,11 +165,11 @@ fn on_slurm(pg: &Cluster, dir: &Path, files: &[(ZooModel, PathBuf)]) {
             .map(|w| format!("{}/{}", w["units_done"], w["cells_done"]))
             .collect();
         println!(
-            "[{tasks} array task(s) of prh worker, postgres] {secs:.2} s from sbatch to the last task's exit ({:.2}× one process); units/cells per task: {}; {trips} server transactions ({:.1} per unit); {:.2} task-seconds per unit",
+            "[{tasks} array task(s) of prh worker, postgres] {secs:.2} s from sbatch to the last task's exit ({:.2}× one process): first claim {first:.2} s after sbatch, first claim to last finish {span:.2} s, {busy:.2} s inside units ({:.3} s per unit); units/cells per task: {}; {trips} server transactions ({:.1} per unit)",
             secs / one,
+            busy / units as f64,
             shares.join(", "),
             trips as f64 / units as f64,
-            secs * tasks.min(units as usize) as f64 / units as f64
         );
     }
 
