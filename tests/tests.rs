@@ -21,6 +21,7 @@ mod kubernetes;
 mod large_n;
 mod locations;
 mod parity;
+mod peers;
 mod postgres;
 mod python;
 mod queries;

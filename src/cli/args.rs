@@ -33,9 +33,10 @@ pub struct MetricArgs {
     /// Kernel for cka and unbiased_cka.
     #[arg(long, value_enum, default_value = "linear")]
     pub kernel: KernelArg,
-    /// RBF kernel width σ.
-    #[arg(long, default_value_t = 1.0)]
-    pub sigma: f64,
+    /// RBF kernel width σ: a positive number, or `median` for each representation's own
+    /// σ = √(median of its squared pairwise distances) (Aristotelian's cka_rbf).
+    #[arg(long, default_value = "1", value_name = "SIGMA|median")]
+    pub sigma: String,
     /// Subspace size for svcca.
     #[arg(long, default_value_t = 10)]
     pub cca_dim: usize,
@@ -118,7 +119,7 @@ impl MetricArgs {
         Some(match name {
             "k" => self.k.to_string(),
             "kernel" => self.kernel.to_possible_value()?.get_name().to_string(),
-            "sigma" => self.sigma.to_string(),
+            "sigma" => self.sigma.clone(),
             "cca_dim" => self.cca_dim.to_string(),
             "ridge" => self.ridge.to_string(),
             "ties" => self.ties.to_possible_value()?.get_name().to_string(),

@@ -178,6 +178,7 @@ pub struct Derived {
     svd: Mutex<HashMap<usize, Arc<SvdBasis>>>,
     rdm_ranks: Mutex<Option<Arc<Vec<f64>>>>,
     procrustes: Mutex<Option<Arc<faer::Mat<f64>>>>,
+    cca_white: Mutex<Option<Arc<faer::Mat<f64>>>>,
 }
 
 impl Derived {
@@ -194,6 +195,7 @@ impl Derived {
             svd: Mutex::new(HashMap::new()),
             rdm_ranks: Mutex::new(None),
             procrustes: Mutex::new(None),
+            cca_white: Mutex::new(None),
         }
     }
 
@@ -302,6 +304,9 @@ impl Derived {
             }
             Metric::Procrustes => {
                 self.procrustes_basis();
+            }
+            Metric::Cca | Metric::Pwcca => {
+                self.cca_whitened();
             }
             _ => {}
         }
@@ -413,6 +418,7 @@ impl Derived {
         match kernel {
             super::Kernel::Linear => self.linear_kernel(),
             super::Kernel::Rbf { sigma } => self.rbf_kernel(sigma),
+            super::Kernel::RbfMedian => self.rbf_median_kernel(),
         }
     }
 
@@ -505,6 +511,47 @@ impl Derived {
                     *v = (-d2 / denom).exp() as f32;
                 }
             });
+            Arc::new(k)
+        })
+    }
+
+    /// RBF-kernel statistics with this representation's median-heuristic σ
+    /// ([`super::Kernel::RbfMedian`]). Holds a second n × n f32 buffer while it selects the
+    /// median.
+    pub fn rbf_median_kernel(&self) -> Arc<KernelStats> {
+        const KEY: u64 = u64::MAX; // odd like the RBF keys, and no σ's bits
+        if let Some((base, idx, _)) = self.permutation() {
+            let b = base.rbf_median_kernel();
+            return self.kernel_memo(KEY, || {
+                Arc::new(gather_square(
+                    b.mat.as_deref().expect("an RBF kernel is dense"),
+                    base.n,
+                    idx,
+                ))
+            });
+        }
+        self.kernel_memo(KEY, || {
+            let n = self.n();
+            let g = self.gram();
+            let mut k = vec![0f32; n * n];
+            k.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+                let gii = g[i * n + i] as f64;
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = (gii + g[j * n + j] as f64 - 2.0 * g[i * n + j] as f64).max(0.0) as f32;
+                }
+                row[i] = 0.0;
+            });
+            let mut sorted = k.clone();
+            let mid = (n * n - 1) / 2; // the lower middle value, as torch.median
+            let (_, &mut median, _) = sorted.select_nth_unstable_by(mid, f32::total_cmp);
+            drop(sorted);
+            let denom = if median > 0.0 {
+                2.0 * median as f64
+            } else {
+                2.0
+            };
+            k.par_iter_mut()
+                .for_each(|v| *v = (-(*v as f64) / denom).exp() as f32);
             Arc::new(k)
         })
     }
@@ -604,6 +651,54 @@ impl Derived {
         };
         let v = Arc::new(z);
         *self.procrustes.lock().expect("lock") = Some(v.clone());
+        v
+    }
+
+    /// The whitened features W = Xc·Cxx^(−1/2) of CCA, n × d: Xc column-centred, and Cxx its
+    /// covariance XcᵀXc/(n − 1) plus 10⁻⁶·I with every eigenvalue kept at least 10⁻⁶ (as
+    /// Aristotelian's `cca` and `pwcca`). The canonical correlations of X and Y are the
+    /// singular values of WxᵀWy/(n − 1).
+    pub fn cca_whitened(&self) -> Arc<faer::Mat<f64>> {
+        if let Some(v) = self.cca_white.lock().expect("lock").as_ref() {
+            return v.clone();
+        }
+        let w = match self.permutation() {
+            // Permuting rows leaves the column means and Cxx as they are.
+            Some((base, idx, _)) => {
+                let b = base.cca_whitened();
+                faer::Mat::<f64>::from_fn(self.n, b.ncols(), |i, j| b[(idx[i] as usize, j)])
+            }
+            None => {
+                const REG: f64 = 1e-6;
+                let x = self.x();
+                let (n, d) = x.dim();
+                let mut xc = faer::Mat::<f64>::zeros(n, d);
+                for j in 0..d {
+                    let col = x.column(j);
+                    let mean = col.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+                    for i in 0..n {
+                        xc[(i, j)] = col[i] as f64 - mean;
+                    }
+                }
+                let mut c = xc.transpose() * &xc;
+                let scale = 1.0 / (n as f64 - 1.0).max(1.0);
+                c = faer::Mat::<f64>::from_fn(d, d, |i, j| {
+                    c[(i, j)] * scale + if i == j { REG } else { 0.0 }
+                });
+                match c.self_adjoint_eigen(faer::Side::Lower) {
+                    Ok(eig) => {
+                        let (u, s) = (eig.U(), eig.S());
+                        let inv: Vec<f64> = (0..d).map(|j| 1.0 / s[j].max(REG).sqrt()).collect();
+                        let us = faer::Mat::<f64>::from_fn(d, d, |i, j| u[(i, j)] * inv[j]);
+                        let root = us * u.transpose();
+                        xc * root
+                    }
+                    Err(_) => faer::Mat::<f64>::zeros(n, d),
+                }
+            }
+        };
+        let v = Arc::new(w);
+        *self.cca_white.lock().expect("lock") = Some(v.clone());
         v
     }
 
@@ -860,5 +955,28 @@ mod tests {
         assert_eq!(knn.row(2), &[3, 0]);
         assert_eq!(knn.row(0), &[1, 3]);
         assert!(knn.contains(2, 0) && !knn.contains(2, 1));
+    }
+
+    #[test]
+    fn a_permuted_copy_scores_cca_and_pwcca_as_the_permuted_features_do() {
+        let x = Array2::from_shape_fn((40, 6), |(i, j)| ((i * 7 + j * 13) % 11) as f32 - 5.0);
+        let y = Array2::from_shape_fn((40, 9), |(i, j)| ((i * 5 + j * 3) % 7) as f32 + j as f32);
+        let idx: Vec<u32> = (0..40).map(|i| (i * 17 % 40) as u32).collect();
+        let rows: Vec<usize> = idx.iter().map(|&i| i as usize).collect();
+        let base = Arc::new(Derived::new(y.clone()));
+        let relabelled = Derived::reindexed(&base, Arc::new(idx));
+        let direct = Derived::new(y.select(ndarray::Axis(0), &rows));
+        let a = Derived::new(x);
+        for m in [super::super::Metric::Cca, super::super::Metric::Pwcca] {
+            let s = super::super::MetricSpec::new(m);
+            let (r, d) = (
+                s.compute(&a, &relabelled).unwrap(),
+                s.compute(&a, &direct).unwrap(),
+            );
+            assert!(
+                (r - d).abs() < 1e-9,
+                "{m}: {r} relabelled vs {d} recomputed"
+            );
+        }
     }
 }

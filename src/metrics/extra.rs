@@ -40,6 +40,60 @@ pub fn procrustes(a: &Derived, b: &Derived) -> Result<f64, String> {
     Ok(s.iter().sum::<f64>().min(1.0))
 }
 
+/// The canonical correlations of two representations, largest first, with the left singular
+/// vectors (columns of U, d_x × min(d_x, d_y)) when `vectors`.
+fn canonical(
+    a: &Derived,
+    b: &Derived,
+    vectors: bool,
+) -> Result<(Vec<f64>, Option<Mat<f64>>), String> {
+    let (wx, wy) = (a.cca_whitened(), b.cca_whitened());
+    let scale = 1.0 / (a.n() as f64 - 1.0).max(1.0);
+    let t = wx.transpose() * &*wy * faer::Scale(scale);
+    if !vectors {
+        let s = t
+            .singular_values()
+            .map_err(|e| format!("SVD did not converge: {e:?}"))?;
+        return Ok((s, None));
+    }
+    let svd = t
+        .thin_svd()
+        .map_err(|e| format!("SVD did not converge: {e:?}"))?;
+    let s: Vec<f64> = (0..svd.S().dim()).map(|i| svd.S()[i]).collect();
+    Ok((s, Some(svd.U().to_owned())))
+}
+
+/// `cca`: the mean of the min(d_x, d_y) canonical correlations of the column-centred
+/// features, each covariance regularised by 10⁻⁶·I (Aristotelian's `cca`). Range [0, 1].
+pub fn cca(a: &Derived, b: &Derived) -> Result<f64, String> {
+    let (s, _) = canonical(a, b, false)?;
+    if s.is_empty() {
+        return Err("no canonical correlations (a representation has no columns)".into());
+    }
+    Ok(s.iter().sum::<f64>() / s.len() as f64)
+}
+
+/// `pwcca`: projection-weighted CCA (Morcos et al. 2018) as Aristotelian computes it: the
+/// top r = min(d_x, d_y, n − 1) canonical correlations, each weighted by the sum over samples
+/// of |its canonical variable on the X side|, the weights normalised to sum to 1. Range [0, 1];
+/// not symmetric (the weights come from X).
+pub fn pwcca(a: &Derived, b: &Derived) -> Result<f64, String> {
+    let (s, u) = canonical(a, b, true)?;
+    let u = u.expect("asked for vectors");
+    let r = s.len().min(a.n().saturating_sub(1));
+    let mut order: Vec<usize> = (0..s.len()).collect();
+    order.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
+    order.truncate(r);
+    let wx = a.cca_whitened();
+    let ur = Mat::<f64>::from_fn(u.nrows(), r, |i, j| u[(i, order[j])]);
+    let z = &*wx * ur;
+    let w: Vec<f64> = (0..r)
+        .map(|j| (0..z.nrows()).map(|i| z[(i, j)].abs()).sum())
+        .collect();
+    let total: f64 = w.iter().sum::<f64>() + 1e-8; // Aristotelian's EPS
+    Ok(order.iter().zip(&w).map(|(&i, wj)| wj / total * s[i]).sum())
+}
+
 /// `rsa`: Spearman correlation of the upper triangles of the two cosine-distance RDMs.
 /// Range [−1, 1]; 0 for unrelated geometry.
 pub fn rsa(a: &Derived, b: &Derived) -> f64 {

@@ -51,6 +51,10 @@ pub enum Metric {
     Cknna,
     /// svcca: mean canonical correlation of the top singular subspaces (official).
     Svcca,
+    /// cca: mean canonical correlation, regularised (Aristotelian).
+    Cca,
+    /// pwcca: projection-weighted CCA (Morcos et al. 2018, as Aristotelian computes it).
+    Pwcca,
     /// procrustes: orthogonal Procrustes similarity.
     Procrustes,
     /// rsa: Spearman correlation of the two cosine-distance RDMs.
@@ -70,6 +74,8 @@ pub const ALL: &[Metric] = &[
     Metric::UnbiasedCka,
     Metric::Cknna,
     Metric::Svcca,
+    Metric::Cca,
+    Metric::Pwcca,
     Metric::Procrustes,
     Metric::Rsa,
     Metric::LinearR2,
@@ -88,6 +94,8 @@ impl Metric {
             Metric::UnbiasedCka => "unbiased_cka",
             Metric::Cknna => "cknna",
             Metric::Svcca => "svcca",
+            Metric::Cca => "cca",
+            Metric::Pwcca => "pwcca",
             Metric::Procrustes => "procrustes",
             Metric::Rsa => "rsa",
             Metric::LinearR2 => "linear_r2",
@@ -107,9 +115,13 @@ impl Metric {
     /// True when swapping X and Y gives the same number (the cache stores one orientation).
     /// cycle_knn is not (it asks whether i is an X-neighbour of a Y-neighbour of i), nor is
     /// cknna (the official unbiased HSIC pairs K's column sums with L's row sums, and the
-    /// masked kernels are not symmetric), nor linear_r2 (a regression from X to Y).
+    /// masked kernels are not symmetric), nor linear_r2 (a regression from X to Y), nor pwcca
+    /// (weighted by X's canonical variables).
     pub fn symmetric(self) -> bool {
-        !matches!(self, Metric::LinearR2 | Metric::CycleKnn | Metric::Cknna)
+        !matches!(
+            self,
+            Metric::LinearR2 | Metric::CycleKnn | Metric::Cknna | Metric::Pwcca
+        )
     }
 
     /// True for metrics that take the neighbourhood size k.
@@ -319,6 +331,8 @@ impl MetricSpec {
                     .map_err(|m| Error::metric(name, m.clone()))?;
                 extra::svcca(ua, ub).map_err(|m| Error::metric(name, m))?
             }
+            Metric::Cca => extra::cca(a, b).map_err(|m| Error::metric(name, m))?,
+            Metric::Pwcca => extra::pwcca(a, b).map_err(|m| Error::metric(name, m))?,
             Metric::Procrustes => extra::procrustes(a, b).map_err(|m| Error::metric(name, m))?,
             Metric::Rsa => extra::rsa(a, b),
             Metric::LinearR2 => {
@@ -505,7 +519,18 @@ mod tests {
         let mut s = MetricSpec::new(Metric::Cka);
         s.kernel = Kernel::Rbf { sigma: 0.5 };
         assert_eq!(s.params_key(), "kernel=rbf,sigma=0.5");
+        s.kernel = Kernel::RbfMedian;
+        assert_eq!(s.params_key(), "kernel=rbf,sigma=median");
+        assert_eq!(MetricSpec::from_key("cka", &s.params_key()), Some(s));
+        assert_eq!(s.flags(), "--metric cka --kernel rbf --sigma median");
+        let given = |k: &str| match k {
+            "kernel" => Some("rbf".to_string()),
+            "sigma" => Some("median".to_string()),
+            _ => None,
+        };
+        assert_eq!(MetricSpec::from_options("cka", &given).unwrap(), s);
         assert_eq!(MetricSpec::new(Metric::Svcca).params_key(), "cca_dim=10");
+        assert_eq!(MetricSpec::new(Metric::Pwcca).params_key(), "");
         assert_eq!(MetricSpec::new(Metric::Procrustes).params_key(), "");
         let mut l = MetricSpec::new(Metric::LcsKnn);
         l.emulate_pymp = true;

@@ -20,6 +20,10 @@ pub enum Kernel {
         /// The width σ.
         sigma: f64,
     },
+    /// exp(−‖xi − xj‖² / (2σ²)) with each representation's own σ: the square root of the
+    /// median of its n² squared distances (the diagonal's zeros included; the lower middle
+    /// value when n² is even), the median heuristic of Aristotelian's `cka_rbf`.
+    RbfMedian,
 }
 
 /// How equally similar neighbours at the k boundary are treated.
@@ -78,6 +82,7 @@ impl MetricSpec {
             Metric::Cka | Metric::UnbiasedCka => match self.kernel {
                 Kernel::Linear => p.push("kernel=linear".into()),
                 Kernel::Rbf { sigma } => p.push(format!("kernel=rbf,sigma={sigma}")),
+                Kernel::RbfMedian => p.push("kernel=rbf,sigma=median".into()),
             },
             Metric::Svcca => p.push(format!("cca_dim={}", self.cca_dim)),
             Metric::LinearR2 => p.push(format!("ridge={}", self.ridge)),
@@ -106,6 +111,10 @@ impl MetricSpec {
                 Kernel::Rbf { sigma } => {
                     m.insert("kernel".into(), "rbf".into());
                     m.insert("sigma".into(), sigma.into());
+                }
+                Kernel::RbfMedian => {
+                    m.insert("kernel".into(), "rbf".into());
+                    m.insert("sigma".into(), "median".into());
                 }
             },
             Metric::Svcca => {
@@ -195,6 +204,7 @@ impl MetricSpec {
             match k {
                 "k" => s.k = v.parse().ok()?,
                 "kernel" => kernel_rbf = v == "rbf",
+                "sigma" if v == "median" => s.kernel = Kernel::RbfMedian,
                 "sigma" => {
                     s.kernel = Kernel::Rbf {
                         sigma: v.parse().ok()?,
@@ -239,13 +249,16 @@ impl MetricSpec {
         if let Some(v) = given("ridge") {
             s.ridge = num("ridge", &v, "a positive number")?;
         }
-        let sigma: f64 = match given("sigma") {
-            Some(v) => num("sigma", &v, "a positive number")?,
-            None => 1.0,
+        let rbf = match given("sigma").as_deref() {
+            Some("median") => Kernel::RbfMedian,
+            Some(v) => Kernel::Rbf {
+                sigma: num("sigma", v, "a positive number or median")?,
+            },
+            None => Kernel::Rbf { sigma: 1.0 },
         };
         s.kernel = match given("kernel").as_deref() {
             None | Some("linear") => Kernel::Linear,
-            Some("rbf") => Kernel::Rbf { sigma },
+            Some("rbf") => rbf,
             Some(k) => {
                 return Err(Error::Invalid(format!(
                     "kernel must be linear or rbf, got {k:?}"
@@ -284,11 +297,11 @@ impl MetricSpec {
             s.push_str(&format!(" --k {}", self.k));
         }
         match self.metric {
-            Metric::Cka | Metric::UnbiasedCka => {
-                if let Kernel::Rbf { sigma } = self.kernel {
-                    s.push_str(&format!(" --kernel rbf --sigma {sigma}"));
-                }
-            }
+            Metric::Cka | Metric::UnbiasedCka => match self.kernel {
+                Kernel::Rbf { sigma } => s.push_str(&format!(" --kernel rbf --sigma {sigma}")),
+                Kernel::RbfMedian => s.push_str(" --kernel rbf --sigma median"),
+                Kernel::Linear => {}
+            },
             Metric::Svcca => s.push_str(&format!(" --cca-dim {}", self.cca_dim)),
             Metric::LinearR2 => s.push_str(&format!(" --ridge {}", self.ridge)),
             Metric::LcsKnn | Metric::EditDistanceKnn if self.emulate_pymp => {
