@@ -193,6 +193,7 @@ impl View {
                 let mut o = serde_json::Map::new();
                 o.insert("model".into(), r.clone().into());
                 o.insert("reduce".into(), self.reduce.key().into());
+                o.insert("prep".into(), self.prep.kind().into());
                 for (c, v) in m.cols.iter().zip(vals) {
                     o.insert(c.clone(), v.map(Value::from).unwrap_or(Value::Null));
                 }

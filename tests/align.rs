@@ -158,14 +158,24 @@ fn cells_of_one_clamp_convention_are_never_served_for_the_other() {
             "json",
         ];
         args.extend_from_slice(extra);
-        env.json(&args)[0]["y"].as_f64().unwrap()
+        let row = env.json(&args)[0].clone();
+        (
+            row["y"].as_f64().unwrap(),
+            row["prep"].as_str().unwrap().to_string(),
+        )
     };
-    assert!((matrix(&[]) - official("exact", "mutual_knn")).abs() <= 1e-6);
-    let m = matrix(&["--clamp-rule", "sample-mean"]);
+    let (m, prep) = matrix(&[]);
+    assert!((m - official("exact", "mutual_knn")).abs() <= 1e-6);
+    assert_eq!(
+        prep, "clamp(q=0.95);l2",
+        "a matrix row names its preparation"
+    );
+    let (m, prep) = matrix(&["--clamp-rule", "sample-mean"]);
     assert!(
         (m - official("sample-mean", "mutual_knn")).abs() <= 1e-6,
         "{m}"
     );
+    assert_eq!(prep, "clamp(q=0.95,rule=sample-mean);l2");
     let preps = env.ok(&[
         "query",
         "SELECT DISTINCT prep FROM alignment WHERE metric = 'mutual_knn' ORDER BY prep",

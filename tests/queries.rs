@@ -235,15 +235,16 @@ fn within_bins_and_matrix_order_and_shape() {
     let cols: Vec<&String> = rows[0].as_object().unwrap().keys().collect();
     assert_eq!(
         cols.len(),
-        8,
-        "model, reduce and one column per vision model"
+        9,
+        "model, reduce, prep and one column per vision model"
     );
     assert!(rows.iter().all(|r| r["reduce"] == "max"));
+    assert!(rows.iter().all(|r| r["prep"] == "clamp(q=0.95);l2"));
     // The best pair is the best language model with the best vision model.
     let best = rows[5]["vit-e"].as_f64().unwrap();
     for r in rows {
         for (k, v) in r.as_object().unwrap() {
-            if k != "model" && k != "reduce" {
+            if !["model", "reduce", "prep"].contains(&k.as_str()) {
                 assert!(v.as_f64().unwrap() <= best);
             }
         }

@@ -118,6 +118,7 @@ def test_clamp_rule_picks_platonic_reps_convention_and_says_so(demo):
     assert mean["score"] == cli_rows[0]["score"] and cli_rows[0]["cells_computed"] == 0
     m = rows(reg.matrix(x="lm-xxl", y="vit-g", metric="mutual_knn", clamp_rule="sample-mean"))
     assert m[0]["vit-g"] == mean["score"]
+    assert m[0]["prep"] == "clamp(q=0.95,rule=sample-mean);l2"
     assert prh.compare(
         np.ones((8, 4), np.float32) + np.eye(8, 4, dtype=np.float32), np.eye(8, 4, dtype=np.float32) + 1,
         clamp_rule="sample-mean", k=2,
