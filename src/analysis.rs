@@ -468,6 +468,8 @@ pub struct Matrix {
     pub row_order: Option<String>,
     /// The score the columns are ordered by: each side by a score its own models have.
     pub col_order: Option<String>,
+    /// What the cells hold when not the scores: `p_value`, `q_value` or `calibrated`.
+    pub holds: Option<&'static str>,
 }
 
 /// Arranges pair scores as a matrix; rows and columns in the given orders.
@@ -489,6 +491,7 @@ pub fn matrix(pairs: &[PairScore], rows: &[String], cols: &[String]) -> Matrix {
         cols: cols.to_vec(),
         row_order: None,
         col_order: None,
+        holds: None,
     }
 }
 

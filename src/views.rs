@@ -24,6 +24,64 @@ pub struct View {
     pub reduce: Reduce,
 }
 
+/// What a matrix's cells hold: the scores, or a statistic of each pair's permutation null
+/// (which needs one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CellValue {
+    /// The model pair's score.
+    #[default]
+    Score,
+    /// Its permutation p-value.
+    PValue,
+    /// Its Benjamini–Hochberg q-value among the matrix's pairs.
+    QValue,
+    /// Its calibrated score (Gröger, Wen & Brbić).
+    Calibrated,
+}
+
+impl CellValue {
+    /// Every choice, as named on the command line and in query strings.
+    pub const ALL: [CellValue; 4] = [
+        CellValue::Score,
+        CellValue::PValue,
+        CellValue::QValue,
+        CellValue::Calibrated,
+    ];
+
+    /// The name (`score`, `p_value`, `q_value`, `calibrated`).
+    pub fn key(self) -> &'static str {
+        match self {
+            CellValue::Score => "score",
+            CellValue::PValue => "p_value",
+            CellValue::QValue => "q_value",
+            CellValue::Calibrated => "calibrated",
+        }
+    }
+
+    fn of(self, r: &sweep::PairResult) -> Option<f64> {
+        match self {
+            CellValue::Score => Some(r.score),
+            CellValue::PValue => r.p_value,
+            CellValue::QValue => r.q_value,
+            CellValue::Calibrated => r.calibrated,
+        }
+    }
+}
+
+impl std::str::FromStr for CellValue {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        CellValue::ALL
+            .into_iter()
+            .find(|v| v.key() == s.trim())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "values must be score, p_value, q_value or calibrated, got {s:?}"
+                ))
+            })
+    }
+}
+
 /// The statistics a fill adds: permutations of the null, their seed and level.
 #[derive(Debug, Clone, Copy)]
 pub struct NullSpec {
@@ -183,8 +241,42 @@ impl View {
         })
     }
 
+    /// The model × model table of a statistic of each pair's permutation null (`value`):
+    /// fills what is missing, cells and `null.permutations` draws per pair (both cached), at
+    /// the latest checkpoints. A q-value is taken among the table's pairs.
+    pub fn null_matrix(
+        &self,
+        reg: &mut Registry,
+        (x, y): (&str, &str),
+        (perf, lower_is_better): (Option<&str>, Option<bool>),
+        null: NullSpec,
+        value: CellValue,
+        progress: &dyn Progress,
+    ) -> Result<Matrix> {
+        if null.permutations == 0 && value != CellValue::Score {
+            return Err(Error::Invalid(format!(
+                "a matrix of {} needs a permutation null: give the number of permutations (--null 1000)",
+                value.key()
+            )));
+        }
+        let results = self.fill(reg, (x.parse()?, y.parse()?), false, Some(null), progress)?;
+        let mut m = self.matrix(reg, (x, y), perf, lower_is_better)?;
+        let of: HashMap<(&str, &str), Option<f64>> = results
+            .iter()
+            .map(|r| ((r.x_model.as_str(), r.y_model.as_str()), value.of(r)))
+            .collect();
+        for (row, vals) in m.rows.iter().zip(m.values.iter_mut()) {
+            for (col, v) in m.cols.iter().zip(vals.iter_mut()) {
+                *v = of.get(&(row.as_str(), col.as_str())).copied().flatten();
+            }
+        }
+        m.holds = (value != CellValue::Score).then_some(value.key());
+        Ok(m)
+    }
+
     /// The rows `prh matrix --format json` prints: one object per row model with its
-    /// aggregate and one field per column model.
+    /// aggregate and one field per column model (and `values`, what the cells hold, when they
+    /// are not the scores).
     pub fn matrix_rows(&self, m: &Matrix) -> Vec<Value> {
         m.rows
             .iter()
@@ -194,6 +286,9 @@ impl View {
                 o.insert("model".into(), r.clone().into());
                 o.insert("reduce".into(), self.reduce.key().into());
                 o.insert("prep".into(), self.prep.kind().into());
+                if let Some(h) = m.holds {
+                    o.insert("values".into(), h.into());
+                }
                 for (c, v) in m.cols.iter().zip(vals) {
                     o.insert(c.clone(), v.map(Value::from).unwrap_or(Value::Null));
                 }

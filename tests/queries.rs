@@ -510,3 +510,98 @@ fn a_layer_shared_by_checkpoints_with_different_thresholds_is_scored_per_checkpo
     other.ok(&["import", bundle.to_str().unwrap(), "--trust-cells"]);
     check(&other);
 }
+
+#[test]
+fn a_matrix_of_q_values_is_benjamini_hochberg_over_its_pairs_p_values() {
+    let env = demo();
+    let m = |values: &str| {
+        env.json(&[
+            "matrix",
+            "--metric",
+            "mutual_knn",
+            "--x",
+            "modality=language",
+            "--y",
+            "modality=vision",
+            "--values",
+            values,
+            "--null",
+            "50",
+            "--format",
+            "json",
+        ])
+    };
+    let (p, q) = (m("p_value"), m("q_value"));
+    let cells = |v: &serde_json::Value| -> Vec<(String, String, f64)> {
+        let mut out = Vec::new();
+        for r in v.as_array().unwrap() {
+            for (k, x) in r.as_object().unwrap() {
+                if !["model", "reduce", "prep", "values"].contains(&k.as_str()) {
+                    out.push((
+                        r["model"].as_str().unwrap().into(),
+                        k.clone(),
+                        x.as_f64().unwrap(),
+                    ));
+                }
+            }
+        }
+        out
+    };
+    let (ps, qs) = (cells(&p), cells(&q));
+    assert_eq!(ps.len(), 36);
+    // By hand: q_i = min over j with p_j ≥ p_i of p_j · m / rank_j, capped at 1.
+    let mut sorted: Vec<f64> = ps.iter().map(|c| c.2).collect();
+    sorted.sort_by(f64::total_cmp);
+    let m_ = sorted.len() as f64;
+    for ((xm, ym, pv), (xq, yq, qv)) in ps.iter().zip(&qs) {
+        assert_eq!((xm, ym), (xq, yq));
+        let want = sorted
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s >= *pv)
+            .map(|(i, s)| s * m_ / (i + 1) as f64)
+            .fold(1.0f64, f64::min);
+        assert!(
+            (qv - want).abs() < 1e-12,
+            "{xm} × {ym}: q {qv}, by hand {want}"
+        );
+    }
+    // The same q-values `prh align --null` gives its pairs, and a null is needed.
+    let a = env.json(&[
+        "align",
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--null",
+        "50",
+        "--format",
+        "json",
+        "--quiet",
+    ]);
+    for r in a.as_array().unwrap() {
+        let (xm, ym) = (
+            r["x_model"].as_str().unwrap(),
+            r["y_model"].as_str().unwrap(),
+        );
+        let cell = qs.iter().find(|c| c.0 == xm && c.1 == ym).unwrap();
+        assert_eq!(r["q_value"].as_f64().unwrap(), cell.2, "{xm} × {ym}");
+    }
+    let e = env.fails_with(
+        2,
+        &[
+            "matrix",
+            "--metric",
+            "mutual_knn",
+            "--x",
+            "modality=language",
+            "--y",
+            "modality=vision",
+            "--values",
+            "q_value",
+        ],
+    );
+    assert!(e.contains("needs a permutation null"), "{e}");
+}

@@ -193,6 +193,17 @@ fn pages_render_and_missing_cells_name_the_command_without_computing() {
         api["command"],
         format!("prh align --metric cka --x {X} --y {Y}")
     );
+    // A matrix of q-values needs a null, which a read-only server does not compute.
+    let q = get(s.addr, "/api/matrix?metric=cka&values=q_value&null=20");
+    assert_eq!(q.status, 409, "{}", q.text());
+    assert!(
+        q.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("--values q_value --null 20"),
+        "{}",
+        q.text()
+    );
     assert_eq!(cells(&s), before, "a read-only server computed cells");
     drop(s);
 
@@ -207,6 +218,26 @@ fn pages_render_and_missing_cells_name_the_command_without_computing() {
         get(s.addr, "/api/matrix?metric=cka").json(),
         cli,
         "ordered by bpb by default"
+    );
+    // The q-value matrix: the CLI's, and the page says what its cells hold.
+    let cli = env.json(&[
+        "matrix", "--metric", "cka", "--x", X, "--y", Y, "--perf", "bpb", "--values", "q_value",
+        "--null", "20", "--format", "json",
+    ]);
+    assert_eq!(
+        get(s.addr, "/api/matrix?metric=cka&values=q_value&null=20").json(),
+        cli
+    );
+    assert!(
+        cli.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["values"] == "q_value")
+    );
+    let page = get(s.addr, "/matrix?metric=cka&values=q_value&null=20").text();
+    assert!(
+        page.contains("of q_value from 20 permutations per pair"),
+        "{page}"
     );
     let cal = get(s.addr, "/api/trend?calibrated=on&null=20").json();
     assert!(

@@ -16,7 +16,7 @@ use crate::catalog::{Checkpoint, Dataset, Model, Rep, RepFilter, Score};
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::sweep::Selector;
-use crate::views::{LayerTable, NullSpec, TrendQuery};
+use crate::views::{CellValue, LayerTable, NullSpec, TrendQuery};
 
 /// What the overview page shows.
 #[derive(Debug, Serialize)]
@@ -185,6 +185,30 @@ pub(super) fn matrix_of(
     reg: &mut Registry,
     r: &Resolved,
 ) -> Result<crate::analysis::Matrix> {
+    if r.values != CellValue::Score {
+        if !app.compute {
+            return Err(Error::Conflict(format!(
+                "a matrix of {} needs a permutation null, which this server computes only when started with --compute (then once, and cached); on the command line: `prh matrix {} --x {} --y {} --values {} --null {}`",
+                r.values.key(),
+                r.view.flags(),
+                r.x,
+                r.y,
+                r.values.key(),
+                r.null
+            )));
+        }
+        return app.memo.get(reg, format!("matrix {r:?}"), |reg| {
+            let _one = app.one_computation()?;
+            let null = NullSpec {
+                permutations: r.null,
+                seed: r.seed,
+                alpha: crate::stats::DEFAULT_ALPHA,
+            };
+            let order = (r.perf.as_deref(), r.lower_is_better);
+            r.view
+                .null_matrix(reg, (&r.x, &r.y), order, null, r.values, app)
+        });
+    }
     app.memo.get(reg, format!("matrix {r:?}"), |reg| {
         fill_if_allowed(app, reg, r, (r.x.parse()?, r.y.parse()?), false)?;
         r.view

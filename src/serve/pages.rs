@@ -13,6 +13,7 @@ use super::api::{self, Overview};
 use super::params::{Params, Resolved, encode};
 use super::svg::{self, Point, esc, num};
 use super::{ApiError, App, Job, blocking};
+use crate::views::CellValue;
 
 const NAV: &[(&str, &str)] = &[
     ("/", "Overview"),
@@ -398,11 +399,13 @@ pub(super) async fn trend(State(app): State<Arc<App>>, Query(p): Query<Params>) 
 }
 
 fn matrix_controls(r: &Resolved) -> String {
+    let values: Vec<String> = CellValue::ALL.iter().map(|v| v.key().to_string()).collect();
     format!(
-        "{}{}{}",
+        "{}{}{}{}",
         text_input("x", "rows", &r.x),
         text_input("y", "columns", &r.y),
-        perf_select(r)
+        perf_select(r),
+        select("values", "cells", &values, Some(r.values.key()))
     )
 }
 
@@ -426,9 +429,16 @@ fn matrix_body(
         ))
     };
     Ok(format!(
-        r#"<p>{} rows × {} columns; rows ordered by {}, columns by {} (worst to best). Click a cell for its layer × layer table.</p>{}"#,
+        r#"<p>{} rows × {} columns of {}; rows ordered by {}, columns by {} (worst to best). Click a cell for its layer × layer table.</p>{}"#,
         m.rows.len(),
         m.cols.len(),
+        match m.holds {
+            Some(h) => format!(
+                "{h} from {} permutations per pair (seed {})",
+                r.null, r.seed
+            ),
+            None => "scores".into(),
+        },
         esc(m.row_order.as_deref().unwrap_or("name")),
         esc(m.col_order.as_deref().unwrap_or("name")),
         svg::heatmap(&m.rows, &m.cols, &m.values, None, &href)

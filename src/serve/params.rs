@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::layers::Reduce;
 use crate::metrics::{ClampRule, MetricSpec, Prep};
 use crate::registry::Registry;
-use crate::views::View;
+use crate::views::{CellValue, View};
 
 /// Everything a chart page may be asked (all optional).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -34,6 +34,8 @@ pub(super) struct Params {
     pub seed: Option<String>,
     /// platonic-rep's clamp convention: `exact` (default) or `sample-mean`.
     pub clamp_rule: Option<String>,
+    /// What the matrix's cells hold: `score` (default), `p_value`, `q_value`, `calibrated`.
+    pub values: Option<String>,
 }
 
 /// The parameters with defaults filled in.
@@ -49,6 +51,8 @@ pub(super) struct Resolved {
     pub against: String,
     pub null: usize,
     pub seed: u64,
+    /// What the matrix's cells hold.
+    pub values: CellValue,
     /// Choices for the page's selectors.
     pub choices: Choices,
 }
@@ -218,6 +222,10 @@ impl Params {
             against,
             null: ranged("null", &self.null, 200usize, 1, MAX_NULL)?,
             seed: number("seed", &self.seed, 0u64)?,
+            values: match given(&self.values) {
+                Some(v) => v.parse()?,
+                None => CellValue::Score,
+            },
             choices: Choices {
                 metrics,
                 selectors,
