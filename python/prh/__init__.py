@@ -369,16 +369,22 @@ class Registry:
         compute: bool = False,
         plot: Union[str, Path, None] = None,
         clamp_rule: str = "exact",
+        values: str = "score",
+        null: int = 0,
+        seed: int = 0,
         **params: Any,
     ) -> pl.DataFrame:
         """The model × model table (``prh matrix``): one row per x model with one column per
-        y model, ordered worst to best by ``perf`` when given; ``plot`` draws the heatmap."""
+        y model, ordered worst to best by ``perf`` when given; ``plot`` draws the heatmap.
+        ``values="q_value"`` (or ``"p_value"``, ``"calibrated"``) with ``null=P`` permutations
+        puts each pair's statistic from its permutation null in the cells (the q-value among
+        the table's pairs); cells and draws are computed when missing and cached."""
         return _frame(
             self._chart(
                 "matrix", x=_selector(x), y=_selector(y), metric=metric, k=k, reduce=reduce,
                 perf=perf, lower_is_better=lower_is_better, compute=compute,
                 plot=None if plot is None else str(plot), clamp_rule=clamp_rule,
-                **_metric_params(params),
+                values=values, null=null, seed=seed, **_metric_params(params),
             )
         )
 

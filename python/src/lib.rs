@@ -18,7 +18,7 @@ use prh::matrix::DType;
 use prh::metrics::{ClampRule, MetricSpec, Prep};
 use prh::registry::{self, IngestRequest, Registry};
 use prh::sweep::{self, Progress, Selector, SweepRequest};
-use prh::views::{TrendQuery, View};
+use prh::views::{CellValue, NullSpec, TrendQuery, View};
 
 // The exceptions live in module `prh` (the package re-exports them), so an error raised in a
 // multiprocessing or DataLoader worker pickles and reaches the parent as what it is.
@@ -501,7 +501,26 @@ fn chart(py: Python<'_>, root: &str, kind: &str, opts: &str) -> PyResult<String>
                 json_out(&t)
             }
             "matrix" => {
-                let m = v.matrix(reg, (need(&o, "x")?, need(&o, "y")?), s(&o, "perf"), lower)?;
+                let sel = (need(&o, "x")?, need(&o, "y")?);
+                let values: CellValue = s(&o, "values").unwrap_or("score").parse()?;
+                let permutations = u(&o, "null", 0)? as usize;
+                let m = if values == CellValue::Score && permutations == 0 {
+                    v.matrix(reg, sel, s(&o, "perf"), lower)?
+                } else {
+                    let null = NullSpec {
+                        permutations,
+                        seed: u(&o, "seed", 0)?,
+                        alpha: prh::stats::DEFAULT_ALPHA,
+                    };
+                    v.null_matrix(
+                        reg,
+                        sel,
+                        (s(&o, "perf"), lower),
+                        null,
+                        values,
+                        &sweep::Silent,
+                    )?
+                };
                 if let Some(p) = &plot {
                     prh::plot::matrix(p, &m, &v.label())?;
                 }

@@ -119,6 +119,14 @@ def test_clamp_rule_picks_platonic_reps_convention_and_says_so(demo):
     m = rows(reg.matrix(x="lm-xxl", y="vit-g", metric="mutual_knn", clamp_rule="sample-mean"))
     assert m[0]["vit-g"] == mean["score"]
     assert m[0]["prep"] == "clamp(q=0.95,rule=sample-mean);l2"
+    q = rows(reg.matrix(x=X, y=Y, metric="mutual_knn", values="q_value", null=30))
+    assert q == cli_json(
+        demo, "matrix", "--metric", "mutual_knn", "--x", X, "--y", Y, "--values", "q_value",
+        "--null", "30",
+    )
+    assert all(r["values"] == "q_value" for r in q)
+    with pytest.raises(prh.InvalidInput, match="needs a permutation null"):
+        reg.matrix(x=X, y=Y, metric="mutual_knn", values="q_value")
     assert prh.compare(
         np.ones((8, 4), np.float32) + np.eye(8, 4, dtype=np.float32), np.eye(8, 4, dtype=np.float32) + 1,
         clamp_rule="sample-mean", k=2,
