@@ -203,6 +203,7 @@ impl ZooSpec {
                 scores: vec![],
                 num_params: None,
                 meta: vec![],
+                sample_ids: None,
             };
             reports.push(reg.ingest(&path, &req)?);
             reg.set_scores(

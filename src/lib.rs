@@ -39,6 +39,7 @@ pub mod real_zoo;
 #[allow(missing_docs)] // fields and variants still undocumented (docs/design.md §12)
 pub mod registry;
 pub mod rng;
+pub mod samples;
 pub mod serve;
 pub mod shard;
 pub mod sqlguard;

@@ -163,6 +163,7 @@ pub fn ingest_into(
             scores: vec![],
             num_params: None,
             meta,
+            sample_ids: None,
         };
         reports.push(reg.ingest(&path, &req)?);
         for (score, value) in &m.scores {

@@ -308,6 +308,25 @@ impl Registry {
                 ),
             ));
         }
+        match (&dataset, &req.sample_ids) {
+            (Some(ds), Some(ids)) => {
+                let stored = self.catalog.dataset_ids(ds.id)?;
+                ids.check(&path.display().to_string(), &ds.name, &stored)?;
+            }
+            (None, Some(crate::samples::SampleIds::Ids(ids))) if ids.len() != n => {
+                return Err(Error::format(
+                    path,
+                    format!("n = {n} rows, but {} sample ids given", ids.len()),
+                ));
+            }
+            (None, Some(crate::samples::SampleIds::Digest(_))) => {
+                return Err(Error::Invalid(format!(
+                    "dataset {} is new: give its sample ids themselves (--ids FILE), not only their digest, or register it first with `prh dataset add {} --ids FILE`",
+                    req.dataset, req.dataset
+                )));
+            }
+            _ => {}
+        }
         let model = self.catalog.model(&req.model)?;
         match (&model, &req.modality) {
             (Some(m), Some(want)) if &m.modality != want => {
@@ -521,7 +540,11 @@ fn ingest_dataset(
         )),
         None => {
             out.dataset_created = true;
-            tx.insert_dataset(&req.dataset, n, None)
+            let id = tx.insert_dataset(&req.dataset, n, None)?;
+            if let Some(crate::samples::SampleIds::Ids(ids)) = &req.sample_ids {
+                tx.insert_samples(id, ids)?;
+            }
+            Ok(id)
         }
     }
 }
@@ -686,6 +709,7 @@ impl IngestRequest {
             scores: self.scores.iter().map(|(n, v)| (nfc(n), *v)).collect(),
             num_params: self.num_params,
             meta: self.meta.iter().map(|(k, v)| (nfc(k), v.clone())).collect(),
+            sample_ids: self.sample_ids.clone(),
         }
     }
 
@@ -735,6 +759,9 @@ pub struct IngestRequest {
     pub num_params: Option<i64>,
     /// Provenance of the features as (key, value): precision, batch size, prompt, ...
     pub meta: Vec<(String, String)>,
+    /// The sample ids of the rows (or their digest): checked against the dataset's before
+    /// anything is written, and recorded with a dataset this ingest creates.
+    pub sample_ids: Option<crate::samples::SampleIds>,
 }
 
 /// One layer's outcome.

@@ -573,3 +573,87 @@ fn a_name_typed_with_a_combining_accent_is_the_same_name() {
         assert_eq!(r.status, 200, "{name:?}: {}", r.text());
     }
 }
+
+#[test]
+fn rows_whose_sample_ids_are_not_the_datasets_in_order_are_refused() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let ids: Vec<String> = (0..20).map(|i| format!("img_{i:04}")).collect();
+    let write_ids = |name: &str, ids: &[String]| {
+        let p = env.path(name);
+        std::fs::write(&p, ids.join("\n") + "\n").unwrap();
+        p
+    };
+    let good_ids = write_ids("ids.txt", &ids);
+    let mut swapped = ids.clone();
+    swapped.swap(3, 11);
+    let swapped_ids = write_ids("swapped.txt", &swapped);
+    // A dataset an ingest creates with --ids records them: listed with their digest
+    // (`b3sum ids.txt`) and printed back in order.
+    let feats = env.path("f.npy");
+    write_npy(&feats, &[20, 2, 8], &noise(20 * 2 * 8, 2));
+    let ingest = |model: &str, extra: &[&str]| {
+        let mut a = vec![
+            "ingest",
+            feats.to_str().unwrap(),
+            "--model",
+            model,
+            "--dataset",
+            "wit",
+            "--modality",
+            "vision",
+        ];
+        a.extend_from_slice(extra);
+        env.prh(&a)
+    };
+    assert!(
+        ingest("a", &["--ids", good_ids.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let digest = blake3::hash(&std::fs::read(&good_ids).unwrap())
+        .to_hex()
+        .to_string();
+    let ls = env.json(&["dataset", "ls", "--format", "json"]);
+    assert_eq!(ls[0]["ids_digest"], digest.as_str(), "{ls}");
+    assert_eq!(
+        env.ok(&["dataset", "ids", "wit"]),
+        std::fs::read_to_string(&good_ids).unwrap()
+    );
+    // The same ids, or their digest: accepted. Two rows swapped: refused, nothing written,
+    // the error names the first row out of place and says it is a reordering.
+    assert!(ingest("b", &["--ids-digest", &digest]).status.success());
+    let before = env.snapshot();
+    let out = ingest("c", &["--ids", swapped_ids.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "a conflict");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("row 3 is sample \"img_0011\", but sample 3 of dataset wit is \"img_0003\"")
+            && err.contains("the same 20 samples in another order (2 rows out of place"),
+        "{err}"
+    );
+    assert!(err.contains("hint: "), "{err}");
+    let wrong = blake3::hash(swapped.join("\n").as_bytes())
+        .to_hex()
+        .to_string();
+    let out = ingest("c", &["--ids-digest", &wrong]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("digest to"));
+    assert_eq!(env.snapshot(), before, "a refused ingest wrote something");
+    // A dataset made without ids cannot check them, and says how to get one that can.
+    env.ok(&["dataset", "add", "plain", "--n", "20"]);
+    let out = env.prh(&[
+        "ingest",
+        feats.to_str().unwrap(),
+        "--model",
+        "d",
+        "--dataset",
+        "plain",
+        "--modality",
+        "vision",
+        "--ids",
+        good_ids.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("records no sample ids"), "{err}");
+}

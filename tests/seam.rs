@@ -187,6 +187,7 @@ fn a_refused_ingest_leaves_the_memory_catalog_as_it_was() {
         scores: vec![("bpb".into(), 0.5)],
         num_params: None,
         meta: vec![("source".into(), "elsewhere".into())],
+        sample_ids: None,
     };
     let e = reg.ingest(&file, &req("vit-s", "final", None)).unwrap_err();
     assert!(

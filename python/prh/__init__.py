@@ -220,6 +220,7 @@ class Registry:
         pool: str = "avg",
         scores: Optional[dict] = None,
         meta: Optional[dict] = None,
+        sample_ids: Union[Sequence[str], str, None] = None,
         against: Optional[Models] = None,
         metric: str = "mutual_knn",
         k: int = 10,
@@ -239,6 +240,8 @@ class Registry:
         checkpoint, step: the checkpoint's name (default "final") and training step.
         scores: performance scores of the checkpoint, e.g. {"bpb": 0.93}.
         meta: provenance (precision, batch size, revision…), stored with the checkpoint.
+        sample_ids: the ids of the rows in order (or their digest: b3sum of one id per line):
+            refused unless they are the dataset's samples in its order; a new dataset keeps them.
         against: reference models (names, "modality=vision", "family=…" or "all"); when given,
             every missing layer-pair cell is computed and cached.
         metric, k, reduce, null, bootstrap, seed: as ``prh align``; other metric options by
@@ -254,6 +257,8 @@ class Registry:
         opts = _opts(
             model=model, dataset=dataset, checkpoint=checkpoint, step=step, modality=modality,
             family=family, pool=pool, scores=scores, meta=meta,
+            sample_ids=sample_ids if sample_ids is None or isinstance(sample_ids, str)
+            else [str(i) for i in sample_ids],
             against=None if against is None else _selector(against),
             metric=metric, k=k, reduce=reduce, null=null, bootstrap=bootstrap, seed=seed,
             **_metric_params(params),

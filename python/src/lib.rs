@@ -17,6 +17,7 @@ use prh::layers::{self, Reduce};
 use prh::matrix::DType;
 use prh::metrics::{ClampRule, MetricSpec, Prep};
 use prh::registry::{self, IngestRequest, Registry};
+use prh::samples::SampleIds;
 use prh::sweep::{self, Progress, Selector, SweepRequest};
 use prh::views::{CellValue, NullSpec, TrendQuery, View};
 
@@ -341,6 +342,24 @@ fn ingest_request(o: &Value) -> R<IngestRequest> {
             .collect(),
         Some(v) => return Err(invalid(format!("meta must be a dict, got {v}"))),
     };
+    // The rows' sample ids: a list of strings, or their digest (64 hex digits).
+    let sample_ids = match o.get("sample_ids") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) => Some(SampleIds::digest_of(d)?),
+        Some(Value::Array(a)) => Some(SampleIds::Ids(
+            a.iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect(),
+        )),
+        Some(v) => {
+            return Err(invalid(format!(
+                "sample_ids must be a list of ids or their digest (a string), got {v}"
+            )));
+        }
+    };
     let req = IngestRequest {
         model: need(o, "model")?.to_string(),
         dataset: need(o, "dataset")?.to_string(),
@@ -352,6 +371,7 @@ fn ingest_request(o: &Value) -> R<IngestRequest> {
         scores,
         num_params: o.get("num_params").and_then(Value::as_i64),
         meta,
+        sample_ids,
     };
     prh::names::validate_scores(&req.scores)?;
     Ok(req)

@@ -36,6 +36,20 @@ def test_dtypes_and_layouts(empty):
     assert list(r["d"]) == [16, 8, 8] and set(r["layout"]) == {"layers"}
 
 
+def test_sample_ids_are_checked_against_the_datasets_order(empty):
+    reg = prh.Registry(empty)
+    ids = [f"img_{i:03d}" for i in range(64)]
+    reg.log(feats(), model="a", dataset="wit", modality="vision", sample_ids=ids)
+    assert cli(empty, "dataset", "ids", "wit").split() == ids
+    digest = cli_json(empty, "dataset", "ls")[0]["ids_digest"]
+    reg.log(feats(seed=1), model="b", dataset="wit", modality="vision", sample_ids=digest)
+    before = snapshot(empty)
+    scrambled = ids[1:] + ids[:1]
+    with pytest.raises(prh.Conflict, match="the same 64 samples in another order"):
+        reg.log(feats(seed=2), model="c", dataset="wit", modality="vision", sample_ids=scrambled)
+    assert snapshot(empty) == before
+
+
 def test_views_are_read_in_place_or_copied_correctly(empty, tmp_path):
     reg = prh.Registry(empty)
     base = feats(layers=4)

@@ -7,6 +7,7 @@ use anyhow::Result;
 use super::args::FormatArg;
 use super::{Ctx, parse_scores};
 use prh::registry::IngestRequest;
+use prh::samples::SampleIds;
 
 #[derive(clap::Args)]
 pub struct IngestArgs {
@@ -44,6 +45,15 @@ pub struct IngestArgs {
     /// checkpoints` and `show`, a column of the `reps` query table, carried by bundles.
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
+    /// File with the sample id of each row, one per line, in row order: the ingest is refused
+    /// (nothing written) unless they are the dataset's samples in the dataset's order; a
+    /// dataset this ingest creates records them.
+    #[arg(long, value_name = "FILE", conflicts_with = "ids_digest")]
+    pub ids: Option<PathBuf>,
+    /// The digest of the rows' sample ids instead (`b3sum` of the ids file; `prh dataset ls`
+    /// shows each dataset's), checked the same way.
+    #[arg(long, value_name = "HEX")]
+    pub ids_digest: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     pub format: FormatArg,
 }
@@ -70,6 +80,14 @@ impl IngestArgs {
                         .ok_or_else(|| super::invalid(format!("meta {s:?} is not KEY=VALUE")))
                 })
                 .collect::<Result<_>>()?,
+            sample_ids: match (&self.ids, &self.ids_digest) {
+                (Some(p), _) => {
+                    let text = std::fs::read_to_string(p).map_err(|e| prh::Error::io(p, e))?;
+                    Some(SampleIds::Ids(prh::samples::parse_lines(&text)))
+                }
+                (None, Some(d)) => Some(SampleIds::digest_of(d)?),
+                (None, None) => None,
+            },
         })
     }
 }
