@@ -246,7 +246,7 @@ impl Derived {
         ))
         .hint(format!(
             "raise --mem-mib to at least {}, or use a metric that runs at any n: the kNN \
-             metrics, cknna, linear cka / unbiased_cka, svcca, procrustes",
+             metrics, cknna, linear cka / unbiased_cka, svcca, cca, pwcca, procrustes, linear_r2",
             (32.0 * n * n / f64::from(1u32 << 20)).ceil()
         )))
     }

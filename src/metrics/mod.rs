@@ -108,6 +108,9 @@ impl Metric {
         match self {
             // 2: cached in both orientations (version 1 stored one and served it both ways).
             Metric::CycleKnn | Metric::Cknna => 2,
+            // 2: computed in feature space when X is no wider than n (the kernel form's f32
+            // Gram matrices moved it by up to ~1e-7).
+            Metric::LinearR2 => 2,
             _ => 1,
         }
     }
@@ -248,10 +251,11 @@ impl MetricSpec {
     }
 
     /// True when this metric needs `r`'s n × n matrices, having no exact bounded-memory form:
-    /// rbf cka, rsa, linear_r2, and procrustes of features wider than n (docs/design.md §13).
+    /// rbf cka, rsa, and linear_r2 and procrustes of features wider than n (docs/design.md §13).
     pub fn needs_square(&self, r: &Derived) -> bool {
         match self.metric {
-            Metric::Rsa | Metric::LinearR2 => true,
+            Metric::Rsa => true,
+            Metric::LinearR2 => r.x().ncols() > r.n(),
             Metric::Cka | Metric::UnbiasedCka => self.kernel != Kernel::Linear,
             Metric::Procrustes => r.x().ncols() > r.n(),
             _ => false,
