@@ -18,7 +18,7 @@ mod common;
 #[path = "../tests/common/mod.rs"]
 mod harness;
 
-use common::{Subject, align_language_vision};
+use common::{Subject, align_language_vision, prh_ok};
 use harness::postgres::Cluster;
 use harness::slurm::{self, Slurm};
 use prh::catalog::{Catalog, CheckpointId, NewUnit, PgCatalog, SqliteCatalog};
@@ -45,22 +45,6 @@ fn registry(root: &Path, loc: &Locations, files: &[(ZooModel, PathBuf)]) -> Subj
         bin: PRH.into(),
         reg: root.to_path_buf(),
     }
-}
-
-/// Runs prh on `reg` with the standard environment, asserting success; its stdout.
-fn prh(reg: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(PRH)
-        .arg("--registry")
-        .arg(reg)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "prh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn main() {
@@ -118,12 +102,8 @@ fn on_slurm(pg: &Cluster, dir: &Path, files: &[(ZooModel, PathBuf)]) {
         let mut plan = vec!["align"];
         plan.extend(SWEEP);
         plan.extend(["--workers", "0"]);
-        let said = prh(&s.reg, &plan);
-        let sweep = said
-            .strip_prefix("sweep ")
-            .and_then(|s| s.split(':').next())
-            .unwrap_or_else(|| panic!("{said}"))
-            .to_string();
+        let said = prh_ok(&s.reg, &plan);
+        let sweep = harness::sweep_id(&said).to_string();
         let before = transactions(pg, &db);
         let submitted = unix_ms();
         let t = Instant::now();
@@ -154,7 +134,7 @@ fn on_slurm(pg: &Cluster, dir: &Path, files: &[(ZooModel, PathBuf)]) {
             t[2] as f64 / 1e3,
         );
         let st: Value =
-            serde_json::from_str(&prh(&s.reg, &["status", "--format", "json"])).unwrap();
+            serde_json::from_str(&prh_ok(&s.reg, &["status", "--format", "json"])).unwrap();
         let st = &st[0];
         assert_eq!(st["done"], st["units"], "{st}");
         let units = st["units"].as_u64().unwrap();
@@ -203,7 +183,7 @@ fn on_slurm(pg: &Cluster, dir: &Path, files: &[(ZooModel, PathBuf)]) {
     }
     import.extend(["--format".into(), "json".into()]);
     let t = Instant::now();
-    let got: Value = serde_json::from_str(&prh(
+    let got: Value = serde_json::from_str(&prh_ok(
         &s.reg,
         &import.iter().map(String::as_str).collect::<Vec<_>>(),
     ))

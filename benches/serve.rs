@@ -23,24 +23,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::size;
+use common::{prh_ok as prh, size};
 
 const BIN: &str = env!("CARGO_BIN_EXE_prh");
 const N: usize = 64;
-
-fn prh(reg: &Path, args: &[&str]) {
-    let o = Command::new(BIN)
-        .arg("--registry")
-        .arg(reg)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "prh {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 /// One n × d f32 .npy whose rows share a signal of strength `q` with every other model's.
 fn features(path: &Path, seed: u64, q: f32) {

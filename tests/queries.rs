@@ -514,22 +514,22 @@ fn a_layer_shared_by_checkpoints_with_different_thresholds_is_scored_per_checkpo
 #[test]
 fn a_matrix_of_q_values_is_benjamini_hochberg_over_its_pairs_p_values() {
     let env = demo();
+    const GRID: [&str; 7] = [
+        "--metric",
+        "mutual_knn",
+        "--x",
+        "modality=language",
+        "--y",
+        "modality=vision",
+        "--quiet",
+    ];
     let m = |values: &str| {
-        env.json(&[
-            "matrix",
-            "--metric",
-            "mutual_knn",
-            "--x",
-            "modality=language",
-            "--y",
-            "modality=vision",
-            "--values",
-            values,
-            "--null",
-            "50",
-            "--format",
-            "json",
-        ])
+        let args = [
+            &["matrix"][..],
+            &GRID[..6],
+            &["--values", values, "--null", "50"],
+        ];
+        env.json(&[&args.concat()[..], &["--format", "json"]].concat())
     };
     let (p, q) = (m("p_value"), m("q_value"));
     let cells = |v: &serde_json::Value| -> Vec<(String, String, f64)> {
@@ -567,20 +567,7 @@ fn a_matrix_of_q_values_is_benjamini_hochberg_over_its_pairs_p_values() {
         );
     }
     // The same q-values `prh align --null` gives its pairs, and a null is needed.
-    let a = env.json(&[
-        "align",
-        "--metric",
-        "mutual_knn",
-        "--x",
-        "modality=language",
-        "--y",
-        "modality=vision",
-        "--null",
-        "50",
-        "--format",
-        "json",
-        "--quiet",
-    ]);
+    let a = env.json(&[&["align"][..], &GRID, &["--null", "50", "--format", "json"]].concat());
     for r in a.as_array().unwrap() {
         let (xm, ym) = (
             r["x_model"].as_str().unwrap(),
@@ -591,17 +578,7 @@ fn a_matrix_of_q_values_is_benjamini_hochberg_over_its_pairs_p_values() {
     }
     let e = env.fails_with(
         2,
-        &[
-            "matrix",
-            "--metric",
-            "mutual_knn",
-            "--x",
-            "modality=language",
-            "--y",
-            "modality=vision",
-            "--values",
-            "q_value",
-        ],
+        &[&["matrix"][..], &GRID[..6], &["--values", "q_value"]].concat(),
     );
     assert!(e.contains("needs a permutation null"), "{e}");
 }

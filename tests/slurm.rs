@@ -11,17 +11,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::postgres::Cluster;
-use common::slurm::{self, Slurm};
+use common::slurm;
 
 #[test]
 fn a_slurm_array_of_workers_fills_a_sweep_and_a_cancelled_task_gives_its_unit_back() {
-    if let Some(why) = slurm::unavailable() {
-        eprintln!("skipped: {why}");
+    let Some(cluster) = slurm::cluster_or_skip() else {
         return;
-    }
+    };
     let pg = Cluster::start();
     let env = zoo(&pg, "slurm");
-    let cluster = Slurm::start();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/prh-worker.sbatch");
     let envs = |sweep: i64, grace: &str| {
         let mut v = pg.env();
@@ -58,11 +56,7 @@ fn a_slurm_array_of_workers_fills_a_sweep_and_a_cancelled_task_gives_its_unit_ba
         "--workers",
         "0",
     ]);
-    let id = planned
-        .strip_prefix("sweep ")
-        .and_then(|s| s.split(':').next())
-        .and_then(|s| s.parse::<i64>().ok())
-        .unwrap_or_else(|| panic!("{planned}"));
+    let id = common::sweep_id(&planned);
     let job = cluster.sbatch(&["--array=0-0"], &script, &[], &envs(id, "0"));
     let t = Instant::now();
     let held = loop {
@@ -119,11 +113,9 @@ fn a_slurm_array_of_workers_fills_a_sweep_and_a_cancelled_task_gives_its_unit_ba
 
 #[test]
 fn a_slurm_array_of_shards_adds_up_to_one_process_and_a_time_limit_stops_a_worker_cleanly() {
-    if let Some(why) = slurm::unavailable() {
-        eprintln!("skipped: {why}");
+    let Some(cluster) = slurm::cluster_or_skip() else {
         return;
-    }
-    let cluster = Slurm::start();
+    };
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm");
     let prh = env!("CARGO_BIN_EXE_prh").to_string();
 
@@ -143,11 +135,7 @@ fn a_slurm_array_of_shards_adds_up_to_one_process_and_a_time_limit_stops_a_worke
         "--workers",
         "0",
     ]);
-    let sweep = planned
-        .strip_prefix("sweep ")
-        .and_then(|s| s.split(':').next())
-        .unwrap_or_else(|| panic!("{planned}"))
-        .to_string();
+    let sweep = common::sweep_id(&planned).to_string();
     let waiting = cluster.path("waiting-worker.sbatch");
     std::fs::write(
         &waiting,

@@ -242,11 +242,7 @@ pub(crate) fn plan(env: &Env) -> i64 {
         "--workers",
         "0",
     ]);
-    planned
-        .strip_prefix("sweep ")
-        .and_then(|s| s.split(':').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{planned}"))
+    common::sweep_id(&planned)
 }
 
 /// Waits until `worker` holds a unit of the sweep; the unit's index.

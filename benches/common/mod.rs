@@ -122,6 +122,23 @@ fn baseline_copy(base: &Path, reg: &Path, copy: &Path) {
 /// spawn, once it runs prh). Not `wait4`'s ru_maxrss: that includes the high-water mark of the
 /// image before exec, i.e. of this bench process, which a spawned child shares until then. A
 /// run shorter than 5 ms reports 0.
+/// Runs this build's prh on `reg` with the standard environment, asserting success; its
+/// standard output.
+pub fn prh_ok(reg: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_prh"))
+        .arg("--registry")
+        .arg(reg)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "prh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 pub fn prh_measured(bin: &Path, reg: &Path, args: &[&str]) -> (f64, serde_json::Value, i64) {
     let t = Instant::now();
     let child = Command::new(bin)

@@ -280,6 +280,15 @@ pub fn mutate(base: &[u8], rng: &mut prh::rng::Rng) -> Vec<u8> {
     }
     b
 }
+/// The sweep id `prh align … --workers 0` printed (`sweep 7: submit …`).
+pub fn sweep_id(printed: &str) -> i64 {
+    printed
+        .strip_prefix("sweep ")
+        .and_then(|s| s.split(':').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no sweep id in {printed:?}"))
+}
+
 pub mod browser;
 pub mod http;
 pub mod postgres;

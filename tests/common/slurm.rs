@@ -32,6 +32,16 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// A one-node cluster for a test, or `None` (with the reason printed) where the Slurm tests
+/// cannot run.
+pub fn cluster_or_skip() -> Option<Slurm> {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(Slurm::start())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
