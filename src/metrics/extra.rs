@@ -127,10 +127,18 @@ const FOLDS: usize = 5;
 /// [`linear_r2`] in feature space, for X no wider than n: per fold the d_x × d_x system
 /// (XcᵀXc + λI) M = XcᵀYc on the centred training rows, then the test rows' residuals. The
 /// same number as the kernel form (ridge's primal and dual solutions are one), in O(n·d_x²)
-/// time and O(n·d_x + d_x² + d_x·d_y) memory, so it runs at any n.
+/// time and O(d_x² + d_x·d_y) memory beyond blocks of 4,096 rows, so it runs at any n.
 fn linear_r2_primal(a: &Derived, b: &Derived, ridge: f64) -> Result<f64, String> {
+    /// Rows per block: the centred rows are formed a block at a time, never all at once.
+    const BLOCK: usize = 4096;
     let (x, y) = (a.x(), b.x());
     let (n, dx, dy) = (x.nrows(), x.ncols(), y.ncols());
+    // Rows `rows` of `m`, minus `mean`, as an f64 block.
+    let centred = |m: &Array2<f32>, rows: &[usize], mean: &[f64]| {
+        Mat::<f64>::from_fn(rows.len(), m.ncols(), |p, j| {
+            m[[rows[p], j]] as f64 - mean[j]
+        })
+    };
     let (mut sse, mut sst) = (0.0, 0.0);
     for f in 0..FOLDS {
         let train: Vec<usize> = (0..n).filter(|i| i % FOLDS != f).collect();
@@ -142,9 +150,13 @@ fn linear_r2_primal(a: &Derived, b: &Derived, ridge: f64) -> Result<f64, String>
                 .collect()
         };
         let (mx, my) = (mean(x), mean(y));
-        let xc = Mat::<f64>::from_fn(nt, dx, |p, j| x[[train[p], j]] as f64 - mx[j]);
-        let yc = Mat::<f64>::from_fn(nt, dy, |p, j| y[[train[p], j]] as f64 - my[j]);
-        let mut system = xc.transpose() * &xc;
+        let mut system = Mat::<f64>::zeros(dx, dx);
+        let mut rhs = Mat::<f64>::zeros(dx, dy);
+        for rows in train.chunks(BLOCK) {
+            let (xb, yb) = (centred(x, rows, &mx), centred(y, rows, &my));
+            system += xb.transpose() * &xb;
+            rhs += xb.transpose() * &yb;
+        }
         // λ relative to the mean diagonal of the centred training kernel, tr(XcᵀXc) / n_t.
         let lambda = ridge * (0..dx).map(|j| system[(j, j)]).sum::<f64>() / nt as f64;
         for j in 0..dx {
@@ -153,15 +165,16 @@ fn linear_r2_primal(a: &Derived, b: &Derived, ridge: f64) -> Result<f64, String>
         let chol = system
             .llt(Side::Lower)
             .map_err(|_| "ridge system is not positive definite".to_string())?;
-        let m = faer::linalg::solvers::Solve::solve(&chol, &(xc.transpose() * &yc));
-        let xt = Mat::<f64>::from_fn(test.len(), dx, |q, j| x[[test[q], j]] as f64 - mx[j]);
-        let pred = &xt * &m;
-        for (q, &s) in test.iter().enumerate() {
-            for j in 0..dy {
-                let yt = y[[s, j]] as f64 - my[j];
-                let r = yt - pred[(q, j)];
-                sse += r * r;
-                sst += yt * yt;
+        let m = faer::linalg::solvers::Solve::solve(&chol, &rhs);
+        for rows in test.chunks(BLOCK) {
+            let (xb, yb) = (centred(x, rows, &mx), centred(y, rows, &my));
+            let pred = &xb * &m;
+            for q in 0..rows.len() {
+                for j in 0..dy {
+                    let r = yb[(q, j)] - pred[(q, j)];
+                    sse += r * r;
+                    sst += yb[(q, j)] * yb[(q, j)];
+                }
             }
         }
     }
