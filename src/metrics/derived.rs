@@ -165,6 +165,17 @@ enum Source {
     },
 }
 
+/// What CCA needs of one representation X: its column means and Cxx^(−1/2), where Cxx is
+/// the covariance (X − 1·meanᵀ)ᵀ(X − 1·meanᵀ)/(n − 1) plus 10⁻⁶·I with every eigenvalue kept
+/// at least 10⁻⁶ (as Aristotelian's `cca` and `pwcca`). The canonical correlations of X and Y
+/// are the singular values of Cxx^(−1/2)·XcᵀYc·Cyy^(−1/2)/(n − 1).
+pub struct CcaBasis {
+    /// Column means.
+    pub mean: Vec<f64>,
+    /// Cxx^(−1/2), d × d.
+    pub inv_sqrt: faer::Mat<f64>,
+}
+
 /// A prepared representation and its memoised derived data.
 pub struct Derived {
     n: usize,
@@ -178,7 +189,7 @@ pub struct Derived {
     svd: Mutex<HashMap<usize, Arc<SvdBasis>>>,
     rdm_ranks: Mutex<Option<Arc<Vec<f64>>>>,
     procrustes: Mutex<Option<Arc<faer::Mat<f64>>>>,
-    cca_white: Mutex<Option<Arc<faer::Mat<f64>>>>,
+    cca_white: Mutex<Option<Arc<CcaBasis>>>,
 }
 
 impl Derived {
@@ -306,7 +317,7 @@ impl Derived {
                 self.procrustes_basis();
             }
             Metric::Cca | Metric::Pwcca => {
-                self.cca_whitened();
+                self.cca_basis();
             }
             _ => {}
         }
@@ -654,50 +665,38 @@ impl Derived {
         v
     }
 
-    /// The whitened features W = Xc·Cxx^(−1/2) of CCA, n × d: Xc column-centred, and Cxx its
-    /// covariance XcᵀXc/(n − 1) plus 10⁻⁶·I with every eigenvalue kept at least 10⁻⁶ (as
-    /// Aristotelian's `cca` and `pwcca`). The canonical correlations of X and Y are the
-    /// singular values of WxᵀWy/(n − 1).
-    pub fn cca_whitened(&self) -> Arc<faer::Mat<f64>> {
+    /// What CCA needs of this representation ([`CcaBasis`]), computed in O(d²) memory.
+    pub fn cca_basis(&self) -> Arc<CcaBasis> {
         if let Some(v) = self.cca_white.lock().expect("lock").as_ref() {
             return v.clone();
         }
-        let w = match self.permutation() {
-            // Permuting rows leaves the column means and Cxx as they are.
-            Some((base, idx, _)) => {
-                let b = base.cca_whitened();
-                faer::Mat::<f64>::from_fn(self.n, b.ncols(), |i, j| b[(idx[i] as usize, j)])
-            }
+        let v = match self.permutation() {
+            // Permuting rows leaves the column means and the covariance as they are.
+            Some((base, _, _)) => base.cca_basis(),
             None => {
                 const REG: f64 = 1e-6;
                 let x = self.x();
                 let (n, d) = x.dim();
-                let mut xc = faer::Mat::<f64>::zeros(n, d);
-                for j in 0..d {
-                    let col = x.column(j);
-                    let mean = col.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-                    for i in 0..n {
-                        xc[(i, j)] = col[i] as f64 - mean;
-                    }
-                }
-                let mut c = xc.transpose() * &xc;
+                let mean: Vec<f64> = (0..d)
+                    .map(|j| x.column(j).iter().map(|&v| v as f64).sum::<f64>() / n as f64)
+                    .collect();
+                let c = centred_cross(x, Some(&mean), x, Some(&mean));
                 let scale = 1.0 / (n as f64 - 1.0).max(1.0);
-                c = faer::Mat::<f64>::from_fn(d, d, |i, j| {
+                let c = faer::Mat::<f64>::from_fn(d, d, |i, j| {
                     c[(i, j)] * scale + if i == j { REG } else { 0.0 }
                 });
-                match c.self_adjoint_eigen(faer::Side::Lower) {
+                let inv_sqrt = match c.self_adjoint_eigen(faer::Side::Lower) {
                     Ok(eig) => {
                         let (u, s) = (eig.U(), eig.S());
                         let inv: Vec<f64> = (0..d).map(|j| 1.0 / s[j].max(REG).sqrt()).collect();
                         let us = faer::Mat::<f64>::from_fn(d, d, |i, j| u[(i, j)] * inv[j]);
-                        let root = us * u.transpose();
-                        xc * root
+                        us * u.transpose()
                     }
-                    Err(_) => faer::Mat::<f64>::zeros(n, d),
-                }
+                    Err(_) => faer::Mat::<f64>::zeros(d, d),
+                };
+                Arc::new(CcaBasis { mean, inv_sqrt })
             }
         };
-        let v = Arc::new(w);
         *self.cca_white.lock().expect("lock") = Some(v.clone());
         v
     }
@@ -768,17 +767,38 @@ impl Derived {
     }
 }
 
-/// ‖XᵀY‖²_F in f64 (= ⟨XXᵀ, YYᵀ⟩_F): the d_x × d_y cross-product accumulated over blocks
-/// of rows, so memory is O(d_x·d_y) whatever n. A fixed block size and faer's GEMM (which
-/// never splits the summed dimension across threads) give the same bits on any thread count.
+/// ‖XᵀY‖²_F in f64 (= ⟨XXᵀ, YYᵀ⟩_F), from [`centred_cross`] without centring.
 pub fn cross_frobenius(x: &Array2<f32>, y: &Array2<f32>) -> f64 {
+    let acc = centred_cross(x, None, y, None);
+    let mut total = 0.0;
+    for j in 0..acc.ncols() {
+        for i in 0..acc.nrows() {
+            total += acc[(i, j)] * acc[(i, j)];
+        }
+    }
+    total
+}
+
+/// (X − 1·mxᵀ)ᵀ(Y − 1·myᵀ) in f64 (no centring where a mean is `None`): the d_x × d_y
+/// cross-product accumulated over blocks of rows, so memory is O(d_x·d_y) whatever n. A fixed
+/// block size and faer's GEMM (which never splits the summed dimension across threads) give
+/// the same bits on any thread count.
+pub fn centred_cross(
+    x: &Array2<f32>,
+    mx: Option<&[f64]>,
+    y: &Array2<f32>,
+    my: Option<&[f64]>,
+) -> faer::Mat<f64> {
     const ROWS: usize = 1024;
     let (n, dx, dy) = (x.nrows(), x.ncols(), y.ncols());
+    let at = |m: Option<&[f64]>, j: usize| m.map_or(0.0, |m| m[j]);
     let mut acc = faer::Mat::<f64>::zeros(dx, dy);
     for r0 in (0..n).step_by(ROWS) {
         let r1 = (r0 + ROWS).min(n);
-        let a = faer::Mat::<f64>::from_fn(r1 - r0, dx, |i, j| f64::from(x[[r0 + i, j]]));
-        let b = faer::Mat::<f64>::from_fn(r1 - r0, dy, |i, j| f64::from(y[[r0 + i, j]]));
+        let a =
+            faer::Mat::<f64>::from_fn(r1 - r0, dx, |i, j| f64::from(x[[r0 + i, j]]) - at(mx, j));
+        let b =
+            faer::Mat::<f64>::from_fn(r1 - r0, dy, |i, j| f64::from(y[[r0 + i, j]]) - at(my, j));
         faer::linalg::matmul::matmul(
             acc.as_mut(),
             Accum::Add,
@@ -788,13 +808,7 @@ pub fn cross_frobenius(x: &Array2<f32>, y: &Array2<f32>) -> f64 {
             Par::rayon(0),
         );
     }
-    let mut total = 0.0;
-    for j in 0..dy {
-        for i in 0..dx {
-            total += acc[(i, j)] * acc[(i, j)];
-        }
-    }
-    total
+    acc
 }
 
 /// The memory budget for derived data when none is given (`--mem-mib`'s default).

@@ -3,7 +3,7 @@
 use faer::{Mat, Side};
 use ndarray::Array2;
 
-use super::derived::Derived;
+use super::derived::{Derived, centred_cross};
 
 /// `svcca`: mean canonical correlation between the top-`c` left singular subspaces of the
 /// column-standardised features. Both bases are orthonormal and centred, so the canonical
@@ -47,9 +47,10 @@ fn canonical(
     b: &Derived,
     vectors: bool,
 ) -> Result<(Vec<f64>, Option<Mat<f64>>), String> {
-    let (wx, wy) = (a.cca_whitened(), b.cca_whitened());
+    let (ca, cb) = (a.cca_basis(), b.cca_basis());
+    let cross = centred_cross(a.x(), Some(&ca.mean), b.x(), Some(&cb.mean));
     let scale = 1.0 / (a.n() as f64 - 1.0).max(1.0);
-    let t = wx.transpose() * &*wy * faer::Scale(scale);
+    let t = &ca.inv_sqrt * cross * &cb.inv_sqrt * faer::Scale(scale);
     if !vectors {
         let s = t
             .singular_values()
@@ -84,12 +85,22 @@ pub fn pwcca(a: &Derived, b: &Derived) -> Result<f64, String> {
     let mut order: Vec<usize> = (0..s.len()).collect();
     order.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
     order.truncate(r);
-    let wx = a.cca_whitened();
+    // Each weight: Σ_i |(x_i − mean)ᵀ·Cxx^(−1/2)·u_j|, over blocks of rows.
+    let ca = a.cca_basis();
     let ur = Mat::<f64>::from_fn(u.nrows(), r, |i, j| u[(i, order[j])]);
-    let z = &*wx * ur;
-    let w: Vec<f64> = (0..r)
-        .map(|j| (0..z.nrows()).map(|i| z[(i, j)].abs()).sum())
-        .collect();
+    let proj = &ca.inv_sqrt * ur;
+    let x = a.x();
+    let mut w = vec![0f64; r];
+    for r0 in (0..x.nrows()).step_by(1024) {
+        let r1 = (r0 + 1024).min(x.nrows());
+        let xb = Mat::<f64>::from_fn(r1 - r0, x.ncols(), |i, j| {
+            f64::from(x[[r0 + i, j]]) - ca.mean[j]
+        });
+        let z = xb * &proj;
+        for (j, wj) in w.iter_mut().enumerate() {
+            *wj += (0..z.nrows()).map(|i| z[(i, j)].abs()).sum::<f64>();
+        }
+    }
     let total: f64 = w.iter().sum::<f64>() + 1e-8; // Aristotelian's EPS
     Ok(order.iter().zip(&w).map(|(&i, wj)| wj / total * s[i]).sum())
 }
