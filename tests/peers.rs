@@ -137,6 +137,15 @@ const REPRODUCED: &[Cell] = &[
         1e-9,
     ),
     ("platonic_universe", "rsa", ALL_PAIRS, "rsa", NO_PREP, 1e-6),
+    // Euclidean distances rank as cosine distances on rows of unit norm.
+    (
+        "rsatoolbox",
+        "euclidean+spearman",
+        &["unit_rows"],
+        "rsa",
+        NO_PREP,
+        1e-6,
+    ),
 ];
 
 #[test]
@@ -200,5 +209,71 @@ fn aristotelians_procrustes_is_prhs_through_the_documented_identity() {
             "{pair}: Aristotelian {theirs}, prh {p} converted {converted}"
         );
         assert!((p - theirs).abs() > 0.1, "the two definitions differ");
+    }
+}
+
+#[test]
+fn netreps_angular_procrustes_distance_is_the_arccos_of_prhs_procrustes() {
+    let e = expected();
+    for &pair in ALL_PAIRS {
+        let p = prh(pair, "procrustes", NO_PREP);
+        let theirs = e["pairs"][pair]["netrep"]["LinearMetric(alpha=1,angular)"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (p.min(1.0).acos() - theirs).abs() < 1e-6,
+            "{pair}: netrep {theirs}, arccos of prh's {p} = {}",
+            p.min(1.0).acos()
+        );
+    }
+}
+
+#[test]
+fn rsatoolboxs_correlation_rdm_is_prhs_rsa_on_rows_centred() {
+    // The correlation distance of two rows is the cosine distance of the rows centred on
+    // their own means, so rsatoolbox's `correlation` RDM compared by Spearman is prh's rsa of
+    // the row-centred features.
+    let e = expected();
+    let tmp = tempfile::tempdir().unwrap();
+    for &pair in ALL_PAIRS {
+        let mut paths = Vec::new();
+        for side in ["x", "y"] {
+            let src = dir().join(format!("{pair}_{side}.npy"));
+            let x = &prh::formats::open(&src).unwrap().finite_layers().unwrap()[0];
+            let centred: Vec<f32> = x
+                .rows()
+                .into_iter()
+                .flat_map(|r| {
+                    let m = r.iter().map(|&v| v as f64).sum::<f64>() / r.len() as f64;
+                    r.iter()
+                        .map(move |&v| (v as f64 - m) as f32)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let p = tmp.path().join(format!("{pair}_{side}.npy"));
+            crate::common::write_npy(&p, &[x.nrows(), x.ncols()], &centred);
+            paths.push(p);
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_prh"))
+            .arg("compare")
+            .args(&paths)
+            .args(["--metric", "rsa", "--no-prep", "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = serde_json::from_slice::<Value>(&out.stdout).unwrap()["value"]
+            .as_f64()
+            .unwrap();
+        let theirs = e["pairs"][pair]["rsatoolbox"]["correlation+spearman"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (got - theirs).abs() < 1e-6,
+            "{pair}: rsatoolbox {theirs}, prh rsa of row-centred features {got}"
+        );
     }
 }
