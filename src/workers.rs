@@ -33,6 +33,12 @@ pub struct UnitSpec {
     pub specs: Vec<MetricSpec>,
     pub prep: Prep,
     pub mem_budget: usize,
+    /// The sweep's x and y models, so a worker resolves their checkpoints once per sweep
+    /// (empty in sweeps entered by an older prh: then once per unit).
+    #[serde(default)]
+    pub x_models: Vec<String>,
+    #[serde(default)]
+    pub y_models: Vec<String>,
 }
 
 /// Enters the model pairs of `req` that lack cells as a sweep of units; `None` when every
@@ -54,6 +60,8 @@ pub fn plan(
         specs: req.specs.clone(),
         prep: req.prep,
         mem_budget: req.mem_budget,
+        x_models: sweep::select_models(reg, &req.x)?,
+        y_models: sweep::select_models(reg, &req.y)?,
     };
     let mut units = Vec::new();
     for m in &missing {
@@ -182,8 +190,8 @@ pub fn work(reg: &mut Registry, opts: &WorkOptions, progress: &dyn Progress) -> 
         inner: progress,
         grace: opts.grace,
     };
-    // Derived data of the checkpoints met so far, for the sweep being worked on.
-    let mut derived: Option<(i64, DerivedCache)> = None;
+    // What the worker keeps for the sweep being worked on.
+    let mut derived: Option<SweepState> = None;
     loop {
         if stop::requested() {
             eprintln!("worker {}: stopping as asked (a signal)", opts.name);
@@ -280,12 +288,20 @@ fn others_running(reg: &Registry, sweep: Option<i64>) -> Result<bool> {
         .any(|u| u.state == "running" && sweep.is_none_or(|s| u.sweep == s)))
 }
 
+/// What a worker keeps across the units of one sweep: derived data and preparations of the
+/// checkpoints met, and the sweep's checkpoints, resolved once.
+struct SweepState {
+    sweep: i64,
+    cache: DerivedCache,
+    resolved: Option<(Vec<sweep::CheckpointLayers>, Vec<sweep::CheckpointLayers>)>,
+}
+
 /// Fills one unit's cells: the usual sweep, restricted to its pair, without statistics,
 /// deriving through the worker's cache for this sweep.
 fn compute(
     reg: &mut Registry,
     unit: &Unit,
-    derived: &mut Option<(i64, DerivedCache)>,
+    derived: &mut Option<SweepState>,
     progress: &dyn Progress,
 ) -> Result<()> {
     let spec: UnitSpec = serde_json::from_str(&unit.spec).map_err(|e| {
@@ -294,27 +310,14 @@ fn compute(
             unit.sweep
         ))
     })?;
-    let checkpoints = reg.catalog.checkpoints(None)?;
-    let name = |id: CheckpointId| -> Result<String> {
-        checkpoints
-            .iter()
-            .find(|c| c.id == id)
-            .map(|c| c.model.clone())
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "sweep {} unit {}: checkpoint {id} is no longer in the registry",
-                    unit.sweep, unit.idx
-                ))
-            })
-    };
-    let req = SweepRequest {
-        x: Selector::Names(vec![name(unit.x)?]),
-        y: Selector::Names(vec![name(unit.y)?]),
-        dataset: spec.dataset,
-        pool: spec.pool,
+    let request = |x: Vec<String>, y: Vec<String>| SweepRequest {
+        x: Selector::Names(x),
+        y: Selector::Names(y),
+        dataset: spec.dataset.clone(),
+        pool: spec.pool.clone(),
         all_checkpoints: true,
         x_checkpoint: None,
-        specs: spec.specs,
+        specs: spec.specs.clone(),
         prep: spec.prep,
         mem_budget: spec.mem_budget,
         null: 0,
@@ -323,11 +326,57 @@ fn compute(
         alpha: crate::stats::DEFAULT_ALPHA,
         reduce: Default::default(),
     };
-    if derived.as_ref().is_none_or(|(s, _)| *s != unit.sweep) {
-        *derived = Some((unit.sweep, DerivedCache::new(req.mem_budget)));
+    if derived.as_ref().is_none_or(|d| d.sweep != unit.sweep) {
+        *derived = Some(SweepState {
+            sweep: unit.sweep,
+            cache: DerivedCache::new(spec.mem_budget),
+            resolved: None,
+        });
     }
-    let cache = &mut derived.as_mut().expect("set above").1;
-    sweep::fill_pair(reg, &req, (unit.x, unit.y), unit.x_layers, cache, progress)
+    let state = derived.as_mut().expect("set above");
+    let pair = (unit.x, unit.y);
+    if spec.x_models.is_empty() || spec.y_models.is_empty() {
+        // A sweep entered by an older prh: resolve the unit's two models.
+        let req = request(
+            vec![model_of(reg, unit, unit.x)?],
+            vec![model_of(reg, unit, unit.y)?],
+        );
+        return sweep::fill_pair(reg, &req, pair, unit.x_layers, &mut state.cache, progress);
+    }
+    let req = request(spec.x_models.clone(), spec.y_models.clone());
+    let known = |r: &(Vec<sweep::CheckpointLayers>, Vec<sweep::CheckpointLayers>)| {
+        r.0.iter().any(|c| c.checkpoint_id == unit.x)
+            && r.1.iter().any(|c| c.checkpoint_id == unit.y)
+    };
+    // Resolved once per sweep, and again when a unit names a checkpoint that was not there.
+    if !state.resolved.as_ref().is_some_and(known) {
+        state.resolved = Some(sweep::resolve_request(reg, &req)?);
+    }
+    let (xs, ys) = state.resolved.as_ref().expect("set above");
+    sweep::fill_resolved(
+        reg,
+        &req,
+        (xs, ys),
+        pair,
+        unit.x_layers,
+        &mut state.cache,
+        progress,
+    )
+}
+
+/// The model of checkpoint `id` of `unit`'s pair.
+fn model_of(reg: &Registry, unit: &Unit, id: CheckpointId) -> Result<String> {
+    reg.catalog
+        .checkpoints(None)?
+        .into_iter()
+        .find(|c| c.id == id)
+        .map(|c| c.model)
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "sweep {} unit {}: checkpoint {id} is no longer in the registry",
+                unit.sweep, unit.idx
+            ))
+        })
 }
 
 /// A thread renewing the lease of the unit the worker holds, every third of the lease, on a

@@ -29,8 +29,8 @@ pub struct AlignArgs {
     #[command(flatten)]
     pub sweep: SweepArgs,
     /// Split the missing cells over N worker processes on this machine (`prh worker --once`),
-    /// one model pair at a time; `prh worker` on other machines that reach the same catalog and
-    /// blobs joins in. `prh status` shows the progress. With 0, only enter the sweep, print its
+    /// one unit at a time (a model pair, or a block of a heavy pair's layers: --unit-cells);
+    /// `prh worker` on other machines that reach the same catalog and blobs joins in. `prh status` shows the progress. With 0, only enter the sweep, print its
     /// id and leave the work to `prh worker` processes started elsewhere.
     #[arg(long, value_name = "N", conflicts_with = "shard")]
     pub workers: Option<usize>,

@@ -99,7 +99,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Write the registry (or some models) to one bundle file a colleague can import.
     Export(export::ExportArgs),
-    /// Merge a bundle into this registry (verified before anything is committed).
+    /// Merge bundles (exports, or the parts shards wrote) into this registry, each verified
+    /// before anything of it is committed.
     Import(import::ImportArgs),
     /// Re-hash every blob and recompute a sample of cached cells; exit 1 on any problem.
     Verify(verify::VerifyArgs),

@@ -245,7 +245,7 @@ pub fn sweep(
     progress: &dyn Progress,
 ) -> Result<Vec<PairResult>> {
     let (xs, ys) = resolve(reg, req)?;
-    let set = pair_set(reg, req, &xs, &ys, None)?;
+    let set = pair_set(reg, req, &xs, &ys, None, &mut HashMap::new())?;
     let (mut tables, todo) = cached_tables(reg, &set)?;
     let mut cache = DerivedCache::new(req.mem_budget);
     let computed = compute_missing(reg, req, &set, &todo, &mut tables, &mut cache, progress)?;
@@ -269,7 +269,29 @@ pub fn fill_pair(
     progress: &dyn Progress,
 ) -> Result<()> {
     let (xs, ys) = resolve(reg, req)?;
-    let set = pair_set(reg, req, &xs, &ys, Some((x, y)))?;
+    fill_resolved(reg, req, (&xs, &ys), (x, y), x_layers, cache, progress)
+}
+
+/// The x and y checkpoints a request selects (a worker resolves its sweep's once).
+pub fn resolve_request(
+    reg: &Registry,
+    req: &SweepRequest,
+) -> Result<(Vec<CheckpointLayers>, Vec<CheckpointLayers>)> {
+    resolve(reg, req)
+}
+
+/// [`fill_pair`] with the request's checkpoints already resolved ([`resolve_request`]), and
+/// the prep of checkpoints met before taken from `cache`.
+pub fn fill_resolved(
+    reg: &mut Registry,
+    req: &SweepRequest,
+    (xs, ys): (&[CheckpointLayers], &[CheckpointLayers]),
+    (x, y): (CheckpointId, CheckpointId),
+    x_layers: Option<(i64, i64)>,
+    cache: &mut DerivedCache,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let set = pair_set(reg, req, xs, ys, Some((x, y)), &mut cache.preps)?;
     if set.pairs.is_empty() {
         return Err(Error::Conflict(format!(
             "checkpoints {x} × {y} are not a pair of this sweep any more (a representation was removed?)"
@@ -332,7 +354,7 @@ pub fn missing_pairs(reg: &Registry, req: &SweepRequest) -> Result<Vec<SweepPair
 /// Every checkpoint pair of a request, in sweep order.
 pub fn sweep_pairs(reg: &Registry, req: &SweepRequest) -> Result<Vec<SweepPair>> {
     let (xs, ys) = resolve(reg, req)?;
-    let set = pair_set(reg, req, &xs, &ys, None)?;
+    let set = pair_set(reg, req, &xs, &ys, None, &mut HashMap::new())?;
     let (_, todo) = cached_tables(reg, &set)?;
     let per_pair = |x: &CheckpointLayers, y: &CheckpointLayers| {
         x.layers.len() * y.layers.len() * set.keys.len()

@@ -93,13 +93,14 @@ pub(super) fn pair_set<'a>(
     xs: &'a [CheckpointLayers],
     ys: &'a [CheckpointLayers],
     only: Option<(CheckpointId, CheckpointId)>,
+    known: &mut HashMap<CheckpointId, CheckpointPrep>,
 ) -> Result<PairSet<'a>> {
     // A worker's unit (`only`) prepares its own two checkpoints, not the whole request's.
     let wanted = |ck: &&CheckpointLayers| {
         only.is_none_or(|(x, y)| ck.checkpoint_id == x || ck.checkpoint_id == y)
     };
     let members: Vec<&CheckpointLayers> = xs.iter().chain(ys.iter()).filter(wanted).collect();
-    let preps = checkpoint_preps(reg, members.iter().copied(), req.prep)?;
+    let preps = checkpoint_preps(reg, members.iter().copied(), req.prep, known)?;
     Ok(PairSet {
         pairs: xs
             .iter()
@@ -153,16 +154,26 @@ pub(super) fn resolve(
     Ok((xs, ys))
 }
 
-/// Prep keys (clamp thresholds) once per checkpoint.
+/// Prep keys (clamp thresholds) once per checkpoint, taken from `known` where it has them
+/// (a worker's, for the checkpoints of earlier units of its sweep) and added to it.
 pub(super) fn checkpoint_preps<'a>(
     reg: &Registry,
     checkpoints: impl Iterator<Item = &'a CheckpointLayers>,
     prep: Prep,
+    known: &mut HashMap<CheckpointId, CheckpointPrep>,
 ) -> Result<HashMap<CheckpointId, CheckpointPrep>> {
     let mut preps: HashMap<CheckpointId, CheckpointPrep> = HashMap::new();
     for ck in checkpoints {
         if let std::collections::hash_map::Entry::Vacant(e) = preps.entry(ck.checkpoint_id) {
-            e.insert(checkpoint_prep(reg, ck, prep)?);
+            let p = match known.get(&ck.checkpoint_id) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = checkpoint_prep(reg, ck, prep)?;
+                    known.insert(ck.checkpoint_id, p.clone());
+                    p
+                }
+            };
+            e.insert(p);
         }
     }
     Ok(preps)

@@ -224,6 +224,8 @@ pub struct DerivedCache {
     /// Layers whose tied rows at k are stored (blob, prep key, k): a worker stores each once
     /// per sweep, not once per unit.
     pub(super) ties_stored: HashSet<(BlobHash, String, usize)>,
+    /// Checkpoints' preparations (clamp thresholds read from the catalog) met so far.
+    pub(super) preps: HashMap<CheckpointId, CheckpointPrep>,
 }
 
 impl DerivedCache {
@@ -237,6 +239,7 @@ impl DerivedCache {
             clock: 0,
             entries: HashMap::new(),
             ties_stored: HashSet::new(),
+            preps: HashMap::new(),
         }
     }
 
