@@ -280,6 +280,32 @@ pub fn mutate(base: &[u8], rng: &mut prh::rng::Rng) -> Vec<u8> {
     }
     b
 }
+
+/// Runs the shell command `script` once this process has ended, however it ends: a detached
+/// shell (in the background of a shell that exits at once, so nothing is left to reap; in its
+/// own process group, so a Ctrl-C to the tests does not reach it) waits for this process to
+/// exit, then runs it. The servers the tests start are stopped on drop; this stops them too
+/// when the test process is killed before it can drop them (a signal, a CI timeout), so no
+/// test leaves a server listening. `script` must be harmless after a normal drop (the drop
+/// stopped the server and removed its directory).
+pub fn after_exit(script: &str) {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let detached = format!(
+        "(while kill -0 {} 2>/dev/null; do sleep 1; done; {script}) >/dev/null 2>&1 &",
+        std::process::id()
+    );
+    let started = Command::new("sh")
+        .args(["-c", &detached])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .status()
+        .expect("sh starts");
+    assert!(started.success(), "the clean-up shell did not start");
+}
+
 /// The sweep id `prh align … --workers 0` printed (`sweep 7: submit …`).
 pub fn sweep_id(printed: &str) -> i64 {
     printed

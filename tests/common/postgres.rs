@@ -105,6 +105,19 @@ impl Cluster {
             ],
         );
         c.start_server();
+        // Stopped (`-m immediate`, using the data directory's own pid file) and removed even if
+        // this process is killed before the cluster is dropped.
+        let pg_ctl = format!(
+            "{} -D {} -m immediate stop",
+            c.bin.join("pg_ctl").display(),
+            data.display()
+        );
+        let as_owner = if root {
+            format!("runuser -u postgres -- {pg_ctl}")
+        } else {
+            pg_ctl
+        };
+        super::after_exit(&format!("{as_owner}; rm -rf {}", c.dir.path().display()));
         c
     }
 

@@ -140,6 +140,13 @@ impl Slurm {
         std::fs::write(d.join("slurm.conf"), conf).unwrap();
         let s = Slurm { dir };
         let conf = s.conf();
+        // What the drop does, also when this process is killed before it can drop the cluster:
+        // cancel every job, stop the daemons by their pid files, remove the directory. After a
+        // normal drop the directory, and so the pid files, are gone: nothing is killed twice.
+        let d = s.dir.path().display();
+        super::after_exit(&format!(
+            "SLURM_CONF={conf} scancel --full -u root; for f in slurmd.pid slurmctld.pid munge/munged.pid; do [ -f {d}/$f ] && kill $(cat {d}/$f); done; sleep 1; rm -rf {d}"
+        ));
         assert!(
             s.command("slurmctld")
                 .args(["-f", &conf, "-i"])
