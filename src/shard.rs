@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::bundle::{self, proof::Key};
+use crate::bundle::{self, Staging, proof::Key};
 use crate::catalog::SqliteCatalog;
 use crate::error::{Error, Result};
 use crate::registry::Registry;
@@ -89,15 +89,6 @@ pub struct ShardReport {
     pub bytes: u64,
 }
 
-/// A directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Computes shard `shard` of `req`'s sweep from `reg` (which is only read) into the bundle
 /// `out`. The scratch copy of the catalog lives under `scratch` (the system's temporary
 /// directory when `None`) while it runs.
@@ -117,22 +108,16 @@ pub fn run(
     }
     let key = Key::get_or_create(&reg)?;
     let base = scratch.map_or_else(std::env::temp_dir, Path::to_path_buf);
-    let dir = Scratch(base.join(format!(
-        "prh-shard-{}-of-{}-{}",
-        shard.index,
-        shard.of,
-        std::process::id()
-    )));
-    std::fs::create_dir_all(&dir.0).map_err(|e| Error::io(&dir.0, e))?;
-    let copy = dir.0.join("catalog.db");
+    let dir = Staging::under(&base, &format!("prh-shard-{}-of-{}", shard.index, shard.of))?;
+    let copy = dir.path().join("catalog.db");
     reg.catalog.working_copy(&copy)?;
-    let top = FsBlobStore::new(&dir.0);
+    let top = FsBlobStore::new(dir.path());
     top.create_dirs()?;
     let Registry { catalog, store, .. } = reg;
     drop(catalog);
     let base: Arc<dyn BlobStore> = Arc::from(store);
     let mut work = Registry::with_parts(
-        &dir.0,
+        dir.path(),
         Box::new(SqliteCatalog::open(&copy)?),
         Box::new(OverlayBlobStore {
             base: base.clone(),
@@ -153,9 +138,12 @@ pub fn run(
     let todo: usize = mine.iter().map(|p| p.cells).sum();
     progress.start(todo as u64);
     let mut cache = DerivedCache::new(req.mem_budget);
+    // The sweep's checkpoints, resolved once for all of this shard's pairs.
+    let (xs, ys) = sweep::resolve_request(&work, req)?;
     for p in mine.iter().filter(|p| p.cells > 0) {
         progress.message(&p.label);
-        sweep::fill_pair(&mut work, req, (p.x, p.y), None, &mut cache, progress)?;
+        let pair = (p.x, p.y);
+        sweep::fill_resolved(&mut work, req, (&xs, &ys), pair, None, &mut cache, progress)?;
     }
 
     let mut models: Vec<String> = mine

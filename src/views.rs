@@ -241,10 +241,11 @@ impl View {
         })
     }
 
-    /// The model × model table of a statistic of each pair's permutation null (`value`):
-    /// fills what is missing, cells and `null.permutations` draws per pair (both cached), at
-    /// the latest checkpoints. A q-value is taken among the table's pairs.
-    pub fn null_matrix(
+    /// The model × model table of `value` at the latest checkpoints: with no permutations and
+    /// `Score`, the cached scores ([`View::matrix`]); else a statistic of each pair's
+    /// permutation null, filling what is missing, cells and `null.permutations` draws per pair
+    /// (both cached). A q-value is taken among the table's pairs.
+    pub fn value_matrix(
         &self,
         reg: &mut Registry,
         (x, y): (&str, &str),
@@ -253,11 +254,14 @@ impl View {
         value: CellValue,
         progress: &dyn Progress,
     ) -> Result<Matrix> {
-        if null.permutations == 0 && value != CellValue::Score {
-            return Err(Error::Invalid(format!(
-                "a matrix of {} needs a permutation null: give the number of permutations (--null 1000)",
-                value.key()
-            )));
+        if null.permutations == 0 {
+            if value != CellValue::Score {
+                return Err(Error::Invalid(format!(
+                    "a matrix of {} needs a permutation null: give the number of permutations (--null 1000)",
+                    value.key()
+                )));
+            }
+            return self.matrix(reg, (x, y), perf, lower_is_better);
         }
         let results = self.fill(reg, (x.parse()?, y.parse()?), false, Some(null), progress)?;
         let mut m = self.matrix(reg, (x, y), perf, lower_is_better)?;

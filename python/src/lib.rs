@@ -523,24 +523,13 @@ fn chart(py: Python<'_>, root: &str, kind: &str, opts: &str) -> PyResult<String>
             "matrix" => {
                 let sel = (need(&o, "x")?, need(&o, "y")?);
                 let values: CellValue = s(&o, "values").unwrap_or("score").parse()?;
-                let permutations = u(&o, "null", 0)? as usize;
-                let m = if values == CellValue::Score && permutations == 0 {
-                    v.matrix(reg, sel, s(&o, "perf"), lower)?
-                } else {
-                    let null = NullSpec {
-                        permutations,
-                        seed: u(&o, "seed", 0)?,
-                        alpha: prh::stats::DEFAULT_ALPHA,
-                    };
-                    v.null_matrix(
-                        reg,
-                        sel,
-                        (s(&o, "perf"), lower),
-                        null,
-                        values,
-                        &sweep::Silent,
-                    )?
+                let null = NullSpec {
+                    permutations: u(&o, "null", 0)? as usize,
+                    seed: u(&o, "seed", 0)?,
+                    alpha: prh::stats::DEFAULT_ALPHA,
                 };
+                let order = (s(&o, "perf"), lower);
+                let m = v.value_matrix(reg, sel, order, null, values, &sweep::Silent)?;
                 if let Some(p) = &plot {
                     prh::plot::matrix(p, &m, &v.label())?;
                 }

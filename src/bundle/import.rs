@@ -83,17 +83,15 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
     check_staged(reg, bundle, &staged, &declared)?;
     // A shard this registry sealed brings cells prh computed from this registry's blobs:
     // served as they are, with nothing recomputed.
-    let own = match proof::provenance(reg, bundle, &manifest)? {
-        proof::Provenance::OwnShard(p) => Some(p),
-        proof::Provenance::Foreign => None,
-    };
-    let opts = &match own {
-        Some(_) => ImportOptions {
+    let own = proof::sealed_here(reg, bundle, &manifest)?;
+    let opts = &if own {
+        ImportOptions {
             trust_cells: true,
             check_cells: 0,
             ..opts.clone()
-        },
-        None => opts.clone(),
+        }
+    } else {
+        opts.clone()
     };
     // A sample of the bundle's cached cells is recomputed here: one wrong number refuses the
     // whole bundle. The sampled cells are trusted; the rest wait in `imported_cells` (or, with
@@ -109,7 +107,7 @@ pub fn import(reg: &mut Registry, bundle: &Path, opts: &ImportOptions) -> Result
     rep.shard = manifest.shard.map(|p| ShardOrigin {
         shard: format!("{}/{}", p.index, p.of),
         sweep: p.sweep,
-        own: own.is_some(),
+        own,
     });
     drop(guard);
     rep.thresholds_computed = recompute_thresholds(reg, &staged)?;

@@ -62,12 +62,18 @@ pub struct BlobEntry {
     pub bytes: u64,
 }
 
-/// A directory under the registry's `tmp/` removed when dropped.
-struct Staging(pub(super) PathBuf);
+/// A directory of its own, removed when dropped: under the registry's `tmp/` for bundles, a
+/// shard's scratch directory for its working copy.
+pub(crate) struct Staging(pub(super) PathBuf);
 
 impl Staging {
     fn new(reg: &Registry, what: &str) -> Result<Self> {
-        let p = reg.root.join("tmp").join(format!(
+        Staging::under(&reg.root.join("tmp"), what)
+    }
+
+    /// A new directory `what-PID-NANOS` in `dir`.
+    pub(crate) fn under(dir: &Path, what: &str) -> Result<Self> {
+        let p = dir.join(format!(
             "{what}-{}-{}",
             std::process::id(),
             std::time::SystemTime::now()
@@ -77,6 +83,11 @@ impl Staging {
         ));
         fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
         Ok(Staging(p))
+    }
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
     }
 }
 

@@ -36,14 +36,8 @@ impl Key {
         blake3::keyed_hash(&self.0, b"prh registry id").to_hex()[..32].to_string()
     }
 
-    fn seal(
-        &self,
-        catalog_blake3: &str,
-        registry: &str,
-        sweep: &str,
-        index: usize,
-        of: usize,
-    ) -> String {
+    fn seal(&self, catalog_blake3: &str, sweep: &str, index: usize, of: usize) -> String {
+        let registry = self.id();
         let msg = format!("prh-shard-v1\n{registry}\n{sweep}\n{index}/{of}\n{catalog_blake3}");
         blake3::keyed_hash(&self.0, msg.as_bytes())
             .to_hex()
@@ -52,10 +46,9 @@ impl Key {
 
     /// The proof for a shard bundle whose catalog hashes to `catalog_blake3`.
     pub fn prove(&self, catalog_blake3: &str, sweep: &str, index: usize, of: usize) -> ShardProof {
-        let registry = self.id();
         ShardProof {
-            seal: self.seal(catalog_blake3, &registry, sweep, index, of),
-            registry,
+            seal: self.seal(catalog_blake3, sweep, index, of),
+            registry: self.id(),
             sweep: sweep.to_string(),
             index,
             of,
@@ -124,30 +117,20 @@ impl Key {
     }
 }
 
-/// Where a bundle came from, as far as this registry can tell.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Provenance {
-    /// Not a shard (an export), or a shard of another registry.
-    Foreign,
-    /// A shard this registry's key sealed.
-    OwnShard(ShardProof),
-}
-
-/// Checks a manifest's shard proof against this registry's key; an error when it names this
-/// registry but its seal does not match (altered after it was written).
-pub fn provenance(reg: &Registry, bundle: &Path, m: &Manifest) -> Result<Provenance> {
+/// Whether this registry's key sealed the bundle (a shard of this registry); false for an
+/// export or another registry's shard, an error when it names this registry but its seal does
+/// not match (altered after it was written).
+pub fn sealed_here(reg: &Registry, bundle: &Path, m: &Manifest) -> Result<bool> {
     let Some(p) = &m.shard else {
-        return Ok(Provenance::Foreign);
+        return Ok(false);
     };
     let Some(key) = Key::read(reg)? else {
-        return Ok(Provenance::Foreign);
+        return Ok(false);
     };
-    let registry = key.id();
-    if p.registry != registry {
-        return Ok(Provenance::Foreign);
+    if p.registry != key.id() {
+        return Ok(false);
     }
-    let want = key.seal(&m.catalog.blake3, &registry, &p.sweep, p.index, p.of);
-    if want != p.seal || p.index >= p.of {
+    if key.seal(&m.catalog.blake3, &p.sweep, p.index, p.of) != p.seal || p.index >= p.of {
         return Err(Error::format(
             bundle,
             format!(
@@ -157,5 +140,5 @@ pub fn provenance(reg: &Registry, bundle: &Path, m: &Manifest) -> Result<Provena
         )
         .hint("run that shard again"));
     }
-    Ok(Provenance::OwnShard(p.clone()))
+    Ok(true)
 }

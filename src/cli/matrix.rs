@@ -51,29 +51,25 @@ pub fn run(ctx: &Ctx, a: MatrixArgs) -> Result<()> {
     let view = one_view(&a.metric)?;
     let values: CellValue = a.values.parse()?;
     let lower = a.lower_is_better.then_some(true);
-    let m = if values == CellValue::Score && a.null == 0 {
-        if a.view.compute {
-            compute(&mut reg, &view, (a.x.parse()?, a.y.parse()?), false, None)?;
-        }
-        view.matrix(&reg, (&a.x, &a.y), a.perf.as_deref(), lower)?
-    } else {
-        let null = NullSpec {
-            permutations: a.null,
-            seed: a.seed,
-            alpha: a.alpha,
-        };
-        let bar = Bar::new(false);
-        let m = view.null_matrix(
-            &mut reg,
-            (&a.x, &a.y),
-            (a.perf.as_deref(), lower),
-            null,
-            values,
-            &bar,
-        )?;
-        drop(bar);
-        m
+    // A null fills what is missing anyway; --compute fills the scores' cells.
+    if a.view.compute && a.null == 0 {
+        compute(&mut reg, &view, (a.x.parse()?, a.y.parse()?), false, None)?;
+    }
+    let null = NullSpec {
+        permutations: a.null,
+        seed: a.seed,
+        alpha: a.alpha,
     };
+    let bar = Bar::new(false);
+    let m = view.value_matrix(
+        &mut reg,
+        (&a.x, &a.y),
+        (a.perf.as_deref(), lower),
+        null,
+        values,
+        &bar,
+    )?;
+    drop(bar);
     if let Some(p) = &a.view.plot {
         let label = match m.holds {
             Some(h) => format!("{} {h}", view.label()),

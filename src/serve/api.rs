@@ -206,7 +206,7 @@ pub(super) fn matrix_of(
             };
             let order = (r.perf.as_deref(), r.lower_is_better);
             r.view
-                .null_matrix(reg, (&r.x, &r.y), order, null, r.values, app)
+                .value_matrix(reg, (&r.x, &r.y), order, null, r.values, app)
         });
     }
     app.memo.get(reg, format!("matrix {r:?}"), |reg| {
