@@ -15,6 +15,8 @@ use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::Array2;
 use rayon::prelude::*;
 
+use super::amx::Bf16Tiles;
+pub use super::amx::Gemm;
 use super::derived::{Knn, TieRow, Ties};
 use super::dot::dot_f64;
 
@@ -39,6 +41,7 @@ pub struct Rows<'a> {
     norms: Vec<f64>,
     max_norm: f64,
     gamma: f64,
+    absolute: f64,
 }
 
 impl<'a> Rows<'a> {
@@ -63,7 +66,16 @@ impl<'a> Rows<'a> {
             norms,
             max_norm,
             gamma,
+            absolute: 0.0,
         }
+    }
+
+    /// The same rows with the error bound of another product: |value − x·y| ≤
+    /// `gamma`·‖x‖‖y‖ + `absolute` for every pair (e.g. [`Bf16Tiles::gamma`]).
+    fn with_bound(mut self, gamma: f64, absolute: f64) -> Self {
+        self.gamma = gamma;
+        self.absolute = absolute;
+        self
     }
 
     fn row(&self, i: usize) -> &[f32] {
@@ -105,6 +117,7 @@ pub struct Proposal {
     floor: i32,
     margin: f64,
     k: usize,
+    next_prune: usize,
 }
 
 impl Proposal {
@@ -112,7 +125,8 @@ impl Proposal {
     pub fn start(&mut self, rows: &Rows, i: usize, k: usize) {
         self.buf.clear();
         self.floor = i32::MIN;
-        self.margin = 2.0 * rows.gamma * rows.norms[i] * rows.max_norm;
+        self.margin = 2.0 * (rows.gamma * rows.norms[i] * rows.max_norm + rows.absolute);
+        self.next_prune = 4 * k + 64;
         self.k = k;
     }
 
@@ -133,8 +147,11 @@ impl Proposal {
                     self.buf.push((v, j as u32));
                 }
             }
-            if self.buf.len() >= 4 * self.k + 64 {
+            if self.buf.len() >= self.next_prune {
                 self.prune();
+                // Many candidates may stay within the margin of the k-th (near-duplicate
+                // rows): prune again only when the buffer has doubled, so pruning stays linear.
+                self.next_prune = self.next_prune.max(2 * self.buf.len());
             }
         }
     }
@@ -277,23 +294,45 @@ pub fn truncate(knn: &Knn, ties: &Ties, k2: usize) -> (Knn, Ties) {
 const TILE_ROWS: usize = 64;
 const TILE_COLS: usize = 4096;
 
-/// The exact k-nearest-neighbour graph of `x` without an n × n matrix: each task takes 64 rows
-/// and walks all rows in blocks of 4,096 (one single-threaded GEMM per block, tasks in
-/// parallel), feeding every row's [`Proposal`]; then each row is finished canonically. Memory
-/// beyond the features and the result: 1 MiB of similarities and the proposals per thread.
-/// `progress` is called with the number of rows done so far.
+/// The exact k-nearest-neighbour graph of `x` without an n × n matrix, proposals from the
+/// fastest product this machine has ([`Gemm::best`]).
 pub fn knn_tiled(
     x: &Array2<f32>,
     k: usize,
     groups: Option<&[u32]>,
     progress: &(dyn Fn(usize) + Sync),
 ) -> (Knn, Ties) {
+    knn_tiled_with(x, k, groups, Gemm::best(), progress)
+}
+
+/// The exact k-nearest-neighbour graph of `x` without an n × n matrix: each task takes 64 rows
+/// and walks all rows in blocks of 4,096 (one single-threaded product per block, tasks in
+/// parallel), feeding every row's [`Proposal`]; then each row is finished canonically. The
+/// product is `gemm`'s (the result does not depend on it). Memory beyond the features and the
+/// result: 1 MiB of similarities and the proposals per thread, plus two bf16 copies of the
+/// rows for AMX. `progress` is called with the number of rows done so far.
+pub fn knn_tiled_with(
+    x: &Array2<f32>,
+    k: usize,
+    groups: Option<&[u32]>,
+    gemm: Gemm,
+    progress: &(dyn Fn(usize) + Sync),
+) -> (Knn, Ties) {
     let xs = x.as_standard_layout();
     let (n, d) = x.dim();
-    let rows = Rows::new(xs.as_slice().expect("standard layout"), n, d);
+    let mut rows = Rows::new(xs.as_slice().expect("standard layout"), n, d);
+    // bf16 keeps f32's exponent range, but a product near f32::MAX could overflow the tiles'
+    // f32 sums: such rows take the f32 product.
+    let tiles = (gemm == Gemm::Bf16Amx && rows.max_norm < 1e18)
+        .then(|| Bf16Tiles::pack(rows.x, n, d))
+        .flatten();
+    if let Some(t) = &tiles {
+        let absolute = t.absolute(rows.max_norm);
+        rows = rows.with_bound(t.gamma(), absolute);
+    }
     let a = MatRef::from_row_major_slice(rows.x, n, d);
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let tiles: Vec<Vec<RowNeighbours>> = (0..n.div_ceil(TILE_ROWS))
+    let tiles_out: Vec<Vec<RowNeighbours>> = (0..n.div_ceil(TILE_ROWS))
         .into_par_iter()
         .map_init(
             || (vec![0f32; TILE_ROWS * TILE_COLS], Vec::<Scratch>::new()),
@@ -303,22 +342,41 @@ pub fn knn_tiled(
                 for (o, sc) in scratch.iter_mut().enumerate() {
                     sc.proposal.start(&rows, r0 + o, k);
                 }
+                if let Some(t) = &tiles {
+                    t.begin();
+                }
                 for c0 in (0..n).step_by(TILE_COLS) {
                     let c1 = (c0 + TILE_COLS).min(n);
                     let w = c1 - c0;
-                    let block = &mut buf[..(r1 - r0) * w];
-                    faer::linalg::matmul::matmul(
-                        MatMut::from_row_major_slice_mut(block, r1 - r0, w),
-                        Accum::Replace,
-                        a.subrows(r0, r1 - r0),
-                        a.subrows(c0, w).transpose(),
-                        1.0f32,
-                        Par::Seq,
-                    );
+                    let ldc = match &tiles {
+                        Some(t) => {
+                            let ldc = w.div_ceil(32) * 32;
+                            t.block(r0, r1 - r0, c0, w, buf, ldc);
+                            ldc
+                        }
+                        None => {
+                            faer::linalg::matmul::matmul(
+                                MatMut::from_row_major_slice_mut(
+                                    &mut buf[..(r1 - r0) * w],
+                                    r1 - r0,
+                                    w,
+                                ),
+                                Accum::Replace,
+                                a.subrows(r0, r1 - r0),
+                                a.subrows(c0, w).transpose(),
+                                1.0f32,
+                                Par::Seq,
+                            );
+                            w
+                        }
+                    };
                     for (o, sc) in scratch.iter_mut().enumerate() {
                         sc.proposal
-                            .feed(&block[o * w..(o + 1) * w], c0, r0 + o, groups);
+                            .feed(&buf[o * ldc..o * ldc + w], c0, r0 + o, groups);
                     }
+                }
+                if let Some(t) = &tiles {
+                    t.end();
                 }
                 let out: Vec<RowNeighbours> = scratch
                     .iter_mut()
@@ -331,7 +389,7 @@ pub fn knn_tiled(
             },
         )
         .collect();
-    assemble(k, tiles.into_iter().flatten().collect())
+    assemble(k, tiles_out.into_iter().flatten().collect())
 }
 
 /// The same graph from a dense n × n f32 Gram matrix of `x`.
@@ -568,6 +626,69 @@ mod tests {
             tied > 20 && grouped > 20,
             "{tied} tied, {grouped} grouped cases"
         );
+    }
+
+    /// The dense path, the tiled path with f32 proposals and the tiled path with AMX bf16
+    /// proposals return the same lists, similarities and ties, across tile edges (64-row
+    /// tasks, 4,096-column blocks, 32-row tile steps), on near-duplicate rows (many candidates
+    /// within bf16's margin, few within f32's), Gaussian rows, small-integer rows (exact ties)
+    /// and copies.
+    #[test]
+    fn the_graph_is_the_same_whichever_product_proposes_candidates() {
+        let mut r = crate::rng::Rng::new(13);
+        let (n, d, k) = (4_200, 40, 10);
+        let base: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
+        let near = ndarray::Array2::from_shape_fn((n, d), |(i, j)| {
+            base[j] + [0.3, 0.05, 3e-3][i % 3] * r.normal() as f32
+        });
+        let ints = ndarray::Array2::from_shape_fn((n, d), |_| r.below(3) as f32);
+        let gauss = ndarray::Array2::from_shape_fn((n, d), |_| r.normal() as f32);
+        let groups: Vec<u32> = (0..n as u32).map(|i| i / 3).collect();
+        let gemms = [Gemm::F32, Gemm::Bf16Amx];
+        let mut in_margin = 0usize;
+        for (x, g) in [
+            (&near, None),
+            (&gauss, None),
+            (&ints, None),
+            (&near, Some(groups.as_slice())),
+        ] {
+            let gram = super::super::derived::gram(x);
+            let (want, want_ties) = knn_from_gram(x, &gram, k, g);
+            for gemm in gemms {
+                let (got, got_ties) = knn_tiled_with(x, k, g, gemm, &|_| {});
+                let differ: Vec<usize> = (0..n)
+                    .filter(|&i| {
+                        let r = i * k..(i + 1) * k;
+                        got.ordered[r.clone()] != want.ordered[r.clone()]
+                            || got.sims[r.clone()] != want.sims[r]
+                    })
+                    .collect();
+                assert!(
+                    differ.is_empty(),
+                    "{gemm:?}: {} rows differ, first {:?}",
+                    differ.len(),
+                    differ.first()
+                );
+                assert!(got_ties.rows == want_ties.rows, "{gemm:?}: ties differ");
+            }
+            // How many rows' (k+1)-th canonical neighbour is within bf16's bound of the k-th
+            // but not f32's: the data exercise the wider margin.
+            let xs = x.as_standard_layout();
+            let rows = Rows::new(xs.as_slice().unwrap(), n, d);
+            let Some(tiles) = Bf16Tiles::pack(rows.x, n, d) else {
+                continue;
+            };
+            let (kp, _) = knn_from_gram(x, &gram, k + 1, g);
+            for i in 0..n {
+                let gap = kp.sims[i * (k + 1) + k - 1] - kp.sims[i * (k + 1) + k];
+                let scale = rows.norms[i] * rows.max_norm;
+                in_margin += usize::from(gap > rows.gamma * scale && gap < tiles.gamma() * scale);
+            }
+        }
+        assert!(in_margin > 1_000, "{in_margin} rows tell the margins apart");
+        if !super::super::amx::amx_ready() {
+            eprintln!("no AMX-BF16 here: Gemm::Bf16Amx fell back to f32 in this test");
+        }
     }
 
     #[test]

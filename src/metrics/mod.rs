@@ -9,6 +9,7 @@
 //! candidates are broken by the lower sample index, deterministically. [`Ties`] records the
 //! rows tied at the k boundary, and [`TieBreak::Expected`] averages over random tie-breaking.
 
+pub mod amx;
 pub mod derived;
 pub mod dot;
 pub mod extra;
