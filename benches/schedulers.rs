@@ -219,6 +219,7 @@ fn claim_rate(
             label: format!("unit {i}"),
             cells: 144,
             x_layers: None,
+            rows: None,
         })
         .collect();
     let sweep = cat.create_sweep("{}", "claim bench", &new).unwrap();

@@ -356,12 +356,19 @@ pub struct NewUnit {
     /// Only these x layers (stored layer indices, inclusive) against every y layer; `None`:
     /// the whole pair.
     pub x_layers: Option<(i64, i64)>,
+    /// A graph block: the kNN graph of x's layer `x_layers.0` over these rows (end excluded),
+    /// no cells (y = x). Claimed before every pair unit of its sweep.
+    pub rows: Option<(i64, i64)>,
 }
 
 /// A unit's block of x layers from its two columns (both set, or neither).
 pub(crate) fn block(from: Option<i64>, to: Option<i64>) -> Option<(i64, i64)> {
     from.zip(to)
 }
+
+/// A stored part of a kNN graph: its rows (start, end excluded) and its bytes
+/// (`metrics::graph::encode_part`).
+pub type GraphPart = ((i64, i64), Vec<u8>);
 
 /// A unit a worker has claimed, with its sweep's spec (JSON).
 #[derive(Debug, Clone)]
@@ -375,6 +382,8 @@ pub struct Unit {
     pub cells: i64,
     /// See [`NewUnit::x_layers`].
     pub x_layers: Option<(i64, i64)>,
+    /// See [`NewUnit::rows`].
+    pub rows: Option<(i64, i64)>,
 }
 
 /// A unit as `prh status` sees it (times in Unix milliseconds of the catalog's clock).
@@ -525,6 +534,20 @@ pub trait Catalog: Send {
     /// Records a blob's kNN graph for k, replacing one stored before (a damaged record is
     /// recomputed and written again; two writers write the same bytes).
     fn put_knn_graph(&self, hash: &BlobHash, prep: &str, k: usize, graph: &[u8]) -> Result<()>;
+    /// Records the part of a blob's kNN graph for k that covers `rows` (start, end excluded),
+    /// searched by a graph-block unit (a part stored before is replaced).
+    fn put_knn_graph_part(
+        &self,
+        hash: &BlobHash,
+        prep: &str,
+        k: usize,
+        rows: (i64, i64),
+        part: &[u8],
+    ) -> Result<()>;
+    /// The stored parts of a blob's kNN graph for k, by first row.
+    fn knn_graph_parts(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<Vec<GraphPart>>;
+    /// Drops the parts of a blob's kNN graph for k (merged into the graph).
+    fn drop_knn_graph_parts(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<()>;
     /// A cached sample of draws (little-endian f64s).
     fn draws(&self, key: &DrawKey) -> Result<Option<Vec<u8>>>;
     /// Records a sample of draws; a longer one already stored stays.
@@ -564,6 +587,8 @@ pub trait Catalog: Send {
     fn create_sweep(&mut self, spec: &str, label: &str, units: &[NewUnit]) -> Result<i64>;
     /// Claims the first unit (of `sweep`, or of any sweep) that is pending or whose lease ran
     /// out, for `worker`, leased for `lease_ms`: one worker gets it however many ask at once.
+    /// A sweep's pair units wait until its graph blocks are done (they need the graphs):
+    /// while one is not, the claim finds nothing in that sweep.
     fn claim_unit(
         &mut self,
         sweep: Option<i64>,

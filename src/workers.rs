@@ -41,14 +41,35 @@ pub struct UnitSpec {
     pub y_models: Vec<String>,
 }
 
+/// How a sweep is cut into units.
+#[derive(Debug, Clone, Copy)]
+pub struct Split {
+    /// A pair missing more cells than this is entered as blocks of its x layers (0: never).
+    pub unit_cells: usize,
+    /// A large-n layer with more rows than this has its kNN graph searched in blocks of about
+    /// this many rows, each a unit, before the pairs (0: never).
+    pub graph_rows: usize,
+}
+
+impl Default for Split {
+    fn default() -> Self {
+        Split {
+            unit_cells: 4096,
+            graph_rows: 65_536,
+        }
+    }
+}
+
 /// Enters the model pairs of `req` that lack cells as a sweep of units; `None` when every
-/// cell is cached already. A pair missing more than `unit_cells` cells (0: no limit) is
-/// entered as several units, blocks of its x layers, so that many workers share it.
+/// cell is cached already. A pair missing more than `split.unit_cells` cells is entered as
+/// several units, blocks of its x layers, so that many workers share it; a large layer's kNN
+/// graph, as blocks of rows ([`sweep::graph_blocks`]), entered first (claimed before any
+/// pair of the sweep).
 pub fn plan(
     reg: &mut Registry,
     req: &SweepRequest,
     label: &str,
-    unit_cells: usize,
+    split: Split,
 ) -> Result<Option<i64>> {
     let missing = sweep::missing_pairs(reg, req)?;
     if missing.is_empty() {
@@ -63,9 +84,19 @@ pub fn plan(
         x_models: sweep::select_models(reg, &req.x)?,
         y_models: sweep::select_models(reg, &req.y)?,
     };
-    let mut units = Vec::new();
+    let mut units: Vec<NewUnit> = sweep::graph_blocks(reg, req, &missing, split.graph_rows)?
+        .into_iter()
+        .map(|b| NewUnit {
+            x: b.checkpoint,
+            y: b.checkpoint,
+            label: b.label,
+            cells: 0,
+            x_layers: Some((b.layer_id, b.layer_id)),
+            rows: Some(b.rows),
+        })
+        .collect();
     for m in &missing {
-        for (x_layers, cells) in blocks(m, unit_cells) {
+        for (x_layers, cells) in blocks(m, split.unit_cells) {
             units.push(NewUnit {
                 x: m.x,
                 y: m.y,
@@ -75,6 +106,7 @@ pub fn plan(
                 },
                 cells: cells as i64,
                 x_layers,
+                rows: None,
             });
         }
     }
@@ -353,6 +385,11 @@ fn compute(
         state.resolved = Some(sweep::resolve_request(reg, &req)?);
     }
     let (xs, ys) = state.resolved.as_ref().expect("set above");
+    if let Some(rows) = unit.rows {
+        let checkpoints: Vec<&sweep::CheckpointLayers> = xs.iter().chain(ys).collect();
+        let layer = unit.x_layers.map_or(-1, |b| b.0);
+        return sweep::fill_graph_block(reg, &req, &checkpoints, (unit.x, layer), rows, progress);
+    }
     sweep::fill_resolved(
         reg,
         &req,

@@ -23,6 +23,7 @@ fn check(cat: &mut dyn Catalog) {
     rows(cat);
     cells(cat);
     units(cat);
+    graph_blocks(cat);
     side_data(cat);
 }
 
@@ -160,6 +161,7 @@ fn units(cat: &mut dyn Catalog) {
         label: label.into(),
         cells: 4,
         x_layers,
+        rows: None,
     };
     let sweep = cat
         .create_sweep(
@@ -203,6 +205,69 @@ fn units(cat: &mut dyn Catalog) {
         (released.attempts, released.worker.as_deref()),
         (2, Some("w1"))
     );
+}
+
+/// Graph blocks are claimed before the pairs of their sweep, and a pair waits until every
+/// block of its sweep is done (the graphs it needs); another sweep's units are not held up
+/// when claimed by sweep. Parts are stored by first row, replaced, read in order and dropped.
+fn graph_blocks(cat: &mut dyn Catalog) {
+    let ck = cat.checkpoints(Some("vit")).unwrap()[0].id;
+    let unit = |label: &str, rows: Option<(i64, i64)>| NewUnit {
+        x: ck,
+        y: ck,
+        label: label.into(),
+        cells: if rows.is_some() { 0 } else { 4 },
+        x_layers: rows.map(|_| (2, 2)),
+        rows,
+    };
+    let sweep = cat
+        .create_sweep(
+            "{}",
+            "blocks",
+            &[
+                unit("g0", Some((0, 64))),
+                unit("g1", Some((64, 100))),
+                unit("pair", None),
+            ],
+        )
+        .unwrap();
+    let other = cat.create_sweep("{}", "other", &[unit("o", None)]).unwrap();
+    let g0 = cat.claim_unit(Some(sweep), "w0", 60_000).unwrap().unwrap();
+    assert_eq!((g0.rows, g0.x_layers), (Some((0, 64)), Some((2, 2))));
+    let g1 = cat.claim_unit(Some(sweep), "w1", 60_000).unwrap().unwrap();
+    assert_eq!(g1.rows, Some((64, 100)));
+    assert!(
+        cat.claim_unit(Some(sweep), "w2", 60_000).unwrap().is_none(),
+        "a pair claimed while graph blocks run"
+    );
+    let o = cat.claim_unit(Some(other), "w2", 60_000).unwrap().unwrap();
+    assert_eq!(o.label, "o");
+    assert!(cat.finish_unit(sweep, g0.idx, "w0").unwrap());
+    assert!(cat.claim_unit(Some(sweep), "w2", 60_000).unwrap().is_none());
+    assert!(cat.finish_unit(sweep, g1.idx, "w1").unwrap());
+    let pair = cat.claim_unit(Some(sweep), "w2", 60_000).unwrap().unwrap();
+    assert_eq!((pair.label.as_str(), pair.rows), ("pair", None));
+
+    let h = hash(2);
+    assert!(cat.knn_graph_parts(&h, "l2", 10).unwrap().is_empty());
+    cat.put_knn_graph_part(&h, "l2", 10, (64, 100), b"second")
+        .unwrap();
+    cat.put_knn_graph_part(&h, "l2", 10, (0, 64), b"first, damaged")
+        .unwrap();
+    cat.put_knn_graph_part(&h, "l2", 10, (0, 64), b"first")
+        .unwrap();
+    cat.put_knn_graph_part(&h, "l2", 5, (0, 100), b"k=5")
+        .unwrap();
+    assert_eq!(
+        cat.knn_graph_parts(&h, "l2", 10).unwrap(),
+        vec![
+            ((0, 64), b"first".to_vec()),
+            ((64, 100), b"second".to_vec())
+        ]
+    );
+    cat.drop_knn_graph_parts(&h, "l2", 10).unwrap();
+    assert!(cat.knn_graph_parts(&h, "l2", 10).unwrap().is_empty());
+    assert_eq!(cat.knn_graph_parts(&h, "l2", 5).unwrap().len(), 1);
 }
 
 fn side_data(cat: &mut dyn Catalog) {

@@ -423,3 +423,56 @@ fn the_graph_search_reports_its_progress_and_eta() {
     let again = again.0.into_inner().unwrap();
     assert!(!again.iter().any(|m| m.contains("kNN graph")), "{again:?}");
 }
+
+/// One representation's graph split into row blocks over two workers: at n = 2,048 on the
+/// large-n path (--mem-mib 16), `--graph-rows 512` enters each of the 4 graphs as 4 blocks of
+/// rows (16 units, claimed before the pair); the parts are merged into graphs byte-identical
+/// to a one-process search's, none is left behind, and the scores are the same.
+#[test]
+fn a_graph_split_into_row_blocks_over_two_workers_equals_one_process_search() {
+    let n = 2048;
+    let (one, two) = (registry(n), registry(n));
+    let want = align(&one, "mutual_knn,cknna", &["--mem-mib", "16"]);
+    let split = ["--mem-mib", "16", "--workers", "2", "--graph-rows", "512"];
+    let got = align(&two, "mutual_knn,cknna", &split);
+    for (a, b) in want.as_array().unwrap().iter().zip(got.as_array().unwrap()) {
+        assert_eq!(
+            (&a["metric"], &a["score"], &a["ties"]),
+            (&b["metric"], &b["score"], &b["ties"])
+        );
+    }
+    let (r1, r2) = (common::open(&one), common::open(&two));
+    let keys = r1.catalog.knn_graph_keys().unwrap();
+    assert_eq!(keys.len(), 4);
+    for (h, p, k) in &keys {
+        let a = r1.catalog.knn_graph(h, p, *k).unwrap().unwrap();
+        let b = r2.catalog.knn_graph(h, p, *k).unwrap();
+        assert!(b.as_ref() == Some(&a), "graph of {h} differs or is missing");
+        assert!(r2.catalog.knn_graph_parts(h, p, *k).unwrap().is_empty());
+    }
+    let (_, units) = r2.catalog.sweep_rows().unwrap();
+    let blocks: Vec<_> = units
+        .iter()
+        .filter(|u| u.label.contains("kNN graph rows"))
+        .collect();
+    assert_eq!(blocks.len(), 16, "{units:?}");
+    assert!(units.iter().all(|u| u.state == "done"), "{units:?}");
+    assert!(
+        blocks
+            .iter()
+            .any(|u| u.label.contains("rows 1536–2048 of 2048")),
+        "{blocks:?}"
+    );
+    // Blocks come first: every pair unit started after the last block finished.
+    let last_block = blocks.iter().filter_map(|u| u.finished_ms).max().unwrap();
+    let pairs: Vec<_> = units.iter().filter(|u| u.cells > 0).collect();
+    assert!(!pairs.is_empty());
+    assert!(
+        pairs.iter().all(|u| u.started_ms.unwrap() >= last_block),
+        "{units:?}"
+    );
+    let mut by: Vec<&str> = blocks.iter().filter_map(|u| u.worker.as_deref()).collect();
+    by.sort_unstable();
+    by.dedup();
+    eprintln!("graph blocks done by {} worker(s): {by:?}", by.len());
+}

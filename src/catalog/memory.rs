@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
     BlobRow, CachedCell, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint,
-    CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry,
-    MetricKey, Model, ModelId, NewCell, NewRep, NewUnit, Rep, RepFilter, RepSlot, Score,
-    ScoreValue, SideEntry, SnapshotInfo, StoredBlob, SweepRow, Unit, UnitRow, checkpoint_order,
-    collision, layers_by_id, stored_ids,
+    CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, GraphPart, MergeCounts, MergeOptions,
+    MetricEntry, MetricKey, Model, ModelId, NewCell, NewRep, NewUnit, Rep, RepFilter, RepSlot,
+    Score, ScoreValue, SideEntry, SnapshotInfo, StoredBlob, SweepRow, Unit, UnitRow,
+    checkpoint_order, collision, layers_by_id, stored_ids,
 };
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
@@ -61,6 +61,9 @@ struct RepRow {
     layout: Option<String>,
 }
 
+/// A graph's stored parts, by rows.
+type Parts = BTreeMap<(i64, i64), Vec<u8>>;
+
 /// A served or imported cell: value, and the bundle it came from for imported ones.
 type Cells = BTreeMap<(i64, i64, i64), f64>;
 
@@ -82,6 +85,8 @@ struct State {
     thresholds: BTreeMap<(String, u64), f64>,
     ties: HashMap<(String, String, usize), Vec<u8>>,
     graphs: HashMap<(String, String, usize), Vec<u8>>,
+    /// Graph parts by (blob, prep, k), then by rows.
+    graph_parts: HashMap<(String, String, usize), Parts>,
     /// Draws by key, with their metric and version.
     draws: HashMap<String, (String, u32, Vec<u8>)>,
     sweeps: Vec<(SweepRow, String)>,
@@ -90,12 +95,13 @@ struct State {
     unit_pairs: Vec<UnitWork>,
 }
 
-/// A unit's pair and block of x layers.
+/// A unit's pair, block of x layers and graph rows.
 #[derive(Clone, Copy)]
 struct UnitWork {
     x: CheckpointId,
     y: CheckpointId,
     x_layers: Option<(i64, i64)>,
+    rows: Option<(i64, i64)>,
 }
 
 impl State {
@@ -551,6 +557,40 @@ impl Catalog for MemoryCatalog {
         Ok(())
     }
 
+    fn put_knn_graph_part(
+        &self,
+        hash: &BlobHash,
+        prep: &str,
+        k: usize,
+        rows: (i64, i64),
+        part: &[u8],
+    ) -> Result<()> {
+        let mut s = self.state();
+        let parts = s
+            .graph_parts
+            .entry((hash.to_hex(), prep.to_string(), k))
+            .or_default();
+        parts.retain(|r, _| r.0 != rows.0);
+        parts.insert(rows, part.to_vec());
+        Ok(())
+    }
+
+    fn knn_graph_parts(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<Vec<GraphPart>> {
+        Ok(self
+            .state()
+            .graph_parts
+            .get(&(hash.to_hex(), prep.to_string(), k))
+            .map(|p| p.iter().map(|(r, b)| (*r, b.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    fn drop_knn_graph_parts(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<()> {
+        self.state()
+            .graph_parts
+            .remove(&(hash.to_hex(), prep.to_string(), k));
+        Ok(())
+    }
+
     fn draws(&self, key: &DrawKey) -> Result<Option<Vec<u8>>> {
         Ok(self.state().draws.get(&draw_key(key)).map(|d| d.2.clone()))
     }
@@ -655,6 +695,7 @@ impl Catalog for MemoryCatalog {
         let reps: Vec<String> = s.reps.iter().map(|r| r.hash.to_hex()).collect();
         s.ties.retain(|(h, _, _), _| reps.contains(h));
         s.graphs.retain(|(h, _, _), _| reps.contains(h));
+        s.graph_parts.retain(|(h, _, _), _| reps.contains(h));
         Ok(())
     }
 
@@ -700,6 +741,7 @@ impl Catalog for MemoryCatalog {
             x: u.x,
             y: u.y,
             x_layers: u.x_layers,
+            rows: u.rows,
         }));
         Ok(id)
     }
@@ -720,6 +762,16 @@ impl Catalog for MemoryCatalog {
         let Some(i) = s.units.iter().position(open) else {
             return Ok(None);
         };
+        // A pair unit waits while its sweep has a graph block not done.
+        let of_sweep = s.units[i].sweep;
+        if s.unit_pairs[i].rows.is_none()
+            && s.units
+                .iter()
+                .zip(&s.unit_pairs)
+                .any(|(u, w)| u.sweep == of_sweep && w.rows.is_some() && u.state != "done")
+        {
+            return Ok(None);
+        }
         let u = &mut s.units[i];
         u.state = "running".into();
         u.worker = Some(worker.into());
@@ -733,7 +785,12 @@ impl Catalog for MemoryCatalog {
             .find(|(r, _)| r.id == sweep)
             .map(|(_, spec)| spec.clone())
             .unwrap_or_default();
-        let UnitWork { x, y, x_layers } = s.unit_pairs[i];
+        let UnitWork {
+            x,
+            y,
+            x_layers,
+            rows,
+        } = s.unit_pairs[i];
         Ok(Some(Unit {
             sweep,
             idx,
@@ -743,6 +800,7 @@ impl Catalog for MemoryCatalog {
             label,
             cells,
             x_layers,
+            rows,
         }))
     }
 

@@ -24,9 +24,9 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Row};
 use super::tables::{Kind, TABLES, TableRows, Value};
 use super::{
     BlobRow, CachedCell, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint,
-    CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry,
-    MetricKey, Model, ModelId, NewCell, NewRep, NewUnit, Rep, RepFilter, RepSlot, Score,
-    ScoreValue, SideEntry, SnapshotInfo, StoredBlob, SweepRow, Unit, UnitRow, collision,
+    CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, GraphPart, MergeCounts, MergeOptions,
+    MetricEntry, MetricKey, Model, ModelId, NewCell, NewRep, NewUnit, Rep, RepFilter, RepSlot,
+    Score, ScoreValue, SideEntry, SnapshotInfo, StoredBlob, SweepRow, Unit, UnitRow, collision,
     layers_by_id, spread, stored_ids,
 };
 use crate::error::{Error, Result};
@@ -81,6 +81,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0011_unit_blocks",
         include_str!("../../migrations/postgres/0011_unit_blocks.sql"),
+    ),
+    (
+        "0012_graph_blocks",
+        include_str!("../../migrations/postgres/0012_graph_blocks.sql"),
     ),
 ];
 
@@ -965,6 +969,60 @@ impl Catalog for PgCatalog {
         })
     }
 
+    fn put_knn_graph_part(
+        &self,
+        hash: &BlobHash,
+        prep: &str,
+        k: usize,
+        rows: (i64, i64),
+        part: &[u8],
+    ) -> Result<()> {
+        self.run(async {
+            sqlx::query(
+                "INSERT INTO knn_graph_parts (hash, prep, k, row_from, row_to, part)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (hash, prep, k, row_from)
+                 DO UPDATE SET row_to = EXCLUDED.row_to, part = EXCLUDED.part",
+            )
+            .bind(hash.to_hex())
+            .bind(prep)
+            .bind(k as i64)
+            .bind(rows.0)
+            .bind(rows.1)
+            .bind(part)
+            .execute(self.pool())
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn knn_graph_parts(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<Vec<GraphPart>> {
+        let rows: Vec<(i64, i64, Vec<u8>)> = self.run(async {
+            Ok(sqlx::query_as(
+                "SELECT row_from, row_to, part FROM knn_graph_parts
+                 WHERE hash = $1 AND prep = $2 AND k = $3 ORDER BY row_from",
+            )
+            .bind(hash.to_hex())
+            .bind(prep)
+            .bind(k as i64)
+            .fetch_all(self.pool())
+            .await?)
+        })?;
+        Ok(rows.into_iter().map(|(a, b, p)| ((a, b), p)).collect())
+    }
+
+    fn drop_knn_graph_parts(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<()> {
+        self.run(async {
+            sqlx::query("DELETE FROM knn_graph_parts WHERE hash = $1 AND prep = $2 AND k = $3")
+                .bind(hash.to_hex())
+                .bind(prep)
+                .bind(k as i64)
+                .execute(self.pool())
+                .await?;
+            Ok(())
+        })
+    }
+
     fn draws(&self, k: &DrawKey) -> Result<Option<Vec<u8>>> {
         self.run(async {
             Ok(sqlx::query_scalar(
@@ -1077,6 +1135,8 @@ impl Catalog for PgCatalog {
             sqlx::raw_sql(
                 "DELETE FROM knn_ties WHERE hash NOT IN (SELECT blob_hash FROM representations);
                  DELETE FROM knn_graphs WHERE hash NOT IN (SELECT blob_hash FROM representations);
+                 DELETE FROM knn_graph_parts
+                     WHERE hash NOT IN (SELECT blob_hash FROM representations);
                  DELETE FROM imported_cells AS i WHERE
                      EXISTS (SELECT 1 FROM cells c WHERE c.m = i.m AND c.x = i.x AND c.y = i.y)
                      OR i.x IN (SELECT id FROM cell_sides WHERE hash NOT IN (SELECT blob_hash FROM representations))

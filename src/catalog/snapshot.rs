@@ -99,7 +99,10 @@ fn finish(dest: &Path, models: Option<&[String]>) -> Result<SnapshotInfo> {
     // Sweep bookkeeping is this registry's own business, and kNN graphs are derived data the
     // importer recomputes (docs/design.md §13): neither travels.
     let graphs: i64 = db.query_row("SELECT count(*) FROM knn_graphs", [], |r| r.get(0))?;
-    db.execute_batch("DELETE FROM sweep_units; DELETE FROM sweeps; DELETE FROM knn_graphs;")?;
+    db.execute_batch(
+        "DELETE FROM sweep_units; DELETE FROM sweeps; DELETE FROM knn_graphs;
+         DELETE FROM knn_graph_parts;",
+    )?;
     if graphs > 0 && models.is_none() {
         db.execute_batch("VACUUM")?; // the graphs' pages would otherwise travel as free pages
     }

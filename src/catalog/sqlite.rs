@@ -15,9 +15,9 @@ use rusqlite::{Connection, OptionalExtension, ToSql, TransactionBehavior, params
 
 use super::{
     BlobRow, CachedCell, Catalog, CatalogTx, CellReader, CellRow, CellSide, CellTable, Checkpoint,
-    CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, MergeCounts, MergeOptions, MetricEntry,
-    MetricKey, Model, ModelId, NewCell, NewRep, NewUnit, Rep, RepFilter, RepSlot, Score,
-    ScoreValue, SideEntry, SnapshotInfo, StoredBlob, SweepRow, Unit, UnitRow,
+    CheckpointId, Dataset, DatasetId, DrawKey, GcPlan, GraphPart, MergeCounts, MergeOptions,
+    MetricEntry, MetricKey, Model, ModelId, NewCell, NewRep, NewUnit, Rep, RepFilter, RepSlot,
+    Score, ScoreValue, SideEntry, SnapshotInfo, StoredBlob, SweepRow, Unit, UnitRow,
 };
 use crate::error::{Error, Result};
 use crate::store::BlobHash;
@@ -138,6 +138,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0011_unit_blocks",
         include_str!("../../migrations/sqlite/0011_unit_blocks.sql"),
+    ),
+    (
+        "0012_graph_blocks",
+        include_str!("../../migrations/sqlite/0012_graph_blocks.sql"),
     ),
 ];
 
@@ -639,6 +643,41 @@ impl Catalog for SqliteCatalog {
         self.conn.execute(
             "INSERT OR REPLACE INTO knn_graphs (hash, prep, k, graph) VALUES (?1, ?2, ?3, ?4)",
             params![hash.to_hex(), prep, k as i64, graph],
+        )?;
+        Ok(())
+    }
+
+    fn put_knn_graph_part(
+        &self,
+        hash: &BlobHash,
+        prep: &str,
+        k: usize,
+        rows: (i64, i64),
+        part: &[u8],
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO knn_graph_parts (hash, prep, k, row_from, row_to, part)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![hash.to_hex(), prep, k as i64, rows.0, rows.1, part],
+        )?;
+        Ok(())
+    }
+
+    fn knn_graph_parts(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<Vec<GraphPart>> {
+        let mut st = self.conn.prepare(
+            "SELECT row_from, row_to, part FROM knn_graph_parts
+             WHERE hash = ?1 AND prep = ?2 AND k = ?3 ORDER BY row_from",
+        )?;
+        let rows = st.query_map(params![hash.to_hex(), prep, k as i64], |r| {
+            Ok(((r.get(0)?, r.get(1)?), r.get(2)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn drop_knn_graph_parts(&self, hash: &BlobHash, prep: &str, k: usize) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM knn_graph_parts WHERE hash = ?1 AND prep = ?2 AND k = ?3",
+            params![hash.to_hex(), prep, k as i64],
         )?;
         Ok(())
     }

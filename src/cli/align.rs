@@ -44,6 +44,17 @@ pub struct AlignArgs {
         requires = "workers"
     )]
     pub unit_cells: usize,
+    /// With --workers: a layer on the large-n path with more samples than this has its
+    /// k-nearest-neighbour graph searched in blocks of about this many rows, each a unit that
+    /// any worker may take, before the pairs that need it (0: each graph is searched whole by
+    /// the worker of a pair that needs it).
+    #[arg(
+        long,
+        value_name = "ROWS",
+        default_value_t = prh::workers::Split::default().graph_rows,
+        requires = "workers"
+    )]
+    pub graph_rows: usize,
     /// Compute shard I of N of the sweep (I from 0, e.g. $SLURM_ARRAY_TASK_ID/64) into the
     /// bundle --out, writing nothing to the registry (it is only read: a shared file system is
     /// enough, no database server). Pairs are split by their cell counts, the same way in every
@@ -166,8 +177,12 @@ pub fn run(ctx: &Ctx, a: AlignArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let split = prh::workers::Split {
+        unit_cells: a.unit_cells,
+        graph_rows: a.graph_rows,
+    };
     if a.workers == Some(0) {
-        match prh::workers::plan(&mut reg, &req, &label, a.unit_cells)? {
+        match prh::workers::plan(&mut reg, &req, &label, split)? {
             Some(id) => {
                 println!(
                     "sweep {id}: submit `prh worker --sweep {id} --once` where the work should happen (each task of a Slurm array or a Kubernetes Job, any machine whose registry shares this catalog); it exits 0 when no unit is left, gives its unit back on SIGTERM, and `prh status` shows the progress"
@@ -178,14 +193,7 @@ pub fn run(ctx: &Ctx, a: AlignArgs) -> Result<()> {
         return Ok(());
     }
     if let Some(n) = a.workers {
-        run_workers(
-            ctx,
-            &mut reg,
-            &req,
-            (&label, a.unit_cells),
-            n,
-            a.sweep.quiet,
-        )?;
+        run_workers(ctx, &mut reg, &req, (&label, split), n, a.sweep.quiet)?;
     }
     let bar = Bar::new(a.sweep.quiet);
     let results = sweep::sweep(&mut reg, &req, &bar)?;
@@ -199,11 +207,11 @@ fn run_workers(
     ctx: &Ctx,
     reg: &mut prh::registry::Registry,
     req: &sweep::SweepRequest,
-    (label, unit_cells): (&str, usize),
+    (label, split): (&str, prh::workers::Split),
     n: usize,
     quiet: bool,
 ) -> Result<()> {
-    let Some(id) = prh::workers::plan(reg, req, label, unit_cells)? else {
+    let Some(id) = prh::workers::plan(reg, req, label, split)? else {
         return Ok(());
     };
     if !quiet {

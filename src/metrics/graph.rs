@@ -318,6 +318,25 @@ pub fn knn_tiled_with(
     gemm: Gemm,
     progress: &(dyn Fn(usize) + Sync),
 ) -> (Knn, Ties) {
+    assemble(k, knn_rows(x, k, groups, gemm, 0..x.nrows(), progress))
+}
+
+/// The neighbours of rows `rows` only (each against all rows), as [`knn_tiled_with`] finds
+/// them: a block of a graph that several workers share ([`encode_part`]). `rows.start` is a
+/// multiple of 64 (the tasks' row tiles) unless it is the whole range.
+pub fn knn_rows(
+    x: &Array2<f32>,
+    k: usize,
+    groups: Option<&[u32]>,
+    gemm: Gemm,
+    rows_wanted: std::ops::Range<usize>,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Vec<RowNeighbours> {
+    assert!(
+        rows_wanted.start.is_multiple_of(TILE_ROWS) && rows_wanted.end <= x.nrows(),
+        "rows {rows_wanted:?} of {}",
+        x.nrows()
+    );
     let xs = x.as_standard_layout();
     let (n, d) = x.dim();
     let mut rows = Rows::new(xs.as_slice().expect("standard layout"), n, d);
@@ -332,12 +351,13 @@ pub fn knn_tiled_with(
     }
     let a = MatRef::from_row_major_slice(rows.x, n, d);
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let tiles_out: Vec<Vec<RowNeighbours>> = (0..n.div_ceil(TILE_ROWS))
+    let first = rows_wanted.start / TILE_ROWS;
+    let tiles_out: Vec<Vec<RowNeighbours>> = (first..rows_wanted.end.div_ceil(TILE_ROWS))
         .into_par_iter()
         .map_init(
             || (vec![0f32; TILE_ROWS * TILE_COLS], Vec::<Scratch>::new()),
             |(buf, scratch), t| {
-                let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(n));
+                let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(rows_wanted.end));
                 scratch.resize_with(r1 - r0, Scratch::default);
                 for (o, sc) in scratch.iter_mut().enumerate() {
                     sc.proposal.start(&rows, r0 + o, k);
@@ -389,7 +409,7 @@ pub fn knn_tiled_with(
             },
         )
         .collect();
-    assemble(k, tiles_out.into_iter().flatten().collect())
+    tiles_out.into_iter().flatten().collect()
 }
 
 /// The same graph from a dense n × n f32 Gram matrix of `x`.
@@ -441,6 +461,73 @@ pub fn encode(knn: &Knn, ties: &Ties) -> Vec<u8> {
 }
 
 const MAGIC: &[u8; 8] = b"PRHKNN1\0";
+const PART_MAGIC: &[u8; 8] = b"PRHKNNP\0";
+
+/// The stored form of a part of an n-row graph: the neighbours of rows `rows` (in order, as
+/// [`knn_rows`] returns them), framed as [`encode`]'s form with the part's magic, n, k and
+/// its first and end row; tied rows keep their row numbers.
+pub fn encode_part(
+    n: usize,
+    k: usize,
+    rows: std::ops::Range<usize>,
+    part: Vec<RowNeighbours>,
+) -> Vec<u8> {
+    assert_eq!(part.len(), rows.len(), "one result per row");
+    let (knn, ties) = assemble(k, part);
+    let whole = encode(&knn, &ties);
+    // Replace the header (magic, n', k) and checksum of a plain graph by a part's.
+    let body = &whole[24..whole.len() - 32];
+    let mut out = Vec::with_capacity(whole.len() + 16);
+    out.extend_from_slice(PART_MAGIC);
+    for v in [n, k, rows.start, rows.end] {
+        out.extend_from_slice(&(v as u64).to_le_bytes());
+    }
+    out.extend_from_slice(body);
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out
+}
+
+/// Reads a part back, for an n-row graph, k, and the rows the part should cover; `None` when
+/// it is damaged or of another graph or rows.
+pub fn decode_part(
+    bytes: &[u8],
+    n: usize,
+    k: usize,
+    rows: std::ops::Range<usize>,
+) -> Option<(Knn, Ties)> {
+    let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    if blake3::hash(body).as_bytes() != sum {
+        return None;
+    }
+    let mut r = Reader { b: body };
+    if r.take(8)? != PART_MAGIC {
+        return None;
+    }
+    let dims = [r.u64()?, r.u64()?, r.u64()?, r.u64()?];
+    if dims != [n as u64, k as u64, rows.start as u64, rows.end as u64] {
+        return None;
+    }
+    let (knn, ties) = read_lists(&mut r, rows.len(), k, n)?;
+    ties.rows
+        .iter()
+        .all(|t| rows.contains(&(t.row as usize)))
+        .then_some((knn, ties))
+}
+
+/// The graph of n rows from parts that cover 0..n in order, each read by [`decode_part`]: the
+/// lists one after another, as one search would have assembled them.
+pub fn merge_parts(k: usize, parts: Vec<(Knn, Ties)>) -> (Knn, Ties) {
+    let mut ordered = Vec::new();
+    let mut sims = Vec::new();
+    let mut rows = Vec::new();
+    for (knn, ties) in parts {
+        ordered.extend(knn.ordered);
+        sims.extend(knn.sims);
+        rows.extend(ties.rows);
+    }
+    (Knn::new(k, ordered, sims), Ties { rows })
+}
 
 /// Reads [`encode`]'s form back, for n samples and k; `None` when it is damaged (checksum,
 /// sizes, an index out of range) or of another n or k.
@@ -453,15 +540,21 @@ pub fn decode(bytes: &[u8], n: usize, k: usize) -> Option<(Knn, Ties)> {
     if r.take(8)? != MAGIC || r.u64()? != n as u64 || r.u64()? != k as u64 {
         return None;
     }
-    let ordered: Vec<u32> = (0..n * k).map(|_| r.u32()).collect::<Option<_>>()?;
-    let sims: Vec<f64> = (0..n * k)
+    read_lists(&mut r, n, k, n)
+}
+
+/// The lists of `rows` rows (neighbour indices below n), their similarities and tied rows,
+/// to the end of the reader.
+fn read_lists(r: &mut Reader, rows_n: usize, k: usize, n: usize) -> Option<(Knn, Ties)> {
+    let ordered: Vec<u32> = (0..rows_n * k).map(|_| r.u32()).collect::<Option<_>>()?;
+    let sims: Vec<f64> = (0..rows_n * k)
         .map(|_| {
             r.take(8)
                 .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
         })
         .collect::<Option<_>>()?;
     let count = r.u64()? as usize;
-    let mut rows = Vec::with_capacity(count.min(n));
+    let mut rows = Vec::with_capacity(count.min(rows_n));
     for _ in 0..count {
         let (row, picks) = (r.u32()?, r.u32()? as usize);
         let sl = r.u32()? as usize;
@@ -711,6 +804,44 @@ mod tests {
                 "{tied} tied rows: the data did not tie enough to test"
             );
         }
+    }
+
+    /// A graph searched in blocks of rows, each stored as a part and read back, merges into the
+    /// graph one search gives (ties included); a part read for other rows, another n or k, or
+    /// damaged is refused.
+    #[test]
+    fn parts_of_a_graph_merge_into_the_whole_and_damage_is_refused() {
+        let mut r = crate::rng::Rng::new(17);
+        let (n, k) = (300, 6);
+        let x = ndarray::Array2::from_shape_fn((n, 3), |_| r.below(3) as f32 + 0.5);
+        let (want, want_ties) = knn_tiled(&x, k, None, &|_| {});
+        assert!(!want_ties.rows.is_empty());
+        let blocks = [(0, 128), (128, 192), (192, 300)];
+        let stored: Vec<Vec<u8>> = blocks
+            .iter()
+            .map(|&(a, b)| {
+                let part = knn_rows(&x, k, None, Gemm::best(), a..b, &|_| {});
+                encode_part(n, k, a..b, part)
+            })
+            .collect();
+        let read: Vec<(Knn, Ties)> = blocks
+            .iter()
+            .zip(&stored)
+            .map(|(&(a, b), s)| decode_part(s, n, k, a..b).expect("reads back"))
+            .collect();
+        let (got, got_ties) = merge_parts(k, read);
+        assert_eq!((got.ordered, got.sims), (want.ordered, want.sims));
+        assert_eq!(got_ties.rows, want_ties.rows);
+        assert!(decode_part(&stored[1], n, k, 128..193).is_none());
+        assert!(decode_part(&stored[1], n + 1, k, 128..192).is_none());
+        assert!(decode_part(&stored[1], n, k + 1, 128..192).is_none());
+        assert!(
+            decode(&stored[0], 128, k).is_none(),
+            "a part is not a graph"
+        );
+        let mut bad = stored[2].clone();
+        bad[60] ^= 1;
+        assert!(decode_part(&bad, n, k, 192..300).is_none());
     }
 
     #[test]

@@ -226,12 +226,14 @@ fn metric_key(spec: &MetricSpec) -> MetricKey {
     }
 }
 
+mod blocks;
 mod compute;
 mod plan;
 mod prepare;
 mod select;
 mod statistics;
 
+pub use blocks::*;
 use compute::*;
 use plan::*;
 pub use prepare::*;

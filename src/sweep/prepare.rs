@@ -174,16 +174,26 @@ pub(super) fn ensure_graphs(
                 read = reg
                     .catalog
                     .knn_graph(h, prep, big)?
-                    .and_then(|b| graph::decode(&b, ck.n, big));
+                    .and_then(|b| graph::decode(&b, ck.n, big))
+                    .map(|(knn, ties)| (knn, ties, big));
                 if read.is_some() {
                     break;
                 }
             }
+            // Parts that workers searched (graph blocks) and nobody merged yet.
+            if read.is_none() && merge_parts(reg, h, prep, k, ck.n)? {
+                read = reg
+                    .catalog
+                    .knn_graph(h, prep, k)?
+                    .and_then(|b| graph::decode(&b, ck.n, k))
+                    .map(|(knn, ties)| (knn, ties, k));
+            }
             match read {
-                Some((knn, ties)) => {
+                Some((knn, ties, big)) if big > k => {
                     let (knn, ties) = graph::truncate(&knn, &ties, k);
                     d.set_graph(k, knn, ties);
                 }
+                Some((knn, ties, _)) => d.set_graph(k, knn, ties),
                 None => todo.push((ck, cp, &layers[l], l)),
             }
         }
@@ -211,6 +221,9 @@ pub(super) fn ensure_graphs(
         });
         reg.catalog
             .put_knn_graph(&ck.layers[l], &cp.keys[l], k, &graph::encode(&knn, &ties))?;
+        // Parts of an unfinished split search of this graph are of no use now.
+        reg.catalog
+            .drop_knn_graph_parts(&ck.layers[l], &cp.keys[l], k)?;
     }
     Ok(todo.len())
 }

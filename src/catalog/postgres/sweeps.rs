@@ -34,13 +34,15 @@ pub(super) async fn create(
     let cells: Vec<i64> = units.iter().map(|u| u.cells).collect();
     let from: Vec<Option<i64>> = units.iter().map(|u| u.x_layers.map(|b| b.0)).collect();
     let to: Vec<Option<i64>> = units.iter().map(|u| u.x_layers.map(|b| b.1)).collect();
+    let r0: Vec<Option<i64>> = units.iter().map(|u| u.rows.map(|b| b.0)).collect();
+    let r1: Vec<Option<i64>> = units.iter().map(|u| u.rows.map(|b| b.1)).collect();
     sqlx::query(
         "INSERT INTO sweep_units (sweep_id, idx, x_checkpoint, y_checkpoint, label, cells,
-             x_from, x_to)
-         SELECT $1, t.i - 1, t.x, t.y, t.label, t.cells, t.x_from, t.x_to
+             x_from, x_to, row_from, row_to)
+         SELECT $1, t.i - 1, t.x, t.y, t.label, t.cells, t.x_from, t.x_to, t.row_from, t.row_to
          FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[],
-                     $7::bigint[]) WITH ORDINALITY
-              AS t(x, y, label, cells, x_from, x_to, i)",
+                     $7::bigint[], $8::bigint[], $9::bigint[]) WITH ORDINALITY
+              AS t(x, y, label, cells, x_from, x_to, row_from, row_to, i)",
     )
     .bind(id)
     .bind(xs)
@@ -49,6 +51,8 @@ pub(super) async fn create(
     .bind(cells)
     .bind(from)
     .bind(to)
+    .bind(r0)
+    .bind(r1)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -69,21 +73,29 @@ pub(super) async fn claim(
     } else {
         "$1::bigint IS NULL"
     };
+    // A pair unit waits while its sweep has a graph block not done (the partial index
+    // sweep_units_graph_blocks holds only those).
     let row = sqlx::query(sql(format!(
-        "WITH pending AS (SELECT sweep_id, idx FROM sweep_units
+        "WITH pending AS (SELECT sweep_id, idx, row_from FROM sweep_units
                           WHERE state = 'pending' AND {scope}
                           ORDER BY sweep_id, idx LIMIT 1 FOR UPDATE SKIP LOCKED),
-              expired AS (SELECT sweep_id, idx FROM sweep_units
+              expired AS (SELECT sweep_id, idx, row_from FROM sweep_units
                           WHERE state = 'running' AND {scope} AND lease_until < {{NOW}}
                           ORDER BY sweep_id, idx LIMIT 1 FOR UPDATE SKIP LOCKED),
-              c AS (SELECT * FROM pending UNION ALL SELECT * FROM expired
-                    ORDER BY sweep_id, idx LIMIT 1)
+              first AS (SELECT * FROM pending UNION ALL SELECT * FROM expired
+                        ORDER BY sweep_id, idx LIMIT 1),
+              c AS (SELECT f.sweep_id, f.idx FROM first f
+                    WHERE f.row_from IS NOT NULL
+                       OR NOT EXISTS (SELECT 1 FROM sweep_units g
+                                      WHERE g.sweep_id = f.sweep_id AND g.row_from IS NOT NULL
+                                        AND g.state <> 'done'))
          UPDATE sweep_units u SET state = 'running', worker = $2, lease_until = {{NOW}} + $3,
              started_ms = {{NOW}}, attempts = u.attempts + 1
          FROM c
          WHERE u.sweep_id = c.sweep_id AND u.idx = c.idx
          RETURNING u.sweep_id, u.idx, (SELECT spec FROM sweeps s WHERE s.id = u.sweep_id),
-                   u.x_checkpoint, u.y_checkpoint, u.label, u.cells, u.x_from, u.x_to"
+                   u.x_checkpoint, u.y_checkpoint, u.label, u.cells, u.x_from, u.x_to,
+                   u.row_from, u.row_to"
     )))
     .bind(sweep)
     .bind(worker)
@@ -100,6 +112,7 @@ pub(super) async fn claim(
             label: r.try_get(5)?,
             cells: r.try_get(6)?,
             x_layers: block(r.try_get(7)?, r.try_get(8)?),
+            rows: block(r.try_get(9)?, r.try_get(10)?),
         })
     })
     .transpose()

@@ -24,12 +24,15 @@ pub(super) fn create(
     {
         let mut st = tx.prepare(
             "INSERT INTO sweep_units (sweep_id, idx, x_checkpoint, y_checkpoint, label, cells,
-                 x_from, x_to)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 x_from, x_to, row_from, row_to)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         for (i, u) in units.iter().enumerate() {
             let (from, to) = (u.x_layers.map(|b| b.0), u.x_layers.map(|b| b.1));
-            st.execute(params![id, i as i64, u.x, u.y, u.label, u.cells, from, to])?;
+            let (r0, r1) = (u.rows.map(|b| b.0), u.rows.map(|b| b.1));
+            st.execute(params![
+                id, i as i64, u.x, u.y, u.label, u.cells, from, to, r0, r1
+            ])?;
         }
     }
     tx.commit()?;
@@ -55,7 +58,7 @@ pub(super) fn claim(
         .query_row(
             &format!(
                 "SELECT u.sweep_id, u.idx, s.spec, u.x_checkpoint, u.y_checkpoint, u.label, u.cells,
-                        u.x_from, u.x_to
+                        u.x_from, u.x_to, u.row_from, u.row_to
                  FROM sweep_units u JOIN sweeps s ON s.id = u.sweep_id
                  WHERE (u.sweep_id, u.idx) = (
                      SELECT sweep_id, idx FROM (
@@ -80,10 +83,27 @@ pub(super) fn claim(
                     label: r.get(5)?,
                     cells: r.get(6)?,
                     x_layers: block(r.get(7)?, r.get(8)?),
+                    rows: block(r.get(9)?, r.get(10)?),
                 })
             },
         )
         .optional()?;
+    // A pair unit waits while its sweep has a graph block not done (the partial index
+    // sweep_units_graph_blocks holds only those).
+    let unit = match unit {
+        Some(u) if u.rows.is_none() => {
+            let blocked: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM sweep_units WHERE sweep_id = ?1 AND row_from IS NOT NULL
+                         AND state <> 'done' LIMIT 1",
+                    [u.sweep],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            blocked.is_none().then_some(u)
+        }
+        other => other,
+    };
     if let Some(u) = &unit {
         tx.execute(
             &format!(

@@ -71,6 +71,10 @@ pub(super) fn gc_apply(
         "DELETE FROM knn_graphs WHERE hash NOT IN (SELECT blob_hash FROM representations)",
         [],
     )?;
+    tx.execute(
+        "DELETE FROM knn_graph_parts WHERE hash NOT IN (SELECT blob_hash FROM representations)",
+        [],
+    )?;
     // Quarantined cells already served from `cells`, or of blobs that are gone; then the key
     // dictionaries' entries of those blobs.
     tx.execute_batch(
