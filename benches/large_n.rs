@@ -59,7 +59,27 @@ fn reset_peak() {
 
 fn main() {
     announce("large_n");
-    let (n, d, k) = (size(100_000, 3_000), size(256, 32), 10);
+    // `cargo bench --bench large_n -- million` runs that part only; no name: every part.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let part = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    let (n, d) = (size(100_000, 3_000), size(256, 32));
+    if part("graph") {
+        graph_vs_faiss(n, d, 10);
+    }
+    if part("sweep") {
+        sweep(n, d);
+    }
+    if part("million") {
+        million(size(1_000_000, 4_096), 64);
+    }
+}
+
+/// Parts 1 (the tiled search, both products), 2 (against the dense path) and 3 (against
+/// faiss-cpu, `cargo bench` only).
+fn graph_vs_faiss(n: usize, d: usize, k: usize) {
     let threads = rayon::current_num_threads();
     let x = features(n, d);
     let input_mib = (n * d * 4) as f64 / f64::from(1 << 20);
@@ -121,8 +141,6 @@ fn main() {
         "  at n={nd}: dense path (Gram + selection) {dense_s:.2} s, peak RSS {dense_peak:.0} MiB; tiled {tiled_s:.2} s; identical lists and similarities"
     );
     drop(dense);
-
-    sweep(n, d);
 
     // 3. faiss-cpu, exact, same rows, same threads (cargo bench only: it needs PyPI).
     if smoke() {
@@ -274,4 +292,148 @@ fn sweep(n: usize, d: usize) {
         "each too short for the 20 ms RSS sampling".to_string()
     };
     println!("  the same four runs warm: {warm:.2} s in all, {peak}");
+}
+
+/// Part 4: graphs too large for one worker's time. Two models of one layer each (n × d: a
+/// shared 16-dimensional latent through each model's projection, plus noise); `align
+/// --workers 0 --graph-rows n/8` enters each layer's graph as 8 blocks of rows; two `prh
+/// worker --once` processes (one thread each) take the 16 blocks, then the pair. Reported:
+/// the wall time, each worker's peak RSS and share, and the score.
+fn million(n: usize, d: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("reg");
+    common::prh_ok(&reg, &["init"]);
+    let latent_d = 16;
+    let mut r = Rng::new(0x6d696c);
+    let latent: Vec<f32> = (0..n * latent_d).map(|_| r.normal() as f32).collect();
+    for (name, modality, seed) in [("a", "language", 1u64), ("b", "vision", 2)] {
+        let mut r = Rng::new(seed);
+        let proj: Vec<f32> = (0..latent_d * d).map(|_| r.normal() as f32).collect();
+        let mut data = vec![0f32; n * d];
+        for (i, row) in data.chunks_mut(d).enumerate() {
+            let z = &latent[i * latent_d..(i + 1) * latent_d];
+            for (j, o) in row.iter_mut().enumerate() {
+                let s: f32 = (0..latent_d).map(|t| z[t] * proj[t * d + j]).sum();
+                *o = s + 2.0 * r.normal() as f32;
+            }
+        }
+        let p = dir.path().join(format!("{name}.npy"));
+        std::fs::write(&p, npy::encode_f32(&[n, 1, d], &data)).unwrap();
+        drop(data);
+        let file = p.to_str().unwrap();
+        common::prh_ok(
+            &reg,
+            &[
+                "ingest",
+                file,
+                "--model",
+                name,
+                "--dataset",
+                "m",
+                "--modality",
+                modality,
+            ],
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
+    drop(latent);
+    let rows = (n / 8).to_string();
+    // The default budget sends n = 1,000,000 to the large-n path; the smoke run's n needs less.
+    let mem = size("4096", "16");
+    let head = [
+        "align",
+        "--x",
+        "a",
+        "--y",
+        "b",
+        "--metric",
+        "mutual_knn",
+        "--mem-mib",
+        mem,
+    ];
+    let said = common::prh_ok(
+        &reg,
+        &[&head[..], &["--workers", "0", "--graph-rows", &rows]].concat(),
+    );
+    let id = harness_sweep_id(&said);
+    let sweep = id.to_string();
+    let t = Instant::now();
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            let child = Command::new(env!("CARGO_BIN_EXE_prh"))
+                .arg("--registry")
+                .arg(&reg)
+                .args(["worker", "--sweep", &sweep, "--once", "--name"])
+                .arg(format!("w{i}"))
+                .env("RAYON_NUM_THREADS", "1")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let status = format!("/proc/{}/status", child.id());
+            let peak = std::thread::spawn(move || {
+                let mut peak = 0f64;
+                while let Ok(s) = std::fs::read_to_string(&status) {
+                    let kb: f64 = s
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                        .unwrap_or(0.0);
+                    peak = peak.max(kb / 1024.0);
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                peak
+            });
+            (child, peak)
+        })
+        .collect();
+    let mut peaks = Vec::new();
+    for (child, peak) in workers {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        peaks.push(peak.join().unwrap());
+    }
+    let wall = t.elapsed().as_secs_f64();
+    let status: serde_json::Value =
+        serde_json::from_str(&common::prh_ok(&reg, &["status", "--format", "json"])).unwrap();
+    let mine = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sweep"].as_i64() == Some(id))
+        .unwrap();
+    assert_eq!(mine["done"], mine["units"], "{mine}");
+    let shares: Vec<String> = mine["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| format!("{} {} units", w["worker"], w["units_done"]))
+        .collect();
+    let t = Instant::now();
+    let v: serde_json::Value = serde_json::from_str(&common::prh_ok(
+        &reg,
+        &[&head[..], &["--format", "json", "--quiet"]].concat(),
+    ))
+    .unwrap();
+    println!(
+        "two graphs of n={n} d={d} k=10 in 16 blocks of {rows} rows, then the pair, by 2 workers of 1 thread: {wall:.1} s; peak RSS {:.0} / {:.0} MiB (input {:.0} MiB per layer); {}; mutual_knn {:.4}, read back in {:.2} s",
+        peaks[0],
+        peaks[1],
+        (n * d * 4) as f64 / f64::from(1 << 20),
+        shares.join(", "),
+        v[0]["score"].as_f64().unwrap(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// The sweep id in `align --workers 0`'s line.
+fn harness_sweep_id(said: &str) -> i64 {
+    said.strip_prefix("sweep ")
+        .and_then(|s| s.split(':').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no sweep id in {said:?}"))
 }

@@ -139,11 +139,13 @@ pub fn fill_graph_block(
     }
     let cp = checkpoint_prep(reg, ck, req.prep)?;
     let (h, key) = (&ck.layers[l], &cp.keys[l]);
-    let x = load_layers(reg, std::slice::from_ref(h))?
-        .pop()
-        .expect("one layer");
-    let x = prep::prepare(x.view(), cp.thresholds[l], req.prep.normalize)
-        .map_err(|e| e.prefixed(&format!("{} @ {}", ck.model, ck.checkpoint)))?;
+    let x = {
+        let raw = load_layers(reg, std::slice::from_ref(h))?
+            .pop()
+            .expect("one layer");
+        prep::prepare(raw.view(), cp.thresholds[l], req.prep.normalize)
+            .map_err(|e| e.prefixed(&format!("{} @ {}", ck.model, ck.checkpoint)))?
+    };
     progress.start((b - a) as u64);
     let done = std::sync::atomic::AtomicUsize::new(0);
     let part = graph::knn_rows(&x, k, None, graph::Gemm::best(), a..b, &|rows| {
