@@ -114,7 +114,7 @@ pub struct Scratch {
 #[derive(Default)]
 pub struct Proposal {
     buf: Vec<(f32, u32)>,
-    floor: i32,
+    floor: f32,
     margin: f64,
     k: usize,
     next_prune: usize,
@@ -124,7 +124,7 @@ impl Proposal {
     /// Starts row i (margin from [`Rows`], for k neighbours).
     pub fn start(&mut self, rows: &Rows, i: usize, k: usize) {
         self.buf.clear();
-        self.floor = i32::MIN;
+        self.floor = f32::NEG_INFINITY;
         self.margin = 2.0 * (rows.gamma * rows.norms[i] * rows.max_norm + rows.absolute);
         self.next_prune = 4 * k + 64;
         self.k = k;
@@ -132,27 +132,20 @@ impl Proposal {
 
     /// Feeds row i's similarities to columns `col0..col0 + block.len()`.
     pub fn feed(&mut self, block: &[f32], col0: usize, i: usize, groups: Option<&[u32]>) {
-        const LANES: usize = 16;
-        for (c, chunk) in block.chunks(LANES).enumerate() {
-            let floor = self.floor;
-            if !chunk
-                .iter()
-                .fold(false, |any, &v| any | (total_key(v) >= floor))
-            {
-                continue;
-            }
-            for (o, &v) in chunk.iter().enumerate() {
-                let j = col0 + c * LANES + o;
-                if total_key(v) >= self.floor && !same_sample(i, j, groups) {
-                    self.buf.push((v, j as u32));
+        let mut from = 0;
+        while let Some(o) = next_at_least(block, from, self.floor) {
+            let j = col0 + o;
+            if !same_sample(i, j, groups) {
+                self.buf.push((block[o], j as u32));
+                if self.buf.len() >= self.next_prune {
+                    self.prune();
+                    // Many candidates may stay within the margin of the k-th (near-duplicate
+                    // rows): prune again only when the buffer has doubled, so pruning stays
+                    // linear.
+                    self.next_prune = self.next_prune.max(2 * self.buf.len());
                 }
             }
-            if self.buf.len() >= self.next_prune {
-                self.prune();
-                // Many candidates may stay within the margin of the k-th (near-duplicate
-                // rows): prune again only when the buffer has doubled, so pruning stays linear.
-                self.next_prune = self.next_prune.max(2 * self.buf.len());
-            }
+            from = o + 1;
         }
     }
 
@@ -170,10 +163,48 @@ impl Proposal {
         if low as f64 > t {
             low = low.next_down();
         }
-        self.floor = self.floor.max(total_key(low));
+        self.floor = self.floor.max(low);
         let floor = self.floor;
-        self.buf.retain(|p| total_key(p.0) >= floor);
+        self.buf.retain(|p| p.0 >= floor);
     }
+}
+
+/// The first index at or after `from` whose value is at least `floor` (a numeric comparison:
+/// −0 counts as +0, NaN never qualifies). This scan reads every similarity of the search, n²
+/// in all, so it runs 16 lanes at a time where the processor has AVX-512.
+fn next_at_least(v: &[f32], from: usize, floor: f32) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the processor has AVX-512F (checked just above).
+        return unsafe { next_at_least_avx512(v, from, floor) };
+    }
+    let mut p = from;
+    while p + 8 <= v.len() {
+        let c: &[f32; 8] = v[p..p + 8].try_into().expect("8 values");
+        if c.iter().fold(false, |any, &x| any | (x >= floor)) {
+            break;
+        }
+        p += 8;
+    }
+    (p..v.len()).find(|&o| v[o] >= floor)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn next_at_least_avx512(v: &[f32], from: usize, floor: f32) -> Option<usize> {
+    use std::arch::x86_64::{_CMP_GE_OQ, _mm512_cmp_ps_mask, _mm512_loadu_ps, _mm512_set1_ps};
+    let f = _mm512_set1_ps(floor);
+    let mut p = from;
+    while p + 16 <= v.len() {
+        // SAFETY: p + 16 ≤ v.len(): the 16 values read are inside `v`.
+        let x = unsafe { _mm512_loadu_ps(v.as_ptr().add(p)) };
+        let m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, f);
+        if m != 0 {
+            return Some(p + m.trailing_zeros() as usize);
+        }
+        p += 16;
+    }
+    (p..v.len()).find(|&o| v[o] >= floor)
 }
 
 /// Row i's exact neighbours from its proposal: the candidates rescored canonically, ordered,
@@ -290,9 +321,14 @@ pub fn truncate(knn: &Knn, ties: &Ties, k2: usize) -> (Knn, Ties) {
 }
 
 /// Rows per task of the tiled search, and columns per block: one block of similarities
-/// (64 × 4,096 f32, 1 MiB) stays in cache while its rows' proposals read it.
-const TILE_ROWS: usize = 64;
-const TILE_COLS: usize = 4096;
+/// (256 × 512 f32, 512 KiB) stays in cache while its rows' proposals read it, and each block
+/// of columns is read once per 256 rows (at n = 1,000,000 the columns do not fit any cache:
+/// 64-row tasks ran the AMX product at 296 GFLOP/s per core at d = 256, 256-row tasks at 497).
+const TILE_ROWS: usize = 256;
+const TILE_COLS: usize = 512;
+
+/// Rows per task: where a block of rows of a split search ([`knn_rows`]) may start.
+pub const ROW_TILE: usize = TILE_ROWS;
 
 /// The exact k-nearest-neighbour graph of `x` without an n × n matrix, proposals from the
 /// fastest product this machine has ([`Gemm::best`]).
@@ -305,11 +341,11 @@ pub fn knn_tiled(
     knn_tiled_with(x, k, groups, Gemm::best(), progress)
 }
 
-/// The exact k-nearest-neighbour graph of `x` without an n × n matrix: each task takes 64 rows
-/// and walks all rows in blocks of 4,096 (one single-threaded product per block, tasks in
+/// The exact k-nearest-neighbour graph of `x` without an n × n matrix: each task takes 256 rows
+/// and walks all rows in blocks of 512 (one single-threaded product per block, tasks in
 /// parallel), feeding every row's [`Proposal`]; then each row is finished canonically. The
 /// product is `gemm`'s (the result does not depend on it). Memory beyond the features and the
-/// result: 1 MiB of similarities and the proposals per thread, plus two bf16 copies of the
+/// result: 512 KiB of similarities and the proposals per thread, plus two bf16 copies of the
 /// rows for AMX. `progress` is called with the number of rows done so far.
 pub fn knn_tiled_with(
     x: &Array2<f32>,
@@ -323,7 +359,7 @@ pub fn knn_tiled_with(
 
 /// The neighbours of rows `rows` only (each against all rows), as [`knn_tiled_with`] finds
 /// them: a block of a graph that several workers share ([`encode_part`]). `rows.start` is a
-/// multiple of 64 (the tasks' row tiles) unless it is the whole range.
+/// multiple of [`ROW_TILE`].
 pub fn knn_rows(
     x: &Array2<f32>,
     k: usize,
@@ -599,6 +635,33 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    /// The vector scan finds what a plain scan finds, from any start, on any length, with
+    /// signed zeros (−0 is at least +0) and NaN (never at least anything).
+    #[test]
+    fn the_floor_scan_finds_the_first_value_at_or_above_the_floor() {
+        let mut r = crate::rng::Rng::new(23);
+        for len in [0usize, 1, 15, 16, 17, 40, 333] {
+            let v: Vec<f32> = (0..len)
+                .map(|t| match t % 13 {
+                    0 => -0.0,
+                    1 => 0.0,
+                    2 => f32::NAN,
+                    _ => r.normal() as f32,
+                })
+                .collect();
+            for floor in [f32::NEG_INFINITY, -1.0, -0.0, 0.0, 0.5, 2.5, f32::INFINITY] {
+                for from in [0, 1, 7, 16, len / 2, len] {
+                    let want = (from.min(len)..len).find(|&o| v[o] >= floor);
+                    assert_eq!(
+                        next_at_least(&v, from.min(len), floor),
+                        want,
+                        "{len} {floor} {from}"
+                    );
+                }
+            }
+        }
+    }
+
     /// The certificate: whatever f32 approximation within the error bound proposes the
     /// candidates, the neighbours, their similarities and the ties are the canonical ones.
     #[test]
@@ -722,8 +785,8 @@ mod tests {
     }
 
     /// The dense path, the tiled path with f32 proposals and the tiled path with AMX bf16
-    /// proposals return the same lists, similarities and ties, across tile edges (64-row
-    /// tasks, 4,096-column blocks, 32-row tile steps), on near-duplicate rows (many candidates
+    /// proposals return the same lists, similarities and ties, across tile edges (256-row
+    /// tasks, 512-column blocks, 32-row tile steps), on near-duplicate rows (many candidates
     /// within bf16's margin, few within f32's), Gaussian rows, small-integer rows (exact ties)
     /// and copies.
     #[test]
@@ -812,11 +875,11 @@ mod tests {
     #[test]
     fn parts_of_a_graph_merge_into_the_whole_and_damage_is_refused() {
         let mut r = crate::rng::Rng::new(17);
-        let (n, k) = (300, 6);
+        let (n, k) = (700, 6);
         let x = ndarray::Array2::from_shape_fn((n, 3), |_| r.below(3) as f32 + 0.5);
         let (want, want_ties) = knn_tiled(&x, k, None, &|_| {});
         assert!(!want_ties.rows.is_empty());
-        let blocks = [(0, 128), (128, 192), (192, 300)];
+        let blocks = [(0, 256), (256, 512), (512, 700)];
         let stored: Vec<Vec<u8>> = blocks
             .iter()
             .map(|&(a, b)| {

@@ -24,14 +24,15 @@ pub fn graph_k(specs: &[MetricSpec]) -> Option<usize> {
     knn_ks(specs).into_iter().max()
 }
 
-/// Rows in blocks of about `rows_per` (a multiple of 64, the search's row tiles), as even as
-/// that allows; `None` when n fits one block.
+/// Rows in blocks of about `rows_per` (a multiple of [`graph::ROW_TILE`], the search's row
+/// tiles), as even as that allows; `None` when n fits one block.
 fn row_blocks(n: usize, rows_per: usize) -> Option<Vec<(usize, usize)>> {
-    let per = rows_per.max(1).div_ceil(64) * 64;
+    let tile = graph::ROW_TILE;
+    let per = rows_per.max(1).div_ceil(tile) * tile;
     if rows_per == 0 || n <= per {
         return None;
     }
-    let size = n.div_ceil(n.div_ceil(per)).div_ceil(64) * 64;
+    let size = n.div_ceil(n.div_ceil(per)).div_ceil(tile) * tile;
     Some(
         (0..n)
             .step_by(size)
@@ -131,7 +132,7 @@ pub fn fill_graph_block(
         Error::Invalid("a graph block in a sweep of metrics without neighbours".into())
     })?;
     let (a, b) = (rows.0 as usize, rows.1 as usize);
-    if a >= b || b > ck.n || !a.is_multiple_of(64) {
+    if a >= b || b > ck.n || !a.is_multiple_of(graph::ROW_TILE) {
         return Err(Error::Invalid(format!(
             "graph block rows {a}–{b} do not fit layer {layer_id} of {} rows",
             ck.n
