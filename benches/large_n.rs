@@ -7,8 +7,9 @@
 //! 2. A sweep through the real `prh` binary at that n: two models of 4 layers, mutual_knn,
 //! cknna and unbiased_cka cold, then mutual_knn with a 1,000-permutation null, then all warm;
 //! time and peak RSS of each.
-//! Run: `cargo bench --bench large_n` (n = 100,000, d = 256, k = 10; about 15 minutes on 2
-//! cores, 1.6 GB of temporary files).
+//! 3. Two graphs of n = 1,000,000, d = 64 split into row blocks over two worker processes.
+//! Run: `cargo bench --bench large_n` (about 20 minutes on 2 cores, 1.6 GB of temporary
+//! files); `cargo bench --bench large_n -- graph|sweep|million` runs one part.
 
 use std::path::Path;
 use std::process::Command;
