@@ -16,6 +16,8 @@ use std::process::Command;
 use std::time::Instant;
 
 mod common;
+#[path = "../tests/common/mod.rs"]
+mod harness;
 use common::{announce, size, smoke};
 
 use ndarray::{Array2, s};
@@ -356,7 +358,7 @@ fn million(n: usize, d: usize) {
         &reg,
         &[&head[..], &["--workers", "0", "--graph-rows", &rows]].concat(),
     );
-    let id = harness_sweep_id(&said);
+    let id = harness::sweep_id(&said);
     let sweep = id.to_string();
     let t = Instant::now();
     let workers: Vec<_> = (0..2)
@@ -429,12 +431,4 @@ fn million(n: usize, d: usize) {
         v[0]["score"].as_f64().unwrap(),
         t.elapsed().as_secs_f64()
     );
-}
-
-/// The sweep id in `align --workers 0`'s line.
-fn harness_sweep_id(said: &str) -> i64 {
-    said.strip_prefix("sweep ")
-        .and_then(|s| s.split(':').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no sweep id in {said:?}"))
 }

@@ -476,3 +476,101 @@ fn a_graph_split_into_row_blocks_over_two_workers_equals_one_process_search() {
     by.dedup();
     eprintln!("graph blocks done by {} worker(s): {by:?}", by.len());
 }
+
+/// A worker told to stop (SIGTERM, no grace) in the middle of a graph block leaves the search
+/// within one task of rows, gives the block back and stores no part; a second worker then does
+/// every block and the pair. Before, the block ran to its end after the signal and was
+/// finished (here about 5 s of one thread with f32 proposals; the signal comes after 0.5 s).
+#[test]
+fn a_worker_stopped_mid_graph_block_gives_it_back_and_stores_no_part() {
+    let (n, d) = (40_000, 256);
+    let env = common::Env::new();
+    env.ok(&["init"]);
+    let (px, py) = (env.path("x.npy"), env.path("y.npy"));
+    common::write_npy(&px, &[n, 1, d], &common::noise(n * d, 3));
+    common::write_npy(&py, &[n, 1, d], &common::noise(n * d, 4));
+    common::ingest_all(&env, "d", &[(px, "x", "language"), (py, "y", "vision")]);
+    let said = env.ok(&[
+        "align",
+        "--x",
+        "x",
+        "--y",
+        "y",
+        "--metric",
+        "mutual_knn",
+        "--mem-mib",
+        "64",
+        "--workers",
+        "0",
+        "--graph-rows",
+        "20000",
+    ]);
+    let id = common::sweep_id(&said);
+    let worker = |name: &str, log: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_prh"))
+            .arg("--registry")
+            .arg(env.reg())
+            .args([
+                "worker",
+                "--sweep",
+                &id.to_string(),
+                "--once",
+                "--grace",
+                "0",
+            ])
+            .args(["--name", name])
+            .env("RAYON_NUM_THREADS", "1")
+            .env("PRH_KNN_GEMM", "f32")
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let units = || common::open(&env).catalog.sweep_rows().unwrap().1;
+    let a_log = env.path("a.log");
+    let mut a = worker("A", &a_log);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let held = loop {
+        if let Some(u) = units()
+            .into_iter()
+            .find(|u| u.worker.as_deref() == Some("A"))
+        {
+            break u;
+        }
+        assert!(std::time::Instant::now() < deadline, "A claimed nothing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        held.label.contains("kNN graph rows 0–20224 of 40000"),
+        "{held:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &a.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(a.wait().unwrap().success());
+    let said = std::fs::read_to_string(&a_log).unwrap();
+    assert!(
+        said.contains(&format!("unit {} of sweep {id} given back", held.idx)),
+        "{said}"
+    );
+    let after = units().into_iter().find(|u| u.idx == held.idx).unwrap();
+    assert_eq!((after.state.as_str(), after.attempts), ("pending", 1));
+    let db = rusqlite::Connection::open(env.reg().join("catalog.db")).unwrap();
+    let parts: i64 = db
+        .query_row("SELECT count(*) FROM knn_graph_parts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(parts, 0, "a part of an unfinished block was stored");
+    drop(db);
+    let b_log = env.path("b.log");
+    let mut b = worker("B", &b_log);
+    assert!(b.wait().unwrap().success());
+    assert!(units().iter().all(|u| u.state == "done"), "{:?}", units());
+    let reg = common::open(&env);
+    let keys = reg.catalog.knn_graph_keys().unwrap();
+    assert_eq!(keys.len(), 2);
+    for (h, p, k) in &keys {
+        assert!(reg.catalog.knn_graph_parts(h, p, *k).unwrap().is_empty());
+    }
+}

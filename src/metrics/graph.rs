@@ -354,12 +354,14 @@ pub fn knn_tiled_with(
     gemm: Gemm,
     progress: &(dyn Fn(usize) + Sync),
 ) -> (Knn, Ties) {
-    assemble(k, knn_rows(x, k, groups, gemm, 0..x.nrows(), progress))
+    let rows = knn_rows(x, k, groups, gemm, 0..x.nrows(), progress, &|| false);
+    assemble(k, rows.expect("never stopped"))
 }
 
 /// The neighbours of rows `rows` only (each against all rows), as [`knn_tiled_with`] finds
 /// them: a block of a graph that several workers share ([`encode_part`]). `rows.start` is a
-/// multiple of [`ROW_TILE`].
+/// multiple of [`ROW_TILE`]. Once `stop` returns true, tasks not yet started are skipped and
+/// the result is `None`.
 pub fn knn_rows(
     x: &Array2<f32>,
     k: usize,
@@ -367,7 +369,8 @@ pub fn knn_rows(
     gemm: Gemm,
     rows_wanted: std::ops::Range<usize>,
     progress: &(dyn Fn(usize) + Sync),
-) -> Vec<RowNeighbours> {
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Option<Vec<RowNeighbours>> {
     assert!(
         rows_wanted.start.is_multiple_of(TILE_ROWS) && rows_wanted.end <= x.nrows(),
         "rows {rows_wanted:?} of {}",
@@ -388,11 +391,14 @@ pub fn knn_rows(
     let a = MatRef::from_row_major_slice(rows.x, n, d);
     let done = std::sync::atomic::AtomicUsize::new(0);
     let first = rows_wanted.start / TILE_ROWS;
-    let tiles_out: Vec<Vec<RowNeighbours>> = (first..rows_wanted.end.div_ceil(TILE_ROWS))
+    let tiles_out: Option<Vec<Vec<RowNeighbours>>> = (first..rows_wanted.end.div_ceil(TILE_ROWS))
         .into_par_iter()
         .map_init(
             || (vec![0f32; TILE_ROWS * TILE_COLS], Vec::<Scratch>::new()),
             |(buf, scratch), t| {
+                if stop() {
+                    return None;
+                }
                 let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(rows_wanted.end));
                 scratch.resize_with(r1 - r0, Scratch::default);
                 for (o, sc) in scratch.iter_mut().enumerate() {
@@ -441,11 +447,11 @@ pub fn knn_rows(
                     .collect();
                 let so_far = done.fetch_add(r1 - r0, std::sync::atomic::Ordering::Relaxed);
                 progress(so_far + r1 - r0);
-                out
+                Some(out)
             },
         )
-        .collect();
-    tiles_out.into_iter().flatten().collect()
+        .collect::<Option<_>>();
+    tiles_out.map(|t| t.into_iter().flatten().collect())
 }
 
 /// The same graph from a dense n × n f32 Gram matrix of `x`.
@@ -883,8 +889,8 @@ mod tests {
         let stored: Vec<Vec<u8>> = blocks
             .iter()
             .map(|&(a, b)| {
-                let part = knn_rows(&x, k, None, Gemm::best(), a..b, &|_| {});
-                encode_part(n, k, a..b, part)
+                let part = knn_rows(&x, k, None, Gemm::best(), a..b, &|_| {}, &|| false);
+                encode_part(n, k, a..b, part.unwrap())
             })
             .collect();
         let read: Vec<(Knn, Ties)> = blocks
@@ -892,6 +898,8 @@ mod tests {
             .zip(&stored)
             .map(|(&(a, b), s)| decode_part(s, n, k, a..b).expect("reads back"))
             .collect();
+        let stopped = knn_rows(&x, k, None, Gemm::best(), 0..n, &|_| {}, &|| true);
+        assert!(stopped.is_none(), "a stopped search returns nothing");
         let (got, got_ties) = merge_parts(k, read);
         assert_eq!((got.ordered, got.sims), (want.ordered, want.sims));
         assert_eq!(got_ties.rows, want_ties.rows);

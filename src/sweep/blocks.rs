@@ -149,12 +149,17 @@ pub fn fill_graph_block(
     };
     progress.start((b - a) as u64);
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let part = graph::knn_rows(&x, k, None, graph::Gemm::best(), a..b, &|rows| {
+    let count = |rows: usize| {
         // Tasks report out of order: count each row once.
         let was = done.fetch_max(rows, std::sync::atomic::Ordering::Relaxed);
         progress.advance(rows.saturating_sub(was) as u64);
-    });
-    go_on(progress)?;
+    };
+    // A stop (a signal past the worker's grace) ends the search within one task of rows.
+    let stop = || progress.cancelled();
+    let part = graph::knn_rows(&x, k, None, graph::Gemm::best(), a..b, &count, &stop);
+    let Some(part) = part.filter(|_| !progress.cancelled()) else {
+        return Err(Error::Interrupted);
+    };
     reg.catalog
         .put_knn_graph_part(h, key, k, rows, &graph::encode_part(ck.n, k, a..b, part))?;
     merge_parts(reg, h, key, k, ck.n)?;
