@@ -386,9 +386,23 @@ fn compute(
     }
     let (xs, ys) = state.resolved.as_ref().expect("set above");
     if let Some(rows) = unit.rows {
+        let Some((layer, _)) = unit.x_layers else {
+            return Err(Error::Invalid(format!(
+                "sweep {} unit {}: a graph block that names no layer",
+                unit.sweep, unit.idx
+            )));
+        };
         let checkpoints: Vec<&sweep::CheckpointLayers> = xs.iter().chain(ys).collect();
-        let layer = unit.x_layers.map_or(-1, |b| b.0);
-        return sweep::fill_graph_block(reg, &req, &checkpoints, (unit.x, layer), rows, progress);
+        let at = (unit.x, layer);
+        return sweep::fill_graph_block(
+            reg,
+            &req,
+            &checkpoints,
+            at,
+            rows,
+            &mut state.cache,
+            progress,
+        );
     }
     sweep::fill_resolved(
         reg,

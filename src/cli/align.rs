@@ -40,7 +40,7 @@ pub struct AlignArgs {
     #[arg(
         long,
         value_name = "CELLS",
-        default_value_t = 4096,
+        default_value_t = prh::workers::Split::default().unit_cells,
         requires = "workers"
     )]
     pub unit_cells: usize,

@@ -477,29 +477,7 @@ pub fn knn_from_gram(x: &Array2<f32>, g: &[f32], k: usize, groups: Option<&[u32]
 /// (f64), the tied rows, and a BLAKE3 checksum of all that; little-endian throughout.
 pub fn encode(knn: &Knn, ties: &Ties) -> Vec<u8> {
     let n = knn.ordered.len() / knn.k.max(1);
-    let mut out = Vec::with_capacity(24 + knn.ordered.len() * 12 + 32);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(n as u64).to_le_bytes());
-    out.extend_from_slice(&(knn.k as u64).to_le_bytes());
-    knn.ordered
-        .iter()
-        .for_each(|j| out.extend_from_slice(&j.to_le_bytes()));
-    knn.sims
-        .iter()
-        .for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
-    out.extend_from_slice(&(ties.rows.len() as u64).to_le_bytes());
-    let put = |v: u32, out: &mut Vec<u8>| out.extend_from_slice(&v.to_le_bytes());
-    for t in &ties.rows {
-        put(t.row, &mut out);
-        put(t.picks as u32, &mut out);
-        put(t.sure.len() as u32, &mut out);
-        t.sure.iter().for_each(|&j| put(j, &mut out));
-        put(t.group.len() as u32, &mut out);
-        t.group.iter().for_each(|&j| put(j, &mut out));
-    }
-    let sum = blake3::hash(&out);
-    out.extend_from_slice(sum.as_bytes());
-    out
+    framed(MAGIC, &[n, knn.k], knn, ties)
 }
 
 const MAGIC: &[u8; 8] = b"PRHKNN1\0";
@@ -516,15 +494,33 @@ pub fn encode_part(
 ) -> Vec<u8> {
     assert_eq!(part.len(), rows.len(), "one result per row");
     let (knn, ties) = assemble(k, part);
-    let whole = encode(&knn, &ties);
-    // Replace the header (magic, n', k) and checksum of a plain graph by a part's.
-    let body = &whole[24..whole.len() - 32];
-    let mut out = Vec::with_capacity(whole.len() + 16);
-    out.extend_from_slice(PART_MAGIC);
-    for v in [n, k, rows.start, rows.end] {
+    framed(PART_MAGIC, &[n, k, rows.start, rows.end], &knn, &ties)
+}
+
+/// `magic`, the `header` numbers (u64 each), the lists, similarities and tied rows, and a
+/// BLAKE3 checksum of all that.
+fn framed(magic: &[u8; 8], header: &[usize], knn: &Knn, ties: &Ties) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 * (1 + header.len()) + knn.ordered.len() * 12 + 32);
+    out.extend_from_slice(magic);
+    for &v in header {
         out.extend_from_slice(&(v as u64).to_le_bytes());
     }
-    out.extend_from_slice(body);
+    knn.ordered
+        .iter()
+        .for_each(|j| out.extend_from_slice(&j.to_le_bytes()));
+    knn.sims
+        .iter()
+        .for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
+    out.extend_from_slice(&(ties.rows.len() as u64).to_le_bytes());
+    let put = |v: u32, out: &mut Vec<u8>| out.extend_from_slice(&v.to_le_bytes());
+    for t in &ties.rows {
+        put(t.row, &mut out);
+        put(t.picks as u32, &mut out);
+        put(t.sure.len() as u32, &mut out);
+        t.sure.iter().for_each(|&j| put(j, &mut out));
+        put(t.group.len() as u32, &mut out);
+        t.group.iter().for_each(|&j| put(j, &mut out));
+    }
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
     out

@@ -3,6 +3,7 @@
 //! the last part merges them into the graph, which is then the same as one search's.
 
 use super::*;
+use crate::metrics::derived::Knn;
 use crate::metrics::derived::dense_fits;
 use crate::metrics::graph;
 
@@ -105,13 +106,15 @@ pub fn graph_blocks(
 }
 
 /// Searches one block of a layer's graph and stores it as a part; merges the parts into the
-/// graph when they now cover every row. `checkpoints`: the request's resolved checkpoints.
+/// graph when they now cover every row. `checkpoints`: the request's resolved checkpoints;
+/// `cache`: the worker's, for the preparations of checkpoints met before.
 pub fn fill_graph_block(
     reg: &Registry,
     req: &SweepRequest,
     checkpoints: &[&CheckpointLayers],
     (checkpoint, layer_id): (CheckpointId, i64),
     rows: (i64, i64),
+    cache: &mut DerivedCache,
     progress: &dyn Progress,
 ) -> Result<()> {
     let gone = || {
@@ -138,7 +141,14 @@ pub fn fill_graph_block(
             ck.n
         )));
     }
-    let cp = checkpoint_prep(reg, ck, req.prep)?;
+    let cp = match cache.preps.get(&checkpoint) {
+        Some(cp) => cp.clone(),
+        None => {
+            let cp = checkpoint_prep(reg, ck, req.prep)?;
+            cache.preps.insert(checkpoint, cp.clone());
+            cp
+        }
+    };
     let (h, key) = (&ck.layers[l], &cp.keys[l]);
     let x = {
         let raw = load_layers(reg, std::slice::from_ref(h))?
@@ -166,34 +176,40 @@ pub fn fill_graph_block(
     Ok(())
 }
 
-/// Merges a layer's stored parts into its graph when they cover rows 0..n in order (damaged
-/// parts are dropped, so their blocks are searched again); whether the graph is stored now.
-pub fn merge_parts(reg: &Registry, h: &BlobHash, key: &str, k: usize, n: usize) -> Result<bool> {
+/// Merges a layer's stored parts into its graph when they cover rows 0..n in order, and stores
+/// it (damaged parts are dropped, so their blocks are searched again); the graph, when merged.
+pub fn merge_parts(
+    reg: &Registry,
+    h: &BlobHash,
+    key: &str,
+    k: usize,
+    n: usize,
+) -> Result<Option<(Knn, Ties)>> {
     let parts = reg.catalog.knn_graph_parts(h, key, k)?;
     let mut next = 0usize;
     let mut read = Vec::with_capacity(parts.len());
     for ((a, b), bytes) in parts {
         let (a, b) = (a as usize, b as usize);
         if a != next {
-            return Ok(false);
+            return Ok(None);
         }
         match graph::decode_part(&bytes, n, k, a..b) {
             Some(p) => read.push(p),
             None => {
                 reg.catalog.drop_knn_graph_parts(h, key, k)?;
-                return Ok(false);
+                return Ok(None);
             }
         }
         next = b;
     }
     if next != n {
-        return Ok(false);
+        return Ok(None);
     }
     let (knn, ties) = graph::merge_parts(k, read);
     reg.catalog
         .put_knn_graph(h, key, k, &graph::encode(&knn, &ties))?;
     reg.catalog.drop_knn_graph_parts(h, key, k)?;
-    Ok(true)
+    Ok(Some((knn, ties)))
 }
 
 #[cfg(test)]

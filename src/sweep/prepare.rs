@@ -181,12 +181,8 @@ pub(super) fn ensure_graphs(
                 }
             }
             // Parts that workers searched (graph blocks) and nobody merged yet.
-            if read.is_none() && merge_parts(reg, h, prep, k, ck.n)? {
-                read = reg
-                    .catalog
-                    .knn_graph(h, prep, k)?
-                    .and_then(|b| graph::decode(&b, ck.n, k))
-                    .map(|(knn, ties)| (knn, ties, k));
+            if read.is_none() {
+                read = merge_parts(reg, h, prep, k, ck.n)?.map(|(knn, ties)| (knn, ties, k));
             }
             match read {
                 Some((knn, ties, big)) if big > k => {
