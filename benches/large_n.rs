@@ -46,13 +46,7 @@ fn features(n: usize, d: usize) -> Array2<f32> {
 
 /// This process's peak resident set since the last [`reset_peak`], in MiB.
 fn peak_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb / 1024.0
+    common::proc_status_kib("self", "VmHWM:").unwrap() as f64 / 1024.0
 }
 
 /// Resets the peak resident set to the current one (Linux ≥ 4.0).
@@ -206,53 +200,9 @@ fn sweep(n: usize, d: usize) {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("reg");
     let bin = Path::new(env!("CARGO_BIN_EXE_prh"));
-    let run = |args: &[&str]| {
-        let out = Command::new(bin)
-            .arg("--registry")
-            .arg(&reg)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&["init"]);
     // Model y follows model x through a shared latent, layer by layer, plus its own noise.
-    let mut r = Rng::new(7);
-    let latent: Vec<f32> = (0..n * 16).map(|_| r.normal() as f32).collect();
-    for (name, modality, seed) in [("x", "language", 1u64), ("y", "vision", 2)] {
-        let mut r = Rng::new(seed);
-        let proj: Vec<f32> = (0..layers * 16 * d).map(|_| r.normal() as f32).collect();
-        let mut data = vec![0f32; n * layers * d];
-        for i in 0..n {
-            for l in 0..layers {
-                let out = &mut data[(i * layers + l) * d..(i * layers + l + 1) * d];
-                for (j, o) in out.iter_mut().enumerate() {
-                    let s: f32 = (0..16)
-                        .map(|t| latent[i * 16 + t] * proj[(l * 16 + t) * d + j])
-                        .sum();
-                    *o = s + 3.0 * r.normal() as f32;
-                }
-            }
-        }
-        let p = dir.path().join(format!("{name}.npy"));
-        std::fs::write(&p, npy::encode_f32(&[n, layers, d], &data)).unwrap();
-        drop(data);
-        run(&[
-            "ingest",
-            p.to_str().unwrap(),
-            "--model",
-            name,
-            "--dataset",
-            "d",
-            "--modality",
-            modality,
-        ]);
-        std::fs::remove_file(&p).unwrap();
-    }
+    let models = [("x", "language", 1u64), ("y", "vision", 2)];
+    latent_models(&reg, "d", models, (n, layers, d), 7, 3.0);
     let align = |metric: &str, extra: &[&str]| {
         let mut args = vec![
             "align", "--x", "x", "--y", "y", "--metric", metric, "--format", "json", "--quiet",
@@ -305,41 +255,8 @@ fn sweep(n: usize, d: usize) {
 fn million(n: usize, d: usize) {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("reg");
-    common::prh_ok(&reg, &["init"]);
-    let latent_d = 16;
-    let mut r = Rng::new(0x6d696c);
-    let latent: Vec<f32> = (0..n * latent_d).map(|_| r.normal() as f32).collect();
-    for (name, modality, seed) in [("a", "language", 1u64), ("b", "vision", 2)] {
-        let mut r = Rng::new(seed);
-        let proj: Vec<f32> = (0..latent_d * d).map(|_| r.normal() as f32).collect();
-        let mut data = vec![0f32; n * d];
-        for (i, row) in data.chunks_mut(d).enumerate() {
-            let z = &latent[i * latent_d..(i + 1) * latent_d];
-            for (j, o) in row.iter_mut().enumerate() {
-                let s: f32 = (0..latent_d).map(|t| z[t] * proj[t * d + j]).sum();
-                *o = s + 2.0 * r.normal() as f32;
-            }
-        }
-        let p = dir.path().join(format!("{name}.npy"));
-        std::fs::write(&p, npy::encode_f32(&[n, 1, d], &data)).unwrap();
-        drop(data);
-        let file = p.to_str().unwrap();
-        common::prh_ok(
-            &reg,
-            &[
-                "ingest",
-                file,
-                "--model",
-                name,
-                "--dataset",
-                "m",
-                "--modality",
-                modality,
-            ],
-        );
-        std::fs::remove_file(&p).unwrap();
-    }
-    drop(latent);
+    let models = [("a", "language", 1u64), ("b", "vision", 2)];
+    latent_models(&reg, "m", models, (n, 1, d), 0x6d696c, 2.0);
     let rows = (n / 8).to_string();
     // The default budget sends n = 1,000,000 to the large-n path; the smoke run's n needs less.
     let mem = size("4096", "16");
@@ -373,20 +290,7 @@ fn million(n: usize, d: usize) {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
-            let status = format!("/proc/{}/status", child.id());
-            let peak = std::thread::spawn(move || {
-                let mut peak = 0f64;
-                while let Ok(s) = std::fs::read_to_string(&status) {
-                    let kb: f64 = s
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmHWM:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                        .unwrap_or(0.0);
-                    peak = peak.max(kb / 1024.0);
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                peak
-            });
+            let peak = common::PeakRss::watch(child.id());
             (child, peak)
         })
         .collect();
@@ -398,7 +302,7 @@ fn million(n: usize, d: usize) {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        peaks.push(peak.join().unwrap());
+        peaks.push(peak.kib() as f64 / 1024.0);
     }
     let wall = t.elapsed().as_secs_f64();
     let status: serde_json::Value =
@@ -431,4 +335,55 @@ fn million(n: usize, d: usize) {
         v[0]["score"].as_f64().unwrap(),
         t.elapsed().as_secs_f64()
     );
+}
+
+/// Makes a registry at `reg` holding two `models` (name, modality, seed) of n × layers × d
+/// on `dataset`: each layer is a shared 16-dimensional latent (drawn from `seed`) through the
+/// layer's own projection (drawn from the model's seed), plus `noise` × N(0, 1).
+fn latent_models(
+    reg: &Path,
+    dataset: &str,
+    models: [(&str, &str, u64); 2],
+    (n, layers, d): (usize, usize, usize),
+    seed: u64,
+    noise: f32,
+) {
+    common::prh_ok(reg, &["init"]);
+    let dir = reg.parent().unwrap();
+    let mut r = Rng::new(seed);
+    let latent: Vec<f32> = (0..n * 16).map(|_| r.normal() as f32).collect();
+    for (name, modality, seed) in models {
+        let mut r = Rng::new(seed);
+        let proj: Vec<f32> = (0..layers * 16 * d).map(|_| r.normal() as f32).collect();
+        let mut data = vec![0f32; n * layers * d];
+        for i in 0..n {
+            for l in 0..layers {
+                let out = &mut data[(i * layers + l) * d..(i * layers + l + 1) * d];
+                for (j, o) in out.iter_mut().enumerate() {
+                    let s: f32 = (0..16)
+                        .map(|t| latent[i * 16 + t] * proj[(l * 16 + t) * d + j])
+                        .sum();
+                    *o = s + noise * r.normal() as f32;
+                }
+            }
+        }
+        let p = dir.join(format!("{name}.npy"));
+        std::fs::write(&p, npy::encode_f32(&[n, layers, d], &data)).unwrap();
+        drop(data);
+        let file = p.to_str().unwrap();
+        common::prh_ok(
+            reg,
+            &[
+                "ingest",
+                file,
+                "--model",
+                name,
+                "--dataset",
+                dataset,
+                "--modality",
+                modality,
+            ],
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
 }

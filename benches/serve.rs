@@ -182,14 +182,8 @@ fn main() {
 
 /// The server's resident and peak memory (MiB) from /proc.
 fn rss(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-            / 1024.0
+        common::proc_status_kib(&pid.to_string(), name).map_or(f64::NAN, |kib| kib as f64 / 1024.0)
     };
     (field("VmRSS:"), field("VmHWM:"))
 }

@@ -149,32 +149,54 @@ pub fn prh_measured(bin: &Path, reg: &Path, args: &[&str]) -> (f64, serde_json::
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let status = format!("/proc/{}/status", child.id());
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let poll = std::thread::spawn(move || {
-        let mut peak = 0i64;
-        let mut wait = std::time::Duration::from_millis(5);
-        while stopped.recv_timeout(wait).is_err() {
-            wait = std::time::Duration::from_millis(20);
-            let kb = std::fs::read_to_string(&status).ok().and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-            });
-            peak = peak.max(kb.unwrap_or(0));
-        }
-        peak
-    });
+    let peak = PeakRss::watch(child.id());
     let out = child.wait_with_output().unwrap();
     let secs = t.elapsed().as_secs_f64();
-    stop.send(()).unwrap();
-    let rss = poll.join().unwrap();
+    let rss = peak.kib();
     assert!(
         out.status.success(),
         "prh {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     (secs, serde_json::from_slice(&out.stdout).unwrap(), rss)
+}
+
+/// A field of `/proc/WHO/status` in KiB (`who`: a pid, or `self`), e.g. `VmHWM:`.
+pub fn proc_status_kib(who: &str, field: &str) -> Option<i64> {
+    std::fs::read_to_string(format!("/proc/{who}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A process's peak resident set, polled from its VmHWM every 20 ms (from 5 ms after
+/// [`PeakRss::watch`]) until [`PeakRss::kib`].
+pub struct PeakRss {
+    stop: std::sync::mpsc::Sender<()>,
+    poll: std::thread::JoinHandle<i64>,
+}
+
+impl PeakRss {
+    pub fn watch(pid: u32) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let poll = std::thread::spawn(move || {
+            let (who, mut peak) = (pid.to_string(), 0i64);
+            let mut wait = std::time::Duration::from_millis(5);
+            while stopped.recv_timeout(wait).is_err() {
+                wait = std::time::Duration::from_millis(20);
+                peak = peak.max(proc_status_kib(&who, "VmHWM:").unwrap_or(0));
+            }
+            peak
+        });
+        PeakRss { stop, poll }
+    }
+
+    /// The peak seen, in KiB (0 for a process gone within 5 ms).
+    pub fn kib(self) -> i64 {
+        let _ = self.stop.send(());
+        self.poll.join().unwrap()
+    }
 }
 
 /// `prh align` of every language model with every vision model for one metric (plus `extra`
