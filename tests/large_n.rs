@@ -172,17 +172,23 @@ fn metrics_without_a_bounded_memory_form_are_refused_in_one_line() {
 
 /// A registry with two models (2 layers, n × 2 × 16, the second partly following the first).
 fn registry(n: usize) -> common::Env {
+    registry_of(n, 2, 16)
+}
+
+/// [`registry`] with models of n × layers × d.
+fn registry_of(n: usize, layers: usize, d: usize) -> common::Env {
     let env = common::Env::new();
-    let x = common::noise(n * 2 * 16, 1);
-    let y: Vec<f32> = common::noise(n * 2 * 16, 2)
+    let len = n * layers * d;
+    let x = common::noise(len, 1);
+    let y: Vec<f32> = common::noise(len, 2)
         .iter()
         .zip(&x)
         .map(|(v, u)| v + u)
         .collect();
     env.ok(&["init"]);
     let (px, py) = (env.path("x.npy"), env.path("y.npy"));
-    common::write_npy(&px, &[n, 2, 16], &x);
-    common::write_npy(&py, &[n, 2, 16], &y);
+    common::write_npy(&px, &[n, layers, d], &x);
+    common::write_npy(&py, &[n, layers, d], &y);
     common::ingest_all(&env, "d", &[(px, "x", "language"), (py, "y", "vision")]);
     env
 }
@@ -483,13 +489,7 @@ fn a_graph_split_into_row_blocks_over_two_workers_equals_one_process_search() {
 /// finished (here about 5 s of one thread with f32 proposals; the signal comes after 0.5 s).
 #[test]
 fn a_worker_stopped_mid_graph_block_gives_it_back_and_stores_no_part() {
-    let (n, d) = (40_000, 256);
-    let env = common::Env::new();
-    env.ok(&["init"]);
-    let (px, py) = (env.path("x.npy"), env.path("y.npy"));
-    common::write_npy(&px, &[n, 1, d], &common::noise(n * d, 3));
-    common::write_npy(&py, &[n, 1, d], &common::noise(n * d, 4));
-    common::ingest_all(&env, "d", &[(px, "x", "language"), (py, "y", "vision")]);
+    let env = registry_of(40_000, 1, 256);
     let said = env.ok(&[
         "align",
         "--x",
