@@ -574,3 +574,33 @@ fn a_worker_stopped_mid_graph_block_gives_it_back_and_stores_no_part() {
         assert!(reg.catalog.knn_graph_parts(h, p, *k).unwrap().is_empty());
     }
 }
+
+/// Parts left by a sweep planned with other blocks (here rows 256–512, beside the new blocks
+/// 0–512 and 512–1100) do not keep the new parts from being merged: the graph is the one a
+/// single search gives, and every part is dropped.
+#[test]
+fn stale_parts_of_other_blocks_do_not_keep_a_graph_from_being_merged() {
+    use prh::metrics::graph;
+    let env = common::Env::new();
+    env.ok(&["init"]);
+    let reg = common::open(&env);
+    let (n, k) = (1100, 5);
+    let x = ndarray::Array2::from_shape_vec((n, 8), common::noise(n * 8, 9)).unwrap();
+    let h = prh::store::BlobHash(*blake3::hash(b"a layer").as_bytes());
+    for (a, b) in [(256, 512), (0, 512), (512, 1100)] {
+        let part = graph::knn_rows(&x, k, None, graph::Gemm::best(), a..b, &|_| {}, &|| false);
+        let bytes = graph::encode_part(n, k, a..b, part.unwrap());
+        let rows = (a as i64, b as i64);
+        reg.catalog
+            .put_knn_graph_part(&h, "l2", k, rows, &bytes)
+            .unwrap();
+    }
+    let (knn, ties) = prh::sweep::merge_parts(&reg, &h, "l2", k, n)
+        .unwrap()
+        .expect("merged");
+    let (want, want_ties) = graph::knn_tiled(&x, k, None, &|_| {});
+    assert_eq!((knn.ordered, knn.sims), (want.ordered, want.sims));
+    assert_eq!(ties.rows, want_ties.rows);
+    assert!(reg.catalog.knn_graph(&h, "l2", k).unwrap().is_some());
+    assert!(reg.catalog.knn_graph_parts(&h, "l2", k).unwrap().is_empty());
+}

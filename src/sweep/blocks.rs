@@ -178,6 +178,8 @@ pub fn fill_graph_block(
 
 /// Merges a layer's stored parts into its graph when they cover rows 0..n in order, and stores
 /// it (damaged parts are dropped, so their blocks are searched again); the graph, when merged.
+/// Parts left by a sweep planned with other blocks overlap the chain from row 0 and are passed
+/// over (each part is exact for its own rows, so any chain covering 0..n gives the graph).
 pub fn merge_parts(
     reg: &Registry,
     h: &BlobHash,
@@ -190,7 +192,10 @@ pub fn merge_parts(
     let mut read = Vec::with_capacity(parts.len());
     for ((a, b), bytes) in parts {
         let (a, b) = (a as usize, b as usize);
-        if a != next {
+        if a < next {
+            continue;
+        }
+        if a > next {
             return Ok(None);
         }
         match graph::decode_part(&bytes, n, k, a..b) {
