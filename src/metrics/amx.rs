@@ -159,15 +159,13 @@ impl Bf16Tiles {
     }
 }
 
-/// f32 → bf16, round to nearest even; values below 2⁻¹²⁶ in magnitude become ±0 (the tiles
-/// would treat them as zero anyway). Finite inputs only.
+/// f32 → bf16, round to nearest even (`half`, as bf16 blobs are written); values below 2⁻¹²⁶
+/// in magnitude become ±0 (the tiles would treat them as zero anyway). Finite inputs only.
 fn bf16(v: f32) -> u16 {
-    let b = v.to_bits();
-    if b & 0x7f80_0000 == 0 {
-        return ((b >> 16) & 0x8000) as u16;
+    if v.abs() < f32::MIN_POSITIVE {
+        return half::bf16::from_f32(0.0f32.copysign(v)).to_bits();
     }
-    let r = b.wrapping_add(0x7fff + ((b >> 16) & 1));
-    (r >> 16) as u16
+    half::bf16::from_f32(v).to_bits()
 }
 
 #[cfg(target_arch = "x86_64")]
