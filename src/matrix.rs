@@ -211,21 +211,27 @@ pub fn decode_contiguous(dtype: DType, n: usize, d: usize, bytes: &[u8]) -> Arra
         "buffer length matches n*d"
     );
     let mut v = vec![0f32; n * d];
+    decode_into(dtype, bytes, &mut v);
+    Array2::from_shape_vec((n, d), v).expect("buffer length matches n*d")
+}
+
+/// Decodes canonical elements (no header) into `out`, one value per element of `bytes`.
+pub fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    debug_assert_eq!(bytes.len(), out.len() * dtype.size());
     match dtype {
         DType::F32 => {
-            for (o, c) in v.iter_mut().zip(bytes.chunks_exact(4)) {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
                 *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
         }
-        DType::F16 => decode_half(f16::ZERO, f16::from_le_bytes, bytes, &mut v),
-        DType::BF16 => decode_half(bf16::ZERO, bf16::from_le_bytes, bytes, &mut v),
+        DType::F16 => decode_half(f16::ZERO, f16::from_le_bytes, bytes, out),
+        DType::BF16 => decode_half(bf16::ZERO, bf16::from_le_bytes, bytes, out),
         DType::F64 => {
-            for (o, c) in v.iter_mut().zip(bytes.chunks_exact(8)) {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
                 *o = dtype.decode(c);
             }
         }
     }
-    Array2::from_shape_vec((n, d), v).expect("buffer length matches n*d")
 }
 
 /// Decodes 16-bit floats (`f16` or `bf16`, little-endian) into `out`, a block at a time.

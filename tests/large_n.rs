@@ -7,6 +7,8 @@ use crate::common;
 
 use half::f16;
 use ndarray::Array2;
+use prh::matrix::DType;
+use prh::metrics::half::HalfRows;
 use prh::metrics::{Derived, Kernel, Metric, MetricSpec, TieBreak, prep};
 use prh::rng::Rng;
 
@@ -40,6 +42,24 @@ fn both(raw: &Array2<f32>) -> (Arc<Derived>, Arc<Derived>) {
     let large = Derived::within(x, SMALL);
     assert!(dense.dense() && !large.dense());
     (Arc::new(dense), Arc::new(large))
+}
+
+/// The large-n path from `raw` held as its f16 values (when every value is one), prepared as
+/// [`both`] prepares it.
+fn held_as_f16(raw: &Array2<f32>) -> Option<Arc<Derived>> {
+    if raw.iter().any(|&v| f16::from_f32(v).to_f32() != v) {
+        return None;
+    }
+    let bytes: Vec<u8> = raw
+        .iter()
+        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+        .collect();
+    let (n, d) = raw.dim();
+    let t = prep::clamp_threshold(&[raw.view()], 0.95);
+    let rows = HalfRows::from_bytes(DType::F16, n, d, bytes, t, true).unwrap();
+    let large = Derived::within_half(rows, SMALL);
+    assert!(!large.dense() && !large.holds_f32());
+    Some(Arc::new(large))
 }
 
 fn specs() -> Vec<MetricSpec> {
@@ -79,9 +99,26 @@ fn specs() -> Vec<MetricSpec> {
     out
 }
 
-/// Every metric, and every tie count, on the two paths: the same bits.
+/// Every metric, and every tie count, on the two paths: the same bits. Inputs that are f16
+/// values are also held as such on the large-n path, with the same bits again.
 fn same_on_both_paths(x: &Array2<f32>, y: &Array2<f32>, what: &str) -> usize {
     let ((xd, xl), (yd, yl)) = (both(x), both(y));
+    let held = held_as_f16(x).zip(held_as_f16(y));
+    // The neighbour metrics read only the graph: 16-bit rows are never widened whole for them.
+    if let Some((xh, yh)) = &held {
+        for m in [Metric::MutualKnn, Metric::Cknna, Metric::JaccardKnn] {
+            let s = MetricSpec::new(m);
+            assert_eq!(
+                s.compute(xh, yh).unwrap().to_bits(),
+                s.compute(&xd, &yd).unwrap().to_bits(),
+                "{what}: {m} from f16 rows"
+            );
+        }
+        assert!(
+            !xh.holds_f32() && !yh.holds_f32(),
+            "{what}: f16 rows widened whole"
+        );
+    }
     let mut tied_rows = 0;
     for s in specs() {
         let dense = s.compute(&xd, &yd).unwrap();
@@ -95,6 +132,21 @@ fn same_on_both_paths(x: &Array2<f32>, y: &Array2<f32>, what: &str) -> usize {
         );
         let (td, tl) = (s.tied_rows(&xd, &yd), s.tied_rows(&xl, &yl));
         assert_eq!(td, tl, "{what}: {} tie count", s.metric);
+        if let Some((xh, yh)) = &held {
+            let half = s.compute(xh, yh).unwrap();
+            assert_eq!(
+                dense.to_bits(),
+                half.to_bits(),
+                "{what}: {} from f16 rows",
+                s.metric
+            );
+            assert_eq!(
+                td,
+                s.tied_rows(xh, yh),
+                "{what}: {} tie count from f16 rows",
+                s.metric
+            );
+        }
         tied_rows += td.unwrap_or(0);
     }
     // A permuted y (the null) and a resample with repeats (the bootstrap) on both paths.
@@ -177,6 +229,16 @@ fn registry(n: usize) -> common::Env {
 
 /// [`registry`] with models of n × layers × d.
 fn registry_of(n: usize, layers: usize, d: usize) -> common::Env {
+    registry_stored(n, layers, d, prh::formats::npy::encode_f32)
+}
+
+/// [`registry_of`] with the features written by `encode` (e.g. as f16).
+fn registry_stored(
+    n: usize,
+    layers: usize,
+    d: usize,
+    encode: fn(&[usize], &[f32]) -> Vec<u8>,
+) -> common::Env {
     let env = common::Env::new();
     let len = n * layers * d;
     let x = common::noise(len, 1);
@@ -187,8 +249,8 @@ fn registry_of(n: usize, layers: usize, d: usize) -> common::Env {
         .collect();
     env.ok(&["init"]);
     let (px, py) = (env.path("x.npy"), env.path("y.npy"));
-    common::write_npy(&px, &[n, layers, d], &x);
-    common::write_npy(&py, &[n, layers, d], &y);
+    std::fs::write(&px, encode(&[n, layers, d], &x)).unwrap();
+    std::fs::write(&py, encode(&[n, layers, d], &y)).unwrap();
     common::ingest_all(&env, "d", &[(px, "x", "language"), (py, "y", "vision")]);
     env
 }
@@ -483,6 +545,60 @@ fn a_graph_split_into_row_blocks_over_two_workers_equals_one_process_search() {
     eprintln!("graph blocks done by {} worker(s): {by:?}", by.len());
 }
 
+/// Features stored as f16 are held at 16 bits on the large-n path, in one process and in a
+/// worker's graph block: the scores and ties are those of the dense path (which widens them
+/// once), and the split graphs are byte-identical to one process's.
+#[test]
+fn f16_features_held_at_16_bits_give_the_dense_paths_scores_whole_or_split() {
+    let n = 2048;
+    let f16 = prh::formats::npy::encode_f16;
+    let (dense, one, two) = (
+        registry_stored(n, 2, 16, f16),
+        registry_stored(n, 2, 16, f16),
+        registry_stored(n, 2, 16, f16),
+    );
+    let metrics = "mutual_knn,cycle_knn,cknna,unbiased_cka";
+    let want = align(&dense, metrics, &[]);
+    let large = align(&one, metrics, &["--mem-mib", "16"]);
+    let split = ["--mem-mib", "16", "--workers", "2", "--graph-rows", "512"];
+    let got = align(&two, metrics, &split);
+    assert_eq!(want.as_array().unwrap().len(), 4);
+    for ((a, b), c) in want
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(large.as_array().unwrap())
+        .zip(got.as_array().unwrap())
+    {
+        let fields = |v: &serde_json::Value| {
+            (
+                v["metric"].clone(),
+                v["score"].clone(),
+                v["ties"].clone(),
+                v["best_layers"].clone(),
+            )
+        };
+        assert_eq!(fields(a), fields(b), "dense vs large-n");
+        assert_eq!(fields(a), fields(c), "dense vs split");
+    }
+    assert_eq!(knn_graphs(&dense), 0, "the dense path stores no graph");
+    let (r1, r2) = (common::open(&one), common::open(&two));
+    let keys = r1.catalog.knn_graph_keys().unwrap();
+    assert_eq!(keys.len(), 4);
+    for (h, p, k) in &keys {
+        let a = r1.catalog.knn_graph(h, p, *k).unwrap().unwrap();
+        assert!(
+            r2.catalog.knn_graph(h, p, *k).unwrap() == Some(a),
+            "graph of {h}"
+        );
+        // What the sweep derived from this layer: its 16-bit values, not an f32 copy.
+        let (t, normalize) = prep::from_key(p).unwrap();
+        let blob = r1.store.get(h).unwrap();
+        let layer = Derived::from_blob(blob, t, normalize, 16 << 20).unwrap();
+        assert!(!layer.dense() && !layer.holds_f32() && layer.d() == 16);
+    }
+}
+
 /// A worker told to stop (SIGTERM, no grace) in the middle of a graph block leaves the search
 /// within one task of rows, gives the block back and stores no part; a second worker then does
 /// every block and the pair. Before, the block ran to its end after the signal and was
@@ -588,7 +704,15 @@ fn stale_parts_of_other_blocks_do_not_keep_a_graph_from_being_merged() {
     let x = ndarray::Array2::from_shape_vec((n, 8), common::noise(n * 8, 9)).unwrap();
     let h = prh::store::BlobHash(*blake3::hash(b"a layer").as_bytes());
     for (a, b) in [(256, 512), (0, 512), (512, 1100)] {
-        let part = graph::knn_rows(&x, k, None, graph::Gemm::best(), a..b, &|_| {}, &|| false);
+        let part = graph::knn_rows(
+            graph::Source::of(x.view()),
+            k,
+            None,
+            graph::Gemm::best(),
+            a..b,
+            &|_| {},
+            &|| false,
+        );
         let bytes = graph::encode_part(n, k, a..b, part.unwrap());
         let rows = (a as i64, b as i64);
         reg.catalog

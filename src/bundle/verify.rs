@@ -27,11 +27,8 @@ pub(super) fn recompute_cell(
     let load = |h: &str, p: &str| -> Result<Derived> {
         let (t, norm) = prep::from_key(p)
             .ok_or_else(|| Error::Corrupt(format!("unreadable prep key {p:?}")))?;
-        let x = open(&h.parse()?)?.to_f32_verified()?;
-        Ok(Derived::within(
-            prep::prepare(x.view(), t, norm)?,
-            crate::metrics::derived::DEFAULT_BUDGET,
-        ))
+        let budget = crate::metrics::derived::DEFAULT_BUDGET;
+        Derived::from_blob(open(&h.parse()?)?, t, norm, budget)
     };
     let a = load(&c.hash_x, &c.prep_x)?;
     let b = load(&c.hash_y, &c.prep_y)?;

@@ -14,6 +14,9 @@
 //! Used when the processor has AMX-BF16 and the kernel grants the tile state (Linux ≥ 5.16);
 //! `PRH_KNN_GEMM=f32` forces the f32 product (the lists are the same either way).
 
+use rayon::prelude::*;
+
+use super::graph::Source;
 use std::sync::OnceLock;
 
 /// Rows per microkernel step: two tiles of 16.
@@ -68,17 +71,34 @@ impl Bf16Tiles {
     /// multiples of 32, which adds nothing to any product. `None` when this process cannot
     /// run AMX tiles ([`amx_ready`]), so a `Bf16Tiles` is proof that it can.
     pub fn pack(x: &[f32], n: usize, d: usize) -> Option<Self> {
+        Bf16Tiles::pack_rows(Source::F32(x, n, d))
+    }
+
+    /// [`Bf16Tiles::pack`] of the n rows of d values of `rows`, a run at a time: 16-bit rows
+    /// are rounded as they are widened, never all held as f32.
+    pub fn pack_rows(rows: Source<'_>) -> Option<Self> {
+        let (n, d) = (rows.n(), rows.d());
         if !amx_ready() {
             return None;
         }
+        const RUN: usize = 256;
         let n_pad = n.div_ceil(STEP) * STEP;
         let d_pad = d.div_ceil(K_CHUNK).max(1) * K_CHUNK;
         let mut left = vec![0u16; n_pad * d_pad];
-        for (dst, src) in left.chunks_mut(d_pad).zip(x.chunks(d.max(1))) {
-            for (o, &v) in dst.iter_mut().zip(src) {
-                *o = bf16(v);
-            }
-        }
+        left.par_chunks_mut(RUN * d_pad)
+            .enumerate()
+            .for_each_init(Vec::new, |buf, (c, dst)| {
+                let (r0, r1) = (c * RUN, ((c + 1) * RUN).min(n));
+                if r0 >= r1 {
+                    return; // padding rows only
+                }
+                let src = rows.rows(r0, r1, buf);
+                for (dst, src) in dst.chunks_mut(d_pad).zip(src.chunks(d.max(1))) {
+                    for (o, &v) in dst.iter_mut().zip(src) {
+                        *o = bf16(v);
+                    }
+                }
+            });
         let chunks = d_pad / K_CHUNK;
         let mut right = vec![0u16; n_pad * d_pad];
         for (jb, block) in right.chunks_mut(16 * d_pad).enumerate() {

@@ -12,7 +12,10 @@ use ndarray::Array2;
 use rayon::prelude::*;
 
 use super::graph;
+use super::half::HalfRows;
+use super::prep::standard;
 use crate::error::{Error, Result};
+use crate::store::Blob;
 
 /// Ordered neighbour lists: row i holds i's k nearest neighbours by inner product, self
 /// excluded, most similar first; ties broken by lower index.
@@ -153,8 +156,9 @@ pub type Graph = (Arc<Knn>, Arc<Ties>);
 
 /// Where a representation's rows come from.
 enum Source {
-    /// Prepared features held by this value.
-    Features,
+    /// Prepared features held by this value: as f32, or as 16-bit values (widened to f32 on a
+    /// tile of the neighbour search, and whole only for a metric that reads them otherwise).
+    Features(Option<HalfRows>),
     /// Rows of another representation: row i is row `idx[i]` of `base`. When `idx` is a
     /// permutation, `inverse` is set and every derived piece is re-indexed from the base's
     /// instead of recomputed (no new Gram matrix, neighbour search or SVD).
@@ -212,7 +216,8 @@ impl Derived {
 
     /// Derives from prepared features: computes the Gram matrix now, everything else lazily.
     pub fn new(x: Array2<f32>) -> Self {
-        let d = Derived::with_source(x.nrows(), true, usize::MAX, Source::Features);
+        let x = standard(x);
+        let d = Derived::with_source(x.nrows(), true, usize::MAX, Source::Features(None));
         let _ = d.gram.set(Arc::new(gram(&x)));
         let _ = d.x.set(Arc::new(x));
         d
@@ -226,9 +231,55 @@ impl Derived {
         if dense_fits(x.nrows(), budget) {
             return Derived::new(x);
         }
-        let d = Derived::with_source(x.nrows(), false, budget, Source::Features);
-        let _ = d.x.set(Arc::new(x));
+        let d = Derived::with_source(x.nrows(), false, budget, Source::Features(None));
+        let _ = d.x.set(Arc::new(standard(x)));
         d
+    }
+
+    /// A stored layer (its hash verified here), prepared with `threshold` and `normalize` and
+    /// derived within `budget`. A layer stored as f16 or bf16 that takes the large-n path is
+    /// held at 16 bits ([`Derived::within_half`], read in place from the store); any other is
+    /// prepared as f32, in place.
+    pub fn from_blob(
+        blob: Blob,
+        threshold: Option<f32>,
+        normalize: bool,
+        budget: usize,
+    ) -> Result<Self> {
+        blob.verify()?;
+        if HalfRows::holds(blob.dtype) && !dense_fits(blob.n, budget) {
+            let rows = HalfRows::from_blob(blob, threshold, normalize)?;
+            return Ok(Derived::within_half(rows, budget));
+        }
+        let x = crate::matrix::decode_contiguous(blob.dtype, blob.n, blob.d, blob.elements());
+        drop(blob);
+        let x = super::prep::prepare_owned(x, threshold, normalize)?;
+        Ok(Derived::within(x, budget))
+    }
+
+    /// [`Derived::within`] from prepared rows held at 16 bits: on the large-n path they stay
+    /// so, and the neighbour search widens them a tile at a time (the same graph as from the
+    /// f32 rows, at half their memory); on the dense path they are widened once.
+    pub fn within_half(rows: HalfRows, budget: usize) -> Self {
+        if dense_fits(rows.n(), budget) {
+            return Derived::new(rows.to_f32());
+        }
+        Derived::with_source(rows.n(), false, budget, Source::Features(Some(rows)))
+    }
+
+    /// True when the prepared features are held as f32 (always, except for 16-bit rows on
+    /// the large-n path that no metric has yet needed whole).
+    pub fn holds_f32(&self) -> bool {
+        self.x.get().is_some()
+    }
+
+    /// Values per row.
+    pub fn d(&self) -> usize {
+        match &self.source {
+            Source::Features(Some(h)) => h.d(),
+            Source::Features(None) => self.x().ncols(),
+            Source::Reindexed { base, .. } => base.d(),
+        }
     }
 
     /// True when this representation holds n × n matrices (the dense path).
@@ -328,10 +379,11 @@ impl Derived {
         self.n
     }
 
-    /// The prepared features (n × d).
+    /// The prepared features (n × d, standard layout).
     pub fn x(&self) -> &Array2<f32> {
         self.x.get_or_init(|| match &self.source {
-            Source::Features => unreachable!("features are set at construction"),
+            Source::Features(Some(h)) => Arc::new(h.to_f32()),
+            Source::Features(None) => unreachable!("f32 features are set at construction"),
             Source::Reindexed { base, idx, .. } => {
                 let bx = base.x();
                 Arc::new(bx.select(
@@ -345,7 +397,7 @@ impl Derived {
     /// The Gram matrix X Xᵀ (n × n, row-major, f32).
     pub fn gram(&self) -> &[f32] {
         self.gram.get_or_init(|| match &self.source {
-            Source::Features => {
+            Source::Features(_) => {
                 unreachable!("the Gram matrix is set at construction, or never (large n)")
             }
             Source::Reindexed { base, idx, .. } => {
@@ -410,18 +462,39 @@ impl Derived {
             None => {
                 let groups = match &self.source {
                     Source::Reindexed { idx, .. } => Some(idx.as_slice()),
-                    Source::Features => None,
+                    Source::Features(_) => None,
                 };
                 if self.dense {
                     graph::knn_from_gram(self.x(), self.gram(), k, groups)
                 } else {
-                    graph::knn_tiled(self.x(), k, groups, progress)
+                    let rows = self
+                        .search_rows(k, groups, 0..self.n, progress, &|| false)
+                        .expect("never stopped");
+                    graph::assemble(k, rows)
                 }
             }
         };
         let v = (Arc::new(knn), Arc::new(ties));
         self.knn.lock().expect("lock").insert(k, v.clone());
         v
+    }
+
+    /// The neighbours of rows `rows` (against all rows) by the large-n search, as
+    /// [`graph::knn_rows`] finds them: from the 16-bit values when they are held so. `None`
+    /// once `stop` has returned true.
+    pub fn search_rows(
+        &self,
+        k: usize,
+        groups: Option<&[u32]>,
+        rows: std::ops::Range<usize>,
+        progress: &(dyn Fn(usize) + Sync),
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Option<Vec<graph::RowNeighbours>> {
+        let src = match &self.source {
+            Source::Features(Some(h)) => graph::Source::Half(h),
+            _ => graph::Source::of(self.x().view()),
+        };
+        graph::knn_rows(src, k, groups, graph::Gemm::best(), rows, progress, stop)
     }
 
     /// Statistics of the CKA family's kernel matrix of this representation.

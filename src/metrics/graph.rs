@@ -12,13 +12,14 @@
 //! therefore return the same lists, values and ties to the last bit.
 
 use faer::{Accum, MatMut, MatRef, Par};
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
 use super::amx::Bf16Tiles;
 pub use super::amx::Gemm;
 use super::derived::{Knn, TieRow, Ties};
 use super::dot::dot_f64;
+use super::half::HalfRows;
 
 /// True when rows i and j are the same sample (the same row, or copies in a resample).
 #[inline]
@@ -34,10 +35,59 @@ pub(crate) fn total_key(v: f32) -> i32 {
     b ^ (((b >> 31) as u32) >> 1) as i32
 }
 
+/// Prepared rows as a search reads them: f32 values in memory (row-major n × d), or 16-bit
+/// values widened a tile at a time ([`HalfRows`]); the same rows give the same graph.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// Row-major f32 values, n × d.
+    F32(&'a [f32], usize, usize),
+    /// f16 or bf16 values with their preparation.
+    Half(&'a HalfRows),
+}
+
+impl<'a> Source<'a> {
+    /// The f32 rows of `x`, which must be in standard layout.
+    pub fn of(x: ArrayView2<'a, f32>) -> Self {
+        let (n, d) = x.dim();
+        Source::F32(x.to_slice().expect("rows in standard layout"), n, d)
+    }
+
+    /// Number of rows.
+    pub fn n(self) -> usize {
+        match self {
+            Source::F32(_, n, _) => n,
+            Source::Half(h) => h.n(),
+        }
+    }
+
+    /// Values per row.
+    pub fn d(self) -> usize {
+        match self {
+            Source::F32(_, _, d) => d,
+            Source::Half(h) => h.d(),
+        }
+    }
+
+    /// Rows `r0..r1` as f32: a slice of the values, or the rows widened into `buf`.
+    pub(crate) fn rows<'b>(self, r0: usize, r1: usize, buf: &'b mut Vec<f32>) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match self {
+            Source::F32(x, _, d) => &x[r0 * d..r1 * d],
+            Source::Half(h) => {
+                let d = h.d();
+                buf.resize((r1 - r0) * d, 0.0);
+                h.widen(r0..r1, buf);
+                buf
+            }
+        }
+    }
+}
+
 /// Rows of prepared features, with what the certificate needs.
 pub struct Rows<'a> {
-    x: &'a [f32],
-    d: usize,
+    x: Source<'a>,
     norms: Vec<f64>,
     max_norm: f64,
     gamma: f64,
@@ -47,12 +97,26 @@ pub struct Rows<'a> {
 impl<'a> Rows<'a> {
     /// Wraps the row-major data of an n × d matrix.
     pub fn new(x: &'a [f32], n: usize, d: usize) -> Self {
-        let norms: Vec<f64> = (0..n)
+        Rows::of(Source::F32(x, n, d))
+    }
+
+    /// Wraps the rows of `x`.
+    pub fn of(x: Source<'a>) -> Self {
+        const CHUNK: usize = 256;
+        let (n, d) = (x.n(), x.d());
+        let norms: Vec<f64> = (0..n.div_ceil(CHUNK))
             .into_par_iter()
-            .map(|i| {
-                let r = &x[i * d..(i + 1) * d];
-                dot_f64(r, r).sqrt()
+            .map_init(Vec::new, |buf, c| {
+                let (r0, r1) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
+                let rows = x.rows(r0, r1, buf);
+                (0..r1 - r0)
+                    .map(|o| {
+                        let r = &rows[o * d..(o + 1) * d];
+                        dot_f64(r, r).sqrt()
+                    })
+                    .collect::<Vec<_>>()
             })
+            .flatten()
             .collect();
         let max_norm = norms.iter().copied().fold(0.0, f64::max);
         let u = f64::powi(2.0, -24);
@@ -62,7 +126,6 @@ impl<'a> Rows<'a> {
         let gamma = 2.0 * du / (1.0 - du).max(0.5) + (d as f64) * f64::powi(2.0, -50);
         Rows {
             x,
-            d,
             norms,
             max_norm,
             gamma,
@@ -78,13 +141,15 @@ impl<'a> Rows<'a> {
         self
     }
 
-    fn row(&self, i: usize) -> &[f32] {
-        &self.x[i * self.d..(i + 1) * self.d]
+    /// Row i: a slice of the values, or the row widened into `buf`.
+    fn row<'b>(&'b self, i: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        self.x.rows(i, i + 1, buf)
     }
 
     /// The canonical similarity of rows i and j.
     pub fn sim(&self, i: usize, j: usize) -> f64 {
-        dot_f64(self.row(i), self.row(j))
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        dot_f64(self.row(i, &mut a), self.row(j, &mut b))
     }
 
     fn n(&self) -> usize {
@@ -105,6 +170,9 @@ pub struct RowNeighbours {
 pub struct Scratch {
     proposal: Proposal,
     cand: Vec<(f64, u32)>,
+    /// Rows i and j widened, for 16-bit rows.
+    xi: Vec<f32>,
+    xj: Vec<f32>,
 }
 
 /// One row's candidates as f32 similarities stream in, block after block of columns: every
@@ -210,33 +278,38 @@ fn next_at_least_avx512(v: &[f32], from: usize, floor: f32) -> Option<usize> {
 /// Row i's exact neighbours from its proposal: the candidates rescored canonically, ordered,
 /// and the tie at the k boundary read off.
 fn finish(rows: &Rows, i: usize, s: &mut Scratch) -> RowNeighbours {
-    let k = s.proposal.k;
-    s.proposal.prune();
-    s.cand.clear();
-    s.cand.extend(
-        s.proposal
+    let Scratch {
+        proposal,
+        cand,
+        xi,
+        xj,
+    } = s;
+    let k = proposal.k;
+    proposal.prune();
+    cand.clear();
+    let xi = rows.row(i, xi);
+    cand.extend(
+        proposal
             .buf
             .iter()
-            .map(|&(_, j)| (rows.sim(i, j as usize), j)),
+            .map(|&(_, j)| (dot_f64(xi, rows.row(j as usize, xj)), j)),
     );
-    s.cand
-        .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let take = k.min(s.cand.len());
-    let top = s.cand[..take].to_vec();
-    let tie =
-        (take == k && k > 0 && s.cand.len() > k && s.cand[k].0 == s.cand[k - 1].0).then(|| {
-            let kth = s.cand[k - 1].0;
-            let mut sure: Vec<u32> = s.cand.iter().filter(|c| c.0 > kth).map(|c| c.1).collect();
-            let mut group: Vec<u32> = s.cand.iter().filter(|c| c.0 == kth).map(|c| c.1).collect();
-            sure.sort_unstable();
-            group.sort_unstable();
-            TieRow {
-                row: i as u32,
-                picks: k - sure.len(),
-                sure,
-                group,
-            }
-        });
+    cand.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let take = k.min(cand.len());
+    let top = cand[..take].to_vec();
+    let tie = (take == k && k > 0 && cand.len() > k && cand[k].0 == cand[k - 1].0).then(|| {
+        let kth = cand[k - 1].0;
+        let mut sure: Vec<u32> = cand.iter().filter(|c| c.0 > kth).map(|c| c.1).collect();
+        let mut group: Vec<u32> = cand.iter().filter(|c| c.0 == kth).map(|c| c.1).collect();
+        sure.sort_unstable();
+        group.sort_unstable();
+        TieRow {
+            row: i as u32,
+            picks: k - sure.len(),
+            sure,
+            group,
+        }
+    });
     RowNeighbours { top, tie }
 }
 
@@ -354,16 +427,27 @@ pub fn knn_tiled_with(
     gemm: Gemm,
     progress: &(dyn Fn(usize) + Sync),
 ) -> (Knn, Ties) {
-    let rows = knn_rows(x, k, groups, gemm, 0..x.nrows(), progress, &|| false);
+    let xs = x.as_standard_layout();
+    let rows = knn_rows(
+        Source::of(xs.view()),
+        k,
+        groups,
+        gemm,
+        0..xs.nrows(),
+        progress,
+        &|| false,
+    );
     assemble(k, rows.expect("never stopped"))
 }
 
-/// The neighbours of rows `rows` only (each against all rows), as [`knn_tiled_with`] finds
-/// them: a block of a graph that several workers share ([`encode_part`]). `rows.start` is a
-/// multiple of [`ROW_TILE`]. Once `stop` returns true, tasks not yet started are skipped and
-/// the result is `None`.
+/// The neighbours of rows `rows` only (each against all rows of `x`), as
+/// [`knn_tiled_with`] finds them: a block of a graph that several workers share
+/// ([`encode_part`]). `rows.start` is a multiple of [`ROW_TILE`]. Once `stop` returns true,
+/// tasks not yet started are skipped and the result is `None`. 16-bit rows are widened a tile
+/// at a time: for the AMX product once, as they are rounded to bf16; for the f32 product, each
+/// task's rows once and each block of columns as the task reaches it.
 pub fn knn_rows(
-    x: &Array2<f32>,
+    x: Source<'_>,
     k: usize,
     groups: Option<&[u32]>,
     gemm: Gemm,
@@ -371,31 +455,35 @@ pub fn knn_rows(
     progress: &(dyn Fn(usize) + Sync),
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Option<Vec<RowNeighbours>> {
+    let (n, d) = (x.n(), x.d());
     assert!(
-        rows_wanted.start.is_multiple_of(TILE_ROWS) && rows_wanted.end <= x.nrows(),
-        "rows {rows_wanted:?} of {}",
-        x.nrows()
+        rows_wanted.start.is_multiple_of(TILE_ROWS) && rows_wanted.end <= n,
+        "rows {rows_wanted:?} of {n}"
     );
-    let xs = x.as_standard_layout();
-    let (n, d) = x.dim();
-    let mut rows = Rows::new(xs.as_slice().expect("standard layout"), n, d);
+    let mut rows = Rows::of(x);
     // bf16 keeps f32's exponent range, but a product near f32::MAX could overflow the tiles'
     // f32 sums: such rows take the f32 product.
     let tiles = (gemm == Gemm::Bf16Amx && rows.max_norm < 1e18)
-        .then(|| Bf16Tiles::pack(rows.x, n, d))
+        .then(|| Bf16Tiles::pack_rows(x))
         .flatten();
     if let Some(t) = &tiles {
         let absolute = t.absolute(rows.max_norm);
         rows = rows.with_bound(t.gamma(), absolute);
     }
-    let a = MatRef::from_row_major_slice(rows.x, n, d);
     let done = std::sync::atomic::AtomicUsize::new(0);
     let first = rows_wanted.start / TILE_ROWS;
     let tiles_out: Option<Vec<Vec<RowNeighbours>>> = (first..rows_wanted.end.div_ceil(TILE_ROWS))
         .into_par_iter()
         .map_init(
-            || (vec![0f32; TILE_ROWS * TILE_COLS], Vec::<Scratch>::new()),
-            |(buf, scratch), t| {
+            || {
+                let widened = (Vec::new(), Vec::new());
+                (
+                    vec![0f32; TILE_ROWS * TILE_COLS],
+                    Vec::<Scratch>::new(),
+                    widened,
+                )
+            },
+            |(buf, scratch, (wa, wb)), t| {
                 if stop() {
                     return None;
                 }
@@ -407,6 +495,11 @@ pub fn knn_rows(
                 if let Some(t) = &tiles {
                     t.begin();
                 }
+                // The f32 product's left operand: the task's rows, widened once.
+                let task_rows = match tiles {
+                    None => x.rows(r0, r1, wa),
+                    Some(_) => &[],
+                };
                 for c0 in (0..n).step_by(TILE_COLS) {
                     let c1 = (c0 + TILE_COLS).min(n);
                     let w = c1 - c0;
@@ -424,8 +517,8 @@ pub fn knn_rows(
                                     w,
                                 ),
                                 Accum::Replace,
-                                a.subrows(r0, r1 - r0),
-                                a.subrows(c0, w).transpose(),
+                                MatRef::from_row_major_slice(task_rows, r1 - r0, d),
+                                MatRef::from_row_major_slice(x.rows(c0, c1, wb), w, d).transpose(),
                                 1.0f32,
                                 Par::Seq,
                             );
@@ -833,7 +926,7 @@ mod tests {
             // but not f32's: the data exercise the wider margin.
             let xs = x.as_standard_layout();
             let rows = Rows::new(xs.as_slice().unwrap(), n, d);
-            let Some(tiles) = Bf16Tiles::pack(rows.x, n, d) else {
+            let Some(tiles) = Bf16Tiles::pack(xs.as_slice().unwrap(), n, d) else {
                 continue;
             };
             let (kp, _) = knn_from_gram(x, &gram, k + 1, g);
@@ -885,7 +978,15 @@ mod tests {
         let stored: Vec<Vec<u8>> = blocks
             .iter()
             .map(|&(a, b)| {
-                let part = knn_rows(&x, k, None, Gemm::best(), a..b, &|_| {}, &|| false);
+                let part = knn_rows(
+                    Source::of(x.view()),
+                    k,
+                    None,
+                    Gemm::best(),
+                    a..b,
+                    &|_| {},
+                    &|| false,
+                );
                 encode_part(n, k, a..b, part.unwrap())
             })
             .collect();
@@ -894,7 +995,15 @@ mod tests {
             .zip(&stored)
             .map(|(&(a, b), s)| decode_part(s, n, k, a..b).expect("reads back"))
             .collect();
-        let stopped = knn_rows(&x, k, None, Gemm::best(), 0..n, &|_| {}, &|| true);
+        let stopped = knn_rows(
+            Source::of(x.view()),
+            k,
+            None,
+            Gemm::best(),
+            0..n,
+            &|_| {},
+            &|| true,
+        );
         assert!(stopped.is_none(), "a stopped search returns nothing");
         let (got, got_ties) = merge_parts(k, read);
         assert_eq!((got.ordered, got.sims), (want.ordered, want.sims));

@@ -14,6 +14,7 @@ pub mod derived;
 pub mod dot;
 pub mod extra;
 pub mod graph;
+pub mod half;
 pub mod kernel;
 pub mod knn;
 pub mod prep;
@@ -256,9 +257,9 @@ impl MetricSpec {
     pub fn needs_square(&self, r: &Derived) -> bool {
         match self.metric {
             Metric::Rsa => true,
-            Metric::LinearR2 => r.x().ncols() > r.n(),
+            Metric::LinearR2 => r.d() > r.n(),
             Metric::Cka | Metric::UnbiasedCka => self.kernel != Kernel::Linear,
-            Metric::Procrustes => r.x().ncols() > r.n(),
+            Metric::Procrustes => r.d() > r.n(),
             _ => false,
         }
     }
@@ -279,8 +280,7 @@ impl MetricSpec {
             && self.kernel == Kernel::Linear
             && (!a.dense()
                 || !b.dense()
-                || (a.x().ncols() as u128) * (b.x().ncols() as u128)
-                    < (a.n() as u128) * (a.n() as u128))
+                || (a.d() as u128) * (b.d() as u128) < (a.n() as u128) * (a.n() as u128))
     }
 
     /// Computes the metric for one pair of derived representations.

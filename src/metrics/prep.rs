@@ -350,27 +350,74 @@ pub fn sample_mean_threshold(layers: &[ArrayView2<f32>], q: f64) -> Option<f32> 
 /// Applies the clamp (when `threshold` is given) and row normalisation to one layer.
 /// An all-zero row cannot be normalised and is an error naming the row.
 pub fn prepare(x: ArrayView2<f32>, threshold: Option<f32>, normalize: bool) -> Result<Array2<f32>> {
-    let mut out = x.to_owned();
-    if let Some(t) = threshold {
-        out.mapv_inplace(|v| v.clamp(-t, t));
-    }
-    for (i, mut row) in out.rows_mut().into_iter().enumerate() {
-        let norm = row
-            .iter()
-            .map(|&v| (v as f64) * (v as f64))
-            .sum::<f64>()
-            .sqrt();
-        if norm == 0.0 {
-            return Err(Error::Invalid(format!(
-                "row {i} is all zeros: alignment metrics need a direction for every sample"
-            )));
-        }
+    prepare_owned(x.to_owned(), threshold, normalize)
+}
+
+/// [`prepare`] in place, holding no second copy of the layer.
+pub fn prepare_owned(
+    x: Array2<f32>,
+    threshold: Option<f32>,
+    normalize: bool,
+) -> Result<Array2<f32>> {
+    let mut x = standard(x);
+    let d = x.ncols();
+    let n = x.nrows();
+    let data = x.as_slice_mut().expect("standard layout");
+    for i in 0..n {
+        let row = &mut data[i * d..(i + 1) * d];
+        clamp_row(row, threshold);
+        let scale = unit_scale(row).ok_or_else(|| zero_row(i))?;
         if normalize {
-            let inv = (1.0 / norm) as f32;
-            row.mapv_inplace(|v| v * inv);
+            scale_row(row, scale);
         }
     }
-    Ok(out)
+    Ok(x)
+}
+
+/// `x` in standard (row-major) layout, copied only when it is not.
+pub(crate) fn standard(x: Array2<f32>) -> Array2<f32> {
+    if x.is_standard_layout() {
+        x
+    } else {
+        x.as_standard_layout().into_owned()
+    }
+}
+
+/// Clamps a row's values to ±`threshold` (when given): the first step of [`prepare`].
+#[inline]
+pub(crate) fn clamp_row(row: &mut [f32], threshold: Option<f32>) {
+    if let Some(t) = threshold {
+        for v in row {
+            *v = v.clamp(-t, t);
+        }
+    }
+}
+
+/// The factor that gives a (clamped) row unit norm, 1/‖row‖ (the norm summed in f64) rounded
+/// to f32; `None` for an all-zero row.
+#[inline]
+pub(crate) fn unit_scale(row: &[f32]) -> Option<f32> {
+    let norm = row
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt();
+    (norm != 0.0).then(|| (1.0 / norm) as f32)
+}
+
+/// Multiplies a row by its [`unit_scale`]: the last step of [`prepare`].
+#[inline]
+pub(crate) fn scale_row(row: &mut [f32], scale: f32) {
+    for v in row {
+        *v *= scale;
+    }
+}
+
+/// The error for an all-zero row i.
+pub(crate) fn zero_row(i: usize) -> Error {
+    Error::Invalid(format!(
+        "row {i} is all zeros: alignment metrics need a direction for every sample"
+    ))
 }
 
 // ----- prep keys read back: the inverse of [`Prep::key`] and [`Prep::kind`], beside them -----

@@ -150,13 +150,14 @@ pub fn fill_graph_block(
         }
     };
     let (h, key) = (&ck.layers[l], &cp.keys[l]);
-    let x = {
-        let raw = load_layers(reg, std::slice::from_ref(h))?
-            .pop()
-            .expect("one layer");
-        prep::prepare(raw.view(), cp.thresholds[l], req.prep.normalize)
-            .map_err(|e| e.prefixed(&format!("{} @ {}", ck.model, ck.checkpoint)))?
-    };
+    let x = derive_layer(
+        reg.store.as_ref(),
+        ck,
+        h,
+        cp.thresholds[l],
+        req.prep.normalize,
+        cache.budget,
+    )?;
     progress.start((b - a) as u64);
     let done = std::sync::atomic::AtomicUsize::new(0);
     let count = |rows: usize| {
@@ -166,7 +167,7 @@ pub fn fill_graph_block(
     };
     // A stop (a signal past the worker's grace) ends the search within one task of rows.
     let stop = || progress.cancelled();
-    let part = graph::knn_rows(&x, k, None, graph::Gemm::best(), a..b, &count, &stop);
+    let part = x.search_rows(k, None, a..b, &count, &stop);
     let Some(part) = part.filter(|_| !progress.cancelled()) else {
         return Err(Error::Interrupted);
     };

@@ -4,6 +4,7 @@
 use super::*;
 use crate::metrics::derived::{SEARCH_BYTES, dense_fits};
 use crate::metrics::graph;
+use crate::store::BlobStore;
 
 /// Loads layers as f32 (in parallel), verifying every blob's hash.
 pub fn load_layers(reg: &Registry, layers: &[BlobHash]) -> Result<Vec<Array2<f32>>> {
@@ -12,6 +13,20 @@ pub fn load_layers(reg: &Registry, layers: &[BlobHash]) -> Result<Vec<Array2<f32
         .par_iter()
         .map(|h| store.get(h)?.to_f32_verified())
         .collect()
+}
+
+/// One layer of `ck` read from `store` and derived ([`Derived::from_blob`]); a bad row is an
+/// error naming the checkpoint.
+pub fn derive_layer(
+    store: &dyn BlobStore,
+    ck: &CheckpointLayers,
+    h: &BlobHash,
+    threshold: Option<f32>,
+    normalize: bool,
+    budget: usize,
+) -> Result<Derived> {
+    Derived::from_blob(store.get(h)?, threshold, normalize, budget)
+        .map_err(|e| e.prefixed(&format!("{} @ {}", ck.model, ck.checkpoint)))
 }
 
 /// The layout of a layer set from its layers' recorded layouts: the common one, or `None`
@@ -271,16 +286,13 @@ impl DerivedCache {
             e.2 = self.clock;
             return Ok(e.0.clone());
         }
-        let layers = load_layers(reg, &ck.layers)?;
-        let derived = layers
-            .into_par_iter()
+        let (store, budget) = (reg.store.as_ref(), self.budget);
+        let derived = ck
+            .layers
+            .par_iter()
             .zip(thresholds.par_iter())
-            .map(|(l, &threshold)| {
-                Ok(Arc::new(Derived::within(
-                    prep::prepare(l.view(), threshold, prep.normalize)
-                        .map_err(|e| e.prefixed(&format!("{} @ {}", ck.model, ck.checkpoint)))?,
-                    self.budget,
-                )))
+            .map(|(h, &threshold)| {
+                derive_layer(store, ck, h, threshold, prep.normalize, budget).map(Arc::new)
             })
             .collect::<Result<Vec<_>>>()?;
         let size = derived_bytes(ck, self.budget);
