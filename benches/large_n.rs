@@ -8,8 +8,10 @@
 //! cknna and unbiased_cka cold, then mutual_knn with a 1,000-permutation null, then all warm;
 //! time and peak RSS of each.
 //! 3. Two graphs of n = 1,000,000, d = 64 split into row blocks over two worker processes.
-//! Run: `cargo bench --bench large_n` (about 20 minutes on 2 cores, 1.6 GB of temporary
-//! files); `cargo bench --bench large_n -- graph|sweep|million` runs one part.
+//! 4. Features stored as f16: the search from rows held at 16 bits against the same rows as
+//! f32, and `prh align` on f16 and f32 registries.
+//! Run: `cargo bench --bench large_n` (about 25 minutes on 2 cores, 1.6 GB of temporary
+//! files); `cargo bench --bench large_n -- graph|sweep|million|half` runs one part.
 
 use std::path::Path;
 use std::process::Command;
@@ -20,14 +22,23 @@ mod common;
 mod harness;
 use common::{announce, size, smoke};
 
+use half::f16;
 use ndarray::{Array2, s};
 use prh::formats::npy;
+use prh::matrix::DType;
+use prh::metrics::half::HalfRows;
 use prh::metrics::{Derived, graph, prep};
 use prh::rng::Rng;
 
-/// Features with structure (a 32-dimensional latent through a random projection, plus noise),
-/// clamped and row-normalised as prh prepares them.
+/// Features with structure ([`raw_features`]), clamped and row-normalised as prh prepares them.
 fn features(n: usize, d: usize) -> Array2<f32> {
+    let x = raw_features(n, d);
+    let t = prep::clamp_threshold(&[x.view()], 0.95);
+    prep::prepare_owned(x, t, true).unwrap()
+}
+
+/// Features with structure: a 32-dimensional latent through a random projection, plus noise.
+fn raw_features(n: usize, d: usize) -> Array2<f32> {
     let mut r = Rng::new(0x6b6e6e);
     let latent = 32;
     let proj: Vec<f32> = (0..latent * d).map(|_| r.normal() as f32).collect();
@@ -40,8 +51,7 @@ fn features(n: usize, d: usize) -> Array2<f32> {
             *o = s + 2.0 * r.normal() as f32;
         }
     }
-    let t = prep::clamp_threshold(&[x.view()], 0.95);
-    prep::prepare(x.view(), t, true).unwrap()
+    x
 }
 
 /// This process's peak resident set since the last [`reset_peak`], in MiB.
@@ -71,6 +81,9 @@ fn main() {
     }
     if part("million") {
         million(size(1_000_000, 4_096), 64);
+    }
+    if part("half") {
+        half_rows(n, d, 10);
     }
 }
 
@@ -202,7 +215,7 @@ fn sweep(n: usize, d: usize) {
     let bin = Path::new(env!("CARGO_BIN_EXE_prh"));
     // Model y follows model x through a shared latent, layer by layer, plus its own noise.
     let models = [("x", "language", 1u64), ("y", "vision", 2)];
-    latent_models(&reg, "d", models, (n, layers, d), 7, 3.0);
+    latent_models(&reg, "d", models, (n, layers, d), 7, 3.0, npy::encode_f32);
     let align = |metric: &str, extra: &[&str]| {
         let mut args = vec![
             "align", "--x", "x", "--y", "y", "--metric", metric, "--format", "json", "--quiet",
@@ -247,7 +260,7 @@ fn sweep(n: usize, d: usize) {
     println!("  the same four runs warm: {warm:.2} s in all, {peak}");
 }
 
-/// Part 4: graphs too large for one worker's time. Two models of one layer each (n × d: a
+/// Part 3: graphs too large for one worker's time. Two models of one layer each (n × d: a
 /// shared 16-dimensional latent through each model's projection, plus noise); `align
 /// --workers 0 --graph-rows n/8` enters each layer's graph as 8 blocks of rows; two `prh
 /// worker --once` processes (one thread each) take the 16 blocks, then the pair. Reported:
@@ -256,7 +269,7 @@ fn million(n: usize, d: usize) {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("reg");
     let models = [("a", "language", 1u64), ("b", "vision", 2)];
-    latent_models(&reg, "m", models, (n, 1, d), 0x6d696c, 2.0);
+    latent_models(&reg, "m", models, (n, 1, d), 0x6d696c, 2.0, npy::encode_f32);
     let rows = (n / 8).to_string();
     // The default budget sends n = 1,000,000 to the large-n path; the smoke run's n needs less.
     let mem = size("4096", "16");
@@ -337,6 +350,87 @@ fn million(n: usize, d: usize) {
     );
 }
 
+/// Part 4: features stored as f16. In this process, the graph of one representation searched
+/// from its f16 values held at 16 bits (widened a tile at a time) against the same rows held as
+/// prepared f32, both products: time, the memory held and the peak RSS over it, and whether the
+/// graphs are identical. Then `prh align --metric mutual_knn` on two one-layer models stored as
+/// f16 against the same values stored as f32: time and the process's peak RSS.
+fn half_rows(n: usize, d: usize, k: usize) {
+    let raw = raw_features(n, d).mapv(|v| f16::from_f32(v).to_f32());
+    let bytes: Vec<u8> = raw
+        .iter()
+        .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+        .collect();
+    let t = prep::clamp_threshold(&[raw.view()], 0.95);
+    let x = prep::prepare_owned(raw, t, true).unwrap();
+    let rows = HalfRows::from_bytes(DType::F16, n, d, bytes, t, true).unwrap();
+    let mib = |b: usize| b as f64 / f64::from(1 << 20);
+    let (f32_mib, f16_mib) = (mib(n * d * 4), mib(rows.held_bytes()));
+    let search = |src: graph::Source, gemm: graph::Gemm| {
+        reset_peak();
+        let before = peak_mib();
+        let t = Instant::now();
+        let found = graph::knn_rows(src, k, None, gemm, 0..n, &|_| {}, &|| false).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let grew = peak_mib() - before;
+        (graph::assemble(k, found), secs, grew)
+    };
+    let mut gemms = vec![graph::Gemm::best()];
+    if gemms[0] != graph::Gemm::F32 {
+        gemms.push(graph::Gemm::F32);
+    }
+    for gemm in gemms {
+        let ((wk, wt), f32_s, f32_grew) = search(graph::Source::of(x.view()), gemm);
+        let ((gk, gt), f16_s, f16_grew) = search(graph::Source::Half(&rows), gemm);
+        assert!(
+            gk.ordered == wk.ordered && gk.sims == wk.sims && gt.rows == wt.rows,
+            "the graphs from f16 and f32 rows differ ({})",
+            gemm.name()
+        );
+        println!(
+            "kNN graph n={n} d={d} k={k} ({} proposals) from f16 rows held at 16 bits: {f16_s:.2} s, {f16_mib:.0} MiB held + {f16_grew:.0} MiB during the search; from the same rows as f32: {f32_s:.2} s, {f32_mib:.0} MiB held + {f32_grew:.0} MiB; identical lists, similarities and ties",
+            gemm.name()
+        );
+    }
+    drop((x, rows));
+
+    // Through the binary: two one-layer models, stored as f16, then as f32.
+    let bin = Path::new(env!("CARGO_BIN_EXE_prh"));
+    let models = [("x", "language", 1u64), ("y", "vision", 2)];
+    let mut scores = Vec::new();
+    for (name, encode) in [
+        ("f16", npy::encode_f16 as fn(&[usize], &[f32]) -> Vec<u8>),
+        ("f32", npy::encode_f32),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = dir.path().join("reg");
+        latent_models(&reg, "d", models, (n, 1, d), 7, 3.0, encode);
+        let args = [
+            "align",
+            "--x",
+            "x",
+            "--y",
+            "y",
+            "--metric",
+            "mutual_knn",
+            "--format",
+            "json",
+            "--quiet",
+        ];
+        let (secs, v, kib) = common::prh_measured(bin, &reg, &args);
+        let score = v[0]["score"].as_f64().unwrap();
+        println!(
+            "  prh align mutual_knn, 2 models × 1 layer of n={n} d={d} stored as {name}: {secs:.1} s, peak RSS {:.0} MiB, score {score:.4}",
+            kib as f64 / 1024.0
+        );
+        scores.push(score);
+    }
+    println!(
+        "  (the f16 values are the f32 values rounded, so the scores differ by that rounding: {:.4} vs {:.4})",
+        scores[0], scores[1]
+    );
+}
+
 /// Makes a registry at `reg` holding two `models` (name, modality, seed) of n × layers × d
 /// on `dataset`: each layer is a shared 16-dimensional latent (drawn from `seed`) through the
 /// layer's own projection (drawn from the model's seed), plus `noise` × N(0, 1).
@@ -347,6 +441,7 @@ fn latent_models(
     (n, layers, d): (usize, usize, usize),
     seed: u64,
     noise: f32,
+    encode: fn(&[usize], &[f32]) -> Vec<u8>,
 ) {
     common::prh_ok(reg, &["init"]);
     let dir = reg.parent().unwrap();
@@ -368,7 +463,7 @@ fn latent_models(
             }
         }
         let p = dir.join(format!("{name}.npy"));
-        std::fs::write(&p, npy::encode_f32(&[n, layers, d], &data)).unwrap();
+        std::fs::write(&p, encode(&[n, layers, d], &data)).unwrap();
         drop(data);
         let file = p.to_str().unwrap();
         common::prh_ok(

@@ -1,6 +1,7 @@
 //! Element types, strided 2-D views over raw little-endian bytes, and the canonical encoding
 //! that defines a representation's identity (docs/design.md §2).
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use ndarray::Array2;
 
@@ -224,8 +225,14 @@ pub fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) {
                 *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
         }
-        DType::F16 => decode_half(f16::ZERO, f16::from_le_bytes, bytes, out),
-        DType::BF16 => decode_half(bf16::ZERO, bf16::from_le_bytes, bytes, out),
+        DType::F16 => match in_place::<f16>(bytes) {
+            Some(v) => v.convert_to_f32_slice(out),
+            None => decode_half(f16::ZERO, f16::from_le_bytes, bytes, out),
+        },
+        DType::BF16 => match in_place::<bf16>(bytes) {
+            Some(v) => v.convert_to_f32_slice(out),
+            None => decode_half(bf16::ZERO, bf16::from_le_bytes, bytes, out),
+        },
         DType::F64 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
                 *o = dtype.decode(c);
@@ -234,12 +241,21 @@ pub fn decode_into(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Little-endian 16-bit values read in place, when this machine is little-endian and the
+/// bytes are aligned (a mapped blob's are); `None` otherwise.
+fn in_place<T: bytemuck::Pod>(bytes: &[u8]) -> Option<&[T]> {
+    if cfg!(target_endian = "little") {
+        bytemuck::try_cast_slice(bytes).ok()
+    } else {
+        None
+    }
+}
+
 /// Decodes 16-bit floats (`f16` or `bf16`, little-endian) into `out`, a block at a time.
 fn decode_half<T: Copy>(zero: T, from_le: impl Fn([u8; 2]) -> T, bytes: &[u8], out: &mut [f32])
 where
     [T]: half::slice::HalfFloatSliceExt,
 {
-    use half::slice::HalfFloatSliceExt;
     const BLOCK: usize = 1024;
     let mut buf = [zero; BLOCK];
     for (out, src) in out.chunks_mut(BLOCK).zip(bytes.chunks(2 * BLOCK)) {
@@ -290,12 +306,23 @@ mod tests {
                 })
                 .collect();
             let got = decode_contiguous(dtype, n, d, &bytes);
+            // The same bytes one byte off their alignment (16-bit values are then not read in
+            // place).
+            let mut shifted = vec![0u8; bytes.len() + 1];
+            shifted[1..].copy_from_slice(&bytes);
+            let mut off = vec![0f32; n * d];
+            decode_into(dtype, &shifted[1..], &mut off);
             for (i, c) in bytes.chunks_exact(dtype.size()).enumerate() {
                 let want = dtype.decode(c);
                 assert_eq!(
                     got[(i / d, i % d)].to_bits(),
                     want.to_bits(),
                     "{dtype:?} element {i}"
+                );
+                assert_eq!(
+                    off[i].to_bits(),
+                    want.to_bits(),
+                    "{dtype:?} element {i}, unaligned"
                 );
             }
         }

@@ -471,23 +471,26 @@ pub fn knn_rows(
         rows = rows.with_bound(t.gamma(), absolute);
     }
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let first = rows_wanted.start / TILE_ROWS;
-    let tiles_out: Option<Vec<Vec<RowNeighbours>>> = (first..rows_wanted.end.div_ceil(TILE_ROWS))
+    // Rows per task. The f32 product widens 16-bit columns once per task, so its tasks over
+    // 16-bit rows are four tiles tall: a quarter of the widening per product.
+    let task = match (&tiles, x) {
+        (None, Source::Half(_)) => 4 * TILE_ROWS,
+        _ => TILE_ROWS,
+    };
+    let tasks = rows_wanted.len().div_ceil(task);
+    let tiles_out: Option<Vec<Vec<RowNeighbours>>> = (0..tasks)
         .into_par_iter()
         .map_init(
             || {
                 let widened = (Vec::new(), Vec::new());
-                (
-                    vec![0f32; TILE_ROWS * TILE_COLS],
-                    Vec::<Scratch>::new(),
-                    widened,
-                )
+                (vec![0f32; task * TILE_COLS], Vec::<Scratch>::new(), widened)
             },
             |(buf, scratch, (wa, wb)), t| {
                 if stop() {
                     return None;
                 }
-                let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(rows_wanted.end));
+                let r0 = rows_wanted.start + t * task;
+                let r1 = (r0 + task).min(rows_wanted.end);
                 scratch.resize_with(r1 - r0, Scratch::default);
                 for (o, sc) in scratch.iter_mut().enumerate() {
                     sc.proposal.start(&rows, r0 + o, k);

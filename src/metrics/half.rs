@@ -128,28 +128,34 @@ impl HalfRows {
 
     /// Rows `rows` widened and clamped into `out` (row-major, `rows.len()` × d).
     fn clamped(&self, rows: Range<usize>, out: &mut [f32]) {
-        let d = self.d;
-        matrix::decode_into(
-            self.dtype,
-            &self.bytes()[rows.start * d * 2..rows.end * d * 2],
-            out,
-        );
+        self.decode(&rows, out);
         if self.threshold.is_some() {
-            for row in out.chunks_mut(d.max(1)) {
+            for row in out.chunks_mut(self.d.max(1)) {
                 prep::clamp_row(row, self.threshold);
             }
         }
     }
 
-    /// Rows `rows` as prepared f32 values, into `out` (row-major, `rows.len()` × d): the same
-    /// bits as those rows of [`prep::prepare`]'s result.
-    pub fn widen(&self, rows: Range<usize>, out: &mut [f32]) {
+    /// Rows `rows` widened as stored (exact) into `out`.
+    fn decode(&self, rows: &Range<usize>, out: &mut [f32]) {
         let d = self.d;
-        let first = rows.start;
-        self.clamped(rows, out);
-        if let Some(s) = &self.scales {
-            for (o, row) in out.chunks_mut(d.max(1)).enumerate() {
-                prep::scale_row(row, s[first + o]);
+        let bytes = &self.bytes()[rows.start * d * 2..rows.end * d * 2];
+        matrix::decode_into(self.dtype, bytes, out);
+    }
+
+    /// Rows `rows` as prepared f32 values, into `out` (row-major, `rows.len()` × d): the same
+    /// bits as those rows of [`prep::prepare`]'s result. The clamp and the scale are one pass
+    /// (the same two f32 operations on each value, in the same order).
+    pub fn widen(&self, rows: Range<usize>, out: &mut [f32]) {
+        let Some(scales) = &self.scales else {
+            return self.clamped(rows, out);
+        };
+        self.decode(&rows, out);
+        let scales = &scales[rows];
+        let t = self.threshold.unwrap_or(f32::INFINITY);
+        for (row, &s) in out.chunks_mut(self.d.max(1)).zip(scales) {
+            for v in row {
+                *v = v.clamp(-t, t) * s;
             }
         }
     }
