@@ -217,11 +217,7 @@ fn sweep(n: usize, d: usize) {
     let models = [("x", "language", 1u64), ("y", "vision", 2)];
     latent_models(&reg, "d", models, (n, layers, d), 7, 3.0, npy::encode_f32);
     let align = |metric: &str, extra: &[&str]| {
-        let mut args = vec![
-            "align", "--x", "x", "--y", "y", "--metric", metric, "--format", "json", "--quiet",
-        ];
-        args.extend_from_slice(extra);
-        let (secs, v, kib) = common::prh_measured(bin, &reg, &args);
+        let (secs, v, kib) = common::prh_measured(bin, &reg, &align_args(metric, extra));
         (secs, v, kib as f64 / 1024.0)
     };
     let null = size(1000, 50).to_string();
@@ -258,6 +254,12 @@ fn sweep(n: usize, d: usize) {
         "each too short for the 20 ms RSS sampling".to_string()
     };
     println!("  the same four runs warm: {warm:.2} s in all, {peak}");
+}
+
+/// `align --x x --y y --metric METRIC --format json --quiet EXTRA…`.
+fn align_args<'a>(metric: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let head = ["align", "--x", "x", "--y", "y", "--metric", metric];
+    [&head[..], &["--format", "json", "--quiet"], extra].concat()
 }
 
 /// Part 3: graphs too large for one worker's time. Two models of one layer each (n × d: a
@@ -405,18 +407,7 @@ fn half_rows(n: usize, d: usize, k: usize) {
         let dir = tempfile::tempdir().unwrap();
         let reg = dir.path().join("reg");
         latent_models(&reg, "d", models, (n, 1, d), 7, 3.0, encode);
-        let args = [
-            "align",
-            "--x",
-            "x",
-            "--y",
-            "y",
-            "--metric",
-            "mutual_knn",
-            "--format",
-            "json",
-            "--quiet",
-        ];
+        let args = align_args("mutual_knn", &[]);
         let (secs, v, kib) = common::prh_measured(bin, &reg, &args);
         let score = v[0]["score"].as_f64().unwrap();
         println!(
