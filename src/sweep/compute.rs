@@ -271,11 +271,7 @@ pub(super) fn tie_bits(
     if let Some(bits) = stored.filter(|b| b.len() == ck.n.div_ceil(8)) {
         return Ok(bits);
     }
-    let x = reg.store.get(hash)?.to_f32_verified()?;
-    let d = Derived::within(
-        prep::prepare(x.view(), cp.thresholds[l], prep.normalize)
-            .map_err(|e| e.prefixed(&format!("{} @ {}", ck.model, ck.checkpoint)))?,
-        budget,
-    );
+    let store = reg.store.as_ref();
+    let d = derive_layer(store, ck, hash, cp.thresholds[l], prep.normalize, budget)?;
     store_ties(reg, hash, key, k, &d.ties(k), ck.n)
 }
