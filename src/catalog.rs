@@ -399,6 +399,8 @@ pub struct UnitRow {
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
     pub attempts: i64,
+    /// A graph block's rows (end excluded); `None` for a pair unit.
+    pub rows: Option<(i64, i64)>,
 }
 
 /// A sweep split over workers.

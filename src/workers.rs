@@ -490,6 +490,15 @@ pub struct SweepStatus {
     pub cells_per_second: Option<f64>,
     /// Seconds left at that rate.
     pub eta_seconds: Option<f64>,
+    /// Rows of the sweep's kNN graph blocks (0 when it has none), and of those done.
+    pub graph_rows: i64,
+    pub graph_rows_done: i64,
+    /// Graph rows per second since the first block was claimed (done blocks only); `None`
+    /// before one is done.
+    pub graph_rows_per_second: Option<f64>,
+    /// Seconds left for the graph blocks at that rate (the pairs come after them, and have no
+    /// rate until one is done).
+    pub graph_eta_seconds: Option<f64>,
     /// The running units: who holds them and since when.
     pub running_units: Vec<RunningUnit>,
     /// Who finished the done units, by worker name (sorted).
@@ -533,6 +542,24 @@ pub struct RunningUnit {
     pub attempts: i64,
 }
 
+/// The work of `units` measured by `work` (cells, or a graph block's rows): in all, done, and
+/// per second from the first claim to the last finish among them (`None` before any is done).
+fn progress(units: &[&UnitRow], work: impl Fn(&UnitRow) -> i64) -> (i64, i64, Option<f64>) {
+    let total = units.iter().map(|u| work(u)).sum();
+    let done: i64 = units
+        .iter()
+        .filter(|u| u.state == "done")
+        .map(|u| work(u))
+        .sum();
+    let first = units.iter().filter_map(|u| u.started_ms).min();
+    let last = units.iter().filter_map(|u| u.finished_ms).max();
+    let rate = match (first, last) {
+        (Some(a), Some(b)) if b > a && done > 0 => Some(done as f64 / ((b - a) as f64 / 1000.0)),
+        _ => None,
+    };
+    (total, done, rate)
+}
+
 /// Every sweep's progress, newest last.
 pub fn status(reg: &Registry) -> Result<Vec<SweepStatus>> {
     let (sweeps, units) = reg.catalog.sweep_rows()?;
@@ -542,20 +569,12 @@ pub fn status(reg: &Registry) -> Result<Vec<SweepStatus>> {
         .map(|s| {
             let mine: Vec<&UnitRow> = units.iter().filter(|u| u.sweep == s.id).collect();
             let count = |st: &str| mine.iter().filter(|u| u.state == st).count();
-            let cells: i64 = mine.iter().map(|u| u.cells).sum();
-            let cells_done: i64 = mine
-                .iter()
-                .filter(|u| u.state == "done")
-                .map(|u| u.cells)
-                .sum();
-            let first = mine.iter().filter_map(|u| u.started_ms).min();
-            let last = mine.iter().filter_map(|u| u.finished_ms).max();
-            let rate = match (first, last) {
-                (Some(a), Some(b)) if b > a && cells_done > 0 => {
-                    Some(cells_done as f64 / ((b - a) as f64 / 1000.0))
-                }
-                _ => None,
-            };
+            // Pairs and graph blocks are timed apart: the blocks all run before the pairs.
+            let (blocks, pairs): (Vec<&UnitRow>, Vec<&UnitRow>) =
+                mine.iter().partition(|u| u.rows.is_some());
+            let (cells, cells_done, rate) = progress(&pairs, |u| u.cells);
+            let rows_of = |u: &UnitRow| u.rows.map_or(0, |(a, b)| b - a);
+            let (graph_rows, graph_rows_done, graph_rate) = progress(&blocks, rows_of);
             SweepStatus {
                 sweep: s.id,
                 label: s.label,
@@ -567,6 +586,10 @@ pub fn status(reg: &Registry) -> Result<Vec<SweepStatus>> {
                 cells_done,
                 cells_per_second: rate,
                 eta_seconds: rate.map(|r| (cells - cells_done) as f64 / r),
+                graph_rows,
+                graph_rows_done,
+                graph_rows_per_second: graph_rate,
+                graph_eta_seconds: graph_rate.map(|r| (graph_rows - graph_rows_done) as f64 / r),
                 running_units: mine
                     .iter()
                     .filter(|u| u.state == "running")
@@ -590,6 +613,41 @@ pub fn status(reg: &Registry) -> Result<Vec<SweepStatus>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Graph blocks have no cells; their progress is counted in rows, at the rate of the done
+    /// blocks from the first claim.
+    #[test]
+    fn graph_blocks_progress_in_rows() {
+        let unit =
+            |rows: Option<(i64, i64)>, cells, state: &str, times: (Option<i64>, Option<i64>)| {
+                UnitRow {
+                    sweep: 1,
+                    idx: 0,
+                    label: String::new(),
+                    cells,
+                    state: state.into(),
+                    worker: None,
+                    lease_until: None,
+                    started_ms: times.0,
+                    finished_ms: times.1,
+                    attempts: 0,
+                    rows,
+                }
+            };
+        let units = [
+            unit(Some((0, 512)), 0, "done", (Some(1_000), Some(2_000))),
+            unit(Some((512, 1024)), 0, "done", (Some(1_000), Some(3_000))),
+            unit(Some((1024, 2048)), 0, "running", (Some(2_000), None)),
+            unit(None, 40, "pending", (None, None)),
+        ];
+        let (blocks, pairs): (Vec<&UnitRow>, Vec<&UnitRow>) =
+            units.iter().partition(|u| u.rows.is_some());
+        let rows = |u: &UnitRow| u.rows.map_or(0, |(a, b)| b - a);
+        // 1,024 rows done in the 2 s from the first claim to the last finish: 512 rows/s.
+        assert_eq!(progress(&blocks, rows), (2048, 1024, Some(512.0)));
+        // No pair is done: no rate for cells.
+        assert_eq!(progress(&pairs, |u| u.cells), (40, 0, None));
+    }
 
     #[test]
     fn a_worker_name_carries_the_schedulers_array_index() {

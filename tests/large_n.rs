@@ -539,6 +539,17 @@ fn a_graph_split_into_row_blocks_over_two_workers_equals_one_process_search() {
         pairs.iter().all(|u| u.started_ms.unwrap() >= last_block),
         "{units:?}"
     );
+    // `prh status` counts the blocks' progress in rows (they have no cells).
+    let status = two.json(&["status", "--format", "json"]);
+    let s = &status[0];
+    assert_eq!(
+        (&s["graph_rows"], &s["graph_rows_done"]),
+        (&8192.into(), &8192.into()),
+        "{s}"
+    );
+    assert!(s["graph_rows_per_second"].as_f64().unwrap() > 0.0, "{s}");
+    assert_eq!(s["graph_eta_seconds"].as_f64(), Some(0.0), "{s}");
+    assert!(two.ok(&["status"]).contains("8192/8192"));
     let mut by: Vec<&str> = blocks.iter().filter_map(|u| u.worker.as_deref()).collect();
     by.sort_unstable();
     by.dedup();

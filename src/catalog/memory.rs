@@ -735,6 +735,7 @@ impl Catalog for MemoryCatalog {
                 started_ms: None,
                 finished_ms: None,
                 attempts: 0,
+                rows: u.rows,
             });
         }
         s.unit_pairs.extend(units.iter().map(|u| UnitWork {

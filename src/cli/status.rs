@@ -1,5 +1,5 @@
 //! `prh status`: the sweeps split over workers — units pending, running (by whom, since when),
-//! done (and by whom); cells per second and time left.
+//! done (and by whom); cells per second, kNN graph rows done, and time left.
 
 use anyhow::Result;
 use serde::Serialize;
@@ -25,6 +25,8 @@ struct Row {
     done: usize,
     cells: String,
     cells_per_second: String,
+    /// kNN graph rows done of those in blocks, when the sweep has any.
+    graph_rows: String,
     eta: String,
 }
 
@@ -46,7 +48,11 @@ pub fn run(ctx: &Ctx, a: StatusArgs) -> Result<()> {
             done: s.done,
             cells: format!("{}/{}", s.cells_done, s.cells),
             cells_per_second: s.cells_per_second.map_or("-".into(), |r| format!("{r:.1}")),
-            eta: s.eta_seconds.map_or("-".into(), |e| format!("{e:.0} s")),
+            graph_rows: match s.graph_rows {
+                0 => String::new(),
+                all => format!("{}/{all}", s.graph_rows_done),
+            },
+            eta: eta(s),
         });
         for u in &s.running_units {
             rows.push(Row {
@@ -60,6 +66,7 @@ pub fn run(ctx: &Ctx, a: StatusArgs) -> Result<()> {
                 done: 0,
                 cells: String::new(),
                 cells_per_second: String::new(),
+                graph_rows: String::new(),
                 eta: String::new(),
             });
         }
@@ -72,10 +79,21 @@ pub fn run(ctx: &Ctx, a: StatusArgs) -> Result<()> {
                 done: w.units_done,
                 cells: w.cells_done.to_string(),
                 cells_per_second: String::new(),
+                graph_rows: String::new(),
                 eta: String::new(),
             });
         }
     }
     output::render(&rows, a.format.into(), out)?;
     Ok(())
+}
+
+/// Time left: at the cells' rate once a pair is done; before that, while graph blocks run, the
+/// blocks' time left (the pairs still to come after it).
+fn eta(s: &workers::SweepStatus) -> String {
+    match (s.eta_seconds, s.graph_eta_seconds) {
+        (Some(e), _) => format!("{e:.0} s"),
+        (None, Some(g)) if s.graph_rows_done < s.graph_rows => format!("{g:.0} s + pairs"),
+        _ => "-".into(),
+    }
 }

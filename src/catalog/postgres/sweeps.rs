@@ -169,7 +169,7 @@ pub(super) async fn rows(pool: &PgPool) -> Result<(Vec<SweepRow>, Vec<UnitRow>)>
             .await?;
     let units = sqlx::query(
         "SELECT sweep_id, idx, label, cells, state, worker, lease_until, started_ms, finished_ms,
-                attempts
+                attempts, row_from, row_to
          FROM sweep_units ORDER BY sweep_id, idx",
     )
     .fetch_all(pool)
@@ -197,6 +197,7 @@ pub(super) async fn rows(pool: &PgPool) -> Result<(Vec<SweepRow>, Vec<UnitRow>)>
                     started_ms: r.try_get(7)?,
                     finished_ms: r.try_get(8)?,
                     attempts: r.try_get(9)?,
+                    rows: block(r.try_get(10)?, r.try_get(11)?),
                 })
             })
             .collect::<Result<_>>()?,

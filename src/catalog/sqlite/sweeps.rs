@@ -172,7 +172,7 @@ pub(super) fn rows(conn: &Connection) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
         .collect::<rusqlite::Result<_>>()?;
     let mut st = conn.prepare(
         "SELECT sweep_id, idx, label, cells, state, worker, lease_until, started_ms, finished_ms,
-                attempts
+                attempts, row_from, row_to
          FROM sweep_units ORDER BY sweep_id, idx",
     )?;
     let units = st
@@ -188,6 +188,7 @@ pub(super) fn rows(conn: &Connection) -> Result<(Vec<SweepRow>, Vec<UnitRow>)> {
                 started_ms: r.get(7)?,
                 finished_ms: r.get(8)?,
                 attempts: r.get(9)?,
+                rows: block(r.get(10)?, r.get(11)?),
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
