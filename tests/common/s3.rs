@@ -1,5 +1,5 @@
 //! A real S3-protocol server for the tests: moto's server mode (PyPI `moto[server]`, in the test
-//! virtualenv) on a free loopback port, stopped on drop.
+//! virtualenv) on a free loopback port, stopped on drop, or when the test process has gone.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -32,6 +32,12 @@ impl Moto {
                 .spawn()
                 .expect("moto_server starts"),
         );
+        // Stopped even when this process is killed before the drop: by pid, once the test
+        // process is gone, and only if that pid is still this moto (pids are reused).
+        let pid = child.0.id();
+        super::after_exit(&format!(
+            "tr '\\0' ' ' < /proc/{pid}/cmdline | grep -q 'moto_server -H 127.0.0.1 -p {port} ' && kill {pid}"
+        ));
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
         let t = Instant::now();
         while request(addr, "GET", "/", &[], b"").is_err() {
