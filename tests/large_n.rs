@@ -104,9 +104,18 @@ fn specs() -> Vec<MetricSpec> {
 fn same_on_both_paths(x: &Array2<f32>, y: &Array2<f32>, what: &str) -> usize {
     let ((xd, xl), (yd, yl)) = (both(x), both(y));
     let held = held_as_f16(x).zip(held_as_f16(y));
-    // The neighbour metrics read only the graph: 16-bit rows are never widened whole for them.
+    // The neighbour metrics read only the graph, and linear cka, unbiased_cka, cca and pwcca
+    // read the rows a block at a time: for none of them are 16-bit rows widened whole.
     if let Some((xh, yh)) = &held {
-        for m in [Metric::MutualKnn, Metric::Cknna, Metric::JaccardKnn] {
+        for m in [
+            Metric::MutualKnn,
+            Metric::Cknna,
+            Metric::JaccardKnn,
+            Metric::Cka,
+            Metric::UnbiasedCka,
+            Metric::Cca,
+            Metric::Pwcca,
+        ] {
             let s = MetricSpec::new(m);
             assert_eq!(
                 s.compute(xh, yh).unwrap().to_bits(),

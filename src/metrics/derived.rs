@@ -490,11 +490,24 @@ impl Derived {
         progress: &(dyn Fn(usize) + Sync),
         stop: &(dyn Fn() -> bool + Sync),
     ) -> Option<Vec<graph::RowNeighbours>> {
-        let src = match &self.source {
+        graph::knn_rows(
+            self.rows(),
+            k,
+            groups,
+            graph::Gemm::best(),
+            rows,
+            progress,
+            stop,
+        )
+    }
+
+    /// The prepared rows as the row-block readers take them: the 16-bit values when they are
+    /// held so (never widened whole), else the f32 features.
+    pub fn rows(&self) -> graph::Source<'_> {
+        match &self.source {
             Source::Features(Some(h)) => graph::Source::Half(h),
             _ => graph::Source::of(self.x().view()),
-        };
-        graph::knn_rows(src, k, groups, graph::Gemm::best(), rows, progress, stop)
+        }
     }
 
     /// Statistics of the CKA family's kernel matrix of this representation.
@@ -536,26 +549,27 @@ impl Derived {
                 }
             }
             None => {
-                let x = self.x();
-                let d = x.ncols();
-                let mut s = vec![0f64; d];
-                for row in x.rows() {
-                    for (a, &v) in s.iter_mut().zip(row.iter()) {
-                        *a += f64::from(v);
-                    }
-                }
-                let (row_sums, diag): (Vec<f64>, Vec<f64>) = x
-                    .axis_iter(ndarray::Axis(0))
+                let x = self.rows();
+                let s = column_sums(x);
+                let (row_sums, diag): (Vec<f64>, Vec<f64>) = (0..x.n().div_ceil(BLOCK_ROWS))
                     .into_par_iter()
-                    .map(|r| {
-                        let r = r.as_slice().expect("standard layout");
-                        let rs = r
-                            .iter()
-                            .zip(&s)
-                            .map(|(&v, &m)| f64::from(v) * m)
-                            .sum::<f64>();
-                        (rs, super::dot::dot_f64(r, r))
+                    .map_init(Vec::new, |buf, b| {
+                        let r0 = b * BLOCK_ROWS;
+                        let r1 = (r0 + BLOCK_ROWS).min(x.n());
+                        let rows = x.rows(r0, r1, buf);
+                        (0..r1 - r0)
+                            .map(|o| {
+                                let r = &rows[o * x.d()..(o + 1) * x.d()];
+                                let rs = r
+                                    .iter()
+                                    .zip(&s)
+                                    .map(|(&v, &m)| f64::from(v) * m)
+                                    .sum::<f64>();
+                                (rs, super::dot::dot_f64(r, r))
+                            })
+                            .collect::<Vec<_>>()
                     })
+                    .flatten()
                     .unzip();
                 KernelStats {
                     mat: None,
@@ -748,11 +762,9 @@ impl Derived {
             Some((base, _, _)) => base.cca_basis(),
             None => {
                 const REG: f64 = 1e-6;
-                let x = self.x();
-                let (n, d) = x.dim();
-                let mean: Vec<f64> = (0..d)
-                    .map(|j| x.column(j).iter().map(|&v| v as f64).sum::<f64>() / n as f64)
-                    .collect();
+                let x = self.rows();
+                let (n, d) = (x.n(), x.d());
+                let mean: Vec<f64> = column_sums(x).iter().map(|s| s / n as f64).collect();
                 let c = centred_cross(x, Some(&mean), x, Some(&mean));
                 let scale = 1.0 / (n as f64 - 1.0).max(1.0);
                 let c = faer::Mat::<f64>::from_fn(d, d, |i, j| {
@@ -841,7 +853,7 @@ impl Derived {
 }
 
 /// ‖XᵀY‖²_F in f64 (= ⟨XXᵀ, YYᵀ⟩_F), from [`centred_cross`] without centring.
-pub fn cross_frobenius(x: &Array2<f32>, y: &Array2<f32>) -> f64 {
+pub fn cross_frobenius(x: graph::Source, y: graph::Source) -> f64 {
     let acc = centred_cross(x, None, y, None);
     let mut total = 0.0;
     for j in 0..acc.ncols() {
@@ -857,21 +869,22 @@ pub fn cross_frobenius(x: &Array2<f32>, y: &Array2<f32>) -> f64 {
 /// block size and faer's GEMM (which never splits the summed dimension across threads) give
 /// the same bits on any thread count.
 pub fn centred_cross(
-    x: &Array2<f32>,
+    x: graph::Source,
     mx: Option<&[f64]>,
-    y: &Array2<f32>,
+    y: graph::Source,
     my: Option<&[f64]>,
 ) -> faer::Mat<f64> {
-    const ROWS: usize = 1024;
-    let (n, dx, dy) = (x.nrows(), x.ncols(), y.ncols());
+    let (n, dx, dy) = (x.n(), x.d(), y.d());
     let at = |m: Option<&[f64]>, j: usize| m.map_or(0.0, |m| m[j]);
     let mut acc = faer::Mat::<f64>::zeros(dx, dy);
-    for r0 in (0..n).step_by(ROWS) {
-        let r1 = (r0 + ROWS).min(n);
+    let (mut bx, mut by) = (Vec::new(), Vec::new());
+    for r0 in (0..n).step_by(BLOCK_ROWS) {
+        let r1 = (r0 + BLOCK_ROWS).min(n);
+        let (xs, ys) = (x.rows(r0, r1, &mut bx), y.rows(r0, r1, &mut by));
         let a =
-            faer::Mat::<f64>::from_fn(r1 - r0, dx, |i, j| f64::from(x[[r0 + i, j]]) - at(mx, j));
+            faer::Mat::<f64>::from_fn(r1 - r0, dx, |i, j| f64::from(xs[i * dx + j]) - at(mx, j));
         let b =
-            faer::Mat::<f64>::from_fn(r1 - r0, dy, |i, j| f64::from(y[[r0 + i, j]]) - at(my, j));
+            faer::Mat::<f64>::from_fn(r1 - r0, dy, |i, j| f64::from(ys[i * dy + j]) - at(my, j));
         faer::linalg::matmul::matmul(
             acc.as_mut(),
             Accum::Add,
@@ -882,6 +895,26 @@ pub fn centred_cross(
         );
     }
     acc
+}
+
+/// Rows per block where features are read a block at a time (the feature-space kernels and
+/// covariances): fixed, so sums are taken in the same order on any thread count.
+pub const BLOCK_ROWS: usize = 1024;
+
+/// Each column's sum over the rows of `x`, in f64, rows in order.
+pub fn column_sums(x: graph::Source) -> Vec<f64> {
+    let d = x.d();
+    let mut s = vec![0f64; d];
+    let mut buf = Vec::new();
+    for r0 in (0..x.n()).step_by(BLOCK_ROWS) {
+        let rows = x.rows(r0, (r0 + BLOCK_ROWS).min(x.n()), &mut buf);
+        for row in rows.chunks_exact(d.max(1)) {
+            for (a, &v) in s.iter_mut().zip(row) {
+                *a += f64::from(v);
+            }
+        }
+    }
+    s
 }
 
 /// The memory budget for derived data when none is given (`--mem-mib`'s default).

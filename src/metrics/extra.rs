@@ -3,7 +3,7 @@
 use faer::{Mat, Side};
 use ndarray::Array2;
 
-use super::derived::{Derived, centred_cross};
+use super::derived::{BLOCK_ROWS, Derived, centred_cross};
 
 /// `svcca`: mean canonical correlation between the top-`c` left singular subspaces of the
 /// column-standardised features. Both bases are orthonormal and centred, so the canonical
@@ -48,7 +48,7 @@ fn canonical(
     vectors: bool,
 ) -> Result<(Vec<f64>, Option<Mat<f64>>), String> {
     let (ca, cb) = (a.cca_basis(), b.cca_basis());
-    let cross = centred_cross(a.x(), Some(&ca.mean), b.x(), Some(&cb.mean));
+    let cross = centred_cross(a.rows(), Some(&ca.mean), b.rows(), Some(&cb.mean));
     let scale = 1.0 / (a.n() as f64 - 1.0).max(1.0);
     let t = &ca.inv_sqrt * cross * &cb.inv_sqrt * faer::Scale(scale);
     if !vectors {
@@ -89,13 +89,14 @@ pub fn pwcca(a: &Derived, b: &Derived) -> Result<f64, String> {
     let ca = a.cca_basis();
     let ur = Mat::<f64>::from_fn(u.nrows(), r, |i, j| u[(i, order[j])]);
     let proj = &ca.inv_sqrt * ur;
-    let x = a.x();
+    let x = a.rows();
+    let (n, d) = (x.n(), x.d());
     let mut w = vec![0f64; r];
-    for r0 in (0..x.nrows()).step_by(1024) {
-        let r1 = (r0 + 1024).min(x.nrows());
-        let xb = Mat::<f64>::from_fn(r1 - r0, x.ncols(), |i, j| {
-            f64::from(x[[r0 + i, j]]) - ca.mean[j]
-        });
+    let mut buf = Vec::new();
+    for r0 in (0..n).step_by(BLOCK_ROWS) {
+        let r1 = (r0 + BLOCK_ROWS).min(n);
+        let rows = x.rows(r0, r1, &mut buf);
+        let xb = Mat::<f64>::from_fn(r1 - r0, d, |i, j| f64::from(rows[i * d + j]) - ca.mean[j]);
         let z = xb * &proj;
         for (j, wj) in w.iter_mut().enumerate() {
             *wj += (0..z.nrows()).map(|i| z[(i, j)].abs()).sum::<f64>();

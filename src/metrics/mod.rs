@@ -314,7 +314,7 @@ impl MetricSpec {
                 knn::edit_distance_knn(&a.knn(self.k), &b.knn(self.k), n, self.emulate_pymp)
             }
             Metric::Cka | Metric::UnbiasedCka if self.in_feature_space(a, b) => {
-                let kl = derived::cross_frobenius(a.x(), b.x());
+                let kl = derived::cross_frobenius(a.rows(), b.rows());
                 let (ka, kb) = (a.linear_features(), b.linear_features());
                 kernel::cka_from_dot(kl, &ka, &kb, self.metric == Metric::UnbiasedCka)
             }
