@@ -559,8 +559,19 @@ fn a_worker_rides_out_a_postgres_restart_mid_sweep() {
             .unwrap(),
     );
     held_by(&env, "W");
-    // Down (as in a crash) until the worker has found it gone, then up again.
+    // Down (as in a crash) until the worker has found it gone, then up again. The worker is
+    // paused meanwhile, so the outage comes while it holds its unit: before, it could finish
+    // every unit while the server was stopping, exit, and never meet it.
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &w.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig}");
+    };
+    signal("-STOP");
     pg.stop();
+    signal("-CONT");
     let t = Instant::now();
     while !std::fs::read_to_string(&log)
         .unwrap()
