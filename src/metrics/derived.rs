@@ -551,25 +551,16 @@ impl Derived {
             None => {
                 let x = self.rows();
                 let s = column_sums(x);
-                let (row_sums, diag): (Vec<f64>, Vec<f64>) = (0..x.n().div_ceil(BLOCK_ROWS))
-                    .into_par_iter()
-                    .map_init(Vec::new, |buf, b| {
-                        let r0 = b * BLOCK_ROWS;
-                        let r1 = (r0 + BLOCK_ROWS).min(x.n());
-                        let rows = x.rows(r0, r1, buf);
-                        (0..r1 - r0)
-                            .map(|o| {
-                                let r = &rows[o * x.d()..(o + 1) * x.d()];
-                                let rs = r
-                                    .iter()
-                                    .zip(&s)
-                                    .map(|(&v, &m)| f64::from(v) * m)
-                                    .sum::<f64>();
-                                (rs, super::dot::dot_f64(r, r))
-                            })
-                            .collect::<Vec<_>>()
+                let (row_sums, diag): (Vec<f64>, Vec<f64>) = x
+                    .map_rows(|r| {
+                        let rs = r
+                            .iter()
+                            .zip(&s)
+                            .map(|(&v, &m)| f64::from(v) * m)
+                            .sum::<f64>();
+                        (rs, super::dot::dot_f64(r, r))
                     })
-                    .flatten()
+                    .into_iter()
                     .unzip();
                 KernelStats {
                     mat: None,
@@ -905,15 +896,13 @@ pub const BLOCK_ROWS: usize = 1024;
 pub fn column_sums(x: graph::Source) -> Vec<f64> {
     let d = x.d();
     let mut s = vec![0f64; d];
-    let mut buf = Vec::new();
-    for r0 in (0..x.n()).step_by(BLOCK_ROWS) {
-        let rows = x.rows(r0, (r0 + BLOCK_ROWS).min(x.n()), &mut buf);
+    x.for_each_run(BLOCK_ROWS, |_, rows| {
         for row in rows.chunks_exact(d.max(1)) {
             for (a, &v) in s.iter_mut().zip(row) {
                 *a += f64::from(v);
             }
         }
-    }
+    });
     s
 }
 

@@ -92,16 +92,14 @@ pub fn pwcca(a: &Derived, b: &Derived) -> Result<f64, String> {
     let x = a.rows();
     let (n, d) = (x.n(), x.d());
     let mut w = vec![0f64; r];
-    let mut buf = Vec::new();
-    for r0 in (0..n).step_by(BLOCK_ROWS) {
+    x.for_each_run(BLOCK_ROWS, |r0, rows| {
         let r1 = (r0 + BLOCK_ROWS).min(n);
-        let rows = x.rows(r0, r1, &mut buf);
         let xb = Mat::<f64>::from_fn(r1 - r0, d, |i, j| f64::from(rows[i * d + j]) - ca.mean[j]);
         let z = xb * &proj;
         for (j, wj) in w.iter_mut().enumerate() {
             *wj += (0..z.nrows()).map(|i| z[(i, j)].abs()).sum::<f64>();
         }
-    }
+    });
     let total: f64 = w.iter().sum::<f64>() + 1e-8; // Aristotelian's EPS
     Ok(order.iter().zip(&w).map(|(&i, wj)| wj / total * s[i]).sum())
 }

@@ -68,6 +68,33 @@ impl<'a> Source<'a> {
         }
     }
 
+    /// `f` of each row, in row order, computed in parallel over runs of 256 rows (each run
+    /// widened once, for 16-bit rows).
+    pub fn map_rows<T: Send>(self, f: impl Fn(&[f32]) -> T + Sync) -> Vec<T> {
+        const RUN: usize = 256;
+        let (n, d) = (self.n(), self.d());
+        (0..n.div_ceil(RUN))
+            .into_par_iter()
+            .map_init(Vec::new, |buf, c| {
+                let (r0, r1) = (c * RUN, ((c + 1) * RUN).min(n));
+                let rows = self.rows(r0, r1, buf);
+                (0..r1 - r0)
+                    .map(|o| f(&rows[o * d..(o + 1) * d]))
+                    .collect::<Vec<_>>()
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// Calls `f(r0, rows)` for runs of `per` rows from row 0, in order (`rows`: the run's
+    /// values, row-major).
+    pub fn for_each_run(self, per: usize, mut f: impl FnMut(usize, &[f32])) {
+        let mut buf = Vec::new();
+        for r0 in (0..self.n()).step_by(per) {
+            f(r0, self.rows(r0, (r0 + per).min(self.n()), &mut buf));
+        }
+    }
+
     /// Rows `r0..r1` as f32: a slice of the values, or the rows widened into `buf`.
     pub(crate) fn rows<'b>(self, r0: usize, r1: usize, buf: &'b mut Vec<f32>) -> &'b [f32]
     where
@@ -102,22 +129,8 @@ impl<'a> Rows<'a> {
 
     /// Wraps the rows of `x`.
     pub fn of(x: Source<'a>) -> Self {
-        const CHUNK: usize = 256;
-        let (n, d) = (x.n(), x.d());
-        let norms: Vec<f64> = (0..n.div_ceil(CHUNK))
-            .into_par_iter()
-            .map_init(Vec::new, |buf, c| {
-                let (r0, r1) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
-                let rows = x.rows(r0, r1, buf);
-                (0..r1 - r0)
-                    .map(|o| {
-                        let r = &rows[o * d..(o + 1) * d];
-                        dot_f64(r, r).sqrt()
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .flatten()
-            .collect();
+        let d = x.d();
+        let norms = x.map_rows(|r| dot_f64(r, r).sqrt());
         let max_norm = norms.iter().copied().fold(0.0, f64::max);
         let u = f64::powi(2.0, -24);
         // Twice the textbook bound (and the f64 rescoring's own rounding, far smaller), so
