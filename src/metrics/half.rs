@@ -129,11 +129,7 @@ impl HalfRows {
     /// Rows `rows` widened and clamped into `out` (row-major, `rows.len()` × d).
     fn clamped(&self, rows: Range<usize>, out: &mut [f32]) {
         self.decode(&rows, out);
-        if self.threshold.is_some() {
-            for row in out.chunks_mut(self.d.max(1)) {
-                prep::clamp_row(row, self.threshold);
-            }
-        }
+        prep::clamp_row(out, self.threshold);
     }
 
     /// Rows `rows` widened as stored (exact) into `out`.

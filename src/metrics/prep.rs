@@ -350,7 +350,7 @@ pub fn sample_mean_threshold(layers: &[ArrayView2<f32>], q: f64) -> Option<f32> 
 /// Applies the clamp (when `threshold` is given) and row normalisation to one layer.
 /// An all-zero row cannot be normalised and is an error naming the row.
 pub fn prepare(x: ArrayView2<f32>, threshold: Option<f32>, normalize: bool) -> Result<Array2<f32>> {
-    prepare_owned(x.to_owned(), threshold, normalize)
+    prepare_owned(x.as_standard_layout().into_owned(), threshold, normalize)
 }
 
 /// [`prepare`] in place, holding no second copy of the layer.

@@ -141,14 +141,7 @@ pub fn fill_graph_block(
             ck.n
         )));
     }
-    let cp = match cache.preps.get(&checkpoint) {
-        Some(cp) => cp.clone(),
-        None => {
-            let cp = checkpoint_prep(reg, ck, req.prep)?;
-            cache.preps.insert(checkpoint, cp.clone());
-            cp
-        }
-    };
+    let cp = super::plan::known_prep(reg, ck, req.prep, &mut cache.preps)?;
     let (h, key) = (&ck.layers[l], &cp.keys[l]);
     let x = derive_layer(
         reg.store.as_ref(),

@@ -165,18 +165,26 @@ pub(super) fn checkpoint_preps<'a>(
     let mut preps: HashMap<CheckpointId, CheckpointPrep> = HashMap::new();
     for ck in checkpoints {
         if let std::collections::hash_map::Entry::Vacant(e) = preps.entry(ck.checkpoint_id) {
-            let p = match known.get(&ck.checkpoint_id) {
-                Some(p) => p.clone(),
-                None => {
-                    let p = checkpoint_prep(reg, ck, prep)?;
-                    known.insert(ck.checkpoint_id, p.clone());
-                    p
-                }
-            };
-            e.insert(p);
+            e.insert(known_prep(reg, ck, prep, known)?);
         }
     }
     Ok(preps)
+}
+
+/// One checkpoint's preparation from `known` (a worker's, for checkpoints of earlier units of
+/// its sweep), or computed and added to it.
+pub(super) fn known_prep(
+    reg: &Registry,
+    ck: &CheckpointLayers,
+    prep: Prep,
+    known: &mut HashMap<CheckpointId, CheckpointPrep>,
+) -> Result<CheckpointPrep> {
+    if let Some(p) = known.get(&ck.checkpoint_id) {
+        return Ok(p.clone());
+    }
+    let p = checkpoint_prep(reg, ck, prep)?;
+    known.insert(ck.checkpoint_id, p.clone());
+    Ok(p)
 }
 
 /// The model pairs of a sweep (x checkpoint × y checkpoint), the cache key of each metric, and
