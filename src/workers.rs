@@ -560,6 +560,17 @@ fn progress(units: &[&UnitRow], work: impl Fn(&UnitRow) -> i64) -> (i64, i64, Op
     (total, done, rate)
 }
 
+/// A sweep's progress ([`progress`]) in cells over its pair units, and in rows over its graph
+/// blocks, which have no cells. They are timed apart: the blocks all run before the pairs.
+fn sweep_progress(units: &[&UnitRow]) -> [(i64, i64, Option<f64>); 2] {
+    let (blocks, pairs): (Vec<&UnitRow>, Vec<&UnitRow>) =
+        units.iter().partition(|u| u.rows.is_some());
+    [
+        progress(&pairs, |u| u.cells),
+        progress(&blocks, |u| u.rows.map_or(0, |(a, b)| b - a)),
+    ]
+}
+
 /// Every sweep's progress, newest last.
 pub fn status(reg: &Registry) -> Result<Vec<SweepStatus>> {
     let (sweeps, units) = reg.catalog.sweep_rows()?;
@@ -569,12 +580,10 @@ pub fn status(reg: &Registry) -> Result<Vec<SweepStatus>> {
         .map(|s| {
             let mine: Vec<&UnitRow> = units.iter().filter(|u| u.sweep == s.id).collect();
             let count = |st: &str| mine.iter().filter(|u| u.state == st).count();
-            // Pairs and graph blocks are timed apart: the blocks all run before the pairs.
-            let (blocks, pairs): (Vec<&UnitRow>, Vec<&UnitRow>) =
-                mine.iter().partition(|u| u.rows.is_some());
-            let (cells, cells_done, rate) = progress(&pairs, |u| u.cells);
-            let rows_of = |u: &UnitRow| u.rows.map_or(0, |(a, b)| b - a);
-            let (graph_rows, graph_rows_done, graph_rate) = progress(&blocks, rows_of);
+            let [
+                (cells, cells_done, rate),
+                (graph_rows, graph_rows_done, graph_rate),
+            ] = sweep_progress(&mine);
             SweepStatus {
                 sweep: s.id,
                 label: s.label,
@@ -638,15 +647,14 @@ mod tests {
             unit(Some((0, 512)), 0, "done", (Some(1_000), Some(2_000))),
             unit(Some((512, 1024)), 0, "done", (Some(1_000), Some(3_000))),
             unit(Some((1024, 2048)), 0, "running", (Some(2_000), None)),
+            unit(None, 40, "done", (Some(3_000), Some(4_000))),
             unit(None, 40, "pending", (None, None)),
         ];
-        let (blocks, pairs): (Vec<&UnitRow>, Vec<&UnitRow>) =
-            units.iter().partition(|u| u.rows.is_some());
-        let rows = |u: &UnitRow| u.rows.map_or(0, |(a, b)| b - a);
+        let [cells, rows] = sweep_progress(&units.iter().collect::<Vec<_>>());
         // 1,024 rows done in the 2 s from the first claim to the last finish: 512 rows/s.
-        assert_eq!(progress(&blocks, rows), (2048, 1024, Some(512.0)));
-        // No pair is done: no rate for cells.
-        assert_eq!(progress(&pairs, |u| u.cells), (40, 0, None));
+        assert_eq!(rows, (2048, 1024, Some(512.0)));
+        // 40 cells in the pair's own second: the blocks' times are not the pairs'.
+        assert_eq!(cells, (80, 40, Some(40.0)));
     }
 
     #[test]
