@@ -268,8 +268,16 @@ const METRICS: &str = "mutual_knn,cycle_knn,cknna,cka,unbiased_cka,procrustes";
 
 /// `prh align --x x --y y --metric METRIC EXTRA… --format json --quiet` on `env`.
 fn align(env: &common::Env, metric: &str, extra: &[&str]) -> serde_json::Value {
+    env.json(&align_args(
+        metric,
+        &[extra, &["--format", "json", "--quiet"]].concat(),
+    ))
+}
+
+/// `align --x x --y y --metric METRIC EXTRA…`.
+fn align_args<'a>(metric: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let head = ["align", "--x", "x", "--y", "y", "--metric", metric];
-    env.json(&[&head[..], extra, &["--format", "json", "--quiet"]].concat())
+    [&head[..], extra].concat()
 }
 
 #[test]
@@ -290,20 +298,7 @@ fn align_gives_the_same_scores_whatever_the_memory_budget() {
         assert_eq!(d["best_layers"], l["best_layers"], "{}", d["metric"]);
     }
     // rsa needs two n × n matrices: refused in one line under the small budget, not crashed.
-    let err = b.fails_with(
-        5,
-        &[
-            "align",
-            "--x",
-            "x",
-            "--y",
-            "y",
-            "--metric",
-            "rsa",
-            "--mem-mib",
-            "16",
-        ],
-    );
+    let err = b.fails_with(5, &align_args("rsa", &["--mem-mib", "16"]));
     assert!(
         err.contains("rsa at n = 2048") && err.contains("16 MiB"),
         "{err}"
@@ -626,21 +621,8 @@ fn f16_features_held_at_16_bits_give_the_dense_paths_scores_whole_or_split() {
 #[test]
 fn a_worker_stopped_mid_graph_block_gives_it_back_and_stores_no_part() {
     let env = registry_of(40_000, 1, 256);
-    let said = env.ok(&[
-        "align",
-        "--x",
-        "x",
-        "--y",
-        "y",
-        "--metric",
-        "mutual_knn",
-        "--mem-mib",
-        "64",
-        "--workers",
-        "0",
-        "--graph-rows",
-        "20000",
-    ]);
+    let split = ["--mem-mib", "64", "--workers", "0", "--graph-rows", "20000"];
+    let said = env.ok(&align_args("mutual_knn", &split));
     let id = common::sweep_id(&said);
     let worker = |name: &str, log: &std::path::Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_prh"))
