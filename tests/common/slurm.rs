@@ -142,10 +142,12 @@ impl Slurm {
         let conf = s.conf();
         // What the drop does, also when this process is killed before it can drop the cluster:
         // cancel every job, stop the daemons by their pid files, remove the directory. After a
-        // normal drop the directory, and so the pid files, are gone: nothing is killed twice.
+        // normal drop the directory, and so the pid files and the configuration, are gone:
+        // nothing is killed twice, and scancel is not left retrying a stopped controller (it
+        // did so for about two minutes after every test run).
         let d = s.dir.path().display();
         super::after_exit(&format!(
-            "SLURM_CONF={conf} scancel --full -u root; for f in slurmd.pid slurmctld.pid munge/munged.pid; do [ -f {d}/$f ] && kill $(cat {d}/$f); done; sleep 1; rm -rf {d}"
+            "[ -d {d} ] || exit 0; SLURM_CONF={conf} scancel --full -u root; for f in slurmd.pid slurmctld.pid munge/munged.pid; do [ -f {d}/$f ] && kill $(cat {d}/$f); done; sleep 1; rm -rf {d}"
         ));
         assert!(
             s.command("slurmctld")
